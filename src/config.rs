@@ -1,0 +1,760 @@
+//! The TOML configuration: one file with `[server]`, `[router]`, `[[models]]`, `[cache]`
+//! and `[slurm]`.
+//!
+//! Every table denies unknown keys, and every error names `file:line:col`, because a
+//! researcher editing a config on a login node should not have to guess which line is
+//! wrong. Secrets are written as `env:VAR` and resolved at load time, so the file itself
+//! can be shared and the value never has to appear on a command line.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The config served when `llmgw serve` is given no `--config`.
+pub const QUICKSTART: &str = include_str!("../configs/quickstart.toml");
+/// The name shown in errors for the built-in quickstart config.
+pub const QUICKSTART_NAME: &str = "configs/quickstart.toml (built in)";
+
+/// A config problem, rendered as one line: `file:line:col: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{col}: {message}")]
+    At {
+        file: String,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub router: RouterConfig,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub slurm: SlurmConfig,
+}
+
+/// `[server]`: where and how the gateway listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind. Anything other than loopback requires a master key.
+    pub host: String,
+    /// Port to bind; when taken, `serve` picks a free one and says so.
+    pub port: u16,
+    /// `env:VAR` or `file:PATH`; required when `host` is not loopback.
+    pub master_key: Option<Spanned<String>>,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Overall limit for one client request, across retries and fallbacks.
+    pub request_timeout: Dur,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub shutdown_grace: Dur,
+    /// Log format when `--log-format` is not given: `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 4000,
+            master_key: None,
+            max_body_bytes: 8 * 1024 * 1024,
+            request_timeout: Dur(Duration::from_secs(600)),
+            shutdown_grace: Dur(Duration::from_secs(30)),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[router]`: how a model group picks a deployment and recovers from failures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    pub strategy: Strategy,
+    /// Retries after the first attempt, unless `retry_policy` says otherwise for a class.
+    pub num_retries: u32,
+    /// Per-attempt timeout when a deployment sets none.
+    pub timeout: Dur,
+    /// How long a failing deployment is left alone.
+    pub cooldown: Dur,
+    /// Failures (within `fail_window`) before a deployment cools down.
+    pub allowed_fails: u32,
+    pub fail_window: Dur,
+    /// Retries per error class, overriding `num_retries`.
+    pub retry_policy: BTreeMap<ErrorClass, u32>,
+    /// Allowed failures per error class, overriding `allowed_fails`.
+    pub allowed_fails_policy: BTreeMap<ErrorClass, u32>,
+    /// latency-based: deployments within this fraction of the best are picked at random.
+    pub latency_buffer: f64,
+    /// model group -> groups tried in order once the group's retries are spent.
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// model group -> groups tried when the request does not fit its context window.
+    pub context_window_fallbacks: BTreeMap<String, Vec<String>>,
+    /// Tried for any group without its own fallbacks.
+    pub default_fallbacks: Vec<String>,
+    /// Longest chain of fallbacks followed for one request.
+    pub max_fallback_depth: u32,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::SimpleShuffle,
+            num_retries: 2,
+            timeout: Dur(Duration::from_secs(600)),
+            cooldown: Dur(Duration::from_secs(30)),
+            allowed_fails: 3,
+            fail_window: Dur(Duration::from_secs(60)),
+            retry_policy: BTreeMap::new(),
+            allowed_fails_policy: BTreeMap::new(),
+            latency_buffer: 0.0,
+            fallbacks: BTreeMap::new(),
+            context_window_fallbacks: BTreeMap::new(),
+            default_fallbacks: Vec::new(),
+            max_fallback_depth: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    SimpleShuffle,
+    LeastBusy,
+    LatencyBased,
+    UsageBased,
+    CostBased,
+}
+
+/// The classes of upstream failure that retry and cooldown policies talk about.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    Timeout,
+    RateLimit,
+    InternalServer,
+    ServiceUnavailable,
+    BadRequest,
+    Authentication,
+    NotFound,
+    ContentPolicy,
+    ContextWindow,
+    Connection,
+    Default,
+}
+
+/// The upstream API family a deployment speaks.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI, or anything that speaks its API (vLLM, llama.cpp server, …).
+    Openai,
+    /// SGLang: the OpenAI API; with `launch` the gateway starts and supervises it.
+    Sglang,
+    Azure,
+    Anthropic,
+    Gemini,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Sglang => "sglang",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+        }
+    }
+}
+
+/// `[[models]]`: one deployment of a model group (entries sharing `name`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The model group name clients ask for.
+    pub name: Spanned<String>,
+    pub provider: ProviderKind,
+    /// The upstream's own model id; defaults to `name`.
+    pub model: Option<String>,
+    /// Deployment id used in logs, headers and `/health`; derived when absent.
+    pub id: Option<String>,
+    /// Base URL including the version prefix, e.g. `https://api.openai.com/v1`.
+    pub api_base: Option<Spanned<String>>,
+    /// `env:VAR` or `file:PATH`.
+    pub api_key: Option<Spanned<String>>,
+    /// Azure OpenAI `api-version`.
+    pub api_version: Option<String>,
+    pub weight: Option<f64>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_parallel: Option<u32>,
+    pub timeout: Option<Dur>,
+    pub cooldown: Option<Dur>,
+    pub context_window: Option<u64>,
+    /// Default `max_tokens` for providers that require one (Anthropic).
+    pub max_tokens: Option<u64>,
+    /// USD per million input tokens.
+    pub input_cost_per_mtok: Option<f64>,
+    /// USD per million output tokens.
+    pub output_cost_per_mtok: Option<f64>,
+    /// Drop parameters the provider does not support instead of rejecting the request.
+    #[serde(default)]
+    pub drop_params: bool,
+    /// Start and supervise this backend inside the job (SGLang or a custom command).
+    pub launch: Option<LaunchConfig>,
+}
+
+/// `launch = {...}`: a local backend that `serve` starts and supervises.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchConfig {
+    pub model_path: Option<String>,
+    #[serde(default = "one")]
+    pub tp: u32,
+    /// GPU indices for `CUDA_VISIBLE_DEVICES`; SLURM's allocation when absent.
+    pub gpus: Option<Vec<u32>>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Replaces `python -m sglang.launch_server ...`; `{port}`, `{host}`, `{model_path}`
+    /// and `{llmgw}` are substituted.
+    pub command: Option<Vec<String>>,
+    #[serde(default = "default_load_timeout")]
+    pub load_timeout: Dur,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_load_timeout() -> Dur {
+    Dur(Duration::from_secs(1800))
+}
+
+/// `[cache]`: the exact-match response cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// `default-on` caches every request unless it opts out; `opt-in` only those that ask.
+    pub mode: CacheMode,
+    pub backend: CacheBackend,
+    pub ttl: Dur,
+    pub namespace: String,
+    pub redis_url: Option<Spanned<String>>,
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: CacheMode::DefaultOn,
+            backend: CacheBackend::Memory,
+            ttl: Dur(Duration::from_secs(3600)),
+            namespace: "llmgw".into(),
+            redis_url: None,
+            max_entries: 10_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    DefaultOn,
+    OptIn,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    Memory,
+    Redis,
+}
+
+/// `[slurm]`: the sbatch job `llmgw start` submits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    pub job_name: Option<String>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// SLURM time limit, e.g. `04:00:00` or `1-00:00:00`.
+    pub time: Option<String>,
+    pub nodes: Option<u32>,
+    pub cpus_per_task: Option<u32>,
+    pub mem: Option<String>,
+    pub gpus: Option<String>,
+    pub gres: Option<String>,
+    pub constraint: Option<String>,
+    /// Extra `#SBATCH` lines, without the prefix, e.g. `--exclusive`.
+    pub extra_directives: Vec<String>,
+    /// `module load` arguments.
+    pub modules: Vec<String>,
+    /// Shell lines run before the gateway starts (conda activate, exports, …).
+    pub setup: Vec<String>,
+    /// A user's own sbatch template instead of the built-in one.
+    pub template: Option<PathBuf>,
+    /// Host name for the `ssh -N -L` line; detected when absent.
+    pub login_host: Option<String>,
+    /// The `llmgw` binary the job runs; the running binary's path when absent.
+    pub binary: Option<PathBuf>,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        Self {
+            job_name: None,
+            partition: None,
+            account: None,
+            qos: None,
+            time: None,
+            nodes: None,
+            cpus_per_task: None,
+            mem: None,
+            gpus: None,
+            gres: None,
+            constraint: None,
+            extra_directives: Vec::new(),
+            modules: Vec::new(),
+            setup: Vec::new(),
+            template: None,
+            login_host: None,
+            binary: None,
+        }
+    }
+}
+
+/// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected e.g. \"500ms\", \"30s\", \"5m\", \"2h\"")
+    })?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" | "secs" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" | "mins" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Float(f64),
+            Str(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a duration such as \"30s\", \"5m\" or a number of seconds",
+            )
+        })? {
+            Raw::Int(n) => Ok(Dur(Duration::from_secs(n))),
+            Raw::Float(f) if f.is_finite() && f >= 0.0 => Ok(Dur(Duration::from_secs_f64(f))),
+            Raw::Float(f) => Err(serde::de::Error::custom(format!("invalid duration {f}"))),
+            Raw::Str(s) => parse_duration(&s)
+                .map(Dur)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A secret after `env:`/`file:` resolution. Debug and Display never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A config that parsed, validated and had its secrets resolved.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    /// Where it came from (for error messages and for `start`).
+    pub source_name: String,
+    pub path: Option<PathBuf>,
+    /// The master key, if one is configured.
+    pub master_key: Option<Secret>,
+    /// Resolved `api_key` per `models` entry (same index).
+    pub model_keys: Vec<Option<Secret>>,
+    /// Resolved Redis URL (it may carry a password).
+    pub redis_url: Option<Secret>,
+}
+
+/// Where a config error points: the file name and its text, to turn spans into lines.
+struct Source<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, col) = line_col(self.text, span.start);
+        ConfigError::At {
+            file: self.name.to_string(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Reads, parses, validates and resolves the config at `path`.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let name = path.display().to_string();
+        let mut loaded = Self::load_str(&text, &name)?;
+        loaded.path = Some(path.to_path_buf());
+        Ok(loaded)
+    }
+
+    /// The built-in quickstart config.
+    pub fn quickstart() -> Result<LoadedConfig, ConfigError> {
+        Self::load_str(QUICKSTART, QUICKSTART_NAME)
+    }
+
+    /// Parses, validates and resolves a config from text; `name` is used in errors.
+    pub fn load_str(text: &str, name: &str) -> Result<LoadedConfig, ConfigError> {
+        let src = Source { name, text };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => src.at(span, message),
+                None => ConfigError::File {
+                    file: name.to_string(),
+                    message,
+                },
+            }
+        })?;
+        config.validate(&src)?;
+        let master_key = config
+            .server
+            .master_key
+            .as_ref()
+            .map(|k| resolve_secret(k, &src))
+            .transpose()?;
+        let model_keys = config
+            .models
+            .iter()
+            .map(|m| {
+                m.api_key
+                    .as_ref()
+                    .map(|k| resolve_secret(k, &src))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let redis_url = config
+            .cache
+            .redis_url
+            .as_ref()
+            .map(|k| resolve_secret(k, &src))
+            .transpose()?;
+        Ok(LoadedConfig {
+            config,
+            source_name: name.to_string(),
+            path: None,
+            master_key,
+            model_keys,
+            redis_url,
+        })
+    }
+
+    fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
+        let file_err = |message: String| ConfigError::File {
+            file: src.name.to_string(),
+            message,
+        };
+        if self.server.max_body_bytes == 0 {
+            return Err(file_err(
+                "[server] max_body_bytes must be greater than 0".into(),
+            ));
+        }
+        if !(0.0..=10.0).contains(&self.router.latency_buffer) {
+            return Err(file_err(
+                "[router] latency_buffer must be between 0.0 and 10.0 (a fraction of the best latency)".into(),
+            ));
+        }
+        let names: std::collections::BTreeSet<&str> = self
+            .models
+            .iter()
+            .map(|m| m.name.get_ref().as_str())
+            .collect();
+        for (i, m) in self.models.iter().enumerate() {
+            let here = m.name.span();
+            if m.name.get_ref().trim().is_empty() {
+                return Err(src.at(here, "model name must not be empty"));
+            }
+            if let Some(w) = m.weight {
+                if !(w.is_finite() && w >= 0.0) {
+                    return Err(src.at(
+                        here,
+                        format!("models[{i}] weight must be a number ≥ 0, got {w}"),
+                    ));
+                }
+            }
+            for (what, v) in [
+                ("input_cost_per_mtok", m.input_cost_per_mtok),
+                ("output_cost_per_mtok", m.output_cost_per_mtok),
+            ] {
+                if let Some(v) = v {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(
+                            src.at(here, format!("models[{i}] {what} must be ≥ 0, got {v}"))
+                        );
+                    }
+                }
+            }
+            if m.max_parallel == Some(0) {
+                return Err(src.at(here, format!("models[{i}] max_parallel must be at least 1")));
+            }
+            match (&m.api_base, &m.launch, m.provider) {
+                (Some(base), _, _) => {
+                    let b = base.get_ref();
+                    if !(b.starts_with("http://") || b.starts_with("https://")) {
+                        return Err(src.at(
+                            base.span(),
+                            format!("api_base {b:?} must start with http:// or https://"),
+                        ));
+                    }
+                }
+                (None, Some(_), _) => {}
+                (None, None, ProviderKind::Openai) => {}
+                (None, None, ProviderKind::Anthropic | ProviderKind::Gemini) => {}
+                (None, None, kind) => return Err(src.at(
+                    here,
+                    format!(
+                        "model {:?} (provider {}) needs api_base, or a launch table to start it",
+                        m.name.get_ref(),
+                        kind.as_str()
+                    ),
+                )),
+            }
+            if m.provider == ProviderKind::Azure && m.api_version.is_none() {
+                return Err(src.at(
+                    here,
+                    format!(
+                        "model {:?}: provider azure needs api_version, e.g. \"2024-10-21\"",
+                        m.name.get_ref()
+                    ),
+                ));
+            }
+            if m.launch.is_some()
+                && m.provider != ProviderKind::Sglang
+                && m.provider != ProviderKind::Openai
+            {
+                return Err(src.at(here, format!("model {:?}: launch is only for local OpenAI-compatible backends (provider = \"sglang\")", m.name.get_ref())));
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if let Some(id) = &m.id {
+                if !ids.insert(id.as_str()) {
+                    return Err(src.at(
+                        m.name.span(),
+                        format!("models[{i}] id {id:?} is used twice"),
+                    ));
+                }
+            }
+        }
+        let check_targets = |table: &str, map: &BTreeMap<String, Vec<String>>| {
+            for (from, tos) in map {
+                for to in tos.iter() {
+                    if !names.contains(to.as_str()) {
+                        return Err(file_err(format!(
+                            "[router.{table}] {from:?} falls back to {to:?}, which is not a configured model name"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        };
+        check_targets("fallbacks", &self.router.fallbacks)?;
+        check_targets(
+            "context_window_fallbacks",
+            &self.router.context_window_fallbacks,
+        )?;
+        for to in &self.router.default_fallbacks {
+            if !names.contains(to.as_str()) {
+                return Err(file_err(format!(
+                    "[router] default_fallbacks names {to:?}, which is not a configured model name"
+                )));
+            }
+        }
+        if self.cache.backend == CacheBackend::Redis && self.cache.redis_url.is_none() {
+            return Err(file_err(
+                "[cache] backend = \"redis\" needs redis_url, e.g. \"redis://127.0.0.1:6379\""
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Resolves `env:VAR`, `file:PATH` or a literal value.
+fn resolve_secret(value: &Spanned<String>, src: &Source<'_>) -> Result<Secret, ConfigError> {
+    let raw = value.get_ref();
+    if let Some(var) = raw.strip_prefix("env:") {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Secret(v)),
+            Ok(_) => Err(src.at(value.span(), format!("environment variable {var} is empty (referenced as \"env:{var}\")"))),
+            Err(_) => Err(src.at(value.span(), format!("environment variable {var} is not set (referenced as \"env:{var}\"); export it or change the reference"))),
+        }
+    } else if let Some(path) = raw.strip_prefix("file:") {
+        let path = expand_home(path);
+        match std::fs::read_to_string(&path) {
+            Ok(v) if !v.trim().is_empty() => Ok(Secret(v.trim().to_string())),
+            Ok(_) => Err(src.at(
+                value.span(),
+                format!("secret file {} is empty", path.display()),
+            )),
+            Err(e) => Err(src.at(
+                value.span(),
+                format!("cannot read secret file {}: {e}", path.display()),
+            )),
+        }
+    } else {
+        Ok(Secret(raw.clone()))
+    }
+}
+
+/// Expands a leading `~/` to `$HOME`.
+pub fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let text = "[server]\nport = 4000\nbogus = 1\n";
+        let err = Config::load_str(text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:3:1:"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let text = "[server]\nport = \"four\"\n";
+        let err = Config::load_str(text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let text = "[[models]]\nname = \"m\"\nprovider = \"openai\"\napi_key = \"env:LLMGW_TEST_SURELY_UNSET\"\n";
+        let err = Config::load_str(text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("LLMGW_TEST_SURELY_UNSET"), "{err}");
+        assert!(err.starts_with("x.toml:4:"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3 fortnights").is_err());
+    }
+
+    #[test]
+    fn quickstart_loads() {
+        Config::quickstart().unwrap();
+    }
+
+    #[test]
+    fn secret_debug_hides_value() {
+        assert_eq!(format!("{:?}", Secret::new("sk-123")), "Secret(***)");
+    }
+}

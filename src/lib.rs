@@ -1,0 +1,13 @@
+//! llmgw: one binary that runs an OpenAI-compatible LLM gateway (`serve`) and manages it
+//! as a SLURM job (`start`, `status`, `logs`, `stop`). See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod mock;
+pub mod providers;
+pub mod request;
+pub mod router;
+pub mod serve;
+pub mod state;

@@ -1,0 +1,515 @@
+//! A mock LLM upstream that speaks OpenAI's wire format (JSON and SSE) and injects
+//! faults. It is the only test double in the project: tests start it in-process on
+//! 127.0.0.1:0, the benchmark and the SLURM demo run it as `llmgw mock-upstream` (a real
+//! process, also usable as a stand-in for an SGLang server).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// An injected failure: answer `status` (with optional `Retry-After`) on a fraction of calls.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub status: u16,
+    /// Fraction of requests that fail, 0.0–1.0.
+    pub rate: f64,
+    pub retry_after: Option<String>,
+    /// Error message in the OpenAI error body.
+    pub message: String,
+}
+
+/// How the mock answers; changeable while it runs.
+#[derive(Debug, Clone)]
+pub struct Behavior {
+    /// Content chunks in a streamed answer (the text is split into this many pieces).
+    pub chunks: usize,
+    /// Pause before each streamed chunk after the first.
+    pub chunk_delay: Duration,
+    /// Pause before the response headers (slow first byte).
+    pub first_byte_delay: Duration,
+    pub fault: Option<Fault>,
+    /// Accept the request and never answer.
+    pub hang: bool,
+    /// Break the stream (abort the connection) after this many content chunks.
+    pub cut_after: Option<usize>,
+    /// The assistant's reply text; `{name}` is replaced by the mock's name.
+    pub reply: String,
+    /// Model ids listed by `/v1/models`.
+    pub models: Vec<String>,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Behavior {
+            chunks: 5,
+            chunk_delay: Duration::ZERO,
+            first_byte_delay: Duration::ZERO,
+            fault: None,
+            hang: false,
+            cut_after: None,
+            reply: "Hello from {name}".into(),
+            models: vec!["mock-model".into()],
+        }
+    }
+}
+
+/// Shared state of a running mock.
+pub struct MockState {
+    pub name: String,
+    behavior: Mutex<Behavior>,
+    /// Requests received on the three OpenAI POST endpoints.
+    pub requests: AtomicU64,
+    /// Bodies of the most recent requests (newest last, at most 64).
+    bodies: Mutex<Vec<Bytes>>,
+    /// False until the simulated model load is over: `/health` answers 503.
+    pub loaded: AtomicBool,
+    /// Client disconnects seen in the middle of a streamed answer.
+    pub cancelled_streams: AtomicU64,
+}
+
+impl MockState {
+    pub fn behavior(&self) -> Behavior {
+        self.behavior
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    pub fn set_behavior(&self, f: impl FnOnce(&mut Behavior)) {
+        f(&mut self.behavior.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    pub fn last_body(&self) -> Option<Bytes> {
+        self.bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .cloned()
+    }
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// A mock running on a tokio task; dropped = stopped.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub state: Arc<MockState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockUpstream {
+    /// Starts a mock on 127.0.0.1 with a free port.
+    pub async fn start(name: &str, behavior: Behavior) -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse().expect("valid addr"), name, behavior).await
+    }
+
+    pub async fn start_on(
+        addr: SocketAddr,
+        name: &str,
+        behavior: Behavior,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(MockState {
+            name: name.to_string(),
+            behavior: Mutex::new(behavior),
+            requests: AtomicU64::new(0),
+            bodies: Mutex::new(Vec::new()),
+            loaded: AtomicBool::new(true),
+            cancelled_streams: AtomicU64::new(0),
+        });
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(MockUpstream { addr, state, task })
+    }
+
+    /// `http://127.0.0.1:PORT/v1`
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn router(state: Arc<MockState>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/get_model_info", get(model_info))
+        .with_state(state)
+}
+
+#[derive(Deserialize, Default)]
+struct Req {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOpts>,
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct StreamOpts {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Records the request and applies delays and faults; `Err` is the response to send.
+async fn admit(s: &MockState, body: &Bytes) -> Result<(Req, Behavior), Response> {
+    s.requests.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut bodies = s.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        if bodies.len() >= 64 {
+            bodies.remove(0);
+        }
+        bodies.push(body.clone());
+    }
+    let b = s.behavior();
+    if b.hang {
+        std::future::pending::<()>().await;
+    }
+    if !b.first_byte_delay.is_zero() {
+        tokio::time::sleep(b.first_byte_delay).await;
+    }
+    if let Some(f) = &b.fault {
+        if f.rate >= 1.0 || fastrand::f64() < f.rate {
+            let status =
+                StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = serde_json::json!({"error": {"message": f.message, "type": "mock_error", "param": null, "code": f.status.to_string()}});
+            let mut r = (status, body.to_string()).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Some(ra) = &f.retry_after {
+                if let Ok(v) = HeaderValue::from_str(ra) {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            return Err(r);
+        }
+    }
+    let req: Req = serde_json::from_slice(body).map_err(|e| {
+        let body = serde_json::json!({"error": {"message": format!("mock: bad JSON: {e}"), "type": "invalid_request_error", "param": null, "code": null}});
+        (StatusCode::BAD_REQUEST, body.to_string()).into_response()
+    })?;
+    Ok((req, b))
+}
+
+fn json(body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn split_reply(text: &str, chunks: usize) -> Vec<String> {
+    let chunks = chunks.max(1);
+    let chars: Vec<char> = text.chars().collect();
+    let per = chars.len().div_ceil(chunks).max(1);
+    let mut out: Vec<String> = chars.chunks(per).map(|c| c.iter().collect()).collect();
+    while out.len() < chunks {
+        out.push(String::new());
+    }
+    out
+}
+
+const PROMPT_TOKENS: u64 = 9;
+
+async fn chat(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
+    let (req, b) = match admit(&s, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let reply = b.reply.replace("{name}", &s.name);
+    let completion_tokens = b.chunks as u64;
+    let id = format!("chatcmpl-{}-{}", s.name, s.requests.load(Ordering::Relaxed));
+    let model = req.model;
+    if !req.stream {
+        let body = serde_json::json!({
+            "id": id, "object": "chat.completion", "created": 1_700_000_000u64, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens}
+        });
+        return json(body.to_string());
+    }
+    let include_usage = req.stream_options.map(|o| o.include_usage).unwrap_or(false);
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| -> Bytes {
+        let mut v = serde_json::json!({
+            "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+        });
+        if include_usage {
+            v["usage"] = serde_json::Value::Null;
+        }
+        Bytes::from(format!("data: {v}\n\n"))
+    };
+    let mut events: Vec<Bytes> = Vec::with_capacity(b.chunks + 4);
+    let pieces = split_reply(&reply, b.chunks);
+    for (i, piece) in pieces.iter().enumerate() {
+        let delta = if i == 0 {
+            serde_json::json!({"role": "assistant", "content": piece})
+        } else {
+            serde_json::json!({"content": piece})
+        };
+        events.push(chunk(delta, None));
+    }
+    events.push(chunk(serde_json::json!({}), Some("stop")));
+    if include_usage {
+        let v = serde_json::json!({
+            "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
+            "choices": [], "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens}
+        });
+        events.push(Bytes::from(format!("data: {v}\n\n")));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse(s, events, b.chunk_delay, b.cut_after)
+}
+
+/// Streams `events` with `delay` between them; aborts the connection after `cut_after`.
+fn sse(
+    s: Arc<MockState>,
+    events: Vec<Bytes>,
+    delay: Duration,
+    cut_after: Option<usize>,
+) -> Response {
+    struct Guard {
+        s: Arc<MockState>,
+        finished: bool,
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if !self.finished {
+                self.s.cancelled_streams.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let guard = Guard { s, finished: false };
+    let stream = futures_util::stream::unfold(
+        (events.into_iter(), 0usize, guard),
+        move |(mut it, i, mut guard)| async move {
+            if cut_after == Some(i) {
+                guard.finished = true;
+                return Some((
+                    Err(std::io::Error::other("mock: stream cut")),
+                    (it, i + 1, guard),
+                ));
+            }
+            if cut_after.is_some_and(|c| i > c) {
+                return None;
+            }
+            let ev = match it.next() {
+                Some(ev) => ev,
+                None => {
+                    guard.finished = true;
+                    drop(guard);
+                    return None;
+                }
+            };
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<Bytes, std::io::Error>(ev), (it, i + 1, guard)))
+        },
+    );
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+async fn completions(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
+    let (req, b) = match admit(&s, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let reply = b.reply.replace("{name}", &s.name);
+    let id = format!("cmpl-{}-{}", s.name, s.requests.load(Ordering::Relaxed));
+    let usage = serde_json::json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": b.chunks, "total_tokens": PROMPT_TOKENS + b.chunks as u64});
+    if !req.stream {
+        let body = serde_json::json!({
+            "id": id, "object": "text_completion", "created": 1_700_000_000u64, "model": req.model,
+            "choices": [{"index": 0, "text": reply, "logprobs": null, "finish_reason": "stop"}],
+            "usage": usage
+        });
+        return json(body.to_string());
+    }
+    let mut events: Vec<Bytes> = split_reply(&reply, b.chunks)
+        .into_iter()
+        .map(|piece| {
+            let v = serde_json::json!({"id": id, "object": "text_completion", "created": 1_700_000_000u64, "model": req.model,
+                "choices": [{"index": 0, "text": piece, "logprobs": null, "finish_reason": null}]});
+            Bytes::from(format!("data: {v}\n\n"))
+        })
+        .collect();
+    let v = serde_json::json!({"id": id, "object": "text_completion", "created": 1_700_000_000u64, "model": req.model,
+        "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"}]});
+    events.push(Bytes::from(format!("data: {v}\n\n")));
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse(s, events, b.chunk_delay, b.cut_after)
+}
+
+async fn embeddings(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
+    let (req, _) = match admit(&s, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let inputs: Vec<String> = match req.input {
+        Some(serde_json::Value::String(t)) => vec![t],
+        Some(serde_json::Value::Array(items)) => items.iter().map(|v| v.to_string()).collect(),
+        _ => vec![String::new()],
+    };
+    let data: Vec<serde_json::Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            // A deterministic unit-ish vector derived from the text.
+            let seed = text
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            let v: Vec<f64> = (0..8)
+                .map(|k| (((seed >> (k * 4)) & 0xf) as f64 - 7.5) / 7.5)
+                .collect();
+            serde_json::json!({"object": "embedding", "index": i, "embedding": v})
+        })
+        .collect();
+    let tokens = inputs.iter().map(|t| t.len() as u64 / 4 + 1).sum::<u64>();
+    json(serde_json::json!({"object": "list", "data": data, "model": req.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}).to_string())
+}
+
+async fn models(State(s): State<Arc<MockState>>) -> Response {
+    let b = s.behavior();
+    let data: Vec<serde_json::Value> = b
+        .models
+        .iter()
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 1_700_000_000u64, "owned_by": "mock"}))
+        .collect();
+    json(serde_json::json!({"object": "list", "data": data}).to_string())
+}
+
+async fn health(State(s): State<Arc<MockState>>) -> Response {
+    if s.loaded.load(Ordering::SeqCst) {
+        StatusCode::OK.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response()
+    }
+}
+
+async fn model_info(State(s): State<Arc<MockState>>) -> Response {
+    let b = s.behavior();
+    json(serde_json::json!({"model_path": b.models.first(), "is_generation": true}).to_string())
+}
+
+/// `llmgw mock-upstream`: run the mock as a process.
+#[derive(clap::Args, Debug)]
+pub struct MockArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (printed on stdout).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    #[arg(long, default_value = "mock")]
+    pub name: String,
+    /// Model ids for /v1/models.
+    #[arg(long = "model", default_value = "mock-model")]
+    pub models: Vec<String>,
+    #[arg(long, default_value_t = 5)]
+    pub chunks: usize,
+    #[arg(long, default_value_t = 0)]
+    pub chunk_delay_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    pub first_byte_delay_ms: u64,
+    /// `/health` answers 503 for this long after start (simulated model load).
+    #[arg(long, default_value_t = 0)]
+    pub load_ms: u64,
+    /// Exit with status 1 this long after start (simulated crash).
+    #[arg(long)]
+    pub crash_after_ms: Option<u64>,
+    /// Fail requests with this HTTP status…
+    #[arg(long)]
+    pub fail_status: Option<u16>,
+    /// …on this fraction of requests.
+    #[arg(long, default_value_t = 1.0)]
+    pub fail_rate: f64,
+    /// Accepted for command-line compatibility with SGLang launch lines and ignored.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub ignored: Vec<String>,
+}
+
+pub fn main(args: MockArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
+        let behavior = Behavior {
+            chunks: args.chunks,
+            chunk_delay: Duration::from_millis(args.chunk_delay_ms),
+            first_byte_delay: Duration::from_millis(args.first_byte_delay_ms),
+            fault: args.fail_status.map(|status| Fault {
+                status,
+                rate: args.fail_rate,
+                retry_after: None,
+                message: format!("mock {} injected {status}", args.name),
+            }),
+            models: args.models.clone(),
+            ..Behavior::default()
+        };
+        let mock = MockUpstream::start_on(addr, &args.name, behavior).await?;
+        if args.load_ms > 0 {
+            mock.state.loaded.store(false, Ordering::SeqCst);
+            let st = mock.state.clone();
+            let load = Duration::from_millis(args.load_ms);
+            tokio::spawn(async move {
+                tokio::time::sleep(load).await;
+                st.loaded.store(true, Ordering::SeqCst);
+            });
+        }
+        println!(
+            "mock upstream {} listening on http://{}/v1",
+            args.name, mock.addr
+        );
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let crash = async {
+            match args.crash_after_ms {
+                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => Ok(ExitCode::SUCCESS),
+            _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
+            _ = crash => {
+                eprintln!("mock upstream {}: simulated crash", args.name);
+                Ok(ExitCode::from(1))
+            }
+        }
+    })
+}

@@ -1,0 +1,176 @@
+//! The client's request, parsed only as far as routing needs.
+//!
+//! The body is kept as the client's bytes. We read `model`, `stream` and
+//! `stream_options.include_usage` and remember where the `model` value sits, so a
+//! passthrough provider can swap in the upstream's model id by splicing bytes instead of
+//! re-serialising the whole document. Everything else (tools, unknown fields, …) passes
+//! through untouched.
+
+use crate::error::ApiError;
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::ops::Range;
+
+/// The OpenAI endpoints the gateway proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// Path below the API base, e.g. `chat/completions`.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat/completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// A parsed client request: the original bytes plus the few fields routing reads.
+#[derive(Debug, Clone)]
+pub struct ClientRequest {
+    pub endpoint: Endpoint,
+    pub body: Bytes,
+    /// The model group asked for.
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Byte range of the `model` value (quotes included) in `body`.
+    model_span: Range<usize>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<serde_json::Value>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+impl ClientRequest {
+    /// Parses the routing fields; errors are OpenAI-shaped 400s.
+    pub fn parse(endpoint: Endpoint, body: Bytes) -> Result<Self, ApiError> {
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::bad_request("request body is not valid UTF-8 JSON"))?;
+        let first = text.trim_start().as_bytes().first().copied();
+        if first != Some(b'{') {
+            return Err(ApiError::bad_request(
+                "request body must be a JSON object, e.g. {\"model\": \"...\", \"messages\": [...]}",
+            ));
+        }
+        let head: Head<'_> = serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
+        let raw = head.model.ok_or_else(|| {
+            ApiError::bad_request("you must provide a model parameter").with_param("model")
+        })?;
+        let model: String = serde_json::from_str(raw.get())
+            .map_err(|_| ApiError::bad_request("model must be a string").with_param("model"))?;
+        if model.is_empty() {
+            return Err(ApiError::bad_request("model must not be empty").with_param("model"));
+        }
+        let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+        let model_span = start..start + raw.get().len();
+        let stream = match head.stream {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(_) => {
+                return Err(
+                    ApiError::bad_request("stream must be true or false").with_param("stream")
+                )
+            }
+        };
+        let include_usage = head
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        Ok(ClientRequest {
+            endpoint,
+            body,
+            model,
+            stream,
+            include_usage,
+            model_span,
+        })
+    }
+
+    /// The body with `model` replaced by `upstream_model`; shares the bytes when equal.
+    pub fn body_for_model(&self, upstream_model: &str) -> Bytes {
+        if upstream_model == self.model {
+            return self.body.clone();
+        }
+        let quoted = serde_json::to_string(upstream_model).unwrap_or_default();
+        let mut out = BytesMut::with_capacity(self.body.len() + quoted.len());
+        out.extend_from_slice(&self.body[..self.model_span.start]);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(&self.body[self.model_span.end..]);
+        out.freeze()
+    }
+
+    /// The whole body as a JSON value, for providers that translate it.
+    pub fn json(&self) -> Result<serde_json::Value, ApiError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<ClientRequest, ApiError> {
+        ClientRequest::parse(Endpoint::ChatCompletions, Bytes::from(s.to_string()))
+    }
+
+    #[test]
+    fn reads_routing_fields() {
+        let r = parse(
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.model, "m");
+        assert!(r.stream && r.include_usage);
+    }
+
+    #[test]
+    fn splices_model_keeping_everything_else() {
+        let src = r#"{"messages":[{"role":"user","content":"hi"}], "model" : "group", "tools":[{"x":1}],"weird":{"a":[1,2]}}"#;
+        let r = parse(src).unwrap();
+        let out = r.body_for_model("org/real-model");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            src.replace("\"group\"", "\"org/real-model\"")
+        );
+    }
+
+    #[test]
+    fn escaped_model_names_round_trip() {
+        let r = parse(r#"{"model":"a\"b"}"#).unwrap();
+        assert_eq!(r.model, "a\"b");
+        let out = r.body_for_model("c");
+        assert_eq!(&out[..], br#"{"model":"c"}"#);
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        assert!(parse("{").unwrap_err().message.contains("not valid JSON"));
+        assert_eq!(parse("{}").unwrap_err().param.as_deref(), Some("model"));
+        assert!(parse("[1]").unwrap_err().message.contains("JSON object"));
+        assert!(parse(r#"{"model":3}"#)
+            .unwrap_err()
+            .message
+            .contains("string"));
+    }
+}

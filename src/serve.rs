@@ -1,0 +1,453 @@
+//! `llmgw serve`: the gateway in the foreground.
+//!
+//! Binds (the configured port, or a free one when it is taken), serves the OpenAI API
+//! through the [`Router`], reports readiness, writes `endpoint.json` when ready, and on
+//! SIGTERM/SIGINT drains: stop accepting, readiness 503, let in-flight requests (streams
+//! included) finish within the grace period, exit 0.
+
+use crate::cli::ServeArgs;
+use crate::config::{Config, LoadedConfig, LogFormat, Secret};
+use crate::error::ApiError;
+use crate::request::{ClientRequest, Endpoint};
+use crate::router::{RequestLog, Router};
+use crate::state::{self, EndpointRecord};
+use anyhow::Context as _;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a request handler needs; shared read-only across tasks.
+pub struct AppState {
+    pub router: Router,
+    master_key: Option<Secret>,
+    max_body: usize,
+    request_timeout: Duration,
+    /// Readiness: false while starting (backends loading) and while draining.
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+    models_body: Bytes,
+}
+
+/// `llmgw serve` entry: config, logs, runtime.
+pub fn main(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
+    let cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::quickstart()?,
+    };
+    let _log_guard = crate::logging::init(log_format.unwrap_or(cfg.config.server.log_format));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run(args, cfg, CancellationToken::new()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A bound, not yet serving gateway; `run` drives it.
+pub struct Bound {
+    pub listener: tokio::net::TcpListener,
+    pub addr: SocketAddr,
+}
+
+/// Binds `host:port`, or a free port on `host` when that one is taken.
+pub async fn bind(host: &str, port: u16) -> anyhow::Result<Bound> {
+    let ip: std::net::IpAddr = host.parse().with_context(|| {
+        format!("[server] host {host:?} is not an IP address (use e.g. 127.0.0.1 or 0.0.0.0)")
+    })?;
+    let want = SocketAddr::new(ip, port);
+    let listener = match tokio::net::TcpListener::bind(want).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port != 0 => {
+            let l = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
+                .await
+                .with_context(|| format!("cannot bind {ip}:0"))?;
+            tracing::warn!(
+                wanted = port,
+                port = l.local_addr()?.port(),
+                "port {port} is taken on this node; using a free port instead"
+            );
+            l
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {want}")),
+    };
+    let addr = listener.local_addr()?;
+    Ok(Bound { listener, addr })
+}
+
+/// Runs the gateway until `shutdown` is cancelled or SIGTERM/SIGINT arrives.
+pub async fn run(
+    args: ServeArgs,
+    cfg: LoadedConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let server = &cfg.config.server;
+    let host = args.host.clone().unwrap_or_else(|| server.host.clone());
+    let port = args.port.unwrap_or(server.port);
+    let master_key = match &args.master_key_file {
+        Some(path) => Some(read_key_file(path)?),
+        None => cfg.master_key.clone(),
+    };
+    let loopback = host
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false);
+    if !loopback && master_key.is_none() {
+        anyhow::bail!(
+            "refusing to listen on {host} without a master key: anyone on the network could use \
+             your models and keys; set [server] master_key = \"env:LLMGW_MASTER_KEY\" (or use \
+             --master-key-file), or listen on 127.0.0.1"
+        );
+    }
+    let router = Router::new(&cfg, &HashMap::new()).map_err(anyhow::Error::msg)?;
+    let bound = bind(&host, port).await?;
+    let state = Arc::new(AppState {
+        models_body: models_body(router.model_names()),
+        router,
+        master_key,
+        max_body: server.max_body_bytes,
+        request_timeout: server.request_timeout.0,
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+    });
+    let app = app(state.clone());
+    let grace = server.shutdown_grace.0;
+
+    spawn_signal_listener(shutdown.clone());
+    let serve = axum::serve(bound.listener, app).with_graceful_shutdown({
+        let shutdown = shutdown.clone();
+        let state = state.clone();
+        async move {
+            shutdown.cancelled().await;
+            state.draining.store(true, Ordering::SeqCst);
+            state.ready.store(false, Ordering::SeqCst);
+            tracing::info!(grace = ?grace, "shutting down: no new connections; in-flight requests may finish");
+        }
+    });
+
+    state.ready.store(true, Ordering::SeqCst);
+    let record = match &args.state_dir {
+        Some(dir) => {
+            state::ensure_dir(dir)
+                .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+            let rec = EndpointRecord {
+                host: node_hostname(),
+                bind: bound.addr.ip().to_string(),
+                port: bound.addr.port(),
+                pid: std::process::id(),
+                job_id: std::env::var("SLURM_JOB_ID").ok(),
+                started_at: state::now_rfc3339(),
+            };
+            rec.write(dir).with_context(|| {
+                format!("cannot write {}", dir.join(state::ENDPOINT_FILE).display())
+            })?;
+            Some(dir.clone())
+        }
+        None => None,
+    };
+    tracing::info!(
+        addr = %bound.addr,
+        models = ?state.router.model_names(),
+        config = %cfg.source_name,
+        "llmgw ready on http://{}/v1",
+        bound.addr
+    );
+
+    let grace_timer = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    let result = tokio::select! {
+        r = serve.into_future() => r.context("server error"),
+        _ = grace_timer => {
+            let left: u64 = state.router.deployments().map(|d| d.stats.in_flight.load(Ordering::Relaxed)).sum();
+            tracing::warn!(in_flight = left, "grace period over; closing remaining connections");
+            Ok(())
+        }
+    };
+    if let Some(dir) = record {
+        let _ = std::fs::remove_file(dir.join(state::ENDPOINT_FILE));
+    }
+    tracing::info!("stopped");
+    result
+}
+
+fn read_key_file(path: &PathBuf) -> anyhow::Result<Secret> {
+    let key = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read master key file {}", path.display()))?;
+    let key = key.trim();
+    if key.is_empty() {
+        anyhow::bail!("master key file {} is empty", path.display());
+    }
+    Ok(Secret::new(key))
+}
+
+/// The node's short host name, as other nodes and ssh address it.
+pub fn node_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn spawn_signal_listener(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = shutdown.cancelled() => return,
+        }
+        shutdown.cancel();
+    });
+}
+
+/// The HTTP routes.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/health", get(health))
+        .route("/health/liveness", get(liveness))
+        .route("/health/readiness", get(readiness))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn chat_completions(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy(
+        s,
+        Endpoint::ChatCompletions,
+        "/v1/chat/completions",
+        headers,
+        body,
+    )
+    .await
+}
+
+async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy(s, Endpoint::Completions, "/v1/completions", headers, body).await
+}
+
+async fn embeddings(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy(s, Endpoint::Embeddings, "/v1/embeddings", headers, body).await
+}
+
+/// The request path shared by the three proxied endpoints.
+async fn proxy(
+    s: Arc<AppState>,
+    endpoint: Endpoint,
+    path: &'static str,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut log = RequestLog::default();
+    log.path = path;
+    let result = async {
+        s.authorize(&headers)?;
+        let bytes = read_body(body, &headers, s.max_body).await?;
+        let req = ClientRequest::parse(endpoint, bytes)?;
+        log.model = req.model.clone();
+        log.stream = req.stream;
+        match tokio::time::timeout(s.request_timeout, s.router.serve(req, &mut log)).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::gateway_timeout(format!(
+                "the request did not finish within the gateway's request_timeout of {:?}",
+                s.request_timeout
+            ))),
+        }
+    }
+    .await;
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            log.status = e.status.as_u16();
+            e.into_response()
+        }
+    }
+}
+
+/// Reads the body up to `limit` bytes; 413 beyond it.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let over = std::error::Error::source(&e).is_some_and(|s| {
+                s.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+            });
+            if over {
+                Err(ApiError::too_large(limit))
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "could not read the request body: {e}"
+                )))
+            }
+        }
+    }
+}
+
+impl AppState {
+    /// Checks `Authorization: Bearer <key>` (or `x-api-key`/`api-key`) when a master key is set.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(key) = &self.master_key else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+            .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()));
+        match given {
+            Some(g) if constant_time_eq(g.trim().as_bytes(), key.expose().as_bytes()) => Ok(()),
+            Some(_) => Err(ApiError::unauthorized("invalid API key; use the key from `llmgw status` / ~/.llmgw/<name>/key")),
+            None => Err(ApiError::unauthorized(
+                "missing API key: send `Authorization: Bearer <key>` (OPENAI_API_KEY for OpenAI SDKs)",
+            )),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn models_body(names: &[String]) -> Bytes {
+    let data: Vec<serde_json::Value> = names
+        .iter()
+        .map(|n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "llmgw"}))
+        .collect();
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+            .unwrap_or_default(),
+    )
+}
+
+fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = s.authorize(&headers) {
+        return e.into_response();
+    }
+    json_response(StatusCode::OK, s.models_body.clone())
+}
+
+async fn liveness() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"alive"}"#)
+}
+
+async fn readiness(State(s): State<Arc<AppState>>) -> Response {
+    if s.draining.load(Ordering::Relaxed) {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+    } else if !s.ready.load(Ordering::Relaxed) {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"starting"}"#)
+    } else {
+        json_response(StatusCode::OK, r#"{"status":"ready"}"#)
+    }
+}
+
+async fn health(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = s.authorize(&headers) {
+        return e.into_response();
+    }
+    let deployments: Vec<serde_json::Value> = s
+        .router
+        .deployments()
+        .map(|d| {
+            serde_json::json!({
+                "id": d.id,
+                "model_group": d.group,
+                "provider": d.kind.as_str(),
+                "model": d.model,
+                "api_base": d.api_base,
+                "state": "healthy",
+                "in_flight": d.stats.in_flight.load(Ordering::Relaxed),
+                "requests": d.stats.requests.load(Ordering::Relaxed),
+                "failures": d.stats.failures.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    let status = if s.draining.load(Ordering::Relaxed) {
+        "draining"
+    } else if s.ready.load(Ordering::Relaxed) {
+        "healthy"
+    } else {
+        "starting"
+    };
+    let body = serde_json::json!({"status": status, "deployments": deployments});
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    ApiError::not_found(format!(
+        "no route {}; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and /health",
+        uri.path()
+    ))
+    .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method not allowed on this path",
+    )
+    .into_response()
+}

@@ -1,0 +1,120 @@
+//! The per-gateway state directory (`~/.llmgw/<name>/` by default, on the shared
+//! filesystem): the endpoint record `serve` writes when ready, and paths of the files
+//! `start`, `status`, `logs` and `stop` share with it.
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// File names inside a state directory.
+pub const ENDPOINT_FILE: &str = "endpoint.json";
+pub const KEY_FILE: &str = "key";
+
+/// Where a running gateway listens; written atomically by `serve` once ready.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndpointRecord {
+    /// The node's host name (what other nodes and the ssh tunnel use).
+    pub host: String,
+    /// The address actually bound.
+    pub bind: String,
+    pub port: u16,
+    pub pid: u32,
+    pub job_id: Option<String>,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+}
+
+/// `$HOME/.llmgw/<name>`, or `state_dir` when given.
+pub fn state_dir(name: &str, state_dir: Option<&Path>) -> PathBuf {
+    match state_dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            home.join(".llmgw").join(name)
+        }
+    }
+}
+
+/// Creates the directory (0700: it holds the key and logs).
+pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes `contents` to `path` atomically (temp file + rename) with the given mode.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+impl EndpointRecord {
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_atomic(&dir.join(ENDPOINT_FILE), &json, 0o600)
+    }
+
+    pub fn read(dir: &Path) -> std::io::Result<Option<Self>> {
+        match std::fs::read(dir.join(ENDPOINT_FILE)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Current time as RFC 3339 UTC (`2026-11-23T10:58:18Z`).
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T07:46:40Z");
+    }
+}
