@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 /// One upstream deployment of a model group.
 pub struct Deployment {
+    /// Position of its `[[models]]` entry in the config.
+    pub index: usize,
     /// Unique id: configured, or `<name>-<n>` (1-based within the group).
     pub id: String,
     pub group: String,
@@ -39,6 +41,9 @@ pub struct Deployment {
     pub drop_params: bool,
     pub provider: Arc<dyn Provider>,
     pub stats: DeploymentStats,
+    /// False while a supervised local backend is loading, restarting or has failed:
+    /// the router sends it nothing.
+    pub available: std::sync::atomic::AtomicBool,
 }
 
 /// Counters kept per deployment, lock-free.
@@ -94,6 +99,7 @@ impl Router {
                 m.id.clone()
                     .unwrap_or_else(|| format!("{}-{}", name, group.len() + 1));
             group.push(Arc::new(Deployment {
+                index: i,
                 id,
                 group: name.clone(),
                 kind: m.provider,
@@ -107,6 +113,7 @@ impl Router {
                 drop_params: m.drop_params,
                 provider,
                 stats: DeploymentStats::default(),
+                available: std::sync::atomic::AtomicBool::new(true),
             }));
         }
         // TLS for cloud providers uses rustls with the ring backend (no C build step).
@@ -123,6 +130,11 @@ impl Router {
             names,
             client,
         })
+    }
+
+    /// The deployment made from `[[models]]` entry `index`.
+    pub fn deployment_by_index(&self, index: usize) -> Option<&Arc<Deployment>> {
+        self.deployments().find(|d| d.index == index)
     }
 
     /// Model group names in config order.
