@@ -10,4 +10,6 @@ pub mod providers;
 pub mod request;
 pub mod router;
 pub mod serve;
+pub mod slurm;
 pub mod state;
+pub mod supervise;

@@ -11,7 +11,10 @@ use tracing_subscriber::EnvFilter;
 pub fn init(format: LogFormat) -> WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        // Buffered: the writer thread drains every queued line and then flushes, so under
+        // load many lines go out in one write(2) instead of one each; when idle, a line is
+        // still written at once.
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let filter = EnvFilter::try_from_env("LLMGW_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,reqwest=warn,h2=warn"));
     let builder = tracing_subscriber::fmt()

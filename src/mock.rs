@@ -74,6 +74,8 @@ pub struct MockState {
     pub loaded: AtomicBool,
     /// Client disconnects seen in the middle of a streamed answer.
     pub cancelled_streams: AtomicU64,
+    /// When each POST request arrived (at most the last 10,000).
+    arrivals: Mutex<Vec<std::time::Instant>>,
 }
 
 impl MockState {
@@ -92,6 +94,10 @@ impl MockState {
             .unwrap_or_else(|e| e.into_inner())
             .last()
             .cloned()
+    }
+    /// Arrival times of the POST requests, oldest first.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
@@ -125,8 +131,15 @@ impl MockUpstream {
             bodies: Mutex::new(Vec::new()),
             loaded: AtomicBool::new(true),
             cancelled_streams: AtomicU64::new(0),
+            arrivals: Mutex::new(Vec::new()),
         });
         let app = router(state.clone());
+        // No Nagle: a streamed answer is many small writes; without TCP_NODELAY each one
+        // after the first waits for the client's (delayed, ~40 ms) ACK.
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -177,6 +190,12 @@ struct StreamOpts {
 /// Records the request and applies delays and faults; `Err` is the response to send.
 async fn admit(s: &MockState, body: &Bytes) -> Result<(Req, Behavior), Response> {
     s.requests.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut a = s.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        if a.len() < 10_000 {
+            a.push(std::time::Instant::now());
+        }
+    }
     {
         let mut bodies = s.bodies.lock().unwrap_or_else(|e| e.into_inner());
         if bodies.len() >= 64 {
@@ -311,6 +330,11 @@ fn sse(
         (events.into_iter(), 0usize, guard),
         move |(mut it, i, mut guard)| async move {
             if cut_after == Some(i) {
+                // Pause as before any chunk, so the chunks before the cut are flushed to
+                // the client first (otherwise the abort can overtake them).
+                if i > 0 {
+                    tokio::time::sleep(delay.max(Duration::from_millis(50))).await;
+                }
                 guard.finished = true;
                 return Some((
                     Err(std::io::Error::other("mock: stream cut")),

@@ -40,9 +40,26 @@ pub struct ClientRequest {
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
+    /// llmgw's own per-request fields (removed from `body` before it goes upstream).
+    pub options: RequestOptions,
     /// Byte range of the `model` value (quotes included) in `body`.
     model_span: Range<usize>,
 }
+
+/// Per-request controls that llmgw reads and no upstream sees.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOptions {
+    /// Replaces the configured fallbacks of the requested model.
+    pub fallbacks: Option<Vec<String>>,
+    pub disable_fallbacks: bool,
+    /// Overall time limit for this request (seconds in the body).
+    pub timeout: Option<std::time::Duration>,
+    /// The raw `cache` controls object, for the response cache.
+    pub cache: Option<Box<RawValue>>,
+}
+
+/// Body keys that are llmgw's, not the upstream's.
+const OWN_KEYS: [&str; 4] = ["fallbacks", "disable_fallbacks", "timeout", "cache"];
 
 #[derive(Deserialize)]
 struct Head<'a> {
@@ -52,6 +69,14 @@ struct Head<'a> {
     stream: Option<serde_json::Value>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    fallbacks: Option<Vec<String>>,
+    #[serde(default)]
+    disable_fallbacks: Option<bool>,
+    #[serde(default)]
+    timeout: Option<f64>,
+    #[serde(default, borrow)]
+    cache: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -96,14 +121,44 @@ impl ClientRequest {
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
-        Ok(ClientRequest {
+        let has_own = head.fallbacks.is_some()
+            || head.disable_fallbacks.is_some()
+            || head.timeout.is_some()
+            || head.cache.is_some();
+        let options = RequestOptions {
+            fallbacks: head.fallbacks,
+            disable_fallbacks: head.disable_fallbacks.unwrap_or(false),
+            timeout: match head.timeout {
+                Some(t) if t.is_finite() && t > 0.0 => Some(std::time::Duration::from_secs_f64(t)),
+                Some(_) => {
+                    return Err(ApiError::bad_request("timeout must be a positive number of seconds").with_param("timeout"))
+                }
+                None => None,
+            },
+            cache: head.cache.map(|c| c.to_owned()),
+        };
+        let mut req = ClientRequest {
             endpoint,
-            body,
+            body: body.clone(),
             model,
             stream,
             include_usage,
+            options,
             model_span,
-        })
+        };
+        if has_own {
+            // Rare path: rebuild the body without llmgw's own keys.
+            let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
+            for k in OWN_KEYS {
+                map.remove(k);
+            }
+            let cleaned = Bytes::from(serde_json::to_vec(&map).unwrap_or_default());
+            let reparsed = ClientRequest::parse(endpoint, cleaned)?;
+            req.body = reparsed.body;
+            req.model_span = reparsed.model_span;
+        }
+        Ok(req)
     }
 
     /// The body with `model` replaced by `upstream_model`; shares the bytes when equal.
@@ -161,6 +216,16 @@ mod tests {
         assert_eq!(r.model, "a\"b");
         let out = r.body_for_model("c");
         assert_eq!(&out[..], br#"{"model":"c"}"#);
+    }
+
+    #[test]
+    fn own_keys_are_read_and_removed() {
+        let r = parse(r#"{"model":"m","fallbacks":["b"],"disable_fallbacks":false,"timeout":2.5,"cache":{"no-cache":true},"messages":[]}"#).unwrap();
+        assert_eq!(r.options.fallbacks.as_deref(), Some(&["b".to_string()][..]));
+        assert_eq!(r.options.timeout, Some(std::time::Duration::from_millis(2500)));
+        assert!(r.options.cache.is_some());
+        assert_eq!(&r.body[..], br#"{"model":"m","messages":[]}"#);
+        assert_eq!(&r.body_for_model("x")[..], br#"{"model":"x","messages":[]}"#);
     }
 
     #[test]

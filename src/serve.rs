@@ -38,6 +38,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     pub draining: AtomicBool,
     models_body: Bytes,
+    /// Supervised local backends, for `/health`.
+    backends: crate::supervise::Monitor,
 }
 
 /// `llmgw serve` entry: config, logs, runtime.
@@ -110,7 +112,10 @@ pub async fn run(
              --master-key-file), or listen on 127.0.0.1"
         );
     }
-    let router = Router::new(&cfg, &HashMap::new()).map_err(anyhow::Error::msg)?;
+    // Local backends get their ports before the router is built (it needs their URLs).
+    let mut backends = crate::supervise::Backends::plan(&cfg, args.state_dir.as_deref())?;
+    let router = Router::new(&cfg, &backends.api_bases()).map_err(anyhow::Error::msg)?;
+    backends.attach(&router);
     let bound = bind(&host, port).await?;
     let state = Arc::new(AppState {
         models_body: models_body(router.model_names()),
@@ -120,6 +125,7 @@ pub async fn run(
         request_timeout: server.request_timeout.0,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
+        backends: backends.monitor(),
     });
     let app = app(state.clone());
     let grace = server.shutdown_grace.0;
@@ -136,8 +142,19 @@ pub async fn run(
         }
     });
 
-    state.ready.store(true, Ordering::SeqCst);
+    // Serve (readiness 503) while the local backends load; ready once each is ready or failed.
+    let mut server = tokio::spawn(serve.into_future());
+    backends.start()?;
+    tokio::select! {
+        r = backends.settled() => if let Err(e) = r {
+            backends.shutdown().await;
+            return Err(e.into());
+        },
+        _ = shutdown.cancelled() => {}
+    }
+    state.ready.store(!shutdown.is_cancelled(), Ordering::SeqCst);
     let record = match &args.state_dir {
+        Some(_) if shutdown.is_cancelled() => None,
         Some(dir) => {
             state::ensure_dir(dir)
                 .with_context(|| format!("cannot create state directory {}", dir.display()))?;
@@ -172,13 +189,14 @@ pub async fn run(
         }
     };
     let result = tokio::select! {
-        r = serve.into_future() => r.context("server error"),
+        r = &mut server => r.context("server task failed")?.context("server error"),
         _ = grace_timer => {
             let left: u64 = state.router.deployments().map(|d| d.stats.in_flight.load(Ordering::Relaxed)).sum();
             tracing::warn!(in_flight = left, "grace period over; closing remaining connections");
             Ok(())
         }
     };
+    backends.shutdown().await;
     if let Some(dir) = record {
         let _ = std::fs::remove_file(dir.join(state::ENDPOINT_FILE));
     }
@@ -281,7 +299,9 @@ async fn proxy(
         let req = ClientRequest::parse(endpoint, bytes)?;
         log.model = req.model.clone();
         log.stream = req.stream;
-        match tokio::time::timeout(s.request_timeout, s.router.serve(req, &mut log)).await {
+        let budget = req.options.timeout.map_or(s.request_timeout, |t| t.min(s.request_timeout));
+        let deadline = std::time::Instant::now() + budget;
+        match tokio::time::timeout(budget, s.router.serve(req, deadline, &mut log)).await {
             Ok(r) => r,
             Err(_) => Err(ApiError::gateway_timeout(format!(
                 "the request did not finish within the gateway's request_timeout of {:?}",
@@ -294,7 +314,15 @@ async fn proxy(
         Ok(resp) => resp,
         Err(e) => {
             log.status = e.status.as_u16();
-            e.into_response()
+            let mut resp = e.into_response();
+            if log.attempts > 0 {
+                let h = resp.headers_mut();
+                h.insert("x-llmgw-attempts", HeaderValue::from(log.attempts));
+                if let Ok(v) = HeaderValue::from_str(&log.deployment) {
+                    h.insert("x-llmgw-deployment", v);
+                }
+            }
+            resp
         }
     }
 }
@@ -404,23 +432,7 @@ async fn health(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
     if let Err(e) = s.authorize(&headers) {
         return e.into_response();
     }
-    let deployments: Vec<serde_json::Value> = s
-        .router
-        .deployments()
-        .map(|d| {
-            serde_json::json!({
-                "id": d.id,
-                "model_group": d.group,
-                "provider": d.kind.as_str(),
-                "model": d.model,
-                "api_base": d.api_base,
-                "state": "healthy",
-                "in_flight": d.stats.in_flight.load(Ordering::Relaxed),
-                "requests": d.stats.requests.load(Ordering::Relaxed),
-                "failures": d.stats.failures.load(Ordering::Relaxed),
-            })
-        })
-        .collect();
+    let deployments: Vec<serde_json::Value> = s.router.deployments().map(|d| deployment_health(d)).collect();
     let status = if s.draining.load(Ordering::Relaxed) {
         "draining"
     } else if s.ready.load(Ordering::Relaxed) {
@@ -428,11 +440,38 @@ async fn health(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
     } else {
         "starting"
     };
-    let body = serde_json::json!({"status": status, "deployments": deployments});
+    let body = serde_json::json!({"status": status, "deployments": deployments, "backends": s.backends.snapshot()});
     json_response(
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),
     )
+}
+
+/// One deployment's entry in `/health`.
+fn deployment_health(d: &crate::router::Deployment) -> serde_json::Value {
+    use crate::router::DeploymentState;
+    let (state, until, reason) = match d.state() {
+        DeploymentState::Healthy => ("healthy", None, None),
+        DeploymentState::Cooling { until_ms, reason } => ("cooling", Some(until_ms), Some(reason)),
+        DeploymentState::Unreachable => ("unreachable", None, None),
+        DeploymentState::Unavailable => ("unavailable", None, None),
+    };
+    let now = crate::router::now_ms();
+    serde_json::json!({
+        "id": d.id,
+        "model_group": d.group,
+        "provider": d.kind.as_str(),
+        "model": d.model,
+        "api_base": d.api_base,
+        "state": state,
+        "cooling_until": until.map(|ms| crate::state::rfc3339(ms / 1000)),
+        "cooling_seconds_left": until.map(|ms| ms.saturating_sub(now).div_ceil(1000)),
+        "cooling_reason": reason,
+        "in_flight": d.stats.in_flight.load(Ordering::Relaxed),
+        "requests": d.stats.requests.load(Ordering::Relaxed),
+        "failures": d.stats.failures.load(Ordering::Relaxed),
+        "latency_ms": d.latency_us() as f64 / 1000.0,
+    })
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -89,7 +89,8 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
-fn rfc3339(secs: u64) -> String {
+/// Unix seconds as RFC 3339 UTC.
+pub fn rfc3339(secs: u64) -> String {
     let days = secs / 86400;
     let rem = secs % 86400;
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -115,6 +116,6 @@ mod tests {
     #[test]
     fn rfc3339_known_dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T07:46:40Z");
+        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
     }
 }

@@ -6,7 +6,10 @@
 //! response or convert a stream event by event. Adding a provider means one file here and
 //! one line in [`for_kind`].
 
+pub mod anthropic;
+pub mod gemini;
 pub mod openai;
+pub mod translate;
 
 use crate::config::{ErrorClass, ProviderKind};
 use crate::error::ApiError;
@@ -49,6 +52,11 @@ pub trait Provider: Send + Sync + 'static {
         _req: &ClientRequest,
     ) -> Box<dyn StreamTranslator> {
         Box::new(Identity)
+    }
+
+    /// `Some(reason)` when this build cannot serve the provider (checked at startup).
+    fn unsupported(&self) -> Option<String> {
+        None
     }
 
     /// Classifies an error response and builds the client's error from it.
@@ -104,9 +112,8 @@ pub fn for_kind(kind: ProviderKind) -> Arc<dyn Provider> {
     match kind {
         ProviderKind::Openai | ProviderKind::Sglang => Arc::new(openai::OpenAi),
         ProviderKind::Azure => Arc::new(openai::Azure),
-        // Translating providers are registered here as they land; until then they are
-        // rejected at startup by `Router::new`.
-        ProviderKind::Anthropic | ProviderKind::Gemini => Arc::new(Unsupported(kind)),
+        ProviderKind::Anthropic => Arc::new(anthropic::Anthropic),
+        ProviderKind::Gemini => Arc::new(gemini::Gemini),
     }
 }
 
@@ -114,6 +121,9 @@ pub fn for_kind(kind: ProviderKind) -> Arc<dyn Provider> {
 pub struct Unsupported(pub ProviderKind);
 
 impl Provider for Unsupported {
+    fn unsupported(&self) -> Option<String> {
+        Some(format!("provider {} is not supported by this build yet", self.0.as_str()))
+    }
     fn build(
         &self,
         _: &reqwest::Client,

@@ -1,0 +1,91 @@
+//! Micro-benchmarks of the CPU work the gateway does itself on every request, apart from
+//! HTTP and the upstream: reading the routing fields out of the client's body, splicing
+//! the upstream's model id into it, and rendering an OpenAI-shaped error.
+//!
+//!   cargo bench --bench hot_path              # full run
+//!   cargo bench --bench hot_path -- --quick   # a few seconds (what scripts/bench.sh runs)
+//!
+//! The end-to-end cost (HTTP in and out, the pooled upstream call, logging) is measured by
+//! `scripts/bench.sh`; see BENCHMARKS.md.
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use llmgw::error::ApiError;
+use llmgw::request::{ClientRequest, Endpoint};
+use std::hint::black_box;
+
+/// A typical agent request: system prompt, a short conversation, two tools, sampling
+/// parameters, streaming with usage. About 1.9 KB.
+const CHAT_WITH_TOOLS: &str = r#"{
+  "model": "qwen3",
+  "messages": [
+    {"role": "system", "content": "You are a careful research assistant. Answer briefly, cite the file and line you used, and call a tool when you need data you do not have."},
+    {"role": "user", "content": "What is the mean of column 'energy' in runs/2024-06-01/results.csv, and how does it compare with last week's run?"},
+    {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read_csv", "arguments": "{\"path\": \"runs/2024-06-01/results.csv\", \"columns\": [\"energy\"]}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "energy\n-76.4021\n-76.4019\n-76.4033\n-76.4008\n-76.4027"},
+    {"role": "user", "content": "Thanks. Now the same for 2024-05-25, and tell me whether the difference is significant."}
+  ],
+  "tools": [
+    {"type": "function", "function": {"name": "read_csv", "description": "Read selected columns of a CSV file under the project directory.", "parameters": {"type": "object", "properties": {"path": {"type": "string", "description": "Path relative to the project root"}, "columns": {"type": "array", "items": {"type": "string"}}}, "required": ["path"]}}},
+    {"type": "function", "function": {"name": "t_test", "description": "Welch's t-test between two samples.", "parameters": {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "number"}}, "b": {"type": "array", "items": {"type": "number"}}}, "required": ["a", "b"]}}}
+  ],
+  "tool_choice": "auto",
+  "temperature": 0.2,
+  "top_p": 0.95,
+  "max_tokens": 512,
+  "stream": true,
+  "stream_options": {"include_usage": true},
+  "user": "alice"
+}"#;
+
+/// The smallest useful request.
+const CHAT_SMALL: &str =
+    r#"{"model":"qwen3","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}"#;
+
+fn parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ClientRequest::parse");
+    for (name, body) in [("chat_with_tools", CHAT_WITH_TOOLS), ("chat_small", CHAT_SMALL)] {
+        let bytes = Bytes::from_static(body.as_bytes());
+        g.throughput(Throughput::Bytes(bytes.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                // Cloning `Bytes` is a refcount bump, as in the server (it owns the body).
+                ClientRequest::parse(Endpoint::ChatCompletions, black_box(bytes.clone()))
+                    .expect("valid request")
+            })
+        });
+    }
+    g.finish();
+}
+
+fn body_for_model(c: &mut Criterion) {
+    let req = ClientRequest::parse(
+        Endpoint::ChatCompletions,
+        Bytes::from_static(CHAT_WITH_TOOLS.as_bytes()),
+    )
+    .expect("valid request");
+    let mut g = c.benchmark_group("ClientRequest::body_for_model");
+    g.throughput(Throughput::Bytes(req.body.len() as u64));
+    g.bench_function("splice_new_model", |b| {
+        b.iter(|| req.body_for_model(black_box("Qwen/Qwen3-0.6B")))
+    });
+    g.bench_function("same_model_shares_bytes", |b| {
+        b.iter(|| req.body_for_model(black_box("qwen3")))
+    });
+    g.finish();
+}
+
+fn error_body(c: &mut Criterion) {
+    let e = ApiError::not_found(
+        "model \"gpt-5\" is not served by this gateway; available models: qwen3, gpt-4o-mini",
+    )
+    .with_param("model")
+    .with_code("model_not_found");
+    let mut g = c.benchmark_group("ApiError");
+    g.bench_function("body", |b| b.iter(|| black_box(&e).body()));
+    g.bench_function("sse_event", |b| b.iter(|| black_box(&e).sse_event()));
+    g.finish();
+}
+
+criterion_group!(benches, parse, body_for_model, error_body);
+criterion_main!(benches);

@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# Measures what the gateway adds on top of a direct call to the same upstream.
+#
+# Builds the release binary, starts the mock upstream (`llmgw mock-upstream`) and
+# `llmgw serve` on free loopback ports, then for non-streaming and streaming chat
+# completions at concurrency 1, 64 and 256 runs wrk for a fixed time, first against the
+# mock directly and then through the gateway. Prints requests/s, p50/p99 latency, the
+# latency the gateway adds, the gateway's CPU time per request (from /proc/<pid>/stat)
+# and its memory (VmRSS/VmHWM from /proc/<pid>/status). See BENCHMARKS.md.
+#
+#   scripts/bench.sh                # ~2.5 minutes after the build
+#   scripts/bench.sh --quick        # ~1 minute: shorter runs
+#   scripts/bench.sh --duration 20  # seconds per wrk run
+#   scripts/bench.sh --no-build     # use the existing target/release/llmgw
+#   scripts/bench.sh --micro        # also run the criterion micro-benchmarks
+#                                   # (cargo bench --bench hot_path -- --quick; the first
+#                                   # build of the bench profile takes a few minutes)
+#
+# Exits non-zero if anything fails: the build, a process not starting, or any wrk run
+# seeing a non-2xx response or a socket error. Needs Linux (/proc) and wrk (installed with
+# apt-get when missing and running as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+duration=8      # seconds per measured wrk run
+warmup=2        # seconds of warm-up per mode and target
+chunks=20       # content chunks per streamed answer
+micro=0
+build=1
+concurrencies=(1 64 256)
+
+usage() { sed -n "2,21p" "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) duration=3; warmup=1 ;;
+    --duration)
+      [ $# -ge 2 ] || { usage >&2; exit 2; }
+      duration=$2; shift ;;
+    --micro) micro=1 ;;
+    --no-build) build=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bench.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$duration" in ''|*[!0-9]*|0) echo "bench.sh: --duration wants whole seconds > 0" >&2; exit 2 ;; esac
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
+
+[ -r /proc/self/stat ] || die "needs Linux /proc"
+
+# --- tools ------------------------------------------------------------------------------
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing wrk (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends wrk >/dev/null
+  else
+    die "wrk is not installed; install it (apt-get install wrk) and run again"
+  fi
+fi
+
+if [ "$build" -eq 1 ]; then
+  log "cargo build --release"
+  cargo build --release --quiet --bin llmgw
+fi
+built="${CARGO_TARGET_DIR:-$root/target}/release/llmgw"
+[ -x "$built" ] || die "no binary at $built (run without --no-build)"
+
+# --- processes ---------------------------------------------------------------------------
+work=$(mktemp -d "${TMPDIR:-/tmp}/llmgw-bench.XXXXXX")
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    # The gateway drains for at most its grace period (1s in the bench config).
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A private copy, so a concurrent `cargo build` cannot swap the binary mid-run.
+bin="$work/llmgw"
+cp "$built" "$bin"
+
+# Waits up to 10 s for a file to contain a pattern.
+wait_for() {
+  local file=$1 pattern=$2 pid=$3 what=$4
+  for _ in $(seq 1 100); do
+    if grep -q "$pattern" "$file" 2>/dev/null; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || { cat "$work"/*.log >&2 || true; die "$what exited during start-up"; }
+    sleep 0.1
+  done
+  cat "$work"/*.log >&2 || true
+  die "$what did not start within 10 s"
+}
+
+"$bin" mock-upstream --host 127.0.0.1 --port 0 --name bench --model mock-model \
+  --chunks "$chunks" >"$work/mock.log" 2>&1 &
+mock_pid=$!
+pids+=("$mock_pid")
+wait_for "$work/mock.log" "listening on" "$mock_pid" "the mock upstream"
+mock_url=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$work/mock.log" | head -n1)
+[ -n "$mock_url" ] || die "cannot read the mock's address from $work/mock.log"
+
+cat >"$work/llmgw.toml" <<EOF
+[server]
+host = "127.0.0.1"
+port = 0
+shutdown_grace = "1s"
+
+[[models]]
+name = "bench"
+provider = "openai"
+model = "mock-model"
+api_base = "$mock_url/v1"
+EOF
+
+# Logging stays at its default (one line per request), as in production; to a file.
+"$bin" serve --config "$work/llmgw.toml" --port 0 --state-dir "$work/state" \
+  >"$work/gateway.log" 2>&1 &
+gw_pid=$!
+pids+=("$gw_pid")
+wait_for "$work/state/endpoint.json" '"port"' "$gw_pid" "llmgw serve"
+gw_port=$(grep -o '"port": *[0-9]*' "$work/state/endpoint.json" | grep -o '[0-9]*$')
+gw_url="http://127.0.0.1:$gw_port"
+
+# --- measurement helpers -----------------------------------------------------------------
+clk_tck=$(getconf CLK_TCK)
+# utime+stime of a process in clock ticks (fields 14 and 15; strip "pid (comm) " first).
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+# A /proc/<pid>/status field in KiB.
+status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+mib() { awk -v kb="$1" 'BEGIN {printf "%.1f", kb / 1024}'; }
+
+# A request like an agent's: system prompt, a user turn, one tool.
+write_body() {
+  local model=$1 stream=$2
+  cat <<EOF
+{"model":"$model","stream":$stream,"messages":[{"role":"system","content":"You are a careful research assistant. Answer briefly and call a tool when you need data you do not have."},{"role":"user","content":"What is the mean of column 'energy' in runs/2024-06-01/results.csv?"}],"tools":[{"type":"function","function":{"name":"read_csv","description":"Read selected columns of a CSV file under the project directory.","parameters":{"type":"object","properties":{"path":{"type":"string"},"columns":{"type":"array","items":{"type":"string"}}},"required":["path"]}}}],"temperature":0.2,"max_tokens":256}
+EOF
+}
+
+# wrk script: POST the body; at the end print one machine-readable line (latencies in µs).
+write_lua() {
+  local body_file=$1
+  cat <<EOF
+local f = assert(io.open("$body_file", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%d duration_us=%d p50=%d p99=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+EOF
+}
+
+for mode in json stream; do
+  stream=false; [ "$mode" = stream ] && stream=true
+  for target in direct gateway; do
+    model=mock-model; [ "$target" = gateway ] && model=bench
+    write_body "$model" "$stream" >"$work/body-$mode-$target.json"
+    write_lua "$work/body-$mode-$target.json" >"$work/$mode-$target.lua"
+  done
+done
+
+# Runs wrk; sets r_requests r_rps r_p50 r_p99 (µs). Fails on any error.
+run_wrk() {
+  local mode=$1 target=$2 conns=$3 secs=$4 url threads out
+  url="$mock_url"; [ "$target" = gateway ] && url="$gw_url"
+  threads=2; [ "$conns" -lt 2 ] && threads=1
+  out="$work/wrk-$mode-$target-c$conns.txt"
+  if ! timeout $((secs + 30)) wrk --latency -t "$threads" -c "$conns" -d "${secs}s" --timeout 10s \
+      -s "$work/$mode-$target.lua" "$url/v1/chat/completions" >"$out" 2>&1; then
+    cat "$out" >&2
+    die "wrk failed ($mode, $target, concurrency $conns)"
+  fi
+  local line
+  line=$(grep '^RESULT ' "$out") || { cat "$out" >&2; die "no result from wrk"; }
+  local kv k v fields requests=0 duration_us=1 p50=0 p99=0 connect=0 read=0 write=0 status=0 to=0
+  read -ra fields <<<"${line#RESULT }"
+  for kv in "${fields[@]}"; do
+    k=${kv%%=*}; v=${kv#*=}
+    case "$k" in
+      requests) requests=$v ;; duration_us) duration_us=$v ;; p50) p50=$v ;; p99) p99=$v ;;
+      connect) connect=$v ;; read) read=$v ;; write) write=$v ;; status) status=$v ;;
+      timeout) to=$v ;;
+    esac
+  done
+  if [ "$status" -ne 0 ] || [ $((connect + read + write + to)) -ne 0 ]; then
+    cat "$out" >&2
+    echo "--- last lines of the gateway log:" >&2
+    tail -n 20 "$work/gateway.log" >&2 || true
+    die "$mode $target concurrency $conns: $status non-2xx responses, socket errors connect $connect read $read write $write timeout $to"
+  fi
+  [ "$requests" -gt 0 ] || { cat "$out" >&2; die "$mode $target concurrency $conns: no request completed"; }
+  r_requests=$requests
+  r_rps=$(awk -v n="$requests" -v us="$duration_us" 'BEGIN {printf "%.0f", n / (us / 1e6)}')
+  r_p50=$p50
+  r_p99=$p99
+}
+
+ms() { awk -v us="$1" 'BEGIN {printf "%.2f", us / 1000}'; }
+signed_ms() { awk -v us="$1" 'BEGIN {printf "%+.2f", us / 1000}'; }
+
+# --- run ---------------------------------------------------------------------------------
+log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load:$(uptime | sed 's/.*load average://')"
+log "mock upstream $mock_url (pid $mock_pid, $chunks chunks per stream), gateway $gw_url (pid $gw_pid)"
+log "wrk ${duration}s per run, ${warmup}s warm-up per mode and target; ~$(( duration * 12 + warmup * 4 + 10 )) s"
+rss_start=$(status_kb "$gw_pid" VmRSS)
+
+table="$work/table.txt"
+fmt='%-6s %5s %-8s %8s %8s %8s %8s %8s %10s %11s %7s\n'
+# shellcheck disable=SC2059 # the format is ours
+printf "$fmt" mode conc target 'req/s' 'p50 ms' 'p99 ms' '+p50 ms' '+p99 ms' 'gw us/req' 'mock us/req' 'gw RSS' >"$table"
+verdict_cpu="" verdict_p99=""
+for mode in json stream; do
+  for target in direct gateway; do
+    run_wrk "$mode" "$target" 64 "$warmup"
+  done
+  for conns in "${concurrencies[@]}"; do
+    d_p50=0 d_p99=0
+    for target in direct gateway; do
+      log "$mode concurrency $conns $target"
+      gw0=$(cpu_ticks "$gw_pid"); mock0=$(cpu_ticks "$mock_pid")
+      run_wrk "$mode" "$target" "$conns" "$duration"
+      gw1=$(cpu_ticks "$gw_pid"); mock1=$(cpu_ticks "$mock_pid")
+      mock_us=$(awk -v t=$((mock1 - mock0)) -v hz="$clk_tck" -v n="$r_requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+      if [ "$target" = direct ]; then
+        d_p50=$r_p50 d_p99=$r_p99
+        # shellcheck disable=SC2059
+        printf "$fmt" "$mode" "$conns" direct \
+          "$r_rps" "$(ms "$r_p50")" "$(ms "$r_p99")" - - - "$mock_us" - >>"$table"
+      else
+        gw_us=$(awk -v t=$((gw1 - gw0)) -v hz="$clk_tck" -v n="$r_requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+        rss=$(mib "$(status_kb "$gw_pid" VmRSS)")
+        # shellcheck disable=SC2059
+        printf "$fmt" "$mode" "$conns" gateway \
+          "$r_rps" "$(ms "$r_p50")" "$(ms "$r_p99")" "$(signed_ms $((r_p50 - d_p50)))" \
+          "$(signed_ms $((r_p99 - d_p99)))" "$gw_us" "$mock_us" "${rss}M" >>"$table"
+        if [ "$conns" -eq 64 ] && [ "$mode" = json ]; then
+          verdict_cpu=$(awk -v x="$gw_us" 'BEGIN {print (x <= 50) ? "met" : "MISSED"}')
+          verdict_cpu="gateway CPU per non-streaming request at concurrency 64: $gw_us µs (target ≤ 50 µs: $verdict_cpu)"
+          add99=$((r_p99 - d_p99))
+          verdict_p99=$(awk -v x="$add99" 'BEGIN {print (x <= 2000) ? "met" : "MISSED"}')
+          verdict_p99="added p99 for non-streaming at concurrency 64: $(signed_ms "$add99") ms (target ≤ 2 ms: $verdict_p99)"
+        fi
+      fi
+    done
+  done
+done
+rss_end=$(status_kb "$gw_pid" VmRSS)
+hwm=$(status_kb "$gw_pid" VmHWM)
+kill -0 "$gw_pid" 2>/dev/null || die "the gateway died during the run"
+
+echo
+echo "llmgw bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), load:$(uptime | sed 's/.*load average://')"
+echo "wrk ${duration}s per row (threads ≤ 2); chat completions with one tool; streaming = $chunks content chunks, no delay."
+echo "Note: wrk, the mock and the gateway share the machine's $(nproc) cores, so gateway rows also pay for"
+echo "the CPU the gateway takes from wrk and the mock; req/s through the gateway is a lower bound."
+echo
+cat "$table"
+echo
+echo "columns: +p50/+p99 = gateway minus direct at the same mode and concurrency; gw us/req = gateway"
+echo "utime+stime per completed request; mock us/req = the mock's CPU per request; gw RSS = VmRSS after the row."
+echo "gateway memory: RSS $(mib "$rss_start") MiB at start, $(mib "$rss_end") MiB at end, peak (VmHWM) $(mib "$hwm") MiB"
+echo "$verdict_cpu"
+echo "$verdict_p99"
+
+if [ "$micro" -eq 1 ]; then
+  echo
+  log "cargo bench --bench hot_path -- --quick"
+  cargo bench --quiet --bench hot_path -- --quick 2>&1 | grep -E '^[A-Za-z].*time:|^ +time:|^[A-Za-z]' | grep -v '^Benchmarking' || die "cargo bench failed"
+fi

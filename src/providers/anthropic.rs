@@ -1,0 +1,1420 @@
+//! Anthropic Messages API (`POST {api_base}/messages`) behind OpenAI's chat completions.
+//!
+//! Request: system messages become the top-level `system`; consecutive turns of the same
+//! role are merged (Anthropic requires alternation); `tool` messages become
+//! `tool_result` blocks in a user turn and assistant `tool_calls` become `tool_use`
+//! blocks; `max_tokens` is always sent. Response: text and `tool_use` blocks become the
+//! message content and `tool_calls`; stop reasons and usage are mapped. Streams are
+//! translated event by event from Anthropic's named SSE events into OpenAI chunks.
+
+use super::translate::{
+    self as t, body_object, content_text, invalid, is_default, max_tokens, parse_data_url,
+    secret_header, stop_list, unsupported, unsupported_all, ChunkWriter, Delta, FunctionCall, FunctionDelta,
+    SseParser, ToolCall, ToolCallDelta, Usage,
+};
+use super::{Provider, StreamTranslator, UpstreamError};
+use crate::config::ErrorClass;
+use crate::error::ApiError;
+use crate::request::{ClientRequest, Endpoint};
+use crate::router::Deployment;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+const NAME: &str = "anthropic";
+/// The API version this translation follows.
+pub const API_VERSION: &str = "2023-06-01";
+/// `max_tokens` when neither the request nor the deployment sets one.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// The Anthropic Messages provider.
+pub struct Anthropic;
+
+impl Provider for Anthropic {
+    fn build(
+        &self,
+        client: &reqwest::Client,
+        dep: &Deployment,
+        req: &ClientRequest,
+    ) -> Result<reqwest::RequestBuilder, ApiError> {
+        if req.endpoint != Endpoint::ChatCompletions {
+            return Err(ApiError::bad_request(format!(
+                "deployment {} (anthropic) serves only /v1/chat/completions, not /v1/{}",
+                dep.id,
+                req.endpoint.path()
+            ))
+            .with_code("unsupported_endpoint"));
+        }
+        let body = translate_request(dep, req)?;
+        let mut rb = client
+            .post(format!("{}/messages", dep.api_base))
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("anthropic-version", HeaderValue::from_static(API_VERSION))
+            .body(body);
+        if let Some(key) = &dep.api_key {
+            rb = rb.header("x-api-key", secret_header(dep, key.expose())?);
+        }
+        Ok(rb)
+    }
+
+    fn passthrough(&self) -> bool {
+        false
+    }
+
+    fn translate_body(
+        &self,
+        _dep: &Deployment,
+        _req: &ClientRequest,
+        body: Bytes,
+    ) -> Result<Bytes, ApiError> {
+        translate_response(&body)
+    }
+
+    fn stream_translator(
+        &self,
+        dep: &Deployment,
+        req: &ClientRequest,
+    ) -> Box<dyn StreamTranslator> {
+        Box::new(AnthropicStream::new(dep.model.clone(), req.include_usage))
+    }
+
+    fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
+        map_error(status, headers, body)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Request
+// ---------------------------------------------------------------------------------------
+
+/// The Anthropic request body for an OpenAI chat completions request.
+pub fn translate_request(dep: &Deployment, req: &ClientRequest) -> Result<Vec<u8>, ApiError> {
+    let mut m = body_object(req)?;
+    let mut out = Map::new();
+    out.insert("model".into(), Value::String(dep.model.clone()));
+    let messages = m
+        .remove("messages")
+        .ok_or_else(|| invalid("messages", "this parameter is required"))?;
+    let (system, turns) = convert_messages(messages)?;
+    let max = max_tokens(&mut m)?
+        .or(dep.max_tokens)
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    out.insert("max_tokens".into(), max.into());
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    out.insert("messages".into(), Value::Array(turns));
+    m.remove("model");
+    m.remove("stream_options");
+    if let Some(Value::Bool(true)) = m.remove("stream") {
+        out.insert("stream".into(), Value::Bool(true));
+    }
+    let mut tool_choice: Option<Map<String, Value>> = None;
+    let mut parallel = true;
+    let mut has_tools = false;
+    let mut rejected = Vec::new();
+    for (k, v) in m {
+        match k.as_str() {
+            "temperature" | "top_p" | "top_k" => {
+                if !v.is_null() {
+                    out.insert(k, v);
+                }
+            }
+            "stop" => {
+                let stop = stop_list(v)?;
+                if !stop.is_empty() {
+                    out.insert("stop_sequences".into(), Value::Array(stop));
+                }
+            }
+            "tools" => {
+                let tools = convert_tools(dep, v)?;
+                has_tools = !tools.is_empty();
+                if has_tools {
+                    out.insert("tools".into(), Value::Array(tools));
+                }
+            }
+            "tool_choice" => tool_choice = convert_tool_choice(v)?,
+            "parallel_tool_calls" => match v {
+                Value::Bool(b) => parallel = b,
+                Value::Null => {}
+                _ => return Err(invalid("parallel_tool_calls", "expected true or false")),
+            },
+            "user" => match v {
+                Value::String(u) => {
+                    out.insert("metadata".into(), json!({ "user_id": u }));
+                }
+                Value::Null => {}
+                _ => return Err(invalid("user", "expected a string")),
+            },
+            _ if is_default(&k, &v) => {}
+            _ => rejected.push(k),
+        }
+    }
+    unsupported_all(dep, NAME, &mut rejected)?;
+    if !parallel && has_tools {
+        let tc = tool_choice.get_or_insert_with(|| {
+            let mut m = Map::new();
+            m.insert("type".into(), "auto".into());
+            m
+        });
+        if tc.get("type").and_then(Value::as_str) != Some("none") {
+            tc.insert("disable_parallel_tool_use".into(), Value::Bool(true));
+        }
+    }
+    if let Some(tc) = tool_choice {
+        out.insert("tool_choice".into(), Value::Object(tc));
+    }
+    serde_json::to_vec(&out).map_err(|e| ApiError::internal(format!("serialising: {e}")))
+}
+
+type Turn = (&'static str, Vec<Value>);
+
+/// OpenAI messages → (system blocks, alternating user/assistant turns).
+fn convert_messages(messages: Value) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
+    let Value::Array(items) = messages else {
+        return Err(invalid("messages", "expected an array of messages"));
+    };
+    let mut system = Vec::new();
+    let mut turns: Vec<Turn> = Vec::with_capacity(items.len());
+    for (i, msg) in items.into_iter().enumerate() {
+        let Value::Object(mut msg) = msg else {
+            return Err(invalid(format!("messages[{i}]"), "expected an object"));
+        };
+        let role = match msg.remove("role") {
+            Some(Value::String(r)) => r,
+            _ => return Err(invalid(format!("messages[{i}].role"), "missing or not a string")),
+        };
+        let content = msg.remove("content").unwrap_or(Value::Null);
+        let param = || format!("messages[{i}].content");
+        match role.as_str() {
+            "system" | "developer" => {
+                let text = content_text(content, &param())?;
+                if !text.is_empty() {
+                    system.push(json!({"type": "text", "text": text}));
+                }
+            }
+            "user" => push_turn(&mut turns, "user", user_blocks(content, i)?),
+            "assistant" => {
+                let mut blocks = text_blocks(content, &param())?;
+                if let Some(calls) = msg.remove("tool_calls") {
+                    tool_use_blocks(calls, i, &mut blocks)?;
+                }
+                push_turn(&mut turns, "assistant", blocks);
+            }
+            "tool" => {
+                let id = match msg.remove("tool_call_id") {
+                    Some(Value::String(id)) => id,
+                    _ => {
+                        return Err(invalid(
+                            format!("messages[{i}].tool_call_id"),
+                            "a tool message needs the tool_call_id it answers",
+                        ))
+                    }
+                };
+                let text = content_text(content, &param())?;
+                push_turn(
+                    &mut turns,
+                    "user",
+                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
+                );
+            }
+            other => {
+                return Err(invalid(
+                    format!("messages[{i}].role"),
+                    format_args!(
+                        "role {other:?} is not supported (use system, user, assistant or tool)"
+                    ),
+                ))
+            }
+        }
+    }
+    let turns = turns
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    Ok((system, turns))
+}
+
+/// Appends blocks to the last turn when it has the same role, else starts a turn.
+fn push_turn(turns: &mut Vec<Turn>, role: &'static str, blocks: Vec<Value>) {
+    if blocks.is_empty() {
+        return;
+    }
+    match turns.last_mut() {
+        Some((r, content)) if *r == role => content.extend(blocks),
+        _ => turns.push((role, blocks)),
+    }
+}
+
+fn text_block(text: String, cache_control: Option<Value>) -> Value {
+    let mut b = Map::new();
+    b.insert("type".into(), "text".into());
+    b.insert("text".into(), Value::String(text));
+    if let Some(cc) = cache_control {
+        b.insert("cache_control".into(), cc);
+    }
+    Value::Object(b)
+}
+
+/// Assistant (or other text-only) content as text blocks; empty text is left out
+/// because Anthropic rejects empty text blocks.
+fn text_blocks(content: Value, param: &str) -> Result<Vec<Value>, ApiError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![text_block(s, None)]),
+        Value::Array(parts) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for (j, p) in parts.into_iter().enumerate() {
+                let Value::Object(mut p) = p else {
+                    return Err(invalid(format!("{param}[{j}]"), "expected an object"));
+                };
+                let text = match (p.remove("text"), p.remove("refusal")) {
+                    (Some(Value::String(t)), _) | (_, Some(Value::String(t))) => t,
+                    _ => {
+                        return Err(invalid(
+                            format!("{param}[{j}]"),
+                            "only text parts are allowed here",
+                        ))
+                    }
+                };
+                if !text.is_empty() {
+                    out.push(text_block(text, p.remove("cache_control")));
+                }
+            }
+            Ok(out)
+        }
+        _ => Err(invalid(param, "expected a string or an array of parts")),
+    }
+}
+
+/// User content: text and images.
+fn user_blocks(content: Value, i: usize) -> Result<Vec<Value>, ApiError> {
+    let Value::Array(parts) = content else {
+        return text_blocks(content, &format!("messages[{i}].content"));
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for (j, p) in parts.into_iter().enumerate() {
+        let param = || format!("messages[{i}].content[{j}]");
+        let Value::Object(mut p) = p else {
+            return Err(invalid(param(), "expected an object"));
+        };
+        let kind = p.get("type").and_then(Value::as_str).unwrap_or("text");
+        match kind {
+            "text" => match p.remove("text") {
+                Some(Value::String(t)) if t.is_empty() => {}
+                Some(Value::String(t)) => out.push(text_block(t, p.remove("cache_control"))),
+                _ => return Err(invalid(param(), "a text part needs a string 'text'")),
+            },
+            "image_url" => {
+                let url = t::image_url(&mut p)
+                    .ok_or_else(|| invalid(param(), "an image_url part needs image_url.url"))?;
+                let source = if let Some((media, data)) = parse_data_url(&url) {
+                    json!({"type": "base64", "media_type": media, "data": data})
+                } else if url.starts_with("https://") || url.starts_with("http://") {
+                    json!({"type": "url", "url": url})
+                } else {
+                    return Err(invalid(
+                        param(),
+                        "image URLs must be http(s) or base64 data URLs",
+                    ));
+                };
+                let mut b = Map::new();
+                b.insert("type".into(), "image".into());
+                b.insert("source".into(), source);
+                if let Some(cc) = p.remove("cache_control") {
+                    b.insert("cache_control".into(), cc);
+                }
+                out.push(Value::Object(b));
+            }
+            other => {
+                return Err(invalid(
+                    param(),
+                    format_args!("content parts of type {other:?} are not supported by anthropic"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Assistant `tool_calls` → `tool_use` blocks (arguments JSON string → input object).
+fn tool_use_blocks(calls: Value, i: usize, out: &mut Vec<Value>) -> Result<(), ApiError> {
+    let calls = match calls {
+        Value::Array(c) => c,
+        Value::Null => return Ok(()),
+        _ => return Err(invalid(format!("messages[{i}].tool_calls"), "expected an array")),
+    };
+    for (j, call) in calls.into_iter().enumerate() {
+        let param = |f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
+        let Value::Object(mut call) = call else {
+            return Err(invalid(param(""), "expected an object"));
+        };
+        let id = match call.remove("id") {
+            Some(Value::String(id)) => id,
+            _ => return Err(invalid(param(".id"), "missing")),
+        };
+        let Some(Value::Object(mut f)) = call.remove("function") else {
+            return Err(invalid(param(".function"), "missing"));
+        };
+        let name = match f.remove("name") {
+            Some(Value::String(n)) => n,
+            _ => return Err(invalid(param(".function.name"), "missing")),
+        };
+        let input = parse_arguments(f.remove("arguments"))
+            .map_err(|e| invalid(param(".function.arguments"), e))?;
+        out.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+    }
+    Ok(())
+}
+
+/// A tool call's `arguments` (a JSON string) as an object.
+pub fn parse_arguments(v: Option<Value>) -> Result<Value, String> {
+    let parsed = match v {
+        None | Some(Value::Null) => return Ok(Value::Object(Map::new())),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(Value::Object(Map::new())),
+        Some(Value::String(s)) => serde_json::from_str::<Value>(&s)
+            .map_err(|e| format!("not valid JSON ({e})"))?,
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => return Err("expected a JSON string".into()),
+    };
+    match parsed {
+        Value::Object(_) => Ok(parsed),
+        _ => Err("the arguments must encode a JSON object".into()),
+    }
+}
+
+fn convert_tools(dep: &Deployment, v: Value) -> Result<Vec<Value>, ApiError> {
+    let tools = match v {
+        Value::Array(t) => t,
+        Value::Null => return Ok(Vec::new()),
+        _ => return Err(invalid("tools", "expected an array")),
+    };
+    let mut out = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.into_iter().enumerate() {
+        let Value::Object(mut tool) = tool else {
+            return Err(invalid(format!("tools[{i}]"), "expected an object"));
+        };
+        match tool.get("type").and_then(Value::as_str) {
+            Some("function") | None => {}
+            Some(_) => {
+                unsupported(dep, NAME, &format!("tools[{i}].type"))?;
+                continue;
+            }
+        }
+        let Some(Value::Object(mut f)) = tool.remove("function") else {
+            return Err(invalid(format!("tools[{i}].function"), "missing"));
+        };
+        let name = match f.remove("name") {
+            Some(Value::String(n)) => n,
+            _ => return Err(invalid(format!("tools[{i}].function.name"), "missing")),
+        };
+        if f.remove("strict") == Some(Value::Bool(true)) {
+            unsupported(dep, NAME, &format!("tools[{i}].function.strict"))?;
+        }
+        let mut t = Map::new();
+        t.insert("name".into(), Value::String(name));
+        if let Some(Value::String(d)) = f.remove("description") {
+            t.insert("description".into(), Value::String(d));
+        }
+        let schema = match f.remove("parameters") {
+            Some(s @ Value::Object(_)) => s,
+            _ => json!({"type": "object", "properties": {}}),
+        };
+        t.insert("input_schema".into(), schema);
+        if let Some(cc) = tool.remove("cache_control") {
+            t.insert("cache_control".into(), cc);
+        }
+        out.push(Value::Object(t));
+    }
+    Ok(out)
+}
+
+fn convert_tool_choice(v: Value) -> Result<Option<Map<String, Value>>, ApiError> {
+    let kind = |k: &str| {
+        let mut m = Map::new();
+        m.insert("type".into(), Value::String(k.into()));
+        Some(m)
+    };
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => match s.as_str() {
+            "auto" => Ok(kind("auto")),
+            "none" => Ok(kind("none")),
+            "required" => Ok(kind("any")),
+            _ => Err(invalid(
+                "tool_choice",
+                "expected \"auto\", \"none\", \"required\" or a function",
+            )),
+        },
+        Value::Object(mut o) => {
+            let name = o
+                .get_mut("function")
+                .and_then(|f| f.get_mut("name"))
+                .map(Value::take);
+            match name {
+                Some(Value::String(name)) => {
+                    let mut m = kind("tool").unwrap_or_default();
+                    m.insert("name".into(), Value::String(name));
+                    Ok(Some(m))
+                }
+                _ => Err(invalid("tool_choice", "expected {\"type\":\"function\",\"function\":{\"name\":...}}")),
+            }
+        }
+        _ => Err(invalid("tool_choice", "expected a string or an object")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Response
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct MessageResponse {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    content: Vec<Block>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: AUsage,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+/// Anthropic `usage`; in a stream, later events overwrite what they carry.
+#[derive(Deserialize, Default, Debug, Clone)]
+struct AUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AUsage {
+    fn merge(&mut self, later: AUsage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cache_creation_input_tokens = later
+            .cache_creation_input_tokens
+            .or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = later.cache_read_input_tokens.or(self.cache_read_input_tokens);
+    }
+
+    /// OpenAI counts cached prompt tokens inside `prompt_tokens`; Anthropic does not.
+    fn openai(&self) -> Usage {
+        let read = self.cache_read_input_tokens.unwrap_or(0);
+        let prompt =
+            self.input_tokens.unwrap_or(0) + read + self.cache_creation_input_tokens.unwrap_or(0);
+        let completion = self.output_tokens.unwrap_or(0);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: (self.cache_read_input_tokens.is_some()
+                || self.cache_creation_input_tokens.is_some())
+            .then_some(t::PromptDetails {
+                cached_tokens: read,
+            }),
+            completion_tokens_details: None,
+        }
+    }
+}
+
+/// Anthropic `stop_reason` → OpenAI `finish_reason`.
+pub fn finish_reason(stop: Option<&str>) -> &'static str {
+    match stop {
+        Some("max_tokens") | Some("model_context_window_exceeded") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        // end_turn, stop_sequence, pause_turn, unknown
+        _ => "stop",
+    }
+}
+
+/// A Messages response → an OpenAI `chat.completion`.
+pub fn translate_response(body: &[u8]) -> Result<Bytes, ApiError> {
+    let resp: MessageResponse = serde_json::from_slice(body).map_err(|e| t::bad_body(NAME, e))?;
+    let mut text = String::new();
+    let mut reasoning: Option<String> = None;
+    let mut tool_calls = Vec::new();
+    for block in resp.content {
+        match block {
+            Block::Text { text: s } => {
+                if text.is_empty() {
+                    text = s;
+                } else {
+                    text.push_str(&s);
+                }
+            }
+            Block::ToolUse { id, name, input } => {
+                let arguments = match input {
+                    Value::Null => "{}".to_string(),
+                    v => v.to_string(),
+                };
+                tool_calls.push(ToolCall {
+                    id,
+                    kind: "function",
+                    function: FunctionCall { name, arguments },
+                });
+            }
+            Block::Thinking { thinking } => reasoning.get_or_insert_with(String::new).push_str(&thinking),
+            Block::Other => {}
+        }
+    }
+    let content = (!(text.is_empty() && !tool_calls.is_empty())).then_some(text);
+    let completion = t::ChatCompletion {
+        id: &resp.id,
+        object: "chat.completion",
+        created: t::now_secs(),
+        model: &resp.model,
+        choices: vec![t::Choice {
+            index: 0,
+            message: t::Message {
+                role: "assistant",
+                content,
+                reasoning_content: reasoning,
+                tool_calls,
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(resp.stop_reason.as_deref()),
+        }],
+        usage: resp.usage.openai(),
+    };
+    serde_json::to_vec(&completion)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(format!("serialising: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------
+// Streaming
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockStart {
+        index: usize,
+        content_block: StartBlock,
+    },
+    ContentBlockDelta {
+        index: usize,
+        delta: BlockDelta,
+    },
+    ContentBlockStop {},
+    MessageDelta {
+        #[serde(default)]
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<AUsage>,
+    },
+    MessageStop {},
+    Ping {},
+    Error {
+        error: ErrorBody,
+    },
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    usage: AUsage,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StartBlock {
+    Text {
+        #[serde(default)]
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta {
+    TextDelta { text: String },
+    InputJsonDelta { partial_json: String },
+    ThinkingDelta { thinking: String },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize, Default)]
+struct MessageDeltaBody {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Clone, Copy)]
+enum BlockKind {
+    Text,
+    Tool(u32),
+    Other,
+}
+
+/// Anthropic SSE → OpenAI chunks, incrementally.
+pub struct AnthropicStream {
+    sse: SseParser,
+    writer: Option<ChunkWriter>,
+    model: String,
+    include_usage: bool,
+    /// By Anthropic content block index.
+    blocks: Vec<BlockKind>,
+    tools: u32,
+    usage: AUsage,
+    stop_reason: Option<String>,
+    done: bool,
+}
+
+impl AnthropicStream {
+    pub fn new(model: String, include_usage: bool) -> Self {
+        AnthropicStream {
+            sse: SseParser::default(),
+            writer: None,
+            model,
+            include_usage,
+            blocks: Vec::new(),
+            tools: 0,
+            usage: AUsage::default(),
+            stop_reason: None,
+            done: false,
+        }
+    }
+
+    fn writer(&mut self) -> &ChunkWriter {
+        let (model, include_usage) = (&self.model, self.include_usage);
+        self.writer.get_or_insert_with(|| {
+            ChunkWriter::new(t::random_id("chatcmpl-"), model.clone(), include_usage)
+        })
+    }
+
+    fn set_block(&mut self, index: usize, kind: BlockKind) {
+        if index >= self.blocks.len() {
+            if index > 4096 {
+                return;
+            }
+            self.blocks.resize(index + 1, BlockKind::Other);
+        }
+        self.blocks[index] = kind;
+    }
+
+    fn handle(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError> {
+        if self.done {
+            return Ok(());
+        }
+        let ev: Event = serde_json::from_slice(data).map_err(|e| {
+            t::stream_error(format!("anthropic sent a stream event llmgw cannot read: {e}"))
+        })?;
+        match ev {
+            Event::MessageStart { message } => {
+                let model = if message.model.is_empty() {
+                    self.model.clone()
+                } else {
+                    message.model
+                };
+                let id = if message.id.is_empty() {
+                    t::random_id("chatcmpl-")
+                } else {
+                    message.id
+                };
+                self.usage.merge(message.usage);
+                let w = ChunkWriter::new(id, model, self.include_usage);
+                let role = Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                    ..Delta::default()
+                };
+                w.delta(out, 0, &role, None);
+                self.writer = Some(w);
+            }
+            Event::ContentBlockStart {
+                index,
+                content_block,
+            } => match content_block {
+                StartBlock::Text { text } => {
+                    self.set_block(index, BlockKind::Text);
+                    if !text.is_empty() {
+                        let d = Delta {
+                            content: Some(&text),
+                            ..Delta::default()
+                        };
+                        self.writer().delta(out, 0, &d, None);
+                    }
+                }
+                StartBlock::ToolUse { id, name } => {
+                    let n = self.tools;
+                    self.tools += 1;
+                    self.set_block(index, BlockKind::Tool(n));
+                    let d = Delta {
+                        tool_calls: Some([ToolCallDelta {
+                            index: n,
+                            id: Some(&id),
+                            kind: Some("function"),
+                            function: FunctionDelta {
+                                name: Some(&name),
+                                arguments: Some(""),
+                            },
+                        }]),
+                        ..Delta::default()
+                    };
+                    self.writer().delta(out, 0, &d, None);
+                }
+                StartBlock::Other => self.set_block(index, BlockKind::Other),
+            },
+            Event::ContentBlockDelta { index, delta } => {
+                let kind = self.blocks.get(index).copied().unwrap_or(BlockKind::Text);
+                match (delta, kind) {
+                    (BlockDelta::TextDelta { text }, _) => {
+                        if !text.is_empty() {
+                            let d = Delta {
+                                content: Some(&text),
+                                ..Delta::default()
+                            };
+                            self.writer().delta(out, 0, &d, None);
+                        }
+                    }
+                    (BlockDelta::InputJsonDelta { partial_json }, BlockKind::Tool(n)) => {
+                        if !partial_json.is_empty() {
+                            let d = Delta {
+                                tool_calls: Some([ToolCallDelta {
+                                    index: n,
+                                    id: None,
+                                    kind: None,
+                                    function: FunctionDelta {
+                                        name: None,
+                                        arguments: Some(&partial_json),
+                                    },
+                                }]),
+                                ..Delta::default()
+                            };
+                            self.writer().delta(out, 0, &d, None);
+                        }
+                    }
+                    (BlockDelta::ThinkingDelta { thinking }, _) => {
+                        if !thinking.is_empty() {
+                            let d = Delta {
+                                reasoning_content: Some(&thinking),
+                                ..Delta::default()
+                            };
+                            self.writer().delta(out, 0, &d, None);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Event::ContentBlockStop {} | Event::Ping {} | Event::Unknown => {}
+            Event::MessageDelta { delta, usage } => {
+                if delta.stop_reason.is_some() {
+                    self.stop_reason = delta.stop_reason;
+                }
+                if let Some(u) = usage {
+                    self.usage.merge(u);
+                }
+            }
+            Event::MessageStop {} => {
+                let finish = finish_reason(self.stop_reason.as_deref());
+                let usage = self.usage.openai();
+                let w = self.writer();
+                w.delta(out, 0, &Delta::default(), Some(finish));
+                w.usage(out, &usage);
+                w.done(out);
+                self.done = true;
+            }
+            Event::Error { error } => {
+                return Err(error_from_type(
+                    &error.kind,
+                    error.message,
+                    StatusCode::OK,
+                    None,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StreamTranslator for AnthropicStream {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError> {
+        self.sse.push(chunk)?;
+        while let Some(ev) = self.sse.next_event() {
+            self.handle(&ev.data, out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), UpstreamError> {
+        if let Some(ev) = self.sse.take_rest() {
+            self.handle(&ev.data, out)?;
+        }
+        if !self.done {
+            return Err(t::stream_error(
+                "the anthropic stream ended before message_stop",
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+/// An Anthropic error response → error class and an OpenAI-shaped client error.
+pub fn map_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
+    let retry_after = super::retry_after(headers);
+    match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(env) if !env.error.kind.is_empty() => {
+            error_from_type(&env.error.kind, env.error.message, status, retry_after)
+        }
+        _ => {
+            let mut e = super::openai_style_error(status, headers, body);
+            e.raw_body = None;
+            if status.as_u16() == 529 {
+                e.class = ErrorClass::ServiceUnavailable;
+                e.error.status = StatusCode::SERVICE_UNAVAILABLE;
+                e.error.kind = "service_unavailable";
+            }
+            e
+        }
+    }
+}
+
+fn is_context_message(m: &str) -> bool {
+    let m = m.to_ascii_lowercase();
+    m.contains("prompt is too long")
+        || m.contains("context window")
+        || m.contains("context length")
+        || m.contains("too many tokens")
+}
+
+/// Maps an Anthropic error type (HTTP or in-stream) to class and client error.
+fn error_from_type(
+    kind: &str,
+    message: String,
+    status: StatusCode,
+    retry_after: Option<std::time::Duration>,
+) -> UpstreamError {
+    use ErrorClass as C;
+    let (class, code, otype, client_status): (C, Option<&str>, &'static str, u16) = match kind {
+        "invalid_request_error" if is_context_message(&message) => (
+            C::ContextWindow,
+            Some("context_length_exceeded"),
+            "invalid_request_error",
+            400,
+        ),
+        "invalid_request_error" => (C::BadRequest, None, "invalid_request_error", 400),
+        "authentication_error" => (
+            C::Authentication,
+            Some("invalid_api_key"),
+            "authentication_error",
+            401,
+        ),
+        "permission_error" => (C::Authentication, None, "permission_error", 403),
+        "billing_error" => (C::Authentication, Some("billing_error"), "billing_error", 402),
+        "not_found_error" => (C::NotFound, None, "invalid_request_error", 404),
+        "request_too_large" => (
+            C::BadRequest,
+            Some("request_too_large"),
+            "invalid_request_error",
+            413,
+        ),
+        "rate_limit_error" => (
+            C::RateLimit,
+            Some("rate_limit_exceeded"),
+            "rate_limit_error",
+            429,
+        ),
+        "overloaded_error" => (
+            C::ServiceUnavailable,
+            Some("overloaded"),
+            "service_unavailable",
+            503,
+        ),
+        "timeout_error" => (C::Timeout, Some("upstream_timeout"), "timeout_error", 504),
+        // api_error and anything new
+        _ => {
+            let s = status.as_u16();
+            let class = if (400..600).contains(&s) && s != 200 {
+                super::classify(status, message.as_bytes())
+            } else {
+                C::InternalServer
+            };
+            (class, None, "upstream_error", if s >= 400 { s } else { 502 })
+        }
+    };
+    let client_status = StatusCode::from_u16(client_status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let message = if message.is_empty() {
+        format!("anthropic returned {kind}")
+    } else {
+        format!("anthropic: {message}")
+    };
+    let mut error = ApiError::new(client_status, otype, message);
+    if let Some(code) = code {
+        error = error.with_code(code);
+    }
+    if let Some(ra) = retry_after {
+        error.retry_after = Some(ra.as_secs());
+    }
+    UpstreamError {
+        class,
+        error,
+        raw_body: None,
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProviderKind;
+    use crate::providers::translate::testing::{assemble, client, deployment, events, request};
+
+    fn dep() -> Deployment {
+        deployment(ProviderKind::Anthropic, "claude-test", false)
+    }
+
+    fn translate(dep: &Deployment, body: Value) -> Result<Value, ApiError> {
+        let req = request(Endpoint::ChatCompletions, body);
+        translate_request(dep, &req).map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    #[test]
+    fn plain_chat_request() {
+        let out = translate(
+            &dep(),
+            json!({"model": "group", "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({
+                "model": "claude-test",
+                "max_tokens": 4096,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+            })
+        );
+    }
+
+    #[test]
+    fn multi_turn_with_system_prompt() {
+        let mut d = dep();
+        d.max_tokens = Some(1000);
+        let out = translate(
+            &d,
+            json!({"model": "group", "stream": true, "stream_options": {"include_usage": true},
+                "temperature": 0.2, "top_p": 0.9, "stop": "END", "user": "u1", "n": 1,
+                "presence_penalty": 0,
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "user", "content": [{"type": "text", "text": "there"}]},
+                    {"role": "assistant", "content": "Hello!"},
+                    {"role": "developer", "content": "Use English."},
+                    {"role": "user", "content": "Bye"}
+                ]}),
+        )
+        .unwrap();
+        assert_eq!(
+            out["system"],
+            json!([{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use English."}])
+        );
+        assert_eq!(out["max_tokens"], 1000);
+        assert_eq!(out["stream"], true);
+        assert_eq!(out["temperature"], 0.2);
+        assert_eq!(out["top_p"], 0.9);
+        assert_eq!(out["stop_sequences"], json!(["END"]));
+        assert_eq!(out["metadata"], json!({"user_id": "u1"}));
+        let msgs = out["messages"].as_array().unwrap();
+        assert_eq!(msgs.len(), 3, "consecutive user turns merged: {msgs:?}");
+        assert_eq!(msgs[0]["role"], "user");
+        assert_eq!(msgs[0]["content"].as_array().unwrap().len(), 2);
+        assert_eq!(msgs[1]["role"], "assistant");
+        assert_eq!(msgs[2]["content"][0]["text"], "Bye");
+        // The request's own limit wins over the deployment's.
+        let out = translate(
+            &d,
+            json!({"model": "g", "max_completion_tokens": 7, "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .unwrap();
+        assert_eq!(out["max_tokens"], 7);
+    }
+
+    #[test]
+    fn tool_call_and_tool_result_request() {
+        let out = translate(
+            &dep(),
+            json!({"model": "g",
+                "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+                "tool_choice": "required",
+                "parallel_tool_calls": false,
+                "messages": [
+                    {"role": "user", "content": "Weather in Paris?"},
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                    {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
+                    {"role": "user", "content": "Thanks"}
+                ]}),
+        )
+        .unwrap();
+        assert_eq!(
+            out["tools"],
+            json!([{"name": "get_weather", "description": "Weather",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}])
+        );
+        assert_eq!(
+            out["tool_choice"],
+            json!({"type": "any", "disable_parallel_tool_use": true})
+        );
+        let msgs = out["messages"].as_array().unwrap();
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(
+            msgs[1]["content"],
+            json!([{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}])
+        );
+        assert_eq!(msgs[2]["role"], "user");
+        assert_eq!(
+            msgs[2]["content"][0],
+            json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"})
+        );
+        assert_eq!(msgs[2]["content"][1]["text"], "Thanks");
+
+        for (choice, want) in [
+            (json!("auto"), json!({"type": "auto"})),
+            (json!("none"), json!({"type": "none"})),
+            (
+                json!({"type": "function", "function": {"name": "f"}}),
+                json!({"type": "tool", "name": "f"}),
+            ),
+        ] {
+            let out = translate(
+                &dep(),
+                json!({"model": "g", "tool_choice": choice, "messages": [{"role": "user", "content": "x"}]}),
+            )
+            .unwrap();
+            assert_eq!(out["tool_choice"], want);
+        }
+    }
+
+    #[test]
+    fn images_become_image_blocks() {
+        let out = translate(
+            &dep(),
+            json!({"model": "g", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+            ]}]}),
+        )
+        .unwrap();
+        let c = &out["messages"][0]["content"];
+        assert_eq!(
+            c[1],
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}})
+        );
+        assert_eq!(
+            c[2],
+            json!({"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}})
+        );
+    }
+
+    #[test]
+    fn unsupported_params_rejected_or_dropped() {
+        let body = json!({"model": "g", "logit_bias": {"50256": -100}, "messages": [{"role": "user", "content": "x"}]});
+        let e = translate(&dep(), body.clone()).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.param.as_deref(), Some("logit_bias"));
+        assert!(e.message.contains("logit_bias") && e.message.contains("drop_params"));
+        let e = translate(
+            &dep(),
+            json!({"model": "g", "presence_penalty": 0.5, "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("presence_penalty"));
+        let dropping = deployment(ProviderKind::Anthropic, "claude-test", true);
+        let out = translate(&dropping, body).unwrap();
+        assert!(out.get("logit_bias").is_none());
+        // Bad tool arguments are named, not passed on.
+        let e = translate(
+            &dep(),
+            json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[0].tool_calls[0].function.arguments")
+        );
+    }
+
+    #[test]
+    fn build_sets_url_and_headers() {
+        let d = dep();
+        let req = request(
+            Endpoint::ChatCompletions,
+            json!({"model": "g", "messages": [{"role": "user", "content": "x"}]}),
+        );
+        let r = Anthropic
+            .build(&client(), &d, &req)
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(r.url().as_str(), "http://127.0.0.1:9/v1/messages");
+        assert_eq!(r.headers()["anthropic-version"], "2023-06-01");
+        assert!(r.headers()["x-api-key"].is_sensitive());
+        assert!(!r.url().as_str().contains("sk-test"));
+        let emb = request(Endpoint::Embeddings, json!({"model": "g", "input": "x"}));
+        assert!(Anthropic.build(&client(), &d, &emb).is_err());
+    }
+
+    #[test]
+    fn plain_response() {
+        let body = br#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-test",
+            "content":[{"type":"text","text":"Hello"},{"type":"text","text":" world"}],
+            "stop_reason":"end_turn","stop_sequence":null,
+            "usage":{"input_tokens":10,"output_tokens":5,"cache_read_input_tokens":4,"cache_creation_input_tokens":2}}"#;
+        let v: Value = serde_json::from_slice(&translate_response(body).unwrap()).unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["id"], "msg_01");
+        assert_eq!(v["choices"][0]["message"]["content"], "Hello world");
+        assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(
+            v["usage"],
+            json!({"prompt_tokens": 16, "completion_tokens": 5, "total_tokens": 21,
+                "prompt_tokens_details": {"cached_tokens": 4}})
+        );
+    }
+
+    #[test]
+    fn tool_use_response() {
+        let body = br#"{"id":"msg_02","type":"message","role":"assistant","model":"claude-test",
+            "content":[{"type":"tool_use","id":"toolu_9","name":"get_weather","input":{"city":"Paris"}}],
+            "stop_reason":"tool_use","usage":{"input_tokens":3,"output_tokens":4}}"#;
+        let v: Value = serde_json::from_slice(&translate_response(body).unwrap()).unwrap();
+        let m = &v["choices"][0]["message"];
+        assert!(m["content"].is_null());
+        assert_eq!(m["tool_calls"][0]["id"], "toolu_9");
+        assert_eq!(m["tool_calls"][0]["type"], "function");
+        assert_eq!(m["tool_calls"][0]["function"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(m["tool_calls"][0]["function"]["arguments"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert!(v["usage"].get("prompt_tokens_details").is_none());
+    }
+
+    #[test]
+    fn each_stop_reason() {
+        for (stop, want) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+            ("tool_use", "tool_calls"),
+            ("refusal", "content_filter"),
+        ] {
+            let body = format!(
+                r#"{{"id":"m","model":"c","content":[{{"type":"text","text":"x"}}],"stop_reason":"{stop}","usage":{{"input_tokens":1,"output_tokens":1}}}}"#
+            );
+            let v: Value =
+                serde_json::from_slice(&translate_response(body.as_bytes()).unwrap()).unwrap();
+            assert_eq!(v["choices"][0]["finish_reason"], want, "{stop}");
+        }
+        assert!(translate_response(b"{not json").is_err());
+        assert!(translate_response(b"[1,2]").is_err());
+    }
+
+    /// The documented text stream, with multi-byte characters.
+    const TEXT_STREAM: &str = "event: message_start\ndata: {\"type\": \"message_start\", \"message\": {\"id\": \"msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY\", \"type\": \"message\", \"role\": \"assistant\", \"content\": [], \"model\": \"claude-test\", \"stop_reason\": null, \"stop_sequence\": null, \"usage\": {\"input_tokens\": 25, \"output_tokens\": 1}}}\n\nevent: content_block_start\ndata: {\"type\": \"content_block_start\", \"index\": 0, \"content_block\": {\"type\": \"text\", \"text\": \"\"}}\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\nevent: content_block_delta\ndata: {\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"text_delta\", \"text\": \"Grüße\"}}\n\nevent: content_block_delta\ndata: {\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"text_delta\", \"text\": \", Welt 👋\"}}\n\nevent: content_block_stop\ndata: {\"type\": \"content_block_stop\", \"index\": 0}\n\nevent: message_delta\ndata: {\"type\": \"message_delta\", \"delta\": {\"stop_reason\": \"end_turn\", \"stop_sequence\":null}, \"usage\": {\"output_tokens\": 15}}\n\nevent: message_stop\ndata: {\"type\": \"message_stop\"}\n\n";
+
+    const TOOL_STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_014p7gG3wDgGV9EUtLvnow3U\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-test\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":472,\"output_tokens\":2},\"content\":[],\"stop_reason\":null}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Let me check.\"}}\n\nevent: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_01T1x1fJ34qAmk2tNTrN7Up6\",\"name\":\"get_weather\",\"input\":{}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"location\\\":\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\" \\\"San Francisco, CA\\\"}\"}}\n\nevent: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":89}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+    fn run(stream: &[u8], pieces: &[usize], include_usage: bool) -> Result<Vec<u8>, UpstreamError> {
+        let mut tr = AnthropicStream::new("claude-test".into(), include_usage);
+        let mut out = BytesMut::new();
+        let mut at = 0;
+        for &p in pieces.iter().chain(std::iter::once(&stream.len())) {
+            tr.feed(&stream[at..p], &mut out)?;
+            at = p;
+        }
+        tr.finish(&mut out)?;
+        Ok(out.to_vec())
+    }
+
+    #[test]
+    fn streaming_text_split_anywhere() {
+        let s = TEXT_STREAM.as_bytes();
+        let whole = events(&run(s, &[], false).unwrap());
+        let (text, tools, finish) = assemble(&whole);
+        assert_eq!(text, "Grüße, Welt 👋");
+        assert!(tools.is_empty());
+        assert_eq!(finish.as_deref(), Some("stop"));
+        assert_eq!(whole[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(whole[0]["object"], "chat.completion.chunk");
+        assert_eq!(whole[0]["id"], "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY");
+        assert_eq!(whole.last().unwrap(), "[DONE]");
+        assert!(whole.iter().all(|e| e.get("usage").is_none()));
+        for cut in 1..s.len() {
+            let got = events(&run(s, &[cut], false).unwrap());
+            assert_eq!(assemble(&got), assemble(&whole), "split at byte {cut}");
+        }
+        let bytewise: Vec<usize> = (1..s.len()).collect();
+        assert_eq!(
+            assemble(&events(&run(s, &bytewise, false).unwrap())),
+            assemble(&whole)
+        );
+    }
+
+    #[test]
+    fn streaming_usage_with_include_usage() {
+        let ev = events(&run(TEXT_STREAM.as_bytes(), &[], true).unwrap());
+        let n = ev.len();
+        assert_eq!(ev[n - 1], "[DONE]");
+        let usage_chunk = &ev[n - 2];
+        assert_eq!(usage_chunk["choices"], json!([]));
+        assert_eq!(
+            usage_chunk["usage"],
+            json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40})
+        );
+        assert_eq!(ev[n - 3]["choices"][0]["finish_reason"], "stop");
+        assert!(ev[..n - 2].iter().all(|e| e["usage"].is_null()));
+    }
+
+    #[test]
+    fn streaming_tool_call() {
+        let s = TOOL_STREAM.as_bytes();
+        for cut in [0, 7, 400, 811, s.len() - 3] {
+            let ev = events(&run(s, &[cut], false).unwrap());
+            let (text, tools, finish) = assemble(&ev);
+            assert_eq!(text, "Let me check.");
+            assert_eq!(
+                tools,
+                vec![(
+                    "toolu_01T1x1fJ34qAmk2tNTrN7Up6".to_string(),
+                    "get_weather".to_string(),
+                    "{\"location\": \"San Francisco, CA\"}".to_string()
+                )]
+            );
+            assert_eq!(finish.as_deref(), Some("tool_calls"));
+            // The first tool delta carries id, type and name; later ones only arguments.
+            let first = ev
+                .iter()
+                .find(|e| e["choices"][0]["delta"].get("tool_calls").is_some())
+                .unwrap();
+            let tc = &first["choices"][0]["delta"]["tool_calls"][0];
+            assert_eq!(tc["index"], 0);
+            assert_eq!(tc["type"], "function");
+            assert_eq!(tc["function"]["arguments"], "");
+        }
+    }
+
+    #[test]
+    fn stream_errors() {
+        let err = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":1}}}\n\nevent: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n";
+        let e = run(err.as_bytes(), &[], false).unwrap_err();
+        assert_eq!(e.class, ErrorClass::ServiceUnavailable);
+        assert_eq!(e.error.status, StatusCode::SERVICE_UNAVAILABLE);
+        // Cut before message_stop.
+        let cut = &TEXT_STREAM.as_bytes()[..TEXT_STREAM.len() - 60];
+        assert!(run(cut, &[], false).is_err());
+        // Garbage is an error, not a panic.
+        assert!(run(b"event: x\ndata: {oops\n\n", &[], false).is_err());
+        assert!(run(b"data: [1,2,3]\n\n", &[], false).is_err());
+    }
+
+    #[test]
+    fn error_mapping() {
+        let h = HeaderMap::new();
+        let body = |t: &str, m: &str| {
+            format!(r#"{{"type":"error","error":{{"type":"{t}","message":"{m}"}},"request_id":"req_1"}}"#)
+        };
+        let cases = [
+            (529, "overloaded_error", "Overloaded", ErrorClass::ServiceUnavailable, 503),
+            (429, "rate_limit_error", "slow down", ErrorClass::RateLimit, 429),
+            (401, "authentication_error", "invalid x-api-key", ErrorClass::Authentication, 401),
+            (403, "permission_error", "no", ErrorClass::Authentication, 403),
+            (404, "not_found_error", "model: x", ErrorClass::NotFound, 404),
+            (400, "invalid_request_error", "prompt is too long: 250000 tokens > 200000 maximum", ErrorClass::ContextWindow, 400),
+            (400, "invalid_request_error", "messages: field required", ErrorClass::BadRequest, 400),
+            (500, "api_error", "Internal server error", ErrorClass::InternalServer, 500),
+        ];
+        for (status, t, m, class, client) in cases {
+            let e = map_error(StatusCode::from_u16(status).unwrap(), &h, body(t, m).as_bytes());
+            assert_eq!(e.class, class, "{t}");
+            assert_eq!(e.error.status.as_u16(), client, "{t}");
+            assert!(e.raw_body.is_none());
+            assert!(e.error.message.contains(m));
+        }
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        let e = map_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            body("rate_limit_error", "x").as_bytes(),
+        );
+        assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(7)));
+        assert_eq!(e.error.retry_after, Some(7));
+        let e = map_error(StatusCode::from_u16(529).unwrap(), &HeaderMap::new(), b"<html>");
+        assert_eq!(e.class, ErrorClass::ServiceUnavailable);
+        let e = map_error(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"");
+        assert_eq!(e.class, ErrorClass::InternalServer);
+    }
+}

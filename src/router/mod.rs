@@ -1,0 +1,624 @@
+//! Model groups, load balancing, retries, cooldowns and fallbacks: everything between a
+//! parsed client request and the upstream response the client receives.
+//!
+//! A model group is every `[[models]]` entry with the same `name`; each entry is a
+//! deployment. For one request the router walks a chain of groups (the requested one,
+//! then its fallbacks); within a group it picks a deployment with the configured
+//! strategy among those that are available, not cooling, within their limits and able to
+//! hold the prompt, retries on another one at once after a failure, and waits (with
+//! backoff or the upstream's Retry-After) only when every candidate has been tried.
+
+mod deployment;
+mod policy;
+mod stream;
+mod strategy;
+pub mod tokens;
+
+pub use deployment::{now_ms, Deployment, DeploymentState, DeploymentStats};
+use deployment::InFlight;
+use policy::Policy;
+use strategy::ShuffleBasis;
+use stream::UpstreamStream;
+
+use crate::config::{ErrorClass, LoadedConfig, ProviderKind};
+use crate::error::ApiError;
+use crate::providers::{self, UpstreamError};
+use crate::request::ClientRequest;
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// All model groups, the shared HTTP client and the routing policy.
+pub struct Router {
+    groups: HashMap<String, Group>,
+    /// Group names in config order, for `/v1/models` and error messages.
+    names: Vec<String>,
+    client: reqwest::Client,
+    policy: Policy,
+}
+
+struct Group {
+    deployments: Vec<Arc<Deployment>>,
+    basis: ShuffleBasis,
+    /// Smallest context window among the group's deployments, if any sets one.
+    min_window: Option<u64>,
+}
+
+/// Why a group was tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Requested,
+    Fallback,
+    ContextWindow,
+}
+
+impl Router {
+    /// Builds the groups from a loaded config. `api_bases` overrides a deployment's base
+    /// URL by config index (for backends the gateway launches on a port it picked).
+    pub fn new(cfg: &LoadedConfig, api_bases: &HashMap<usize, String>) -> Result<Self, String> {
+        let mut groups: HashMap<String, Vec<Arc<Deployment>>> = HashMap::new();
+        let mut names = Vec::new();
+        for (i, m) in cfg.config.models.iter().enumerate() {
+            let name = m.name.get_ref().clone();
+            let provider = providers::for_kind(m.provider);
+            if let Some(why) = provider.unsupported() {
+                return Err(format!("model {name:?}: {why}"));
+            }
+            let api_base = api_bases
+                .get(&i)
+                .cloned()
+                .or_else(|| m.api_base.as_ref().map(|b| b.get_ref().clone()))
+                .or_else(|| default_base(m.provider).map(str::to_string))
+                .ok_or_else(|| format!("model {name:?} has no api_base"))?;
+            let group = groups.entry(name.clone()).or_default();
+            if group.is_empty() {
+                names.push(name.clone());
+            }
+            let id = m.id.clone().unwrap_or_else(|| format!("{}-{}", name, group.len() + 1));
+            group.push(Arc::new(Deployment {
+                index: i,
+                id,
+                group: name.clone(),
+                kind: m.provider,
+                model: m.model.clone().unwrap_or_else(|| name.clone()),
+                api_base: api_base.trim_end_matches('/').to_string(),
+                api_key: cfg.model_keys.get(i).cloned().flatten(),
+                api_version: m.api_version.clone(),
+                timeout: m.timeout.unwrap_or(cfg.config.router.timeout).0,
+                weight: m.weight,
+                rpm: m.rpm,
+                tpm: m.tpm,
+                max_parallel: m.max_parallel,
+                cooldown: m.cooldown.map(|d| d.0),
+                context_window: m.context_window,
+                max_tokens: m.max_tokens,
+                input_cost: m.input_cost_per_mtok.unwrap_or(0.0),
+                output_cost: m.output_cost_per_mtok.unwrap_or(0.0),
+                drop_params: m.drop_params,
+                provider,
+                stats: DeploymentStats::default(),
+                available: AtomicBool::new(true),
+                health: Default::default(),
+            }));
+        }
+        let groups = groups
+            .into_iter()
+            .map(|(name, deployments)| {
+                let basis = ShuffleBasis::for_group(&deployments);
+                let min_window = deployments.iter().filter_map(|d| d.context_window).min();
+                (name, Group { deployments, basis, min_window })
+            })
+            .collect();
+        // TLS for cloud providers uses rustls with the ring backend (no C build step).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Router {
+            groups,
+            names,
+            client,
+            policy: Policy::from_config(&cfg.config.router),
+        })
+    }
+
+    /// Model group names in config order.
+    pub fn model_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Every deployment, grouped in config order.
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.names.iter().flat_map(|n| self.groups[n].deployments.iter())
+    }
+
+    /// The deployment made from `[[models]]` entry `index`.
+    pub fn deployment_by_index(&self, index: usize) -> Option<&Arc<Deployment>> {
+        self.deployments().find(|d| d.index == index)
+    }
+
+    /// The shared upstream HTTP client.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    fn unknown_model(&self, model: &str) -> ApiError {
+        ApiError::not_found(format!(
+            "model {model:?} is not served by this gateway; available models: {}",
+            self.names.join(", ")
+        ))
+        .with_param("model")
+        .with_code("model_not_found")
+    }
+
+    /// Serves one client request within `deadline`. `log` is filled in; a streamed
+    /// response takes it over and writes it when the stream ends.
+    pub async fn serve(&self, req: ClientRequest, deadline: Instant, log: &mut RequestLog) -> Result<Response, ApiError> {
+        if !self.groups.contains_key(&req.model) {
+            return Err(self.unknown_model(&req.model));
+        }
+        let mut chain: VecDeque<(String, Via, u32)> = VecDeque::from([(req.model.clone(), Via::Requested, 0)]);
+        let mut seen: Vec<String> = Vec::new();
+        let mut last: Option<UpstreamError> = None;
+        let mut tokens: Option<u64> = None;
+        while let Some((model, via, depth)) = chain.pop_front() {
+            if seen.contains(&model) {
+                continue;
+            }
+            seen.push(model.clone());
+            let Some(group) = self.groups.get(&model) else {
+                tracing::warn!(model = %model, "fallback names a model this gateway does not serve; skipped");
+                continue;
+            };
+            // Context window: count only when the body could possibly exceed it.
+            let fits = match group.min_window {
+                Some(min) if tokens::upper_bound(&req) > min => {
+                    let n = *tokens.get_or_insert_with(|| tokens::count(&req));
+                    group.deployments.iter().any(|d| d.context_window.is_none_or(|w| n <= w))
+                }
+                _ => true,
+            };
+            let outcome = if fits {
+                self.try_group(group, &req, &model, tokens, deadline, log).await
+            } else {
+                Err(context_window_error(&model, tokens.unwrap_or(0)))
+            };
+            let err = match outcome {
+                Ok(mut resp) => {
+                    if via != Via::Requested {
+                        resp.headers_mut().insert("x-llmgw-fallback", header_value(&model));
+                        log.fallback = Some(model);
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => e,
+            };
+            // Where to go next.
+            if !req.options.disable_fallbacks && depth < self.policy.max_fallback_depth && err.class != ErrorClass::BadRequest {
+                let next: &[String] = if err.class == ErrorClass::ContextWindow {
+                    self.policy.context_window_fallbacks.get(&model).map(Vec::as_slice).unwrap_or(&[])
+                } else if via == Via::Requested && req.options.fallbacks.is_some() {
+                    req.options.fallbacks.as_deref().unwrap_or(&[])
+                } else {
+                    self.policy
+                        .fallbacks
+                        .get(&model)
+                        .map(Vec::as_slice)
+                        .unwrap_or(if via == Via::Requested { &self.policy.default_fallbacks } else { &[] })
+                };
+                let next_via = if err.class == ErrorClass::ContextWindow { Via::ContextWindow } else { Via::Fallback };
+                for m in next {
+                    chain.push_back((m.clone(), next_via, depth + 1));
+                }
+            }
+            if !chain.is_empty() {
+                tracing::info!(model = %model, error = %err.error.message, "model group failed; trying its fallback");
+            }
+            last = Some(err);
+        }
+        let err = last.unwrap_or_else(|| {
+            UpstreamError::new(ErrorClass::Default, ApiError::unavailable("no deployment could serve the request"))
+        });
+        log.status = err.error.status.as_u16();
+        Err(err.into_api_error())
+    }
+
+    /// Tries one group: retries on other deployments at once, backs off only when all
+    /// candidates have been tried.
+    async fn try_group(
+        &self,
+        group: &Group,
+        req: &ClientRequest,
+        model: &str,
+        tokens: Option<u64>,
+        deadline: Instant,
+        log: &mut RequestLog,
+    ) -> Result<Response, UpstreamError> {
+        let deps = &group.deployments;
+        let only_one = deps.len() == 1;
+        let need = tokens.unwrap_or_else(|| tokens::rough(req));
+        let mut tried: Vec<usize> = Vec::with_capacity(deps.len());
+        let mut retries = 0u32;
+        let mut last: Option<UpstreamError> = None;
+        loop {
+            let now = now_ms();
+            let eligible: Vec<usize> = (0..deps.len())
+                .filter(|&i| {
+                    let d = &deps[i];
+                    d.available.load(Ordering::Relaxed)
+                        && (only_one || !d.is_cooling(now))
+                        && d.has_room(need)
+                        && tokens.is_none_or(|n| d.context_window.is_none_or(|w| n <= w))
+                })
+                .collect();
+            if eligible.is_empty() {
+                return Err(last.unwrap_or_else(|| self.nothing_eligible(model, deps, need, now)));
+            }
+            let fresh: Vec<&Arc<Deployment>> = eligible.iter().filter(|i| !tried.contains(i)).map(|&i| &deps[i]).collect();
+            if fresh.is_empty() {
+                // Everyone eligible has failed this request once: wait, then go round again.
+                let wait = self.policy.backoff(retries, last.as_ref().and_then(|e| e.retry_after));
+                if Instant::now() + wait >= deadline {
+                    return Err(last.unwrap_or_else(|| request_timeout()));
+                }
+                tokio::time::sleep(wait).await;
+                tried.clear();
+                continue;
+            }
+            let pick = strategy::pick(self.policy.strategy, group.basis, &fresh, need, self.policy.latency_buffer);
+            let dep = fresh[pick].clone();
+            let pos = deps.iter().position(|d| Arc::ptr_eq(d, &dep)).unwrap_or(0);
+            let Some(slot) = dep.claim(need) else {
+                // Lost a race for its last slot; it is no longer eligible this round.
+                tried.push(pos);
+                continue;
+            };
+            log.attempts += 1;
+            log.deployment.clone_from(&dep.id);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(last.unwrap_or_else(|| request_timeout()));
+            }
+            match self.attempt(&dep, slot, req, remaining, log).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    self.on_failure(&dep, &e, only_one);
+                    tracing::debug!(deployment = %dep.id, class = ?e.class, error = %e.error.message, "attempt failed");
+                    let allowed = self.policy.retries_for(e.class);
+                    tried.push(pos);
+                    if retries >= allowed {
+                        return Err(e);
+                    }
+                    retries += 1;
+                    last = Some(e);
+                }
+            }
+        }
+    }
+
+    /// The error when a group has no deployment to try at all.
+    fn nothing_eligible(&self, model: &str, deps: &[Arc<Deployment>], need: u64, now: u64) -> UpstreamError {
+        let first_back = deps.iter().filter_map(|d| d.cooling_until(now)).min();
+        if let Some(until) = first_back {
+            let secs = (until.saturating_sub(now)).div_ceil(1000).max(1);
+            let mut e = UpstreamError::new(
+                ErrorClass::ServiceUnavailable,
+                ApiError::unavailable(format!(
+                    "every deployment of {model:?} is cooling down after failures; the first is back in {secs} s"
+                ))
+                .with_code("all_deployments_cooling")
+                .with_retry_after(secs),
+            );
+            e.retry_after = Some(Duration::from_secs(secs));
+            return e;
+        }
+        if deps.iter().any(|d| d.available.load(Ordering::Relaxed) && !d.has_room(need)) {
+            let secs = 60 - (now / 1000) % 60;
+            return UpstreamError::new(
+                ErrorClass::RateLimit,
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    format!("every deployment of {model:?} is at its rpm/tpm/max_parallel limit"),
+                )
+                .with_code("rate_limit_exceeded")
+                .with_retry_after(secs),
+            );
+        }
+        UpstreamError::new(
+            ErrorClass::ServiceUnavailable,
+            ApiError::unavailable(format!(
+                "no deployment of {model:?} is available (local backends loading, restarting or failed)"
+            ))
+            .with_code("no_deployment_available"),
+        )
+    }
+
+    /// Failure bookkeeping: counts, latency penalty, cooldown.
+    fn on_failure(&self, dep: &Deployment, e: &UpstreamError, only_one: bool) {
+        if e.class == ErrorClass::Timeout {
+            dep.record_slow(dep.timeout);
+        }
+        // The client's own mistakes say nothing about the deployment.
+        if matches!(e.class, ErrorClass::BadRequest | ErrorClass::ContextWindow | ErrorClass::ContentPolicy) {
+            return;
+        }
+        let (same, total) = dep.record_failure(e.class, self.policy.fail_window);
+        if only_one {
+            return; // A group's only deployment is never cooled.
+        }
+        let cool = e.class == ErrorClass::RateLimit || self.policy.should_cool(e.class, same, total);
+        if cool {
+            let for_ = dep
+                .cooldown
+                .or(e.retry_after.filter(|d| !d.is_zero()))
+                .unwrap_or(self.policy.cooldown);
+            dep.cool_down(for_, format!("{:?}: {}", e.class, e.error.message));
+        }
+    }
+
+    /// One attempt against one deployment.
+    async fn attempt(
+        &self,
+        dep: &Arc<Deployment>,
+        slot: InFlight,
+        req: &ClientRequest,
+        limit: Duration,
+        log: &mut RequestLog,
+    ) -> Result<Response, UpstreamError> {
+        let timeout = dep.timeout.min(limit);
+        let rb = dep
+            .provider
+            .build(&self.client, dep, req)
+            .map_err(|e| UpstreamError::new(ErrorClass::BadRequest, e))?;
+        let sent = Instant::now();
+        let until = tokio::time::Instant::from_std(sent + timeout);
+        let resp = match tokio::time::timeout_at(until, rb.send()).await {
+            Err(_) => return Err(timeout_error(dep, timeout)),
+            Ok(Err(e)) => return Err(send_error(dep, &e, timeout)),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let headers = resp.headers().clone();
+            let body = match tokio::time::timeout_at(until, resp.bytes()).await {
+                Ok(Ok(b)) => b,
+                _ => Bytes::new(),
+            };
+            log.upstream += sent.elapsed();
+            return Err(dep.provider.error(status, &headers, &body));
+        }
+        let mut builder = Response::builder().status(StatusCode::OK);
+        let h = builder.headers_mut().expect("fresh builder");
+        h.insert("x-llmgw-deployment", header_value(&dep.id));
+        h.insert("x-llmgw-attempts", HeaderValue::from(log.attempts));
+        if req.stream {
+            let translator = (!dep.provider.passthrough()).then(|| dep.provider.stream_translator(dep, req));
+            let mut stream = UpstreamStream::new(resp, translator, timeout, slot);
+            match tokio::time::timeout_at(until, stream.first()).await {
+                Err(_) => return Err(timeout_error(dep, timeout)),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(())) => {}
+            }
+            let ttft = sent.elapsed();
+            log.upstream += ttft;
+            dep.record_success(ttft);
+            log.ttfb = Some(log.start.elapsed());
+            log.status = 200;
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert("x-llmgw-overhead-ms", overhead_header(log.overhead()));
+            stream.set_log(log.take());
+            Ok(builder.body(Body::from_stream(stream)).expect("valid response"))
+        } else {
+            let body = match tokio::time::timeout_at(until, resp.bytes()).await {
+                Err(_) => return Err(timeout_error(dep, timeout)),
+                Ok(Err(e)) => return Err(send_error(dep, &e, timeout)),
+                Ok(Ok(b)) => b,
+            };
+            let took = sent.elapsed();
+            log.upstream += took;
+            drop(slot);
+            let body = if dep.provider.passthrough() {
+                body
+            } else {
+                dep.provider
+                    .translate_body(dep, req, body)
+                    .map_err(|e| UpstreamError::new(ErrorClass::InternalServer, e))?
+            };
+            if dep.tpm.is_some() {
+                dep.add_tokens(usage_tokens(&body));
+            }
+            dep.record_success(took);
+            log.ttfb = Some(log.start.elapsed());
+            log.status = 200;
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert("x-llmgw-overhead-ms", overhead_header(log.overhead()));
+            Ok(builder.body(Body::from(body)).expect("valid response"))
+        }
+    }
+}
+
+/// `usage.total_tokens` of an OpenAI response, found without parsing the whole body.
+fn usage_tokens(body: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        #[serde(default)]
+        total_tokens: u64,
+    }
+    let Some(at) = memchr::memmem::rfind(body, b"\"usage\"") else {
+        return 0;
+    };
+    let rest = &body[at + 7..];
+    let Some(colon) = rest.iter().position(|&c| c == b':') else {
+        return 0;
+    };
+    let mut de = serde_json::Deserializer::from_slice(&rest[colon + 1..]);
+    serde::Deserialize::deserialize(&mut de)
+        .map(|u: Usage| u.total_tokens)
+        .unwrap_or(0)
+}
+
+fn context_window_error(model: &str, tokens: u64) -> UpstreamError {
+    UpstreamError::new(
+        ErrorClass::ContextWindow,
+        ApiError::bad_request(format!(
+            "the request has about {tokens} tokens, more than any deployment of {model:?} can hold"
+        ))
+        .with_code("context_length_exceeded")
+        .with_param("messages"),
+    )
+}
+
+fn request_timeout() -> UpstreamError {
+    UpstreamError::new(
+        ErrorClass::Timeout,
+        ApiError::gateway_timeout("the request ran out of time before any deployment answered"),
+    )
+}
+
+fn default_base(kind: ProviderKind) -> Option<&'static str> {
+    match kind {
+        ProviderKind::Openai => Some("https://api.openai.com/v1"),
+        ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
+        ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+        _ => None,
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn overhead_header(d: Duration) -> HeaderValue {
+    header_value(&format!("{:.3}", d.as_secs_f64() * 1000.0))
+}
+
+fn timeout_error(dep: &Deployment, timeout: Duration) -> UpstreamError {
+    UpstreamError::new(
+        ErrorClass::Timeout,
+        ApiError::gateway_timeout(format!("deployment {} did not answer within {:?}", dep.id, timeout)),
+    )
+}
+
+fn send_error(dep: &Deployment, e: &reqwest::Error, timeout: Duration) -> UpstreamError {
+    if e.is_timeout() {
+        return timeout_error(dep, timeout);
+    }
+    let why = if e.is_connect() {
+        "connection refused or unreachable"
+    } else if e.is_body() || e.is_decode() {
+        "the response body broke off"
+    } else {
+        "the request failed"
+    };
+    UpstreamError::new(
+        ErrorClass::Connection,
+        ApiError::bad_gateway(format!("deployment {} ({}): {why}", dep.id, dep.api_base)),
+    )
+}
+
+impl UpstreamError {
+    /// The client's error: the upstream's own OpenAI-shaped body when it had one.
+    pub fn into_api_error(self) -> ApiError {
+        let mut err = self.error;
+        if err.retry_after.is_none() {
+            err.retry_after = self.retry_after.map(|d| d.as_secs().max(1));
+        }
+        err
+    }
+}
+
+/// The one log line per request, written when the request is finished (for streams:
+/// when the last byte went out or the client went away).
+#[derive(Debug)]
+pub struct RequestLog {
+    pub start: Instant,
+    pub path: &'static str,
+    pub model: String,
+    pub deployment: String,
+    pub fallback: Option<String>,
+    pub status: u16,
+    pub attempts: u32,
+    pub stream: bool,
+    pub ttfb: Option<Duration>,
+    /// Time spent waiting on upstreams (to compute the gateway's own overhead).
+    pub upstream: Duration,
+    /// False when a stream ended early (client gone or upstream broke).
+    pub complete: bool,
+    pub client_gone: bool,
+}
+
+impl Default for RequestLog {
+    fn default() -> Self {
+        RequestLog {
+            start: Instant::now(),
+            path: "",
+            model: String::new(),
+            deployment: String::new(),
+            fallback: None,
+            status: 0,
+            attempts: 0,
+            stream: false,
+            ttfb: None,
+            upstream: Duration::ZERO,
+            complete: true,
+            client_gone: false,
+        }
+    }
+}
+
+impl RequestLog {
+    /// Moves the record out, leaving one that writes nothing.
+    pub fn take(&mut self) -> RequestLog {
+        std::mem::take(self)
+    }
+
+    /// Time spent in the gateway itself so far (elapsed minus upstream waits).
+    pub fn overhead(&self) -> Duration {
+        self.start.elapsed().saturating_sub(self.upstream)
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        if self.path.is_empty() {
+            return;
+        }
+        let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "llmgw::request",
+            path = self.path,
+            model = %self.model,
+            deployment = %self.deployment,
+            fallback = self.fallback.as_deref(),
+            status = self.status,
+            attempts = self.attempts,
+            stream = self.stream,
+            complete = self.complete,
+            client_gone = self.client_gone,
+            latency_ms = format_args!("{latency_ms:.2}"),
+            ttfb_ms = self.ttfb.map(|t| format!("{:.2}", t.as_secs_f64() * 1000.0)),
+            "request"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn usage_tokens_found_without_full_parse() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"usage"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(super::usage_tokens(body), 7);
+        assert_eq!(super::usage_tokens(b"{}"), 0);
+    }
+}

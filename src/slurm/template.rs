@@ -1,0 +1,294 @@
+//! The sbatch script: a minijinja template (the built-in `slurm/llmgw.sbatch.j2`, or the
+//! user's own via `[slurm] template`) rendered from a [`JobSpec`].
+//!
+//! Templates see every field of [`JobSpec`] and a `sh` filter that quotes a value for the
+//! shell. Undefined variables are errors, so a typo in a user's template is caught at
+//! `llmgw start --dry-run` rather than on the compute node.
+
+use crate::config::SlurmConfig;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The built-in template.
+pub const BUILTIN: &str = include_str!("../../slurm/llmgw.sbatch.j2");
+/// Its name in error messages.
+pub const BUILTIN_NAME: &str = "slurm/llmgw.sbatch.j2 (built in)";
+
+/// Everything a template may use.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSpec {
+    /// The gateway's name (`--name`).
+    pub name: String,
+    /// `#SBATCH --job-name`: `[slurm] job_name`, else `llmgw-<name>`.
+    pub job_name: String,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    pub time: Option<String>,
+    pub nodes: Option<u32>,
+    pub cpus_per_task: Option<u32>,
+    pub mem: Option<String>,
+    pub gpus: Option<String>,
+    pub gres: Option<String>,
+    pub constraint: Option<String>,
+    pub extra_directives: Vec<String>,
+    pub modules: Vec<String>,
+    pub setup: Vec<String>,
+    /// The job's stdout and stderr (`<state>/slurm-%j.log`).
+    pub log_path: String,
+    /// Absolute state directory.
+    pub state_dir: String,
+    /// The config copy the job runs with (absolute).
+    pub config_path: String,
+    /// Where the config came from (for the script's header comment).
+    pub source_config: String,
+    /// The `llmgw` binary the job runs (absolute).
+    pub binary: String,
+    /// The master key file, when `start` generated the key.
+    pub key_file: Option<String>,
+    /// Seconds before the time limit at which the gateway gets SIGTERM to drain.
+    pub drain_secs: u64,
+}
+
+/// A template that could not be read or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("cannot read the sbatch template {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("sbatch template {name}: {message}")]
+    Render { name: String, message: String },
+    #[error("[slurm] {field} must be one line, got {value:?}")]
+    MultiLine { field: &'static str, value: String },
+}
+
+impl JobSpec {
+    /// Builds the spec from `[slurm]` and the paths `start` decided on.
+    pub fn new(
+        name: &str,
+        slurm: &SlurmConfig,
+        paths: SpecPaths,
+        drain_secs: u64,
+    ) -> Result<Self, TemplateError> {
+        let spec = JobSpec {
+            name: name.to_string(),
+            job_name: slurm
+                .job_name
+                .clone()
+                .unwrap_or_else(|| format!("llmgw-{name}")),
+            partition: slurm.partition.clone(),
+            account: slurm.account.clone(),
+            qos: slurm.qos.clone(),
+            time: slurm.time.clone(),
+            nodes: slurm.nodes,
+            cpus_per_task: slurm.cpus_per_task,
+            mem: slurm.mem.clone(),
+            gpus: slurm.gpus.clone(),
+            gres: slurm.gres.clone(),
+            constraint: slurm.constraint.clone(),
+            extra_directives: slurm.extra_directives.clone(),
+            modules: slurm.modules.clone(),
+            setup: slurm.setup.clone(),
+            log_path: path_str(&paths.log_path),
+            state_dir: path_str(&paths.state_dir),
+            config_path: path_str(&paths.config_path),
+            source_config: paths.source_config,
+            binary: path_str(&paths.binary),
+            key_file: paths.key_file.as_deref().map(path_str),
+            drain_secs,
+        };
+        spec.check_one_line()?;
+        Ok(spec)
+    }
+
+    /// A newline inside a directive would end the `#SBATCH` line and run the rest as shell.
+    fn check_one_line(&self) -> Result<(), TemplateError> {
+        let single: [(&'static str, Option<&str>); 10] = [
+            ("job_name", Some(self.job_name.as_str())),
+            ("partition", self.partition.as_deref()),
+            ("account", self.account.as_deref()),
+            ("qos", self.qos.as_deref()),
+            ("time", self.time.as_deref()),
+            ("mem", self.mem.as_deref()),
+            ("gpus", self.gpus.as_deref()),
+            ("gres", self.gres.as_deref()),
+            ("constraint", self.constraint.as_deref()),
+            ("state directory", Some(self.state_dir.as_str())),
+        ];
+        let lists = self
+            .extra_directives
+            .iter()
+            .map(|v| ("extra_directives", Some(v.as_str())))
+            .chain(self.modules.iter().map(|v| ("modules", Some(v.as_str()))))
+            .chain(self.setup.iter().map(|v| ("setup", Some(v.as_str()))));
+        for (field, value) in single.into_iter().chain(lists) {
+            if let Some(v) = value {
+                if v.contains('\n') || v.contains('\r') {
+                    return Err(TemplateError::MultiLine {
+                        field,
+                        value: v.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Paths `start` decided on, for [`JobSpec::new`].
+#[derive(Debug, Clone)]
+pub struct SpecPaths {
+    pub state_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub config_path: PathBuf,
+    pub source_config: String,
+    pub binary: PathBuf,
+    pub key_file: Option<PathBuf>,
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Renders `spec` with the user's template at `template`, or the built-in one.
+pub fn render(spec: &JobSpec, template: Option<&Path>) -> Result<String, TemplateError> {
+    let (name, source) = match template {
+        Some(path) => (
+            path.display().to_string(),
+            std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
+                path: path.display().to_string(),
+                source,
+            })?,
+        ),
+        None => (BUILTIN_NAME.to_string(), BUILTIN.to_string()),
+    };
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.add_filter("sh", |v: String| shell_quote(&v));
+    let render_err = |e: minijinja::Error| TemplateError::Render {
+        name: name.clone(),
+        message: match e.line() {
+            Some(line) => format!("line {line}: {}", e.detail().unwrap_or(&e.to_string())),
+            None => e.to_string(),
+        },
+    };
+    let mut out = env
+        .render_named_str(&name, &source, minijinja::value::Serde(spec))
+        .map_err(render_err)?;
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Quotes `s` for a POSIX shell (bare when it is made only of safe characters).
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(slurm: &SlurmConfig) -> JobSpec {
+        JobSpec::new(
+            "default",
+            slurm,
+            SpecPaths {
+                state_dir: "/home/a b/.llmgw/default".into(),
+                log_path: "/home/a b/.llmgw/default/slurm-%j.log".into(),
+                config_path: "/home/a b/.llmgw/default/config.toml".into(),
+                source_config: "configs/x.toml".into(),
+                binary: "/usr/local/bin/llmgw".into(),
+                key_file: Some("/home/a b/.llmgw/default/key".into()),
+            },
+            60,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn renders_directives_and_command() {
+        let slurm = SlurmConfig {
+            partition: Some("gpu".into()),
+            time: Some("04:00:00".into()),
+            gpus: Some("1".into()),
+            cpus_per_task: Some(8),
+            extra_directives: vec!["--exclusive".into()],
+            modules: vec!["cuda/12.4".into()],
+            setup: vec!["source ~/venv/bin/activate".into()],
+            ..SlurmConfig::default()
+        };
+        let out = render(&spec(&slurm), None).unwrap();
+        assert!(out.starts_with("#!/bin/bash\n"), "{out}");
+        for want in [
+            "#SBATCH --job-name=llmgw-default\n",
+            "#SBATCH --partition=gpu\n",
+            "#SBATCH --time=04:00:00\n",
+            "#SBATCH --gpus=1\n",
+            "#SBATCH --cpus-per-task=8\n",
+            "#SBATCH --exclusive\n",
+            "#SBATCH --output=/home/a b/.llmgw/default/slurm-%j.log\n",
+            "module load cuda/12.4\n",
+            "source ~/venv/bin/activate\n",
+            "exec /usr/local/bin/llmgw serve \\\n  --config '/home/a b/.llmgw/default/config.toml'",
+            "--master-key-file '/home/a b/.llmgw/default/key'\n",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+        assert!(!out.contains("--account"), "{out}");
+        assert!(!out.contains("\n\n\n"), "{out}");
+    }
+
+    #[test]
+    fn multi_line_directive_is_refused() {
+        let slurm = SlurmConfig {
+            partition: Some("gpu\nrm -rf ~".into()),
+            ..SlurmConfig::default()
+        };
+        let err = JobSpec::new(
+            "x",
+            &slurm,
+            SpecPaths {
+                state_dir: "/s".into(),
+                log_path: "/s/l".into(),
+                config_path: "/s/c".into(),
+                source_config: "c".into(),
+                binary: "/b".into(),
+                key_file: None,
+            },
+            60,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("partition"), "{err}");
+    }
+
+    #[test]
+    fn user_template_with_unknown_variable_fails_with_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.j2");
+        std::fs::write(&path, "#!/bin/bash\n\n{{ no_such_thing }}\n").unwrap();
+        let err = render(&spec(&SlurmConfig::default()), Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/a/b-c.d"), "/a/b-c.d");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

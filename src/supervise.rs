@@ -1,0 +1,833 @@
+//! Local model servers that `serve` launches and supervises: every `[[models]]` entry with
+//! a `launch` table (SGLang by default, or any `command`).
+//!
+//! Each backend gets a free loopback port, its own process group (so the whole tree —
+//! SGLang's scheduler and detokenizer processes included — is signalled at once), a log
+//! file `<state>/backends/<name>.log`, and a supervisor task that polls `/health` and
+//! `/v1/models` until the backend answers (up to `load_timeout`), marks the router's
+//! deployment available, and on exit marks it unavailable and restarts it with
+//! exponential backoff. Its state is kept for `/health` and written to
+//! `<state>/backends.json` for `llmgw start` and `llmgw status`.
+//!
+//! Depends on the config and on `router::Deployment`'s `available` flag only; it never
+//! depends on `serve`.
+
+use crate::config::{LaunchConfig, LoadedConfig};
+use crate::router::{Deployment, Router};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Backend states and pids, rewritten on every change.
+pub const BACKENDS_FILE: &str = "backends.json";
+/// Backend logs live in this subdirectory of the state directory.
+pub const BACKENDS_DIR: &str = "backends";
+
+/// Exits before the first successful start after which a backend counts as failed.
+const FAILED_AFTER: u32 = 3;
+/// Restart delays: 1 s, 2 s, 4 s, … up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A backend that ran at least this long before exiting restarts with the shortest delay.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// SIGTERM to SIGKILL when stopping a backend's process group.
+pub const KILL_GRACE: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(200);
+
+/// What a backend is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Started, not yet answering `/health` and `/v1/models`.
+    Loading,
+    Ready,
+    /// Exited; waiting for the backoff before starting again.
+    Restarting,
+    /// Never became ready (exited repeatedly or hit `load_timeout`); still retried.
+    Failed,
+    Stopped,
+}
+
+impl BackendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Loading => "loading",
+            BackendState::Ready => "ready",
+            BackendState::Restarting => "restarting",
+            BackendState::Failed => "failed",
+            BackendState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One backend as `/health`, `backends.json` and `llmgw status` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendStatus {
+    /// Name for logs and `llmgw logs --backend`: the entry's `id`, else its model name.
+    pub name: String,
+    /// The model group.
+    pub model: String,
+    /// Position of its `[[models]]` entry.
+    pub index: usize,
+    pub state: BackendState,
+    pub pid: Option<u32>,
+    pub port: u16,
+    /// How many times it was started again after exiting.
+    pub restarts: u32,
+    /// Why it last stopped being ready (exit status, load timeout).
+    pub last_error: Option<String>,
+    pub log: Option<PathBuf>,
+}
+
+/// The contents of `backends.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct BackendsFile {
+    pub updated_at: String,
+    pub backends: Vec<BackendStatus>,
+}
+
+impl BackendsFile {
+    pub fn read(dir: &Path) -> Option<Self> {
+        let bytes = std::fs::read(dir.join(BACKENDS_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// A backend that could not be launched at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("model {name:?}: launch needs model_path (or a command)")]
+    NoModelPath { name: String },
+    #[error("model {name:?}: launch.command is empty")]
+    EmptyCommand { name: String },
+    #[error("cannot find a free port for backend {name:?}: {source}")]
+    Port {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the log of backend {name:?} at {path}: {source}")]
+    Log {
+        name: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start backend {name:?} ({program}): {source}; check launch.command (or that python with sglang is on PATH in the job's setup)")]
+    Spawn {
+        name: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("every launched backend failed and no other deployment is configured: {details}; see the backend logs")]
+    AllFailed { details: String },
+}
+
+/// A read-only view of the backends' states, for `/health`.
+#[derive(Clone, Default)]
+pub struct Monitor {
+    shared: Option<Arc<Shared>>,
+}
+
+impl Monitor {
+    pub fn snapshot(&self) -> Vec<BackendStatus> {
+        self.shared.as_ref().map(|s| s.snapshot()).unwrap_or_default()
+    }
+}
+
+struct Shared {
+    statuses: Mutex<Vec<BackendStatus>>,
+    state_dir: Option<PathBuf>,
+    /// Bumped on every change.
+    changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn snapshot(&self) -> Vec<BackendStatus> {
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, i: usize, f: impl FnOnce(&mut BackendStatus)) {
+        let snapshot = {
+            let mut all = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut all[i]);
+            all.clone()
+        };
+        self.persist(snapshot);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn persist(&self, backends: Vec<BackendStatus>) {
+        let Some(dir) = &self.state_dir else { return };
+        let file = BackendsFile {
+            updated_at: crate::state::now_rfc3339(),
+            backends,
+        };
+        if let Ok(json) = serde_json::to_vec_pretty(&file) {
+            if let Err(e) = crate::state::write_atomic(&dir.join(BACKENDS_FILE), &json, 0o600) {
+                tracing::warn!(error = %e, "cannot write {}", BACKENDS_FILE);
+            }
+        }
+    }
+}
+
+/// One planned backend.
+struct Plan {
+    name: String,
+    index: usize,
+    port: u16,
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: Option<PathBuf>,
+    load_timeout: Duration,
+}
+
+/// The config's launched backends: planned (ports picked) before the router is built,
+/// started after, stopped last.
+pub struct Backends {
+    plans: Vec<Plan>,
+    shared: Arc<Shared>,
+    deployments: Vec<Option<Arc<Deployment>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+    /// True when some `[[models]]` entry is not launched (a fallback that needs no backend).
+    others: bool,
+}
+
+impl Backends {
+    /// Picks a free port for each launched backend and builds its command line.
+    pub fn plan(cfg: &LoadedConfig, state_dir: Option<&Path>) -> Result<Self, SuperviseError> {
+        let llmgw = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "llmgw".into());
+        let models = &cfg.config.models;
+        let mut plans: Vec<Plan> = Vec::new();
+        for (index, m) in models.iter().enumerate() {
+            let Some(launch) = &m.launch else { continue };
+            let group = m.name.get_ref();
+            let same = models
+                .iter()
+                .filter(|o| o.launch.is_some() && o.name.get_ref() == group)
+                .count();
+            let mut name = match (&m.id, same) {
+                (Some(id), _) => id.clone(),
+                (None, 1) => group.clone(),
+                (None, _) => format!("{group}-{}", plans.len() + 1),
+            };
+            name = sanitize(&name);
+            while plans.iter().any(|p| p.name == name) {
+                name.push('_');
+            }
+            let port = free_port().map_err(|source| SuperviseError::Port {
+                name: name.clone(),
+                source,
+            })?;
+            let mut argv = command_line(group, launch, port, &llmgw)?;
+            let program = argv.remove(0);
+            let mut env: Vec<(String, String)> = launch
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Some(gpus) = &launch.gpus {
+                let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+                env.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",")));
+            }
+            let log = state_dir.map(|d| d.join(BACKENDS_DIR).join(format!("{name}.log")));
+            plans.push(Plan {
+                name,
+                index,
+                port,
+                program,
+                args: argv,
+                env,
+                log,
+                load_timeout: launch.load_timeout.0,
+            });
+        }
+        let statuses = plans
+            .iter()
+            .map(|p| BackendStatus {
+                name: p.name.clone(),
+                model: models[p.index].name.get_ref().clone(),
+                index: p.index,
+                state: BackendState::Loading,
+                pid: None,
+                port: p.port,
+                restarts: 0,
+                last_error: None,
+                log: p.log.clone(),
+            })
+            .collect();
+        let (changed, _) = watch::channel(0);
+        Ok(Backends {
+            others: models.iter().any(|m| m.launch.is_none()),
+            deployments: vec![None; plans.len()],
+            plans,
+            shared: Arc::new(Shared {
+                statuses: Mutex::new(statuses),
+                state_dir: state_dir.map(Path::to_path_buf),
+                changed,
+            }),
+            tasks: Vec::new(),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// True when the config launches nothing.
+    pub fn is_empty(&self) -> bool {
+        self.plans.is_empty()
+    }
+
+    /// Base URLs of the launched backends by config index, for [`Router::new`].
+    pub fn api_bases(&self) -> HashMap<usize, String> {
+        self.plans
+            .iter()
+            .map(|p| (p.index, format!("http://127.0.0.1:{}/v1", p.port)))
+            .collect()
+    }
+
+    /// Finds each backend's deployment and marks it unavailable until the backend is ready.
+    pub fn attach(&mut self, router: &Router) {
+        for (i, p) in self.plans.iter().enumerate() {
+            let dep = router.deployment_by_index(p.index).cloned();
+            if let Some(d) = &dep {
+                d.available.store(false, Ordering::SeqCst);
+            }
+            self.deployments[i] = dep;
+        }
+    }
+
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            shared: Some(self.shared.clone()),
+        }
+    }
+
+    /// Starts every backend and its supervisor. Fails when a command cannot be started at
+    /// all (missing program, bad permissions): that is a config error, not a crash.
+    pub fn start(&mut self) -> Result<(), SuperviseError> {
+        if self.plans.is_empty() {
+            return Ok(());
+        }
+        if let Some(dir) = &self.shared.state_dir {
+            let logs = dir.join(BACKENDS_DIR);
+            crate::state::ensure_dir(&logs).map_err(|source| SuperviseError::Log {
+                name: self.plans[0].name.clone(),
+                path: logs.display().to_string(),
+                source,
+            })?;
+        }
+        self.shared.persist(self.shared.snapshot());
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        // Start them all first: when one cannot start, stop those already running.
+        let mut children = Vec::with_capacity(self.plans.len());
+        for plan in &self.plans {
+            match spawn(plan, 0) {
+                Ok(c) => children.push(c),
+                Err(e) => {
+                    for c in &children {
+                        if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
+                            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let plans = std::mem::take(&mut self.plans);
+        for (i, (plan, child)) in plans.into_iter().zip(children).enumerate() {
+            let sup = Supervisor {
+                i,
+                plan,
+                shared: self.shared.clone(),
+                deployment: self.deployments[i].clone(),
+                client: client.clone(),
+                stop: self.stop.clone(),
+            };
+            self.tasks.push(tokio::spawn(sup.run(child)));
+        }
+        Ok(())
+    }
+
+    /// Waits until every backend is ready or has failed. Errors when all failed and no
+    /// other deployment could serve.
+    pub async fn settled(&self) -> Result<(), SuperviseError> {
+        let mut rx = self.shared.changed.subscribe();
+        loop {
+            let all = self.shared.snapshot();
+            let done = all
+                .iter()
+                .all(|b| matches!(b.state, BackendState::Ready | BackendState::Failed));
+            if done {
+                let failed: Vec<String> = all
+                    .iter()
+                    .filter(|b| b.state == BackendState::Failed)
+                    .map(|b| {
+                        format!(
+                            "{} ({})",
+                            b.name,
+                            b.last_error.as_deref().unwrap_or("failed")
+                        )
+                    })
+                    .collect();
+                if !all.is_empty() && failed.len() == all.len() && !self.others {
+                    return Err(SuperviseError::AllFailed {
+                        details: failed.join(", "),
+                    });
+                }
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stops every backend: SIGTERM to each process group, SIGKILL after [`KILL_GRACE`].
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+/// `[A-Za-z0-9._-]` only, for file names.
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("backend{s}")
+    } else {
+        s
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The backend's argv: SGLang's launch line, or `command` with placeholders substituted.
+fn command_line(
+    name: &str,
+    launch: &LaunchConfig,
+    port: u16,
+    llmgw: &str,
+) -> Result<Vec<String>, SuperviseError> {
+    let model_path = launch.model_path.clone().unwrap_or_default();
+    let subst = |s: &str| {
+        s.replace("{port}", &port.to_string())
+            .replace("{host}", "127.0.0.1")
+            .replace("{model_path}", &model_path)
+            .replace("{llmgw}", llmgw)
+    };
+    let argv: Vec<String> = match &launch.command {
+        Some(cmd) => {
+            if cmd.is_empty() || cmd[0].trim().is_empty() {
+                return Err(SuperviseError::EmptyCommand { name: name.into() });
+            }
+            cmd.iter()
+                .chain(launch.args.iter())
+                .map(|s| subst(s))
+                .collect()
+        }
+        None => {
+            if model_path.is_empty() {
+                return Err(SuperviseError::NoModelPath { name: name.into() });
+            }
+            let mut v: Vec<String> = [
+                "python",
+                "-m",
+                "sglang.launch_server",
+                "--model-path",
+                &model_path,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--tp-size",
+                &launch.tp.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            v.extend(launch.args.iter().map(|s| subst(s)));
+            v
+        }
+    };
+    Ok(argv)
+}
+
+/// Starts the backend in its own process group, output appended to its log.
+fn spawn(plan: &Plan, attempt: u32) -> Result<tokio::process::Child, SuperviseError> {
+    use std::process::Stdio;
+    let mut cmd = tokio::process::Command::new(&plan.program);
+    cmd.args(&plan.args)
+        .envs(plan.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(path) = &plan.log {
+        let log_err = |source| SuperviseError::Log {
+            name: plan.name.clone(),
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = open_log(path).map_err(log_err)?;
+        use std::io::Write;
+        let _ = writeln!(
+            file,
+            "=== llmgw {}: starting backend {} (start {}): {} {}",
+            crate::state::now_rfc3339(),
+            plan.name,
+            attempt + 1,
+            plan.program,
+            plan.args.join(" ")
+        );
+        let err = file.try_clone().map_err(log_err)?;
+        cmd.stdout(Stdio::from(file)).stderr(Stdio::from(err));
+    }
+    let child = cmd.spawn().map_err(|source| SuperviseError::Spawn {
+        name: plan.name.clone(),
+        program: plan.program.clone(),
+        source,
+    })?;
+    tracing::info!(backend = %plan.name, pid = child.id(), port = plan.port, "backend started");
+    Ok(child)
+}
+
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// How one run of a backend ended.
+enum Ended {
+    Exited(String),
+    LoadTimeout,
+    Stopped,
+}
+
+struct Supervisor {
+    i: usize,
+    plan: Plan,
+    shared: Arc<Shared>,
+    deployment: Option<Arc<Deployment>>,
+    client: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Supervisor {
+    async fn run(self, first: tokio::process::Child) {
+        let mut child = Some(first);
+        let mut attempt: u32 = 0;
+        let mut failures_before_ready: u32 = 0;
+        let mut ever_ready = false;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let mut c = match child.take() {
+                Some(c) => c,
+                None => match spawn(&self.plan, attempt) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(backend = %self.plan.name, error = %e, "backend could not be restarted");
+                        self.shared.update(self.i, |b| {
+                            b.state = BackendState::Failed;
+                            b.pid = None;
+                            b.last_error = Some(e.to_string());
+                        });
+                        if self.sleep(backoff).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                },
+            };
+            let pid = c.id();
+            let keep_failed = !ever_ready && failures_before_ready >= FAILED_AFTER;
+            self.shared.update(self.i, |b| {
+                b.pid = pid;
+                if !keep_failed {
+                    b.state = BackendState::Loading;
+                }
+            });
+            let started = Instant::now();
+            let ended = self.one_run(&mut c).await;
+            self.set_available(false);
+            if let Some(pid) = pid {
+                stop_group(pid, &mut c, KILL_GRACE).await;
+            }
+            let (why, timed_out) = match ended {
+                Ended::Stopped => {
+                    self.shared.update(self.i, |b| {
+                        b.state = BackendState::Stopped;
+                        b.pid = None;
+                    });
+                    break;
+                }
+                Ended::Exited(status) => (status, false),
+                Ended::LoadTimeout => (
+                    format!(
+                        "not ready within load_timeout ({:?})",
+                        self.plan.load_timeout
+                    ),
+                    true,
+                ),
+            };
+            let was_ready = self.shared.snapshot()[self.i].state == BackendState::Ready;
+            if was_ready {
+                ever_ready = true;
+                failures_before_ready = 0;
+            } else {
+                failures_before_ready += 1;
+            }
+            if started.elapsed() >= STABLE_AFTER {
+                backoff = Duration::from_secs(1);
+            }
+            let failed = timed_out || (!was_ready && failures_before_ready >= FAILED_AFTER);
+            tracing::warn!(backend = %self.plan.name, reason = %why, restart_in = ?backoff, "backend stopped; restarting it");
+            self.shared.update(self.i, |b| {
+                b.pid = None;
+                b.restarts += 1;
+                b.last_error = Some(why.clone());
+                b.state = if failed || b.state == BackendState::Failed {
+                    BackendState::Failed
+                } else {
+                    BackendState::Restarting
+                };
+            });
+            attempt += 1;
+            if self.sleep(backoff).await {
+                self.shared.update(self.i, |b| b.state = BackendState::Stopped);
+                break;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Loads (polls until ready), then runs until the process exits or we are stopped.
+    async fn one_run(&self, c: &mut tokio::process::Child) -> Ended {
+        let deadline = tokio::time::Instant::now() + self.plan.load_timeout;
+        let ready = async {
+            loop {
+                if self.probe().await {
+                    return;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        tokio::select! {
+            _ = self.stop.cancelled() => return Ended::Stopped,
+            status = c.wait() => return Ended::Exited(exit_text(status)),
+            _ = tokio::time::sleep_until(deadline) => return Ended::LoadTimeout,
+            _ = ready => {}
+        }
+        tracing::info!(backend = %self.plan.name, port = self.plan.port, "backend ready");
+        self.shared.update(self.i, |b| {
+            b.state = BackendState::Ready;
+        });
+        self.set_available(true);
+        tokio::select! {
+            _ = self.stop.cancelled() => Ended::Stopped,
+            status = c.wait() => Ended::Exited(exit_text(status)),
+        }
+    }
+
+    /// `/health` and then `/v1/models` both answer 200.
+    async fn probe(&self) -> bool {
+        let base = format!("http://127.0.0.1:{}", self.plan.port);
+        for path in ["/health", "/v1/models"] {
+            match self.client.get(format!("{base}{path}")).send().await {
+                Ok(r) if r.status().is_success() => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    fn set_available(&self, on: bool) {
+        if let Some(d) = &self.deployment {
+            d.available.store(on, Ordering::SeqCst);
+        }
+    }
+
+    /// Sleeps; true when stopped meanwhile.
+    async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => true,
+            _ = tokio::time::sleep(d) => false,
+        }
+    }
+}
+
+fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "exited".into(),
+        },
+        Err(e) => format!("cannot wait for it: {e}"),
+    }
+}
+
+/// SIGTERM to the process group, SIGKILL to whatever is left after `grace`.
+async fn stop_group(pgid: u32, leader: &mut tokio::process::Child, grace: Duration) {
+    let Ok(raw) = i32::try_from(pgid) else { return };
+    let group = Pid::from_raw(raw);
+    if killpg(group, Signal::SIGTERM).is_err() {
+        // No process left in the group; reap the leader if it has not been.
+        let _ = leader.try_wait();
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    let _ = tokio::time::timeout_at(deadline, leader.wait()).await;
+    // The leader is gone (or the grace is over); wait for the rest of the group.
+    while tokio::time::Instant::now() < deadline {
+        if killpg(group, None).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if killpg(group, Signal::SIGKILL).is_ok() {
+        tracing::warn!(pgid, "backend did not stop within {grace:?}; killed");
+    }
+    let _ = leader.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(cmd: Option<Vec<&str>>) -> LaunchConfig {
+        LaunchConfig {
+            model_path: Some("/models/qwen".into()),
+            tp: 2,
+            gpus: Some(vec![0, 1]),
+            args: vec!["--mem-fraction-static".into(), "0.8".into()],
+            env: Default::default(),
+            command: cmd.map(|c| c.into_iter().map(String::from).collect()),
+            load_timeout: crate::config::Dur(Duration::from_secs(5)),
+        }
+    }
+
+    #[test]
+    fn sglang_command_line() {
+        let argv = command_line("m", &launch(None), 31000, "/bin/llmgw").unwrap();
+        assert_eq!(
+            argv.join(" "),
+            "python -m sglang.launch_server --model-path /models/qwen --host 127.0.0.1 --port 31000 --tp-size 2 --mem-fraction-static 0.8"
+        );
+    }
+
+    #[test]
+    fn command_override_substitutes() {
+        let argv = command_line(
+            "m",
+            &launch(Some(vec![
+                "{llmgw}",
+                "mock-upstream",
+                "--port",
+                "{port}",
+                "--host",
+                "{host}",
+                "--model",
+                "{model_path}",
+            ])),
+            31000,
+            "/bin/llmgw",
+        )
+        .unwrap();
+        assert_eq!(
+            argv.join(" "),
+            "/bin/llmgw mock-upstream --port 31000 --host 127.0.0.1 --model /models/qwen --mem-fraction-static 0.8"
+        );
+        assert!(command_line("m", &launch(Some(vec![])), 1, "x").is_err());
+    }
+
+    #[test]
+    fn names_are_file_safe() {
+        assert_eq!(sanitize("qwen/3 b"), "qwen_3_b");
+        assert_eq!(sanitize(".."), "backend..");
+    }
+
+    #[tokio::test]
+    async fn group_is_stopped_with_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan {
+            name: "t".into(),
+            index: 0,
+            port: 0,
+            program: "sh".into(),
+            // A child that ignores SIGTERM: only SIGKILL to the group ends it.
+            args: vec![
+                "-c".into(),
+                "trap '' TERM; sleep 30 & echo $! > child.pid; wait".into(),
+            ],
+            env: vec![],
+            log: Some(dir.path().join("t.log")),
+            load_timeout: Duration::from_secs(1),
+        };
+        let mut c = {
+            let mut cmd = tokio::process::Command::new(&plan.program);
+            cmd.args(&plan.args)
+                .current_dir(dir.path())
+                .process_group(0);
+            cmd.spawn().unwrap()
+        };
+        let pid = c.id().unwrap();
+        let child_pid_file = dir.path().join("child.pid");
+        let t0 = Instant::now();
+        while !child_pid_file.exists() && t0.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let child: i32 = std::fs::read_to_string(&child_pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        stop_group(pid, &mut c, Duration::from_millis(300)).await;
+        // The orphaned sleep is reparented; it may linger as a zombie, which is dead.
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next().map(|r| r.trim().starts_with('Z')))
+                .is_some_and(|zombie| !zombie)
+        };
+        let t1 = Instant::now();
+        while alive(child) && t1.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(child), "child survived");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,571 @@
+//! Shared harness for the integration tests: runs the real `llmgw` binary as a child
+//! process on loopback, in front of in-process [`MockUpstream`]s.
+//!
+//! ```ignore
+//! let mock = common::mock("a", Behavior::default()).await;
+//! let gw = Gateway::start(&common::openai_model("m", "mock-model", &mock.base_url(), "")).await;
+//! let resp = gw.post_json("/v1/chat/completions", &common::chat_body("m", false)).await;
+//! ```
+//!
+//! Each gateway gets its own temporary directory holding the config file (`llmgw.toml`),
+//! the state directory (`state/`, where `serve` writes `endpoint.json`) and the child's
+//! `stdout`/`stderr` files, so tests can assert on the logs. The child is killed when the
+//! [`Gateway`] is dropped. Environment variables the binary reads (`LLMGW_*`, proxies)
+//! are scrubbed so a developer's shell cannot change what a test sees.
+//!
+//! To extend it (router, SLURM, provider tests): add builder options to
+//! [`GatewayBuilder`] and helpers here; keep everything bounded in time.
+
+#![allow(dead_code)]
+
+use llmgw::mock::{Behavior, MockUpstream};
+use llmgw::state::EndpointRecord;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_llmgw");
+
+/// How long `start` waits for `endpoint.json`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often polling loops look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Variables the binary (or its HTTP client) reads that must not leak in from the shell.
+const SCRUBBED_ENV: &[&str] = &[
+    "LLMGW_CONFIG",
+    "LLMGW_STATE_DIR",
+    "LLMGW_LOG_FORMAT",
+    "LLMGW_NAME",
+    "LLMGW_LOG",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// A `Command` for the `llmgw` binary with a clean environment for tests.
+pub fn llmgw_command() -> Command {
+    let mut c = Command::new(BIN);
+    for v in SCRUBBED_ENV {
+        c.env_remove(v);
+    }
+    c.env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Starts an in-process mock upstream on 127.0.0.1 with a free port.
+pub async fn mock(name: &str, behavior: Behavior) -> MockUpstream {
+    MockUpstream::start(name, behavior)
+        .await
+        .expect("start mock upstream")
+}
+
+/// One `[[models]]` table for an OpenAI-compatible deployment. `extra` is appended
+/// verbatim (more `key = value` lines, e.g. `timeout = "300ms"`).
+pub fn openai_model(name: &str, upstream_model: &str, api_base: &str, extra: &str) -> String {
+    format!(
+        "[[models]]\nname = \"{name}\"\nprovider = \"openai\"\nmodel = \"{upstream_model}\"\napi_base = \"{api_base}\"\n{extra}\n"
+    )
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A minimal chat completion request body.
+pub fn chat_body(model: &str, stream: bool) -> String {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "stream": stream,
+    })
+    .to_string()
+}
+
+/// A loopback HTTP client: no proxy, bounded overall timeout.
+pub fn client() -> reqwest::Client {
+    // reqwest is built with `rustls-no-provider`: pick the same provider as the gateway.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("build reqwest client")
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What a process that ran to its end left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// Path of the config file given with `-c` (if any), as the binary saw it.
+    pub config_path: Option<PathBuf>,
+    /// The state directory passed with `--state-dir`.
+    pub state_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// How to run `llmgw serve`; `Gateway::start` is the common shortcut.
+pub struct GatewayBuilder {
+    config: Option<String>,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    port: Option<u16>,
+    ready_timeout: Duration,
+}
+
+impl GatewayBuilder {
+    /// Serve `config_toml` (written to `<tmp>/llmgw.toml` and passed with `-c`).
+    pub fn new(config_toml: &str) -> Self {
+        GatewayBuilder {
+            config: Some(config_toml.to_string()),
+            args: Vec::new(),
+            envs: Vec::new(),
+            port: Some(0),
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    /// Serve without `-c` (the built-in default config).
+    pub fn default_config() -> Self {
+        GatewayBuilder {
+            config: None,
+            ..GatewayBuilder::new("")
+        }
+    }
+
+    /// An extra argument after `serve ...` (global flags such as `--log-format` work there).
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// An environment variable for the child (e.g. what `env:VAR` references read).
+    pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// `--port`; the default is `0` (any free port). `None` passes no `--port`.
+    pub fn port(mut self, p: Option<u16>) -> Self {
+        self.port = p;
+        self
+    }
+
+    pub fn ready_timeout(mut self, d: Duration) -> Self {
+        self.ready_timeout = d;
+        self
+    }
+
+    /// Writes the config and spawns the child; does not wait for anything.
+    fn spawn(self) -> Spawned {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let state_dir = dir.path().join("state");
+        let stderr_path = dir.path().join("stderr");
+        let stdout_path = dir.path().join("stdout");
+        let mut cmd = llmgw_command();
+        cmd.arg("serve");
+        let config_path = self.config.as_ref().map(|text| {
+            let p = dir.path().join("llmgw.toml");
+            std::fs::write(&p, text).expect("write config");
+            cmd.arg("-c").arg(&p);
+            p
+        });
+        cmd.arg("--state-dir").arg(&state_dir);
+        if let Some(p) = self.port {
+            cmd.arg("--port").arg(p.to_string());
+        }
+        cmd.args(&self.args);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd.stdout(std::fs::File::create(&stdout_path).expect("create stdout file"))
+            .stderr(std::fs::File::create(&stderr_path).expect("create stderr file"));
+        let child = cmd.spawn().expect("spawn llmgw");
+        Spawned {
+            child,
+            dir,
+            state_dir,
+            stderr_path,
+            stdout_path,
+            config_path,
+            ready_timeout: self.ready_timeout,
+        }
+    }
+
+    /// Starts the gateway and waits until it wrote `endpoint.json`; panics (with the
+    /// child's stderr) if it exits or is not ready in time.
+    pub async fn start(self) -> Gateway {
+        let mut s = self.spawn();
+        let deadline = Instant::now() + s.ready_timeout;
+        let endpoint = loop {
+            if let Ok(Some(rec)) = EndpointRecord::read(&s.state_dir) {
+                break rec;
+            }
+            if let Some(status) = s.child.try_wait().expect("try_wait") {
+                panic!(
+                    "llmgw serve exited with {status} before it was ready; stderr:\n{}",
+                    read_lossy(&s.stderr_path)
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = s.child.kill();
+                let _ = s.child.wait();
+                panic!(
+                    "llmgw serve was not ready within {:?}; stderr:\n{}",
+                    s.ready_timeout,
+                    read_lossy(&s.stderr_path)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let ip: std::net::IpAddr = endpoint.bind.parse().expect("endpoint bind is an IP");
+        let ip = if ip.is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            ip
+        };
+        Gateway {
+            addr: SocketAddr::new(ip, endpoint.port),
+            endpoint,
+            client: client(),
+            child: Some(s.child),
+            state_dir: s.state_dir,
+            stderr_path: s.stderr_path,
+            stdout_path: s.stdout_path,
+            config_path: s.config_path,
+            _dir: s.dir,
+        }
+    }
+
+    /// Runs `serve` expecting it to exit by itself (bad config, refused host, …) within
+    /// `timeout`; panics if it is still running then.
+    pub async fn run_to_exit(self, timeout: Duration) -> Finished {
+        let mut s = self.spawn();
+        let status = wait_child(&mut s.child, timeout).await.unwrap_or_else(|| {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+            panic!(
+                "llmgw serve did not exit within {timeout:?}; stderr:\n{}",
+                read_lossy(&s.stderr_path)
+            )
+        });
+        Finished {
+            status,
+            stdout: read_lossy(&s.stdout_path),
+            stderr: read_lossy(&s.stderr_path),
+            config_path: s.config_path,
+            state_dir: s.state_dir,
+            _dir: s.dir,
+        }
+    }
+}
+
+struct Spawned {
+    child: Child,
+    dir: tempfile::TempDir,
+    state_dir: PathBuf,
+    stderr_path: PathBuf,
+    stdout_path: PathBuf,
+    config_path: Option<PathBuf>,
+    ready_timeout: Duration,
+}
+
+async fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn read_lossy(p: &Path) -> String {
+    std::fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// A running `llmgw serve`; killed on drop.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    /// What `serve` wrote to `endpoint.json`.
+    pub endpoint: EndpointRecord,
+    client: reqwest::Client,
+    child: Option<Child>,
+    pub state_dir: PathBuf,
+    stderr_path: PathBuf,
+    stdout_path: PathBuf,
+    pub config_path: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Serves `config_toml` on a free loopback port; ready when this returns.
+    pub async fn start(config_toml: &str) -> Gateway {
+        GatewayBuilder::new(config_toml).start().await
+    }
+
+    pub fn builder(config_toml: &str) -> GatewayBuilder {
+        GatewayBuilder::new(config_toml)
+    }
+
+    /// `http://127.0.0.1:PORT{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://127.0.0.1:PORT/v1` (what an OpenAI SDK takes as `base_url`).
+    pub fn base_url(&self) -> String {
+        self.url("/v1")
+    }
+
+    /// A client for this gateway (loopback, no proxy, 60 s overall timeout).
+    pub fn client(&self) -> reqwest::Client {
+        self.client.clone()
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("child").id()
+    }
+
+    /// Sends SIGTERM (what `scancel` sends).
+    pub fn sigterm(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, sig).expect("send signal to llmgw");
+    }
+
+    /// Waits (bounded) for the child to exit; panics with its stderr on timeout.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("child");
+        match wait_child(child, timeout).await {
+            Some(s) => s,
+            None => panic!(
+                "llmgw serve did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr_text()
+            ),
+        }
+    }
+
+    /// Everything the child wrote to stderr so far (its log).
+    pub fn stderr_text(&self) -> String {
+        read_lossy(&self.stderr_path)
+    }
+
+    pub fn stdout_text(&self) -> String {
+        read_lossy(&self.stdout_path)
+    }
+
+    /// Waits (bounded) until a stderr line satisfies `pred`; returns that line.
+    /// Logs are written by a background thread, so lines appear shortly after the event.
+    pub async fn wait_for_log(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.stderr_text();
+            if let Some(line) = text.lines().find(|l| pred(l)) {
+                return line.to_string();
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for a log line {what}; stderr:\n{text}"
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads a response body as JSON, panicking with the raw text when it is not.
+pub async fn json_body(resp: reqwest::Response) -> serde_json::Value {
+    let text = resp.text().await.expect("read body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"))
+}
+
+/// Asserts `resp` has `status` and an OpenAI error body with all four keys
+/// (`message` a non-empty string, `type` a string); returns the `error` object.
+pub async fn expect_openai_error(
+    resp: reqwest::Response,
+    status: u16,
+) -> serde_json::Map<String, serde_json::Value> {
+    let got = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = resp.text().await.expect("read body");
+    assert_eq!(got, status, "status; body: {text}");
+    assert!(
+        ctype.starts_with("application/json"),
+        "content-type {ctype:?}; body: {text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    let err = v
+        .get("error")
+        .and_then(|e| e.as_object())
+        .unwrap_or_else(|| panic!("no \"error\" object: {text}"))
+        .clone();
+    for key in ["message", "type", "param", "code"] {
+        assert!(err.contains_key(key), "error lacks {key:?}: {text}");
+    }
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message must be a non-empty string: {text}"
+    );
+    assert!(err["type"].is_string(), "type must be a string: {text}");
+    err
+}
+
+/// One server-sent event as the client saw it.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    /// When the read that completed this event returned.
+    pub at: Instant,
+    /// The `data:` payload (`[DONE]` or JSON text).
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.data).ok()
+    }
+    pub fn is_done(&self) -> bool {
+        self.data == "[DONE]"
+    }
+}
+
+/// Reads an SSE body to its end (bounded by the client's timeout), event by event,
+/// recording when each one arrived.
+pub async fn read_sse(mut resp: reqwest::Response) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await.expect("read SSE chunk") {
+        let at = Instant::now();
+        buf.extend_from_slice(&chunk);
+        drain_events(&mut buf, at, &mut events);
+    }
+    assert!(
+        buf.iter().all(|b| b.is_ascii_whitespace()),
+        "stream ended inside an event: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    events
+}
+
+/// Moves every complete event (`...\n\n`) from `buf` into `out`.
+pub fn drain_events(buf: &mut Vec<u8>, at: Instant, out: &mut Vec<SseEvent>) {
+    while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+        let raw: Vec<u8> = buf.drain(..end + 2).collect();
+        let text = String::from_utf8_lossy(&raw);
+        let data: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if !data.is_empty() {
+            out.push(SseEvent {
+                at,
+                data: data.join("\n"),
+            });
+        }
+    }
+}
+
+/// Arrival time and `choices[0].delta.content` of each chat chunk that carries content
+/// (an empty string included: the mock pads short replies with empty chunks).
+pub fn content_events(events: &[SseEvent]) -> Vec<(Instant, String)> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let v = e.json()?;
+            let c = v["choices"][0]["delta"]["content"].as_str()?;
+            Some((e.at, c.to_string()))
+        })
+        .collect()
+}
+
+/// The concatenated `delta.content` of a chat stream.
+pub fn streamed_text(events: &[SseEvent]) -> String {
+    content_events(events).into_iter().map(|(_, c)| c).collect()
+}

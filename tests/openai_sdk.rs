@@ -1,0 +1,87 @@
+//! The unchanged OpenAI Python SDK against `llmgw serve`: runs tests/openai_sdk.py.
+//! Needs `python3` with the `openai` package (scripts/test.sh installs it); fails, never
+//! skips, when they are missing.
+
+mod common;
+
+use common::{mock, openai_model, Gateway};
+use llmgw::mock::Behavior;
+use std::time::Duration;
+
+const MASTER_KEY: &str = "sk-llmgw-sdk-test-key";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_python_sdk_works_unchanged() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import openai; print(openai.__version__)"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => eprintln!(
+            "openai Python SDK {}",
+            String::from_utf8_lossy(&o.stdout).trim()
+        ),
+        Ok(o) => panic!(
+            "the OpenAI Python SDK is not installed: run `python3 -m pip install openai` \
+             (scripts/test.sh does this); python3 said: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("python3 is needed for this test (scripts/test.sh installs it): {e}"),
+    }
+
+    let up = mock(
+        "sdk-mock",
+        Behavior {
+            chunks: 5,
+            chunk_delay: Duration::from_millis(100),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let cfg = format!(
+        "[server]\nmaster_key = \"env:LLMGW_TEST_MASTER_KEY\"\n\n{}{}",
+        openai_model("gpt-4o-mini", "mock-model", &up.base_url(), ""),
+        openai_model("text-embedding-3-small", "mock-embed", &up.base_url(), "")
+    );
+    let gw = Gateway::builder(&cfg)
+        .env("LLMGW_TEST_MASTER_KEY", MASTER_KEY)
+        .start()
+        .await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk.py");
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(script)
+        .arg(gw.base_url())
+        .env("OPENAI_API_KEY", MASTER_KEY)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .kill_on_drop(true);
+    for v in [
+        "OPENAI_BASE_URL",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        cmd.env_remove(v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("openai_sdk.py did not finish within 120 s")
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "openai_sdk.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- gateway log\n{}",
+        out.status,
+        gw.stderr_text()
+    );
+    assert!(stdout.contains("openai_sdk.py: OK"), "{stdout}");
+    // chat, stream, embedding (the model list is answered by the gateway itself).
+    assert!(up.state.request_count() >= 3);
+    eprintln!("{stdout}");
+}
