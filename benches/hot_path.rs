@@ -44,7 +44,10 @@ const CHAT_SMALL: &str =
 
 fn parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("ClientRequest::parse");
-    for (name, body) in [("chat_with_tools", CHAT_WITH_TOOLS), ("chat_small", CHAT_SMALL)] {
+    for (name, body) in [
+        ("chat_with_tools", CHAT_WITH_TOOLS),
+        ("chat_small", CHAT_SMALL),
+    ] {
         let bytes = Bytes::from_static(body.as_bytes());
         g.throughput(Throughput::Bytes(bytes.len() as u64));
         g.bench_function(name, |b| {

@@ -273,6 +273,8 @@ pub struct CacheConfig {
     pub ttl: Dur,
     pub namespace: String,
     pub redis_url: Option<Spanned<String>>,
+    /// Redis connect and command timeout (a few ms: a slow Redis is treated as down).
+    pub redis_timeout: Dur,
     pub max_entries: u64,
     pub max_bytes: u64,
 }
@@ -286,6 +288,7 @@ impl Default for CacheConfig {
             ttl: Dur(Duration::from_secs(3600)),
             namespace: "llmgw".into(),
             redis_url: None,
+            redis_timeout: Dur(Duration::from_millis(5)),
             max_entries: 10_000,
             max_bytes: 256 * 1024 * 1024,
         }

@@ -45,6 +45,9 @@ pub struct Behavior {
     pub reply: String,
     /// Model ids listed by `/v1/models`.
     pub models: Vec<String>,
+    /// When the request declares tools and its last message is not a tool result,
+    /// answer with a call of the first tool (arguments made up from its schema).
+    pub tool_calls: bool,
 }
 
 impl Default for Behavior {
@@ -58,6 +61,7 @@ impl Default for Behavior {
             cut_after: None,
             reply: "Hello from {name}".into(),
             models: vec!["mock-model".into()],
+            tool_calls: false,
         }
     }
 }
@@ -179,6 +183,10 @@ struct Req {
     stream_options: Option<StreamOpts>,
     #[serde(default)]
     input: Option<serde_json::Value>,
+    #[serde(default)]
+    tools: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    messages: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -265,6 +273,14 @@ async fn chat(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
     let reply = b.reply.replace("{name}", &s.name);
     let completion_tokens = b.chunks as u64;
     let id = format!("chatcmpl-{}-{}", s.name, s.requests.load(Ordering::Relaxed));
+    if b.tool_calls {
+        if let Some(r) = tool_call_answer(&req, &id, completion_tokens) {
+            return match r {
+                ToolAnswer::Json(body) => json(body),
+                ToolAnswer::Stream(events) => sse(s, events, b.chunk_delay, b.cut_after),
+            };
+        }
+    }
     let model = req.model;
     if !req.stream {
         let body = serde_json::json!({
@@ -305,6 +321,89 @@ async fn chat(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     sse(s, events, b.chunk_delay, b.cut_after)
+}
+
+enum ToolAnswer {
+    Json(String),
+    Stream(Vec<Bytes>),
+}
+
+/// Made-up arguments for a JSON schema's properties (strings are "Paris").
+pub fn tool_args_for(schema: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if let Some(props) = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(|p| p.as_object())
+    {
+        for (k, p) in props {
+            let v = match p.get("type").and_then(|t| t.as_str()) {
+                Some("integer") | Some("number") => serde_json::json!(1),
+                Some("boolean") => serde_json::json!(true),
+                Some("array") => serde_json::json!([]),
+                Some("object") => serde_json::json!({}),
+                _ => serde_json::json!("Paris"),
+            };
+            out.insert(k.clone(), v);
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
+/// The tool-call answer (`Behavior::tool_calls`), or `None` to answer with text.
+fn tool_call_answer(req: &Req, id: &str, completion_tokens: u64) -> Option<ToolAnswer> {
+    let tool = req.tools.as_ref()?.first()?;
+    let last_is_tool = req
+        .messages
+        .as_ref()
+        .and_then(|m| m.last())
+        .is_some_and(|m| m["role"] == "tool");
+    if last_is_tool {
+        return None;
+    }
+    let name = tool["function"]["name"].as_str().unwrap_or("tool");
+    let args = tool_args_for(tool["function"].get("parameters")).to_string();
+    let call_id = format!("call_{id}");
+    let usage = serde_json::json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens});
+    if !req.stream {
+        let body = serde_json::json!({
+            "id": id, "object": "chat.completion", "created": 1_700_000_000u64, "model": req.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null,
+                "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}]},
+                "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": usage
+        });
+        return Some(ToolAnswer::Json(body.to_string()));
+    }
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| -> Bytes {
+        let mut v = serde_json::json!({
+            "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": req.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+        });
+        if include_usage {
+            v["usage"] = serde_json::Value::Null;
+        }
+        Bytes::from(format!("data: {v}\n\n"))
+    };
+    let mid = (0..=args.len() / 2).rev().find(|&i| args.is_char_boundary(i)).unwrap_or(0);
+    let mut events = vec![chunk(
+        serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+        None,
+    )];
+    for frag in [&args[..mid], &args[mid..]] {
+        events.push(chunk(
+            serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": frag}}]}),
+            None,
+        ));
+    }
+    events.push(chunk(serde_json::json!({}), Some("tool_calls")));
+    if include_usage {
+        let v = serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000u64,
+            "model": req.model, "choices": [], "usage": usage});
+        events.push(Bytes::from(format!("data: {v}\n\n")));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    Some(ToolAnswer::Stream(events))
 }
 
 /// Streams `events` with `delay` between them; aborts the connection after `cut_after`.

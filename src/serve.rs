@@ -18,7 +18,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -255,6 +254,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/health", get(health))
         .route("/health/liveness", get(liveness))
         .route("/health/readiness", get(readiness))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -412,6 +412,24 @@ async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
         return e.into_response();
     }
     json_response(StatusCode::OK, s.models_body.clone())
+}
+
+async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = s.authorize(&headers) {
+        return e.into_response();
+    }
+    let text = crate::metrics::render(
+        &s.router,
+        s.ready.load(Ordering::Relaxed),
+        s.draining.load(Ordering::Relaxed),
+        "",
+    );
+    let mut r = Response::new(Body::from(text));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 async fn liveness() -> Response {

@@ -372,6 +372,30 @@ async fn upstream_timeout_is_504() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn server_request_timeout_bounds_the_whole_request() {
+    let up = mock(
+        "mock-slow",
+        Behavior {
+            hang: true,
+            ..Behavior::default()
+        },
+    )
+    .await;
+    // The deployment would wait a minute; [server] request_timeout cuts it at 400 ms.
+    let cfg = format!(
+        "[server]\nrequest_timeout = \"400ms\"\n\n[router]\nnum_retries = 0\n\n{}",
+        openai_model("m", "x", &up.base_url(), "timeout = \"60s\"")
+    );
+    let gw = Gateway::start(&cfg).await;
+    let t = Instant::now();
+    let resp = gw
+        .post_json("/v1/chat/completions", &chat_body("m", false))
+        .await;
+    expect_openai_error(resp, 504).await;
+    assert!(t.elapsed() < 10 * SEC, "took {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upstream_error_status_is_passed_through() {
     let up = mock(
         "mock-429",

@@ -715,6 +715,10 @@ pub struct AnthropicStream {
     tools: u32,
     usage: AUsage,
     stop_reason: Option<String>,
+    /// The `role` chunk goes out with the first content, so that an error event right
+    /// after `message_start` (e.g. overloaded) still counts as "nothing sent yet" and the
+    /// router can retry elsewhere.
+    role_sent: bool,
     done: bool,
 }
 
@@ -729,8 +733,23 @@ impl AnthropicStream {
             tools: 0,
             usage: AUsage::default(),
             stop_reason: None,
+            role_sent: false,
             done: false,
         }
+    }
+
+    /// The writer, after sending the `role` chunk if it has not gone out yet.
+    fn started(&mut self, out: &mut BytesMut) -> &ChunkWriter {
+        if !self.role_sent {
+            self.role_sent = true;
+            let role = Delta {
+                role: Some("assistant"),
+                content: Some(""),
+                ..Delta::default()
+            };
+            self.writer().delta(out, 0, &role, None);
+        }
+        self.writer()
     }
 
     fn writer(&mut self) -> &ChunkWriter {
@@ -770,14 +789,7 @@ impl AnthropicStream {
                     message.id
                 };
                 self.usage.merge(message.usage);
-                let w = ChunkWriter::new(id, model, self.include_usage);
-                let role = Delta {
-                    role: Some("assistant"),
-                    content: Some(""),
-                    ..Delta::default()
-                };
-                w.delta(out, 0, &role, None);
-                self.writer = Some(w);
+                self.writer = Some(ChunkWriter::new(id, model, self.include_usage));
             }
             Event::ContentBlockStart {
                 index,
@@ -790,7 +802,7 @@ impl AnthropicStream {
                             content: Some(&text),
                             ..Delta::default()
                         };
-                        self.writer().delta(out, 0, &d, None);
+                        self.started(out).delta(out, 0, &d, None);
                     }
                 }
                 StartBlock::ToolUse { id, name } => {
@@ -809,7 +821,7 @@ impl AnthropicStream {
                         }]),
                         ..Delta::default()
                     };
-                    self.writer().delta(out, 0, &d, None);
+                    self.started(out).delta(out, 0, &d, None);
                 }
                 StartBlock::Other => self.set_block(index, BlockKind::Other),
             },
@@ -822,7 +834,7 @@ impl AnthropicStream {
                                 content: Some(&text),
                                 ..Delta::default()
                             };
-                            self.writer().delta(out, 0, &d, None);
+                            self.started(out).delta(out, 0, &d, None);
                         }
                     }
                     (BlockDelta::InputJsonDelta { partial_json }, BlockKind::Tool(n)) => {
@@ -839,7 +851,7 @@ impl AnthropicStream {
                                 }]),
                                 ..Delta::default()
                             };
-                            self.writer().delta(out, 0, &d, None);
+                            self.started(out).delta(out, 0, &d, None);
                         }
                     }
                     (BlockDelta::ThinkingDelta { thinking }, _) => {
@@ -848,7 +860,7 @@ impl AnthropicStream {
                                 reasoning_content: Some(&thinking),
                                 ..Delta::default()
                             };
-                            self.writer().delta(out, 0, &d, None);
+                            self.started(out).delta(out, 0, &d, None);
                         }
                     }
                     _ => {}
@@ -866,7 +878,7 @@ impl AnthropicStream {
             Event::MessageStop {} => {
                 let finish = finish_reason(self.stop_reason.as_deref());
                 let usage = self.usage.openai();
-                let w = self.writer();
+                let w = self.started(out);
                 w.delta(out, 0, &Delta::default(), Some(finish));
                 w.usage(out, &usage);
                 w.done(out);

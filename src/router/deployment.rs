@@ -69,6 +69,12 @@ pub(crate) struct HealthState {
     latency_us: AtomicU64,
     /// The last attempt failed to connect (and nothing succeeded since).
     unreachable: AtomicBool,
+    /// Shared state (several replicas, Redis): this minute's usage summed over all
+    /// replicas as last read by `cache::shared`; counts only while `remote_minute` is the
+    /// current minute. Written by the background sync task, never on the request path.
+    remote_minute: AtomicU64,
+    remote_requests: AtomicU64,
+    remote_tokens: AtomicU64,
 }
 
 pub fn now_ms() -> u64 {
@@ -186,13 +192,50 @@ impl Deployment {
         }
     }
 
-    /// Requests and tokens used this minute.
+    /// Requests and tokens used this minute (with shared state: the larger of this
+    /// replica's count and the sum over all replicas last read from Redis).
     pub fn usage(&self) -> (u64, u64) {
         self.roll_minute();
+        let reqs = self.health.minute_requests.load(Ordering::Relaxed);
+        let toks = self.health.minute_tokens.load(Ordering::Relaxed);
+        if self.health.remote_minute.load(Ordering::Relaxed) == self.health.minute.load(Ordering::Relaxed) {
+            (
+                reqs.max(self.health.remote_requests.load(Ordering::Relaxed)),
+                toks.max(self.health.remote_tokens.load(Ordering::Relaxed)),
+            )
+        } else {
+            (reqs, toks)
+        }
+    }
+
+    /// Shared state: this replica's own `(minute, requests, tokens)` counters.
+    pub fn local_usage(&self) -> (u64, u64, u64) {
+        self.roll_minute();
         (
+            self.health.minute.load(Ordering::Relaxed),
             self.health.minute_requests.load(Ordering::Relaxed),
             self.health.minute_tokens.load(Ordering::Relaxed),
         )
+    }
+
+    /// Shared state: the cooldown deadline in unix ms (0 or past = not cooling).
+    pub fn cooling_deadline_ms(&self) -> u64 {
+        self.health.cooling_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Shared state: folds in what all replicas reported. The cooldown deadline becomes
+    /// max(local, remote); `(minute, requests, tokens)` is the usage summed over replicas.
+    pub fn merge_shared(&self, cooling_until_ms: u64, minute: u64, requests: u64, tokens: u64) {
+        let prev = self.health.cooling_until_ms.fetch_max(cooling_until_ms, Ordering::SeqCst);
+        if prev < cooling_until_ms && cooling_until_ms > now_ms() {
+            if let Ok(mut r) = self.health.cooling_reason.lock() {
+                *r = "cooled down by another gateway replica (shared state)".into();
+            }
+            tracing::info!(deployment = %self.id, until_ms = cooling_until_ms, "deployment cooling down (reported by another replica)");
+        }
+        self.health.remote_requests.store(requests, Ordering::Relaxed);
+        self.health.remote_tokens.store(tokens, Ordering::Relaxed);
+        self.health.remote_minute.store(minute, Ordering::Relaxed);
     }
 
     /// True when one more request of `tokens` fits the rpm/tpm/max_parallel limits.
