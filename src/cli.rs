@@ -161,16 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => crate::serve::main(args, cli.log_format),
         Command::MockUpstream(args) => crate::mock::main(args),
-        Command::Start(_) => not_built("start"),
-        Command::Stop(_) => not_built("stop"),
-        Command::Status(_) => not_built("status"),
-        Command::Logs(_) => not_built("logs"),
+        Command::Start(args) => crate::commands::start::run(args),
+        Command::Stop(args) => crate::commands::stop::run(args),
+        Command::Status(args) => crate::commands::status::run(args),
+        Command::Logs(args) => crate::commands::logs::run(args),
     }
-}
-
-fn not_built(cmd: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!(
-        "`llmgw {cmd}` is not built yet (the SLURM launcher comes in its own change); \
-         run the gateway directly with `llmgw serve -c <config>`"
-    )
 }

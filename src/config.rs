@@ -310,7 +310,7 @@ pub enum CacheBackend {
 }
 
 /// `[slurm]`: the sbatch job `llmgw start` submits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlurmConfig {
     pub job_name: Option<String>,
@@ -337,30 +337,6 @@ pub struct SlurmConfig {
     pub login_host: Option<String>,
     /// The `llmgw` binary the job runs; the running binary's path when absent.
     pub binary: Option<PathBuf>,
-}
-
-impl Default for SlurmConfig {
-    fn default() -> Self {
-        Self {
-            job_name: None,
-            partition: None,
-            account: None,
-            qos: None,
-            time: None,
-            nodes: None,
-            cpus_per_task: None,
-            mem: None,
-            gpus: None,
-            gres: None,
-            constraint: None,
-            extra_directives: Vec::new(),
-            modules: Vec::new(),
-            setup: Vec::new(),
-            template: None,
-            login_host: None,
-            binary: None,
-        }
-    }
 }
 
 /// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or a number of seconds.
@@ -611,14 +587,16 @@ impl Config {
                 (None, Some(_), _) => {}
                 (None, None, ProviderKind::Openai) => {}
                 (None, None, ProviderKind::Anthropic | ProviderKind::Gemini) => {}
-                (None, None, kind) => return Err(src.at(
-                    here,
-                    format!(
+                (None, None, kind) => {
+                    return Err(src.at(
+                        here,
+                        format!(
                         "model {:?} (provider {}) needs api_base, or a launch table to start it",
                         m.name.get_ref(),
                         kind.as_str()
                     ),
-                )),
+                    ))
+                }
             }
             if m.provider == ProviderKind::Azure && m.api_version.is_none() {
                 return Err(src.at(

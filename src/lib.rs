@@ -1,7 +1,13 @@
 //! llmgw: one binary that runs an OpenAI-compatible LLM gateway (`serve`) and manages it
 //! as a SLURM job (`start`, `status`, `logs`, `stop`). See ARCHITECTURE.md for the map.
 
+// Upstream errors carry the message the client will read; they are built only on failure
+// paths, and the success type (an HTTP response) is no smaller, so boxing buys nothing.
+#![allow(clippy::result_large_err)]
+
+pub mod cache;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod logging;

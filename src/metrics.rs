@@ -9,13 +9,21 @@ use std::sync::atomic::Ordering;
 /// Renders the gateway's metrics. `extra` is appended verbatim (other modules' families).
 pub fn render(router: &Router, ready: bool, draining: bool, extra: &str) -> String {
     let mut out = String::with_capacity(2048);
-    family(&mut out, "llmgw_ready", "gauge", "1 when the gateway accepts requests");
+    family(
+        &mut out,
+        "llmgw_ready",
+        "gauge",
+        "1 when the gateway accepts requests",
+    );
     let _ = writeln!(out, "llmgw_ready {}", u8::from(ready && !draining));
     family(&mut out, "llmgw_draining", "gauge", "1 while shutting down");
     let _ = writeln!(out, "llmgw_draining {}", u8::from(draining));
 
     let deps: Vec<_> = router.deployments().collect();
-    let mut per = |name: &str, kind: &str, help: &str, value: &dyn Fn(&crate::router::Deployment) -> String| {
+    let mut per = |name: &str,
+                   kind: &str,
+                   help: &str,
+                   value: &dyn Fn(&crate::router::Deployment) -> String| {
         family(&mut out, name, kind, help);
         for d in &deps {
             let _ = writeln!(
@@ -28,15 +36,24 @@ pub fn render(router: &Router, ready: bool, draining: bool, extra: &str) -> Stri
             );
         }
     };
-    per("llmgw_deployment_requests_total", "counter", "Attempts sent to the deployment", &|d| {
-        d.stats.requests.load(Ordering::Relaxed).to_string()
-    });
-    per("llmgw_deployment_failures_total", "counter", "Attempts that failed", &|d| {
-        d.stats.failures.load(Ordering::Relaxed).to_string()
-    });
-    per("llmgw_deployment_in_flight", "gauge", "Requests in flight", &|d| {
-        d.stats.in_flight.load(Ordering::Relaxed).to_string()
-    });
+    per(
+        "llmgw_deployment_requests_total",
+        "counter",
+        "Attempts sent to the deployment",
+        &|d| d.stats.requests.load(Ordering::Relaxed).to_string(),
+    );
+    per(
+        "llmgw_deployment_failures_total",
+        "counter",
+        "Attempts that failed",
+        &|d| d.stats.failures.load(Ordering::Relaxed).to_string(),
+    );
+    per(
+        "llmgw_deployment_in_flight",
+        "gauge",
+        "Requests in flight",
+        &|d| d.stats.in_flight.load(Ordering::Relaxed).to_string(),
+    );
     per(
         "llmgw_deployment_latency_seconds",
         "gauge",
@@ -59,5 +76,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Escapes a Prometheus label value.
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

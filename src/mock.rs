@@ -101,7 +101,10 @@ impl MockState {
     }
     /// Arrival times of the POST requests, oldest first.
     pub fn arrivals(&self) -> Vec<std::time::Instant> {
-        self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
@@ -385,7 +388,10 @@ fn tool_call_answer(req: &Req, id: &str, completion_tokens: u64) -> Option<ToolA
         }
         Bytes::from(format!("data: {v}\n\n"))
     };
-    let mid = (0..=args.len() / 2).rev().find(|&i| args.is_char_boundary(i)).unwrap_or(0);
+    let mid = (0..=args.len() / 2)
+        .rev()
+        .find(|&i| args.is_char_boundary(i))
+        .unwrap_or(0);
     let mut events = vec![chunk(
         serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
         None,

@@ -121,9 +121,7 @@ impl CloudMock {
         });
         let app = match kind {
             CloudKind::Anthropic => axum::Router::new().route("/v1/messages", post(anthropic)),
-            CloudKind::Gemini => {
-                axum::Router::new().route("/v1beta/models/{action}", post(gemini))
-            }
+            CloudKind::Gemini => axum::Router::new().route("/v1beta/models/{action}", post(gemini)),
         }
         .with_state(state.clone());
         let task = tokio::spawn(async move {
@@ -267,7 +265,10 @@ fn stream_response(events: Vec<Bytes>, delay: Duration, cut_after: Option<usize>
                 if i > 0 {
                     tokio::time::sleep(delay.max(Duration::from_millis(50))).await;
                 }
-                return Some((Err(std::io::Error::other("mock: stream cut")), (it, usize::MAX)));
+                return Some((
+                    Err(std::io::Error::other("mock: stream cut")),
+                    (it, usize::MAX),
+                ));
             }
             if i == usize::MAX {
                 return None;
@@ -295,11 +296,7 @@ const INPUT_TOKENS: u64 = 9;
 // Anthropic
 // ---------------------------------------------------------------------------------------
 
-async fn anthropic(
-    State(s): State<Arc<CloudState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn anthropic(State(s): State<Arc<CloudState>>, headers: HeaderMap, body: Bytes) -> Response {
     let (b, extra, req) = match admit(&s, "x-api-key", &headers, "/v1/messages".into(), &body).await
     {
         Ok(x) => x,
@@ -308,7 +305,11 @@ async fn anthropic(
     if headers.get("anthropic-version").is_none() {
         return json_response(
             StatusCode::BAD_REQUEST,
-            error_body(CloudKind::Anthropic, 400, "anthropic-version header is required"),
+            error_body(
+                CloudKind::Anthropic,
+                400,
+                "anthropic-version header is required",
+            ),
         );
     }
     if req.get("max_tokens").and_then(Value::as_u64).is_none() {
@@ -410,7 +411,10 @@ async fn anthropic(
         ));
         let text = input.to_string();
         let mid = text.len() / 2;
-        let cut = (0..=mid).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=mid)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
         for frag in ["", &text[..cut], &text[cut..]] {
             events.push(ev(
                 "content_block_delta",
@@ -488,7 +492,11 @@ fn gemini_generate(
     let Some(contents) = req.get("contents").and_then(Value::as_array) else {
         return json_response(
             StatusCode::BAD_REQUEST,
-            error_body(CloudKind::Gemini, 400, "* GenerateContentRequest.contents: contents is not specified"),
+            error_body(
+                CloudKind::Gemini,
+                400,
+                "* GenerateContentRequest.contents: contents is not specified",
+            ),
         );
     };
     let answered_tool = contents.last().is_some_and(|c| {
@@ -524,9 +532,11 @@ fn gemini_generate(
     let ev = |v: Value| Bytes::from(format!("data: {v}\r\n\r\n"));
     let mut events = Vec::new();
     if let Some(c) = call {
-        events.push(ev(json!({"candidates": [{"content": {"parts": [c], "role": "model"},
+        events.push(ev(
+            json!({"candidates": [{"content": {"parts": [c], "role": "model"},
             "finishReason": finish, "index": 0}], "usageMetadata": usage,
-            "modelVersion": model, "responseId": response_id})));
+            "modelVersion": model, "responseId": response_id}),
+        ));
         return stream_response(events, b.chunk_delay, b.cut_after);
     }
     let pieces = split_reply(&reply, b.chunks);
@@ -536,7 +546,8 @@ fn gemini_generate(
             events.push(ev(json!({"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}})));
             return stream_response(events, b.chunk_delay, b.cut_after);
         }
-        let mut cand = json!({"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0});
+        let mut cand =
+            json!({"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0});
         let mut v = json!({"modelVersion": model, "responseId": response_id,
             "usageMetadata": {"promptTokenCount": INPUT_TOKENS, "totalTokenCount": INPUT_TOKENS}});
         if i == last && extra.stream_error_after.is_none() {

@@ -131,7 +131,10 @@ impl ClientRequest {
             timeout: match head.timeout {
                 Some(t) if t.is_finite() && t > 0.0 => Some(std::time::Duration::from_secs_f64(t)),
                 Some(_) => {
-                    return Err(ApiError::bad_request("timeout must be a positive number of seconds").with_param("timeout"))
+                    return Err(ApiError::bad_request(
+                        "timeout must be a positive number of seconds",
+                    )
+                    .with_param("timeout"))
                 }
                 None => None,
             },
@@ -149,7 +152,9 @@ impl ClientRequest {
         if has_own {
             // Rare path: rebuild the body without llmgw's own keys.
             let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
+                .map_err(|e| {
+                    ApiError::bad_request(format!("request body is not valid JSON: {e}"))
+                })?;
             for k in OWN_KEYS {
                 map.remove(k);
             }
@@ -222,10 +227,16 @@ mod tests {
     fn own_keys_are_read_and_removed() {
         let r = parse(r#"{"model":"m","fallbacks":["b"],"disable_fallbacks":false,"timeout":2.5,"cache":{"no-cache":true},"messages":[]}"#).unwrap();
         assert_eq!(r.options.fallbacks.as_deref(), Some(&["b".to_string()][..]));
-        assert_eq!(r.options.timeout, Some(std::time::Duration::from_millis(2500)));
+        assert_eq!(
+            r.options.timeout,
+            Some(std::time::Duration::from_millis(2500))
+        );
         assert!(r.options.cache.is_some());
         assert_eq!(&r.body[..], br#"{"model":"m","messages":[]}"#);
-        assert_eq!(&r.body_for_model("x")[..], br#"{"model":"x","messages":[]}"#);
+        assert_eq!(
+            &r.body_for_model("x")[..],
+            br#"{"model":"x","messages":[]}"#
+        );
     }
 
     #[test]

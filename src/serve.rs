@@ -39,6 +39,8 @@ pub struct AppState {
     models_body: Bytes,
     /// Supervised local backends, for `/health`.
     backends: crate::supervise::Monitor,
+    /// The response cache (disabled unless `[cache] enabled`).
+    pub cache: crate::cache::Cache,
 }
 
 /// `llmgw serve` entry: config, logs, runtime.
@@ -115,6 +117,9 @@ pub async fn run(
     let mut backends = crate::supervise::Backends::plan(&cfg, args.state_dir.as_deref())?;
     let router = Router::new(&cfg, &backends.api_bases()).map_err(anyhow::Error::msg)?;
     backends.attach(&router);
+    // Connects to Redis when configured (starting anyway if it is down) and starts the
+    // replicas' shared-state sync.
+    let cache = crate::cache::Cache::start(&cfg, router.deployments().cloned().collect()).await?;
     let bound = bind(&host, port).await?;
     let state = Arc::new(AppState {
         models_body: models_body(router.model_names()),
@@ -125,6 +130,7 @@ pub async fn run(
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         backends: backends.monitor(),
+        cache,
     });
     let app = app(state.clone());
     let grace = server.shutdown_grace.0;
@@ -151,7 +157,9 @@ pub async fn run(
         },
         _ = shutdown.cancelled() => {}
     }
-    state.ready.store(!shutdown.is_cancelled(), Ordering::SeqCst);
+    state
+        .ready
+        .store(!shutdown.is_cancelled(), Ordering::SeqCst);
     let record = match &args.state_dir {
         Some(_) if shutdown.is_cancelled() => None,
         Some(dir) => {
@@ -299,10 +307,18 @@ async fn proxy(
         let req = ClientRequest::parse(endpoint, bytes)?;
         log.model = req.model.clone();
         log.stream = req.stream;
-        let budget = req.options.timeout.map_or(s.request_timeout, |t| t.min(s.request_timeout));
+        let pending = match s.cache.lookup(&req, &mut log).await? {
+            crate::cache::Outcome::Hit(resp) => return Ok(resp),
+            crate::cache::Outcome::Continue(pending) => pending,
+        };
+        let budget = req
+            .options
+            .timeout
+            .map_or(s.request_timeout, |t| t.min(s.request_timeout));
         let deadline = std::time::Instant::now() + budget;
         match tokio::time::timeout(budget, s.router.serve(req, deadline, &mut log)).await {
-            Ok(r) => r,
+            Ok(Ok(resp)) => Ok(pending.finish(resp).await),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ApiError::gateway_timeout(format!(
                 "the request did not finish within the gateway's request_timeout of {:?}",
                 s.request_timeout
@@ -450,7 +466,11 @@ async fn health(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
     if let Err(e) = s.authorize(&headers) {
         return e.into_response();
     }
-    let deployments: Vec<serde_json::Value> = s.router.deployments().map(|d| deployment_health(d)).collect();
+    let deployments: Vec<serde_json::Value> = s
+        .router
+        .deployments()
+        .map(|d| deployment_health(d))
+        .collect();
     let status = if s.draining.load(Ordering::Relaxed) {
         "draining"
     } else if s.ready.load(Ordering::Relaxed) {

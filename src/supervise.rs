@@ -135,7 +135,10 @@ pub struct Monitor {
 
 impl Monitor {
     pub fn snapshot(&self) -> Vec<BackendStatus> {
-        self.shared.as_ref().map(|s| s.snapshot()).unwrap_or_default()
+        self.shared
+            .as_ref()
+            .map(|s| s.snapshot())
+            .unwrap_or_default()
     }
 }
 
@@ -155,13 +158,18 @@ impl Shared {
     }
 
     fn update(&self, i: usize, f: impl FnOnce(&mut BackendStatus)) {
-        let snapshot = {
+        {
+            // Written under the lock: updates from several supervisors must not interleave.
             let mut all = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut all[i]);
-            all.clone()
-        };
-        self.persist(snapshot);
+            self.persist(all.clone());
+        }
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn persist_now(&self) {
+        let all = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        self.persist(all.clone());
     }
 
     fn persist(&self, backends: Vec<BackendStatus>) {
@@ -326,7 +334,7 @@ impl Backends {
                 source,
             })?;
         }
-        self.shared.persist(self.shared.snapshot());
+        self.shared.persist_now();
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
@@ -626,7 +634,8 @@ impl Supervisor {
             });
             attempt += 1;
             if self.sleep(backoff).await {
-                self.shared.update(self.i, |b| b.state = BackendState::Stopped);
+                self.shared
+                    .update(self.i, |b| b.state = BackendState::Stopped);
                 break;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -24,5 +24,8 @@ fn every_shipped_config_loads() {
         }
         seen += 1;
     }
-    assert!(seen >= 3, "expected the shipped example configs, found {seen}");
+    assert!(
+        seen >= 3,
+        "expected the shipped example configs, found {seen}"
+    );
 }

@@ -300,7 +300,8 @@ async fn request_errors_have_openai_shape() {
         .await
         .unwrap();
     expect_openai_error(resp, 413).await;
-    // A body under the limit still goes through.
+    // A body under the limit still goes through, on the same client: the 413s must not
+    // leave a half-read connection in its pool (they answer `Connection: close`).
     let resp = gw
         .post_json("/v1/chat/completions", &chat_body("alpha", false))
         .await;

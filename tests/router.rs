@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{chat_body, content_events, expect_openai_error, mock, openai_model, read_sse, Gateway};
+use common::{
+    chat_body, content_events, expect_openai_error, mock, openai_model, read_sse, Gateway,
+};
 use futures_util::stream::{self, StreamExt};
 use llmgw::mock::{Behavior, Fault};
 use std::collections::HashMap;
@@ -19,7 +21,12 @@ fn fault(status: u16, rate: f64, retry_after: Option<&str>) -> Option<Fault> {
 }
 
 /// Sends `n` requests with `concurrency` in flight; returns (status, headers, body) each.
-async fn fire(gw: &Gateway, n: usize, concurrency: usize, body: String) -> Vec<(u16, reqwest::header::HeaderMap, String)> {
+async fn fire(
+    gw: &Gateway,
+    n: usize,
+    concurrency: usize,
+    body: String,
+) -> Vec<(u16, reqwest::header::HeaderMap, String)> {
     let client = gw.client();
     let url = gw.url("/v1/chat/completions");
     stream::iter(0..n)
@@ -47,10 +54,13 @@ fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-fn count_by_deployment(results: &[(u16, reqwest::header::HeaderMap, String)]) -> HashMap<String, usize> {
+fn count_by_deployment(
+    results: &[(u16, reqwest::header::HeaderMap, String)],
+) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for (_, h, _) in results {
-        *m.entry(header(h, "x-llmgw-deployment").to_string()).or_insert(0) += 1;
+        *m.entry(header(h, "x-llmgw-deployment").to_string())
+            .or_insert(0) += 1;
     }
     m
 }
@@ -59,7 +69,10 @@ fn count_by_deployment(results: &[(u16, reqwest::header::HeaderMap, String)]) ->
 fn bursts(arrivals: &[Instant], gap: Duration) -> Vec<Instant> {
     let mut out: Vec<Instant> = Vec::new();
     for &t in arrivals {
-        if out.last().is_none_or(|&start| t.duration_since(start) > gap) {
+        if out
+            .last()
+            .is_none_or(|&start| t.duration_since(start) > gap)
+        {
             out.push(t);
         }
     }
@@ -67,9 +80,31 @@ fn bursts(arrivals: &[Instant], gap: Duration) -> Vec<Instant> {
 }
 
 async fn flaky_three(stream: bool) {
-    let flaky = mock("flaky", Behavior { fault: fault(500, 0.5, None), first_byte_delay: Duration::from_millis(5), ..Behavior::default() }).await;
-    let limited = mock("limited", Behavior { fault: fault(429, 1.0, Some("2")), ..Behavior::default() }).await;
-    let healthy = mock("healthy", Behavior { first_byte_delay: Duration::from_millis(20), ..Behavior::default() }).await;
+    let flaky = mock(
+        "flaky",
+        Behavior {
+            fault: fault(500, 0.5, None),
+            first_byte_delay: Duration::from_millis(5),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let limited = mock(
+        "limited",
+        Behavior {
+            fault: fault(429, 1.0, Some("2")),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let healthy = mock(
+        "healthy",
+        Behavior {
+            first_byte_delay: Duration::from_millis(20),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let config = format!(
         "[router]\nnum_retries = 2\n{}{}{}",
         openai_model("m", "x", &flaky.base_url(), "id = \"flaky\""),
@@ -82,17 +117,32 @@ async fn flaky_three(stream: bool) {
     let took = started.elapsed();
 
     for (status, h, body) in &results {
-        assert_eq!(*status, 200, "every request must succeed; got {status}: {body}");
+        assert_eq!(
+            *status, 200,
+            "every request must succeed; got {status}: {body}"
+        );
         if stream {
             assert!(body.contains("data: [DONE]"), "stream incomplete: {body}");
-            assert!(!body.contains("\"error\""), "stream carried an error: {body}");
+            assert!(
+                !body.contains("\"error\""),
+                "stream carried an error: {body}"
+            );
         }
         assert!(!header(h, "x-llmgw-attempts").is_empty());
     }
-    let retried = results.iter().filter(|(_, h, _)| header(h, "x-llmgw-attempts") != "1").count();
-    assert!(retried > 0, "some requests must show more than one attempt in x-llmgw-attempts");
+    let retried = results
+        .iter()
+        .filter(|(_, h, _)| header(h, "x-llmgw-attempts") != "1")
+        .count();
+    assert!(
+        retried > 0,
+        "some requests must show more than one attempt in x-llmgw-attempts"
+    );
     let by = count_by_deployment(&results);
-    assert!(!by.contains_key("limited"), "the 429 deployment never answers successfully: {by:?}");
+    assert!(
+        !by.contains_key("limited"),
+        "the 429 deployment never answers successfully: {by:?}"
+    );
 
     // The 429 deployment is cooled for Retry-After (2 s) each time: its requests come in
     // bursts (requests already on their way when the first 429 came back) at least ~2 s apart.
@@ -100,11 +150,18 @@ async fn flaky_three(stream: bool) {
     let b = bursts(&arrivals, Duration::from_millis(300));
     for w in b.windows(2) {
         let gap = w[1].duration_since(w[0]);
-        assert!(gap >= Duration::from_millis(1900), "429 deployment got a request {gap:?} into its 2 s cooldown");
+        assert!(
+            gap >= Duration::from_millis(1900),
+            "429 deployment got a request {gap:?} into its 2 s cooldown"
+        );
     }
     let max_bursts = (took.as_secs_f64() / 2.0).ceil() as usize + 1;
     assert!(b.len() <= max_bursts, "{} bursts in {took:?}", b.len());
-    assert!(arrivals.len() < 100, "the 429 deployment was asked {} times", arrivals.len());
+    assert!(
+        arrivals.len() < 100,
+        "the 429 deployment was asked {} times",
+        arrivals.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -119,18 +176,39 @@ async fn failing_and_rate_limited_deployments_cost_no_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hung_deployment_costs_at_most_its_timeout() {
-    let hung = mock("hung", Behavior { hang: true, ..Behavior::default() }).await;
-    let ok = mock("ok", Behavior { first_byte_delay: Duration::from_millis(50), ..Behavior::default() }).await;
+    let hung = mock(
+        "hung",
+        Behavior {
+            hang: true,
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let ok = mock(
+        "ok",
+        Behavior {
+            first_byte_delay: Duration::from_millis(50),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let config = format!(
         "{}{}",
-        openai_model("m", "x", &hung.base_url(), "id = \"hung\"\ntimeout = \"500ms\""),
+        openai_model(
+            "m",
+            "x",
+            &hung.base_url(),
+            "id = \"hung\"\ntimeout = \"500ms\""
+        ),
         openai_model("m", "x", &ok.base_url(), "id = \"ok\"\ntimeout = \"5s\""),
     );
     let gw = Gateway::start(&config).await;
     for stream in [false, true] {
         for _ in 0..12 {
             let t = Instant::now();
-            let r = gw.post_json("/v1/chat/completions", &chat_body("m", stream)).await;
+            let r = gw
+                .post_json("/v1/chat/completions", &chat_body("m", stream))
+                .await;
             assert_eq!(r.status().as_u16(), 200);
             assert_eq!(header(r.headers(), "x-llmgw-deployment"), "ok");
             let _ = r.text().await;
@@ -139,19 +217,31 @@ async fn hung_deployment_costs_at_most_its_timeout() {
             assert!(took < Duration::from_millis(1300), "request took {took:?}");
         }
     }
-    assert!(hung.state.request_count() >= 1, "the hung deployment should have been tried");
+    assert!(
+        hung.state.request_count() >= 1,
+        "the hung deployment should have been tried"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_deployment_is_never_cooled_and_its_error_reaches_the_client() {
-    let bad = mock("bad", Behavior { fault: fault(500, 1.0, None), ..Behavior::default() }).await;
+    let bad = mock(
+        "bad",
+        Behavior {
+            fault: fault(500, 1.0, None),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let config = format!(
         "[router]\nnum_retries = 2\nallowed_fails = 1\ncooldown = \"60s\"\n{}",
         openai_model("solo", "x", &bad.base_url(), "")
     );
     let gw = Gateway::start(&config).await;
     for i in 1..=3u64 {
-        let r = gw.post_json("/v1/chat/completions", &chat_body("solo", false)).await;
+        let r = gw
+            .post_json("/v1/chat/completions", &chat_body("solo", false))
+            .await;
         assert_eq!(header(r.headers(), "x-llmgw-attempts"), "3");
         let err = expect_openai_error(r, 500).await;
         assert_eq!(err["message"], "injected 500");
@@ -164,15 +254,31 @@ async fn only_deployment_is_never_cooled_and_its_error_reaches_the_client() {
     // A 400 is the client's fault: passed through at once, never retried.
     bad.state.set_behavior(|b| b.fault = fault(400, 1.0, None));
     let before = bad.state.request_count();
-    let r = gw.post_json("/v1/chat/completions", &chat_body("solo", false)).await;
+    let r = gw
+        .post_json("/v1/chat/completions", &chat_body("solo", false))
+        .await;
     expect_openai_error(r, 400).await;
     assert_eq!(bad.state.request_count(), before + 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn all_cooling_gives_503_with_retry_after() {
-    let a = mock("a", Behavior { fault: fault(429, 1.0, Some("30")), ..Behavior::default() }).await;
-    let b = mock("b", Behavior { fault: fault(429, 1.0, Some("30")), ..Behavior::default() }).await;
+    let a = mock(
+        "a",
+        Behavior {
+            fault: fault(429, 1.0, Some("30")),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let b = mock(
+        "b",
+        Behavior {
+            fault: fault(429, 1.0, Some("30")),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let config = format!(
         "[router]\nnum_retries = 0\n{}{}",
         openai_model("m", "x", &a.base_url(), ""),
@@ -180,24 +286,62 @@ async fn all_cooling_gives_503_with_retry_after() {
     );
     let gw = Gateway::start(&config).await;
     for _ in 0..2 {
-        let _ = gw.post_json("/v1/chat/completions", &chat_body("m", false)).await.text().await;
+        let _ = gw
+            .post_json("/v1/chat/completions", &chat_body("m", false))
+            .await
+            .text()
+            .await;
     }
     let asked = a.state.request_count() + b.state.request_count();
-    let r = gw.post_json("/v1/chat/completions", &chat_body("m", false)).await;
-    let retry_after: u64 = header(r.headers(), "retry-after").parse().expect("Retry-After header");
-    assert!((25..=30).contains(&retry_after), "retry-after {retry_after}");
+    let r = gw
+        .post_json("/v1/chat/completions", &chat_body("m", false))
+        .await;
+    let retry_after: u64 = header(r.headers(), "retry-after")
+        .parse()
+        .expect("Retry-After header");
+    assert!(
+        (25..=30).contains(&retry_after),
+        "retry-after {retry_after}"
+    );
     let err = expect_openai_error(r, 503).await;
-    assert!(err["message"].as_str().unwrap().contains("cooling"), "{err:?}");
-    assert_eq!(a.state.request_count() + b.state.request_count(), asked, "cooling deployments were called");
+    assert!(
+        err["message"].as_str().unwrap().contains("cooling"),
+        "{err:?}"
+    );
+    assert_eq!(
+        a.state.request_count() + b.state.request_count(),
+        asked,
+        "cooling deployments were called"
+    );
     let health = common::json_body(gw.get("/health").await).await;
     assert_eq!(health["deployments"][0]["state"], "cooling", "{health}");
-    assert!(health["deployments"][0]["cooling_reason"].as_str().unwrap().contains("429"), "{health}");
+    assert!(
+        health["deployments"][0]["cooling_reason"]
+            .as_str()
+            .unwrap()
+            .contains("429"),
+        "{health}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fallback_chain_and_context_window_fallback() {
-    let a = mock("a", Behavior { fault: fault(500, 1.0, None), ..Behavior::default() }).await;
-    let b = mock("b", Behavior { fault: fault(503, 1.0, None), ..Behavior::default() }).await;
+    let a = mock(
+        "a",
+        Behavior {
+            fault: fault(500, 1.0, None),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let b = mock(
+        "b",
+        Behavior {
+            fault: fault(503, 1.0, None),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let c = mock("c", Behavior::default()).await;
     let small = mock("small", Behavior::default()).await;
     let big = mock("big", Behavior::default()).await;
@@ -210,58 +354,108 @@ async fn fallback_chain_and_context_window_fallback() {
         openai_model("big", "x", &big.base_url(), "context_window = 100000"),
     );
     let gw = Gateway::start(&config).await;
-    let r = gw.post_json("/v1/chat/completions", &chat_body("a", false)).await;
+    let r = gw
+        .post_json("/v1/chat/completions", &chat_body("a", false))
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(header(r.headers(), "x-llmgw-fallback"), "c");
-    assert_eq!(header(r.headers(), "x-llmgw-attempts"), "5", "a twice, b twice, c once");
-    assert!(common::json_body(r).await["choices"][0]["message"]["content"].as_str().unwrap().contains("from c"));
+    assert_eq!(
+        header(r.headers(), "x-llmgw-attempts"),
+        "5",
+        "a twice, b twice, c once"
+    );
+    assert!(
+        common::json_body(r).await["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("from c")
+    );
 
     // Streams fall back the same way.
-    let r = gw.post_json("/v1/chat/completions", &chat_body("a", true)).await;
+    let r = gw
+        .post_json("/v1/chat/completions", &chat_body("a", true))
+        .await;
     assert_eq!(header(r.headers(), "x-llmgw-fallback"), "c");
     assert!(read_sse(r).await.last().is_some_and(|e| e.is_done()));
 
     // disable_fallbacks: the client gets a's error.
     let body = serde_json::json!({"model": "a", "messages": [{"role": "user", "content": "hi"}], "disable_fallbacks": true});
-    let r = gw.post_json("/v1/chat/completions", &body.to_string()).await;
+    let r = gw
+        .post_json("/v1/chat/completions", &body.to_string())
+        .await;
     expect_openai_error(r, 500).await;
     let sent = a.state.last_body().unwrap();
-    assert!(!String::from_utf8_lossy(&sent).contains("disable_fallbacks"), "llmgw's own keys must not go upstream");
+    assert!(
+        !String::from_utf8_lossy(&sent).contains("disable_fallbacks"),
+        "llmgw's own keys must not go upstream"
+    );
 
     // Per-request fallbacks replace the configured ones.
     let body = serde_json::json!({"model": "a", "messages": [{"role": "user", "content": "hi"}], "fallbacks": ["big"]});
-    let r = gw.post_json("/v1/chat/completions", &body.to_string()).await;
+    let r = gw
+        .post_json("/v1/chat/completions", &body.to_string())
+        .await;
     assert_eq!(header(r.headers(), "x-llmgw-fallback"), "big");
 
     // Too long for small's window: straight to big, small never called.
     let long = "lorem ipsum dolor sit amet ".repeat(200);
-    let body = serde_json::json!({"model": "small", "messages": [{"role": "user", "content": long}]});
-    let r = gw.post_json("/v1/chat/completions", &body.to_string()).await;
+    let body =
+        serde_json::json!({"model": "small", "messages": [{"role": "user", "content": long}]});
+    let r = gw
+        .post_json("/v1/chat/completions", &body.to_string())
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(header(r.headers(), "x-llmgw-fallback"), "big");
     assert_eq!(small.state.request_count(), 0);
     // A short one stays on small.
-    let r = gw.post_json("/v1/chat/completions", &chat_body("small", false)).await;
+    let r = gw
+        .post_json("/v1/chat/completions", &chat_body("small", false))
+        .await;
     assert_eq!(header(r.headers(), "x-llmgw-fallback"), "");
     assert_eq!(small.state.request_count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_cut_after_three_chunks_ends_with_an_error_event() {
-    let m = mock("cut", Behavior { chunks: 10, cut_after: Some(3), ..Behavior::default() }).await;
+    let m = mock(
+        "cut",
+        Behavior {
+            chunks: 10,
+            cut_after: Some(3),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let gw = Gateway::start(&openai_model("m", "x", &m.base_url(), "")).await;
-    let r = gw.post_json("/v1/chat/completions", &chat_body("m", true)).await;
+    let r = gw
+        .post_json("/v1/chat/completions", &chat_body("m", true))
+        .await;
     assert_eq!(r.status().as_u16(), 200);
-    let events = tokio::time::timeout(Duration::from_secs(10), read_sse(r)).await.expect("stream must close, not hang");
+    let events = tokio::time::timeout(Duration::from_secs(10), read_sse(r))
+        .await
+        .expect("stream must close, not hang");
     assert_eq!(content_events(&events).len(), 3, "{events:?}");
     let last = events.last().unwrap().json().expect("last event is JSON");
-    assert!(last["error"]["message"].is_string(), "last event must be an OpenAI error: {last}");
-    assert!(!events.iter().any(|e| e.is_done()), "a cut stream must not pretend to be complete");
+    assert!(
+        last["error"]["message"].is_string(),
+        "last event must be an OpenAI error: {last}"
+    );
+    assert!(
+        !events.iter().any(|e| e.is_done()),
+        "a cut stream must not pretend to be complete"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_failing_before_first_byte_fails_over() {
-    let broken = mock("broken", Behavior { cut_after: Some(0), ..Behavior::default() }).await;
+    let broken = mock(
+        "broken",
+        Behavior {
+            cut_after: Some(0),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let ok = mock("ok", Behavior::default()).await;
     let config = format!(
         "[router]\nstrategy = \"least-busy\"\n{}{}",
@@ -270,11 +464,15 @@ async fn stream_failing_before_first_byte_fails_over() {
     );
     let gw = Gateway::start(&config).await;
     for _ in 0..10 {
-        let r = gw.post_json("/v1/chat/completions", &chat_body("m", true)).await;
+        let r = gw
+            .post_json("/v1/chat/completions", &chat_body("m", true))
+            .await;
         assert_eq!(header(r.headers(), "x-llmgw-deployment"), "ok");
         let events = read_sse(r).await;
         assert!(events.last().unwrap().is_done());
-        assert!(events.iter().all(|e| e.json().is_none_or(|v| v.get("error").is_none())));
+        assert!(events
+            .iter()
+            .all(|e| e.json().is_none_or(|v| v.get("error").is_none())));
     }
     assert!(broken.state.request_count() >= 1);
 }
@@ -293,13 +491,30 @@ async fn simple_shuffle_follows_weights() {
     let by = count_by_deployment(&results);
     let share = by["a"] as f64 / 2000.0;
     // 3:1 → 75 %; binomial sd ≈ 1 %, so ±5 % never flakes.
-    assert!((0.70..=0.80).contains(&share), "a got {share:.3} of requests: {by:?}");
+    assert!(
+        (0.70..=0.80).contains(&share),
+        "a got {share:.3} of requests: {by:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn least_busy_avoids_a_slow_deployment() {
-    let slow = mock("slow", Behavior { first_byte_delay: Duration::from_millis(400), ..Behavior::default() }).await;
-    let fast = mock("fast", Behavior { first_byte_delay: Duration::from_millis(10), ..Behavior::default() }).await;
+    let slow = mock(
+        "slow",
+        Behavior {
+            first_byte_delay: Duration::from_millis(400),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let fast = mock(
+        "fast",
+        Behavior {
+            first_byte_delay: Duration::from_millis(10),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let config = format!(
         "[router]\nstrategy = \"least-busy\"\n{}{}",
         openai_model("m", "x", &slow.base_url(), "id = \"slow\""),
@@ -309,12 +524,22 @@ async fn least_busy_avoids_a_slow_deployment() {
     let results = fire(&gw, 200, 4, chat_body("m", false)).await;
     let by = count_by_deployment(&results);
     let slow_n = by.get("slow").copied().unwrap_or(0);
-    assert!(slow_n < 40, "least-busy sent {slow_n} of 200 to the slow deployment: {by:?}");
+    assert!(
+        slow_n < 40,
+        "least-busy sent {slow_n} of 200 to the slow deployment: {by:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn latency_based_prefers_the_fast_deployment() {
-    let slow = mock("slow", Behavior { first_byte_delay: Duration::from_millis(80), ..Behavior::default() }).await;
+    let slow = mock(
+        "slow",
+        Behavior {
+            first_byte_delay: Duration::from_millis(80),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let fast = mock("fast", Behavior::default()).await;
     let config = format!(
         "[router]\nstrategy = \"latency-based\"\n{}{}",
@@ -330,7 +555,10 @@ async fn latency_based_prefers_the_fast_deployment() {
 /// Waits until at least `secs` remain in the current wall-clock minute, so a test that
 /// counts per-minute usage does not straddle a reset.
 async fn away_from_minute_boundary(secs: u64) {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let left = 60 - now % 60;
     if left < secs {
         tokio::time::sleep(Duration::from_secs(left + 1)).await;
@@ -364,13 +592,27 @@ async fn cost_based_uses_the_cheapest_within_limits() {
     let dear = mock("dear", Behavior::default()).await;
     let config = format!(
         "[router]\nstrategy = \"cost-based\"\n{}{}",
-        openai_model("m", "x", &dear.base_url(), "id = \"dear\"\ninput_cost_per_mtok = 5.0\noutput_cost_per_mtok = 15.0"),
-        openai_model("m", "x", &cheap.base_url(), "id = \"cheap\"\ninput_cost_per_mtok = 0.1\noutput_cost_per_mtok = 0.4\nrpm = 8"),
+        openai_model(
+            "m",
+            "x",
+            &dear.base_url(),
+            "id = \"dear\"\ninput_cost_per_mtok = 5.0\noutput_cost_per_mtok = 15.0"
+        ),
+        openai_model(
+            "m",
+            "x",
+            &cheap.base_url(),
+            "id = \"cheap\"\ninput_cost_per_mtok = 0.1\noutput_cost_per_mtok = 0.4\nrpm = 8"
+        ),
     );
     let gw = Gateway::start(&config).await;
     away_from_minute_boundary(20).await;
     let results = fire(&gw, 12, 1, chat_body("m", false)).await;
     assert!(results.iter().all(|(s, _, _)| *s == 200));
-    assert_eq!(cheap.state.request_count(), 8, "the cheap one until its rpm is used up");
+    assert_eq!(
+        cheap.state.request_count(),
+        8,
+        "the cheap one until its rpm is used up"
+    );
     assert_eq!(dear.state.request_count(), 4, "then the expensive one");
 }

@@ -72,7 +72,11 @@ mod tests {
     use bytes::Bytes;
 
     fn entry(n: usize) -> Entry {
-        Entry { form: Form::Json, body: Bytes::from(vec![b'x'; n]), ttl: Duration::from_secs(60) }
+        Entry {
+            form: Form::Json,
+            body: Bytes::from(vec![b'x'; n]),
+            ttl: Duration::from_secs(60),
+        }
     }
 
     #[test]
@@ -94,7 +98,13 @@ mod tests {
     #[test]
     fn per_entry_ttl() {
         let m = MemoryStore::new(10, 100_000);
-        m.insert("short", Entry { ttl: Duration::from_millis(1), ..entry(1) });
+        m.insert(
+            "short",
+            Entry {
+                ttl: Duration::from_millis(1),
+                ..entry(1)
+            },
+        );
         m.insert("long", entry(1));
         std::thread::sleep(Duration::from_millis(20));
         assert!(m.get("short").is_none());

@@ -55,7 +55,10 @@ impl RedisStore {
     pub async fn connect(url: &str, timeout: Duration) -> Result<Arc<RedisStore>, RedisError> {
         // The crate's parse errors do not include the URL, but say nothing more than needed.
         let client = redis::Client::open(url).map_err(|e| {
-            RedisError::Command(format!("[cache] redis_url is not a valid Redis URL ({})", e.category()))
+            RedisError::Command(format!(
+                "[cache] redis_url is not a valid Redis URL ({})",
+                e.category()
+            ))
         })?;
         let store = Arc::new(RedisStore {
             client,
@@ -129,7 +132,10 @@ impl RedisStore {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
         let attempt = async {
-            let mut c = self.client.get_multiplexed_async_connection_with_config(&cfg).await?;
+            let mut c = self
+                .client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await?;
             let _: String = redis::cmd("PING").query_async(&mut c).await?;
             Ok::<_, redis::RedisError>(c)
         };
@@ -177,13 +183,23 @@ impl RedisStore {
     }
 
     /// `SET key value PX ttl`.
-    pub async fn set(self: &Arc<Self>, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), RedisError> {
+    pub async fn set(
+        self: &Arc<Self>,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), RedisError> {
         let key = key.to_string();
         let ms = ttl.as_millis().max(1) as u64;
         self.run(move |mut c| async move {
-            redis::cmd("SET").arg(&key).arg(value).arg("PX").arg(ms).query_async::<()>(&mut c).await
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("PX")
+                .arg(ms)
+                .query_async::<()>(&mut c)
+                .await
         })
         .await
     }
-
 }

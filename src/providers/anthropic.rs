@@ -9,8 +9,8 @@
 
 use super::translate::{
     self as t, body_object, content_text, invalid, is_default, max_tokens, parse_data_url,
-    secret_header, stop_list, unsupported, unsupported_all, ChunkWriter, Delta, FunctionCall, FunctionDelta,
-    SseParser, ToolCall, ToolCallDelta, Usage,
+    secret_header, stop_list, unsupported, unsupported_all, ChunkWriter, Delta, FunctionCall,
+    FunctionDelta, SseParser, ToolCall, ToolCallDelta, Usage,
 };
 use super::{Provider, StreamTranslator, UpstreamError};
 use crate::config::ErrorClass;
@@ -184,7 +184,12 @@ fn convert_messages(messages: Value) -> Result<(Vec<Value>, Vec<Value>), ApiErro
         };
         let role = match msg.remove("role") {
             Some(Value::String(r)) => r,
-            _ => return Err(invalid(format!("messages[{i}].role"), "missing or not a string")),
+            _ => {
+                return Err(invalid(
+                    format!("messages[{i}].role"),
+                    "missing or not a string",
+                ))
+            }
         };
         let content = msg.remove("content").unwrap_or(Value::Null);
         let param = || format!("messages[{i}].content");
@@ -345,7 +350,12 @@ fn tool_use_blocks(calls: Value, i: usize, out: &mut Vec<Value>) -> Result<(), A
     let calls = match calls {
         Value::Array(c) => c,
         Value::Null => return Ok(()),
-        _ => return Err(invalid(format!("messages[{i}].tool_calls"), "expected an array")),
+        _ => {
+            return Err(invalid(
+                format!("messages[{i}].tool_calls"),
+                "expected an array",
+            ))
+        }
     };
     for (j, call) in calls.into_iter().enumerate() {
         let param = |f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
@@ -375,8 +385,9 @@ pub fn parse_arguments(v: Option<Value>) -> Result<Value, String> {
     let parsed = match v {
         None | Some(Value::Null) => return Ok(Value::Object(Map::new())),
         Some(Value::String(s)) if s.trim().is_empty() => return Ok(Value::Object(Map::new())),
-        Some(Value::String(s)) => serde_json::from_str::<Value>(&s)
-            .map_err(|e| format!("not valid JSON ({e})"))?,
+        Some(Value::String(s)) => {
+            serde_json::from_str::<Value>(&s).map_err(|e| format!("not valid JSON ({e})"))?
+        }
         Some(v @ Value::Object(_)) => v,
         Some(_) => return Err("expected a JSON string".into()),
     };
@@ -460,7 +471,10 @@ fn convert_tool_choice(v: Value) -> Result<Option<Map<String, Value>>, ApiError>
                     m.insert("name".into(), Value::String(name));
                     Ok(Some(m))
                 }
-                _ => Err(invalid("tool_choice", "expected {\"type\":\"function\",\"function\":{\"name\":...}}")),
+                _ => Err(invalid(
+                    "tool_choice",
+                    "expected {\"type\":\"function\",\"function\":{\"name\":...}}",
+                )),
             }
         }
         _ => Err(invalid("tool_choice", "expected a string or an object")),
@@ -525,7 +539,9 @@ impl AUsage {
         self.cache_creation_input_tokens = later
             .cache_creation_input_tokens
             .or(self.cache_creation_input_tokens);
-        self.cache_read_input_tokens = later.cache_read_input_tokens.or(self.cache_read_input_tokens);
+        self.cache_read_input_tokens = later
+            .cache_read_input_tokens
+            .or(self.cache_read_input_tokens);
     }
 
     /// OpenAI counts cached prompt tokens inside `prompt_tokens`; Anthropic does not.
@@ -585,11 +601,13 @@ pub fn translate_response(body: &[u8]) -> Result<Bytes, ApiError> {
                     function: FunctionCall { name, arguments },
                 });
             }
-            Block::Thinking { thinking } => reasoning.get_or_insert_with(String::new).push_str(&thinking),
+            Block::Thinking { thinking } => reasoning
+                .get_or_insert_with(String::new)
+                .push_str(&thinking),
             Block::Other => {}
         }
     }
-    let content = (!(text.is_empty() && !tool_calls.is_empty())).then_some(text);
+    let content = (!text.is_empty() || tool_calls.is_empty()).then_some(text);
     let completion = t::ChatCompletion {
         id: &resp.id,
         object: "chat.completion",
@@ -676,9 +694,15 @@ enum StartBlock {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum BlockDelta {
-    TextDelta { text: String },
-    InputJsonDelta { partial_json: String },
-    ThinkingDelta { thinking: String },
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
+    ThinkingDelta {
+        thinking: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -774,7 +798,9 @@ impl AnthropicStream {
             return Ok(());
         }
         let ev: Event = serde_json::from_slice(data).map_err(|e| {
-            t::stream_error(format!("anthropic sent a stream event llmgw cannot read: {e}"))
+            t::stream_error(format!(
+                "anthropic sent a stream event llmgw cannot read: {e}"
+            ))
         })?;
         match ev {
             Event::MessageStart { message } => {
@@ -827,44 +853,34 @@ impl AnthropicStream {
             },
             Event::ContentBlockDelta { index, delta } => {
                 let kind = self.blocks.get(index).copied().unwrap_or(BlockKind::Text);
-                match (delta, kind) {
-                    (BlockDelta::TextDelta { text }, _) => {
-                        if !text.is_empty() {
-                            let d = Delta {
-                                content: Some(&text),
-                                ..Delta::default()
-                            };
-                            self.started(out).delta(out, 0, &d, None);
+                let d = match (&delta, kind) {
+                    (BlockDelta::TextDelta { text }, _) if !text.is_empty() => Delta {
+                        content: Some(text),
+                        ..Delta::default()
+                    },
+                    (BlockDelta::InputJsonDelta { partial_json }, BlockKind::Tool(n))
+                        if !partial_json.is_empty() =>
+                    {
+                        Delta {
+                            tool_calls: Some([ToolCallDelta {
+                                index: n,
+                                id: None,
+                                kind: None,
+                                function: FunctionDelta {
+                                    name: None,
+                                    arguments: Some(partial_json),
+                                },
+                            }]),
+                            ..Delta::default()
                         }
                     }
-                    (BlockDelta::InputJsonDelta { partial_json }, BlockKind::Tool(n)) => {
-                        if !partial_json.is_empty() {
-                            let d = Delta {
-                                tool_calls: Some([ToolCallDelta {
-                                    index: n,
-                                    id: None,
-                                    kind: None,
-                                    function: FunctionDelta {
-                                        name: None,
-                                        arguments: Some(&partial_json),
-                                    },
-                                }]),
-                                ..Delta::default()
-                            };
-                            self.started(out).delta(out, 0, &d, None);
-                        }
-                    }
-                    (BlockDelta::ThinkingDelta { thinking }, _) => {
-                        if !thinking.is_empty() {
-                            let d = Delta {
-                                reasoning_content: Some(&thinking),
-                                ..Delta::default()
-                            };
-                            self.started(out).delta(out, 0, &d, None);
-                        }
-                    }
-                    _ => {}
-                }
+                    (BlockDelta::ThinkingDelta { thinking }, _) if !thinking.is_empty() => Delta {
+                        reasoning_content: Some(thinking),
+                        ..Delta::default()
+                    },
+                    _ => return Ok(()),
+                };
+                self.started(out).delta(out, 0, &d, None);
             }
             Event::ContentBlockStop {} | Event::Ping {} | Event::Unknown => {}
             Event::MessageDelta { delta, usage } => {
@@ -979,7 +995,12 @@ fn error_from_type(
             401,
         ),
         "permission_error" => (C::Authentication, None, "permission_error", 403),
-        "billing_error" => (C::Authentication, Some("billing_error"), "billing_error", 402),
+        "billing_error" => (
+            C::Authentication,
+            Some("billing_error"),
+            "billing_error",
+            402,
+        ),
         "not_found_error" => (C::NotFound, None, "invalid_request_error", 404),
         "request_too_large" => (
             C::BadRequest,
@@ -1008,7 +1029,12 @@ fn error_from_type(
             } else {
                 C::InternalServer
             };
-            (class, None, "upstream_error", if s >= 400 { s } else { 502 })
+            (
+                class,
+                None,
+                "upstream_error",
+                if s >= 400 { s } else { 502 },
+            )
         }
     };
     let client_status = StatusCode::from_u16(client_status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -1071,16 +1097,16 @@ mod tests {
         let out = translate(
             &d,
             json!({"model": "group", "stream": true, "stream_options": {"include_usage": true},
-                "temperature": 0.2, "top_p": 0.9, "stop": "END", "user": "u1", "n": 1,
-                "presence_penalty": 0,
-                "messages": [
-                    {"role": "system", "content": "Be brief."},
-                    {"role": "user", "content": "Hi"},
-                    {"role": "user", "content": [{"type": "text", "text": "there"}]},
-                    {"role": "assistant", "content": "Hello!"},
-                    {"role": "developer", "content": "Use English."},
-                    {"role": "user", "content": "Bye"}
-                ]}),
+            "temperature": 0.2, "top_p": 0.9, "stop": "END", "user": "u1", "n": 1,
+            "presence_penalty": 0,
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "user", "content": [{"type": "text", "text": "there"}]},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "developer", "content": "Use English."},
+                {"role": "user", "content": "Bye"}
+            ]}),
         )
         .unwrap();
         assert_eq!(
@@ -1266,9 +1292,12 @@ mod tests {
         assert_eq!(m["tool_calls"][0]["id"], "toolu_9");
         assert_eq!(m["tool_calls"][0]["type"], "function");
         assert_eq!(m["tool_calls"][0]["function"]["name"], "get_weather");
-        let args: Value =
-            serde_json::from_str(m["tool_calls"][0]["function"]["arguments"].as_str().unwrap())
-                .unwrap();
+        let args: Value = serde_json::from_str(
+            m["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(args, json!({"city": "Paris"}));
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         assert!(v["usage"].get("prompt_tokens_details").is_none());
@@ -1396,20 +1425,74 @@ mod tests {
     fn error_mapping() {
         let h = HeaderMap::new();
         let body = |t: &str, m: &str| {
-            format!(r#"{{"type":"error","error":{{"type":"{t}","message":"{m}"}},"request_id":"req_1"}}"#)
+            format!(
+                r#"{{"type":"error","error":{{"type":"{t}","message":"{m}"}},"request_id":"req_1"}}"#
+            )
         };
         let cases = [
-            (529, "overloaded_error", "Overloaded", ErrorClass::ServiceUnavailable, 503),
-            (429, "rate_limit_error", "slow down", ErrorClass::RateLimit, 429),
-            (401, "authentication_error", "invalid x-api-key", ErrorClass::Authentication, 401),
-            (403, "permission_error", "no", ErrorClass::Authentication, 403),
-            (404, "not_found_error", "model: x", ErrorClass::NotFound, 404),
-            (400, "invalid_request_error", "prompt is too long: 250000 tokens > 200000 maximum", ErrorClass::ContextWindow, 400),
-            (400, "invalid_request_error", "messages: field required", ErrorClass::BadRequest, 400),
-            (500, "api_error", "Internal server error", ErrorClass::InternalServer, 500),
+            (
+                529,
+                "overloaded_error",
+                "Overloaded",
+                ErrorClass::ServiceUnavailable,
+                503,
+            ),
+            (
+                429,
+                "rate_limit_error",
+                "slow down",
+                ErrorClass::RateLimit,
+                429,
+            ),
+            (
+                401,
+                "authentication_error",
+                "invalid x-api-key",
+                ErrorClass::Authentication,
+                401,
+            ),
+            (
+                403,
+                "permission_error",
+                "no",
+                ErrorClass::Authentication,
+                403,
+            ),
+            (
+                404,
+                "not_found_error",
+                "model: x",
+                ErrorClass::NotFound,
+                404,
+            ),
+            (
+                400,
+                "invalid_request_error",
+                "prompt is too long: 250000 tokens > 200000 maximum",
+                ErrorClass::ContextWindow,
+                400,
+            ),
+            (
+                400,
+                "invalid_request_error",
+                "messages: field required",
+                ErrorClass::BadRequest,
+                400,
+            ),
+            (
+                500,
+                "api_error",
+                "Internal server error",
+                ErrorClass::InternalServer,
+                500,
+            ),
         ];
         for (status, t, m, class, client) in cases {
-            let e = map_error(StatusCode::from_u16(status).unwrap(), &h, body(t, m).as_bytes());
+            let e = map_error(
+                StatusCode::from_u16(status).unwrap(),
+                &h,
+                body(t, m).as_bytes(),
+            );
             assert_eq!(e.class, class, "{t}");
             assert_eq!(e.error.status.as_u16(), client, "{t}");
             assert!(e.raw_body.is_none());
@@ -1424,7 +1507,11 @@ mod tests {
         );
         assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(7)));
         assert_eq!(e.error.retry_after, Some(7));
-        let e = map_error(StatusCode::from_u16(529).unwrap(), &HeaderMap::new(), b"<html>");
+        let e = map_error(
+            StatusCode::from_u16(529).unwrap(),
+            &HeaderMap::new(),
+            b"<html>",
+        );
         assert_eq!(e.class, ErrorClass::ServiceUnavailable);
         let e = map_error(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"");
         assert_eq!(e.class, ErrorClass::InternalServer);

@@ -12,8 +12,8 @@
 
 use super::translate::{
     self as t, body_object, content_text, invalid, is_default, max_tokens, mime_from_url,
-    parse_data_url, secret_header, stop_list, unsupported, unsupported_all, ChunkWriter, Delta, FunctionCall,
-    FunctionDelta, SseParser, ToolCall, ToolCallDelta, Usage,
+    parse_data_url, secret_header, stop_list, unsupported, unsupported_all, ChunkWriter, Delta,
+    FunctionCall, FunctionDelta, SseParser, ToolCall, ToolCallDelta, Usage,
 };
 use super::{Provider, StreamTranslator, UpstreamError};
 use crate::config::ErrorClass;
@@ -172,18 +172,12 @@ pub fn translate_request(dep: &Deployment, req: &ClientRequest) -> Result<Vec<u8
             "tools" => {
                 let decls = convert_tools(dep, v)?;
                 if !decls.is_empty() {
-                    out.insert(
-                        "tools".into(),
-                        json!([{ "functionDeclarations": decls }]),
-                    );
+                    out.insert("tools".into(), json!([{ "functionDeclarations": decls }]));
                 }
             }
             "tool_choice" => {
                 if let Some(cfg) = convert_tool_choice(v)? {
-                    out.insert(
-                        "toolConfig".into(),
-                        json!({ "functionCallingConfig": cfg }),
-                    );
+                    out.insert("toolConfig".into(), json!({ "functionCallingConfig": cfg }));
                 }
             }
             // An end-user id for abuse monitoring; Gemini has no such field.
@@ -247,7 +241,12 @@ fn convert_messages(messages: Value) -> Result<(Vec<Value>, Vec<Value>), ApiErro
         };
         let role = match msg.remove("role") {
             Some(Value::String(r)) => r,
-            _ => return Err(invalid(format!("messages[{i}].role"), "missing or not a string")),
+            _ => {
+                return Err(invalid(
+                    format!("messages[{i}].role"),
+                    "missing or not a string",
+                ))
+            }
         };
         let content = msg.remove("content").unwrap_or(Value::Null);
         let param = || format!("messages[{i}].content");
@@ -265,18 +264,24 @@ fn convert_messages(messages: Value) -> Result<(Vec<Value>, Vec<Value>), ApiErro
                         let mut s = String::new();
                         for (j, p) in parts.into_iter().enumerate() {
                             match p {
-                                Value::Object(mut p) => match (p.remove("text"), p.remove("refusal")) {
-                                    (Some(Value::String(t)), _) | (_, Some(Value::String(t))) => {
-                                        s.push_str(&t)
+                                Value::Object(mut p) => {
+                                    match (p.remove("text"), p.remove("refusal")) {
+                                        (Some(Value::String(t)), _)
+                                        | (_, Some(Value::String(t))) => s.push_str(&t),
+                                        _ => {
+                                            return Err(invalid(
+                                                format!("messages[{i}].content[{j}]"),
+                                                "only text parts are allowed here",
+                                            ))
+                                        }
                                     }
-                                    _ => {
-                                        return Err(invalid(
-                                            format!("messages[{i}].content[{j}]"),
-                                            "only text parts are allowed here",
-                                        ))
-                                    }
-                                },
-                                _ => return Err(invalid(format!("messages[{i}].content[{j}]"), "expected an object")),
+                                }
+                                _ => {
+                                    return Err(invalid(
+                                        format!("messages[{i}].content[{j}]"),
+                                        "expected an object",
+                                    ))
+                                }
                             }
                         }
                         s
@@ -412,7 +417,12 @@ fn function_calls(
     let calls = match calls {
         Value::Array(c) => c,
         Value::Null => return Ok(()),
-        _ => return Err(invalid(format!("messages[{i}].tool_calls"), "expected an array")),
+        _ => {
+            return Err(invalid(
+                format!("messages[{i}].tool_calls"),
+                "expected an array",
+            ))
+        }
     };
     for (j, call) in calls.into_iter().enumerate() {
         let param = |f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
@@ -650,11 +660,9 @@ impl GUsage {
             prompt_tokens_details: self
                 .cached_content_token_count
                 .map(|c| t::PromptDetails { cached_tokens: c }),
-            completion_tokens_details: self
-                .thoughts_token_count
-                .map(|r| t::CompletionDetails {
-                    reasoning_tokens: r,
-                }),
+            completion_tokens_details: self.thoughts_token_count.map(|r| t::CompletionDetails {
+                reasoning_tokens: r,
+            }),
         }
     }
 }
@@ -671,8 +679,7 @@ pub fn finish_reason(reason: Option<&str>, tool_calls: bool) -> &'static str {
     match reason {
         Some("MAX_TOKENS") => "length",
         Some(
-            "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
-            | "IMAGE_SAFETY",
+            "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY",
         ) => "content_filter",
         _ if tool_calls => "tool_calls",
         // STOP, LANGUAGE, OTHER, MALFORMED_FUNCTION_CALL, unspecified
@@ -716,7 +723,7 @@ pub fn translate_response(model: &str, body: &[u8]) -> Result<Bytes, ApiError> {
             }
         }
         let finish = finish_reason(cand.finish_reason.as_deref(), !tool_calls.is_empty());
-        let content = (!(text.is_empty() && !tool_calls.is_empty())).then_some(text);
+        let content = (!text.is_empty() || tool_calls.is_empty()).then_some(text);
         choices.push(t::Choice {
             index: cand.index.unwrap_or(pos as u32),
             message: t::Message {
@@ -1192,7 +1199,8 @@ mod tests {
             "http://127.0.0.1:9/v1/models/gemini-test:generateContent"
         );
         assert!(r.headers()["x-goog-api-key"].is_sensitive());
-        let stream = json!({"model": "g", "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
+        let stream =
+            json!({"model": "g", "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
         let r = Gemini
             .build(&client(), &d, &request(Endpoint::ChatCompletions, stream))
             .unwrap()
@@ -1212,19 +1220,22 @@ mod tests {
         let out = translate(
             &dep(),
             json!({"model": "g", "temperature": 0.3, "top_p": 0.8, "max_tokens": 50,
-                "stop": ["a", "b"], "n": 2, "seed": 5,
-                "response_format": {"type": "json_object"},
-                "messages": [
-                    {"role": "system", "content": "Be brief."},
-                    {"role": "user", "content": "Hi"},
-                    {"role": "assistant", "content": "Hello!"},
-                    {"role": "user", "content": "Bye"},
-                    {"role": "user", "content": [{"type": "text", "text": "now"},
-                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]}
-                ]}),
+            "stop": ["a", "b"], "n": 2, "seed": 5,
+            "response_format": {"type": "json_object"},
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Bye"},
+                {"role": "user", "content": [{"type": "text", "text": "now"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]}
+            ]}),
         )
         .unwrap();
-        assert_eq!(out["systemInstruction"], json!({"parts": [{"text": "Be brief."}]}));
+        assert_eq!(
+            out["systemInstruction"],
+            json!({"parts": [{"text": "Be brief."}]})
+        );
         assert_eq!(
             out["generationConfig"],
             json!({"temperature": 0.3, "topP": 0.8, "maxOutputTokens": 50,
@@ -1315,7 +1326,8 @@ mod tests {
         let body = br#"{"candidates":[{"content":{"parts":[{"text":"Hello"},{"text":" there"}],"role":"model"},"finishReason":"STOP","index":0}],
             "usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":6,"totalTokenCount":14,"cachedContentTokenCount":2},
             "modelVersion":"gemini-test-001","responseId":"resp-1"}"#;
-        let v: Value = serde_json::from_slice(&translate_response("gemini-test", body).unwrap()).unwrap();
+        let v: Value =
+            serde_json::from_slice(&translate_response("gemini-test", body).unwrap()).unwrap();
         assert_eq!(v["id"], "resp-1");
         assert_eq!(v["model"], "gemini-test-001");
         assert_eq!(v["choices"][0]["message"]["content"], "Hello there");
@@ -1327,12 +1339,19 @@ mod tests {
         );
         let body = br#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"get_weather","args":{"city":"Paris"}}}],"role":"model"},"finishReason":"STOP"}],
             "usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":4,"totalTokenCount":7}}"#;
-        let v: Value = serde_json::from_slice(&translate_response("gemini-test", body).unwrap()).unwrap();
+        let v: Value =
+            serde_json::from_slice(&translate_response("gemini-test", body).unwrap()).unwrap();
         let m = &v["choices"][0]["message"];
         assert!(m["content"].is_null());
         assert_eq!(m["tool_calls"][0]["function"]["name"], "get_weather");
-        assert_eq!(m["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\"}");
-        assert!(m["tool_calls"][0]["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(
+            m["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
+        assert!(m["tool_calls"][0]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("call_"));
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         for (reason, want) in [
             ("STOP", "stop"),
@@ -1477,7 +1496,8 @@ mod tests {
             Endpoint::Embeddings,
             json!({"model": "g", "input": ["a", "b"], "dimensions": 3, "encoding_format": "float"}),
         );
-        let body: Value = serde_json::from_slice(&translate_embeddings_request(&d, &req).unwrap()).unwrap();
+        let body: Value =
+            serde_json::from_slice(&translate_embeddings_request(&d, &req).unwrap()).unwrap();
         assert_eq!(
             body,
             json!({"requests": [
@@ -1485,17 +1505,28 @@ mod tests {
                 {"model": "models/gemini-test", "content": {"parts": [{"text": "b"}]}, "outputDimensionality": 3}]})
         );
         let r = Gemini.build(&client(), &d, &req).unwrap().build().unwrap();
-        assert!(r.url().as_str().ends_with("/models/gemini-test:batchEmbedContents"));
+        assert!(r
+            .url()
+            .as_str()
+            .ends_with("/models/gemini-test:batchEmbedContents"));
         let single = request(Endpoint::Embeddings, json!({"model": "g", "input": "a"}));
-        let body: Value = serde_json::from_slice(&translate_embeddings_request(&d, &single).unwrap()).unwrap();
+        let body: Value =
+            serde_json::from_slice(&translate_embeddings_request(&d, &single).unwrap()).unwrap();
         assert_eq!(body["requests"].as_array().unwrap().len(), 1);
         let tokens = request(Endpoint::Embeddings, json!({"model": "g", "input": [1, 2]}));
         assert!(translate_embeddings_request(&d, &tokens).is_err());
         let out: Value = serde_json::from_slice(
-            &translate_embeddings_response("gemini-test", br#"{"embeddings":[{"values":[0.1,0.2]},{"values":[0.3,0.4]}]}"#).unwrap(),
+            &translate_embeddings_response(
+                "gemini-test",
+                br#"{"embeddings":[{"values":[0.1,0.2]},{"values":[0.3,0.4]}]}"#,
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(out["object"], "list");
-        assert_eq!(out["data"][1], json!({"object": "embedding", "index": 1, "embedding": [0.3, 0.4]}));
+        assert_eq!(
+            out["data"][1],
+            json!({"object": "embedding", "index": 1, "embedding": [0.3, 0.4]})
+        );
     }
 }

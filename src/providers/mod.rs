@@ -122,7 +122,10 @@ pub struct Unsupported(pub ProviderKind);
 
 impl Provider for Unsupported {
     fn unsupported(&self) -> Option<String> {
-        Some(format!("provider {} is not supported by this build yet", self.0.as_str()))
+        Some(format!(
+            "provider {} is not supported by this build yet",
+            self.0.as_str()
+        ))
     }
     fn build(
         &self,

@@ -37,8 +37,12 @@ impl Provider for OpenAi {
     }
 }
 
+/// The Azure OpenAI data-plane inference `api-version` used when a deployment sets none
+/// (the latest GA release).
+pub const AZURE_API_VERSION: &str = "2024-10-21";
+
 /// Azure OpenAI: `{api_base}/openai/deployments/{model}/{endpoint}?api-version=…`,
-/// key in `api-key`.
+/// key in `api-key`; `model` is the Azure deployment name.
 pub struct Azure;
 
 impl Provider for Azure {
@@ -48,10 +52,15 @@ impl Provider for Azure {
         dep: &Deployment,
         req: &ClientRequest,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
-        let version = dep.api_version.as_deref().unwrap_or("2024-10-21");
+        let version = dep.api_version.as_deref().unwrap_or(AZURE_API_VERSION);
+        // The portal shows both `https://x.openai.azure.com/` and `…/openai/`.
+        let base = dep
+            .api_base
+            .strip_suffix("/openai")
+            .unwrap_or(&dep.api_base);
         let url = format!(
             "{}/openai/deployments/{}/{}?api-version={}",
-            dep.api_base,
+            base,
             dep.model,
             req.endpoint.path(),
             version
@@ -71,5 +80,78 @@ impl Provider for Azure {
             rb = rb.header("api-key", v);
         }
         Ok(rb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProviderKind;
+    use crate::providers::translate::testing::{client, deployment, request};
+    use crate::request::Endpoint;
+    use serde_json::json;
+
+    #[test]
+    fn azure_url_version_and_key_header() {
+        let mut d = deployment(ProviderKind::Azure, "my-gpt4o", false);
+        d.api_base = "https://res.openai.azure.com".into();
+        let req = request(
+            Endpoint::ChatCompletions,
+            json!({"model": "group", "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        let r = Azure.build(&client(), &d, &req).unwrap().build().unwrap();
+        assert_eq!(
+            r.url().as_str(),
+            "https://res.openai.azure.com/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(r.headers()["api-key"], "sk-test-secret");
+        assert!(r.headers()["api-key"].is_sensitive());
+        assert!(r.headers().get("authorization").is_none());
+        assert!(!r.url().as_str().contains("sk-test"));
+        // The body is OpenAI's, with the deployment name as model.
+        let body: serde_json::Value =
+            serde_json::from_slice(r.body().unwrap().as_bytes().unwrap()).unwrap();
+        assert_eq!(body["model"], "my-gpt4o");
+        assert_eq!(body["messages"][0]["content"], "hi");
+
+        d.api_version = Some("2025-01-01-preview".into());
+        d.api_base = "https://res.openai.azure.com/openai".into();
+        let emb = request(
+            Endpoint::Embeddings,
+            json!({"model": "group", "input": "x"}),
+        );
+        let r = Azure.build(&client(), &d, &emb).unwrap().build().unwrap();
+        assert_eq!(
+            r.url().as_str(),
+            "https://res.openai.azure.com/openai/deployments/my-gpt4o/embeddings?api-version=2025-01-01-preview"
+        );
+        assert!(Azure.passthrough());
+    }
+
+    #[test]
+    fn azure_errors_classified() {
+        use crate::config::ErrorClass;
+        use axum::http::{HeaderMap, StatusCode};
+        let body = br#"{"error":{"message":"The response was filtered","type":null,"param":"prompt","code":"content_filter","status":400}}"#;
+        let e = Azure.error(StatusCode::BAD_REQUEST, &HeaderMap::new(), body);
+        assert_eq!(e.class, ErrorClass::ContentPolicy);
+        let body = br#"{"error":{"code":"429","message":"Requests to the ChatCompletions_Create Operation have exceeded call rate limit."}}"#;
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "3".parse().unwrap());
+        let e = Azure.error(StatusCode::TOO_MANY_REQUESTS, &h, body);
+        assert_eq!(e.class, ErrorClass::RateLimit);
+        assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn openai_bearer_key_is_sensitive() {
+        let d = deployment(ProviderKind::Openai, "gpt-4o", false);
+        let req = request(
+            Endpoint::ChatCompletions,
+            json!({"model": "gpt-4o", "messages": []}),
+        );
+        let r = OpenAi.build(&client(), &d, &req).unwrap().build().unwrap();
+        assert_eq!(r.url().as_str(), "http://127.0.0.1:9/v1/chat/completions");
+        assert!(r.headers()["authorization"].is_sensitive());
     }
 }

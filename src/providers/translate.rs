@@ -71,7 +71,9 @@ impl SseParser {
 
     /// True when bytes of an unfinished event are buffered.
     pub fn has_partial(&self) -> bool {
-        self.buf[self.pos..].iter().any(|b| !b.is_ascii_whitespace())
+        self.buf[self.pos..]
+            .iter()
+            .any(|b| !b.is_ascii_whitespace())
     }
 
     /// Takes what is left as a final event (a stream that ended without a blank line).
@@ -408,7 +410,7 @@ pub fn body_object(req: &crate::request::ClientRequest) -> Result<Map<String, Va
 /// Applies `drop_params` to a parameter the provider cannot honour: dropped when the
 /// deployment allows it, otherwise a 400 naming the parameter.
 pub fn unsupported(dep: &Deployment, provider: &str, param: &str) -> Result<(), ApiError> {
-    unsupported_all(dep, provider, &mut vec![param.to_string()])
+    unsupported_all(dep, provider, &mut [param.to_string()])
 }
 
 /// [`unsupported`] for several parameters at once: the error names all of them (sorted).
@@ -464,7 +466,10 @@ pub fn is_default(param: &str, v: &Value) -> bool {
 
 /// A header value holding a key: marked sensitive so that it never shows up in debug
 /// output of the request; an invalid value is reported without echoing it.
-pub fn secret_header(dep: &Deployment, value: &str) -> Result<reqwest::header::HeaderValue, ApiError> {
+pub fn secret_header(
+    dep: &Deployment,
+    value: &str,
+) -> Result<reqwest::header::HeaderValue, ApiError> {
     let mut v = reqwest::header::HeaderValue::try_from(value).map_err(|_| {
         ApiError::internal(format!(
             "api_key of deployment {} is not a valid header value",
@@ -555,7 +560,11 @@ pub fn content_text(v: Value, param: &str) -> Result<String, ApiError> {
 
 /// A MIME type guessed from a URL's file extension (images only).
 pub fn mime_from_url(url: &str) -> &'static str {
-    let path = url.split(['?', '#']).next().unwrap_or(url).to_ascii_lowercase();
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
     if path.ends_with(".png") {
         "image/png"
     } else if path.ends_with(".gif") {

@@ -89,7 +89,10 @@ pub fn now_ms() -> u64 {
 pub enum DeploymentState {
     Healthy,
     /// Cooling down until this unix time (ms), for this reason.
-    Cooling { until_ms: u64, reason: String },
+    Cooling {
+        until_ms: u64,
+        reason: String,
+    },
     /// The last attempt could not connect.
     Unreachable,
     /// A supervised backend that is loading, restarting or failed.
@@ -113,7 +116,12 @@ impl Deployment {
         if !self.available.load(Ordering::Relaxed) {
             DeploymentState::Unavailable
         } else if let Some(until_ms) = self.cooling_until(now) {
-            let reason = self.health.cooling_reason.lock().map(|r| r.clone()).unwrap_or_default();
+            let reason = self
+                .health
+                .cooling_reason
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default();
             DeploymentState::Cooling { until_ms, reason }
         } else if self.health.unreachable.load(Ordering::Relaxed) {
             DeploymentState::Unreachable
@@ -125,7 +133,10 @@ impl Deployment {
     /// Starts (or extends) a cooldown; an existing later deadline is kept.
     pub fn cool_down(&self, for_: Duration, reason: String) {
         let until = now_ms() + for_.as_millis() as u64;
-        let prev = self.health.cooling_until_ms.fetch_max(until, Ordering::SeqCst);
+        let prev = self
+            .health
+            .cooling_until_ms
+            .fetch_max(until, Ordering::SeqCst);
         if prev < until {
             if let Ok(mut r) = self.health.cooling_reason.lock() {
                 *r = reason;
@@ -144,7 +155,10 @@ impl Deployment {
         let Ok(mut q) = self.health.failures.lock() else {
             return (0, 0);
         };
-        while q.front().is_some_and(|(t, _)| now.duration_since(*t) > window) {
+        while q
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > window)
+        {
             q.pop_front();
         }
         q.push_back((now, class));
@@ -161,7 +175,11 @@ impl Deployment {
         let sample = latency.as_micros().max(1) as u64;
         let old = self.health.latency_us.load(Ordering::Relaxed);
         // Exponential moving average, weight 1/4 on the new sample.
-        let new = if old == 0 { sample } else { (old * 3 + sample) / 4 };
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 3 + sample) / 4
+        };
         self.health.latency_us.store(new, Ordering::Relaxed);
     }
 
@@ -169,7 +187,9 @@ impl Deployment {
     pub fn record_slow(&self, latency: Duration) {
         let sample = latency.as_micros().max(1) as u64;
         let old = self.health.latency_us.load(Ordering::Relaxed);
-        self.health.latency_us.store(old.max(sample), Ordering::Relaxed);
+        self.health
+            .latency_us
+            .store(old.max(sample), Ordering::Relaxed);
     }
 
     /// Moving average latency in µs (0 = no sample yet).
@@ -198,7 +218,9 @@ impl Deployment {
         self.roll_minute();
         let reqs = self.health.minute_requests.load(Ordering::Relaxed);
         let toks = self.health.minute_tokens.load(Ordering::Relaxed);
-        if self.health.remote_minute.load(Ordering::Relaxed) == self.health.minute.load(Ordering::Relaxed) {
+        if self.health.remote_minute.load(Ordering::Relaxed)
+            == self.health.minute.load(Ordering::Relaxed)
+        {
             (
                 reqs.max(self.health.remote_requests.load(Ordering::Relaxed)),
                 toks.max(self.health.remote_tokens.load(Ordering::Relaxed)),
@@ -226,14 +248,19 @@ impl Deployment {
     /// Shared state: folds in what all replicas reported. The cooldown deadline becomes
     /// max(local, remote); `(minute, requests, tokens)` is the usage summed over replicas.
     pub fn merge_shared(&self, cooling_until_ms: u64, minute: u64, requests: u64, tokens: u64) {
-        let prev = self.health.cooling_until_ms.fetch_max(cooling_until_ms, Ordering::SeqCst);
+        let prev = self
+            .health
+            .cooling_until_ms
+            .fetch_max(cooling_until_ms, Ordering::SeqCst);
         if prev < cooling_until_ms && cooling_until_ms > now_ms() {
             if let Ok(mut r) = self.health.cooling_reason.lock() {
                 *r = "cooled down by another gateway replica (shared state)".into();
             }
             tracing::info!(deployment = %self.id, until_ms = cooling_until_ms, "deployment cooling down (reported by another replica)");
         }
-        self.health.remote_requests.store(requests, Ordering::Relaxed);
+        self.health
+            .remote_requests
+            .store(requests, Ordering::Relaxed);
         self.health.remote_tokens.store(tokens, Ordering::Relaxed);
         self.health.remote_minute.store(minute, Ordering::Relaxed);
     }
@@ -259,8 +286,12 @@ impl Deployment {
     /// Headroom left this minute as a fraction (1.0 = unused or unlimited).
     pub fn headroom(&self, tokens: u64) -> f64 {
         let (reqs, toks) = self.usage();
-        let r = self.rpm.map_or(1.0, |l| 1.0 - (reqs + 1) as f64 / l.max(1) as f64);
-        let t = self.tpm.map_or(1.0, |l| 1.0 - (toks + tokens) as f64 / l.max(1) as f64);
+        let r = self
+            .rpm
+            .map_or(1.0, |l| 1.0 - (reqs + 1) as f64 / l.max(1) as f64);
+        let t = self
+            .tpm
+            .map_or(1.0, |l| 1.0 - (toks + tokens) as f64 / l.max(1) as f64);
         r.min(t)
     }
 
@@ -279,14 +310,18 @@ impl Deployment {
             self.health.minute_requests.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        self.health.minute_tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.health
+            .minute_tokens
+            .fetch_add(tokens, Ordering::Relaxed);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         Some(InFlight(self.clone()))
     }
 
     /// Adds tokens reported by the upstream (usage) to this minute's count.
     pub fn add_tokens(&self, tokens: u64) {
-        self.health.minute_tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.health
+            .minute_tokens
+            .fetch_add(tokens, Ordering::Relaxed);
     }
 
     /// Sum of input and output price per million tokens (0 when unpriced, e.g. local).

@@ -10,12 +10,12 @@
 
 mod deployment;
 mod policy;
-mod stream;
 mod strategy;
+mod stream;
 pub mod tokens;
 
-pub use deployment::{now_ms, Deployment, DeploymentState, DeploymentStats};
 use deployment::InFlight;
+pub use deployment::{now_ms, Deployment, DeploymentState, DeploymentStats};
 use policy::Policy;
 use strategy::ShuffleBasis;
 use stream::UpstreamStream;
@@ -79,7 +79,9 @@ impl Router {
             if group.is_empty() {
                 names.push(name.clone());
             }
-            let id = m.id.clone().unwrap_or_else(|| format!("{}-{}", name, group.len() + 1));
+            let id =
+                m.id.clone()
+                    .unwrap_or_else(|| format!("{}-{}", name, group.len() + 1));
             group.push(Arc::new(Deployment {
                 index: i,
                 id,
@@ -111,7 +113,14 @@ impl Router {
             .map(|(name, deployments)| {
                 let basis = ShuffleBasis::for_group(&deployments);
                 let min_window = deployments.iter().filter_map(|d| d.context_window).min();
-                (name, Group { deployments, basis, min_window })
+                (
+                    name,
+                    Group {
+                        deployments,
+                        basis,
+                        min_window,
+                    },
+                )
             })
             .collect();
         // TLS for cloud providers uses rustls with the ring backend (no C build step).
@@ -138,7 +147,9 @@ impl Router {
 
     /// Every deployment, grouped in config order.
     pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> {
-        self.names.iter().flat_map(|n| self.groups[n].deployments.iter())
+        self.names
+            .iter()
+            .flat_map(|n| self.groups[n].deployments.iter())
     }
 
     /// The deployment made from `[[models]]` entry `index`.
@@ -162,11 +173,17 @@ impl Router {
 
     /// Serves one client request within `deadline`. `log` is filled in; a streamed
     /// response takes it over and writes it when the stream ends.
-    pub async fn serve(&self, req: ClientRequest, deadline: Instant, log: &mut RequestLog) -> Result<Response, ApiError> {
+    pub async fn serve(
+        &self,
+        req: ClientRequest,
+        deadline: Instant,
+        log: &mut RequestLog,
+    ) -> Result<Response, ApiError> {
         if !self.groups.contains_key(&req.model) {
             return Err(self.unknown_model(&req.model));
         }
-        let mut chain: VecDeque<(String, Via, u32)> = VecDeque::from([(req.model.clone(), Via::Requested, 0)]);
+        let mut chain: VecDeque<(String, Via, u32)> =
+            VecDeque::from([(req.model.clone(), Via::Requested, 0)]);
         let mut seen: Vec<String> = Vec::new();
         let mut last: Option<UpstreamError> = None;
         let mut tokens: Option<u64> = None;
@@ -183,19 +200,24 @@ impl Router {
             let fits = match group.min_window {
                 Some(min) if tokens::upper_bound(&req) > min => {
                     let n = *tokens.get_or_insert_with(|| tokens::count(&req));
-                    group.deployments.iter().any(|d| d.context_window.is_none_or(|w| n <= w))
+                    group
+                        .deployments
+                        .iter()
+                        .any(|d| d.context_window.is_none_or(|w| n <= w))
                 }
                 _ => true,
             };
             let outcome = if fits {
-                self.try_group(group, &req, &model, tokens, deadline, log).await
+                self.try_group(group, &req, &model, tokens, deadline, log)
+                    .await
             } else {
                 Err(context_window_error(&model, tokens.unwrap_or(0)))
             };
             let err = match outcome {
                 Ok(mut resp) => {
                     if via != Via::Requested {
-                        resp.headers_mut().insert("x-llmgw-fallback", header_value(&model));
+                        resp.headers_mut()
+                            .insert("x-llmgw-fallback", header_value(&model));
                         log.fallback = Some(model);
                     }
                     return Ok(resp);
@@ -203,9 +225,16 @@ impl Router {
                 Err(e) => e,
             };
             // Where to go next.
-            if !req.options.disable_fallbacks && depth < self.policy.max_fallback_depth && err.class != ErrorClass::BadRequest {
+            if !req.options.disable_fallbacks
+                && depth < self.policy.max_fallback_depth
+                && err.class != ErrorClass::BadRequest
+            {
                 let next: &[String] = if err.class == ErrorClass::ContextWindow {
-                    self.policy.context_window_fallbacks.get(&model).map(Vec::as_slice).unwrap_or(&[])
+                    self.policy
+                        .context_window_fallbacks
+                        .get(&model)
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[])
                 } else if via == Via::Requested && req.options.fallbacks.is_some() {
                     req.options.fallbacks.as_deref().unwrap_or(&[])
                 } else {
@@ -213,9 +242,17 @@ impl Router {
                         .fallbacks
                         .get(&model)
                         .map(Vec::as_slice)
-                        .unwrap_or(if via == Via::Requested { &self.policy.default_fallbacks } else { &[] })
+                        .unwrap_or(if via == Via::Requested {
+                            &self.policy.default_fallbacks
+                        } else {
+                            &[]
+                        })
                 };
-                let next_via = if err.class == ErrorClass::ContextWindow { Via::ContextWindow } else { Via::Fallback };
+                let next_via = if err.class == ErrorClass::ContextWindow {
+                    Via::ContextWindow
+                } else {
+                    Via::Fallback
+                };
                 for m in next {
                     chain.push_back((m.clone(), next_via, depth + 1));
                 }
@@ -226,7 +263,10 @@ impl Router {
             last = Some(err);
         }
         let err = last.unwrap_or_else(|| {
-            UpstreamError::new(ErrorClass::Default, ApiError::unavailable("no deployment could serve the request"))
+            UpstreamError::new(
+                ErrorClass::Default,
+                ApiError::unavailable("no deployment could serve the request"),
+            )
         });
         log.status = err.error.status.as_u16();
         Err(err.into_api_error())
@@ -263,18 +303,30 @@ impl Router {
             if eligible.is_empty() {
                 return Err(last.unwrap_or_else(|| self.nothing_eligible(model, deps, need, now)));
             }
-            let fresh: Vec<&Arc<Deployment>> = eligible.iter().filter(|i| !tried.contains(i)).map(|&i| &deps[i]).collect();
+            let fresh: Vec<&Arc<Deployment>> = eligible
+                .iter()
+                .filter(|i| !tried.contains(i))
+                .map(|&i| &deps[i])
+                .collect();
             if fresh.is_empty() {
                 // Everyone eligible has failed this request once: wait, then go round again.
-                let wait = self.policy.backoff(retries, last.as_ref().and_then(|e| e.retry_after));
+                let wait = self
+                    .policy
+                    .backoff(retries, last.as_ref().and_then(|e| e.retry_after));
                 if Instant::now() + wait >= deadline {
-                    return Err(last.unwrap_or_else(|| request_timeout()));
+                    return Err(last.unwrap_or_else(request_timeout));
                 }
                 tokio::time::sleep(wait).await;
                 tried.clear();
                 continue;
             }
-            let pick = strategy::pick(self.policy.strategy, group.basis, &fresh, need, self.policy.latency_buffer);
+            let pick = strategy::pick(
+                self.policy.strategy,
+                group.basis,
+                &fresh,
+                need,
+                self.policy.latency_buffer,
+            );
             let dep = fresh[pick].clone();
             let pos = deps.iter().position(|d| Arc::ptr_eq(d, &dep)).unwrap_or(0);
             let Some(slot) = dep.claim(need) else {
@@ -286,7 +338,7 @@ impl Router {
             log.deployment.clone_from(&dep.id);
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(last.unwrap_or_else(|| request_timeout()));
+                return Err(last.unwrap_or_else(request_timeout));
             }
             match self.attempt(&dep, slot, req, remaining, log).await {
                 Ok(resp) => return Ok(resp),
@@ -306,7 +358,13 @@ impl Router {
     }
 
     /// The error when a group has no deployment to try at all.
-    fn nothing_eligible(&self, model: &str, deps: &[Arc<Deployment>], need: u64, now: u64) -> UpstreamError {
+    fn nothing_eligible(
+        &self,
+        model: &str,
+        deps: &[Arc<Deployment>],
+        need: u64,
+        now: u64,
+    ) -> UpstreamError {
         let first_back = deps.iter().filter_map(|d| d.cooling_until(now)).min();
         if let Some(until) = first_back {
             let secs = (until.saturating_sub(now)).div_ceil(1000).max(1);
@@ -321,7 +379,10 @@ impl Router {
             e.retry_after = Some(Duration::from_secs(secs));
             return e;
         }
-        if deps.iter().any(|d| d.available.load(Ordering::Relaxed) && !d.has_room(need)) {
+        if deps
+            .iter()
+            .any(|d| d.available.load(Ordering::Relaxed) && !d.has_room(need))
+        {
             let secs = 60 - (now / 1000) % 60;
             return UpstreamError::new(
                 ErrorClass::RateLimit,
@@ -349,14 +410,18 @@ impl Router {
             dep.record_slow(dep.timeout);
         }
         // The client's own mistakes say nothing about the deployment.
-        if matches!(e.class, ErrorClass::BadRequest | ErrorClass::ContextWindow | ErrorClass::ContentPolicy) {
+        if matches!(
+            e.class,
+            ErrorClass::BadRequest | ErrorClass::ContextWindow | ErrorClass::ContentPolicy
+        ) {
             return;
         }
         let (same, total) = dep.record_failure(e.class, self.policy.fail_window);
         if only_one {
             return; // A group's only deployment is never cooled.
         }
-        let cool = e.class == ErrorClass::RateLimit || self.policy.should_cool(e.class, same, total);
+        let cool =
+            e.class == ErrorClass::RateLimit || self.policy.should_cool(e.class, same, total);
         if cool {
             let for_ = dep
                 .cooldown
@@ -402,7 +467,8 @@ impl Router {
         h.insert("x-llmgw-deployment", header_value(&dep.id));
         h.insert("x-llmgw-attempts", HeaderValue::from(log.attempts));
         if req.stream {
-            let translator = (!dep.provider.passthrough()).then(|| dep.provider.stream_translator(dep, req));
+            let translator =
+                (!dep.provider.passthrough()).then(|| dep.provider.stream_translator(dep, req));
             let mut stream = UpstreamStream::new(resp, translator, timeout, slot);
             match tokio::time::timeout_at(until, stream.first()).await {
                 Err(_) => return Err(timeout_error(dep, timeout)),
@@ -414,11 +480,16 @@ impl Router {
             dep.record_success(ttft);
             log.ttfb = Some(log.start.elapsed());
             log.status = 200;
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-llmgw-overhead-ms", overhead_header(log.overhead()));
             stream.set_log(log.take());
-            Ok(builder.body(Body::from_stream(stream)).expect("valid response"))
+            Ok(builder
+                .body(Body::from_stream(stream))
+                .expect("valid response"))
         } else {
             let body = match tokio::time::timeout_at(until, resp.bytes()).await {
                 Err(_) => return Err(timeout_error(dep, timeout)),
@@ -441,7 +512,10 @@ impl Router {
             dep.record_success(took);
             log.ttfb = Some(log.start.elapsed());
             log.status = 200;
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             h.insert("x-llmgw-overhead-ms", overhead_header(log.overhead()));
             Ok(builder.body(Body::from(body)).expect("valid response"))
         }
@@ -506,7 +580,10 @@ fn overhead_header(d: Duration) -> HeaderValue {
 fn timeout_error(dep: &Deployment, timeout: Duration) -> UpstreamError {
     UpstreamError::new(
         ErrorClass::Timeout,
-        ApiError::gateway_timeout(format!("deployment {} did not answer within {:?}", dep.id, timeout)),
+        ApiError::gateway_timeout(format!(
+            "deployment {} did not answer within {:?}",
+            dep.id, timeout
+        )),
     )
 }
 

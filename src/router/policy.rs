@@ -54,7 +54,11 @@ impl Policy {
             | ErrorClass::NotFound
             | ErrorClass::ContentPolicy
             | ErrorClass::ContextWindow => 0,
-            _ => self.retry_policy.get(&ErrorClass::Default).copied().unwrap_or(self.num_retries),
+            _ => self
+                .retry_policy
+                .get(&ErrorClass::Default)
+                .copied()
+                .unwrap_or(self.num_retries),
         }
     }
 
@@ -101,7 +105,10 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_only_when_short() {
         let p = policy("");
-        assert_eq!(p.backoff(0, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(
+            p.backoff(0, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
         assert!(p.backoff(0, Some(Duration::from_secs(600))) <= MAX_BACKOFF);
         assert!(p.backoff(10, None) <= MAX_BACKOFF);
     }

@@ -54,7 +54,11 @@ pub fn pick(
     }
     match strategy {
         Strategy::SimpleShuffle => weighted(candidates, |d| basis.weight(d)),
-        Strategy::LeastBusy => lowest(candidates, |d| d.stats.in_flight.load(Ordering::Relaxed) as f64, 0.0),
+        Strategy::LeastBusy => lowest(
+            candidates,
+            |d| d.stats.in_flight.load(Ordering::Relaxed) as f64,
+            0.0,
+        ),
         Strategy::LatencyBased => {
             // Deployments without a sample yet are tried first, so every one gets measured.
             lowest(candidates, |d| d.latency_us() as f64, latency_buffer)
@@ -82,10 +86,18 @@ fn weighted(candidates: &[&Arc<Deployment>], weight: impl Fn(&Deployment) -> f64
 }
 
 /// Random choice among those whose score is within `buffer` (a fraction) of the lowest.
-fn lowest(candidates: &[&Arc<Deployment>], score: impl Fn(&Deployment) -> f64, buffer: f64) -> usize {
+fn lowest(
+    candidates: &[&Arc<Deployment>],
+    score: impl Fn(&Deployment) -> f64,
+    buffer: f64,
+) -> usize {
     let scores: Vec<f64> = candidates.iter().map(|d| score(d)).collect();
     let best = scores.iter().copied().fold(f64::INFINITY, f64::min);
-    let limit = if best > 0.0 { best * (1.0 + buffer) } else { best + f64::EPSILON };
+    let limit = if best > 0.0 {
+        best * (1.0 + buffer)
+    } else {
+        best + f64::EPSILON
+    };
     let near: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] <= limit).collect();
     match near.len() {
         0 => 0,

@@ -32,7 +32,14 @@ pub fn count(req: &ClientRequest) -> u64 {
     };
     let mut text = String::new();
     let mut framing = 0u64;
-    for key in ["messages", "prompt", "input", "tools", "system", "functions"] {
+    for key in [
+        "messages",
+        "prompt",
+        "input",
+        "tools",
+        "system",
+        "functions",
+    ] {
         if let Some(part) = v.get(key) {
             if let Some(msgs) = part.as_array() {
                 framing += 4 * msgs.len() as u64;
@@ -66,7 +73,8 @@ mod tests {
     #[test]
     fn counts_message_text() {
         let words = "hello world ".repeat(500);
-        let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": words}]});
+        let body =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": words}]});
         let req = ClientRequest::parse(Endpoint::ChatCompletions, body.to_string().into()).unwrap();
         let n = count(&req);
         assert!((900..1200).contains(&n), "{n}");

@@ -15,10 +15,7 @@ pub enum SlurmError {
     #[error("{cmd} failed: {message}")]
     Failed { cmd: String, message: String },
     #[error("cannot run {cmd}: {source}")]
-    Io {
-        cmd: String,
-        source: std::io::Error,
-    },
+    Io { cmd: String, source: std::io::Error },
     #[error("unexpected output from {cmd}: {output:?}")]
     Parse { cmd: String, output: String },
 }
@@ -73,7 +70,11 @@ impl JobInfo {
         if let Some(r) = &self.reason {
             why.push(r.clone());
         }
-        if let Some(code) = self.exit_code.as_ref().filter(|c| !self.is_active() && *c != "0:0") {
+        if let Some(code) = self
+            .exit_code
+            .as_ref()
+            .filter(|c| !self.is_active() && *c != "0:0")
+        {
             why.push(format!("exit {code}"));
         }
         if !why.is_empty() {
@@ -343,8 +344,7 @@ pub fn cancel(id: &str, batch_signal: Option<&str>) -> Result<Cancelled, SlurmEr
     let out = run("scancel", &args)?;
     // scancel exits 0 even for some "already finished" cases; it prints them on stderr.
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
-    if invalid_job(&out) || err.contains("already complet") || err.contains("job is no longer")
-    {
+    if invalid_job(&out) || err.contains("already complet") || err.contains("job is no longer") {
         return Ok(Cancelled::AlreadyGone);
     }
     if !out.status.success() {

@@ -18,6 +18,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+
 use llmgw::mock::{Behavior, MockUpstream};
 use llmgw::state::EndpointRecord;
 use std::future::Future;
@@ -372,7 +374,7 @@ impl Gateway {
             .body(body.to_string())
             .send()
             .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+            .unwrap_or_else(|e| panic!("POST {path}: {e:?}"))
     }
 
     /// `GET path`.
@@ -381,7 +383,7 @@ impl Gateway {
             .get(self.url(path))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
     }
 
     pub fn pid(&self) -> u32 {

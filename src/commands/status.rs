@@ -1,0 +1,237 @@
+//! `llmgw status`: the job (squeue, then scontrol/sacct once it has finished), where the
+//! gateway listens, and its own view of every deployment and local backend.
+
+use super::{api_key, login_host, target_dir, user_name};
+use crate::cli::StatusArgs;
+use crate::slurm::jobs::{self, JobInfo};
+use crate::slurm::JobRecord;
+use crate::state::EndpointRecord;
+use crate::supervise::{BackendStatus, BackendsFile};
+use anyhow::Context as _;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let (name, dir) = target_dir(&args.target)?;
+    let record = JobRecord::read(&dir)
+        .with_context(|| format!("cannot read the job record in {}", dir.display()))?;
+    let Some(record) = record else {
+        if args.json {
+            println!(
+                "{}",
+                json!({"name": name, "state_dir": dir, "job_id": null, "state": null, "running": false})
+            );
+        } else {
+            println!(
+                "llmgw \"{name}\": no job recorded in {}; start one with `llmgw start -c CONFIG{}`",
+                dir.display(),
+                name_flag(&name)
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let info = jobs::query(&record.job_id)?;
+    let running = info.as_ref().is_some_and(JobInfo::is_running);
+    let endpoint = EndpointRecord::read(&dir).ok().flatten();
+    let endpoint = endpoint.filter(|ep| {
+        ep.job_id
+            .as_deref()
+            .is_none_or(|j| j == record.job_id.as_str())
+    });
+    let health: Option<Result<Value, String>> = match (&endpoint, running) {
+        (Some(ep), true) => {
+            let rt = super::runtime()?;
+            let client = super::http_client()?;
+            let key = api_key(&dir);
+            Some(rt.block_on(super::health(&client, ep, key.as_ref())))
+        }
+        _ => None,
+    };
+    let file_backends = BackendsFile::read(&dir).map(|f| f.backends);
+    let backends: Vec<BackendStatus> = health
+        .as_ref()
+        .and_then(|h| h.as_ref().ok())
+        .and_then(|h| serde_json::from_value(h["backends"].clone()).ok())
+        .or(file_backends)
+        .unwrap_or_default();
+    let view = View {
+        name: &name,
+        dir: &dir,
+        record: &record,
+        info: info.as_ref(),
+        endpoint: endpoint.as_ref().filter(|_| running),
+        health: health.as_ref(),
+        backends: &backends,
+    };
+    if args.json {
+        println!("{}", view.json());
+    } else {
+        print!("{}", view.text());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn name_flag(name: &str) -> String {
+    if name == "default" {
+        String::new()
+    } else {
+        format!(" --name {name}")
+    }
+}
+
+struct View<'a> {
+    name: &'a str,
+    dir: &'a Path,
+    record: &'a JobRecord,
+    info: Option<&'a JobInfo>,
+    endpoint: Option<&'a EndpointRecord>,
+    health: Option<&'a Result<Value, String>>,
+    backends: &'a [BackendStatus],
+}
+
+impl View<'_> {
+    fn urls(&self) -> Option<(String, String, String)> {
+        let ep = self.endpoint?;
+        let url = format!("http://{}:{}/v1", ep.host, ep.port);
+        let cfg_login = crate::config::Config::load(&self.record.config_copy)
+            .ok()
+            .and_then(|c| c.config.slurm.login_host);
+        let ssh = format!(
+            "ssh -N -L {p}:{h}:{p} {}@{}",
+            user_name(),
+            login_host(cfg_login.as_deref()),
+            p = ep.port,
+            h = ep.host
+        );
+        Some((url, format!("http://localhost:{}/v1", ep.port), ssh))
+    }
+
+    fn gateway_state(&self) -> (String, Option<String>) {
+        match (self.health, self.info) {
+            (Some(Ok(h)), _) => (h["status"].as_str().unwrap_or("unknown").to_string(), None),
+            (Some(Err(e)), _) => ("unreachable".into(), Some(e.clone())),
+            (None, Some(i)) if i.is_running() => ("starting".into(), None),
+            (None, Some(i)) if i.is_pending() => ("not started".into(), None),
+            _ => ("not running".into(), None),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let (gateway, gateway_error) = self.gateway_state();
+        let urls = self.urls();
+        let deployments = self
+            .health
+            .and_then(|h| h.as_ref().ok())
+            .map(|h| h["deployments"].clone())
+            .unwrap_or(Value::Null);
+        json!({
+            "name": self.name,
+            "state_dir": self.dir,
+            "job_id": self.record.job_id,
+            "state": self.info.map_or("GONE", |i| i.state.as_str()),
+            "running": self.info.is_some_and(JobInfo::is_running),
+            "reason": self.info.and_then(|i| i.reason.clone()),
+            "node": self.info.and_then(|i| i.node.clone()),
+            "elapsed": self.info.and_then(|i| i.elapsed.clone()),
+            "time_limit": self.info.and_then(|i| i.time_limit.clone()),
+            "exit_code": self.info.and_then(|i| i.exit_code.clone()),
+            "source": self.info.map(|i| i.source),
+            "submitted_at": self.record.submitted_at,
+            "config": self.record.config,
+            "log": self.record.log,
+            "port": self.endpoint.map(|e| e.port),
+            "url": urls.as_ref().map(|u| u.0.clone()),
+            "laptop_url": urls.as_ref().map(|u| u.1.clone()),
+            "ssh": urls.as_ref().map(|u| u.2.clone()),
+            "gateway": gateway,
+            "gateway_error": gateway_error,
+            "deployments": deployments,
+            "backends": self.backends,
+        })
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let id = &self.record.job_id;
+        let name = self.name;
+        match self.info {
+            None => {
+                out.push_str(&format!(
+                    "llmgw \"{name}\": job {id} is gone (SLURM no longer lists it); the gateway is not running\n  start it again: llmgw start -c {}{}\n",
+                    self.record.config,
+                    name_flag(name)
+                ));
+                return out;
+            }
+            Some(i) if !i.is_active() => {
+                out.push_str(&format!(
+                    "llmgw \"{name}\": job {id} {} — the gateway is not running\n  log:   {}\n  start it again: llmgw start -c {}{}\n",
+                    i.describe(),
+                    self.record.log.display(),
+                    self.record.config,
+                    name_flag(name)
+                ));
+                return out;
+            }
+            Some(i) => {
+                let time = match (&i.elapsed, &i.time_limit) {
+                    (Some(e), Some(l)) if i.is_running() => format!(", {e} of {l}"),
+                    (Some(e), None) if i.is_running() => format!(", {e}"),
+                    _ => String::new(),
+                };
+                out.push_str(&format!(
+                    "llmgw \"{name}\": job {id} {}{time}\n",
+                    i.describe()
+                ));
+            }
+        }
+        if let Some((url, laptop, ssh)) = self.urls() {
+            out.push_str(&format!("  url:      {url}\n"));
+            out.push_str(&format!("  laptop:   {ssh}  →  {laptop}\n"));
+        }
+        let (gateway, err) = self.gateway_state();
+        match err {
+            Some(e) => out.push_str(&format!("  gateway:  {gateway} ({e})\n")),
+            None => out.push_str(&format!("  gateway:  {gateway}\n")),
+        }
+        if let Some(Ok(h)) = self.health {
+            if let Some(deps) = h["deployments"].as_array() {
+                out.push_str("  deployments:\n");
+                for d in deps {
+                    let mut state = d["state"].as_str().unwrap_or("?").to_string();
+                    if let Some(left) = d["cooling_seconds_left"].as_u64() {
+                        state.push_str(&format!(" ({left} s left)"));
+                    }
+                    out.push_str(&format!(
+                        "    {:<24} {:<10} {:<12} {} requests, {} failures\n",
+                        d["id"].as_str().unwrap_or("?"),
+                        d["provider"].as_str().unwrap_or("?"),
+                        state,
+                        d["requests"].as_u64().unwrap_or(0),
+                        d["failures"].as_u64().unwrap_or(0),
+                    ));
+                }
+            }
+        }
+        if !self.backends.is_empty() {
+            out.push_str("  backends:\n");
+            for b in self.backends {
+                let last = b
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(" (last: {e})"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "    {:<24} {:<10} port {:<6} restarts {}{last}\n",
+                    b.name,
+                    b.state.as_str(),
+                    b.port,
+                    b.restarts
+                ));
+            }
+        }
+        out.push_str(&format!("  log:      {}\n", self.record.log.display()));
+        out
+    }
+}

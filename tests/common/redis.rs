@@ -1,0 +1,138 @@
+//! A real `redis-server` for the tests: a free loopback port, a temporary directory, no
+//! persistence. Tests stop, kill and restart it (on the same port) to simulate outages.
+//!
+//! ```ignore
+//! let mut redis = common::redis::RedisServer::start();
+//! let url = redis.url();        // redis://127.0.0.1:PORT
+//! redis.kill();                 // SIGKILL: connections drop at once
+//! redis.restart();              // same port, empty data set
+//! ```
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long `start`/`restart` wait for the server to answer `PING`.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free loopback port; panics (with its log) if it does not
+    /// answer `PING` within 10 s.
+    pub fn start() -> RedisServer {
+        let mut s = RedisServer {
+            port: super::closed_port(),
+            dir: tempfile::tempdir().expect("create temp dir"),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// A server that is not running yet: its port is reserved by nothing, so a gateway
+    /// pointed at it sees connection refused until [`RedisServer::restart`].
+    pub fn not_started() -> RedisServer {
+        RedisServer {
+            port: super::closed_port(),
+            dir: tempfile::tempdir().expect("create temp dir"),
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = self.dir.path().join("redis.log");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.command("PING").is_some_and(|r| r.starts_with("+PONG")) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "redis-server exited with {status}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "redis-server did not answer PING within {READY_TIMEOUT:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and wait: clients see their connections drop at once.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty data set).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Sends one inline command (e.g. `GET key`, `DBSIZE`) and returns the raw reply, or
+    /// `None` when the server cannot be reached.
+    pub fn command(&self, cmd: &str) -> Option<String> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// `DBSIZE` as a number (0 when unreachable).
+    pub fn dbsize(&self) -> u64 {
+        self.command("DBSIZE")
+            .and_then(|r| r.trim().strip_prefix(':').and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

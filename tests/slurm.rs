@@ -1,0 +1,751 @@
+//! The SLURM launcher on a real local cluster (`scripts/local-slurm.sh up`): `start`,
+//! `status`, `logs`, `stop`, and the backends `serve` supervises inside the job.
+//!
+//! The tests run one at a time (one small cluster); each uses its own `--name` and a
+//! temporary `--state-dir`, and cancels every job it started, also when it fails.
+//!
+//! Without `sbatch` on PATH they are skipped with a loud message — unless `CI` is set:
+//! there a missing cluster is a failure.
+
+mod common;
+
+use common::{chat_body, client, read_sse};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One cluster: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// `Some(guard)` when a cluster is there to test on; `None` (skip) only without `sbatch`
+/// and outside CI.
+fn cluster() -> Option<MutexGuard<'static, ()>> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let have_sbatch = Command::new("sbatch")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_sbatch {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set but sbatch is not on PATH: bring the cluster up with `bash scripts/local-slurm.sh up` (scripts/test.sh does)");
+        }
+        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        eprintln!("!!! SKIPPED: sbatch not on PATH; these SLURM tests did not run.");
+        eprintln!("!!! Run `bash scripts/local-slurm.sh up` (as root) and test again.");
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+        return None;
+    }
+    let sinfo = Command::new("sinfo").arg("-h").output();
+    assert!(
+        sinfo.as_ref().is_ok_and(|o| o.status.success()),
+        "sbatch is installed but the SLURM controller does not answer; run `bash scripts/local-slurm.sh up` ({:?})",
+        sinfo.map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+    );
+    Some(guard)
+}
+
+/// A gateway under test: its name and state directory; cancels its jobs when dropped.
+struct Gw {
+    name: String,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    jobs: Mutex<Vec<String>>,
+}
+
+impl Gw {
+    fn new(prefix: &str) -> Gw {
+        let tmp = tempfile::Builder::new()
+            .prefix("llmgw-slurm-test-")
+            .tempdir()
+            .expect("tempdir");
+        let name = format!("{prefix}-{}-{}", std::process::id(), fastrand::u32(..));
+        Gw {
+            dir: tmp.path().join(&name),
+            name,
+            _tmp: tmp,
+            jobs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A config file in the temp directory.
+    fn config(&self, toml: &str) -> PathBuf {
+        let p = self._tmp.path().join(format!("{}.toml", self.name));
+        std::fs::write(&p, toml).expect("write config");
+        p
+    }
+
+    fn target_args(&self) -> Vec<String> {
+        vec![
+            "--name".into(),
+            self.name.clone(),
+            "--state-dir".into(),
+            self.dir.display().to_string(),
+        ]
+    }
+
+    /// Runs `llmgw <cmd> --name N --state-dir D <extra>` to its end (bounded).
+    fn run(&self, cmd: &str, extra: &[&str], limit: Duration) -> Output {
+        let mut c = common::llmgw_command();
+        c.arg(cmd).args(self.target_args()).args(extra);
+        let out = run_bounded(c, limit);
+        self.remember_job();
+        out
+    }
+
+    /// Notes the job id from `job.json` so that Drop can cancel it.
+    fn remember_job(&self) {
+        if let Some(id) = self.job_id() {
+            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            if !jobs.contains(&id) {
+                jobs.push(id);
+            }
+        }
+    }
+
+    fn job_id(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join("job.json")).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["job_id"].as_str().map(str::to_string)
+    }
+
+    fn key(&self) -> String {
+        std::fs::read_to_string(self.dir.join("key"))
+            .expect("key file")
+            .trim()
+            .to_string()
+    }
+
+    fn status_json(&self) -> Value {
+        let out = self.run("status", &["--json"], Duration::from_secs(30));
+        assert!(out.status.success(), "status failed: {}", text(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}): {}", text(&out)))
+    }
+
+    /// Starts with `--json` and returns the parsed object (asserting success).
+    fn start_json(&self, config: &Path) -> Value {
+        let out = self.run(
+            "start",
+            &[
+                "-c",
+                &config.display().to_string(),
+                "--json",
+                "--timeout",
+                "90s",
+            ],
+            Duration::from_secs(120),
+        );
+        assert!(out.status.success(), "start failed: {}", text(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("start --json printed no JSON ({e}): {}", text(&out)))
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.remember_job();
+        for id in self.jobs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = Command::new("scancel").arg(id).status();
+        }
+    }
+}
+
+/// Runs a command with piped output, killing it after `limit`.
+fn run_bounded(mut c: Command, limit: Duration) -> Output {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn llmgw");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for llmgw"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("llmgw did not finish within {limit:?}");
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A config: a launched mock SGLang backend ("local", with `mock_args`) falling back to
+/// `fallback` (a `[[models]]` table for the group "cloud").
+fn config(port: u16, mock_tag: &str, mock_args: &str, fallback: &str, grace: &str) -> String {
+    let fallbacks = if fallback.is_empty() {
+        ""
+    } else {
+        "fallbacks = { local = [\"cloud\"] }"
+    };
+    format!(
+        r#"
+[server]
+host = "0.0.0.0"
+port = {port}
+shutdown_grace = "{grace}"
+
+[router]
+{fallbacks}
+
+[[models]]
+name = "local"
+provider = "sglang"
+model = "mock-qwen"
+launch = {{ command = ["{{llmgw}}", "mock-upstream", "--port", "{{port}}", "--name", "{mock_tag}", "--model", "mock-qwen"{mock_args}], load_timeout = "60s" }}
+
+{fallback}
+
+[slurm]
+time = "00:10:00"
+"#
+    )
+}
+
+/// "cloud" as a second launched mock.
+fn launched_cloud(tag: &str) -> String {
+    format!(
+        r#"[[models]]
+name = "cloud"
+provider = "openai"
+model = "mock-cloud"
+launch = {{ command = ["{{llmgw}}", "mock-upstream", "--port", "{{port}}", "--name", "{tag}", "--model", "mock-cloud"] }}"#
+    )
+}
+
+fn free_port() -> u16 {
+    common::closed_port()
+}
+
+fn job_state(id: &str) -> Option<String> {
+    let out = Command::new("squeue")
+        .args(["-h", "-j", id, "-o", "%T"])
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// PIDs whose command line contains `needle`.
+fn pids_with(needle: &str) -> Vec<u32> {
+    let out = Command::new("ps")
+        .args(["-eo", "pid=,args="])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle) && !l.contains("ps -eo"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+async fn chat(url: &str, key: Option<&str>, model: &str) -> reqwest::Response {
+    let mut req = client()
+        .post(format!("{url}/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat_body(model, false));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    req.send().await.expect("chat request")
+}
+
+// 1. The dry-run script is one SLURM accepts.
+#[test]
+fn dry_run_script_is_accepted_by_sbatch_test_only() {
+    let Some(_cluster) = cluster() else { return };
+    let gw = Gw::new("dry");
+    let cfg = gw.config(&config(
+        0,
+        "dry-mock",
+        "",
+        &launched_cloud("dry-cloud"),
+        "5s",
+    ));
+    let out = gw.run(
+        "start",
+        &["-c", &cfg.display().to_string(), "--dry-run"],
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let script = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(script.starts_with("#!/bin/bash\n"), "{script}");
+    assert!(script.contains("#SBATCH --time=00:10:00"), "{script}");
+    assert!(script.contains(" serve "), "{script}");
+    assert!(gw.job_id().is_none(), "dry run must submit nothing");
+    assert!(!gw.dir.join("key").exists(), "dry run must write nothing");
+    let path = gw._tmp.path().join("dry.sbatch");
+    std::fs::write(&path, &script).unwrap();
+    let test = Command::new("sbatch")
+        .arg("--test-only")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "sbatch --test-only rejected the script: {}",
+        String::from_utf8_lossy(&test.stderr)
+    );
+}
+
+// 2, 3 and 8: start → ready with node/port/ssh line; key works and is required; status;
+// logs; no secret anywhere; stop → gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_serve_status_stop_round_trip() {
+    let Some(_cluster) = cluster() else { return };
+    let gw = Gw::new("rt");
+    let tag = format!("{}-local", gw.name);
+    let cfg = gw.config(&config(
+        0,
+        &tag,
+        r#", "--load-ms", "1500""#,
+        &launched_cloud(&format!("{}-cloud", gw.name)),
+        "10s",
+    ));
+
+    // Start, watching stderr (no TTY: one line per state change) to time RUNNING → ready.
+    let mut c = common::llmgw_command();
+    c.arg("start")
+        .args(gw.target_args())
+        .args(["-c", &cfg.display().to_string(), "--timeout", "90s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = c.spawn().expect("spawn start");
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| (Instant::now(), l))
+            .collect::<Vec<_>>()
+    });
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let ready_at = Instant::now();
+    let lines = lines.join().unwrap();
+    gw.remember_job();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr_text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(
+        out.status.success(),
+        "start failed:\n{stdout}\n{}",
+        stderr_text.join("\n")
+    );
+    let running_at = lines
+        .iter()
+        .find(|(_, l)| l.contains("RUNNING"))
+        .map(|(t, _)| *t)
+        .unwrap_or(t0);
+    assert!(
+        ready_at - running_at < Duration::from_secs(15),
+        "ready {:?} after RUNNING",
+        ready_at - running_at
+    );
+    assert!(
+        stderr_text.len() < 30,
+        "progress spammed a non-TTY stderr: {stderr_text:?}"
+    );
+    let id = gw.job_id().expect("job.json");
+    let node = std::fs::read_to_string(gw.dir.join("endpoint.json")).expect("endpoint.json");
+    let ep: Value = serde_json::from_str(&node).unwrap();
+    let (host, port) = (ep["host"].as_str().unwrap(), ep["port"].as_u64().unwrap());
+    assert!(
+        stdout.contains(&format!("job {id} on {host}, port {port}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("ssh -N -L {port}:{host}:{port} ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("export OPENAI_BASE_URL=http://{host}:{port}/v1")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("export OPENAI_API_KEY=$(cat "), "{stdout}");
+
+    // The key works; without it, 401.
+    let key = gw.key();
+    let url = format!("http://{host}:{port}/v1");
+    let resp = chat(&url, Some(&key), "local").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-llmgw-deployment"], "local-1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        format!("Hello from {tag}")
+    );
+    assert_eq!(chat(&url, None, "local").await.status(), 401);
+    assert_eq!(chat(&url, Some("sk-wrong"), "local").await.status(), 401);
+
+    // status --json: RUNNING, gateway and backend healthy.
+    let st = gw.status_json();
+    assert_eq!(st["job_id"], id.as_str());
+    assert_eq!(st["state"], "RUNNING", "{st}");
+    assert_eq!(st["gateway"], "healthy", "{st}");
+    assert_eq!(st["port"], port);
+    let backends = st["backends"].as_array().expect("backends");
+    assert_eq!(backends.len(), 2, "{st}");
+    assert!(backends.iter().all(|b| b["state"] == "ready"), "{st}");
+    let deployments = st["deployments"].as_array().expect("deployments");
+    assert!(deployments.iter().all(|d| d["state"] == "healthy"), "{st}");
+    let backend_pids: Vec<u64> = backends.iter().filter_map(|b| b["pid"].as_u64()).collect();
+    assert_eq!(backend_pids.len(), 2);
+    let text_status = gw.run("status", &[], Duration::from_secs(30));
+    let t = String::from_utf8_lossy(&text_status.stdout);
+    assert!(t.contains(&format!("job {id} RUNNING on {host}")), "{t}");
+
+    // logs: the job's and one backend's.
+    let logs = gw.run("logs", &["-n", "200"], Duration::from_secs(20));
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("llmgw ready on"),
+        "{}",
+        text(&logs)
+    );
+    let blog = gw.run("logs", &["--backend", "local"], Duration::from_secs(20));
+    assert!(
+        String::from_utf8_lossy(&blog.stdout).contains("listening on"),
+        "{}",
+        text(&blog)
+    );
+
+    // 8. No secret in the script, the job's processes, SLURM's view, or any log.
+    let mut places: Vec<(String, String)> = vec![
+        (
+            "job.sbatch".into(),
+            std::fs::read_to_string(gw.dir.join("job.sbatch")).unwrap(),
+        ),
+        (
+            "ps".into(),
+            String::from_utf8_lossy(
+                &Command::new("ps")
+                    .args(["-eo", "args"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .to_string(),
+        ),
+        (
+            "scontrol".into(),
+            String::from_utf8_lossy(
+                &Command::new("scontrol")
+                    .args(["show", "job", &id])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .to_string(),
+        ),
+    ];
+    for entry in std::fs::read_dir(gw.dir.join("backends")).unwrap() {
+        let p = entry.unwrap().path();
+        places.push((
+            p.display().to_string(),
+            std::fs::read_to_string(&p).unwrap(),
+        ));
+    }
+    places.push((
+        "job log".into(),
+        std::fs::read_to_string(gw.dir.join(format!("slurm-{id}.log"))).unwrap(),
+    ));
+    for (what, content) in &places {
+        assert!(!content.contains(&key), "the API key leaked into {what}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&gw.dir.join("key")), 0o600);
+    assert_eq!(mode(&gw.dir), 0o700);
+
+    // A second start of the same name is refused while it runs.
+    let again = gw.run(
+        "start",
+        &["-c", &cfg.display().to_string()],
+        Duration::from_secs(20),
+    );
+    assert!(!again.status.success());
+    let msg = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        msg.contains("already") && msg.contains("llmgw stop"),
+        "{msg}"
+    );
+    assert_eq!(gw.job_id().as_deref(), Some(id.as_str()));
+
+    // stop → gone, endpoint removed, backends gone, status says so.
+    let stop = gw.run("stop", &[], Duration::from_secs(90));
+    assert!(stop.status.success(), "{}", text(&stop));
+    assert!(
+        String::from_utf8_lossy(&stop.stdout).contains(&format!("stopped job {id}")),
+        "{}",
+        text(&stop)
+    );
+    assert_eq!(job_state(&id), None, "job still listed by squeue");
+    assert!(!gw.dir.join("endpoint.json").exists());
+    for pid in backend_pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
+            "backend {pid} survived"
+        );
+    }
+    assert!(
+        pids_with(&tag).is_empty(),
+        "orphaned backend processes: {:?}",
+        pids_with(&tag)
+    );
+    let st = gw.status_json();
+    assert_eq!(st["running"], false, "{st}");
+    assert_ne!(st["state"], "RUNNING", "{st}");
+    let t = gw.run("status", &[], Duration::from_secs(30));
+    assert!(
+        String::from_utf8_lossy(&t.stdout).contains("not running"),
+        "{}",
+        text(&t)
+    );
+    // Stopping again is not an error.
+    let again = gw.run("stop", &[], Duration::from_secs(30));
+    assert!(again.status.success(), "{}", text(&again));
+}
+
+fn is_zombie(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+// 4. Two gateways, one configured port: the second takes another; both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_same_port_both_work() {
+    let Some(_cluster) = cluster() else { return };
+    let port = free_port();
+    let a = Gw::new("a");
+    let b = Gw::new("b");
+    let cfg_a = a.config(&config(port, &format!("{}-m", a.name), "", "", "5s"));
+    let cfg_b = b.config(&config(port, &format!("{}-m", b.name), "", "", "5s"));
+    let ja = a.start_json(&cfg_a);
+    let jb = b.start_json(&cfg_b);
+    let (pa, pb) = (ja["port"].as_u64().unwrap(), jb["port"].as_u64().unwrap());
+    assert_eq!(pa, u64::from(port), "{ja}");
+    assert_ne!(pa, pb, "both on one port: {ja} {jb}");
+    for (gw, j) in [(&a, &ja), (&b, &jb)] {
+        assert!(j["ssh"].as_str().unwrap().starts_with("ssh -N -L "), "{j}");
+        let resp = chat(j["url"].as_str().unwrap(), Some(&gw.key()), "local").await;
+        assert_eq!(resp.status(), 200, "{j}");
+    }
+    assert_ne!(a.key(), b.key());
+    for gw in [&a, &b] {
+        let out = gw.run("stop", &[], Duration::from_secs(60));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+// 5. The local backend crashes mid-run: restarted; meanwhile the fallback serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_backend_restarts_and_fallback_serves() {
+    let Some(_cluster) = cluster() else { return };
+    let cloud = common::mock("cloud-mock", llmgw::mock::Behavior::default()).await;
+    let gw = Gw::new("crash");
+    let fallback = common::openai_model("cloud", "mock-cloud", &cloud.base_url(), "");
+    let cfg = gw.config(&config(
+        0,
+        &format!("{}-m", gw.name),
+        r#", "--crash-after-ms", "2500""#,
+        &fallback,
+        "5s",
+    ));
+    let j = gw.start_json(&cfg);
+    let url = j["url"].as_str().unwrap().to_string();
+    let key = gw.key();
+
+    // Keep asking for "local" until it has crashed and come back at least once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut served_by = Vec::new();
+    let mut restarts = 0;
+    while Instant::now() < deadline {
+        let resp = chat(&url, Some(&key), "local").await;
+        assert_eq!(
+            resp.status(),
+            200,
+            "a request failed while the backend restarted"
+        );
+        served_by.push(
+            resp.headers()["x-llmgw-deployment"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+        let st = gw.status_json();
+        restarts = st["backends"][0]["restarts"].as_u64().unwrap_or(0);
+        let local_again = served_by.iter().rev().take(1).any(|d| d == "local-1");
+        if restarts >= 1 && served_by.iter().any(|d| d == "cloud-1") && local_again {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served_by.iter().any(|d| d == "local-1"), "{served_by:?}");
+    assert!(
+        served_by.iter().any(|d| d == "cloud-1"),
+        "fallback never used: {served_by:?}"
+    );
+    assert!(restarts >= 1, "no restart seen");
+    assert!(cloud.state.request_count() >= 1);
+    let t = gw.run("status", &[], Duration::from_secs(30));
+    assert!(
+        String::from_utf8_lossy(&t.stdout).contains("restarts "),
+        "{}",
+        text(&t)
+    );
+    let out = gw.run("stop", &[], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+// 6. stop while 20 streams are in flight: all complete; no backend process survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_drains_in_flight_streams_and_leaves_no_orphans() {
+    let Some(_cluster) = cluster() else { return };
+    let gw = Gw::new("drain");
+    let tag = format!("{}-m", gw.name);
+    let cfg = gw.config(&config(
+        0,
+        &tag,
+        r#", "--chunks", "20", "--chunk-delay-ms", "150""#,
+        "",
+        "30s",
+    ));
+    let j = gw.start_json(&cfg);
+    let url = j["url"].as_str().unwrap().to_string();
+    let key = gw.key();
+    assert_eq!(pids_with(&tag).len(), 1, "expected one backend process");
+
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let resp = client()
+            .post(format!("{url}/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(chat_body("local", true))
+            .send()
+            .await
+            .expect("stream request");
+        assert_eq!(resp.status(), 200);
+        streams.push(tokio::spawn(read_sse(resp)));
+    }
+    // All 20 are mid-stream (about 3 s each); now stop.
+    let stop = {
+        let args = gw.target_args();
+        tokio::task::spawn_blocking(move || {
+            let mut c = common::llmgw_command();
+            c.arg("stop").args(args);
+            run_bounded(c, Duration::from_secs(90))
+        })
+    };
+    for s in streams {
+        let events = s.await.expect("stream task");
+        assert!(
+            events.last().is_some_and(|e| e.is_done()),
+            "a stream was cut: {events:?}"
+        );
+        assert_eq!(common::content_events(&events).len(), 20);
+    }
+    let out = stop.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let id = gw.job_id().unwrap();
+    assert_eq!(job_state(&id), None);
+    assert!(
+        pids_with(&tag).is_empty(),
+        "orphaned backend processes: {:?}",
+        pids_with(&tag)
+    );
+    let log = std::fs::read_to_string(gw.dir.join(format!("slurm-{id}.log"))).unwrap();
+    assert!(
+        log.contains("SIGTERM received") && log.contains("stopped"),
+        "{log}"
+    );
+    assert!(!log.contains("grace period over"), "{log}");
+}
+
+// 7. A job that fails at start: non-zero exit, SLURM's reason and the log tail, fast.
+#[test]
+fn failing_job_reports_reason_and_log_tail() {
+    let Some(_cluster) = cluster() else { return };
+    let gw = Gw::new("fail");
+    let cfg = gw.config(
+        r#"
+[server]
+host = "0.0.0.0"
+port = 0
+[[models]]
+name = "local"
+provider = "sglang"
+launch = { command = ["/nonexistent/sglang-engine", "--port", "{port}"] }
+"#,
+    );
+    let t0 = Instant::now();
+    let out = gw.run(
+        "start",
+        &["-c", &cfg.display().to_string(), "--timeout", "60s"],
+        Duration::from_secs(90),
+    );
+    let took = t0.elapsed();
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FAILED") && err.contains("NonZeroExitCode"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot start backend") && err.contains("/nonexistent/sglang-engine"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let id = gw.job_id().expect("job was submitted");
+    assert_eq!(job_state(&id), None);
+
+    // --json: one object with the reason and the tail.
+    let out = gw.run(
+        "start",
+        &[
+            "-c",
+            &cfg.display().to_string(),
+            "--json",
+            "--timeout",
+            "60s",
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["state"], "FAILED");
+    assert!(
+        v["log_tail"].as_array().is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
+
+    // A broken config never reaches SLURM: file:line:col, nothing submitted.
+    let bad = Gw::new("badcfg");
+    let cfg = bad.config("[server]\nport = \"four\"\n");
+    let out = bad.run(
+        "start",
+        &["-c", &cfg.display().to_string()],
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":2:"), "{err}");
+    assert!(bad.job_id().is_none());
+}
