@@ -27,8 +27,14 @@ die() {
   exit 1
 }
 
-# A pid file's process, if it is still alive.
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid file's process, if it is still alive and still that daemon (pids get reused).
+alive() {
+  local pidfile=$1 pid
+  [ -s "$pidfile" ] || return 1
+  pid=$(cat "$pidfile")
+  kill -0 "$pid" 2>/dev/null || return 1
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$(basename "$pidfile" .pid)" ]
+}
 
 install_missing() {
   local missing=()
@@ -137,7 +143,9 @@ start_daemons() {
       idle* | mix* | alloc* | comp*) return 0 ;;
       down* | drain* | drng*)
         # A node left down by an earlier run (ReturnToService covers most cases).
-        [ $((i % 10)) -eq 0 ] && scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
+        if [ $((i % 10)) -eq 0 ]; then
+          scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
+        fi
         ;;
     esac
     sleep 0.2
@@ -166,7 +174,9 @@ stop_pidfile() {
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -9 "$pid" 2>/dev/null || true
+    fi
   fi
   rm -f "$pidfile"
 }

@@ -621,6 +621,10 @@ async fn redis_killed_under_load_fails_nothing_and_caching_resumes() {
         count("skip") > 0,
         "requests served uncached during the outage"
     );
+    gw.wait_for_log(Duration::from_secs(5), "the breaker to open", |l| {
+        l.contains("circuit breaker open")
+    })
+    .await;
 
     // Redis returns on the same port: the breaker's probe picks it up.
     redis.lock().expect("lock").restart();
@@ -634,6 +638,10 @@ async fn redis_killed_under_load_fails_nothing_and_caching_resumes() {
             (r.cache == "hit").then_some(())
         },
     )
+    .await;
+    gw.wait_for_log(Duration::from_secs(5), "the breaker to close", |l| {
+        l.contains("circuit breaker closed")
+    })
     .await;
 }
 
@@ -696,4 +704,41 @@ async fn redis_password_is_never_logged() {
         !gw.stderr_text().contains("hunter2"),
         "the Redis password leaked into the log"
     );
+}
+
+/// A hung Redis (SIGSTOP: connections stay open, nothing answers) costs timeouts, not
+/// failures; the breaker opens, and caching resumes after SIGCONT.
+#[tokio::test(flavor = "multi_thread")]
+async fn hung_redis_is_served_around_and_picked_up_again() {
+    let redis = RedisServer::start();
+    let up = mock("up", Behavior::default()).await;
+    let gw = Gateway::start(&format!(
+        "[cache]\nenabled = true\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"20ms\"\n{}",
+        redis.url(),
+        openai_model("m", "x", &up.base_url(), "")
+    ))
+    .await;
+    let q = ask("before the hang", false, "");
+    assert_eq!(chat(&gw, &q).await.cache, "miss");
+    redis.pause();
+    for i in 0..30 {
+        let r = chat(&gw, &ask(&format!("hung {i}"), i % 2 == 0, "")).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_ne!(r.cache, "hit");
+    }
+    gw.wait_for_log(Duration::from_secs(5), "the breaker to open", |l| {
+        l.contains("circuit breaker open")
+    })
+    .await;
+    redis.resume();
+    common::wait_for(
+        Duration::from_secs(15),
+        "caching to resume after SIGCONT",
+        || async {
+            let r = chat(&gw, &q).await;
+            assert_eq!(r.status, 200);
+            (r.cache == "hit").then_some(())
+        },
+    )
+    .await;
 }

@@ -7,6 +7,10 @@
 //! Without `sbatch` on PATH they are skipped with a loud message — unless `CI` is set:
 //! there a missing cluster is a failure.
 
+// The serialising guard is held for a whole test on purpose; every test has its own
+// runtime and thread, so holding it across awaits blocks nothing but the other tests.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use common::{chat_body, client, read_sse};
@@ -384,7 +388,7 @@ async fn start_serve_status_stop_round_trip() {
     let resp = chat(&url, Some(&key), "local").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-llmgw-deployment"], "local-1");
-    let body: Value = resp.json().await.unwrap();
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     assert_eq!(
         body["choices"][0]["message"]["content"],
         format!("Hello from {tag}")
@@ -748,4 +752,51 @@ launch = { command = ["/nonexistent/sglang-engine", "--port", "{port}"] }
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":2:"), "{err}");
     assert!(bad.job_id().is_none());
+}
+
+// status, logs and stop while the job waits in the queue; start --no-wait.
+#[test]
+fn pending_job_status_logs_and_stop() {
+    let Some(_cluster) = cluster() else { return };
+    let gw = Gw::new("pending");
+    let toml = config(0, &format!("{}-m", gw.name), "", "", "5s").replace(
+        "[slurm]\n",
+        "[slurm]\nextra_directives = [\"--begin=now+1hour\"]\n",
+    );
+    let cfg = gw.config(&toml);
+    let out = gw.run(
+        "start",
+        &["-c", &cfg.display().to_string(), "--no-wait", "--json"],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let id = v["job_id"].as_str().expect("job id").to_string();
+    assert_eq!(gw.job_id().as_deref(), Some(id.as_str()));
+
+    let st = gw.status_json();
+    assert_eq!(st["state"], "PENDING", "{st}");
+    assert_eq!(st["reason"], "BeginTime", "{st}");
+    assert_eq!(st["running"], false);
+    let t = gw.run("status", &[], Duration::from_secs(30));
+    assert!(
+        String::from_utf8_lossy(&t.stdout).contains(&format!("job {id} PENDING (BeginTime)")),
+        "{}",
+        text(&t)
+    );
+    let logs = gw.run("logs", &[], Duration::from_secs(30));
+    assert!(!logs.status.success());
+    assert!(
+        String::from_utf8_lossy(&logs.stderr).contains("no log yet"),
+        "{}",
+        text(&logs)
+    );
+
+    let t0 = Instant::now();
+    let stop = gw.run("stop", &[], Duration::from_secs(60));
+    assert!(stop.status.success(), "{}", text(&stop));
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    assert_eq!(job_state(&id), None);
+    let st = gw.status_json();
+    assert_eq!(st["state"], "CANCELLED", "{st}");
 }

@@ -4,6 +4,7 @@
 use super::{api_key, login_host, target_dir, user_name};
 use crate::cli::StatusArgs;
 use crate::slurm::jobs::{self, JobInfo};
+use crate::slurm::template::parse_time_limit;
 use crate::slurm::JobRecord;
 use crate::state::EndpointRecord;
 use crate::supervise::{BackendStatus, BackendsFile};
@@ -80,6 +81,19 @@ fn name_flag(name: &str) -> String {
     }
 }
 
+/// Time limit minus elapsed, for a running job with a limit.
+fn time_left(i: &JobInfo) -> Option<std::time::Duration> {
+    if !i.is_running() {
+        return None;
+    }
+    let limit = parse_time_limit(i.time_limit.as_deref()?)?;
+    // Elapsed is M:SS, H:MM:SS or D-HH:MM:SS: the same shapes as a time limit.
+    let elapsed = parse_time_limit(i.elapsed.as_deref()?)?;
+    Some(std::time::Duration::from_secs(
+        limit.saturating_sub(elapsed),
+    ))
+}
+
 struct View<'a> {
     name: &'a str,
     dir: &'a Path,
@@ -135,6 +149,7 @@ impl View<'_> {
             "node": self.info.and_then(|i| i.node.clone()),
             "elapsed": self.info.and_then(|i| i.elapsed.clone()),
             "time_limit": self.info.and_then(|i| i.time_limit.clone()),
+            "time_left": self.info.and_then(time_left).map(super::clock),
             "exit_code": self.info.and_then(|i| i.exit_code.clone()),
             "source": self.info.map(|i| i.source),
             "submitted_at": self.record.submitted_at,
@@ -175,8 +190,11 @@ impl View<'_> {
                 return out;
             }
             Some(i) => {
+                let left = time_left(i)
+                    .map(|d| format!(" ({} left)", super::clock(d)))
+                    .unwrap_or_default();
                 let time = match (&i.elapsed, &i.time_limit) {
-                    (Some(e), Some(l)) if i.is_running() => format!(", {e} of {l}"),
+                    (Some(e), Some(l)) if i.is_running() => format!(", {e} of {l}{left}"),
                     (Some(e), None) if i.is_running() => format!(", {e}"),
                     _ => String::new(),
                 };
@@ -233,5 +251,38 @@ impl View<'_> {
         }
         out.push_str(&format!("  log:      {}\n", self.record.log.display()));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(state: &str, elapsed: &str, limit: &str) -> JobInfo {
+        JobInfo {
+            id: "1".into(),
+            state: state.into(),
+            reason: None,
+            node: Some("n1".into()),
+            elapsed: Some(elapsed.into()),
+            time_limit: Some(limit.into()),
+            exit_code: None,
+            source: "squeue",
+        }
+    }
+
+    #[test]
+    fn time_left_from_squeue_fields() {
+        let secs = |j: &JobInfo| time_left(j).map(|d| d.as_secs());
+        assert_eq!(
+            secs(&job("RUNNING", "0:41", "4:00:00")),
+            Some(4 * 3600 - 41)
+        );
+        assert_eq!(
+            secs(&job("RUNNING", "1-00:00:00", "2-00:00:00")),
+            Some(86400)
+        );
+        assert_eq!(secs(&job("RUNNING", "0:41", "UNLIMITED")), None);
+        assert_eq!(secs(&job("PENDING", "0:00", "4:00:00")), None);
     }
 }

@@ -658,38 +658,17 @@ mod tests {
 pub(crate) mod testing {
     use crate::config::ProviderKind;
     use crate::request::{ClientRequest, Endpoint};
-    use crate::router::{Deployment, DeploymentStats};
+    use crate::router::Deployment;
     use bytes::Bytes;
     use serde_json::Value;
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     pub fn deployment(kind: ProviderKind, model: &str, drop_params: bool) -> Deployment {
-        Deployment {
-            index: 0,
-            id: "dep-1".into(),
-            group: "group".into(),
-            kind,
-            model: model.into(),
-            api_base: "http://127.0.0.1:9/v1".into(),
-            api_key: Some(crate::config::Secret::new("sk-test-secret")),
-            api_version: None,
-            timeout: Duration::from_secs(5),
-            weight: None,
-            rpm: None,
-            tpm: None,
-            max_parallel: None,
-            cooldown: None,
-            context_window: None,
-            max_tokens: None,
-            input_cost: 0.0,
-            output_cost: 0.0,
-            drop_params,
-            provider: crate::providers::for_kind(kind),
-            stats: DeploymentStats::default(),
-            available: AtomicBool::new(true),
-            health: Default::default(),
-        }
+        let mut d = Deployment::standalone(kind, model, "http://127.0.0.1:9/v1");
+        d.api_key = Some(crate::config::Secret::new("sk-test-secret"));
+        d.timeout = Duration::from_secs(5);
+        d.drop_params = drop_params;
+        d
     }
 
     pub fn client() -> reqwest::Client {

@@ -100,6 +100,38 @@ pub enum DeploymentState {
 }
 
 impl Deployment {
+    /// A deployment outside any router, for tests and benchmarks (`benches/translate.rs`):
+    /// no key, no limits, `drop_params` off, a 60 s timeout and fresh live state. Set the
+    /// public fields to change the rest. The server builds its deployments from the config
+    /// in `Router::new`.
+    pub fn standalone(kind: ProviderKind, model: &str, api_base: &str) -> Self {
+        Deployment {
+            index: 0,
+            id: "dep-1".into(),
+            group: "group".into(),
+            kind,
+            model: model.into(),
+            api_base: api_base.trim_end_matches('/').into(),
+            api_key: None,
+            api_version: None,
+            timeout: Duration::from_secs(60),
+            weight: None,
+            rpm: None,
+            tpm: None,
+            max_parallel: None,
+            cooldown: None,
+            context_window: None,
+            max_tokens: None,
+            input_cost: 0.0,
+            output_cost: 0.0,
+            drop_params: false,
+            provider: crate::providers::for_kind(kind),
+            stats: DeploymentStats::default(),
+            available: AtomicBool::new(true),
+            health: HealthState::default(),
+        }
+    }
+
     /// True while cooling down.
     pub fn is_cooling(&self, now_ms: u64) -> bool {
         self.health.cooling_until_ms.load(Ordering::Relaxed) > now_ms

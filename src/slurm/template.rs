@@ -46,8 +46,9 @@ pub struct JobSpec {
     pub binary: String,
     /// The master key file, when `start` generated the key.
     pub key_file: Option<String>,
-    /// Seconds before the time limit at which the gateway gets SIGTERM to drain.
-    pub drain_secs: u64,
+    /// Seconds before the time limit at which the gateway gets SIGTERM to drain; absent
+    /// when the time limit is too short for SLURM's one-minute signal resolution.
+    pub drain_secs: Option<u64>,
 }
 
 /// A template that could not be read or rendered.
@@ -97,7 +98,7 @@ impl JobSpec {
             source_config: paths.source_config,
             binary: path_str(&paths.binary),
             key_file: paths.key_file.as_deref().map(path_str),
-            drain_secs,
+            drain_secs: drain_before_limit(slurm.time.as_deref(), drain_secs),
         };
         spec.check_one_line()?;
         Ok(spec)
@@ -135,6 +136,42 @@ impl JobSpec {
         }
         Ok(())
     }
+}
+
+/// How long before the time limit to signal the gateway: `want`, but at most a quarter of
+/// a known limit, and not at all under 10 minutes (SLURM may signal up to a minute early).
+fn drain_before_limit(time: Option<&str>, want: u64) -> Option<u64> {
+    match time.map(parse_time_limit) {
+        None | Some(None) => Some(want),
+        Some(Some(limit)) if limit < 600 => None,
+        Some(Some(limit)) => Some(want.min(limit / 4)),
+    }
+}
+
+/// Seconds in a SLURM time limit: `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`.
+/// `None` for `UNLIMITED`/`INFINITE` or anything unparsable (SLURM will judge it).
+pub fn parse_time_limit(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (days, rest) = match s.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().ok()?, Some(r)),
+        None => (0, None),
+    };
+    let nums = |t: &str| -> Option<Vec<u64>> { t.split(':').map(|p| p.parse().ok()).collect() };
+    let secs = match rest {
+        Some(r) => match nums(r)?.as_slice() {
+            [h] => h * 3600,
+            [h, m] => h * 3600 + m * 60,
+            [h, m, sec] => h * 3600 + m * 60 + sec,
+            _ => return None,
+        },
+        None => match nums(s)?.as_slice() {
+            [m] => m * 60,
+            [m, sec] => m * 60 + sec,
+            [h, m, sec] => h * 3600 + m * 60 + sec,
+            _ => return None,
+        },
+    };
+    Some(days * 86400 + secs)
 }
 
 /// Paths `start` decided on, for [`JobSpec::new`].
@@ -282,6 +319,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn time_limits() {
+        assert_eq!(parse_time_limit("30"), Some(1800));
+        assert_eq!(parse_time_limit("30:15"), Some(1815));
+        assert_eq!(parse_time_limit("04:00:00"), Some(14400));
+        assert_eq!(parse_time_limit("1-00:00:00"), Some(86400));
+        assert_eq!(parse_time_limit("2-12"), Some(2 * 86400 + 12 * 3600));
+        assert_eq!(parse_time_limit("UNLIMITED"), None);
+        assert_eq!(drain_before_limit(Some("04:00:00"), 60), Some(60));
+        assert_eq!(drain_before_limit(Some("00:12:00"), 600), Some(180));
+        assert_eq!(drain_before_limit(Some("5"), 60), None);
+        assert_eq!(drain_before_limit(None, 60), Some(60));
     }
 
     #[test]

@@ -1,0 +1,342 @@
+//! CPU cost per request of translating to and from Anthropic and Gemini, against the
+//! OpenAI passthrough (issue 6, acceptance item 5).
+//!
+//!   cargo bench --bench translate              # full run
+//!   cargo bench --bench translate -- --quick   # well under a minute
+//!
+//! One typical agent request (system prompt, 4 turns, 2 tools; the same body as
+//! `benches/hot_path.rs`) and, per provider:
+//! - `request/*`: `ClientRequest::parse` plus what the gateway does to build the upstream
+//!   request. The baseline `openai_passthrough` is parse + `body_for_model` (the model
+//!   splice); `openai_build` is parse + `OpenAi::build` (splice, URL, headers), which is
+//!   what the passthrough path really runs and what `anthropic`/`gemini` compare with.
+//! - `response/*`: `Provider::translate_body` of a typical non-streaming answer (text plus
+//!   a tool call, usage). Passthrough does nothing here.
+//! - `stream/*`: a typical 20-event streamed answer through `Provider::stream_translator`,
+//!   fed one network chunk per event into a fresh buffer (as `router::stream` does), then
+//!   `finish`. Passthrough forwards the chunks as they are.
+//!
+//! Upstream bodies follow `src/mock_cloud.rs` and the providers' documented examples.
+//! Results and their reading: BENCHMARKS.md, "Provider translation cost".
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, Criterion};
+use llmgw::config::{ProviderKind, Secret};
+use llmgw::providers::{anthropic::Anthropic, gemini::Gemini, openai::OpenAi, Provider};
+use llmgw::request::{ClientRequest, Endpoint};
+use llmgw::router::Deployment;
+use serde_json::{json, Value};
+use std::hint::black_box;
+use std::time::Duration;
+
+/// The typical agent request of `benches/hot_path.rs`: system prompt, user, assistant
+/// tool call, tool result, user; two tools; sampling parameters; streaming with usage.
+const CHAT_WITH_TOOLS: &str = r#"{
+  "model": "qwen3",
+  "messages": [
+    {"role": "system", "content": "You are a careful research assistant. Answer briefly, cite the file and line you used, and call a tool when you need data you do not have."},
+    {"role": "user", "content": "What is the mean of column 'energy' in runs/2024-06-01/results.csv, and how does it compare with last week's run?"},
+    {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read_csv", "arguments": "{\"path\": \"runs/2024-06-01/results.csv\", \"columns\": [\"energy\"]}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "energy\n-76.4021\n-76.4019\n-76.4033\n-76.4008\n-76.4027"},
+    {"role": "user", "content": "Thanks. Now the same for 2024-05-25, and tell me whether the difference is significant."}
+  ],
+  "tools": [
+    {"type": "function", "function": {"name": "read_csv", "description": "Read selected columns of a CSV file under the project directory.", "parameters": {"type": "object", "properties": {"path": {"type": "string", "description": "Path relative to the project root"}, "columns": {"type": "array", "items": {"type": "string"}}}, "required": ["path"]}}},
+    {"type": "function", "function": {"name": "t_test", "description": "Welch's t-test between two samples.", "parameters": {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "number"}}, "b": {"type": "array", "items": {"type": "number"}}}, "required": ["a", "b"]}}}
+  ],
+  "tool_choice": "auto",
+  "temperature": 0.2,
+  "top_p": 0.95,
+  "max_tokens": 512,
+  "stream": true,
+  "stream_options": {"include_usage": true},
+  "user": "alice"
+}"#;
+
+/// The streamed answer: 16 text pieces of a few tokens each, like a real stream.
+const ANSWER: [&str; 16] = [
+    "The mean",
+    " energy for",
+    " 2024-05-25",
+    " is -76.4",
+    "012 (n = 5",
+    "), versus -",
+    "76.4022 for",
+    " 2024-06-01",
+    ". Welch's",
+    " t-test gives",
+    " t = 2.31,",
+    " p = 0.050",
+    ", so the",
+    " difference is",
+    " borderline, not",
+    " significant at 5%.",
+];
+
+fn deployment(kind: ProviderKind, model: &str, api_base: &str) -> Deployment {
+    let mut d = Deployment::standalone(kind, model, api_base);
+    d.api_key = Some(Secret::new("sk-bench-0123456789abcdef0123456789abcdef"));
+    d
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// A non-streaming Messages answer: a sentence and a tool call (as the mock sends).
+fn anthropic_response() -> Bytes {
+    Bytes::from(
+        json!({"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": [
+                {"type": "text", "text": "I'll read the energy column of the 2024-05-25 run first."},
+                {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "read_csv",
+                    "input": {"path": "runs/2024-05-25/results.csv", "columns": ["energy"]}}
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 412, "output_tokens": 58,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 256}})
+        .to_string(),
+    )
+}
+
+/// The same answer from `generateContent`.
+fn gemini_response() -> Bytes {
+    Bytes::from(
+        json!({"candidates": [{"content": {"parts": [
+                {"text": "I'll read the energy column of the 2024-05-25 run first."},
+                {"functionCall": {"name": "read_csv",
+                    "args": {"path": "runs/2024-05-25/results.csv", "columns": ["energy"]}}}
+            ], "role": "model"}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 412, "candidatesTokenCount": 58,
+                "totalTokenCount": 470, "cachedContentTokenCount": 256},
+            "modelVersion": "gemini-2.5-flash", "responseId": "mAitaJ2nJ8OqnvgPj5XkwQQ"})
+        .to_string(),
+    )
+}
+
+/// A Messages stream of 20 events: message_start, content_block_start, ping, 14 text
+/// deltas, content_block_stop, message_delta, message_stop; one network chunk each.
+fn anthropic_stream() -> Vec<Bytes> {
+    let ev = |name: &str, data: Value| Bytes::from(format!("event: {name}\ndata: {data}\n\n"));
+    let mut events = vec![
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+                "type": "message", "role": "assistant", "content": [], "model": "claude-sonnet-4-5",
+                "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 412, "output_tokens": 1,
+                    "cache_creation_input_tokens": 0, "cache_read_input_tokens": 256}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev("ping", json!({"type": "ping"})),
+    ];
+    for piece in &ANSWER[..14] {
+        events.push(ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+        ));
+    }
+    events.push(ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": 61}}),
+    ));
+    events.push(ev("message_stop", json!({"type": "message_stop"})));
+    assert_eq!(events.len(), 20);
+    events
+}
+
+/// A `streamGenerateContent?alt=sse` stream of 20 events, one text piece each, the last
+/// with `finishReason` and full usage (as the mock and the API send).
+fn gemini_stream() -> Vec<Bytes> {
+    (0..20)
+        .map(|i| {
+            let mut cand = json!({"content": {"parts": [{"text": ANSWER[i % ANSWER.len()]}],
+                "role": "model"}, "index": 0});
+            let mut usage = json!({"promptTokenCount": 412, "totalTokenCount": 412});
+            if i == 19 {
+                cand["finishReason"] = json!("STOP");
+                usage = json!({"promptTokenCount": 412, "candidatesTokenCount": 61,
+                    "totalTokenCount": 473, "cachedContentTokenCount": 256});
+            }
+            let v = json!({"candidates": [cand], "usageMetadata": usage,
+                "modelVersion": "gemini-2.5-flash", "responseId": "mAitaJ2nJ8OqnvgPj5XkwQQ"});
+            Bytes::from(format!("data: {v}\r\n\r\n"))
+        })
+        .collect()
+}
+
+/// Translates a whole stream as `router::stream` does: a fresh buffer per network chunk.
+fn translate_stream(
+    dep: &Deployment,
+    req: &ClientRequest,
+    chunks: &[Bytes],
+) -> (usize, Option<Bytes>) {
+    let mut tr = dep.provider.stream_translator(dep, req);
+    let mut sent = 0;
+    let mut last = None;
+    for chunk in chunks {
+        let mut out = BytesMut::new();
+        tr.feed(chunk, &mut out).expect("valid stream");
+        if !out.is_empty() {
+            sent += out.len();
+            last = Some(out.freeze());
+        }
+    }
+    let mut out = BytesMut::new();
+    tr.finish(&mut out).expect("complete stream");
+    if !out.is_empty() {
+        sent += out.len();
+        last = Some(out.freeze());
+    }
+    (sent, last)
+}
+
+struct Setup {
+    body: Bytes,
+    client: reqwest::Client,
+    openai: Deployment,
+    anthropic: Deployment,
+    gemini: Deployment,
+}
+
+fn setup() -> Setup {
+    let s = Setup {
+        body: Bytes::from_static(CHAT_WITH_TOOLS.as_bytes()),
+        client: client(),
+        openai: deployment(
+            ProviderKind::Openai,
+            "gpt-4o-mini",
+            "https://api.openai.com/v1",
+        ),
+        anthropic: deployment(
+            ProviderKind::Anthropic,
+            "claude-sonnet-4-5",
+            "https://api.anthropic.com/v1",
+        ),
+        gemini: deployment(
+            ProviderKind::Gemini,
+            "gemini-2.5-flash",
+            "https://generativelanguage.googleapis.com/v1beta",
+        ),
+    };
+    // Check once that every path does the real work and none takes an error shortcut.
+    let req = parse(&s.body);
+    for dep in [&s.openai, &s.anthropic, &s.gemini] {
+        let r = dep
+            .provider
+            .build(&s.client, dep, &req)
+            .expect("request builds")
+            .build()
+            .expect("valid request");
+        let out: Value = serde_json::from_slice(r.body().and_then(|b| b.as_bytes()).unwrap())
+            .expect("JSON body");
+        let turns = out
+            .get("messages")
+            .or_else(|| out.get("contents"))
+            .and_then(Value::as_array)
+            .expect("turns");
+        assert!(turns.len() >= 3, "{}: {out}", dep.id);
+    }
+    for (dep, body) in [
+        (&s.anthropic, anthropic_response()),
+        (&s.gemini, gemini_response()),
+    ] {
+        let out = dep.provider.translate_body(dep, &req, body).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    }
+    for (dep, chunks) in [
+        (&s.anthropic, anthropic_stream()),
+        (&s.gemini, gemini_stream()),
+    ] {
+        let (_, last) = translate_stream(dep, &req, &chunks);
+        let last = last.expect("output");
+        assert!(last.ends_with(b"data: [DONE]\n\n"));
+        assert!(std::str::from_utf8(&last)
+            .unwrap()
+            .contains("\"total_tokens\""));
+    }
+    s
+}
+
+fn parse(body: &Bytes) -> ClientRequest {
+    // Cloning `Bytes` is a refcount bump, as in the server (it owns the body).
+    ClientRequest::parse(Endpoint::ChatCompletions, body.clone()).expect("valid request")
+}
+
+fn request(c: &mut Criterion) {
+    let s = setup();
+    let mut g = c.benchmark_group("request");
+    g.bench_function("openai_passthrough", |b| {
+        b.iter(|| {
+            let req = parse(black_box(&s.body));
+            req.body_for_model(&s.openai.model)
+        })
+    });
+    for (name, provider, dep) in [
+        ("openai_build", &OpenAi as &dyn Provider, &s.openai),
+        ("anthropic", &Anthropic, &s.anthropic),
+        ("gemini", &Gemini, &s.gemini),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let req = parse(black_box(&s.body));
+                provider.build(&s.client, dep, &req).expect("builds")
+            })
+        });
+    }
+    g.finish();
+}
+
+fn response(c: &mut Criterion) {
+    let s = setup();
+    let req = parse(&s.body);
+    let mut g = c.benchmark_group("response");
+    for (name, dep, body) in [
+        ("anthropic", &s.anthropic, anthropic_response()),
+        ("gemini", &s.gemini, gemini_response()),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                dep.provider
+                    .translate_body(dep, &req, black_box(body.clone()))
+                    .expect("translates")
+            })
+        });
+    }
+    g.finish();
+}
+
+fn stream(c: &mut Criterion) {
+    let s = setup();
+    let req = parse(&s.body);
+    let mut g = c.benchmark_group("stream");
+    for (name, dep, chunks) in [
+        ("anthropic_20_events", &s.anthropic, anthropic_stream()),
+        ("gemini_20_events", &s.gemini, gemini_stream()),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| translate_stream(dep, &req, black_box(&chunks)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = request, response, stream
+}
+criterion_main!(benches);
