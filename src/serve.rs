@@ -438,7 +438,7 @@ async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response
         &s.router,
         s.ready.load(Ordering::Relaxed),
         s.draining.load(Ordering::Relaxed),
-        "",
+        &crate::cache::metrics_text(),
     );
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(

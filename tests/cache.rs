@@ -139,6 +139,17 @@ async fn identical_requests_hit_in_memory_json_and_stream() {
     .await;
     second_request_hits(&gw, &up, false).await;
     second_request_hits(&gw, &up, true).await;
+    let metrics = gw.get("/metrics").await.text().await.expect("metrics");
+    for line in [
+        "llmgw_cache_hits_total 2",
+        "llmgw_cache_misses_total 2",
+        "llmgw_cache_stores_total 2",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "/metrics lacks {line:?}:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -741,4 +752,28 @@ async fn hung_redis_is_served_around_and_picked_up_again() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_redis_url_is_a_clear_startup_error() {
+    let up = mock("up", Behavior::default()).await;
+    let done = Gateway::builder(&format!(
+        "{}{}",
+        redis_cache("env:TEST_REDIS_URL", ""),
+        openai_model("m", "x", &up.base_url(), "")
+    ))
+    .env("TEST_REDIS_URL", "http://:hunter2-secret@127.0.0.1:1")
+    .run_to_exit(Duration::from_secs(10))
+    .await;
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("redis_url is not a valid Redis URL"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        !done.stderr.contains("hunter2"),
+        "the password leaked: {}",
+        done.stderr
+    );
 }

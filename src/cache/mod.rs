@@ -233,6 +233,10 @@ impl Cache {
         if (inner.mode == CacheMode::OptIn && !ctl.present) || (ctl.no_cache && ctl.no_store) {
             return skip(None, None);
         }
+        // Breaker open: not even the key is worth computing.
+        if matches!(&inner.backend, Backend::Redis(r) if !r.is_up()) {
+            return skip(None, None);
+        }
         let Some(key) = cache_key(&inner.namespace, ctl.namespace.as_deref(), req) else {
             return skip(None, None);
         };
@@ -584,7 +588,7 @@ fn canonical(v: &Value, h: &mut Sha256) {
                 if i > 0 {
                     h.update(b",");
                 }
-                h.update(Value::String(k.clone()).to_string().as_bytes());
+                h.update(serde_json::to_string(k).unwrap_or_default().as_bytes());
                 h.update(b":");
                 canonical(&m[k], h);
             }
@@ -860,6 +864,32 @@ mod tests {
                 Controls::parse(Some(bad)).unwrap_err().status,
                 StatusCode::BAD_REQUEST,
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_metrics_render() {
+        for form in [Form::Json, Form::Sse, Form::SseUsage] {
+            let e = Entry {
+                form,
+                body: Bytes::from_static(b"{}"),
+                ttl: Duration::ZERO,
+            };
+            let back = Entry::decode(e.encode()).unwrap();
+            assert_eq!((back.form, &back.body[..]), (form, &b"{}"[..]));
+        }
+        assert!(Entry::decode(b"Xjunk".to_vec()).is_none());
+        assert!(Entry::decode(Vec::new()).is_none());
+        let text = metrics_text();
+        for name in [
+            "llmgw_cache_hits_total",
+            "llmgw_cache_misses_total",
+            "llmgw_redis_errors_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} counter\n{name} ")),
+                "{text}"
             );
         }
     }

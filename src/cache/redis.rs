@@ -36,6 +36,9 @@ pub enum RedisError {
     Timeout(Duration),
     #[error("redis error: {0}")]
     Command(String),
+    /// A configuration error: the gateway does not start.
+    #[error("[cache] redis_url is not a valid Redis URL ({0}); expected e.g. redis://[:password@]host:6379[/db] (the URL itself is not shown: it may carry a password)")]
+    InvalidUrl(String),
 }
 
 /// The shared Redis handle (connection + breaker).
@@ -53,13 +56,9 @@ impl RedisStore {
     /// within `timeout` (x4 for the first handshake); when that fails the gateway still
     /// starts, with the breaker open and a background probe running.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Arc<RedisStore>, RedisError> {
-        // The crate's parse errors do not include the URL, but say nothing more than needed.
-        let client = redis::Client::open(url).map_err(|e| {
-            RedisError::Command(format!(
-                "[cache] redis_url is not a valid Redis URL ({})",
-                e.category()
-            ))
-        })?;
+        // Only the error's category: never anything that could echo the URL.
+        let client = redis::Client::open(url)
+            .map_err(|e| RedisError::InvalidUrl(e.category().to_string()))?;
         let store = Arc::new(RedisStore {
             client,
             conn: ArcSwapOption::empty(),
@@ -69,8 +68,11 @@ impl RedisStore {
             probing: AtomicBool::new(false),
         });
         counters::set_breaker_open(true);
-        match store.try_connect(timeout * 4).await {
-            Ok(()) => tracing::info!("connected to Redis (response cache / shared state)"),
+        match store.connect_once(timeout * 4).await {
+            Ok(c) => {
+                store.install(c);
+                tracing::info!("connected to Redis (response cache / shared state)");
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Redis is not reachable; serving without it and retrying in the background");
                 store.spawn_probe();
@@ -126,8 +128,8 @@ impl RedisStore {
         }
     }
 
-    /// Connects and pings; on success installs the connection and closes the breaker.
-    async fn try_connect(&self, timeout: Duration) -> Result<(), RedisError> {
+    /// Connects and pings.
+    async fn connect_once(&self, timeout: Duration) -> Result<MultiplexedConnection, RedisError> {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
@@ -140,16 +142,18 @@ impl RedisStore {
             Ok::<_, redis::RedisError>(c)
         };
         match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(c)) => {
-                self.conn.store(Some(Arc::new(c)));
-                self.failures.store(0, Ordering::Relaxed);
-                self.open.store(false, Ordering::Release);
-                counters::set_breaker_open(false);
-                Ok(())
-            }
+            Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(RedisError::Command(e.category().to_string())),
             Err(_) => Err(RedisError::Timeout(timeout)),
         }
+    }
+
+    /// Uses `c` from now on and closes the breaker.
+    fn install(&self, c: MultiplexedConnection) {
+        self.conn.store(Some(Arc::new(c)));
+        self.failures.store(0, Ordering::Relaxed);
+        self.open.store(false, Ordering::Release);
+        counters::set_breaker_open(false);
     }
 
     /// Starts the (single) background probe unless one runs already.
@@ -163,9 +167,12 @@ impl RedisStore {
                 tokio::time::sleep(PROBE_INTERVAL).await;
                 let Some(store) = me.upgrade() else { return };
                 // The handshake may take a little longer than one command.
-                if store.try_connect(store.timeout * 4).await.is_ok() {
-                    tracing::info!("Redis reachable again: circuit breaker closed");
+                if let Ok(c) = store.connect_once(store.timeout * 4).await {
+                    // Probe flag first: should the breaker open again right away, the
+                    // next failure starts a new probe.
                     store.probing.store(false, Ordering::Release);
+                    store.install(c);
+                    tracing::info!("Redis reachable again: circuit breaker closed");
                     return;
                 }
             }

@@ -6,18 +6,21 @@
 //! atomics. One background task per gateway, every [`SYNC_INTERVAL`], sends a single
 //! pipeline that
 //! - publishes local cooldowns that started since the last round:
-//!   `ZADD <ns>:cooldowns GT <until_ms> <deployment id>` (GT keeps the latest deadline
-//!   any replica set);
+//!   `SET <ns>:cool:<deployment id> <until_ms> PX <left>` (a replica only publishes a
+//!   deadline later than any it has seen, so the latest one wins);
 //! - adds this replica's new usage of deployments with an rpm/tpm limit:
 //!   `INCRBY <ns>:usage:<id>:<minute>:req|tok <delta>` (expiring after two minutes);
-//! - reads back `ZMSCORE <ns>:cooldowns <ids…>` and `MGET` of this minute's usage keys,
-//!   and folds them into each deployment ([`Deployment::merge_shared`]): cooling
+//! - reads back every deployment's cooldown key and this minute's usage keys in one
+//!   `MGET`, and folds them into each deployment ([`Deployment::merge_shared`]): cooling
 //!   deadline = max(local, remote), usage = max(local, sum over replicas).
 //!
 //! A cooldown set by one replica is seen by the others within about two rounds. When
 //! Redis is down (breaker open) the rounds are skipped and each replica keeps going on
 //! its local state; remote usage stops counting once its minute is over.
-//! Deadlines are wall-clock unix ms, so replicas' clocks should agree to within a second.
+//! Replicas match deployments by id (`id = ...` in `[[models]]`, else `<name>-<n>`), so
+//! they must serve the same `[[models]]` list. Deadlines are wall-clock unix ms, so the
+//! replicas' clocks should agree to within a second. Only plain string commands are
+//! used: any Redis >= 2.6.12 works.
 
 use super::redis::RedisStore;
 use crate::router::{now_ms, Deployment};
@@ -36,7 +39,7 @@ pub fn spawn(store: Arc<RedisStore>, deployments: Vec<Arc<Deployment>>, namespac
         return;
     }
     tokio::spawn(async move {
-        let mut sync = Sync::new(deployments, namespace);
+        let mut sync = Syncer::new(deployments, namespace);
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -48,11 +51,10 @@ pub fn spawn(store: Arc<RedisStore>, deployments: Vec<Arc<Deployment>>, namespac
     });
 }
 
-struct Sync {
+struct Syncer {
     deps: Vec<Arc<Deployment>>,
     /// Only deployments with an rpm or tpm limit exchange usage.
     limited: Vec<usize>,
-    zkey: String,
     namespace: String,
     /// Per deployment: the latest cooldown deadline Redis already knows.
     published: Vec<u64>,
@@ -60,19 +62,22 @@ struct Sync {
     flushed: Vec<(u64, u64, u64)>,
 }
 
-impl Sync {
-    fn new(deps: Vec<Arc<Deployment>>, namespace: String) -> Sync {
+impl Syncer {
+    fn new(deps: Vec<Arc<Deployment>>, namespace: String) -> Syncer {
         let limited = (0..deps.len())
             .filter(|&i| deps[i].rpm.is_some() || deps[i].tpm.is_some())
             .collect();
-        Sync {
+        Syncer {
             published: vec![0; deps.len()],
             flushed: vec![(0, 0, 0); deps.len()],
-            zkey: format!("{namespace}:cooldowns"),
             namespace,
             limited,
             deps,
         }
+    }
+
+    fn cool_key(&self, i: usize) -> String {
+        format!("{}:cool:{}", self.namespace, self.deps[i].id)
     }
 
     fn usage_key(&self, i: usize, minute: u64, what: &str) -> String {
@@ -91,21 +96,14 @@ impl Sync {
         for (i, d) in self.deps.iter().enumerate() {
             let until = d.cooling_deadline_ms();
             if until > self.published[i] && until > now {
-                pipe.cmd("ZADD")
-                    .arg(&self.zkey)
-                    .arg("GT")
+                pipe.cmd("SET")
+                    .arg(self.cool_key(i))
                     .arg(until)
-                    .arg(&d.id)
+                    .arg("PX")
+                    .arg(until - now)
                     .ignore();
                 cooled.push((i, until));
             }
-        }
-        if !cooled.is_empty() {
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(&self.zkey)
-                .arg("-inf")
-                .arg(now.saturating_sub(60_000))
-                .ignore();
         }
         let mut flushed = self.flushed.clone();
         for &i in &self.limited {
@@ -124,48 +122,26 @@ impl Sync {
             }
             flushed[i] = (m, reqs.max(fr), toks.max(ft));
         }
-        pipe.cmd("ZMSCORE").arg(&self.zkey);
-        for d in &self.deps {
-            pipe.arg(&d.id);
+        // One read: every deployment's cooldown, then (req, tok) of each limited one.
+        let mut keys: Vec<String> = (0..self.deps.len()).map(|i| self.cool_key(i)).collect();
+        for &i in &self.limited {
+            keys.push(self.usage_key(i, minute, "req"));
+            keys.push(self.usage_key(i, minute, "tok"));
         }
-        let usage_keys: Vec<String> = self
-            .limited
-            .iter()
-            .flat_map(|&i| {
-                [
-                    self.usage_key(i, minute, "req"),
-                    self.usage_key(i, minute, "tok"),
-                ]
-            })
-            .collect();
-        if !usage_keys.is_empty() {
-            pipe.cmd("MGET").arg(&usage_keys);
-        }
+        pipe.cmd("MGET").arg(&keys);
         let result = store
-            .run(move |mut c| async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await })
+            .run(move |mut c| async move { pipe.query_async::<(Vec<Option<u64>>,)>(&mut c).await })
             .await;
-        let Ok(values) = result else {
+        let Ok((read,)) = result else {
             return; // Counted by the store's breaker; local state keeps working.
         };
-        let mut values = values.into_iter();
-        let scores: Vec<Option<f64>> = values
-            .next()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .unwrap_or_default();
-        let usage: Vec<Option<u64>> = values
-            .next()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .unwrap_or_default();
+        let (cools, usage) = read.split_at(read.len().min(self.deps.len()));
         for (i, until) in cooled {
             self.published[i] = self.published[i].max(until);
         }
         self.flushed = flushed;
         for (i, d) in self.deps.iter().enumerate() {
-            let remote_until = scores
-                .get(i)
-                .copied()
-                .flatten()
-                .map_or(0, |s| s.max(0.0) as u64);
+            let remote_until = cools.get(i).copied().flatten().unwrap_or(0);
             self.published[i] = self.published[i].max(remote_until);
             let (reqs, toks) = match self.limited.iter().position(|&l| l == i) {
                 Some(k) => (

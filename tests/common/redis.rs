@@ -95,7 +95,11 @@ impl RedisServer {
 
     /// SIGKILL and wait: clients see their connections drop at once.
     pub fn kill(&mut self) {
-        self.resume();
+        // A paused server must be able to die; never panic here (Drop calls this).
+        if let Some(c) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
