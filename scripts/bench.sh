@@ -295,6 +295,11 @@ echo "time: $((SECONDS - measure_start)) s measuring, $SECONDS s in all (build i
 if [ "$micro" -eq 1 ]; then
   echo
   log "cargo bench --bench hot_path -- --quick"
-  cargo bench --quiet --bench hot_path -- --quick --output-format bencher 2>/dev/null |
-    grep '^test ' || die "cargo bench failed"
+  # Keep one line per benchmark: its name and criterion's time estimate [low mid high].
+  cargo bench --quiet --bench hot_path -- --quick 2>/dev/null | awk '
+    /^Benchmarking/ { next }
+    /^[A-Za-z]/ && !/time:/ { name = $0; next }
+    /^[A-Za-z].*time:/ { print; name = ""; next }
+    /time:/ && name != "" { sub(/^ +/, ""); printf "%-52s %s\n", name, $0; name = "" }
+  ' || die "cargo bench failed"
 fi

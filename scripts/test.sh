@@ -60,4 +60,6 @@ if [ $quick -eq 0 ]; then
 fi
 
 log "cargo test"
-cargo test --all-targets -- --test-threads=2
+cargo test --lib --bins --tests -- --test-threads=2
+log "benchmarks, once each as smoke tests"
+cargo test --benches

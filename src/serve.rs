@@ -14,6 +14,7 @@ use crate::state::{self, EndpointRecord};
 use anyhow::Context as _;
 use axum::body::Body;
 use axum::extract::State;
+use axum::serve::ListenerExt as _;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -136,7 +137,12 @@ pub async fn run(
     let grace = server.shutdown_grace.0;
 
     spawn_signal_listener(shutdown.clone());
-    let serve = axum::serve(bound.listener, app).with_graceful_shutdown({
+    // Streams are many small writes: without TCP_NODELAY each one after the first waits
+    // for the client's delayed ACK (~40 ms per event).
+    let listener = bound.listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let serve = axum::serve(listener, app).with_graceful_shutdown({
         let shutdown = shutdown.clone();
         let state = state.clone();
         async move {

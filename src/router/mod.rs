@@ -130,6 +130,9 @@ impl Router {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
+            // Never follow a redirect: it would resend the body and the provider's key
+            // to wherever the upstream points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Router {
