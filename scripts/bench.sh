@@ -12,6 +12,8 @@
 #   scripts/bench.sh --quick        # ~45 s after the build: shorter runs
 #   scripts/bench.sh --duration 20  # seconds per wrk run
 #   scripts/bench.sh --no-build     # use the existing target/release/llmgw
+#   scripts/bench.sh --gateway-bin PATH   # measure another llmgw build as the gateway
+#                                         # (e.g. an older commit); the mock stays this build's
 #   scripts/bench.sh --micro        # also run the criterion micro-benchmarks
 #                                   # (cargo bench --bench hot_path -- --quick; the first
 #                                   # build of the bench profile takes a few minutes)
@@ -28,9 +30,10 @@ warmup=2        # seconds of warm-up per mode and target
 chunks=20       # content chunks per streamed answer
 micro=0
 build=1
+gateway_bin=""
 concurrencies=(1 64 256)
 
-usage() { sed -n "2,21p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,23p" "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3; warmup=1 ;;
@@ -39,6 +42,9 @@ while [ $# -gt 0 ]; do
       duration=$2; shift ;;
     --micro) micro=1 ;;
     --no-build) build=0 ;;
+    --gateway-bin)
+      [ $# -ge 2 ] || { usage >&2; exit 2; }
+      gateway_bin=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -100,6 +106,8 @@ if [ "$(id -u)" -eq 0 ]; then prio=(nice -n -10); fi
 # A private copy, so a concurrent `cargo build` cannot swap the binary mid-run.
 bin="$work/llmgw"
 cp "$built" "$bin"
+gwbin="$work/llmgw-gateway"
+cp "${gateway_bin:-$built}" "$gwbin" || die "cannot copy the gateway binary ${gateway_bin:-$built}"
 
 # Waits up to 10 s for a file to contain a pattern.
 wait_for() {
@@ -135,7 +143,7 @@ api_base = "$mock_url/v1"
 EOF
 
 # Logging stays at its default (one line per request), as in production; to a file.
-"${prio[@]}" "$bin" serve --config "$work/llmgw.toml" --port 0 --state-dir "$work/state" \
+"${prio[@]}" "$gwbin" serve --config "$work/llmgw.toml" --port 0 --state-dir "$work/state" \
   >"$work/gateway.log" 2>&1 &
 gw_pid=$!
 pids+=("$gw_pid")

@@ -310,7 +310,7 @@ pub enum CacheBackend {
 }
 
 /// `[slurm]`: the sbatch job `llmgw start` submits.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlurmConfig {
     pub job_name: Option<String>,
@@ -332,10 +332,13 @@ pub struct SlurmConfig {
     /// Shell lines run before the gateway starts (conda activate, exports, …).
     pub setup: Vec<String>,
     /// A user's own sbatch template instead of the built-in one.
+    #[serde(skip_serializing)]
     pub template: Option<PathBuf>,
     /// Host name for the `ssh -N -L` line; detected when absent.
+    #[serde(skip_serializing)]
     pub login_host: Option<String>,
     /// The `llmgw` binary the job runs; the running binary's path when absent.
+    #[serde(skip_serializing)]
     pub binary: Option<PathBuf>,
 }
 

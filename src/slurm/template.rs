@@ -19,21 +19,10 @@ pub const BUILTIN_NAME: &str = "slurm/llmgw.sbatch.j2 (built in)";
 pub struct JobSpec {
     /// The gateway's name (`--name`).
     pub name: String,
-    /// `#SBATCH --job-name`: `[slurm] job_name`, else `llmgw-<name>`.
-    pub job_name: String,
-    pub partition: Option<String>,
-    pub account: Option<String>,
-    pub qos: Option<String>,
-    pub time: Option<String>,
-    pub nodes: Option<u32>,
-    pub cpus_per_task: Option<u32>,
-    pub mem: Option<String>,
-    pub gpus: Option<String>,
-    pub gres: Option<String>,
-    pub constraint: Option<String>,
-    pub extra_directives: Vec<String>,
-    pub modules: Vec<String>,
-    pub setup: Vec<String>,
+    /// `[slurm]` as configured, with `job_name` resolved (`llmgw-<name>` by default):
+    /// templates see `job_name`, `partition`, `account`, … at the top level.
+    #[serde(flatten)]
+    pub slurm: SlurmConfig,
     /// The job's stdout and stderr (`<state>/slurm-%j.log`).
     pub log_path: String,
     /// Absolute state directory.
@@ -73,32 +62,19 @@ impl JobSpec {
         paths: SpecPaths,
         drain_secs: u64,
     ) -> Result<Self, TemplateError> {
+        let mut slurm = slurm.clone();
+        let drain_secs = drain_before_limit(slurm.time.as_deref(), drain_secs);
+        slurm.job_name = Some(slurm.job_name.unwrap_or_else(|| format!("llmgw-{name}")));
         let spec = JobSpec {
             name: name.to_string(),
-            job_name: slurm
-                .job_name
-                .clone()
-                .unwrap_or_else(|| format!("llmgw-{name}")),
-            partition: slurm.partition.clone(),
-            account: slurm.account.clone(),
-            qos: slurm.qos.clone(),
-            time: slurm.time.clone(),
-            nodes: slurm.nodes,
-            cpus_per_task: slurm.cpus_per_task,
-            mem: slurm.mem.clone(),
-            gpus: slurm.gpus.clone(),
-            gres: slurm.gres.clone(),
-            constraint: slurm.constraint.clone(),
-            extra_directives: slurm.extra_directives.clone(),
-            modules: slurm.modules.clone(),
-            setup: slurm.setup.clone(),
+            slurm,
             log_path: path_str(&paths.log_path),
             state_dir: path_str(&paths.state_dir),
             config_path: path_str(&paths.config_path),
             source_config: paths.source_config,
             binary: path_str(&paths.binary),
             key_file: paths.key_file.as_deref().map(path_str),
-            drain_secs: drain_before_limit(slurm.time.as_deref(), drain_secs),
+            drain_secs,
         };
         spec.check_one_line()?;
         Ok(spec)
@@ -106,24 +82,25 @@ impl JobSpec {
 
     /// A newline inside a directive would end the `#SBATCH` line and run the rest as shell.
     fn check_one_line(&self) -> Result<(), TemplateError> {
+        let c = &self.slurm;
         let single: [(&'static str, Option<&str>); 10] = [
-            ("job_name", Some(self.job_name.as_str())),
-            ("partition", self.partition.as_deref()),
-            ("account", self.account.as_deref()),
-            ("qos", self.qos.as_deref()),
-            ("time", self.time.as_deref()),
-            ("mem", self.mem.as_deref()),
-            ("gpus", self.gpus.as_deref()),
-            ("gres", self.gres.as_deref()),
-            ("constraint", self.constraint.as_deref()),
+            ("job_name", c.job_name.as_deref()),
+            ("partition", c.partition.as_deref()),
+            ("account", c.account.as_deref()),
+            ("qos", c.qos.as_deref()),
+            ("time", c.time.as_deref()),
+            ("mem", c.mem.as_deref()),
+            ("gpus", c.gpus.as_deref()),
+            ("gres", c.gres.as_deref()),
+            ("constraint", c.constraint.as_deref()),
             ("state directory", Some(self.state_dir.as_str())),
         ];
-        let lists = self
+        let lists = c
             .extra_directives
             .iter()
             .map(|v| ("extra_directives", Some(v.as_str())))
-            .chain(self.modules.iter().map(|v| ("modules", Some(v.as_str()))))
-            .chain(self.setup.iter().map(|v| ("setup", Some(v.as_str()))));
+            .chain(c.modules.iter().map(|v| ("modules", Some(v.as_str()))))
+            .chain(c.setup.iter().map(|v| ("setup", Some(v.as_str()))));
         for (field, value) in single.into_iter().chain(lists) {
             if let Some(v) = value {
                 if v.contains('\n') || v.contains('\r') {
