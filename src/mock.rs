@@ -111,6 +111,21 @@ impl MockState {
     }
 }
 
+/// Serves `app` on `listener` in a tokio task, with TCP_NODELAY like a real server (or
+/// every streamed event would wait for the client's delayed ACK).
+pub(crate) fn serve_in_background(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> tokio::task::JoinHandle<()> {
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
 /// A mock running on a tokio task; dropped = stopped.
 pub struct MockUpstream {
     pub addr: SocketAddr,
@@ -143,13 +158,7 @@ impl MockUpstream {
         let app = router(state.clone());
         // No Nagle: a streamed answer is many small writes; without TCP_NODELAY each one
         // after the first waits for the client's (delayed, ~40 ms) ACK.
-        use axum::serve::ListenerExt as _;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let task = serve_in_background(listener, app);
         Ok(MockUpstream { addr, state, task })
     }
 

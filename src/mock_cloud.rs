@@ -124,9 +124,7 @@ impl CloudMock {
             CloudKind::Gemini => axum::Router::new().route("/v1beta/models/{action}", post(gemini)),
         }
         .with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let task = crate::mock::serve_in_background(listener, app);
         Ok(CloudMock { addr, state, task })
     }
 
