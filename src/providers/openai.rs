@@ -17,7 +17,12 @@ impl Provider for OpenAi {
         dep: &Deployment,
         req: &ClientRequest,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
-        let url = format!("{}/{}", dep.api_base, req.endpoint.path());
+        let url = dep.endpoint_url(req.endpoint).ok_or_else(|| {
+            ApiError::internal(format!(
+                "api_base of deployment {} is not a valid URL",
+                dep.id
+            ))
+        })?;
         let mut rb = client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))

@@ -42,6 +42,8 @@ pub struct Deployment {
     /// the router sends it nothing.
     pub available: AtomicBool,
     pub(crate) health: HealthState,
+    /// `{api_base}/{endpoint}` parsed once, for OpenAI-compatible providers.
+    pub(crate) urls: std::sync::OnceLock<Option<[reqwest::Url; 3]>>,
 }
 
 /// Counters kept per deployment, lock-free.
@@ -129,7 +131,28 @@ impl Deployment {
             stats: DeploymentStats::default(),
             available: AtomicBool::new(true),
             health: HealthState::default(),
+            urls: Default::default(),
         }
+    }
+
+    /// `{api_base}/{endpoint path}`, parsed on first use and reused after.
+    pub fn endpoint_url(&self, endpoint: crate::request::Endpoint) -> Option<reqwest::Url> {
+        use crate::request::Endpoint;
+        let urls = self.urls.get_or_init(|| {
+            let parse =
+                |e: Endpoint| reqwest::Url::parse(&format!("{}/{}", self.api_base, e.path())).ok();
+            Some([
+                parse(Endpoint::ChatCompletions)?,
+                parse(Endpoint::Completions)?,
+                parse(Endpoint::Embeddings)?,
+            ])
+        });
+        let i = match endpoint {
+            Endpoint::ChatCompletions => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+        };
+        urls.as_ref().map(|u| u[i].clone())
     }
 
     /// True while cooling down.

@@ -82,7 +82,7 @@ impl Router {
             let id =
                 m.id.clone()
                     .unwrap_or_else(|| format!("{}-{}", name, group.len() + 1));
-            group.push(Arc::new(Deployment {
+            let dep = Arc::new(Deployment {
                 index: i,
                 id,
                 group: name.clone(),
@@ -106,7 +106,19 @@ impl Router {
                 stats: DeploymentStats::default(),
                 available: AtomicBool::new(true),
                 health: Default::default(),
-            }));
+                urls: Default::default(),
+            });
+            if matches!(m.provider, ProviderKind::Openai | ProviderKind::Sglang)
+                && dep
+                    .endpoint_url(crate::request::Endpoint::ChatCompletions)
+                    .is_none()
+            {
+                return Err(format!(
+                    "model {name:?}: api_base {:?} is not a valid URL",
+                    dep.api_base
+                ));
+            }
+            group.push(dep);
         }
         let groups = groups
             .into_iter()
