@@ -62,4 +62,4 @@ fi
 log "cargo test"
 cargo test --lib --bins --tests -- --test-threads=2
 log "benchmarks, once each as smoke tests"
-cargo test --benches
+cargo test --bench '*'

@@ -326,8 +326,8 @@ async fn proxy(
             Ok(Ok(resp)) => Ok(pending.finish(resp).await),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ApiError::gateway_timeout(format!(
-                "the request did not finish within the gateway's request_timeout of {:?}",
-                s.request_timeout
+                "the request did not finish within its time limit of {budget:?} \
+                 ([server] request_timeout, or the request's own timeout)"
             ))),
         }
     }
