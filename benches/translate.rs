@@ -10,8 +10,9 @@
 //!   request. The baseline `openai_passthrough` is parse + `body_for_model` (the model
 //!   splice); `openai_build` is parse + `OpenAi::build` (splice, URL, headers), which is
 //!   what the passthrough path really runs and what `anthropic`/`gemini` compare with.
-//!   `parse_and_json_value` (parse + the full `serde_json::Value` both translations
-//!   start from) shows how much of theirs is just reading the body.
+//!   `parse_and_json_value` (parse + a full `serde_json::Value` of the body, which the
+//!   translations built before they read borrowed typed structs) is kept for comparison
+//!   with earlier figures.
 //! - `response/*`: `Provider::translate_body` of a typical non-streaming answer (text plus
 //!   a tool call, usage). Passthrough does nothing here.
 //! - `stream/*`: a typical 20-event streamed answer through `Provider::stream_translator`,
@@ -355,8 +356,8 @@ fn request(c: &mut Criterion<ThreadCpu>) {
             req.body_for_model(&s.openai.model)
         })
     });
-    // Not a provider path: the floor under both translations, which start by parsing the
-    // whole body into a `serde_json::Value` (`ClientRequest::json`).
+    // Not a provider path: parse + the whole body as a `serde_json::Value`
+    // (`ClientRequest::json`), where both translations used to start.
     g.bench_function("parse_and_json_value", |b| {
         b.iter(|| parse(black_box(&s.body)).json().expect("JSON"))
     });

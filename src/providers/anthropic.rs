@@ -8,9 +8,10 @@
 //! translated event by event from Anthropic's named SSE events into OpenAI chunks.
 
 use super::translate::{
-    self as t, body_object, content_text, invalid, is_default, max_tokens, parse_data_url,
-    secret_header, stop_list, unsupported, unsupported_all, ChunkWriter, Delta, FunctionCall,
-    FunctionDelta, SseParser, ToolCall, ToolCallDelta, Usage,
+    self as t, content_str, invalid, is_null, parse_data_url, raw_arguments, raw_is_default,
+    raw_max_tokens, raw_stop_list, secret_header, unsupported, unsupported_all, ChatBody,
+    ChunkWriter, Content, Delta, FunctionCall, FunctionDelta, InMessage, InTool, InToolCall, Lax,
+    LaxList, MaybeRaw, Part, SseParser, ToolCall, ToolCallDelta, ToolChoiceIn, Usage,
 };
 use super::{Provider, StreamTranslator, UpstreamError};
 use crate::config::ErrorClass;
@@ -20,8 +21,10 @@ use crate::router::Deployment;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::borrow::Cow;
 
 const NAME: &str = "anthropic";
 /// The API version this translation follows.
@@ -91,138 +94,236 @@ impl Provider for Anthropic {
 
 /// The Anthropic request body for an OpenAI chat completions request.
 pub fn translate_request(dep: &Deployment, req: &ClientRequest) -> Result<Vec<u8>, ApiError> {
-    let mut m = body_object(req)?;
-    let mut out = Map::new();
-    out.insert("model".into(), Value::String(dep.model.clone()));
-    let messages = m
-        .remove("messages")
-        .ok_or_else(|| invalid("messages", "this parameter is required"))?;
-    let (system, turns) = convert_messages(messages)?;
-    let max = max_tokens(&mut m)?
+    let mut body = ChatBody::parse(req)?;
+    let messages = body.messages()?;
+    let (system, turns) = convert_messages(&messages)?;
+    let max = raw_max_tokens(&mut body)?
         .or(dep.max_tokens)
         .unwrap_or(DEFAULT_MAX_TOKENS);
-    out.insert("max_tokens".into(), max.into());
-    if !system.is_empty() {
-        out.insert("system".into(), Value::Array(system));
-    }
-    out.insert("messages".into(), Value::Array(turns));
-    m.remove("model");
-    m.remove("stream_options");
-    if let Some(Value::Bool(true)) = m.remove("stream") {
-        out.insert("stream".into(), Value::Bool(true));
-    }
-    let mut tool_choice: Option<Map<String, Value>> = None;
+    let mut out = MessagesRequest {
+        model: &dep.model,
+        max_tokens: max,
+        system,
+        messages: turns
+            .into_iter()
+            .map(|(role, content)| Turn { role, content })
+            .collect(),
+        stream: false,
+        temperature: None,
+        top_p: None,
+        top_k: None,
+        stop_sequences: Vec::new(),
+        tools: Vec::new(),
+        metadata: None,
+        tool_choice: None,
+    };
+    let tools = match &body.tools {
+        Some(t) => convert_tools(dep, t)?,
+        None => Vec::new(),
+    };
+    let has_tools = !tools.is_empty();
+    out.tools = tools;
+    let mut tool_choice: Option<ToolChoiceOut<'_>> = None;
     let mut parallel = true;
-    let mut has_tools = false;
     let mut rejected = Vec::new();
-    for (k, v) in m {
-        match k.as_str() {
+    for (k, v) in &body.params {
+        let v: &RawValue = v;
+        match &**k {
+            "model" | "stream_options" => {}
+            "stream" => out.stream = v.get() == "true",
             "temperature" | "top_p" | "top_k" => {
-                if !v.is_null() {
-                    out.insert(k, v);
+                let v = (!is_null(v)).then_some(v);
+                match &**k {
+                    "temperature" => out.temperature = v,
+                    "top_p" => out.top_p = v,
+                    _ => out.top_k = v,
                 }
             }
-            "stop" => {
-                let stop = stop_list(v)?;
-                if !stop.is_empty() {
-                    out.insert("stop_sequences".into(), Value::Array(stop));
-                }
+            "stop" => out.stop_sequences = raw_stop_list(v)?,
+            "tool_choice" => {
+                tool_choice = t::tool_choice(v)?.map(|c| {
+                    let (kind, name) = match c {
+                        ToolChoiceIn::Auto => ("auto", None),
+                        ToolChoiceIn::None => ("none", None),
+                        ToolChoiceIn::Required => ("any", None),
+                        ToolChoiceIn::Function(n) => ("tool", Some(n)),
+                    };
+                    ToolChoiceOut {
+                        kind,
+                        name,
+                        disable_parallel_tool_use: None,
+                    }
+                })
             }
-            "tools" => {
-                let tools = convert_tools(dep, v)?;
-                has_tools = !tools.is_empty();
-                if has_tools {
-                    out.insert("tools".into(), Value::Array(tools));
-                }
-            }
-            "tool_choice" => tool_choice = convert_tool_choice(v)?,
-            "parallel_tool_calls" => match v {
-                Value::Bool(b) => parallel = b,
-                Value::Null => {}
+            "parallel_tool_calls" => match v.get() {
+                "true" => parallel = true,
+                "false" => parallel = false,
+                "null" => {}
                 _ => return Err(invalid("parallel_tool_calls", "expected true or false")),
             },
-            "user" => match v {
-                Value::String(u) => {
-                    out.insert("metadata".into(), json!({ "user_id": u }));
-                }
-                Value::Null => {}
+            "user" => match v.get().as_bytes().first() {
+                Some(b'"') => out.metadata = Some(Metadata { user_id: v }),
+                Some(b'n') => {}
                 _ => return Err(invalid("user", "expected a string")),
             },
-            _ if is_default(&k, &v) => {}
-            _ => rejected.push(k),
+            _ if raw_is_default(k, v) => {}
+            _ => rejected.push(k.to_string()),
         }
     }
     unsupported_all(dep, NAME, &mut rejected)?;
     if !parallel && has_tools {
-        let tc = tool_choice.get_or_insert_with(|| {
-            let mut m = Map::new();
-            m.insert("type".into(), "auto".into());
-            m
+        let tc = tool_choice.get_or_insert(ToolChoiceOut {
+            kind: "auto",
+            name: None,
+            disable_parallel_tool_use: None,
         });
-        if tc.get("type").and_then(Value::as_str) != Some("none") {
-            tc.insert("disable_parallel_tool_use".into(), Value::Bool(true));
+        if tc.kind != "none" {
+            tc.disable_parallel_tool_use = Some(true);
         }
     }
-    if let Some(tc) = tool_choice {
-        out.insert("tool_choice".into(), Value::Object(tc));
-    }
-    serde_json::to_vec(&out).map_err(|e| ApiError::internal(format!("serialising: {e}")))
+    out.tool_choice = tool_choice;
+    t::to_body(&out, req.body.len() + 256)
 }
 
-type Turn = (&'static str, Vec<Value>);
+/// The Messages request body, in the order the fields are written.
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    system: Vec<ReqBlock<'a>>,
+    messages: Vec<Turn<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stop_sequences: Vec<&'a RawValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ToolOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ToolChoiceOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct Turn<'a> {
+    role: &'static str,
+    content: Vec<ReqBlock<'a>>,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    /// The client's `user` (a raw JSON string).
+    user_id: &'a RawValue,
+}
+
+/// An Anthropic content block of a request.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ReqBlock<'a> {
+    Text {
+        text: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a RawValue>,
+    },
+    Image {
+        source: ImageSource<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a RawValue>,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: Box<RawValue>,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        content: Cow<'a, str>,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ImageSource<'a> {
+    Base64 { media_type: &'a str, data: &'a str },
+    Url { url: &'a str },
+}
+
+#[derive(Serialize)]
+struct ToolOut<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct ToolChoiceOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+type TurnParts<'a> = (&'static str, Vec<ReqBlock<'a>>);
 
 /// OpenAI messages → (system blocks, alternating user/assistant turns).
-fn convert_messages(messages: Value) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
-    let Value::Array(items) = messages else {
-        return Err(invalid("messages", "expected an array of messages"));
-    };
+fn convert_messages<'a>(
+    items: &'a [Lax<InMessage<'_>>],
+) -> Result<(Vec<ReqBlock<'a>>, Vec<TurnParts<'a>>), ApiError> {
     let mut system = Vec::new();
-    let mut turns: Vec<Turn> = Vec::with_capacity(items.len());
-    for (i, msg) in items.into_iter().enumerate() {
-        let Value::Object(mut msg) = msg else {
-            return Err(invalid(format!("messages[{i}]"), "expected an object"));
+    let mut turns: Vec<TurnParts<'a>> = Vec::with_capacity(items.len());
+    for (i, msg) in items.iter().enumerate() {
+        let msg = msg.object(|| format!("messages[{i}]"))?;
+        let Some(role) = msg.role.as_str() else {
+            return Err(invalid(
+                format!("messages[{i}].role"),
+                "missing or not a string",
+            ));
         };
-        let role = match msg.remove("role") {
-            Some(Value::String(r)) => r,
-            _ => {
-                return Err(invalid(
-                    format!("messages[{i}].role"),
-                    "missing or not a string",
-                ))
-            }
-        };
-        let content = msg.remove("content").unwrap_or(Value::Null);
+        let content = &msg.content;
         let param = || format!("messages[{i}].content");
-        match role.as_str() {
+        match role {
             "system" | "developer" => {
-                let text = content_text(content, &param())?;
+                let text = content_str(content, &param())?;
                 if !text.is_empty() {
-                    system.push(json!({"type": "text", "text": text}));
+                    system.push(ReqBlock::Text {
+                        text,
+                        cache_control: None,
+                    });
                 }
             }
             "user" => push_turn(&mut turns, "user", user_blocks(content, i)?),
             "assistant" => {
                 let mut blocks = text_blocks(content, &param())?;
-                if let Some(calls) = msg.remove("tool_calls") {
-                    tool_use_blocks(calls, i, &mut blocks)?;
-                }
+                tool_use_blocks(&msg.tool_calls, i, &mut blocks)?;
                 push_turn(&mut turns, "assistant", blocks);
             }
             "tool" => {
-                let id = match msg.remove("tool_call_id") {
-                    Some(Value::String(id)) => id,
-                    _ => {
-                        return Err(invalid(
-                            format!("messages[{i}].tool_call_id"),
-                            "a tool message needs the tool_call_id it answers",
-                        ))
-                    }
+                let Some(id) = msg.tool_call_id.as_str() else {
+                    return Err(invalid(
+                        format!("messages[{i}].tool_call_id"),
+                        "a tool message needs the tool_call_id it answers",
+                    ));
                 };
-                let text = content_text(content, &param())?;
+                let text = content_str(content, &param())?;
                 push_turn(
                     &mut turns,
                     "user",
-                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
+                    vec![ReqBlock::ToolResult {
+                        tool_use_id: id,
+                        content: text,
+                    }],
                 );
             }
             other => {
@@ -235,15 +336,11 @@ fn convert_messages(messages: Value) -> Result<(Vec<Value>, Vec<Value>), ApiErro
             }
         }
     }
-    let turns = turns
-        .into_iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
-        .collect();
     Ok((system, turns))
 }
 
 /// Appends blocks to the last turn when it has the same role, else starts a turn.
-fn push_turn(turns: &mut Vec<Turn>, role: &'static str, blocks: Vec<Value>) {
+fn push_turn<'a>(turns: &mut Vec<TurnParts<'a>>, role: &'static str, blocks: Vec<ReqBlock<'a>>) {
     if blocks.is_empty() {
         return;
     }
@@ -253,86 +350,82 @@ fn push_turn(turns: &mut Vec<Turn>, role: &'static str, blocks: Vec<Value>) {
     }
 }
 
-fn text_block(text: String, cache_control: Option<Value>) -> Value {
-    let mut b = Map::new();
-    b.insert("type".into(), "text".into());
-    b.insert("text".into(), Value::String(text));
-    if let Some(cc) = cache_control {
-        b.insert("cache_control".into(), cc);
+fn text_block<'a>(text: &'a str, cache_control: MaybeRaw<'a>) -> ReqBlock<'a> {
+    ReqBlock::Text {
+        text: Cow::Borrowed(text),
+        cache_control: cache_control.0,
     }
-    Value::Object(b)
 }
 
 /// Assistant (or other text-only) content as text blocks; empty text is left out
 /// because Anthropic rejects empty text blocks.
-fn text_blocks(content: Value, param: &str) -> Result<Vec<Value>, ApiError> {
+fn text_blocks<'a>(content: &'a Content<'_>, param: &str) -> Result<Vec<ReqBlock<'a>>, ApiError> {
     match content {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) if s.is_empty() => Ok(Vec::new()),
-        Value::String(s) => Ok(vec![text_block(s, None)]),
-        Value::Array(parts) => {
+        Content::Null => Ok(Vec::new()),
+        Content::Text(s) if s.is_empty() => Ok(Vec::new()),
+        Content::Text(s) => Ok(vec![text_block(s, MaybeRaw(None))]),
+        Content::Parts(parts) => {
             let mut out = Vec::with_capacity(parts.len());
-            for (j, p) in parts.into_iter().enumerate() {
-                let Value::Object(mut p) = p else {
+            for (j, p) in parts.iter().enumerate() {
+                let Part::Obj(p) = p else {
                     return Err(invalid(format!("{param}[{j}]"), "expected an object"));
                 };
-                let text = match (p.remove("text"), p.remove("refusal")) {
-                    (Some(Value::String(t)), _) | (_, Some(Value::String(t))) => t,
-                    _ => {
-                        return Err(invalid(
-                            format!("{param}[{j}]"),
-                            "only text parts are allowed here",
-                        ))
-                    }
+                let Some(text) = p.text_or_refusal() else {
+                    return Err(invalid(
+                        format!("{param}[{j}]"),
+                        "only text parts are allowed here",
+                    ));
                 };
                 if !text.is_empty() {
-                    out.push(text_block(text, p.remove("cache_control")));
+                    out.push(text_block(text, p.cache_control));
                 }
             }
             Ok(out)
         }
-        _ => Err(invalid(param, "expected a string or an array of parts")),
+        Content::Bad => Err(invalid(param, "expected a string or an array of parts")),
     }
 }
 
 /// User content: text and images.
-fn user_blocks(content: Value, i: usize) -> Result<Vec<Value>, ApiError> {
-    let Value::Array(parts) = content else {
+fn user_blocks<'a>(content: &'a Content<'_>, i: usize) -> Result<Vec<ReqBlock<'a>>, ApiError> {
+    let Content::Parts(parts) = content else {
         return text_blocks(content, &format!("messages[{i}].content"));
     };
     let mut out = Vec::with_capacity(parts.len());
-    for (j, p) in parts.into_iter().enumerate() {
+    for (j, p) in parts.iter().enumerate() {
         let param = || format!("messages[{i}].content[{j}]");
-        let Value::Object(mut p) = p else {
+        let Part::Obj(p) = p else {
             return Err(invalid(param(), "expected an object"));
         };
-        let kind = p.get("type").and_then(Value::as_str).unwrap_or("text");
-        match kind {
-            "text" => match p.remove("text") {
-                Some(Value::String(t)) if t.is_empty() => {}
-                Some(Value::String(t)) => out.push(text_block(t, p.remove("cache_control"))),
-                _ => return Err(invalid(param(), "a text part needs a string 'text'")),
+        match p.kind() {
+            "text" => match p.text.as_str() {
+                Some("") => {}
+                Some(t) => out.push(text_block(t, p.cache_control)),
+                None => return Err(invalid(param(), "a text part needs a string 'text'")),
             },
             "image_url" => {
-                let url = t::image_url(&mut p)
+                let url = p
+                    .image_url
+                    .0
+                    .as_deref()
                     .ok_or_else(|| invalid(param(), "an image_url part needs image_url.url"))?;
-                let source = if let Some((media, data)) = parse_data_url(&url) {
-                    json!({"type": "base64", "media_type": media, "data": data})
+                let source = if let Some((media, data)) = parse_data_url(url) {
+                    ImageSource::Base64 {
+                        media_type: media,
+                        data,
+                    }
                 } else if url.starts_with("https://") || url.starts_with("http://") {
-                    json!({"type": "url", "url": url})
+                    ImageSource::Url { url }
                 } else {
                     return Err(invalid(
                         param(),
                         "image URLs must be http(s) or base64 data URLs",
                     ));
                 };
-                let mut b = Map::new();
-                b.insert("type".into(), "image".into());
-                b.insert("source".into(), source);
-                if let Some(cc) = p.remove("cache_control") {
-                    b.insert("cache_control".into(), cc);
-                }
-                out.push(Value::Object(b));
+                out.push(ReqBlock::Image {
+                    source,
+                    cache_control: p.cache_control.0,
+                });
             }
             other => {
                 return Err(invalid(
@@ -346,139 +439,93 @@ fn user_blocks(content: Value, i: usize) -> Result<Vec<Value>, ApiError> {
 }
 
 /// Assistant `tool_calls` → `tool_use` blocks (arguments JSON string → input object).
-fn tool_use_blocks(calls: Value, i: usize, out: &mut Vec<Value>) -> Result<(), ApiError> {
+fn tool_use_blocks<'a>(
+    calls: &'a LaxList<Lax<InToolCall<'_>>>,
+    i: usize,
+    out: &mut Vec<ReqBlock<'a>>,
+) -> Result<(), ApiError> {
     let calls = match calls {
-        Value::Array(c) => c,
-        Value::Null => return Ok(()),
-        _ => {
+        LaxList::List(c) => c,
+        LaxList::Null => return Ok(()),
+        LaxList::Bad => {
             return Err(invalid(
                 format!("messages[{i}].tool_calls"),
                 "expected an array",
             ))
         }
     };
-    for (j, call) in calls.into_iter().enumerate() {
+    for (j, call) in calls.iter().enumerate() {
         let param = |f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
-        let Value::Object(mut call) = call else {
+        let Some(call) = call.as_ref() else {
             return Err(invalid(param(""), "expected an object"));
         };
-        let id = match call.remove("id") {
-            Some(Value::String(id)) => id,
-            _ => return Err(invalid(param(".id"), "missing")),
+        let Some(id) = call.id.as_str() else {
+            return Err(invalid(param(".id"), "missing"));
         };
-        let Some(Value::Object(mut f)) = call.remove("function") else {
+        let Some(f) = call.function.as_ref() else {
             return Err(invalid(param(".function"), "missing"));
         };
-        let name = match f.remove("name") {
-            Some(Value::String(n)) => n,
-            _ => return Err(invalid(param(".function.name"), "missing")),
+        let Some(name) = f.name.as_str() else {
+            return Err(invalid(param(".function.name"), "missing"));
         };
-        let input = parse_arguments(f.remove("arguments"))
-            .map_err(|e| invalid(param(".function.arguments"), e))?;
-        out.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+        let input =
+            raw_arguments(f.arguments).map_err(|e| invalid(param(".function.arguments"), e))?;
+        out.push(ReqBlock::ToolUse { id, name, input });
     }
     Ok(())
 }
 
-/// A tool call's `arguments` (a JSON string) as an object.
-pub fn parse_arguments(v: Option<Value>) -> Result<Value, String> {
-    let parsed = match v {
-        None | Some(Value::Null) => return Ok(Value::Object(Map::new())),
-        Some(Value::String(s)) if s.trim().is_empty() => return Ok(Value::Object(Map::new())),
-        Some(Value::String(s)) => {
-            serde_json::from_str::<Value>(&s).map_err(|e| format!("not valid JSON ({e})"))?
-        }
-        Some(v @ Value::Object(_)) => v,
-        Some(_) => return Err("expected a JSON string".into()),
-    };
-    match parsed {
-        Value::Object(_) => Ok(parsed),
-        _ => Err("the arguments must encode a JSON object".into()),
-    }
+/// `{"type": "object", "properties": {}}`, for a tool without parameters.
+fn empty_schema() -> &'static RawValue {
+    static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| {
+        RawValue::from_string(r#"{"type":"object","properties":{}}"#.to_string())
+            .expect("valid JSON")
+    })
 }
 
-fn convert_tools(dep: &Deployment, v: Value) -> Result<Vec<Value>, ApiError> {
-    let tools = match v {
-        Value::Array(t) => t,
-        Value::Null => return Ok(Vec::new()),
-        _ => return Err(invalid("tools", "expected an array")),
+fn convert_tools<'a>(
+    dep: &Deployment,
+    tools: &'a LaxList<Lax<InTool<'_>>>,
+) -> Result<Vec<ToolOut<'a>>, ApiError> {
+    let tools = match tools {
+        LaxList::List(t) => t,
+        LaxList::Null => return Ok(Vec::new()),
+        LaxList::Bad => return Err(invalid("tools", "expected an array")),
     };
     let mut out = Vec::with_capacity(tools.len());
-    for (i, tool) in tools.into_iter().enumerate() {
-        let Value::Object(mut tool) = tool else {
+    for (i, tool) in tools.iter().enumerate() {
+        let Some(tool) = tool.as_ref() else {
             return Err(invalid(format!("tools[{i}]"), "expected an object"));
         };
-        match tool.get("type").and_then(Value::as_str) {
+        match tool.kind.as_str() {
             Some("function") | None => {}
             Some(_) => {
                 unsupported(dep, NAME, &format!("tools[{i}].type"))?;
                 continue;
             }
         }
-        let Some(Value::Object(mut f)) = tool.remove("function") else {
+        let Some(f) = tool.function.as_ref() else {
             return Err(invalid(format!("tools[{i}].function"), "missing"));
         };
-        let name = match f.remove("name") {
-            Some(Value::String(n)) => n,
-            _ => return Err(invalid(format!("tools[{i}].function.name"), "missing")),
+        let Some(name) = f.name.as_str() else {
+            return Err(invalid(format!("tools[{i}].function.name"), "missing"));
         };
-        if f.remove("strict") == Some(Value::Bool(true)) {
+        if f.strict.0.is_some_and(|s| s.get() == "true") {
             unsupported(dep, NAME, &format!("tools[{i}].function.strict"))?;
         }
-        let mut t = Map::new();
-        t.insert("name".into(), Value::String(name));
-        if let Some(Value::String(d)) = f.remove("description") {
-            t.insert("description".into(), Value::String(d));
-        }
-        let schema = match f.remove("parameters") {
-            Some(s @ Value::Object(_)) => s,
-            _ => json!({"type": "object", "properties": {}}),
+        let input_schema = match f.parameters.0 {
+            Some(s) if t::is_object(s) => s,
+            _ => empty_schema(),
         };
-        t.insert("input_schema".into(), schema);
-        if let Some(cc) = tool.remove("cache_control") {
-            t.insert("cache_control".into(), cc);
-        }
-        out.push(Value::Object(t));
+        out.push(ToolOut {
+            name,
+            description: f.description.as_str(),
+            input_schema,
+            cache_control: tool.cache_control.0,
+        });
     }
     Ok(out)
-}
-
-fn convert_tool_choice(v: Value) -> Result<Option<Map<String, Value>>, ApiError> {
-    let kind = |k: &str| {
-        let mut m = Map::new();
-        m.insert("type".into(), Value::String(k.into()));
-        Some(m)
-    };
-    match v {
-        Value::Null => Ok(None),
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(kind("auto")),
-            "none" => Ok(kind("none")),
-            "required" => Ok(kind("any")),
-            _ => Err(invalid(
-                "tool_choice",
-                "expected \"auto\", \"none\", \"required\" or a function",
-            )),
-        },
-        Value::Object(mut o) => {
-            let name = o
-                .get_mut("function")
-                .and_then(|f| f.get_mut("name"))
-                .map(Value::take);
-            match name {
-                Some(Value::String(name)) => {
-                    let mut m = kind("tool").unwrap_or_default();
-                    m.insert("name".into(), Value::String(name));
-                    Ok(Some(m))
-                }
-                _ => Err(invalid(
-                    "tool_choice",
-                    "expected {\"type\":\"function\",\"function\":{\"name\":...}}",
-                )),
-            }
-        }
-        _ => Err(invalid("tool_choice", "expected a string or an object")),
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -635,82 +682,95 @@ pub fn translate_response(body: &[u8]) -> Result<Bytes, ApiError> {
 // ---------------------------------------------------------------------------------------
 // Streaming
 // ---------------------------------------------------------------------------------------
+//
+// Each event is read as the plain struct of its type (no internally tagged enum, which
+// would make serde buffer and read every event twice), and strings borrow from the
+// event's bytes. The type is found by comparing the data's start with the SSE `event:`
+// name (Anthropic sends both, equal, `type` first), else by reading the `type` field.
 
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Event {
-    MessageStart {
-        message: StartMessage,
-    },
-    ContentBlockStart {
-        index: usize,
-        content_block: StartBlock,
-    },
-    ContentBlockDelta {
-        index: usize,
-        delta: BlockDelta,
-    },
-    ContentBlockStop {},
-    MessageDelta {
-        #[serde(default)]
-        delta: MessageDeltaBody,
-        #[serde(default)]
-        usage: Option<AUsage>,
-    },
-    MessageStop {},
-    Ping {},
-    Error {
-        error: ErrorBody,
-    },
-    #[serde(other)]
-    Unknown,
+struct MessageStartEv<'a> {
+    #[serde(borrow)]
+    message: StartMessage<'a>,
 }
 
 #[derive(Deserialize)]
-struct StartMessage {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    model: String,
+struct StartMessage<'a> {
+    #[serde(default, borrow)]
+    id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    model: Cow<'a, str>,
     #[serde(default)]
     usage: AUsage,
 }
 
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum StartBlock {
-    Text {
-        #[serde(default)]
-        text: String,
-    },
-    ToolUse {
-        id: String,
-        name: String,
-    },
-    #[serde(other)]
-    Other,
+struct BlockStartEv<'a> {
+    index: usize,
+    #[serde(borrow)]
+    content_block: StartBlock<'a>,
+}
+
+/// `content_block_start.content_block`: `text` (with `text`) or `tool_use` (with `id`
+/// and `name`); other types are ignored.
+#[derive(Deserialize)]
+struct StartBlock<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum BlockDelta {
-    TextDelta {
-        text: String,
-    },
-    InputJsonDelta {
-        partial_json: String,
-    },
-    ThinkingDelta {
-        thinking: String,
-    },
-    #[serde(other)]
-    Other,
+struct BlockDeltaEv<'a> {
+    index: usize,
+    #[serde(borrow)]
+    delta: BlockDelta<'a>,
+}
+
+/// `content_block_delta.delta`: `text_delta` (`text`), `input_json_delta`
+/// (`partial_json`) or `thinking_delta` (`thinking`); other types are ignored.
+#[derive(Deserialize)]
+struct BlockDelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MessageDeltaEv<'a> {
+    #[serde(default, borrow)]
+    delta: MessageDeltaBody<'a>,
+    #[serde(default)]
+    usage: Option<AUsage>,
 }
 
 #[derive(Deserialize, Default)]
-struct MessageDeltaBody {
-    #[serde(default)]
-    stop_reason: Option<String>,
+struct MessageDeltaBody<'a> {
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEv {
+    error: ErrorBody,
+}
+
+/// Any event: only its `type` (for events without a known `event:` name, and to check
+/// that bodiless events are objects).
+#[derive(Deserialize)]
+struct TypeOnly<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
 }
 
 #[derive(Deserialize, Default)]
@@ -731,6 +791,11 @@ enum BlockKind {
 /// Anthropic SSE → OpenAI chunks, incrementally.
 pub struct AnthropicStream {
     sse: SseParser,
+    st: AnthropicState,
+}
+
+/// What an [`AnthropicStream`] knows besides its SSE buffer.
+struct AnthropicState {
     writer: Option<ChunkWriter>,
     model: String,
     include_usage: bool,
@@ -750,18 +815,39 @@ impl AnthropicStream {
     pub fn new(model: String, include_usage: bool) -> Self {
         AnthropicStream {
             sse: SseParser::default(),
-            writer: None,
-            model,
-            include_usage,
-            blocks: Vec::new(),
-            tools: 0,
-            usage: AUsage::default(),
-            stop_reason: None,
-            role_sent: false,
-            done: false,
+            st: AnthropicState {
+                writer: None,
+                model,
+                include_usage,
+                blocks: Vec::new(),
+                tools: 0,
+                usage: AUsage::default(),
+                stop_reason: None,
+                role_sent: false,
+                done: false,
+            },
         }
     }
+}
 
+/// True when `data` starts with `{"type":"<event>"`.
+fn has_type_prefix(data: &[u8], event: &[u8]) -> bool {
+    const OPEN: &[u8] = b"{\"type\":\"";
+    !event.is_empty()
+        && data.starts_with(OPEN)
+        && data[OPEN.len()..].starts_with(event)
+        && data.get(OPEN.len() + event.len()) == Some(&b'"')
+}
+
+fn read_event<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Result<T, UpstreamError> {
+    serde_json::from_slice(data).map_err(|e| {
+        t::stream_error(format!(
+            "anthropic sent a stream event llmgw cannot read: {e}"
+        ))
+    })
+}
+
+impl AnthropicState {
     /// The writer, after sending the `role` chunk if it has not gone out yet.
     fn started(&mut self, out: &mut BytesMut) -> &ChunkWriter {
         if !self.role_sent {
@@ -793,74 +879,109 @@ impl AnthropicStream {
         self.blocks[index] = kind;
     }
 
-    fn handle(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError> {
+    fn handle(
+        &mut self,
+        event: &[u8],
+        data: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), UpstreamError> {
         if self.done {
             return Ok(());
         }
-        let ev: Event = serde_json::from_slice(data).map_err(|e| {
-            t::stream_error(format!(
-                "anthropic sent a stream event llmgw cannot read: {e}"
-            ))
-        })?;
-        match ev {
-            Event::MessageStart { message } => {
+        // The type is the data's `type`. Anthropic sends it first and equal to the SSE
+        // `event:` name, so that is checked with a prefix comparison; anything else
+        // (other spacing, other order, no name) reads the field.
+        let data_kind;
+        let kind: &[u8] = if has_type_prefix(data, event) {
+            event
+        } else {
+            data_kind = read_event::<TypeOnly<'_>>(data)?.kind;
+            data_kind.as_bytes()
+        };
+        match kind {
+            b"message_start" => {
+                let message = read_event::<MessageStartEv<'_>>(data)?.message;
                 let model = if message.model.is_empty() {
                     self.model.clone()
                 } else {
-                    message.model
+                    message.model.into_owned()
                 };
                 let id = if message.id.is_empty() {
                     t::random_id("chatcmpl-")
                 } else {
-                    message.id
+                    message.id.into_owned()
                 };
                 self.usage.merge(message.usage);
                 self.writer = Some(ChunkWriter::new(id, model, self.include_usage));
             }
-            Event::ContentBlockStart {
-                index,
-                content_block,
-            } => match content_block {
-                StartBlock::Text { text } => {
-                    self.set_block(index, BlockKind::Text);
-                    if !text.is_empty() {
+            b"content_block_start" => {
+                let ev: BlockStartEv<'_> = read_event(data)?;
+                let (index, block) = (ev.index, ev.content_block);
+                match &*block.kind {
+                    "text" => {
+                        self.set_block(index, BlockKind::Text);
+                        if let Some(text) = block.text.as_deref().filter(|t| !t.is_empty()) {
+                            let d = Delta {
+                                content: Some(text),
+                                ..Delta::default()
+                            };
+                            self.started(out).delta(out, 0, &d, None);
+                        }
+                    }
+                    "tool_use" => {
+                        let (Some(id), Some(name)) = (block.id, block.name) else {
+                            return Err(t::stream_error(
+                                "anthropic sent a tool_use block without id or name",
+                            ));
+                        };
+                        let n = self.tools;
+                        self.tools += 1;
+                        self.set_block(index, BlockKind::Tool(n));
                         let d = Delta {
-                            content: Some(&text),
+                            tool_calls: Some([ToolCallDelta {
+                                index: n,
+                                id: Some(&id),
+                                kind: Some("function"),
+                                function: FunctionDelta {
+                                    name: Some(&name),
+                                    arguments: Some(""),
+                                },
+                            }]),
                             ..Delta::default()
                         };
                         self.started(out).delta(out, 0, &d, None);
                     }
+                    _ => self.set_block(index, BlockKind::Other),
                 }
-                StartBlock::ToolUse { id, name } => {
-                    let n = self.tools;
-                    self.tools += 1;
-                    self.set_block(index, BlockKind::Tool(n));
-                    let d = Delta {
-                        tool_calls: Some([ToolCallDelta {
-                            index: n,
-                            id: Some(&id),
-                            kind: Some("function"),
-                            function: FunctionDelta {
-                                name: Some(&name),
-                                arguments: Some(""),
-                            },
-                        }]),
-                        ..Delta::default()
-                    };
-                    self.started(out).delta(out, 0, &d, None);
-                }
-                StartBlock::Other => self.set_block(index, BlockKind::Other),
-            },
-            Event::ContentBlockDelta { index, delta } => {
+            }
+            b"content_block_delta" => {
+                let BlockDeltaEv { index, delta } = read_event(data)?;
                 let kind = self.blocks.get(index).copied().unwrap_or(BlockKind::Text);
-                let d = match (&delta, kind) {
-                    (BlockDelta::TextDelta { text }, _) if !text.is_empty() => Delta {
-                        content: Some(text),
-                        ..Delta::default()
-                    },
-                    (BlockDelta::InputJsonDelta { partial_json }, BlockKind::Tool(n))
-                        if !partial_json.is_empty() =>
-                    {
+                let missing = |field: &str| {
+                    t::stream_error(format!("anthropic sent a {} without {field}", delta.kind))
+                };
+                let d = match (&*delta.kind, kind) {
+                    ("text_delta", _) => {
+                        let text = delta.text.as_deref().ok_or_else(|| missing("text"))?;
+                        if text.is_empty() {
+                            return Ok(());
+                        }
+                        Delta {
+                            content: Some(text),
+                            ..Delta::default()
+                        }
+                    }
+                    ("input_json_delta", kind) => {
+                        let json = delta
+                            .partial_json
+                            .as_deref()
+                            .ok_or_else(|| missing("partial_json"))?;
+                        let BlockKind::Tool(n) = kind else {
+                            return Ok(());
+                        };
+                        if json.is_empty() {
+                            return Ok(());
+                        }
                         Delta {
                             tool_calls: Some([ToolCallDelta {
                                 index: n,
@@ -868,30 +989,40 @@ impl AnthropicStream {
                                 kind: None,
                                 function: FunctionDelta {
                                     name: None,
-                                    arguments: Some(partial_json),
+                                    arguments: Some(json),
                                 },
                             }]),
                             ..Delta::default()
                         }
                     }
-                    (BlockDelta::ThinkingDelta { thinking }, _) if !thinking.is_empty() => Delta {
-                        reasoning_content: Some(thinking),
-                        ..Delta::default()
-                    },
+                    ("thinking_delta", _) => {
+                        let thinking = delta
+                            .thinking
+                            .as_deref()
+                            .ok_or_else(|| missing("thinking"))?;
+                        if thinking.is_empty() {
+                            return Ok(());
+                        }
+                        Delta {
+                            reasoning_content: Some(thinking),
+                            ..Delta::default()
+                        }
+                    }
                     _ => return Ok(()),
                 };
                 self.started(out).delta(out, 0, &d, None);
             }
-            Event::ContentBlockStop {} | Event::Ping {} | Event::Unknown => {}
-            Event::MessageDelta { delta, usage } => {
-                if delta.stop_reason.is_some() {
-                    self.stop_reason = delta.stop_reason;
+            b"message_delta" => {
+                let MessageDeltaEv { delta, usage } = read_event(data)?;
+                if let Some(reason) = delta.stop_reason {
+                    self.stop_reason = Some(reason.into_owned());
                 }
                 if let Some(u) = usage {
                     self.usage.merge(u);
                 }
             }
-            Event::MessageStop {} => {
+            b"message_stop" => {
+                read_event::<TypeOnly<'_>>(data)?;
                 let finish = finish_reason(self.stop_reason.as_deref());
                 let usage = self.usage.openai();
                 let w = self.started(out);
@@ -900,13 +1031,18 @@ impl AnthropicStream {
                 w.done(out);
                 self.done = true;
             }
-            Event::Error { error } => {
+            b"error" => {
+                let ErrorEv { error } = read_event(data)?;
                 return Err(error_from_type(
                     &error.kind,
                     error.message,
                     StatusCode::OK,
                     None,
                 ));
+            }
+            // content_block_stop, ping and types added later
+            _ => {
+                read_event::<TypeOnly<'_>>(data)?;
             }
         }
         Ok(())
@@ -916,17 +1052,17 @@ impl AnthropicStream {
 impl StreamTranslator for AnthropicStream {
     fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError> {
         self.sse.push(chunk)?;
-        while let Some(ev) = self.sse.next_event() {
-            self.handle(&ev.data, out)?;
+        while let Some(ev) = self.sse.next_ref() {
+            self.st.handle(ev.event, &ev.data, out)?;
         }
         Ok(())
     }
 
     fn finish(&mut self, out: &mut BytesMut) -> Result<(), UpstreamError> {
-        if let Some(ev) = self.sse.take_rest() {
-            self.handle(&ev.data, out)?;
+        if let Some(ev) = self.sse.take_rest_ref() {
+            self.st.handle(ev.event, &ev.data, out)?;
         }
-        if !self.done {
+        if !self.st.done {
             return Err(t::stream_error(
                 "the anthropic stream ended before message_stop",
             ));
@@ -1063,6 +1199,7 @@ mod tests {
     use super::*;
     use crate::config::ProviderKind;
     use crate::providers::translate::testing::{assemble, client, deployment, events, request};
+    use serde_json::json;
 
     fn dep() -> Deployment {
         deployment(ProviderKind::Anthropic, "claude-test", false)
@@ -1419,6 +1556,276 @@ mod tests {
         // Garbage is an error, not a panic.
         assert!(run(b"event: x\ndata: {oops\n\n", &[], false).is_err());
         assert!(run(b"data: [1,2,3]\n\n", &[], false).is_err());
+    }
+
+    #[test]
+    fn request_details_kept() {
+        let out = translate(
+            &dep(),
+            json!({"model": "g", "stream": false, "top_k": 5, "user": "u\"2",
+                "parallel_tool_calls": false, "tool_choice": "none",
+                "tools": [{"type": "function", "cache_control": {"type": "ephemeral"},
+                    "function": {"name": "f"}}],
+                "messages": [
+                    {"role": "system", "content": [{"type": "text", "text": "A"}, "B"]},
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "look\n", "cache_control": null},
+                        {"type": "image_url", "image_url": "https://x/y.gif", "cache_control": {"type": "ephemeral"}}]},
+                    {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}, {"type": "text", "text": ""}],
+                        "tool_calls": [
+                            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": [1, 2.5]}}},
+                            {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "  "}},
+                            {"id": "c3", "type": "function", "function": {"name": "f"}}]},
+                    {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "r1"}, {"type": "text", "text": "r2"}]},
+                    {"role": "tool", "tool_call_id": "c2", "content": null}
+                ]}),
+        )
+        .unwrap();
+        assert!(out.get("stream").is_none());
+        assert_eq!(out["top_k"], 5);
+        assert_eq!(out["metadata"], json!({"user_id": "u\"2"}));
+        // tool_choice none keeps parallel tool use as it is.
+        assert_eq!(out["tool_choice"], json!({"type": "none"}));
+        assert_eq!(
+            out["tools"],
+            json!([{"name": "f", "input_schema": {"type": "object", "properties": {}},
+                "cache_control": {"type": "ephemeral"}}])
+        );
+        assert_eq!(out["system"], json!([{"type": "text", "text": "AB"}]));
+        let m = out["messages"].as_array().unwrap();
+        assert_eq!(
+            m[0]["content"],
+            json!([{"type": "text", "text": "look\n", "cache_control": null},
+                {"type": "image", "source": {"type": "url", "url": "https://x/y.gif"},
+                    "cache_control": {"type": "ephemeral"}}])
+        );
+        assert_eq!(
+            m[1]["content"],
+            json!([{"type": "text", "text": "no"},
+                {"type": "tool_use", "id": "c1", "name": "f", "input": {"a": [1, 2.5]}},
+                {"type": "tool_use", "id": "c2", "name": "f", "input": {}},
+                {"type": "tool_use", "id": "c3", "name": "f", "input": {}}])
+        );
+        assert_eq!(
+            m[2]["content"],
+            json!([{"type": "tool_result", "tool_use_id": "c1", "content": "r1r2"},
+                {"type": "tool_result", "tool_use_id": "c2", "content": ""}])
+        );
+        // parallel_tool_calls: false without tool_choice → auto, parallel use disabled.
+        let out = translate(
+            &dep(),
+            json!({"model": "g", "parallel_tool_calls": false,
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            out["tool_choice"],
+            json!({"type": "auto", "disable_parallel_tool_use": true})
+        );
+    }
+
+    #[test]
+    fn malformed_requests_name_the_field() {
+        let cases = [
+            (json!({"model": "g"}), "messages"),
+            (json!({"model": "g", "messages": null}), "messages"),
+            (
+                json!({"model": "g", "messages": {"role": "user"}}),
+                "messages",
+            ),
+            (json!({"model": "g", "messages": [1]}), "messages[0]"),
+            (
+                json!({"model": "g", "messages": [{"content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": 5, "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "robot", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "user", "content": 5}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "user", "content": {"text": "x"}}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "user", "content": ["x"]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": 1}}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "user", "content": [{"type": "audio"}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "system", "content": [{"type": "image_url"}]}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "system", "content": [3]}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "content": [{"type": "text"}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": {}}]}),
+                "messages[0].tool_calls",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [7]}]}),
+                "messages[0].tool_calls[0]",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]}),
+                "messages[0].tool_calls[0].id",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function": "f"}]}]}),
+                "messages[0].tool_calls[0].function",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function": {}}]}]}),
+                "messages[0].tool_calls[0].function.name",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": 3}}]}]}),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "[1]"}}]}]}),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "tool", "content": "x"}]}),
+                "messages[0].tool_call_id",
+            ),
+            (
+                json!({"model": "g", "max_tokens": 0, "messages": []}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": "g", "max_tokens": 1.5, "messages": []}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": "g", "max_completion_tokens": "9", "messages": []}),
+                "max_completion_tokens",
+            ),
+            (json!({"model": "g", "stop": [1], "messages": []}), "stop"),
+            (json!({"model": "g", "stop": {}, "messages": []}), "stop"),
+            (json!({"model": "g", "tools": {}, "messages": []}), "tools"),
+            (
+                json!({"model": "g", "tools": [1], "messages": []}),
+                "tools[0]",
+            ),
+            (
+                json!({"model": "g", "tools": [{"type": "function"}], "messages": []}),
+                "tools[0].function",
+            ),
+            (
+                json!({"model": "g", "tools": [{"function": {"description": "d"}}], "messages": []}),
+                "tools[0].function.name",
+            ),
+            (
+                json!({"model": "g", "tools": [{"type": "web_search"}], "messages": []}),
+                "tools[0].type",
+            ),
+            (
+                json!({"model": "g", "tools": [{"function": {"name": "f", "strict": true}}], "messages": []}),
+                "tools[0].function.strict",
+            ),
+            (
+                json!({"model": "g", "tool_choice": "any", "messages": []}),
+                "tool_choice",
+            ),
+            (
+                json!({"model": "g", "tool_choice": {"type": "function"}, "messages": []}),
+                "tool_choice",
+            ),
+            (
+                json!({"model": "g", "tool_choice": 1, "messages": []}),
+                "tool_choice",
+            ),
+            (
+                json!({"model": "g", "parallel_tool_calls": "no", "messages": []}),
+                "parallel_tool_calls",
+            ),
+            (json!({"model": "g", "user": 1, "messages": []}), "user"),
+        ];
+        for (body, param) in cases {
+            let e = translate(&dep(), body.clone()).expect_err(&body.to_string());
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
+        // With drop_params, unsupported tool types and strict are dropped, not rejected.
+        let dropping = deployment(ProviderKind::Anthropic, "claude-test", true);
+        let out = translate(
+            &dropping,
+            json!({"model": "g", "messages": [], "tools": [{"type": "web_search"},
+                {"function": {"name": "f", "strict": true, "parameters": {"type": "object"}}}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            out["tools"],
+            json!([{"name": "f", "input_schema": {"type": "object"}}])
+        );
+    }
+
+    #[test]
+    fn stream_without_event_names_and_with_thinking() {
+        let s = "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"model\":\"c\",\"usage\":{\"input_tokens\":3}}}\n\n\
+            data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n\
+            data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hmm \\\"q\\\"\"}}\n\n\
+            data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"x\"}}\n\n\
+            event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"A\\nB\"}}\n\n\
+            event: some_future_event\ndata: {\"type\":\"some_future_event\"}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"output_tokens\":4}}\n\n\
+            data: {\"type\":\"message_stop\"}";
+        let ev = events(&run(s.as_bytes(), &[], true).unwrap());
+        assert_eq!(ev[0]["id"], "m1");
+        assert_eq!(ev[0]["model"], "c");
+        assert_eq!(ev[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(
+            ev[1]["choices"][0]["delta"]["reasoning_content"],
+            "hmm \"q\""
+        );
+        assert_eq!(ev[2]["choices"][0]["delta"]["content"], "A\nB");
+        assert_eq!(ev[3]["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            ev[4]["usage"],
+            json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
+        );
+        assert_eq!(ev[5], "[DONE]");
+        // A tool_use block without its id, or an event that is not an object, is an error.
+        let bad = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"name\":\"f\"}}\n\n";
+        assert!(run(bad.as_bytes(), &[], false).is_err());
+        assert!(run(b"event: ping\ndata: 3\n\n", &[], false).is_err());
+        assert!(run(
+            b"event: content_block_delta\ndata: {\"index\":0}\n\n",
+            &[],
+            false
+        )
+        .is_err());
     }
 
     #[test]

@@ -11,9 +11,11 @@
 //! finish reasons and `usageMetadata` mapped; streams translated event by event.
 
 use super::translate::{
-    self as t, body_object, content_text, invalid, is_default, max_tokens, mime_from_url,
-    parse_data_url, secret_header, stop_list, unsupported, unsupported_all, ChunkWriter, Delta,
-    FunctionCall, FunctionDelta, SseParser, ToolCall, ToolCallDelta, Usage,
+    self as t, body_object, content_str, invalid, is_default, is_null, mime_from_url,
+    parse_data_url, raw_arguments, raw_is_default, raw_max_tokens, raw_stop_list, secret_header,
+    unsupported, unsupported_all, ChatBody, ChunkWriter, Content, Delta, FunctionCall,
+    FunctionDelta, InMessage, InTool, InToolCall, LStr, Lax, LaxList, MaybeRaw, Part, SseParser,
+    ToolCall, ToolCallDelta, ToolChoiceIn, Usage,
 };
 use super::{Provider, StreamTranslator, UpstreamError};
 use crate::config::ErrorClass;
@@ -23,9 +25,10 @@ use crate::router::Deployment;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 const NAME: &str = "gemini";
 
@@ -118,197 +121,331 @@ impl Provider for Gemini {
 
 /// The `generateContent` body for an OpenAI chat completions request.
 pub fn translate_request(dep: &Deployment, req: &ClientRequest) -> Result<Vec<u8>, ApiError> {
-    let mut m = body_object(req)?;
-    let messages = m
-        .remove("messages")
-        .ok_or_else(|| invalid("messages", "this parameter is required"))?;
-    let (system, contents) = convert_messages(messages)?;
-    let mut gc = Map::new();
-    if let Some(max) = max_tokens(&mut m)?.or(dep.max_tokens) {
-        gc.insert("maxOutputTokens".into(), max.into());
+    let mut body = ChatBody::parse(req)?;
+    let messages = body.messages()?;
+    let (system, contents) = convert_messages(&messages)?;
+    let mut gc = GenerationConfig {
+        max_output_tokens: raw_max_tokens(&mut body)?.or(dep.max_tokens),
+        ..GenerationConfig::default()
+    };
+    let mut out = GenerateRequest {
+        tools: None,
+        tool_config: None,
+        contents: contents
+            .into_iter()
+            .map(|(role, parts)| GContentOut { role, parts })
+            .collect(),
+        system_instruction: (!system.is_empty()).then_some(SystemOut { parts: system }),
+        generation_config: None,
+    };
+    if let Some(tools) = &body.tools {
+        let decls = convert_tools(dep, tools)?;
+        out.tools = (!decls.is_empty()).then_some([ToolsOut {
+            function_declarations: decls,
+        }]);
     }
-    m.remove("model");
-    m.remove("stream");
-    m.remove("stream_options");
-    let mut out = Map::new();
     let mut rejected = Vec::new();
-    for (k, v) in m {
-        if v.is_null() {
+    for (k, v) in &body.params {
+        let v: &RawValue = v;
+        if is_null(v) {
             continue;
         }
-        match k.as_str() {
-            "temperature" => {
-                gc.insert("temperature".into(), v);
-            }
-            "top_p" => {
-                gc.insert("topP".into(), v);
-            }
-            "top_k" => {
-                gc.insert("topK".into(), v);
-            }
-            "presence_penalty" => {
-                gc.insert("presencePenalty".into(), v);
-            }
-            "frequency_penalty" => {
-                gc.insert("frequencyPenalty".into(), v);
-            }
-            "seed" => {
-                gc.insert("seed".into(), v);
-            }
-            "n" => match v.as_u64() {
+        match &**k {
+            "model" | "stream" | "stream_options" => {}
+            "temperature" => gc.temperature = Some(v),
+            "top_p" => gc.top_p = Some(v),
+            "top_k" => gc.top_k = Some(v),
+            "presence_penalty" => gc.presence_penalty = Some(v),
+            "frequency_penalty" => gc.frequency_penalty = Some(v),
+            "seed" => gc.seed = Some(v),
+            "n" => match serde_json::from_str::<u64>(v.get()).ok() {
                 Some(1) => {}
-                Some(n) if n > 1 => {
-                    gc.insert("candidateCount".into(), n.into());
-                }
+                Some(n) if n > 1 => gc.candidate_count = Some(n),
                 _ => return Err(invalid("n", "expected a positive integer")),
             },
-            "stop" => {
-                let stop = stop_list(v)?;
-                if !stop.is_empty() {
-                    gc.insert("stopSequences".into(), Value::Array(stop));
-                }
-            }
+            "stop" => gc.stop_sequences = raw_stop_list(v)?,
             "response_format" => response_format(v, &mut gc)?,
-            "tools" => {
-                let decls = convert_tools(dep, v)?;
-                if !decls.is_empty() {
-                    out.insert("tools".into(), json!([{ "functionDeclarations": decls }]));
-                }
-            }
             "tool_choice" => {
-                if let Some(cfg) = convert_tool_choice(v)? {
-                    out.insert("toolConfig".into(), json!({ "functionCallingConfig": cfg }));
+                if let Some(c) = t::tool_choice(v)? {
+                    let (mode, name) = match c {
+                        ToolChoiceIn::Auto => ("AUTO", None),
+                        ToolChoiceIn::None => ("NONE", None),
+                        ToolChoiceIn::Required => ("ANY", None),
+                        ToolChoiceIn::Function(n) => ("ANY", Some([n])),
+                    };
+                    out.tool_config = Some(ToolConfig {
+                        function_calling_config: FunctionCallingConfig {
+                            mode,
+                            allowed_function_names: name,
+                        },
+                    });
                 }
             }
             // An end-user id for abuse monitoring; Gemini has no such field.
             "user" => {}
-            _ if is_default(&k, &v) => {}
-            _ => rejected.push(k),
+            _ if raw_is_default(k, v) => {}
+            _ => rejected.push(k.to_string()),
         }
     }
     unsupported_all(dep, NAME, &mut rejected)?;
-    out.insert("contents".into(), Value::Array(contents));
-    if !system.is_empty() {
-        out.insert("systemInstruction".into(), json!({ "parts": system }));
-    }
     if !gc.is_empty() {
-        out.insert("generationConfig".into(), Value::Object(gc));
+        out.generation_config = Some(gc);
     }
-    serde_json::to_vec(&out).map_err(|e| ApiError::internal(format!("serialising: {e}")))
+    t::to_body(&out, req.body.len() + 256)
 }
 
-fn response_format(v: Value, gc: &mut Map<String, Value>) -> Result<(), ApiError> {
-    let Value::Object(mut o) = v else {
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<[ToolsOut<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<ToolConfig<'a>>,
+    contents: Vec<GContentOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<SystemOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation_config: Option<GenerationConfig<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolsOut<'a> {
+    function_declarations: Vec<FunctionDeclaration<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionDeclaration<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    /// Full JSON Schema, passed as is (`parameters` takes only an OpenAPI subset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters_json_schema: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolConfig<'a> {
+    function_calling_config: FunctionCallingConfig<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionCallingConfig<'a> {
+    mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_function_names: Option<[Cow<'a, str>; 1]>,
+}
+
+#[derive(Serialize)]
+struct GContentOut<'a> {
+    role: &'static str,
+    parts: Vec<GPartOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct SystemOut<'a> {
+    parts: Vec<GPartOut<'a>>,
+}
+
+/// A request part: `{"text": …}`, `{"inlineData": …}`, ….
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum GPartOut<'a> {
+    Text(Cow<'a, str>),
+    InlineData(Blob<'a>),
+    FileData(FileData<'a>),
+    FunctionCall(FunctionCallOut<'a>),
+    FunctionResponse(FunctionResponseOut<'a>),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Blob<'a> {
+    mime_type: &'a str,
+    data: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FileData<'a> {
+    mime_type: &'a str,
+    file_uri: &'a str,
+}
+
+#[derive(Serialize)]
+struct FunctionCallOut<'a> {
+    name: &'a str,
+    args: Box<RawValue>,
+}
+
+#[derive(Serialize)]
+struct FunctionResponseOut<'a> {
+    name: &'a str,
+    response: ToolResponse<'a>,
+}
+
+/// A tool message's content: its JSON object, else `{"content": text}`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ToolResponse<'a> {
+    Object(Box<RawValue>),
+    Text { content: Cow<'a, str> },
+}
+
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidate_count: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stop_sequences: Vec<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_json_schema: Option<&'a RawValue>,
+}
+
+impl GenerationConfig<'_> {
+    fn is_empty(&self) -> bool {
+        self.max_output_tokens.is_none()
+            && self.temperature.is_none()
+            && self.top_p.is_none()
+            && self.top_k.is_none()
+            && self.presence_penalty.is_none()
+            && self.frequency_penalty.is_none()
+            && self.seed.is_none()
+            && self.candidate_count.is_none()
+            && self.stop_sequences.is_empty()
+            && self.response_mime_type.is_none()
+            && self.response_json_schema.is_none()
+    }
+}
+
+#[derive(Deserialize)]
+struct ResponseFormatIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: LStr<'a>,
+    #[serde(default, borrow)]
+    json_schema: Lax<JsonSchemaIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct JsonSchemaIn<'a> {
+    #[serde(default, borrow)]
+    schema: MaybeRaw<'a>,
+}
+
+fn response_format<'a>(v: &'a RawValue, gc: &mut GenerationConfig<'a>) -> Result<(), ApiError> {
+    if !t::is_object(v) {
         return Err(invalid("response_format", "expected an object"));
+    }
+    let bad = || {
+        invalid(
+            "response_format",
+            "expected type text, json_object or json_schema",
+        )
     };
-    match o.get("type").and_then(Value::as_str) {
+    let o: ResponseFormatIn<'a> = serde_json::from_str(v.get()).map_err(|_| bad())?;
+    match o.kind.as_str() {
         Some("text") => {}
-        Some("json_object") => {
-            gc.insert("responseMimeType".into(), "application/json".into());
-        }
+        Some("json_object") => gc.response_mime_type = Some("application/json"),
         Some("json_schema") => {
-            gc.insert("responseMimeType".into(), "application/json".into());
-            let schema = o
-                .get_mut("json_schema")
-                .and_then(|s| s.get_mut("schema"))
-                .map(Value::take);
-            if let Some(schema) = schema {
-                gc.insert("responseJsonSchema".into(), schema);
+            gc.response_mime_type = Some("application/json");
+            if let Lax::Ok(JsonSchemaIn {
+                schema: MaybeRaw(Some(schema)),
+            }) = o.json_schema
+            {
+                gc.response_json_schema = Some(schema);
             }
         }
-        _ => {
-            return Err(invalid(
-                "response_format",
-                "expected type text, json_object or json_schema",
-            ))
-        }
+        _ => return Err(bad()),
     }
     Ok(())
 }
 
+type Contents<'a> = Vec<(&'static str, Vec<GPartOut<'a>>)>;
+
 /// OpenAI messages → (system parts, contents with alternating roles).
-fn convert_messages(messages: Value) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
-    let Value::Array(items) = messages else {
-        return Err(invalid("messages", "expected an array of messages"));
-    };
+fn convert_messages<'a>(
+    items: &'a [Lax<InMessage<'_>>],
+) -> Result<(Vec<GPartOut<'a>>, Contents<'a>), ApiError> {
     let mut system = Vec::new();
-    let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::with_capacity(items.len());
+    let mut contents: Contents<'a> = Vec::with_capacity(items.len());
     // tool_call id → function name, from the assistant turns seen so far.
-    let mut names: HashMap<String, String> = HashMap::new();
-    for (i, msg) in items.into_iter().enumerate() {
-        let Value::Object(mut msg) = msg else {
-            return Err(invalid(format!("messages[{i}]"), "expected an object"));
+    let mut names: Vec<(&'a str, &'a str)> = Vec::new();
+    for (i, msg) in items.iter().enumerate() {
+        let msg = msg.object(|| format!("messages[{i}]"))?;
+        let Some(role) = msg.role.as_str() else {
+            return Err(invalid(
+                format!("messages[{i}].role"),
+                "missing or not a string",
+            ));
         };
-        let role = match msg.remove("role") {
-            Some(Value::String(r)) => r,
-            _ => {
-                return Err(invalid(
-                    format!("messages[{i}].role"),
-                    "missing or not a string",
-                ))
-            }
-        };
-        let content = msg.remove("content").unwrap_or(Value::Null);
+        let content = &msg.content;
         let param = || format!("messages[{i}].content");
-        match role.as_str() {
+        match role {
             "system" | "developer" => {
-                let text = content_text(content, &param())?;
+                let text = content_str(content, &param())?;
                 if !text.is_empty() {
-                    system.push(json!({ "text": text }));
+                    system.push(GPartOut::Text(text));
                 }
             }
             "user" => push(&mut contents, "user", user_parts(content, i)?),
             "assistant" => {
                 let text = match content {
-                    Value::Array(parts) => {
+                    Content::Parts(parts) => {
                         let mut s = String::new();
-                        for (j, p) in parts.into_iter().enumerate() {
-                            match p {
-                                Value::Object(mut p) => {
-                                    match (p.remove("text"), p.remove("refusal")) {
-                                        (Some(Value::String(t)), _)
-                                        | (_, Some(Value::String(t))) => s.push_str(&t),
-                                        _ => {
-                                            return Err(invalid(
-                                                format!("messages[{i}].content[{j}]"),
-                                                "only text parts are allowed here",
-                                            ))
-                                        }
-                                    }
-                                }
-                                _ => {
+                        for (j, p) in parts.iter().enumerate() {
+                            let Part::Obj(p) = p else {
+                                return Err(invalid(
+                                    format!("messages[{i}].content[{j}]"),
+                                    "expected an object",
+                                ));
+                            };
+                            match p.text_or_refusal() {
+                                Some(t) => s.push_str(t),
+                                None => {
                                     return Err(invalid(
                                         format!("messages[{i}].content[{j}]"),
-                                        "expected an object",
+                                        "only text parts are allowed here",
                                     ))
                                 }
                             }
                         }
-                        s
+                        Cow::Owned(s)
                     }
-                    other => content_text(other, &param())?,
+                    other => content_str(other, &param())?,
                 };
                 let mut parts = Vec::new();
                 if !text.is_empty() {
-                    parts.push(json!({ "text": text }));
+                    parts.push(GPartOut::Text(text));
                 }
-                if let Some(calls) = msg.remove("tool_calls") {
-                    function_calls(calls, i, &mut parts, &mut names)?;
-                }
+                function_calls(&msg.tool_calls, i, &mut parts, &mut names)?;
                 push(&mut contents, "model", parts);
             }
             "tool" => {
-                let id = match msg.remove("tool_call_id") {
-                    Some(Value::String(id)) => Some(id),
-                    _ => None,
-                };
+                let id = msg.tool_call_id.as_str();
                 let name = id
-                    .as_ref()
-                    .and_then(|id| names.get(id).cloned())
-                    .or_else(|| match msg.remove("name") {
-                        Some(Value::String(n)) => Some(n),
-                        _ => None,
-                    })
+                    .and_then(|id| names.iter().rev().find(|(k, _)| *k == id))
+                    .map(|(_, n)| *n)
+                    .or_else(|| msg.name.as_str())
                     .ok_or_else(|| {
                         invalid(
                             format!("messages[{i}].tool_call_id"),
@@ -316,15 +453,18 @@ fn convert_messages(messages: Value) -> Result<(Vec<Value>, Vec<Value>), ApiErro
                              (gemini needs the function name)",
                         )
                     })?;
-                let text = content_text(content, &param())?;
-                let response = match serde_json::from_str::<Value>(&text) {
-                    Ok(v @ Value::Object(_)) => v,
-                    _ => json!({ "content": text }),
+                let text = content_str(content, &param())?;
+                let response = match serde_json::from_str::<&RawValue>(&text) {
+                    Ok(v) if t::is_object(v) => ToolResponse::Object(v.to_owned()),
+                    _ => ToolResponse::Text { content: text },
                 };
                 push(
                     &mut contents,
                     "user",
-                    vec![json!({ "functionResponse": { "name": name, "response": response } })],
+                    vec![GPartOut::FunctionResponse(FunctionResponseOut {
+                        name,
+                        response,
+                    })],
                 );
             }
             other => {
@@ -337,14 +477,10 @@ fn convert_messages(messages: Value) -> Result<(Vec<Value>, Vec<Value>), ApiErro
             }
         }
     }
-    let contents = contents
-        .into_iter()
-        .map(|(role, parts)| json!({ "role": role, "parts": parts }))
-        .collect();
     Ok((system, contents))
 }
 
-fn push(contents: &mut Vec<(&'static str, Vec<Value>)>, role: &'static str, parts: Vec<Value>) {
+fn push<'a>(contents: &mut Contents<'a>, role: &'static str, parts: Vec<GPartOut<'a>>) {
     if parts.is_empty() {
         return;
     }
@@ -354,13 +490,13 @@ fn push(contents: &mut Vec<(&'static str, Vec<Value>)>, role: &'static str, part
     }
 }
 
-fn user_parts(content: Value, i: usize) -> Result<Vec<Value>, ApiError> {
+fn user_parts<'a>(content: &'a Content<'_>, i: usize) -> Result<Vec<GPartOut<'a>>, ApiError> {
     let parts = match content {
-        Value::String(s) if s.is_empty() => return Ok(Vec::new()),
-        Value::String(s) => return Ok(vec![json!({ "text": s })]),
-        Value::Null => return Ok(Vec::new()),
-        Value::Array(p) => p,
-        _ => {
+        Content::Text(s) if s.is_empty() => return Ok(Vec::new()),
+        Content::Text(s) => return Ok(vec![GPartOut::Text(Cow::Borrowed(s))]),
+        Content::Null => return Ok(Vec::new()),
+        Content::Parts(p) => p,
+        Content::Bad => {
             return Err(invalid(
                 format!("messages[{i}].content"),
                 "expected a string or an array of parts",
@@ -368,28 +504,36 @@ fn user_parts(content: Value, i: usize) -> Result<Vec<Value>, ApiError> {
         }
     };
     let mut out = Vec::with_capacity(parts.len());
-    for (j, p) in parts.into_iter().enumerate() {
+    for (j, p) in parts.iter().enumerate() {
         let param = || format!("messages[{i}].content[{j}]");
-        let Value::Object(mut p) = p else {
+        let Part::Obj(p) = p else {
             return Err(invalid(param(), "expected an object"));
         };
-        match p.get("type").and_then(Value::as_str).unwrap_or("text") {
-            "text" => match p.remove("text") {
-                Some(Value::String(t)) if t.is_empty() => {}
-                Some(Value::String(t)) => out.push(json!({ "text": t })),
-                _ => return Err(invalid(param(), "a text part needs a string 'text'")),
+        match p.kind() {
+            "text" => match p.text.as_str() {
+                Some("") => {}
+                Some(t) => out.push(GPartOut::Text(Cow::Borrowed(t))),
+                None => return Err(invalid(param(), "a text part needs a string 'text'")),
             },
             "image_url" => {
-                let url = t::image_url(&mut p)
+                let url = p
+                    .image_url
+                    .0
+                    .as_deref()
                     .ok_or_else(|| invalid(param(), "an image_url part needs image_url.url"))?;
-                if let Some((mime, data)) = parse_data_url(&url) {
-                    out.push(json!({ "inlineData": { "mimeType": mime, "data": data } }));
+                if let Some((mime, data)) = parse_data_url(url) {
+                    out.push(GPartOut::InlineData(Blob {
+                        mime_type: mime,
+                        data,
+                    }));
                 } else if url.starts_with("https://")
                     || url.starts_with("http://")
                     || url.starts_with("gs://")
                 {
-                    let mime = mime_from_url(&url);
-                    out.push(json!({ "fileData": { "mimeType": mime, "fileUri": url } }));
+                    out.push(GPartOut::FileData(FileData {
+                        mime_type: mime_from_url(url),
+                        file_uri: url,
+                    }));
                 } else {
                     return Err(invalid(
                         param(),
@@ -408,115 +552,80 @@ fn user_parts(content: Value, i: usize) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
-fn function_calls(
-    calls: Value,
+fn function_calls<'a>(
+    calls: &'a LaxList<Lax<InToolCall<'_>>>,
     i: usize,
-    parts: &mut Vec<Value>,
-    names: &mut HashMap<String, String>,
+    parts: &mut Vec<GPartOut<'a>>,
+    names: &mut Vec<(&'a str, &'a str)>,
 ) -> Result<(), ApiError> {
     let calls = match calls {
-        Value::Array(c) => c,
-        Value::Null => return Ok(()),
-        _ => {
+        LaxList::List(c) => c,
+        LaxList::Null => return Ok(()),
+        LaxList::Bad => {
             return Err(invalid(
                 format!("messages[{i}].tool_calls"),
                 "expected an array",
             ))
         }
     };
-    for (j, call) in calls.into_iter().enumerate() {
+    for (j, call) in calls.iter().enumerate() {
         let param = |f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
-        let Value::Object(mut call) = call else {
+        let Some(call) = call.as_ref() else {
             return Err(invalid(param(""), "expected an object"));
         };
-        let Some(Value::Object(mut f)) = call.remove("function") else {
+        let Some(f) = call.function.as_ref() else {
             return Err(invalid(param(".function"), "missing"));
         };
-        let name = match f.remove("name") {
-            Some(Value::String(n)) => n,
-            _ => return Err(invalid(param(".function.name"), "missing")),
+        let Some(name) = f.name.as_str() else {
+            return Err(invalid(param(".function.name"), "missing"));
         };
-        let args = super::anthropic::parse_arguments(f.remove("arguments"))
-            .map_err(|e| invalid(param(".function.arguments"), e))?;
-        if let Some(Value::String(id)) = call.remove("id") {
-            names.insert(id, name.clone());
+        let args =
+            raw_arguments(f.arguments).map_err(|e| invalid(param(".function.arguments"), e))?;
+        if let Some(id) = call.id.as_str() {
+            names.push((id, name));
         }
-        parts.push(json!({ "functionCall": { "name": name, "args": args } }));
+        parts.push(GPartOut::FunctionCall(FunctionCallOut { name, args }));
     }
     Ok(())
 }
 
-fn convert_tools(dep: &Deployment, v: Value) -> Result<Vec<Value>, ApiError> {
-    let tools = match v {
-        Value::Array(t) => t,
-        Value::Null => return Ok(Vec::new()),
-        _ => return Err(invalid("tools", "expected an array")),
+fn convert_tools<'a>(
+    dep: &Deployment,
+    tools: &'a LaxList<Lax<InTool<'_>>>,
+) -> Result<Vec<FunctionDeclaration<'a>>, ApiError> {
+    let tools = match tools {
+        LaxList::List(t) => t,
+        LaxList::Null => return Ok(Vec::new()),
+        LaxList::Bad => return Err(invalid("tools", "expected an array")),
     };
     let mut out = Vec::with_capacity(tools.len());
-    for (i, tool) in tools.into_iter().enumerate() {
-        let Value::Object(mut tool) = tool else {
+    for (i, tool) in tools.iter().enumerate() {
+        let Some(tool) = tool.as_ref() else {
             return Err(invalid(format!("tools[{i}]"), "expected an object"));
         };
-        match tool.get("type").and_then(Value::as_str) {
+        match tool.kind.as_str() {
             Some("function") | None => {}
             Some(_) => {
                 unsupported(dep, NAME, &format!("tools[{i}].type"))?;
                 continue;
             }
         }
-        let Some(Value::Object(mut f)) = tool.remove("function") else {
+        let Some(f) = tool.function.as_ref() else {
             return Err(invalid(format!("tools[{i}].function"), "missing"));
         };
-        let name = match f.remove("name") {
-            Some(Value::String(n)) => n,
-            _ => return Err(invalid(format!("tools[{i}].function.name"), "missing")),
+        let Some(name) = f.name.as_str() else {
+            return Err(invalid(format!("tools[{i}].function.name"), "missing"));
         };
-        if f.remove("strict") == Some(Value::Bool(true)) {
+        if f.strict.0.is_some_and(|s| s.get() == "true") {
             unsupported(dep, NAME, &format!("tools[{i}].function.strict"))?;
         }
-        let mut d = Map::new();
-        d.insert("name".into(), Value::String(name));
-        if let Some(Value::String(desc)) = f.remove("description") {
-            d.insert("description".into(), Value::String(desc));
-        }
-        if let Some(p @ Value::Object(_)) = f.remove("parameters") {
-            // Full JSON Schema, passed as is (`parameters` takes only an OpenAPI subset).
-            d.insert("parametersJsonSchema".into(), p);
-        }
-        out.push(Value::Object(d));
+        out.push(FunctionDeclaration {
+            name,
+            description: f.description.as_str(),
+            parameters_json_schema: f.parameters.0.filter(|p| t::is_object(p)),
+        });
     }
     Ok(out)
-}
-
-fn convert_tool_choice(v: Value) -> Result<Option<Value>, ApiError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(Some(json!({ "mode": "AUTO" }))),
-            "none" => Ok(Some(json!({ "mode": "NONE" }))),
-            "required" => Ok(Some(json!({ "mode": "ANY" }))),
-            _ => Err(invalid(
-                "tool_choice",
-                "expected \"auto\", \"none\", \"required\" or a function",
-            )),
-        },
-        Value::Object(mut o) => {
-            let name = o
-                .get_mut("function")
-                .and_then(|f| f.get_mut("name"))
-                .map(Value::take);
-            match name {
-                Some(Value::String(name)) => Ok(Some(
-                    json!({ "mode": "ANY", "allowedFunctionNames": [name] }),
-                )),
-                _ => Err(invalid(
-                    "tool_choice",
-                    "expected {\"type\":\"function\",\"function\":{\"name\":...}}",
-                )),
-            }
-        }
-        _ => Err(invalid("tool_choice", "expected a string or an object")),
-    }
 }
 
 /// The `batchEmbedContents` body for an OpenAI embeddings request.
@@ -590,9 +699,6 @@ struct GenResponse {
     response_id: Option<String>,
     #[serde(default)]
     prompt_feedback: Option<PromptFeedback>,
-    /// An error inside a stream.
-    #[serde(default)]
-    error: Option<GError>,
 }
 
 #[derive(Deserialize, Default)]
@@ -819,6 +925,53 @@ pub fn translate_embeddings_response(model: &str, body: &[u8]) -> Result<Bytes, 
 // Streaming
 // ---------------------------------------------------------------------------------------
 
+/// One streamed `GenerateContentResponse`, strings borrowed from the event.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct StreamResponse<'a> {
+    #[serde(default, borrow)]
+    candidates: Vec<StreamCandidate<'a>>,
+    #[serde(default)]
+    usage_metadata: Option<GUsage>,
+    #[serde(default, borrow)]
+    model_version: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    response_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    prompt_feedback: Option<PromptFeedback>,
+    /// An error inside a stream.
+    #[serde(default)]
+    error: Option<GError>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct StreamCandidate<'a> {
+    #[serde(default, borrow)]
+    content: Option<StreamContent<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    index: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamContent<'a> {
+    #[serde(default, borrow)]
+    parts: Vec<StreamPart<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct StreamPart<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    thought: Option<bool>,
+    #[serde(default)]
+    function_call: Option<GFunctionCall>,
+}
+
 #[derive(Default, Clone)]
 struct CandidateState {
     started: bool,
@@ -829,6 +982,11 @@ struct CandidateState {
 /// Gemini SSE (`alt=sse`: one `GenerateContentResponse` per event) → OpenAI chunks.
 pub struct GeminiStream {
     sse: SseParser,
+    st: GeminiState,
+}
+
+/// What a [`GeminiStream`] knows besides its SSE buffer.
+struct GeminiState {
     writer: Option<ChunkWriter>,
     model: String,
     include_usage: bool,
@@ -840,175 +998,192 @@ impl GeminiStream {
     pub fn new(model: String, include_usage: bool) -> Self {
         GeminiStream {
             sse: SseParser::default(),
-            writer: None,
-            model,
-            include_usage,
-            candidates: Vec::new(),
-            usage: None,
+            st: GeminiState {
+                writer: None,
+                model,
+                include_usage,
+                candidates: Vec::new(),
+                usage: None,
+            },
         }
     }
+}
 
-    fn state(&mut self, index: u32) -> Option<&mut CandidateState> {
-        let i = index as usize;
-        if i >= 64 {
-            return None;
-        }
-        if i >= self.candidates.len() {
-            self.candidates.resize(i + 1, CandidateState::default());
-        }
-        Some(&mut self.candidates[i])
+fn candidate_state(
+    candidates: &mut Vec<CandidateState>,
+    index: u32,
+) -> Option<&mut CandidateState> {
+    let i = index as usize;
+    if i >= 64 {
+        return None;
     }
+    if i >= candidates.len() {
+        candidates.resize(i + 1, CandidateState::default());
+    }
+    Some(&mut candidates[i])
+}
 
+impl GeminiState {
     fn handle(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError> {
         if data.trim_ascii() == b"[DONE]" {
             return Ok(());
         }
-        let resp: GenResponse = serde_json::from_slice(data).map_err(|e| {
+        let resp: StreamResponse<'_> = serde_json::from_slice(data).map_err(|e| {
             t::stream_error(format!("gemini sent a stream event llmgw cannot read: {e}"))
         })?;
         if let Some(err) = resp.error {
             return Err(from_gerror(err, StatusCode::OK, None));
         }
-        if self.writer.is_none() {
-            let id = resp
-                .response_id
-                .unwrap_or_else(|| t::random_id("chatcmpl-"));
-            let model = resp.model_version.unwrap_or_else(|| self.model.clone());
-            self.writer = Some(ChunkWriter::new(id, model, self.include_usage));
-        }
-        let Some(w) = self.writer.take() else {
-            return Ok(());
+        let w = match &mut self.writer {
+            Some(w) => w,
+            None => {
+                let id = match resp.response_id {
+                    Some(id) => id.into_owned(),
+                    None => t::random_id("chatcmpl-"),
+                };
+                let model = match resp.model_version {
+                    Some(m) => m.into_owned(),
+                    None => self.model.clone(),
+                };
+                self.writer
+                    .insert(ChunkWriter::new(id, model, self.include_usage))
+            }
         };
-        let result = self.emit(&w, resp.candidates, resp.prompt_feedback, out);
-        self.writer = Some(w);
+        emit(
+            &mut self.candidates,
+            w,
+            resp.candidates,
+            resp.prompt_feedback,
+            out,
+        );
         if let Some(u) = resp.usage_metadata {
             self.usage = Some(u);
         }
-        result
+        Ok(())
     }
+}
 
-    fn emit(
-        &mut self,
-        w: &ChunkWriter,
-        candidates: Vec<Candidate>,
-        feedback: Option<PromptFeedback>,
-        out: &mut BytesMut,
-    ) -> Result<(), UpstreamError> {
-        if candidates.is_empty() {
-            if feedback.and_then(|f| f.block_reason).is_some() {
-                if let Some(st) = self.state(0) {
-                    if !st.finished {
-                        st.finished = true;
-                        let role = Delta {
-                            role: Some("assistant"),
-                            content: Some(""),
-                            ..Delta::default()
-                        };
-                        w.delta(out, 0, &role, None);
-                        w.delta(out, 0, &Delta::default(), Some("content_filter"));
-                    }
+fn emit(
+    states: &mut Vec<CandidateState>,
+    w: &ChunkWriter,
+    candidates: Vec<StreamCandidate<'_>>,
+    feedback: Option<PromptFeedback>,
+    out: &mut BytesMut,
+) {
+    if candidates.is_empty() {
+        if feedback.and_then(|f| f.block_reason).is_some() {
+            if let Some(st) = candidate_state(states, 0) {
+                if !st.finished {
+                    st.finished = true;
+                    let role = Delta {
+                        role: Some("assistant"),
+                        content: Some(""),
+                        ..Delta::default()
+                    };
+                    w.delta(out, 0, &role, None);
+                    w.delta(out, 0, &Delta::default(), Some("content_filter"));
                 }
             }
-            return Ok(());
         }
-        for (pos, cand) in candidates.into_iter().enumerate() {
-            let index = cand.index.unwrap_or(pos as u32);
-            let Some(st) = self.state(index) else {
-                continue;
+        return;
+    }
+    for (pos, cand) in candidates.into_iter().enumerate() {
+        let index = cand.index.unwrap_or(pos as u32);
+        let Some(st) = candidate_state(states, index) else {
+            continue;
+        };
+        if st.finished {
+            continue;
+        }
+        if !st.started {
+            st.started = true;
+            let role = Delta {
+                role: Some("assistant"),
+                content: Some(""),
+                ..Delta::default()
             };
-            if st.finished {
-                continue;
-            }
-            if !st.started {
-                st.started = true;
-                let role = Delta {
-                    role: Some("assistant"),
-                    content: Some(""),
+            w.delta(out, index, &role, None);
+        }
+        for part in cand.content.map(|c| c.parts).unwrap_or_default() {
+            if let Some(fc) = part.function_call {
+                let n = st.tools;
+                st.tools += 1;
+                let id = fc.id.unwrap_or_else(|| t::random_id("call_"));
+                let first = Delta {
+                    tool_calls: Some([ToolCallDelta {
+                        index: n,
+                        id: Some(&id),
+                        kind: Some("function"),
+                        function: FunctionDelta {
+                            name: Some(&fc.name),
+                            arguments: Some(""),
+                        },
+                    }]),
                     ..Delta::default()
                 };
-                w.delta(out, index, &role, None);
-            }
-            for part in cand.content.map(|c| c.parts).unwrap_or_default() {
-                if let Some(fc) = part.function_call {
-                    let n = st.tools;
-                    st.tools += 1;
-                    let id = fc.id.unwrap_or_else(|| t::random_id("call_"));
-                    let first = Delta {
-                        tool_calls: Some([ToolCallDelta {
-                            index: n,
-                            id: Some(&id),
-                            kind: Some("function"),
-                            function: FunctionDelta {
-                                name: Some(&fc.name),
-                                arguments: Some(""),
-                            },
-                        }]),
-                        ..Delta::default()
-                    };
-                    w.delta(out, index, &first, None);
-                    let args = arguments_string(fc.args);
-                    let rest = Delta {
-                        tool_calls: Some([ToolCallDelta {
-                            index: n,
-                            id: None,
-                            kind: None,
-                            function: FunctionDelta {
-                                name: None,
-                                arguments: Some(&args),
-                            },
-                        }]),
-                        ..Delta::default()
-                    };
-                    w.delta(out, index, &rest, None);
-                } else if let Some(text) = part.text {
-                    if text.is_empty() {
-                        continue;
-                    }
-                    let d = if part.thought == Some(true) {
-                        Delta {
-                            reasoning_content: Some(&text),
-                            ..Delta::default()
-                        }
-                    } else {
-                        Delta {
-                            content: Some(&text),
-                            ..Delta::default()
-                        }
-                    };
-                    w.delta(out, index, &d, None);
+                w.delta(out, index, &first, None);
+                let args = arguments_string(fc.args);
+                let rest = Delta {
+                    tool_calls: Some([ToolCallDelta {
+                        index: n,
+                        id: None,
+                        kind: None,
+                        function: FunctionDelta {
+                            name: None,
+                            arguments: Some(&args),
+                        },
+                    }]),
+                    ..Delta::default()
+                };
+                w.delta(out, index, &rest, None);
+            } else if let Some(text) = part.text {
+                if text.is_empty() {
+                    continue;
                 }
-            }
-            if let Some(reason) = cand.finish_reason.as_deref() {
-                st.finished = true;
-                let finish = finish_reason(Some(reason), st.tools > 0);
-                w.delta(out, index, &Delta::default(), Some(finish));
+                let d = if part.thought == Some(true) {
+                    Delta {
+                        reasoning_content: Some(&text),
+                        ..Delta::default()
+                    }
+                } else {
+                    Delta {
+                        content: Some(&text),
+                        ..Delta::default()
+                    }
+                };
+                w.delta(out, index, &d, None);
             }
         }
-        Ok(())
+        if let Some(reason) = cand.finish_reason.as_deref() {
+            st.finished = true;
+            let finish = finish_reason(Some(reason), st.tools > 0);
+            w.delta(out, index, &Delta::default(), Some(finish));
+        }
     }
 }
 
 impl StreamTranslator for GeminiStream {
     fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError> {
         self.sse.push(chunk)?;
-        while let Some(ev) = self.sse.next_event() {
-            self.handle(&ev.data, out)?;
+        while let Some(ev) = self.sse.next_ref() {
+            self.st.handle(&ev.data, out)?;
         }
         Ok(())
     }
 
     fn finish(&mut self, out: &mut BytesMut) -> Result<(), UpstreamError> {
-        if let Some(ev) = self.sse.take_rest() {
-            self.handle(&ev.data, out)?;
+        if let Some(ev) = self.sse.take_rest_ref() {
+            self.st.handle(&ev.data, out)?;
         }
+        let st = &self.st;
         let all_done =
-            !self.candidates.is_empty() && self.candidates.iter().all(|c| c.finished || !c.started);
-        let Some(w) = self.writer.as_ref().filter(|_| all_done) else {
+            !st.candidates.is_empty() && st.candidates.iter().all(|c| c.finished || !c.started);
+        let Some(w) = st.writer.as_ref().filter(|_| all_done) else {
             return Err(t::stream_error(
                 "the gemini stream ended before a finish reason",
             ));
         };
-        if let Some(u) = &self.usage {
+        if let Some(u) = &st.usage {
             w.usage(out, &u.openai());
         } else {
             w.usage(out, &Usage::default());
@@ -1448,6 +1623,165 @@ mod tests {
         assert!(run(cut, &[], false).is_err());
         assert!(run(b"", &[], false).is_err());
         assert!(run(b"data: {oops\n\n", &[], false).is_err());
+    }
+
+    #[test]
+    fn request_details_kept() {
+        let out = translate(
+            &dep(),
+            json!({"model": "g", "presence_penalty": 0.5, "frequency_penalty": -0.5, "top_k": 3,
+                "n": 1, "user": 7, "stop": null, "max_tokens": null, "max_completion_tokens": 9,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                    "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}},
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": "none"}}],
+                "messages": [
+                    {"role": "developer", "content": [{"type": "text", "text": "Be"}, " brief"]},
+                    {"role": "user", "content": [
+                        {"type": "image_url", "image_url": "gs://bucket/a.webp"},
+                        {"type": "image_url", "image_url": {"url": "data:;base64,AAAA"}},
+                        {"type": "text", "text": ""}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "refusal", "refusal": "b"}],
+                        "tool_calls": [{"id": "x1", "function": {"name": "g", "arguments": {"k": 1}}}]},
+                    {"role": "tool", "tool_call_id": "x1", "content": [{"type": "text", "text": "[1]"}]},
+                    {"role": "tool", "tool_call_id": "unknown", "name": "h", "content": "{\"ok\": true}"}
+                ]}),
+        )
+        .unwrap();
+        assert_eq!(
+            out["generationConfig"],
+            json!({"maxOutputTokens": 9, "presencePenalty": 0.5, "frequencyPenalty": -0.5,
+                "topK": 3, "responseMimeType": "application/json",
+                "responseJsonSchema": {"type": "object", "properties": {"a": {"type": "integer"}}}})
+        );
+        assert_eq!(
+            out["tools"],
+            json!([{"functionDeclarations": [{"name": "f"}]}])
+        );
+        assert_eq!(
+            out["systemInstruction"],
+            json!({"parts": [{"text": "Be brief"}]})
+        );
+        let c = out["contents"].as_array().unwrap();
+        assert_eq!(
+            c[0],
+            json!({"role": "user", "parts": [
+                {"fileData": {"mimeType": "image/webp", "fileUri": "gs://bucket/a.webp"}},
+                {"inlineData": {"mimeType": "image/png", "data": "AAAA"}}]})
+        );
+        assert_eq!(
+            c[1],
+            json!({"role": "model", "parts": [{"text": "ab"},
+                {"functionCall": {"name": "g", "args": {"k": 1}}}]})
+        );
+        assert_eq!(
+            c[2],
+            json!({"role": "user", "parts": [
+                {"functionResponse": {"name": "g", "response": {"content": "[1]"}}},
+                {"functionResponse": {"name": "h", "response": {"ok": true}}}]})
+        );
+        let out = translate(
+            &dep(),
+            json!({"model": "g", "response_format": {"type": "text"}, "messages": []}),
+        )
+        .unwrap();
+        assert_eq!(out, json!({"contents": []}));
+    }
+
+    #[test]
+    fn malformed_requests_name_the_field() {
+        let cases = [
+            (json!({"model": "g", "messages": "hi"}), "messages"),
+            (
+                json!({"model": "g", "messages": [{"role": "user", "content": true}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///x"}}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "content": ["x"]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "content": [{"type": "image_url"}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "content": 1}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{x"}}]}]}),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({"model": "g", "messages": [{"role": "tool", "tool_call_id": 5, "content": "x"}]}),
+                "messages[0].tool_call_id",
+            ),
+            (json!({"model": "g", "n": 0, "messages": []}), "n"),
+            (json!({"model": "g", "n": "2", "messages": []}), "n"),
+            (
+                json!({"model": "g", "response_format": "json", "messages": []}),
+                "response_format",
+            ),
+            (
+                json!({"model": "g", "response_format": {"type": "yaml"}, "messages": []}),
+                "response_format",
+            ),
+            (
+                json!({"model": "g", "response_format": {}, "messages": []}),
+                "response_format",
+            ),
+            (
+                json!({"model": "g", "tool_choice": "sometimes", "messages": []}),
+                "tool_choice",
+            ),
+            (
+                json!({"model": "g", "tool_choice": {"function": {"name": 1}}, "messages": []}),
+                "tool_choice",
+            ),
+            (
+                json!({"model": "g", "tools": [{"function": {"name": "f", "strict": true}}], "messages": []}),
+                "tools[0].function.strict",
+            ),
+            (
+                json!({"model": "g", "stop": [null], "messages": []}),
+                "stop",
+            ),
+        ];
+        for (body, param) in cases {
+            let e = translate(&dep(), body.clone()).expect_err(&body.to_string());
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn stream_thoughts_and_escapes() {
+        let s = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"plan \\\"x\\\"\",\"thought\":true},{\"text\":\"A\\u00e9\\n\"}]},\"index\":0}],\"responseId\":\"r\\/1\"}\n\n\
+            data: {\"candidates\":[{\"content\":{\"parts\":[]},\"finishReason\":\"MAX_TOKENS\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":2,\"candidatesTokenCount\":3,\"thoughtsTokenCount\":1,\"totalTokenCount\":6}}\n\n\
+            data: [DONE]\n\n";
+        let ev = events(&run(s.as_bytes(), &[], true).unwrap());
+        assert_eq!(ev[0]["id"], "r/1");
+        assert_eq!(ev[0]["model"], "gemini-test");
+        assert_eq!(
+            ev[1]["choices"][0]["delta"]["reasoning_content"],
+            "plan \"x\""
+        );
+        assert_eq!(ev[2]["choices"][0]["delta"]["content"], "Aé\n");
+        assert_eq!(ev[3]["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            ev[4]["usage"],
+            json!({"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6,
+                "completion_tokens_details": {"reasoning_tokens": 1}})
+        );
+        assert_eq!(ev[5], "[DONE]");
+        // A blocked prompt ends the stream with content_filter.
+        let blocked = "data: {\"promptFeedback\":{\"blockReason\":\"SAFETY\"}}\n\n";
+        let ev = events(&run(blocked.as_bytes(), &[], false).unwrap());
+        assert_eq!(ev[1]["choices"][0]["finish_reason"], "content_filter");
+        assert!(run(b"data: {\"candidates\": 5}\n\n", &[], false).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Pieces shared by the translating providers (Anthropic, Gemini): an incremental SSE
-//! parser, OpenAI response and chunk shapes, the `drop_params` policy and small helpers
-//! for OpenAI message content.
+//! parser, OpenAI response and chunk shapes, borrowed OpenAI request shapes, the
+//! `drop_params` policy and small helpers for OpenAI message content.
 //!
 //! Everything here is provider-neutral; the provider files own their wire formats.
 
@@ -9,8 +9,11 @@ use crate::config::ErrorClass;
 use crate::error::ApiError;
 use crate::router::Deployment;
 use bytes::BytesMut;
-use serde::Serialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 // ---------------------------------------------------------------------------------------
 // Server-sent events
@@ -22,6 +25,23 @@ use serde_json::{Map, Value};
 pub struct SseEvent {
     pub event: String,
     pub data: Vec<u8>,
+}
+
+/// One complete SSE event borrowed from the parser's buffer: the `event:` name (empty
+/// when absent) and the `data:` lines joined by `\n` (borrowed when there is one line).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SseRef<'a> {
+    pub event: &'a [u8],
+    pub data: Cow<'a, [u8]>,
+}
+
+impl SseRef<'_> {
+    fn into_owned(self) -> SseEvent {
+        SseEvent {
+            event: String::from_utf8_lossy(self.event).into_owned(),
+            data: self.data.into_owned(),
+        }
+    }
 }
 
 /// Splits a byte stream into SSE events, however the network cut it: bytes are buffered
@@ -42,7 +62,11 @@ impl SseParser {
     /// Appends raw bytes from the network.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
         if self.pos > 0 {
-            self.buf.drain(..self.pos);
+            if self.pos == self.buf.len() {
+                self.buf.clear();
+            } else {
+                self.buf.drain(..self.pos);
+            }
             self.scan -= self.pos;
             self.pos = 0;
         }
@@ -57,16 +81,22 @@ impl SseParser {
 
     /// The next complete event, if the buffer holds one.
     pub fn next_event(&mut self) -> Option<SseEvent> {
-        loop {
+        self.next_ref().map(SseRef::into_owned)
+    }
+
+    /// The next complete event, borrowed from the buffer, if the buffer holds one.
+    pub fn next_ref(&mut self) -> Option<SseRef<'_>> {
+        let (start, end, fields) = loop {
             let (end, next) = self.find_blank_line()?;
-            let raw = &self.buf[self.pos..end];
+            let start = self.pos;
             self.pos = next;
             self.scan = next;
-            let ev = parse_event(raw);
-            if !ev.data.is_empty() || !ev.event.is_empty() {
-                return Some(ev);
+            let fields = scan_event(&self.buf[start..end]);
+            if !fields.is_empty() {
+                break (start, end, fields);
             }
-        }
+        };
+        Some(fields.event_ref(&self.buf[start..end]))
     }
 
     /// True when bytes of an unfinished event are buffered.
@@ -78,10 +108,16 @@ impl SseParser {
 
     /// Takes what is left as a final event (a stream that ended without a blank line).
     pub fn take_rest(&mut self) -> Option<SseEvent> {
-        let raw = &self.buf[self.pos..];
-        let ev = parse_event(raw);
+        self.take_rest_ref().map(SseRef::into_owned)
+    }
+
+    /// [`take_rest`](Self::take_rest), borrowed.
+    pub fn take_rest_ref(&mut self) -> Option<SseRef<'_>> {
+        let start = self.pos;
         self.pos = self.buf.len();
         self.scan = self.pos;
+        let raw = &self.buf[start..];
+        let ev = scan_event(raw).event_ref(raw);
         (!ev.data.is_empty()).then_some(ev)
     }
 
@@ -89,7 +125,7 @@ impl SseParser {
     fn find_blank_line(&mut self) -> Option<(usize, usize)> {
         let buf = &self.buf;
         let mut i = self.scan.max(self.pos);
-        while let Some(off) = memchr2(b'\n', b'\r', &buf[i..]) {
+        while let Some(off) = memchr::memchr2(b'\n', b'\r', &buf[i..]) {
             let at = i + off;
             // A line break at `at`; is the following line empty?
             let after = match (buf[at], buf.get(at + 1)) {
@@ -123,37 +159,94 @@ impl SseParser {
     }
 }
 
-fn memchr2(a: u8, b: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&c| c == a || c == b)
+/// Where an event's name and data sit in its raw bytes.
+#[derive(Default)]
+struct EventFields {
+    event: std::ops::Range<usize>,
+    /// The first `data:` value.
+    data: std::ops::Range<usize>,
+    /// More than one `data:` line: the data must be joined.
+    multi: bool,
+    has_data: bool,
 }
 
-fn parse_event(raw: &[u8]) -> SseEvent {
-    let mut ev = SseEvent::default();
-    let mut first_data = true;
-    for line in raw.split(|&c| c == b'\n') {
+impl EventFields {
+    fn is_empty(&self) -> bool {
+        self.event.is_empty() && !self.multi && self.data.is_empty()
+    }
+
+    fn event_ref(self, raw: &[u8]) -> SseRef<'_> {
+        let event = &raw[self.event.clone()];
+        if !self.multi {
+            return SseRef {
+                event,
+                data: Cow::Borrowed(&raw[self.data]),
+            };
+        }
+        let mut data = Vec::with_capacity(raw.len());
+        let mut first = true;
+        for_each_field(raw, |field, value| {
+            if field == b"data" {
+                if !first {
+                    data.push(b'\n');
+                }
+                first = false;
+                data.extend_from_slice(value);
+            }
+        });
+        SseRef {
+            event,
+            data: Cow::Owned(data),
+        }
+    }
+}
+
+/// Calls `f(field, value)` for each field line of a raw event (comments skipped).
+fn for_each_field<'a>(raw: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) {
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let line = match memchr::memchr(b'\n', rest) {
+            Some(n) => {
+                let line = &rest[..n];
+                rest = &rest[n + 1..];
+                line
+            }
+            None => std::mem::take(&mut rest),
+        };
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() || line[0] == b':' {
             continue;
         }
-        let (field, value) = match line.iter().position(|&c| c == b':') {
+        match memchr::memchr(b':', line) {
             Some(p) => {
                 let v = &line[p + 1..];
-                (&line[..p], v.strip_prefix(b" ").unwrap_or(v))
+                f(&line[..p], v.strip_prefix(b" ").unwrap_or(v))
             }
-            None => (line, &b""[..]),
-        };
-        match field {
-            b"data" => {
-                if !first_data {
-                    ev.data.push(b'\n');
-                }
-                first_data = false;
-                ev.data.extend_from_slice(value);
-            }
-            b"event" => ev.event = String::from_utf8_lossy(value).into_owned(),
-            _ => {}
+            // An empty slice inside `raw`, so that its position is meaningful.
+            None => f(line, &line[line.len()..]),
         }
     }
+}
+
+fn scan_event(raw: &[u8]) -> EventFields {
+    let base = raw.as_ptr() as usize;
+    let range = |v: &[u8]| {
+        let at = v.as_ptr() as usize - base;
+        at..at + v.len()
+    };
+    let mut ev = EventFields::default();
+    for_each_field(raw, |field, value| match field {
+        b"data" => {
+            if ev.has_data {
+                ev.multi = true;
+            } else {
+                ev.has_data = true;
+                ev.data = range(value);
+            }
+        }
+        b"event" => ev.event = range(value),
+        _ => {}
+    });
     ev
 }
 
@@ -275,15 +368,11 @@ pub struct FunctionDelta<'a> {
 }
 
 #[derive(Serialize)]
-struct Chunk<'a, C: Serialize> {
+struct ChunkHead<'a> {
     id: &'a str,
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: C,
-    /// Absent without `include_usage`; `null` on content chunks with it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Option<&'a Usage>>,
 }
 
 #[derive(Serialize)]
@@ -295,21 +384,43 @@ struct ChunkChoice<'a> {
 }
 
 /// Writes OpenAI `chat.completion.chunk` events for one streamed response.
+///
+/// The part every chunk shares (`data: {"id":…,"object":…,"created":…,"model":…,
+/// "choices":[`) is rendered once; each chunk appends only its choice.
 #[derive(Debug, Clone)]
 pub struct ChunkWriter {
     pub id: String,
     pub model: String,
     pub created: u64,
     pub include_usage: bool,
+    prefix: Vec<u8>,
 }
+
+/// What a chunk's choice usually needs beyond its text (a guess for `reserve`).
+const CHOICE_BYTES: usize = 96;
 
 impl ChunkWriter {
     pub fn new(id: String, model: String, include_usage: bool) -> Self {
+        let created = now_secs();
+        let mut prefix = Vec::with_capacity(96 + id.len() + model.len());
+        prefix.extend_from_slice(b"data: ");
+        let head = ChunkHead {
+            id: &id,
+            object: "chat.completion.chunk",
+            created,
+            model: &model,
+        };
+        // Serialising this plain struct into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut prefix, &head);
+        // `{"id":…,"model":"…"}` → `{"id":…,"model":"…","choices":[`
+        prefix.pop();
+        prefix.extend_from_slice(b",\"choices\":[");
         ChunkWriter {
             id,
             model,
-            created: now_secs(),
+            created,
             include_usage,
+            prefix,
         }
     }
 
@@ -321,20 +432,29 @@ impl ChunkWriter {
         delta: &Delta<'_>,
         finish_reason: Option<&str>,
     ) {
-        let chunk = Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: [ChunkChoice {
-                index,
-                delta,
-                logprobs: None,
-                finish_reason,
-            }],
-            usage: self.include_usage.then_some(None),
+        let text = delta.content.map_or(0, str::len)
+            + delta.reasoning_content.map_or(0, str::len)
+            + delta.tool_calls.as_ref().map_or(0, |[c]| {
+                c.id.map_or(0, str::len)
+                    + c.function.name.map_or(0, str::len)
+                    + c.function.arguments.map_or(0, str::len)
+                    + 64
+            });
+        out.reserve(self.prefix.len() + CHOICE_BYTES + text + text / 8);
+        out.extend_from_slice(&self.prefix);
+        let choice = ChunkChoice {
+            index,
+            delta,
+            logprobs: None,
+            finish_reason,
         };
-        write_event(out, &chunk);
+        // Serialising these plain structs cannot fail.
+        let _ = serde_json::to_writer(BytesMutWriter(out), &choice);
+        if self.include_usage {
+            out.extend_from_slice(b"],\"usage\":null}\n\n");
+        } else {
+            out.extend_from_slice(b"]}\n\n");
+        }
     }
 
     /// The usage chunk (`choices: []`), only when the client asked for it.
@@ -342,28 +462,16 @@ impl ChunkWriter {
         if !self.include_usage {
             return;
         }
-        let chunk = Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: [(); 0],
-            usage: Some(Some(usage)),
-        };
-        write_event(out, &chunk);
+        out.reserve(self.prefix.len() + 192);
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(b"],\"usage\":");
+        let _ = serde_json::to_writer(BytesMutWriter(out), usage);
+        out.extend_from_slice(b"}\n\n");
     }
 
     pub fn done(&self, out: &mut BytesMut) {
         out.extend_from_slice(b"data: [DONE]\n\n");
     }
-}
-
-fn write_event(out: &mut BytesMut, value: &impl Serialize) {
-    out.extend_from_slice(b"data: ");
-    let mut w = BytesMutWriter(out);
-    // Serialising these plain structs cannot fail.
-    let _ = serde_json::to_writer(&mut w, value);
-    out.extend_from_slice(b"\n\n");
 }
 
 struct BytesMutWriter<'a>(&'a mut BytesMut);
@@ -372,6 +480,10 @@ impl std::io::Write for BytesMutWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.extend_from_slice(buf);
         Ok(buf.len())
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(buf);
+        Ok(())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -486,76 +598,12 @@ pub fn invalid(param: impl Into<String>, what: impl std::fmt::Display) -> ApiErr
     ApiError::bad_request(format!("invalid '{param}': {what}")).with_param(param)
 }
 
-/// `stop` as a list: a string or an array of strings.
-pub fn stop_list(v: Value) -> Result<Vec<Value>, ApiError> {
-    match v {
-        Value::String(_) => Ok(vec![v]),
-        Value::Array(items) if items.iter().all(Value::is_string) => Ok(items),
-        Value::Null => Ok(Vec::new()),
-        _ => Err(invalid("stop", "expected a string or an array of strings")),
-    }
-}
-
-/// `max_completion_tokens`, else `max_tokens`, as a positive integer.
-pub fn max_tokens(m: &mut Map<String, Value>) -> Result<Option<u64>, ApiError> {
-    let a = m.remove("max_completion_tokens");
-    let b = m.remove("max_tokens");
-    for (name, v) in [("max_completion_tokens", a), ("max_tokens", b)] {
-        match v {
-            None | Some(Value::Null) => {}
-            Some(v) => {
-                return v
-                    .as_u64()
-                    .filter(|n| *n > 0)
-                    .map(Some)
-                    .ok_or_else(|| invalid(name, "expected a positive integer"))
-            }
-        }
-    }
-    Ok(None)
-}
-
 /// A `data:` URL split into (media type, base64 payload).
 pub fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("data:")?;
     let (meta, data) = rest.split_once(',')?;
     let media = meta.strip_suffix(";base64")?;
     Some((if media.is_empty() { "image/png" } else { media }, data))
-}
-
-/// The URL of an OpenAI `image_url` part (`{"image_url": {"url": …}}` or a bare string).
-pub fn image_url(part: &mut Map<String, Value>) -> Option<String> {
-    match part.remove("image_url")? {
-        Value::String(s) => Some(s),
-        Value::Object(mut o) => match o.remove("url")? {
-            Value::String(s) => Some(s),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The text of a string-or-parts content value (parts other than text are errors).
-pub fn content_text(v: Value, param: &str) -> Result<String, ApiError> {
-    match v {
-        Value::String(s) => Ok(s),
-        Value::Null => Ok(String::new()),
-        Value::Array(parts) => {
-            let mut out = String::new();
-            for p in parts {
-                match p {
-                    Value::Object(mut o) => match o.remove("text") {
-                        Some(Value::String(t)) => out.push_str(&t),
-                        _ => return Err(invalid(param, "only text parts are allowed here")),
-                    },
-                    Value::String(t) => out.push_str(&t),
-                    _ => return Err(invalid(param, "expected text parts")),
-                }
-            }
-            Ok(out)
-        }
-        _ => Err(invalid(param, "expected a string or an array of parts")),
-    }
 }
 
 /// A MIME type guessed from a URL's file extension (images only).
@@ -576,6 +624,701 @@ pub fn mime_from_url(url: &str) -> &'static str {
     } else {
         "image/jpeg"
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// OpenAI request shapes (borrowed, lenient)
+// ---------------------------------------------------------------------------------------
+//
+// The chat request is read once, straight from the client's bytes, into these types:
+// strings borrow from the body unless they contain escapes, and opaque JSON (schemas,
+// `cache_control`, sampling values) stays a `&RawValue` that is copied verbatim into the
+// upstream body. The types are lenient: a field of the wrong JSON type does not fail the
+// parse but becomes a "bad" variant, so that the providers can name the offending field
+// in a 400 exactly as they validate it. Only malformed JSON fails the parse itself.
+
+/// A JSON string borrowed from the body where possible; `Null` when absent or `null`,
+/// `Bad` for any other JSON type.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum LStr<'a> {
+    #[default]
+    Null,
+    Str(Cow<'a, str>),
+    Bad,
+}
+
+impl<'a> LStr<'a> {
+    /// The string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            LStr::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Consumes whatever value the visitor was handed.
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Implements the non-matching `visit_*` methods of a lenient visitor as `$bad`.
+macro_rules! lenient_scalars {
+    ($bad:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($bad)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($bad)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($bad)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($bad)
+        }
+    };
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for LStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(LStr::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(LStr::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(LStr::Str(Cow::Owned(s)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LStr::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LStr::Null)
+            }
+            lenient_scalars!(LStr::Bad);
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|_| LStr::Bad)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|_| LStr::Bad)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A JSON object read as `T`; `Null` when absent or `null`, `Bad` for other JSON types.
+#[derive(Debug, Default)]
+pub enum Lax<T> {
+    #[default]
+    Null,
+    Ok(T),
+    Bad,
+}
+
+impl<T> Lax<T> {
+    /// The object, or a 400 naming `param` when the value is not an object.
+    pub fn object(&self, param: impl FnOnce() -> String) -> Result<&T, ApiError> {
+        self.as_ref()
+            .ok_or_else(|| invalid(param(), "expected an object"))
+    }
+
+    pub fn ok(self) -> Option<T> {
+        match self {
+            Lax::Ok(t) => Some(t),
+            _ => None,
+        }
+    }
+    pub fn as_ref(&self) -> Option<&T> {
+        match self {
+            Lax::Ok(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lax<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Lax<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Lax::Ok)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Lax::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Lax::Null)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Lax::Bad)
+            }
+            lenient_scalars!(Lax::Bad);
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|_| Lax::Bad)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A JSON array of `T`; `Null` when absent or `null`, `Bad` for other JSON types.
+#[derive(Debug, Default)]
+pub enum LaxList<T> {
+    #[default]
+    Null,
+    List(Vec<T>),
+    Bad,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for LaxList<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = LaxList<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(x) = seq.next_element()? {
+                    v.push(x);
+                }
+                Ok(LaxList::List(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LaxList::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LaxList::Null)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(LaxList::Bad)
+            }
+            lenient_scalars!(LaxList::Bad);
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|_| LaxList::Bad)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A field kept as raw JSON when present, `null` included (`Option<&RawValue>` would
+/// turn `null` into `None`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MaybeRaw<'a>(pub Option<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeRaw<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'a RawValue>::deserialize(d).map(|r| MaybeRaw(Some(r)))
+    }
+}
+
+/// True when a raw JSON value is an object.
+pub fn is_object(raw: &RawValue) -> bool {
+    raw.get().starts_with('{')
+}
+
+/// A raw JSON value that is a string, unescaped; `None` for other types.
+pub fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    match LStr::deserialize(&mut serde_json::Deserializer::from_str(raw.get())) {
+        Ok(LStr::Str(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// OpenAI message content: a string, `null`, or an array of parts.
+#[derive(Debug, Default)]
+pub enum Content<'a> {
+    #[default]
+    Null,
+    Text(Cow<'a, str>),
+    Parts(Vec<Part<'a>>),
+    Bad,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Content<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Owned(s)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Content::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Content::Null)
+            }
+            lenient_scalars!(Content::Bad);
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(x) = seq.next_element()? {
+                    v.push(x);
+                }
+                Ok(Content::Parts(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|_| Content::Bad)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One element of a content array: an object, a bare string, or something else.
+#[derive(Debug)]
+pub enum Part<'a> {
+    Obj(PartObj<'a>),
+    Text(Cow<'a, str>),
+    Bad,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Part<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Part<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                PartObj::deserialize(de::value::MapAccessDeserializer::new(map)).map(Part::Obj)
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Part::Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Part::Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Part::Text(Cow::Owned(s)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Part::Bad)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Part::Bad)
+            }
+            lenient_scalars!(Part::Bad);
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|_| Part::Bad)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A content part object (`text`, `refusal` or `image_url`).
+#[derive(Debug, Default, Deserialize)]
+pub struct PartObj<'a> {
+    #[serde(rename = "type", default, borrow)]
+    pub kind: LStr<'a>,
+    #[serde(default, borrow)]
+    pub text: LStr<'a>,
+    #[serde(default, borrow)]
+    pub refusal: LStr<'a>,
+    #[serde(default, borrow)]
+    pub image_url: ImageUrl<'a>,
+    #[serde(default, borrow)]
+    pub cache_control: MaybeRaw<'a>,
+}
+
+impl PartObj<'_> {
+    /// The part's `type`; a missing or non-string type counts as text.
+    pub fn kind(&self) -> &str {
+        self.kind.as_str().unwrap_or("text")
+    }
+
+    /// `text`, else `refusal` (assistant content).
+    pub fn text_or_refusal(&self) -> Option<&str> {
+        self.text.as_str().or(self.refusal.as_str())
+    }
+}
+
+/// `image_url`: `{"url": …}` or a bare string.
+#[derive(Debug, Default)]
+pub struct ImageUrl<'a>(pub Option<Cow<'a, str>>);
+
+#[derive(Deserialize)]
+struct UrlObj<'a> {
+    #[serde(default, borrow)]
+    url: LStr<'a>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ImageUrl<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match LStrOr::<UrlObj<'a>>::deserialize(d)? {
+            LStrOr::Str(s) => ImageUrl(Some(s)),
+            LStrOr::Obj(UrlObj { url: LStr::Str(s) }) => ImageUrl(Some(s)),
+            _ => ImageUrl(None),
+        })
+    }
+}
+
+/// A string, an object read as `T`, or anything else.
+enum LStrOr<'a, T> {
+    Str(Cow<'a, str>),
+    Obj(T),
+    Other,
+}
+
+impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for LStrOr<'a, T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = LStrOr<'de, T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(LStrOr::Obj)
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(LStrOr::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(LStrOr::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(LStrOr::Str(Cow::Owned(s)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LStrOr::Other)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LStrOr::Other)
+            }
+            lenient_scalars!(LStrOr::Other);
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|_| LStrOr::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// One OpenAI chat message.
+#[derive(Debug, Default, Deserialize)]
+pub struct InMessage<'a> {
+    #[serde(default, borrow)]
+    pub role: LStr<'a>,
+    #[serde(default, borrow)]
+    pub content: Content<'a>,
+    #[serde(default, borrow)]
+    pub tool_calls: LaxList<Lax<InToolCall<'a>>>,
+    #[serde(default, borrow)]
+    pub tool_call_id: LStr<'a>,
+    #[serde(default, borrow)]
+    pub name: LStr<'a>,
+}
+
+/// An assistant message's tool call.
+#[derive(Debug, Default, Deserialize)]
+pub struct InToolCall<'a> {
+    #[serde(default, borrow)]
+    pub id: LStr<'a>,
+    #[serde(default, borrow)]
+    pub function: Lax<InFunctionCall<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct InFunctionCall<'a> {
+    #[serde(default, borrow)]
+    pub name: LStr<'a>,
+    #[serde(default, borrow)]
+    pub arguments: MaybeRaw<'a>,
+}
+
+/// One entry of `tools`.
+#[derive(Debug, Default, Deserialize)]
+pub struct InTool<'a> {
+    #[serde(rename = "type", default, borrow)]
+    pub kind: LStr<'a>,
+    #[serde(default, borrow)]
+    pub function: Lax<InFunction<'a>>,
+    #[serde(default, borrow)]
+    pub cache_control: MaybeRaw<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct InFunction<'a> {
+    #[serde(default, borrow)]
+    pub name: LStr<'a>,
+    #[serde(default, borrow)]
+    pub description: LStr<'a>,
+    #[serde(default, borrow)]
+    pub parameters: MaybeRaw<'a>,
+    #[serde(default, borrow)]
+    pub strict: MaybeRaw<'a>,
+}
+
+/// A chat completions body: `messages` and `tools` typed, every other top-level
+/// parameter as (name, raw value) in body order. A repeated key keeps its last value,
+/// as a JSON object map would.
+#[derive(Debug, Default)]
+pub struct ChatBody<'a> {
+    /// `None` when absent.
+    pub messages: Option<LaxList<Lax<InMessage<'a>>>>,
+    /// `None` when absent.
+    pub tools: Option<LaxList<Lax<InTool<'a>>>>,
+    pub params: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match LStr::deserialize(d)? {
+            LStr::Str(s) => Ok(Key(s)),
+            _ => Err(de::Error::custom("expected a string key")),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ChatBody<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ChatBody<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut body = ChatBody {
+                    params: Vec::with_capacity(16),
+                    ..ChatBody::default()
+                };
+                while let Some(Key(k)) = map.next_key()? {
+                    match &*k {
+                        "messages" => body.messages = Some(map.next_value()?),
+                        "tools" => body.tools = Some(map.next_value()?),
+                        _ => {
+                            let v: &'de RawValue = map.next_value()?;
+                            match body.params.iter_mut().find(|(n, _)| *n == k) {
+                                Some(slot) => slot.1 = v,
+                                None => body.params.push((k, v)),
+                            }
+                        }
+                    }
+                }
+                Ok(body)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> ChatBody<'a> {
+    /// Reads a chat completions body from the client's bytes.
+    pub fn parse(req: &'a crate::request::ClientRequest) -> Result<Self, ApiError> {
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+    }
+
+    /// The messages array (each element checked by the caller, in order).
+    pub fn messages(&mut self) -> Result<Vec<Lax<InMessage<'a>>>, ApiError> {
+        match self.messages.take() {
+            None => Err(invalid("messages", "this parameter is required")),
+            Some(LaxList::List(l)) => Ok(l),
+            Some(_) => Err(invalid("messages", "expected an array of messages")),
+        }
+    }
+
+    /// Removes a parameter, returning its raw value.
+    pub fn take(&mut self, name: &str) -> Option<&'a RawValue> {
+        let at = self.params.iter().position(|(k, _)| k == name)?;
+        Some(self.params.remove(at).1)
+    }
+}
+
+/// True when a raw value is `null`.
+pub fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
+}
+
+/// [`is_default`] for a raw value (only called for parameters a provider does not map).
+pub fn raw_is_default(param: &str, raw: &RawValue) -> bool {
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(v) => is_default(param, &v),
+        Err(_) => false,
+    }
+}
+
+/// `stop` as a list of raw JSON strings: a string or an array of strings.
+pub fn raw_stop_list(raw: &RawValue) -> Result<Vec<&RawValue>, ApiError> {
+    let bad = || invalid("stop", "expected a string or an array of strings");
+    match raw.get().as_bytes().first() {
+        Some(b'"') => Ok(vec![raw]),
+        Some(b'n') => Ok(Vec::new()),
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| bad())?;
+            if items.iter().all(|s| s.get().starts_with('"')) {
+                Ok(items)
+            } else {
+                Err(bad())
+            }
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// `max_completion_tokens`, else `max_tokens`, as a positive integer.
+pub fn raw_max_tokens(body: &mut ChatBody<'_>) -> Result<Option<u64>, ApiError> {
+    let a = body.take("max_completion_tokens");
+    let b = body.take("max_tokens");
+    for (name, v) in [("max_completion_tokens", a), ("max_tokens", b)] {
+        match v {
+            None => {}
+            Some(v) if is_null(v) => {}
+            Some(v) => {
+                return serde_json::from_str::<u64>(v.get())
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Some)
+                    .ok_or_else(|| invalid(name, "expected a positive integer"))
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The text of a string-or-parts content value (parts other than text are errors).
+pub fn content_str<'b>(v: &'b Content<'_>, param: &str) -> Result<Cow<'b, str>, ApiError> {
+    match v {
+        Content::Text(s) => Ok(Cow::Borrowed(s)),
+        Content::Null => Ok(Cow::Borrowed("")),
+        Content::Parts(parts) => {
+            let mut out = String::new();
+            for p in parts {
+                match p {
+                    Part::Obj(o) => match o.text.as_str() {
+                        Some(t) => out.push_str(t),
+                        None => return Err(invalid(param, "only text parts are allowed here")),
+                    },
+                    Part::Text(t) => out.push_str(t),
+                    Part::Bad => return Err(invalid(param, "expected text parts")),
+                }
+            }
+            Ok(Cow::Owned(out))
+        }
+        Content::Bad => Err(invalid(param, "expected a string or an array of parts")),
+    }
+}
+
+/// A tool call's `arguments` (a JSON string, an object or absent) as a JSON object.
+pub fn raw_arguments(v: MaybeRaw<'_>) -> Result<Box<RawValue>, String> {
+    let empty = || RawValue::from_string("{}".to_string()).map_err(|e| e.to_string());
+    let Some(raw) = v.0 else {
+        return empty();
+    };
+    match raw.get().as_bytes().first() {
+        Some(b'n') => empty(),
+        Some(b'{') => Ok(raw.to_owned()),
+        Some(b'"') => {
+            let s = raw_str(raw).ok_or_else(|| "expected a JSON string".to_string())?;
+            if s.trim().is_empty() {
+                return empty();
+            }
+            let parsed: &RawValue =
+                serde_json::from_str(&s).map_err(|e| format!("not valid JSON ({e})"))?;
+            if is_object(parsed) {
+                Ok(parsed.to_owned())
+            } else {
+                Err("the arguments must encode a JSON object".into())
+            }
+        }
+        _ => Err("expected a JSON string".into()),
+    }
+}
+
+/// `tool_choice`: a string or `{"type": "function", "function": {"name": …}}`.
+pub enum ToolChoiceIn<'a> {
+    Auto,
+    None,
+    Required,
+    Function(Cow<'a, str>),
+}
+
+#[derive(Deserialize)]
+struct ChoiceObj<'a> {
+    #[serde(default, borrow)]
+    function: Lax<ChoiceFn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceFn<'a> {
+    #[serde(default, borrow)]
+    name: LStr<'a>,
+}
+
+/// Reads `tool_choice`; `None` for `null`.
+pub fn tool_choice(raw: &RawValue) -> Result<Option<ToolChoiceIn<'_>>, ApiError> {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => Ok(None),
+        Some(b'"') => match raw_str(raw).as_deref() {
+            Some("auto") => Ok(Some(ToolChoiceIn::Auto)),
+            Some("none") => Ok(Some(ToolChoiceIn::None)),
+            Some("required") => Ok(Some(ToolChoiceIn::Required)),
+            _ => Err(invalid(
+                "tool_choice",
+                "expected \"auto\", \"none\", \"required\" or a function",
+            )),
+        },
+        Some(b'{') => {
+            let o: ChoiceObj<'_> = serde_json::from_str(raw.get()).map_err(|_| {
+                invalid(
+                    "tool_choice",
+                    "expected {\"type\":\"function\",\"function\":{\"name\":...}}",
+                )
+            })?;
+            match o.function {
+                Lax::Ok(ChoiceFn { name: LStr::Str(n) }) => Ok(Some(ToolChoiceIn::Function(n))),
+                _ => Err(invalid(
+                    "tool_choice",
+                    "expected {\"type\":\"function\",\"function\":{\"name\":...}}",
+                )),
+            }
+        }
+        _ => Err(invalid("tool_choice", "expected a string or an object")),
+    }
+}
+
+/// Writes a value as JSON into a new buffer of about `hint` bytes.
+pub fn to_body(value: &impl Serialize, hint: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(hint);
+    serde_json::to_writer(&mut out, value)
+        .map_err(|e| ApiError::internal(format!("serialising: {e}")))?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -650,6 +1393,72 @@ mod tests {
         assert!(is_default("presence_penalty", &serde_json::json!(0)));
         assert!(!is_default("logprobs", &serde_json::json!(true)));
         assert_eq!(mime_from_url("https://a/b.PNG?x=1"), "image/png");
+    }
+
+    /// Mutated client bodies and upstream streams give errors or output, never panics.
+    #[test]
+    fn mutations_never_panic() {
+        use crate::config::ProviderKind;
+        use crate::providers::{anthropic, gemini, StreamTranslator};
+        use crate::request::{ClientRequest, Endpoint};
+        let body = br#"{"model":"m","messages":[{"role":"system","content":"S"},{"role":"user","content":[{"type":"text","text":"a\n"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]},{"role":"tool","tool_call_id":"c","content":"{\"y\":2}"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":{"type":"function","function":{"name":"f"}},"stop":["x"],"max_tokens":5,"response_format":{"type":"json_object"},"parallel_tool_calls":false}"#;
+        let ant = testing::deployment(ProviderKind::Anthropic, "c", true);
+        let gem = testing::deployment(ProviderKind::Gemini, "g", true);
+        let astream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\"\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":2}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let gstream = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"hi\"},{\"functionCall\":{\"name\":\"f\",\"args\":{\"a\":1}}}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":1}}\r\n\r\n";
+        let mut rng = fastrand::Rng::with_seed(6);
+        let junk = b"{}[]\",:\\0a-\n\r ";
+        let mutate = |rng: &mut fastrand::Rng, src: &[u8]| {
+            let mut b = src.to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..b.len());
+                match rng.u8(..3) {
+                    0 => b[at] = junk[rng.usize(..junk.len())],
+                    1 => {
+                        b.remove(at);
+                    }
+                    _ => b.insert(at, junk[rng.usize(..junk.len())]),
+                }
+            }
+            b
+        };
+        for _ in 0..3000 {
+            let b = mutate(&mut rng, body);
+            if let Ok(req) = ClientRequest::parse(Endpoint::ChatCompletions, b.into()) {
+                let _ = anthropic::translate_request(&ant, &req);
+                let _ = gemini::translate_request(&gem, &req);
+            }
+            let s = mutate(&mut rng, astream.as_bytes());
+            let mut tr = anthropic::AnthropicStream::new("c".into(), true);
+            let mut out = BytesMut::new();
+            let cut = rng.usize(..s.len());
+            let _ = tr
+                .feed(&s[..cut], &mut out)
+                .and_then(|_| tr.feed(&s[cut..], &mut out))
+                .and_then(|_| tr.finish(&mut out));
+            let s = mutate(&mut rng, gstream.as_bytes());
+            let mut tr = gemini::GeminiStream::new("g".into(), true);
+            let _ = tr.feed(&s, &mut out).and_then(|_| tr.finish(&mut out));
+        }
+    }
+
+    #[test]
+    fn chunk_writer_bytes() {
+        let w = ChunkWriter::new("i\"d".into(), "m".into(), false);
+        let mut out = BytesMut::new();
+        let d = Delta {
+            content: Some("a\nb"),
+            ..Delta::default()
+        };
+        w.delta(&mut out, 2, &d, Some("stop"));
+        let want = format!(
+            "data: {{\"id\":\"i\\\"d\",\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":\"m\",\"choices\":[{{\"index\":2,\"delta\":{{\"content\":\"a\\nb\"}},\"logprobs\":null,\"finish_reason\":\"stop\"}}]}}\n\n",
+            w.created
+        );
+        assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+        // Nothing is written for usage without include_usage.
+        w.usage(&mut out, &Usage::default());
+        assert_eq!(out.len(), want.len());
     }
 }
 
