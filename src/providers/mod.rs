@@ -140,6 +140,22 @@ impl Provider for Unsupported {
     }
 }
 
+/// A header value holding a key: marked sensitive so that it never shows up in debug
+/// output of the request; an invalid value is reported without echoing it.
+pub fn secret_header(
+    dep: &Deployment,
+    value: &str,
+) -> Result<reqwest::header::HeaderValue, ApiError> {
+    let mut v = reqwest::header::HeaderValue::try_from(value).map_err(|_| {
+        ApiError::internal(format!(
+            "api_key of deployment {} is not a valid header value",
+            dep.id
+        ))
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
 /// The error class of an HTTP status (and, for 400s, the body's hints).
 pub fn classify(status: StatusCode, body: &[u8]) -> ErrorClass {
     match status.as_u16() {

@@ -28,14 +28,7 @@ impl Provider for OpenAi {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(req.body_for_model(&dep.model));
         if let Some(key) = &dep.api_key {
-            let mut v =
-                HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(|_| {
-                    ApiError::internal(format!(
-                        "api_key of deployment {} is not a valid header value",
-                        dep.id
-                    ))
-                })?;
-            v.set_sensitive(true);
+            let v = super::secret_header(dep, &format!("Bearer {}", key.expose()))?;
             rb = rb.header(AUTHORIZATION, v);
         }
         Ok(rb)
@@ -75,13 +68,7 @@ impl Provider for Azure {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(req.body_for_model(&dep.model));
         if let Some(key) = &dep.api_key {
-            let mut v = HeaderValue::try_from(key.expose()).map_err(|_| {
-                ApiError::internal(format!(
-                    "api_key of deployment {} is not a valid header value",
-                    dep.id
-                ))
-            })?;
-            v.set_sensitive(true);
+            let v = super::secret_header(dep, key.expose())?;
             rb = rb.header("api-key", v);
         }
         Ok(rb)

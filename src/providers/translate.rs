@@ -576,21 +576,7 @@ pub fn is_default(param: &str, v: &Value) -> bool {
     }
 }
 
-/// A header value holding a key: marked sensitive so that it never shows up in debug
-/// output of the request; an invalid value is reported without echoing it.
-pub fn secret_header(
-    dep: &Deployment,
-    value: &str,
-) -> Result<reqwest::header::HeaderValue, ApiError> {
-    let mut v = reqwest::header::HeaderValue::try_from(value).map_err(|_| {
-        ApiError::internal(format!(
-            "api_key of deployment {} is not a valid header value",
-            dep.id
-        ))
-    })?;
-    v.set_sensitive(true);
-    Ok(v)
-}
+pub use super::secret_header;
 
 /// A 400 for a malformed field, naming it.
 pub fn invalid(param: impl Into<String>, what: impl std::fmt::Display) -> ApiError {
