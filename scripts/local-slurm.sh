@@ -114,7 +114,19 @@ start_munge() {
   if [ -S "$MUNGE_SOCKET" ] && munge -n </dev/null | unmunge >/dev/null 2>&1; then
     return 0 # a munged (ours or the system's) already answers
   fi
-  [ -r /etc/munge/munge.key ] || die "/etc/munge/munge.key is missing; reinstall munge (apt-get install --reinstall munge) or create it with mungekey"
+  if [ ! -r /etc/munge/munge.key ]; then
+    # Some images install munge without running its key generation; make one.
+    say "creating /etc/munge/munge.key"
+    mkdir -p /etc/munge
+    if command -v mungekey >/dev/null 2>&1; then
+      mungekey --create --keyfile=/etc/munge/munge.key
+    else
+      dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    fi
+    chmod 0400 /etc/munge/munge.key
+    if id munge >/dev/null 2>&1; then chown munge: /etc/munge/munge.key; fi
+  fi
+  [ -r /etc/munge/munge.key ] || die "/etc/munge/munge.key is missing and could not be created; reinstall munge (apt-get install --reinstall munge)"
   mkdir -p /run/munge
   say "starting munged"
   munged --force --socket="$MUNGE_SOCKET" --pid-file="$DIR/munged.pid" \
