@@ -1179,19 +1179,7 @@ fn error_from_type(
     } else {
         format!("anthropic: {message}")
     };
-    let mut error = ApiError::new(client_status, otype, message);
-    if let Some(code) = code {
-        error = error.with_code(code);
-    }
-    if let Some(ra) = retry_after {
-        error.retry_after = Some(ra.as_secs());
-    }
-    UpstreamError {
-        class,
-        error,
-        raw_body: None,
-        retry_after,
-    }
+    UpstreamError::mapped(class, client_status, otype, message, code, retry_after)
 }
 
 #[cfg(test)]

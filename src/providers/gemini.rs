@@ -1322,23 +1322,8 @@ fn from_gerror(
     } else {
         format!("gemini: {}", err.message)
     };
-    let mut error = ApiError::new(
-        StatusCode::from_u16(client).unwrap_or(StatusCode::BAD_GATEWAY),
-        otype,
-        message,
-    );
-    if let Some(code) = code {
-        error = error.with_code(code);
-    }
-    if let Some(ra) = retry_after {
-        error.retry_after = Some(ra.as_secs());
-    }
-    UpstreamError {
-        class,
-        error,
-        raw_body: None,
-        retry_after,
-    }
+    let status = StatusCode::from_u16(client).unwrap_or(StatusCode::BAD_GATEWAY);
+    UpstreamError::mapped(class, status, otype, message, code, retry_after)
 }
 
 #[cfg(test)]

@@ -97,6 +97,29 @@ pub struct UpstreamError {
 }
 
 impl UpstreamError {
+    /// A provider's error mapped for the router (`class`, `retry_after`) and the client
+    /// (`status`, `kind`, `message`, `code`; Retry-After passed on).
+    pub fn mapped(
+        class: ErrorClass,
+        status: StatusCode,
+        kind: &'static str,
+        message: String,
+        code: Option<&str>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let mut error = ApiError::new(status, kind, message);
+        if let Some(code) = code {
+            error = error.with_code(code);
+        }
+        error.retry_after = retry_after.map(|ra| ra.as_secs());
+        UpstreamError {
+            class,
+            error,
+            raw_body: None,
+            retry_after,
+        }
+    }
+
     pub fn new(class: ErrorClass, error: ApiError) -> Self {
         UpstreamError {
             class,
