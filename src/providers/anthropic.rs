@@ -9,9 +9,9 @@
 
 use super::translate::{
     self as t, content_str, invalid, is_null, parse_data_url, raw_arguments, raw_is_default,
-    raw_max_tokens, raw_stop_list, secret_header, unsupported, unsupported_all, ChatBody,
-    ChunkWriter, Content, Delta, FunctionCall, FunctionDelta, InMessage, InTool, InToolCall, Lax,
-    LaxList, MaybeRaw, Part, SseParser, ToolCall, ToolCallDelta, ToolChoiceIn, Usage,
+    raw_max_tokens, raw_stop_list, secret_header, unsupported_all, ChatBody, ChunkWriter, Content,
+    Delta, FunctionCall, FunctionDelta, InMessage, InTool, InToolCall, Lax, LaxList, MaybeRaw,
+    Part, SseParser, ToolCall, ToolCallDelta, ToolChoiceIn, Usage,
 };
 use super::{Provider, StreamTranslator, UpstreamError};
 use crate::config::ErrorClass;
@@ -488,44 +488,19 @@ fn convert_tools<'a>(
     dep: &Deployment,
     tools: &'a LaxList<Lax<InTool<'_>>>,
 ) -> Result<Vec<ToolOut<'a>>, ApiError> {
-    let tools = match tools {
-        LaxList::List(t) => t,
-        LaxList::Null => return Ok(Vec::new()),
-        LaxList::Bad => return Err(invalid("tools", "expected an array")),
-    };
-    let mut out = Vec::with_capacity(tools.len());
-    for (i, tool) in tools.iter().enumerate() {
-        let Some(tool) = tool.as_ref() else {
-            return Err(invalid(format!("tools[{i}]"), "expected an object"));
-        };
-        match tool.kind.as_str() {
-            Some("function") | None => {}
-            Some(_) => {
-                unsupported(dep, NAME, &format!("tools[{i}].type"))?;
-                continue;
-            }
-        }
-        let Some(f) = tool.function.as_ref() else {
-            return Err(invalid(format!("tools[{i}].function"), "missing"));
-        };
-        let Some(name) = f.name.as_str() else {
-            return Err(invalid(format!("tools[{i}].function.name"), "missing"));
-        };
-        if f.strict.0.is_some_and(|s| s.get() == "true") {
-            unsupported(dep, NAME, &format!("tools[{i}].function.strict"))?;
-        }
-        let input_schema = match f.parameters.0 {
-            Some(s) if t::is_object(s) => s,
-            _ => empty_schema(),
-        };
-        out.push(ToolOut {
+    let tools = t::function_tools(dep, NAME, tools)?;
+    Ok(tools
+        .into_iter()
+        .map(|(tool, f, name)| ToolOut {
             name,
             description: f.description.as_str(),
-            input_schema,
+            input_schema: match f.parameters.0 {
+                Some(s) if t::is_object(s) => s,
+                _ => empty_schema(),
+            },
             cache_control: tool.cache_control.0,
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@
 use super::translate::{
     self as t, body_object, content_str, invalid, is_default, is_null, mime_from_url,
     parse_data_url, raw_arguments, raw_is_default, raw_max_tokens, raw_stop_list, secret_header,
-    unsupported, unsupported_all, ChatBody, ChunkWriter, Content, Delta, FunctionCall,
-    FunctionDelta, InMessage, InTool, InToolCall, LStr, Lax, LaxList, MaybeRaw, Part, SseParser,
-    ToolCall, ToolCallDelta, ToolChoiceIn, Usage,
+    unsupported_all, ChatBody, ChunkWriter, Content, Delta, FunctionCall, FunctionDelta, InMessage,
+    InTool, InToolCall, LStr, Lax, LaxList, MaybeRaw, Part, SseParser, ToolCall, ToolCallDelta,
+    ToolChoiceIn, Usage,
 };
 use super::{Provider, StreamTranslator, UpstreamError};
 use crate::config::ErrorClass;
@@ -593,39 +593,15 @@ fn convert_tools<'a>(
     dep: &Deployment,
     tools: &'a LaxList<Lax<InTool<'_>>>,
 ) -> Result<Vec<FunctionDeclaration<'a>>, ApiError> {
-    let tools = match tools {
-        LaxList::List(t) => t,
-        LaxList::Null => return Ok(Vec::new()),
-        LaxList::Bad => return Err(invalid("tools", "expected an array")),
-    };
-    let mut out = Vec::with_capacity(tools.len());
-    for (i, tool) in tools.iter().enumerate() {
-        let Some(tool) = tool.as_ref() else {
-            return Err(invalid(format!("tools[{i}]"), "expected an object"));
-        };
-        match tool.kind.as_str() {
-            Some("function") | None => {}
-            Some(_) => {
-                unsupported(dep, NAME, &format!("tools[{i}].type"))?;
-                continue;
-            }
-        }
-        let Some(f) = tool.function.as_ref() else {
-            return Err(invalid(format!("tools[{i}].function"), "missing"));
-        };
-        let Some(name) = f.name.as_str() else {
-            return Err(invalid(format!("tools[{i}].function.name"), "missing"));
-        };
-        if f.strict.0.is_some_and(|s| s.get() == "true") {
-            unsupported(dep, NAME, &format!("tools[{i}].function.strict"))?;
-        }
-        out.push(FunctionDeclaration {
+    let tools = t::function_tools(dep, NAME, tools)?;
+    Ok(tools
+        .into_iter()
+        .map(|(_, f, name)| FunctionDeclaration {
             name,
             description: f.description.as_str(),
             parameters_json_schema: f.parameters.0.filter(|p| t::is_object(p)),
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// The `batchEmbedContents` body for an OpenAI embeddings request.

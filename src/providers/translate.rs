@@ -578,6 +578,47 @@ pub fn is_default(param: &str, v: &Value) -> bool {
 
 pub use super::secret_header;
 
+/// The request's `function` tools, checked the same way for every provider: each entry
+/// must be an object with a named `function`; other tool types and `strict` are
+/// unsupported (dropped or rejected per `drop_params`). Yields each tool, its function and
+/// the function's name for the provider to render in its own shape.
+#[allow(clippy::type_complexity)]
+pub fn function_tools<'t, 'a>(
+    dep: &Deployment,
+    provider: &str,
+    tools: &'t LaxList<Lax<InTool<'a>>>,
+) -> Result<Vec<(&'t InTool<'a>, &'t InFunction<'a>, &'t str)>, ApiError> {
+    let tools = match tools {
+        LaxList::List(t) => t,
+        LaxList::Null => return Ok(Vec::new()),
+        LaxList::Bad => return Err(invalid("tools", "expected an array")),
+    };
+    let mut out = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        let Some(tool) = tool.as_ref() else {
+            return Err(invalid(format!("tools[{i}]"), "expected an object"));
+        };
+        match tool.kind.as_str() {
+            Some("function") | None => {}
+            Some(_) => {
+                unsupported(dep, provider, &format!("tools[{i}].type"))?;
+                continue;
+            }
+        }
+        let Some(f) = tool.function.as_ref() else {
+            return Err(invalid(format!("tools[{i}].function"), "missing"));
+        };
+        let Some(name) = f.name.as_str() else {
+            return Err(invalid(format!("tools[{i}].function.name"), "missing"));
+        };
+        if f.strict.0.is_some_and(|s| s.get() == "true") {
+            unsupported(dep, provider, &format!("tools[{i}].function.strict"))?;
+        }
+        out.push((tool, f, name));
+    }
+    Ok(out)
+}
+
 /// A 400 for a malformed field, naming it.
 pub fn invalid(param: impl Into<String>, what: impl std::fmt::Display) -> ApiError {
     let param = param.into();
