@@ -8,10 +8,10 @@
 //! translated event by event from Anthropic's named SSE events into OpenAI chunks.
 
 use super::translate::{
-    self as t, content_str, invalid, is_null, parse_data_url, raw_arguments, raw_is_default,
-    raw_max_tokens, raw_stop_list, secret_header, unsupported_all, ChatBody, ChunkWriter, Content,
-    Delta, FunctionCall, FunctionDelta, InMessage, InTool, InToolCall, Lax, LaxList, MaybeRaw,
-    Part, SseParser, ToolCall, ToolCallDelta, ToolChoiceIn, Usage,
+    self as t, content_str, invalid, is_null, parse_data_url, raw_is_default, raw_max_tokens,
+    raw_stop_list, secret_header, unsupported_all, ChatBody, ChunkWriter, Content, Delta,
+    FunctionCall, FunctionDelta, InMessage, InTool, InToolCall, Lax, LaxList, MaybeRaw, Part,
+    SseParser, ToolCall, ToolCallDelta, ToolChoiceIn, Usage,
 };
 use super::{Provider, StreamTranslator, UpstreamError};
 use crate::config::ErrorClass;
@@ -444,33 +444,13 @@ fn tool_use_blocks<'a>(
     i: usize,
     out: &mut Vec<ReqBlock<'a>>,
 ) -> Result<(), ApiError> {
-    let calls = match calls {
-        LaxList::List(c) => c,
-        LaxList::Null => return Ok(()),
-        LaxList::Bad => {
-            return Err(invalid(
-                format!("messages[{i}].tool_calls"),
-                "expected an array",
-            ))
-        }
-    };
-    for (j, call) in calls.iter().enumerate() {
-        let param = |f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
-        let Some(call) = call.as_ref() else {
-            return Err(invalid(param(""), "expected an object"));
-        };
-        let Some(id) = call.id.as_str() else {
-            return Err(invalid(param(".id"), "missing"));
-        };
-        let Some(f) = call.function.as_ref() else {
-            return Err(invalid(param(".function"), "missing"));
-        };
-        let Some(name) = f.name.as_str() else {
-            return Err(invalid(param(".function.name"), "missing"));
-        };
-        let input =
-            raw_arguments(f.arguments).map_err(|e| invalid(param(".function.arguments"), e))?;
-        out.push(ReqBlock::ToolUse { id, name, input });
+    for c in t::tool_calls(calls, i, true)? {
+        let id = c.id.unwrap_or_default();
+        out.push(ReqBlock::ToolUse {
+            id,
+            name: c.name,
+            input: c.args,
+        });
     }
     Ok(())
 }

@@ -12,9 +12,9 @@
 
 use super::translate::{
     self as t, body_object, content_str, invalid, is_default, is_null, mime_from_url,
-    parse_data_url, raw_arguments, raw_is_default, raw_max_tokens, raw_stop_list, secret_header,
-    unsupported_all, ChatBody, ChunkWriter, Content, Delta, FunctionCall, FunctionDelta, InMessage,
-    InTool, InToolCall, LStr, Lax, LaxList, MaybeRaw, Part, SseParser, ToolCall, ToolCallDelta,
+    parse_data_url, raw_is_default, raw_max_tokens, raw_stop_list, secret_header, unsupported_all,
+    ChatBody, ChunkWriter, Content, Delta, FunctionCall, FunctionDelta, InMessage, InTool,
+    InToolCall, LStr, Lax, LaxList, MaybeRaw, Part, SseParser, ToolCall, ToolCallDelta,
     ToolChoiceIn, Usage,
 };
 use super::{Provider, StreamTranslator, UpstreamError};
@@ -558,33 +558,14 @@ fn function_calls<'a>(
     parts: &mut Vec<GPartOut<'a>>,
     names: &mut Vec<(&'a str, &'a str)>,
 ) -> Result<(), ApiError> {
-    let calls = match calls {
-        LaxList::List(c) => c,
-        LaxList::Null => return Ok(()),
-        LaxList::Bad => {
-            return Err(invalid(
-                format!("messages[{i}].tool_calls"),
-                "expected an array",
-            ))
+    for c in t::tool_calls(calls, i, false)? {
+        if let Some(id) = c.id {
+            names.push((id, c.name));
         }
-    };
-    for (j, call) in calls.iter().enumerate() {
-        let param = |f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
-        let Some(call) = call.as_ref() else {
-            return Err(invalid(param(""), "expected an object"));
-        };
-        let Some(f) = call.function.as_ref() else {
-            return Err(invalid(param(".function"), "missing"));
-        };
-        let Some(name) = f.name.as_str() else {
-            return Err(invalid(param(".function.name"), "missing"));
-        };
-        let args =
-            raw_arguments(f.arguments).map_err(|e| invalid(param(".function.arguments"), e))?;
-        if let Some(id) = call.id.as_str() {
-            names.push((id, name));
-        }
-        parts.push(GPartOut::FunctionCall(FunctionCallOut { name, args }));
+        parts.push(GPartOut::FunctionCall(FunctionCallOut {
+            name: c.name,
+            args: c.args,
+        }));
     }
     Ok(())
 }

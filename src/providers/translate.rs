@@ -619,6 +619,54 @@ pub fn function_tools<'t, 'a>(
     Ok(out)
 }
 
+/// One assistant `tool_calls` entry, checked: its id (when present), function name and
+/// arguments as a JSON object.
+pub struct CheckedCall<'t> {
+    pub id: Option<&'t str>,
+    pub name: &'t str,
+    pub args: Box<RawValue>,
+}
+
+/// Checks message `i`'s `tool_calls` the same way for every provider; `require_id`
+/// makes a missing `id` an error (checked first, as Anthropic needs it).
+pub fn tool_calls<'t>(
+    calls: &'t LaxList<Lax<InToolCall<'_>>>,
+    i: usize,
+    require_id: bool,
+) -> Result<Vec<CheckedCall<'t>>, ApiError> {
+    let calls = match calls {
+        LaxList::List(c) => c,
+        LaxList::Null => return Ok(Vec::new()),
+        LaxList::Bad => {
+            return Err(invalid(
+                format!("messages[{i}].tool_calls"),
+                "expected an array",
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(calls.len());
+    for (j, call) in calls.iter().enumerate() {
+        let param = |f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
+        let Some(call) = call.as_ref() else {
+            return Err(invalid(param(""), "expected an object"));
+        };
+        let id = call.id.as_str();
+        if require_id && id.is_none() {
+            return Err(invalid(param(".id"), "missing"));
+        }
+        let Some(f) = call.function.as_ref() else {
+            return Err(invalid(param(".function"), "missing"));
+        };
+        let Some(name) = f.name.as_str() else {
+            return Err(invalid(param(".function.name"), "missing"));
+        };
+        let args =
+            raw_arguments(f.arguments).map_err(|e| invalid(param(".function.arguments"), e))?;
+        out.push(CheckedCall { id, name, args });
+    }
+    Ok(out)
+}
+
 /// A 400 for a malformed field, naming it.
 pub fn invalid(param: impl Into<String>, what: impl std::fmt::Display) -> ApiError {
     let param = param.into();
