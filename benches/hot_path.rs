@@ -16,27 +16,7 @@ use std::hint::black_box;
 
 /// A typical agent request: system prompt, a short conversation, two tools, sampling
 /// parameters, streaming with usage. About 1.9 KB.
-const CHAT_WITH_TOOLS: &str = r#"{
-  "model": "qwen3",
-  "messages": [
-    {"role": "system", "content": "You are a careful research assistant. Answer briefly, cite the file and line you used, and call a tool when you need data you do not have."},
-    {"role": "user", "content": "What is the mean of column 'energy' in runs/2024-06-01/results.csv, and how does it compare with last week's run?"},
-    {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read_csv", "arguments": "{\"path\": \"runs/2024-06-01/results.csv\", \"columns\": [\"energy\"]}"}}]},
-    {"role": "tool", "tool_call_id": "call_1", "content": "energy\n-76.4021\n-76.4019\n-76.4033\n-76.4008\n-76.4027"},
-    {"role": "user", "content": "Thanks. Now the same for 2024-05-25, and tell me whether the difference is significant."}
-  ],
-  "tools": [
-    {"type": "function", "function": {"name": "read_csv", "description": "Read selected columns of a CSV file under the project directory.", "parameters": {"type": "object", "properties": {"path": {"type": "string", "description": "Path relative to the project root"}, "columns": {"type": "array", "items": {"type": "string"}}}, "required": ["path"]}}},
-    {"type": "function", "function": {"name": "t_test", "description": "Welch's t-test between two samples.", "parameters": {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "number"}}, "b": {"type": "array", "items": {"type": "number"}}}, "required": ["a", "b"]}}}
-  ],
-  "tool_choice": "auto",
-  "temperature": 0.2,
-  "top_p": 0.95,
-  "max_tokens": 512,
-  "stream": true,
-  "stream_options": {"include_usage": true},
-  "user": "alice"
-}"#;
+const CHAT_WITH_TOOLS: &str = include_str!("data/chat_with_tools.json");
 
 /// The smallest useful request.
 const CHAT_SMALL: &str =
