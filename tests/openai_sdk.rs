@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{mock, openai_model, Gateway};
+use common::{mock, openai_model, run_python_script, Gateway};
 use llmgw::mock::Behavior;
 use std::time::Duration;
 
@@ -47,39 +47,7 @@ async fn openai_python_sdk_works_unchanged() {
         .start()
         .await;
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk.py");
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(script)
-        .arg(gw.base_url())
-        .env("OPENAI_API_KEY", MASTER_KEY)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .kill_on_drop(true);
-    for v in [
-        "OPENAI_BASE_URL",
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
-        cmd.env_remove(v);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("openai_sdk.py did not finish within 120 s")
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "openai_sdk.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- gateway log\n{}",
-        out.status,
-        gw.stderr_text()
-    );
+    let stdout = run_python_script(&gw, "openai_sdk.py", &[], MASTER_KEY).await;
     assert!(stdout.contains("openai_sdk.py: OK"), "{stdout}");
     // chat, stream, embedding (the model list is answered by the gateway itself).
     assert!(up.state.request_count() >= 3);

@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{expect_openai_error, json_body, mock, openai_model, read_sse, Gateway, SseEvent};
+use common::{
+    expect_openai_error, json_body, mock, openai_model, read_sse, run_python_script, Gateway,
+    SseEvent,
+};
 use llmgw::mock::{Behavior, Fault};
 use llmgw::mock_cloud::CloudMock;
 use serde_json::{json, Value};
@@ -639,38 +642,13 @@ async fn openai_sdk_streams_tool_calls_from_every_provider() {
         )
     );
     let gw = gateway(&cfg).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk_tools.py");
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(script)
-        .arg(gw.base_url())
-        .args(["gpt-tools", "claude", "gemini"])
-        .env("OPENAI_API_KEY", "unused-on-loopback")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .kill_on_drop(true);
-    for v in [
-        "OPENAI_BASE_URL",
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
-        cmd.env_remove(v);
-    }
-    let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
-        .await
-        .expect("openai_sdk_tools.py did not finish within 120 s")
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "openai_sdk_tools.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- gateway log\n{}",
-        out.status,
-        gw.stderr_text()
-    );
+    let stdout = run_python_script(
+        &gw,
+        "openai_sdk_tools.py",
+        &["gpt-tools", "claude", "gemini"],
+        "unused-on-loopback",
+    )
+    .await;
     eprintln!("{stdout}");
     assert!(stdout.contains("all ok"), "{stdout}");
 }

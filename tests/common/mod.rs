@@ -571,3 +571,45 @@ pub fn content_events(events: &[SseEvent]) -> Vec<(Instant, String)> {
 pub fn streamed_text(events: &[SseEvent]) -> String {
     content_events(events).into_iter().map(|(_, c)| c).collect()
 }
+
+/// Runs `tests/<script>` with python3 against `gw`: the gateway's `/v1` URL first, then
+/// `args`, with `OPENAI_API_KEY = key` and no OpenAI or proxy settings inherited from the
+/// shell. Bounded to 120 s; on failure panics with the script's output and the gateway's
+/// log. Returns the script's stdout.
+pub async fn run_python_script(gw: &Gateway, script: &str, args: &[&str], key: &str) -> String {
+    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(&path)
+        .arg(gw.base_url())
+        .args(args)
+        .env("OPENAI_API_KEY", key)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .kill_on_drop(true);
+    for v in [
+        "OPENAI_BASE_URL",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        cmd.env_remove(v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within 120 s"))
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- gateway log\n{}",
+        out.status,
+        gw.stderr_text()
+    );
+    stdout
+}
