@@ -1192,8 +1192,7 @@ fn retry_delay(details: &[Value]) -> Option<std::time::Duration> {
             return None;
         }
         let s = d.get("retryDelay")?.as_str()?.strip_suffix('s')?;
-        let secs: f64 = s.parse().ok()?;
-        (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+        crate::duration::clamp_secs_f64(s.parse().ok()?)
     })
 }
 
