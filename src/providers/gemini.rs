@@ -713,13 +713,14 @@ struct GUsage {
 impl GUsage {
     fn openai(&self) -> Usage {
         let thoughts = self.thoughts_token_count.unwrap_or(0);
-        let completion = self.candidates_token_count + thoughts;
+        // Upstream numbers: saturate rather than overflow.
+        let completion = self.candidates_token_count.saturating_add(thoughts);
         Usage {
             prompt_tokens: self.prompt_token_count,
             completion_tokens: completion,
             total_tokens: self
                 .total_token_count
-                .unwrap_or(self.prompt_token_count + completion),
+                .unwrap_or(self.prompt_token_count.saturating_add(completion)),
             prompt_tokens_details: self
                 .cached_content_token_count
                 .map(|c| t::PromptDetails { cached_tokens: c }),

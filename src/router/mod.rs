@@ -261,6 +261,7 @@ impl Router {
             };
             let err = match outcome {
                 Ok(mut resp) => {
+                    log_unknown(&unknown);
                     if via != Via::Requested {
                         resp.headers_mut()
                             .insert("x-llmgw-fallback", header_value(&model));
@@ -308,12 +309,7 @@ impl Router {
             }
             last = Some(err);
         }
-        if !unknown.is_empty() {
-            tracing::warn!(
-                models = %Clean(&unknown.join(", ")),
-                "fallbacks name model groups this gateway does not serve; skipped"
-            );
-        }
+        log_unknown(&unknown);
         let err = last.unwrap_or_else(|| {
             UpstreamError::new(
                 ErrorClass::Default,
@@ -598,6 +594,16 @@ impl Router {
             h.insert("x-llmgw-overhead-ms", overhead_header(log.overhead()));
             Ok(builder.body(Body::from(body)).expect("valid response"))
         }
+    }
+}
+
+/// One line for all the fallback names a request gave that are not served here.
+fn log_unknown(names: &[String]) {
+    if !names.is_empty() {
+        tracing::warn!(
+            models = %Clean(&names.join(", ")),
+            "fallbacks name model groups this gateway does not serve; skipped"
+        );
     }
 }
 
