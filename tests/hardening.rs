@@ -249,8 +249,9 @@ async fn upstream_bodies_are_read_only_up_to_a_limit() {
         },
     )
     .await;
+    // The default limits: the error body is cut at 64 KiB.
     let gw = Gateway::start(&format!(
-        "[router]\nnum_retries = 0\nmax_response_bytes = 1048576\n\n{}",
+        "[router]\nnum_retries = 0\n\n{}",
         openai_model("m", "x", &up.base_url(), "")
     ))
     .await;
@@ -269,6 +270,13 @@ async fn upstream_bodies_are_read_only_up_to_a_limit() {
     );
     let peak = peak_rss(gw.pid());
     assert!(peak < 128 << 20, "peak RSS {} MB", peak >> 20);
+
+    // A configured limit for successful answers.
+    let gw = Gateway::start(&format!(
+        "[router]\nnum_retries = 0\nmax_response_bytes = 1048576\n\n{}",
+        openai_model("m", "x", &up.base_url(), "")
+    ))
+    .await;
 
     up.state.set_behavior(|b| {
         b.fault = None;
