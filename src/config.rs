@@ -575,7 +575,10 @@ impl Config {
                     if !(b.starts_with("http://") || b.starts_with("https://")) {
                         return Err(src.at(
                             base.span(),
-                            format!("api_base {b:?} must start with http:// or https://"),
+                            format!(
+                                "api_base {:?} must start with http:// or https://",
+                                crate::redact::userinfo(b)
+                            ),
                         ));
                     }
                 }

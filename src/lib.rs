@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mock;
 pub mod mock_cloud;
 pub mod providers;
+pub mod redact;
 pub mod request;
 pub mod router;
 pub mod serve;

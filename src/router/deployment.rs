@@ -137,7 +137,7 @@ impl Deployment {
 
     /// `api_base` as shown to people (errors, `/health`): credentials in it replaced.
     pub fn api_base_shown(&self) -> std::borrow::Cow<'_, str> {
-        super::redact::userinfo(&self.api_base)
+        crate::redact::userinfo(&self.api_base)
     }
 
     /// `{api_base}/{endpoint path}`, parsed on first use and reused after.

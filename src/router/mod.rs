@@ -10,7 +10,6 @@
 
 mod deployment;
 mod policy;
-pub mod redact;
 mod strategy;
 mod stream;
 pub mod tokens;
@@ -25,6 +24,7 @@ use crate::config::{ErrorClass, LoadedConfig, ProviderKind, Secret};
 use crate::error::ApiError;
 use crate::logging::Clean;
 use crate::providers::{self, UpstreamError};
+use crate::redact;
 use crate::request::ClientRequest;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};

@@ -7,12 +7,12 @@
 //! error event and the end of the stream: never a hang, never a silent truncation.
 
 use super::deployment::InFlight;
-use super::redact::Secrets;
 use super::RequestLog;
 use crate::config::ErrorClass;
 use crate::error::ApiError;
 use crate::logging::Clean;
 use crate::providers::{StreamTranslator, UpstreamError};
+use crate::redact::Secrets;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use std::future::Future;
