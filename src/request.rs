@@ -78,7 +78,7 @@ struct Head<'a> {
     #[serde(default)]
     disable_fallbacks: Option<bool>,
     #[serde(default)]
-    timeout: Option<f64>,
+    timeout: Option<serde_json::Value>,
     #[serde(default, borrow)]
     cache: Option<&'a RawValue>,
 }
@@ -181,12 +181,12 @@ impl ClientRequest {
             fallbacks: head.fallbacks.map(|f| f.names),
             disable_fallbacks: head.disable_fallbacks.unwrap_or(false),
             timeout: match head.timeout {
-                Some(t) => match crate::duration::from_secs_f64(t) {
-                    Ok(d) if t > 0.0 => Some(d),
+                Some(v) => match v.as_f64().map(|t| (t, crate::duration::from_secs_f64(t))) {
+                    Some((t, Ok(d))) if t > 0.0 => Some(d),
                     _ => {
                         return Err(ApiError::bad_request(format!(
                             "timeout must be a number of seconds greater than 0 and at most \
-                             {} (365 days); got {t}",
+                             {} (365 days); got {v}",
                             crate::duration::MAX.as_secs()
                         ))
                         .with_param("timeout"))
@@ -293,6 +293,37 @@ mod tests {
             &r.body_for_model("x")[..],
             br#"{"model":"x","messages":[]}"#
         );
+    }
+
+    #[test]
+    fn fallbacks_are_deduplicated_and_capped() {
+        let r = parse(r#"{"model":"m","fallbacks":["a","b","a","c","b"]}"#).unwrap();
+        assert_eq!(r.options.fallbacks.unwrap(), ["a", "b", "c"]);
+        let many: Vec<String> = (0..=MAX_FALLBACKS).map(|i| format!("n{i}")).collect();
+        let body = serde_json::json!({"model": "m", "fallbacks": many}).to_string();
+        let e = parse(&body).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("fallbacks"));
+        assert!(e.message.contains("at most 32"), "{}", e.message);
+        assert!(parse(r#"{"model":"m","fallbacks":[1]}"#).is_err());
+        assert!(parse(r#"{"model":"m","fallbacks":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn timeouts_are_checked() {
+        for bad in [
+            "0",
+            "-0",
+            "-1",
+            "1e300",
+            "31536001",
+            "18446744073709551616",
+            "\"5s\"",
+        ] {
+            let e = parse(&format!(r#"{{"model":"m","timeout":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("timeout"), "{bad}");
+        }
+        let r = parse(r#"{"model":"m","timeout":31536000}"#).unwrap();
+        assert_eq!(r.options.timeout, Some(crate::duration::MAX));
     }
 
     #[test]
