@@ -196,13 +196,10 @@ impl Plan {
 
     /// Prepares the state directory, submits, and records the job.
     fn submit(&self, args: &StartArgs, name: &str, dir: &Path) -> anyhow::Result<JobRecord> {
+        // A new directory is created 0700; an existing one (perhaps shared on purpose) keeps
+        // its mode: what must stay private is private file by file (0600) instead.
         state::ensure_dir(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
-        }
         let text = std::fs::read(&args.config)
             .with_context(|| format!("cannot read {}", args.config.display()))?;
         state::write_atomic(&self.config_copy, &text, 0o600)
