@@ -196,6 +196,8 @@ struct Req {
     #[serde(default)]
     input: Option<serde_json::Value>,
     #[serde(default)]
+    encoding_format: Option<serde_json::Value>,
+    #[serde(default)]
     tools: Option<Vec<serde_json::Value>>,
     #[serde(default)]
     messages: Option<Vec<serde_json::Value>>,
@@ -518,6 +520,12 @@ async fn embeddings(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
         Ok(x) => x,
         Err(r) => return r,
     };
+    let format = match crate::providers::translate::EmbeddingFormat::of_value(
+        req.encoding_format.as_ref(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
     let inputs: Vec<String> = match req.input {
         Some(serde_json::Value::String(t)) => vec![t],
         Some(serde_json::Value::Array(items)) => items.iter().map(|v| v.to_string()).collect(),
@@ -534,7 +542,7 @@ async fn embeddings(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
             let v: Vec<f64> = (0..8)
                 .map(|k| (((seed >> (k * 4)) & 0xf) as f64 - 7.5) / 7.5)
                 .collect();
-            serde_json::json!({"object": "embedding", "index": i, "embedding": v})
+            serde_json::json!({"object": "embedding", "index": i, "embedding": format.encode(v)})
         })
         .collect();
     let tokens = inputs.iter().map(|t| t.len() as u64 / 4 + 1).sum::<u64>();
