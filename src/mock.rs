@@ -48,6 +48,9 @@ pub struct Behavior {
     /// When the request declares tools and its last message is not a tool result,
     /// answer with a call of the first tool (arguments made up from its schema).
     pub tool_calls: bool,
+    /// Require `Authorization: Bearer <key>` everywhere but `/health` (401 otherwise), as
+    /// SGLang's `--api-key` does.
+    pub api_key: Option<String>,
 }
 
 impl Default for Behavior {
@@ -62,6 +65,7 @@ impl Default for Behavior {
             reply: "Hello from {name}".into(),
             models: vec!["mock-model".into()],
             tool_calls: false,
+            api_key: None,
         }
     }
 }
@@ -182,7 +186,37 @@ fn router(state: Arc<MockState>) -> axum::Router {
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/get_model_info", get(model_info))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_key,
+        ))
         .with_state(state)
+}
+
+/// [`Behavior::api_key`]: a missing or wrong bearer token gets SGLang's 401.
+async fn require_key(
+    State(s): State<Arc<MockState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let want = s
+        .behavior
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .api_key
+        .clone();
+    if let Some(key) = want {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !req.uri().path().starts_with("/health") && given != Some(key.as_str()) {
+            let body = serde_json::json!({"error": "Unauthorized"});
+            return (StatusCode::UNAUTHORIZED, body.to_string()).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 #[derive(Deserialize, Default)]
@@ -603,6 +637,11 @@ pub struct MockArgs {
     /// …on this fraction of requests.
     #[arg(long, default_value_t = 1.0)]
     pub fail_rate: f64,
+    /// Require `Authorization: Bearer $NAME` (like SGLang's --api-key, but read
+    /// from the environment: `serve` passes a launched backend's key in
+    /// LLMGW_BACKEND_API_KEY).
+    #[arg(long, value_name = "NAME")]
+    pub api_key_env: Option<String>,
     /// Accepted for command-line compatibility with SGLang launch lines and ignored.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     pub ignored: Vec<String>,
@@ -614,7 +653,15 @@ pub fn main(args: MockArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     rt.block_on(async move {
         let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
+        let api_key =
+            match &args.api_key_env {
+                Some(name) => Some(std::env::var(name).map_err(|_| {
+                    anyhow::anyhow!("--api-key-env {name}: the variable is not set")
+                })?),
+                None => None,
+            };
         let behavior = Behavior {
+            api_key,
             chunks: args.chunks,
             chunk_delay: Duration::from_millis(args.chunk_delay_ms),
             first_byte_delay: Duration::from_millis(args.first_byte_delay_ms),

@@ -187,7 +187,8 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// A config: a launched mock SGLang backend ("local", with `mock_args`) falling back to
+/// A config: a launched mock SGLang backend ("local", with `mock_args`; it requires the
+/// key the gateway gives it, like SGLang with `--api-key`) falling back to
 /// `fallback` (a `[[models]]` table for the group "cloud").
 fn config(port: u16, mock_tag: &str, mock_args: &str, fallback: &str, grace: &str) -> String {
     let fallbacks = if fallback.is_empty() {
@@ -209,7 +210,7 @@ shutdown_grace = "{grace}"
 name = "local"
 provider = "sglang"
 model = "mock-qwen"
-launch = {{ command = ["{{llmgw}}", "mock-upstream", "--port", "{{port}}", "--name", "{mock_tag}", "--model", "mock-qwen"{mock_args}], load_timeout = "60s" }}
+launch = {{ command = ["{{llmgw}}", "mock-upstream", "--port", "{{port}}", "--name", "{mock_tag}", "--model", "mock-qwen", "--api-key-env", "LLMGW_BACKEND_API_KEY"{mock_args}], load_timeout = "60s" }}
 
 {fallback}
 
@@ -520,6 +521,14 @@ async fn start_serve_status_stop_round_trip() {
     assert!(deployments.iter().all(|d| d["state"] == "healthy"), "{st}");
     let backend_pids: Vec<u64> = backends.iter().filter_map(|b| b["pid"].as_u64()).collect();
     assert_eq!(backend_pids.len(), 2);
+    // The backend itself, on the node's loopback, wants its own key (issue 9, finding 11).
+    let local = backends
+        .iter()
+        .find(|b| b["name"] == "local")
+        .expect("local");
+    let direct = format!("http://127.0.0.1:{}/v1", local["port"]);
+    assert_eq!(chat(&direct, None, "mock-qwen").await.status(), 401);
+    assert_eq!(chat(&direct, Some(&key), "mock-qwen").await.status(), 401);
     let text_status = gw.run("status", &[], Duration::from_secs(30));
     let t = String::from_utf8_lossy(&text_status.stdout);
     assert!(t.contains(&format!("job {id} RUNNING on {host}")), "{t}");
