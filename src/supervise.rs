@@ -375,21 +375,6 @@ impl Backends {
             };
             let mut argv = command_line(group, launch, port, &llmgw)?;
             let mut env = inherited.clone();
-            if launch.command.is_some() {
-                env.push((KEY_ENV.into(), key.expose().into()));
-            } else {
-                let dir = match &private {
-                    Some(d) => d,
-                    None => private.insert(PrivateDir::create().map_err(key_err)?),
-                };
-                let file = dir.0.join(format!("{name}.yaml"));
-                let yaml = format!(
-                    "# llmgw: the API key of backend {name}\napi-key: \"{}\"\n",
-                    key.expose()
-                );
-                crate::state::write_atomic(&file, yaml.as_bytes(), 0o600).map_err(key_err)?;
-                argv.extend(["--config".to_string(), file.display().to_string()]);
-            }
             env.extend(
                 launch
                     .env
@@ -399,6 +384,21 @@ impl Backends {
             if let Some(gpus) = &launch.gpus {
                 let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
                 env.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",").into()));
+            }
+            if launch.command.is_some() {
+                // Last: the key the gateway sends is the one the backend is given.
+                env.push((KEY_ENV.into(), key.expose().into()));
+            } else {
+                let dir = match &private {
+                    Some(d) => d,
+                    None => private.insert(PrivateDir::create().map_err(key_err)?),
+                };
+                let file = dir.0.join(format!("{name}.yaml"));
+                // A JSON string is a YAML scalar, whatever a configured key contains.
+                let quoted = serde_json::to_string(key.expose()).map_err(|e| key_err(e.into()))?;
+                let yaml = format!("# llmgw: the API key of backend {name}\napi-key: {quoted}\n");
+                crate::state::write_atomic(&file, yaml.as_bytes(), 0o600).map_err(key_err)?;
+                argv.extend(["--config".to_string(), file.display().to_string()]);
             }
             let program = argv.remove(0);
             let log = state_dir.map(|d| d.join(BACKENDS_DIR).join(format!("{name}.log")));
