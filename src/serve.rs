@@ -93,7 +93,7 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<Bound> {
 /// Runs the gateway until `shutdown` is cancelled or SIGTERM/SIGINT arrives.
 pub async fn run(
     args: ServeArgs,
-    cfg: LoadedConfig,
+    mut cfg: LoadedConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let server = &cfg.config.server;
@@ -116,6 +116,10 @@ pub async fn run(
     }
     // Local backends get their ports before the router is built (it needs their URLs).
     let mut backends = crate::supervise::Backends::plan(&cfg, args.state_dir.as_deref())?;
+    // …and their keys: a launched backend requires the one the gateway sends.
+    for (i, key) in backends.api_keys() {
+        cfg.model_keys[i] = Some(key);
+    }
     let mut router = Router::new(&cfg, &backends.api_bases()).map_err(anyhow::Error::msg)?;
     if let Some(key) = &master_key {
         router.redact_also(key);
