@@ -253,26 +253,37 @@ fn refusal_response(max: usize) -> Bytes {
     Bytes::from(out)
 }
 
-/// Answers a connection over the cap with 503 and closes it. What the client sent is
-/// read (and dropped) until it closes, so the close does not reset the connection
-/// before the client read the answer.
+/// Answers a connection over the cap with 503 and closes it, all within
+/// [`REJECT_LINGER`]. The request head is read first (HTTP clients, hyper among them,
+/// take an answer that comes before their request for a protocol error), and whatever
+/// follows is read and dropped until the client closes, so that closing does not reset
+/// the connection before the client has read the answer.
 async fn refuse(mut tcp: TcpStream, answer: Bytes, _slot: Slot, shutdown: CancellationToken) {
-    let answer_and_drain = async {
+    use tokio::io::AsyncReadExt as _;
+    const MAX_READ: usize = 64 * 1024;
+    let talk = async {
+        let mut seen = Vec::with_capacity(1024);
+        let mut buf = [0u8; 4096];
+        while memchr::memmem::find(&seen, b"\r\n\r\n").is_none() {
+            let n = tcp.read(&mut buf).await?;
+            if n == 0 || seen.len() + n > MAX_READ {
+                return Ok(());
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
         tcp.write_all(&answer).await?;
         tcp.shutdown().await?;
-        let mut buf = [0u8; 4096];
-        let mut left = 64 * 1024usize;
+        let mut left = MAX_READ;
         while left > 0 {
-            let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await?;
-            if n == 0 {
-                break;
+            match tcp.read(&mut buf).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
             }
-            left = left.saturating_sub(n);
         }
         io::Result::Ok(())
     };
     tokio::select! {
-        _ = tokio::time::timeout(REJECT_LINGER, answer_and_drain) => {}
+        _ = tokio::time::timeout(REJECT_LINGER, talk) => {}
         _ = shutdown.cancelled() => {}
     }
 }
