@@ -501,7 +501,7 @@ impl AsyncWrite for Watched {
 }
 
 /// A response body that keeps its request counted as in flight until it is dropped.
-pub struct Tracked {
+struct Tracked {
     body: axum::body::Body,
     _in_flight: InFlight,
 }

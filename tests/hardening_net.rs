@@ -434,6 +434,62 @@ async fn serve_raises_its_open_file_soft_limit_to_the_hard_limit() {
     assert!(logged.contains("1024"), "{logged}");
 }
 
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields[11] + fields[12]; // utime, stime
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
+    let up = mock("net-emfile", Behavior::default()).await;
+    // A hard limit of 64 cannot be raised, and the cap is configured above it.
+    let gw = Gateway::builder(&config("max_connections = 1000", &up))
+        .nofile_limit(64, 64)
+        .start()
+        .await;
+    gw.wait_for_log(5 * SEC, "about the cap above the limit", |l| {
+        l.contains("max_connections is above what the open-file limit allows")
+    })
+    .await;
+    let held = open_many(gw.addr, 80, b"").await;
+    gw.wait_for_log(5 * SEC, "about accept failing", |l| {
+        l.contains("cannot accept connections")
+    })
+    .await;
+    // Connections wait in the listen queue; the accept loop does not spin meanwhile.
+    let before = cpu_time(gw.pid());
+    tokio::time::sleep(SEC).await;
+    let used = cpu_time(gw.pid()).saturating_sub(before);
+    assert!(used < Duration::from_millis(300), "{used:?} of CPU in 1 s");
+
+    drop(held);
+    let c = common::client();
+    common::wait_for(
+        10 * SEC,
+        "a request to get through once descriptors are free",
+        || {
+            let req = c
+                .post(gw.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(chat_body("m", false))
+                .send();
+            async move { req.await.ok().filter(|r| r.status() == 200) }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_limits_are_validated_with_line_and_column() {
     for (line, what) in [
