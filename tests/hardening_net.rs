@@ -610,6 +610,7 @@ async fn acceptance_2000_idle_and_300_slowloris_at_soft_limit_1024() {
     gw.sigterm();
     let exit = gw.wait_exit(10 * SEC).await;
     let took = term.elapsed();
+    eprintln!("exit {took:?} after SIGTERM with 500 idle + 100 half-open connections");
     assert!(exit.success(), "{exit}");
     assert!(took < SEC, "exit took {took:?} after SIGTERM");
 }
