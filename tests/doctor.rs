@@ -145,7 +145,7 @@ fn demo_config(dir: &Path, edit: impl Fn(&str) -> String, extra: &str) -> PathBu
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo-local-slurm.toml");
     let text = std::fs::read_to_string(&demo).expect("read the demo config");
     let mut edited = edit(&text);
-    if is_scratch(Path::new(common::BIN)) {
+    if is_scratch(Path::new(common::BIN)) && !edited.contains("\nbinary = ") {
         let bin = dir.join("llmgw");
         if std::fs::hard_link(common::BIN, &bin).is_err() {
             std::fs::copy(common::BIN, &bin).expect("copy llmgw out of scratch");
@@ -183,6 +183,7 @@ fn demo_config_is_all_green() {
         "state-dir",
         "binary",
         "login-host",
+        "node-arch",
         "backend:models[0]",
         "backend:models[1]",
     ] {
@@ -340,6 +341,43 @@ fn unreachable_redis_fails_and_a_live_one_passes() {
     let r = doctor(&config, &state, &[]);
     assert_eq!(r.code, Some(0), "{}", r.text);
     assert_eq!(r.get("redis")["status"], "ok", "{}", r.text);
+}
+
+/// An x86_64 login node in front of aarch64 (Grace Hopper) nodes, the other way round
+/// here: `[slurm] binary` names an aarch64 executable and the local node is x86_64.
+#[test]
+fn binary_for_another_architecture_fails() {
+    if !common::slurm_cluster_ready() {
+        return;
+    }
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!("skipped: this test pairs an aarch64 binary with x86_64 nodes");
+        return;
+    }
+    let tmp = shared_tempdir();
+    // The ELF header of a 64-bit little-endian aarch64 executable (e_machine 0xb7).
+    let mut elf = vec![0u8; 64];
+    elf[..8].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    elf[16] = 2;
+    elf[18] = 0xb7;
+    let bin = tmp.path().join("llmgw-aarch64-linux-gnu");
+    std::fs::write(&bin, elf).unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = demo_config(
+        tmp.path(),
+        |text| format!("{text}binary = {:?}\n", bin.display().to_string()),
+        "",
+    );
+    let r = doctor(&config, &tmp.path().join("state"), &[]);
+    let c = r.only_failure("node-arch");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the binary is aarch64"),
+        "{c}"
+    );
+    assert!(c["fix"].as_str().unwrap().contains("[slurm] binary"), "{c}");
 }
 
 #[test]

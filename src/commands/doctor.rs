@@ -173,9 +173,9 @@ fn print_text(args: &DoctorArgs, checks: &[Check], failed: usize, warned: usize)
 /// Every check, in the order a user would fix them. Returns the gateway's name too.
 async fn diagnose(args: &DoctorArgs) -> (String, Vec<Check>) {
     let mut checks = Vec::new();
-    let (slurm, only_node) = slurm_checks().await;
-    checks.extend(slurm);
-    let here = only_node.as_deref();
+    let slurm = slurm_checks().await;
+    checks.extend(slurm.checks);
+    let here = slurm.only_node.as_deref();
 
     let (config_check, loaded) = load_config(&args.config);
     checks.push(config_check);
@@ -194,6 +194,10 @@ async fn diagnose(args: &DoctorArgs) -> (String, Vec<Check>) {
     };
     let (binary_check, binary) = binary_check(config, here);
     checks.push(binary_check);
+    if let (true, Some(bin)) = (slurm.up, &binary) {
+        let partition = config.and_then(|c| c.slurm.partition.as_deref());
+        checks.extend(arch_check(bin, partition).await);
+    }
     checks.push(login_host_check(config).await);
 
     match &loaded {
@@ -212,9 +216,18 @@ async fn diagnose(args: &DoctorArgs) -> (String, Vec<Check>) {
 
 // --- SLURM -------------------------------------------------------------------------
 
-/// The SLURM client commands and the controller. Also returns the cluster's only node
-/// when that is this machine (then node-local paths are visible to the job).
-async fn slurm_checks() -> (Vec<Check>, Option<String>) {
+/// What the SLURM checks found out.
+struct Slurm {
+    checks: Vec<Check>,
+    /// The controller answered.
+    up: bool,
+    /// The cluster's only node, when that is this machine (then node-local paths are
+    /// visible to the job).
+    only_node: Option<String>,
+}
+
+/// The SLURM client commands and the controller.
+async fn slurm_checks() -> Slurm {
     let commands = check("slurm-commands", "SLURM commands");
     let controller = check("slurm-controller", "SLURM controller");
     let missing: Vec<&str> = SLURM_COMMANDS
@@ -223,16 +236,17 @@ async fn slurm_checks() -> (Vec<Check>, Option<String>) {
         .filter(|c| which(c).is_none())
         .collect();
     if !missing.is_empty() {
-        return (
-            vec![
+        return Slurm {
+            checks: vec![
                 commands.fail(
                     format!("not found on PATH: {}", missing.join(", ")),
                     "run llmgw on a login node of the cluster (`module load slurm` first where SLURM is a module)",
                 ),
                 controller.skip("not checked without the SLURM commands"),
             ],
-            None,
-        );
+            up: false,
+            only_node: None,
+        };
     }
     let dir = which("sbatch")
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -249,13 +263,21 @@ async fn slurm_checks() -> (Vec<Check>, Option<String>) {
             let said = ping_line(&out);
             if out.status.success() && said.contains(" UP") {
                 checks.push(controller.ok(said));
-                return (checks, only_node_is_here().await);
+                return Slurm {
+                    checks,
+                    up: true,
+                    only_node: only_node_is_here().await,
+                };
             }
             checks.push(controller.fail(format!("scontrol ping: {said}"), fix));
         }
         Err(e) => checks.push(controller.fail(e, fix)),
     }
-    (checks, None)
+    Slurm {
+        checks,
+        up: false,
+        only_node: None,
+    }
 }
 
 /// `Slurmctld(primary) at vm is UP`, else SLURM's first words on stderr.
@@ -509,6 +531,83 @@ fn binary_check(config: Option<&Config>, here: Option<&str>) -> (Check, Option<P
         );
     }
     (shared_check(c, &path, here, fix), Some(path))
+}
+
+/// The compute nodes' CPU architecture against the binary's: an x86_64 login node in
+/// front of Grace Hopper (aarch64) nodes needs the aarch64 build. Nothing to say when the
+/// binary is not an ELF file llmgw knows or SLURM does not report the nodes' `Arch`.
+async fn arch_check(binary: &Path, partition: Option<&str>) -> Option<Check> {
+    let ours = elf_arch(binary)?;
+    let out = bounded("scontrol", &["show", "node", "-o"], SLURM_TIMEOUT)
+        .await
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let wanted: Option<Vec<&str>> = partition.map(|p| p.split(',').map(str::trim).collect());
+    // arch -> nodes
+    let mut archs: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for line in text.lines() {
+        let field = |key: &str| line.split_whitespace().find_map(|f| f.strip_prefix(key));
+        let (Some(node), Some(arch)) = (field("NodeName="), field("Arch=")) else {
+            continue;
+        };
+        let in_partition = wanted.as_ref().is_none_or(|w| {
+            field("Partitions=").is_some_and(|ps| ps.split(',').any(|p| w.contains(&p)))
+        });
+        if in_partition && arch != "(null)" {
+            archs.entry(arch).or_default().push(node);
+        }
+    }
+    if archs.is_empty() {
+        return None;
+    }
+    let c = check("node-arch", "compute nodes' architecture");
+    let scope = partition.map_or_else(String::new, |p| format!(" in partition {p}"));
+    let count: usize = archs.values().map(Vec::len).sum();
+    let others: Vec<String> = archs
+        .iter()
+        .filter(|(a, _)| **a != ours)
+        .map(|(a, nodes)| format!("{a} ({})", nodes.join(", ")))
+        .collect();
+    let build = "build llmgw for that architecture (README: Other architectures) and set [slurm] binary to it";
+    Some(if others.is_empty() {
+        let nodes = if count == 1 { "node" } else { "nodes" };
+        c.ok(format!("{ours}, like the binary ({count} {nodes}{scope})"))
+    } else if !archs.contains_key(ours) {
+        c.fail(
+            format!(
+                "the nodes{scope} are {}; the binary is {ours}",
+                others.join(", ")
+            ),
+            build,
+        )
+    } else {
+        c.warn(
+            format!(
+                "some nodes{scope} are {}; the binary is {ours}",
+                others.join(", ")
+            ),
+            format!(
+                "keep the job on {ours} nodes with [slurm] partition or constraint, or {build}"
+            ),
+        )
+    })
+}
+
+/// The CPU architecture of an ELF executable, named as SLURM's `Arch` and `uname -m`.
+fn elf_arch(path: &Path) -> Option<&'static str> {
+    use std::io::Read as _;
+    let mut head = [0u8; 20];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    if &head[..4] != b"\x7fELF" || head[5] != 1 {
+        return None; // not ELF, or big-endian
+    }
+    match u16::from_le_bytes([head[18], head[19]]) {
+        0x3e => Some("x86_64"),
+        0xb7 => Some("aarch64"),
+        0x15 => Some("ppc64le"),
+        _ => None,
+    }
 }
 
 /// Where a path lives, as far as the compute nodes are concerned.
@@ -772,6 +871,13 @@ mod tests {
                 "{p} should count as scratch"
             );
         }
+    }
+
+    #[test]
+    fn this_binary_has_this_machines_arch() {
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(elf_arch(&exe), Some(std::env::consts::ARCH));
+        assert_eq!(elf_arch(Path::new("/surely/not/here")), None);
     }
 
     #[test]
