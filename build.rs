@@ -3,9 +3,9 @@
 //!
 //! - Commit: `LLMGW_GIT_COMMIT` when set (scripts/release.sh sets it, with `-dirty` for a
 //!   tree with changes), else `git rev-parse`, else `unknown` (a source tarball, no git).
-//! - Date: `LLMGW_BUILD_DATE` when set, else `SOURCE_DATE_EPOCH` (reproducible builds),
-//!   else today (UTC). Only the day: a build that reran for the same commit on the same day
-//!   is the same build.
+//! - Date: `LLMGW_BUILD_DATE` when set, else `SOURCE_DATE_EPOCH`'s (reproducible builds),
+//!   else today's (UTC, by `date`: llmgw builds on Linux only). Only the day: a build that
+//!   reran for the same commit on the same day is the same build.
 //!
 //! The script reruns only when one of those variables or the checked-out commit changes,
 //! so ordinary edits do not pay for it.
@@ -26,14 +26,9 @@ fn main() {
         git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
     });
     let date = env_nonempty("LLMGW_BUILD_DATE").unwrap_or_else(|| {
-        let secs = env_nonempty("SOURCE_DATE_EPOCH")
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            });
-        ymd(secs)
+        let when =
+            env_nonempty("SOURCE_DATE_EPOCH").map_or_else(|| "now".into(), |s| format!("@{s}"));
+        run("date", &["-u", "-d", &when, "+%Y-%m-%d"]).unwrap_or_else(|| "unknown".into())
     });
     let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
     println!("cargo:rustc-env=LLMGW_GIT_COMMIT={commit}");
@@ -50,8 +45,13 @@ fn env_nonempty(var: &str) -> Option<String> {
 
 /// Runs git in the package directory; `None` when git or the repository is missing.
 fn git(args: &[&str]) -> Option<String> {
+    run("git", args)
+}
+
+/// A command's trimmed output, run in the package directory; `None` when it fails.
+fn run(program: &str, args: &[&str]) -> Option<String> {
     let dir = std::env::var_os("CARGO_MANIFEST_DIR")?;
-    let out = Command::new("git")
+    let out = Command::new(program)
         .args(args)
         .current_dir(dir)
         .output()
@@ -74,20 +74,4 @@ fn git_paths() -> Vec<PathBuf> {
         .map(PathBuf::from)
         .filter(|p| p.exists())
         .collect()
-}
-
-/// `YYYY-MM-DD` (UTC) of a Unix time, by the days-to-civil algorithm (no date crate in
-/// the build script).
-fn ymd(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }

@@ -117,6 +117,15 @@ fn doctor(config: &Path, state_dir: &Path, env: &[(&str, &str)]) -> Report {
     }
 }
 
+/// Asserts that a check's `field` (`detail` or `fix`) mentions `needle`.
+fn says(c: &Value, field: &str, needle: &str) {
+    let text = c[field].as_str().unwrap_or_default();
+    assert!(
+        text.contains(needle),
+        "{field} should mention {needle:?}: {c}"
+    );
+}
+
 fn is_scratch(path: &Path) -> bool {
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     SCRATCH.iter().any(|s| real.starts_with(s))
@@ -161,16 +170,21 @@ fn demo_config(dir: &Path, edit: impl Fn(&str) -> String, extra: &str) -> PathBu
     path
 }
 
+/// A shared temporary directory (see [`shared_tempdir`]) when the local cluster is there
+/// to test on; `None` means skip.
+fn cluster_and_tempdir() -> Option<tempfile::TempDir> {
+    common::slurm_cluster_ready().then(shared_tempdir)
+}
+
 fn unchanged(text: &str) -> String {
     text.to_string()
 }
 
 #[test]
 fn demo_config_is_all_green() {
-    if !common::slurm_cluster_ready() {
+    let Some(tmp) = cluster_and_tempdir() else {
         return;
-    }
-    let tmp = shared_tempdir();
+    };
     let config = demo_config(tmp.path(), unchanged, "");
     let r = doctor(&config, &tmp.path().join("state"), &[]);
     assert_eq!(r.code, Some(0), "{}", r.text);
@@ -206,9 +220,9 @@ fn demo_config_is_all_green() {
 
 #[test]
 fn cluster_down_fails_the_controller_check() {
-    if !common::slurm_cluster_ready() {
+    let Some(tmp) = cluster_and_tempdir() else {
         return;
-    }
+    };
     // The live cluster's config, with the controller on a port nothing listens on.
     let live = std::env::var_os("SLURM_CONF")
         .map(PathBuf::from)
@@ -224,7 +238,6 @@ fn cluster_down_fails_the_controller_check() {
         .map(|l| format!("{l}\n"))
         .collect();
     copy.push_str(&format!("SlurmctldPort={}\n", common::closed_port()));
-    let tmp = shared_tempdir();
     let copy_path = tmp.path().join("slurm.conf");
     std::fs::write(&copy_path, copy).expect("write slurm.conf copy");
 
@@ -236,8 +249,8 @@ fn cluster_down_fails_the_controller_check() {
         &[("SLURM_CONF", &conf_env)],
     );
     let c = r.only_failure("slurm-controller");
-    assert!(c["detail"].as_str().unwrap().contains("DOWN"), "{c}");
-    assert!(c["fix"].as_str().unwrap().contains("SLURM_CONF"), "{c}");
+    says(c, "detail", "DOWN");
+    says(c, "fix", "SLURM_CONF");
     assert_eq!(r.get("slurm-commands")["status"], "ok");
     // Whether node-local paths are shared cannot be told without the controller: a
     // warning, not a ✔.
@@ -246,10 +259,9 @@ fn cluster_down_fails_the_controller_check() {
 
 #[test]
 fn state_dir_under_tmp_fails() {
-    if !common::slurm_cluster_ready() {
+    let Some(shared) = cluster_and_tempdir() else {
         return;
-    }
-    let shared = shared_tempdir();
+    };
     let config = demo_config(shared.path(), unchanged, "");
     let scratch = tempfile::Builder::new()
         .prefix("llmgw-doctor-")
@@ -257,19 +269,15 @@ fn state_dir_under_tmp_fails() {
         .expect("temp dir in /tmp");
     let r = doctor(&config, &scratch.path().join("state"), &[]);
     let c = r.only_failure("state-dir");
-    assert!(c["detail"].as_str().unwrap().contains("under /tmp"), "{c}");
-    assert!(
-        c["fix"].as_str().unwrap().contains("~/.llmgw/default"),
-        "{c}"
-    );
+    says(c, "detail", "under /tmp");
+    says(c, "fix", "~/.llmgw/default");
 }
 
 #[test]
 fn unset_env_key_fails_with_its_name() {
-    if !common::slurm_cluster_ready() {
+    let Some(tmp) = cluster_and_tempdir() else {
         return;
-    }
-    let tmp = shared_tempdir();
+    };
     let with_key = |text: &str| {
         let edited = text.replace(
             "model = \"mock-cloud\"\n",
@@ -283,13 +291,7 @@ fn unset_env_key_fails_with_its_name() {
 
     let r = doctor(&config, &state, &[]);
     let c = r.only_failure("key:models[1].api_key");
-    assert!(
-        c["detail"]
-            .as_str()
-            .unwrap()
-            .contains("LLMGW_DOCTOR_TEST_KEY is not set"),
-        "{c}"
-    );
+    says(c, "detail", "LLMGW_DOCTOR_TEST_KEY is not set");
     assert!(
         c["fix"]
             .as_str()
@@ -312,10 +314,9 @@ fn unset_env_key_fails_with_its_name() {
 
 #[test]
 fn unreachable_redis_fails_and_a_live_one_passes() {
-    if !common::slurm_cluster_ready() {
+    let Some(tmp) = cluster_and_tempdir() else {
         return;
-    }
-    let tmp = shared_tempdir();
+    };
     let cache = |auth: &str, port: u16| {
         format!(
             "\n[cache]\nenabled = true\nbackend = \"redis\"\nredis_url = \"redis://{auth}127.0.0.1:{port}\"\n"
@@ -328,8 +329,8 @@ fn unreachable_redis_fails_and_a_live_one_passes() {
     let r = doctor(&config, &state, &[]);
     let c = r.only_failure("redis");
     let addr = format!("127.0.0.1:{closed}");
-    assert!(c["detail"].as_str().unwrap().contains(&addr), "{c}");
-    assert!(c["fix"].as_str().unwrap().contains(&addr), "{c}");
+    says(c, "detail", &addr);
+    says(c, "fix", &addr);
     assert!(
         !r.text.contains("doctor-pw"),
         "the password leaked:\n{}",
@@ -347,14 +348,13 @@ fn unreachable_redis_fails_and_a_live_one_passes() {
 /// here: `[slurm] binary` names an aarch64 executable and the local node is x86_64.
 #[test]
 fn binary_for_another_architecture_fails() {
-    if !common::slurm_cluster_ready() {
-        return;
-    }
     if std::env::consts::ARCH != "x86_64" {
         eprintln!("skipped: this test pairs an aarch64 binary with x86_64 nodes");
         return;
     }
-    let tmp = shared_tempdir();
+    let Some(tmp) = cluster_and_tempdir() else {
+        return;
+    };
     // The ELF header of a 64-bit little-endian aarch64 executable (e_machine 0xb7).
     let mut elf = vec![0u8; 64];
     elf[..8].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
@@ -370,22 +370,15 @@ fn binary_for_another_architecture_fails() {
     );
     let r = doctor(&config, &tmp.path().join("state"), &[]);
     let c = r.only_failure("node-arch");
-    assert!(
-        c["detail"]
-            .as_str()
-            .unwrap()
-            .contains("the binary is aarch64"),
-        "{c}"
-    );
-    assert!(c["fix"].as_str().unwrap().contains("[slurm] binary"), "{c}");
+    says(c, "detail", "the binary is aarch64");
+    says(c, "fix", "[slurm] binary");
 }
 
 #[test]
 fn missing_slurm_commands_fail_with_their_own_fix() {
-    if !common::slurm_cluster_ready() {
+    let Some(tmp) = cluster_and_tempdir() else {
         return;
-    }
-    let tmp = shared_tempdir();
+    };
     let config = demo_config(tmp.path(), unchanged, "");
     // A PATH without the SLURM commands (nor anything else).
     let bin = tmp.path().join("bin");
@@ -393,8 +386,8 @@ fn missing_slurm_commands_fail_with_their_own_fix() {
     let path = bin.display().to_string();
     let r = doctor(&config, &tmp.path().join("state"), &[("PATH", &path)]);
     let c = r.only_failure("slurm-commands");
-    assert!(c["detail"].as_str().unwrap().contains("sbatch"), "{c}");
-    assert!(c["fix"].as_str().unwrap().contains("login node"), "{c}");
+    says(c, "detail", "sbatch");
+    says(c, "fix", "login node");
     assert_eq!(r.get("slurm-controller")["status"], "skip");
 }
 
@@ -402,10 +395,9 @@ fn missing_slurm_commands_fail_with_their_own_fix() {
 /// package named sglang in it, then with `[slurm] setup` lines that only the job runs.
 #[test]
 fn launched_sglang_needs_python_with_sglang() {
-    if !common::slurm_cluster_ready() {
+    let Some(tmp) = cluster_and_tempdir() else {
         return;
-    }
-    let tmp = shared_tempdir();
+    };
     let venv = tmp.path().join("venv");
     let out = Command::new("python3")
         .args(["-m", "venv", "--without-pip"])
@@ -433,11 +425,8 @@ fn launched_sglang_needs_python_with_sglang() {
     std::fs::write(&config, sglang("")).unwrap();
     let r = doctor(&config, &state, &env);
     let c = r.only_failure("backend:models[0]");
-    assert!(
-        c["detail"].as_str().unwrap().contains("has no sglang"),
-        "{c}"
-    );
-    assert!(c["fix"].as_str().unwrap().contains("pip install"), "{c}");
+    says(c, "detail", "has no sglang");
+    says(c, "fix", "pip install");
 
     // The venv's own site-packages: python finds the package there.
     let out = Command::new(venv.join("bin/python"))
@@ -454,10 +443,7 @@ fn launched_sglang_needs_python_with_sglang() {
     assert_eq!(r.code, Some(0), "{}", r.text);
     let c = r.get("backend:models[0]");
     assert_eq!(c["status"], "ok", "{c}");
-    assert!(
-        c["detail"].as_str().unwrap().contains("finds sglang"),
-        "{c}"
-    );
+    says(c, "detail", "finds sglang");
 
     std::fs::write(
         &config,
@@ -468,35 +454,28 @@ fn launched_sglang_needs_python_with_sglang() {
     assert_eq!(r.code, Some(0), "{}", r.text);
     let c = r.get("backend:models[0]");
     assert_eq!(c["status"], "skip", "{c}");
-    assert!(
-        c["detail"].as_str().unwrap().contains("checked in the job"),
-        "{c}"
-    );
+    says(c, "detail", "checked in the job");
 }
 
 #[test]
 fn unreadable_config_fails_and_skips_what_depends_on_it() {
-    if !common::slurm_cluster_ready() {
+    let Some(tmp) = cluster_and_tempdir() else {
         return;
-    }
-    let tmp = shared_tempdir();
+    };
     let r = doctor(
         &tmp.path().join("nope.toml"),
         &tmp.path().join("state"),
         &[],
     );
     let c = r.only_failure("config");
-    assert!(c["fix"].as_str().unwrap().contains("-c FILE"), "{c}");
+    says(c, "fix", "-c FILE");
     assert_eq!(r.get("config-dependent")["status"], "skip");
 
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nport = \"four\"\n").unwrap();
     let r = doctor(&bad, &tmp.path().join("state"), &[]);
     let c = r.only_failure("config");
-    assert!(
-        c["detail"].as_str().unwrap().contains("bad.toml:2:"),
-        "the detail names file:line: {c}"
-    );
+    says(c, "detail", "bad.toml:2:");
 }
 
 #[test]
