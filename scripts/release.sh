@@ -74,7 +74,7 @@ start=$(date +%s)
 LLMGW_GIT_COMMIT=$commit LLMGW_BUILD_DATE=$built \
   cargo zigbuild --locked --profile "$PROFILE" --target "$TARGET.$GLIBC" --bin llmgw
 say "built in $(($(date +%s) - start)) s"
-bin=target/$TARGET/$PROFILE/llmgw
+bin=${CARGO_TARGET_DIR:-target}/$TARGET/$PROFILE/llmgw
 [ -x "$bin" ] || die "cargo zigbuild finished but $bin is missing"
 
 # --- package -------------------------------------------------------------------------
@@ -82,7 +82,8 @@ mkdir -p dist
 rm -f "$OUT" "$OUT.debug" "$OUT.sha256"
 objcopy --only-keep-debug "$bin" "$OUT.debug"
 # The debug link stores the .debug file's base name and CRC: gdb finds it beside the binary.
-(cd dist && objcopy --strip-all --add-gnu-debuglink="$NAME.debug" "../$bin" "$NAME")
+objcopy --strip-all "$bin" "$OUT"
+(cd dist && objcopy --add-gnu-debuglink="$NAME.debug" "$NAME")
 chmod 0755 "$OUT"
 chmod 0644 "$OUT.debug"
 (cd dist && sha256sum "$NAME" >"$NAME.sha256")

@@ -157,7 +157,13 @@ fn print_text(args: &DoctorArgs, checks: &[Check], failed: usize, warned: usize)
             println!("    fix: {fix}");
         }
     }
-    let start = format!("llmgw start -c {}", args.config.display());
+    let mut start = format!("llmgw start -c {}", args.config.display());
+    if args.target.name != "default" {
+        start.push_str(&format!(" --name {}", args.target.name));
+    }
+    if let Some(d) = &args.target.state_dir {
+        start.push_str(&format!(" --state-dir {}", d.display()));
+    }
     if failed > 0 {
         println!(
             "✘ {failed} of {} checks failed: fix them, then run `llmgw doctor` again",
