@@ -286,21 +286,24 @@ async fn slurm_checks() -> Slurm {
     }
 }
 
-/// `Slurmctld(primary) at vm is UP`, else SLURM's first words on stderr.
+/// `Slurmctld(primary) at vm is UP` (one part per controller, backups too), else
+/// SLURM's first words on stderr.
 fn ping_line(out: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
+    let said: Vec<&str> = stdout
         .lines()
-        .find(|l| l.contains("Slurmctld"))
-        .map(|l| l.trim().to_string())
-        .unwrap_or_else(|| {
-            let err = first_line(&out.stderr);
-            if err.is_empty() {
-                format!("no answer ({})", out.status)
-            } else {
-                err
-            }
-        })
+        .map(str::trim)
+        .filter(|l| l.starts_with("Slurmctld"))
+        .collect();
+    if !said.is_empty() {
+        return said.join("; ");
+    }
+    let err = first_line(&out.stderr);
+    if err.is_empty() {
+        format!("no answer ({})", out.status)
+    } else {
+        err
+    }
 }
 
 /// The cluster's only node, when it is this machine.
