@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check llmgw has: formatting, clippy, unit and integration tests (including
 # the OpenAI Python SDK against a real gateway and the tests on a real local SLURM
-# cluster). On a fresh Debian machine (as root) it first installs what the tests need,
+# cluster), then builds the portable release binary and checks it (scripts/release.sh
+# --smoke). On a fresh Debian machine (as root) it first installs what the tests need,
 # and only what is missing.
 #
 #   scripts/test.sh            # everything
@@ -22,6 +23,7 @@ command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
 command -v munged >/dev/null 2>&1 || missing+=(munge)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v objdump >/dev/null 2>&1 || missing+=(binutils)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then
@@ -63,3 +65,5 @@ log "cargo test"
 cargo test --lib --bins --tests -- --test-threads=2
 log "benchmarks, once each as smoke tests"
 cargo test --bench '*'
+log "release binary (scripts/release.sh --smoke): glibc floor 2.17, at most 20 MiB, --version, serve"
+bash scripts/release.sh --smoke

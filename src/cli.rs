@@ -9,14 +9,14 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(
     name = "llmgw",
-    version,
+    version = env!("LLMGW_LONG_VERSION"),
     about = "An OpenAI-compatible LLM gateway for SLURM clusters",
     long_about = "An OpenAI-compatible LLM gateway for SLURM clusters.\n\n\
         On a login node, `llmgw start` submits a job whose compute node runs `llmgw serve`: \
         the gateway, with local SGLang model servers it supervises and cloud providers as \
         fallbacks. `status`, `logs` and `stop` manage the job. `serve` also runs directly on \
         any machine without SLURM.",
-    after_help = "Typical day:\n  llmgw start -c configs/sglang-with-cloud-fallback.toml\n  llmgw status\n  llmgw logs -f\n  llmgw stop"
+    after_help = "Typical day:\n  llmgw doctor -c configs/sglang-with-cloud-fallback.toml\n  llmgw start -c configs/sglang-with-cloud-fallback.toml\n  llmgw status\n  llmgw logs -f\n  llmgw stop"
 )]
 pub struct Cli {
     /// Log format: human-readable text, or one JSON object per line.
@@ -39,6 +39,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run the gateway in the foreground (what the SLURM job runs; works without SLURM).
     Serve(ServeArgs),
+    /// Check what a first `start` needs on this cluster; each problem with its fix.
+    Doctor(DoctorArgs),
     /// A mock OpenAI-compatible upstream for tests, benchmarks and demos.
     #[command(hide = true)]
     MockUpstream(crate::mock::MockArgs),
@@ -110,6 +112,18 @@ pub struct LogsArgs {
     pub lines: usize,
 }
 
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Config file (TOML), as for `start`.
+    #[arg(short, long, default_value = "llmgw.toml")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Config file (TOML) [default: the built-in configs/quickstart.toml].
@@ -165,5 +179,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => crate::commands::stop::run(args),
         Command::Status(args) => crate::commands::status::run(args),
         Command::Logs(args) => crate::commands::logs::run(args),
+        Command::Doctor(args) => crate::commands::doctor::run(args),
     }
 }

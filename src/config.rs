@@ -513,18 +513,8 @@ impl Config {
 
     /// Parses, validates and resolves a config from text; `name` is used in errors.
     pub fn load_str(text: &str, name: &str) -> Result<LoadedConfig, ConfigError> {
+        let config = Self::parse_str(text, name)?;
         let src = Source { name, text };
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().replace('\n', " ");
-            match e.span() {
-                Some(span) => src.at(span, message),
-                None => ConfigError::File {
-                    file: name.to_string(),
-                    message,
-                },
-            }
-        })?;
-        config.validate(&src)?;
         let master_key = config
             .server
             .master_key
@@ -555,6 +545,24 @@ impl Config {
             model_keys,
             redis_url,
         })
+    }
+
+    /// Parses and validates without resolving `env:`/`file:` secrets: `llmgw doctor`
+    /// checks those one by one ([`resolve_secret_in`]).
+    pub fn parse_str(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let src = Source { name, text };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => src.at(span, message),
+                None => ConfigError::File {
+                    file: name.to_string(),
+                    message,
+                },
+            }
+        })?;
+        config.validate(&src)?;
+        Ok(config)
     }
 
     fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
@@ -696,6 +704,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Resolves one secret reference of the config `text` (called `name` in errors).
+pub fn resolve_secret_in(
+    value: &Spanned<String>,
+    text: &str,
+    name: &str,
+) -> Result<Secret, ConfigError> {
+    resolve_secret(value, &Source { name, text })
 }
 
 /// Resolves `env:VAR`, `file:PATH` or a literal value.

@@ -545,7 +545,7 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 /// The backend's argv: SGLang's launch line, or `command` with placeholders substituted.
-fn command_line(
+pub fn command_line(
     name: &str,
     launch: &LaunchConfig,
     port: u16,

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{chat_body, client, read_sse};
+use common::{chat_body, client, read_sse, run_bounded};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -29,29 +29,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// and outside CI.
 fn cluster() -> Option<MutexGuard<'static, ()>> {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let have_sbatch = Command::new("sbatch")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have_sbatch {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is set but sbatch is not on PATH: bring the cluster up with `bash scripts/local-slurm.sh up` (scripts/test.sh does)");
-        }
-        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-        eprintln!("!!! SKIPPED: sbatch not on PATH; these SLURM tests did not run.");
-        eprintln!("!!! Run `bash scripts/local-slurm.sh up` (as root) and test again.");
-        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
-        return None;
-    }
-    let sinfo = Command::new("sinfo").arg("-h").output();
-    assert!(
-        sinfo.as_ref().is_ok_and(|o| o.status.success()),
-        "sbatch is installed but the SLURM controller does not answer; run `bash scripts/local-slurm.sh up` ({:?})",
-        sinfo.map(|o| String::from_utf8_lossy(&o.stderr).to_string())
-    );
-    Some(guard)
+    common::slurm_cluster_ready().then_some(guard)
 }
 
 /// A gateway under test: its name and state directory; cancels its jobs when dropped.
@@ -156,24 +134,6 @@ impl Drop for Gw {
         self.remember_job();
         for id in self.jobs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = Command::new("scancel").arg(id).status();
-        }
-    }
-}
-
-/// Runs a command with piped output, killing it after `limit`.
-fn run_bounded(mut c: Command, limit: Duration) -> Output {
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = c.spawn().expect("spawn llmgw");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait for llmgw"),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("llmgw did not finish within {limit:?}");
         }
     }
 }

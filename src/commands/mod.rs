@@ -1,10 +1,11 @@
-//! The SLURM launcher's commands: `start`, `status`, `logs`, `stop`. They run on a login
-//! node, talk to SLURM through [`crate::slurm`] and to the running gateway over HTTP, and
-//! share what they know through the state directory (`job.json`, `endpoint.json`,
-//! `backends.json`, the key, the logs).
+//! The SLURM launcher's commands: `start`, `status`, `logs`, `stop`, and `doctor` (what a
+//! first `start` needs). They run on a login node, talk to SLURM through [`crate::slurm`]
+//! and to the running gateway over HTTP, and share what they know through the state
+//! directory (`job.json`, `endpoint.json`, `backends.json`, the key, the logs).
 //!
 //! This is the CLI edge: errors are `anyhow`, each one line saying what to do.
 
+pub mod doctor;
 pub mod logs;
 pub mod start;
 pub mod status;
@@ -169,21 +170,26 @@ pub fn tilde(path: &Path) -> String {
 /// The host name users ssh to: `[slurm] login_host`, else `SLURM_SUBMIT_HOST`, else this
 /// machine's fully qualified name.
 pub fn login_host(configured: Option<&str>) -> String {
+    login_host_from(configured).0
+}
+
+/// [`login_host`] and where it came from (for `llmgw doctor`).
+pub fn login_host_from(configured: Option<&str>) -> (String, &'static str) {
     if let Some(h) = configured.filter(|h| !h.trim().is_empty()) {
-        return h.trim().to_string();
+        return (h.trim().to_string(), "[slurm] login_host");
     }
     if let Ok(h) = std::env::var("SLURM_SUBMIT_HOST") {
         if !h.trim().is_empty() {
-            return h.trim().to_string();
+            return (h.trim().to_string(), "SLURM_SUBMIT_HOST");
         }
     }
     if let Ok(out) = std::process::Command::new("hostname").arg("-f").output() {
         let h = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if out.status.success() && !h.is_empty() {
-            return h;
+            return (h, "`hostname -f`");
         }
     }
-    crate::serve::node_hostname()
+    (crate::serve::node_hostname(), "this machine's host name")
 }
 
 /// The user name for the ssh line.
