@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mock;
 pub mod mock_cloud;
 pub mod providers;
+pub mod renew;
 pub mod request;
 pub mod router;
 pub mod serve;

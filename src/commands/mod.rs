@@ -49,26 +49,6 @@ pub fn api_key(dir: &Path) -> Option<Secret> {
     Config::load(&copy).ok().and_then(|c| c.master_key)
 }
 
-/// Where a login node reaches the gateway: its node's host name, or loopback when it
-/// listens on loopback only.
-pub fn connect_host(ep: &EndpointRecord) -> String {
-    let loopback = ep
-        .bind
-        .parse::<std::net::IpAddr>()
-        .map(|ip| ip.is_loopback())
-        .unwrap_or(false);
-    if loopback {
-        ep.bind.clone()
-    } else {
-        ep.host.clone()
-    }
-}
-
-/// `http://HOST:PORT` of a running gateway.
-pub fn base_url(ep: &EndpointRecord) -> String {
-    format!("http://{}:{}", connect_host(ep), ep.port)
-}
-
 /// A small HTTP client for talking to the gateway (no proxies: it is on the cluster).
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -91,7 +71,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `GET /health/readiness`: true when the gateway answers 200.
 pub async fn is_ready(client: &reqwest::Client, ep: &EndpointRecord) -> bool {
     match client
-        .get(format!("{}/health/readiness", base_url(ep)))
+        .get(format!("{}/health/readiness", ep.base_url()))
         .send()
         .await
     {
@@ -106,14 +86,14 @@ pub async fn health(
     ep: &EndpointRecord,
     key: Option<&Secret>,
 ) -> Result<serde_json::Value, String> {
-    let mut req = client.get(format!("{}/health", base_url(ep)));
+    let mut req = client.get(format!("{}/health", ep.base_url()));
     if let Some(k) = key {
         req = req.bearer_auth(k.expose());
     }
     let resp = req
         .send()
         .await
-        .map_err(|e| format!("unreachable at {} ({})", base_url(ep), short_error(&e)))?;
+        .map_err(|e| format!("unreachable at {} ({})", ep.base_url(), short_error(&e)))?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| short_error(&e))?;
     if !status.is_success() {

@@ -4,6 +4,7 @@
 use super::{clock, login_host, tail_lines, target_dir, tilde, user_name};
 use crate::cli::StartArgs;
 use crate::config::{Config, LoadedConfig};
+use crate::slurm::chain::{self, Chain, ChainJob, Why};
 use crate::slurm::jobs::{self, JobInfo};
 use crate::slurm::template::{self, JobSpec, SpecPaths};
 use crate::slurm::{self as slurm_mod, JobRecord};
@@ -159,7 +160,7 @@ impl Plan {
         };
         let key_file = cfg.master_key.is_none().then(|| dir.join(KEY_FILE));
         let config_copy = dir.join(slurm_mod::CONFIG_FILE);
-        let log_pattern = dir.join("slurm-%j.log");
+        let log_pattern = dir.join(slurm_mod::LOG_PATTERN);
         let grace_secs = cfg.config.server.shutdown_grace.0.as_secs();
         let spec = JobSpec::new(
             name,
@@ -211,43 +212,71 @@ impl Plan {
             ensure_key(key)?;
         }
         // Whatever an earlier run left must not be mistaken for this job's.
-        for stale in [state::ENDPOINT_FILE, crate::supervise::BACKENDS_FILE] {
+        for stale in [
+            state::ENDPOINT_FILE,
+            crate::supervise::BACKENDS_FILE,
+            chain::SUCCESSOR_BACKENDS_FILE,
+        ] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let script_path = dir.join(slurm_mod::SCRIPT_FILE);
         state::write_atomic(&script_path, self.script.as_bytes(), 0o600)
             .with_context(|| format!("cannot write {}", script_path.display()))?;
-        let job_id = jobs::submit(&script_path)?;
-        let record = JobRecord {
-            log: slurm_mod::log_path(&self.log_pattern, &job_id),
-            job_id,
-            name: name.to_string(),
-            config: args.config.display().to_string(),
-            config_copy: self.config_copy.clone(),
-            submitted_at: state::now_rfc3339(),
-            script: script_path,
-            grace_secs: self.grace_secs,
-        };
-        record
-            .write(dir)
-            .with_context(|| format!("cannot write the job record in {}", dir.display()))?;
-        Ok(record)
+        // A new chain, generation 1. Submitted under the chain lock, so the job cannot read
+        // the record before it names it.
+        Chain::update(dir, |c| -> anyhow::Result<JobRecord> {
+            let job_id = jobs::submit(&script_path)?;
+            let record = JobRecord {
+                log: slurm_mod::log_path(&self.log_pattern, &job_id),
+                job_id,
+                name: name.to_string(),
+                config: args.config.display().to_string(),
+                config_copy: self.config_copy.clone(),
+                submitted_at: state::now_rfc3339(),
+                script: script_path,
+                grace_secs: self.grace_secs,
+            };
+            record
+                .write(dir)
+                .with_context(|| format!("cannot write the job record in {}", dir.display()))?;
+            *c = Chain {
+                name: name.to_string(),
+                jobs: vec![ChainJob {
+                    generation: 1,
+                    why: Why::Start,
+                    predecessor: None,
+                    job: record.clone(),
+                    current_since: None,
+                    ended: None,
+                }],
+                ..Chain::default()
+            };
+            Ok(record)
+        })?
     }
 }
 
-/// Refuses when this name's last job is still queued or running.
+/// Refuses when a job of this name's chain is still queued or running.
 fn refuse_live_job(name: &str, dir: &Path) -> anyhow::Result<()> {
-    let Some(rec) = JobRecord::read(dir).ok().flatten() else {
-        return Ok(());
-    };
-    if let Some(info) = jobs::query(&rec.job_id)? {
-        if info.is_active() {
-            anyhow::bail!(
-                "gateway \"{name}\" is already {} as job {}; stop it first with `llmgw stop{}`, or start another with --name OTHER",
-                info.describe(),
-                rec.job_id,
-                name_flag(name)
-            );
+    let mut ids: Vec<String> = Chain::read(dir)
+        .ok()
+        .flatten()
+        .map(|c| c.unended().map(|j| j.job.job_id.clone()).collect())
+        .unwrap_or_default();
+    if let Some(rec) = JobRecord::read(dir).ok().flatten() {
+        if !ids.contains(&rec.job_id) {
+            ids.push(rec.job_id);
+        }
+    }
+    for id in ids {
+        if let Some(info) = jobs::query(&id)? {
+            if info.is_active() {
+                anyhow::bail!(
+                    "gateway \"{name}\" is already {} as job {id}; stop it first with `llmgw stop{}`, or start another with --name OTHER",
+                    info.describe(),
+                    name_flag(name)
+                );
+            }
         }
     }
     Ok(())
