@@ -272,6 +272,7 @@ fn publish(
         Ok(()) => {
             if m.is_successor() {
                 monitor.set_status_file(Some(dir.join(crate::supervise::BACKENDS_FILE)));
+                let _ = std::fs::remove_file(m.loading_status_file());
             }
             tracing::info!(
                 generation = m.generation(),

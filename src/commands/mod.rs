@@ -5,6 +5,7 @@
 //!
 //! This is the CLI edge: errors are `anyhow`, each one line saying what to do.
 
+pub mod chain_status;
 pub mod logs;
 pub mod start;
 pub mod status;
@@ -47,6 +48,28 @@ pub fn api_key(dir: &Path) -> Option<Secret> {
     }
     let copy = dir.join(crate::slurm::CONFIG_FILE);
     Config::load(&copy).ok().and_then(|c| c.master_key)
+}
+
+/// ` --name X` unless it is the default name (for commands a user copies).
+pub fn name_flag(name: &str) -> String {
+    if name == "default" {
+        String::new()
+    } else {
+        format!(" --name {name}")
+    }
+}
+
+/// The `llmgw connect` line for this gateway (`--state-dir` only when it is not the
+/// default, `--login` when run elsewhere).
+pub fn connect_command(name: &str, dir: &Path, login: Option<&str>) -> String {
+    let mut cmd = format!("llmgw connect{}", name_flag(name));
+    if dir != state::state_dir(name, None) {
+        cmd.push_str(&format!(" --state-dir {}", tilde(dir)));
+    }
+    if let Some(l) = login {
+        cmd.push_str(&format!(" --login {l}"));
+    }
+    cmd
 }
 
 /// A small HTTP client for talking to the gateway (no proxies: it is on the cluster).

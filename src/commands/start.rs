@@ -1,7 +1,7 @@
 //! `llmgw start`: render the sbatch script, submit it, wait until the gateway is ready,
 //! and print how to reach it.
 
-use super::{clock, login_host, tail_lines, target_dir, tilde, user_name};
+use super::{clock, login_host, name_flag, tail_lines, target_dir, tilde, user_name};
 use crate::cli::StartArgs;
 use crate::config::{Config, LoadedConfig};
 use crate::slurm::chain::{self, Chain, ChainJob, Why};
@@ -131,14 +131,6 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// ` --name X` unless it is the default name.
-fn name_flag(name: &str) -> String {
-    if name == "default" {
-        String::new()
-    } else {
-        format!(" --name {name}")
-    }
-}
 
 /// Everything decided before submitting.
 struct Plan {
@@ -480,6 +472,8 @@ fn report_ready(
     let laptop_url = format!("http://localhost:{port}/v1");
     let login = login_host(cfg.config.slurm.login_host.as_deref());
     let ssh = format!("ssh -N -L {port}:{node}:{port} {}@{login}", user_name());
+    let login_arg = format!("{}@{login}", user_name());
+    let connect = super::connect_command(name, dir, Some(&login_arg));
     let backends = BackendsFile::read(dir)
         .map(|f| f.backends)
         .unwrap_or_default();
@@ -489,6 +483,7 @@ fn report_ready(
             serde_json::json!({
                 "ok": true, "name": name, "job_id": record.job_id, "state": "RUNNING",
                 "node": node, "port": port, "url": url, "laptop_url": laptop_url, "ssh": ssh,
+                "connect": connect,
                 "key_file": plan.key_file, "state_dir": dir, "script": record.script,
                 "log": record.log, "backends": backends,
             })
@@ -504,7 +499,12 @@ fn report_ready(
         record.job_id
     );
     println!("  on the cluster:   export OPENAI_BASE_URL={url}");
-    println!("  from your laptop: {ssh}");
+    println!("  from your laptop: {connect}   (follows the gateway across jobs)");
+    println!(
+        "                    export OPENAI_BASE_URL=http://localhost:{}/v1",
+        super::connect::DEFAULT_PORT
+    );
+    println!("    or plain ssh:   {ssh}");
     println!("                    export OPENAI_BASE_URL={laptop_url}");
     println!("  API key:          {key_line}");
     for b in backends.iter().filter(|b| b.state == BackendState::Failed) {
