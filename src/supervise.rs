@@ -94,7 +94,11 @@ pub struct BackendsFile {
 
 impl BackendsFile {
     pub fn read(dir: &Path) -> Option<Self> {
-        let bytes = std::fs::read(dir.join(BACKENDS_FILE)).ok()?;
+        Self::read_path(&dir.join(BACKENDS_FILE))
+    }
+
+    pub fn read_path(path: &Path) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 }

@@ -92,7 +92,9 @@ impl ChainStatus {
     pub fn text(&self) -> String {
         let mut out = String::new();
         let renewal = match (&self.renew, self.next_renewal, self.renew_before) {
-            (None, _, _) => "off ([slurm] renew = true keeps the gateway up past its time limit)".to_string(),
+            (None, _, _) => {
+                "off ([slurm] renew = true keeps the gateway up past its time limit)".to_string()
+            }
             (Some(_), _, _) if self.stopping => "off (stopping)".to_string(),
             (Some(_), Some(d), Some(b)) if d.is_zero() => {
                 format!("due now ({} before the limit)", super::clock(b))
@@ -154,9 +156,7 @@ fn phase(dir: &Path, info: Option<&JobInfo>) -> String {
         }
         Some(i) if i.is_running() => {
             let node = i.node.as_deref().unwrap_or("?");
-            let file = std::fs::read(dir.join(chain::SUCCESSOR_BACKENDS_FILE))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<BackendsFile>(&b).ok());
+            let file = BackendsFile::read_path(&dir.join(chain::SUCCESSOR_BACKENDS_FILE));
             match file {
                 None => format!("starting on {node}"),
                 Some(f) => {

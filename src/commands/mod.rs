@@ -6,7 +6,9 @@
 //! This is the CLI edge: errors are `anyhow`, each one line saying what to do.
 
 pub mod chain_status;
+pub mod connect;
 pub mod logs;
+pub mod restart;
 pub mod start;
 pub mod status;
 pub mod stop;

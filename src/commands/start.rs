@@ -24,7 +24,13 @@ const TAIL: usize = 20;
 pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(&args.config)?;
     let (name, dir) = target_dir(&args.target)?;
-    let plan = Plan::new(&args, &cfg, &name, &dir)?;
+    let plan = Plan::new(
+        &args.config,
+        &cfg,
+        &name,
+        &dir,
+        dir.join(slurm_mod::CONFIG_FILE),
+    )?;
 
     if args.dry_run {
         if args.json {
@@ -131,18 +137,24 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-
-/// Everything decided before submitting.
-struct Plan {
-    script: String,
-    key_file: Option<PathBuf>,
-    config_copy: PathBuf,
-    log_pattern: PathBuf,
-    grace_secs: u64,
+/// Everything decided before submitting (also what `restart` submits).
+pub(super) struct Plan {
+    pub script: String,
+    pub key_file: Option<PathBuf>,
+    pub config_copy: PathBuf,
+    pub log_pattern: PathBuf,
+    pub grace_secs: u64,
 }
 
 impl Plan {
-    fn new(args: &StartArgs, cfg: &LoadedConfig, name: &str, dir: &Path) -> anyhow::Result<Self> {
+    /// Renders the script for `config` (loaded as `cfg`), run with the copy at `config_copy`.
+    pub fn new(
+        config: &Path,
+        cfg: &LoadedConfig,
+        name: &str,
+        dir: &Path,
+        config_copy: PathBuf,
+    ) -> anyhow::Result<Self> {
         let slurm = &cfg.config.slurm;
         let binary = match &slurm.binary {
             Some(b) => std::path::absolute(b)
@@ -151,7 +163,6 @@ impl Plan {
                 .context("cannot tell where the llmgw binary is; set [slurm] binary")?,
         };
         let key_file = cfg.master_key.is_none().then(|| dir.join(KEY_FILE));
-        let config_copy = dir.join(slurm_mod::CONFIG_FILE);
         let log_pattern = dir.join(slurm_mod::LOG_PATTERN);
         let grace_secs = cfg.config.server.shutdown_grace.0.as_secs();
         let spec = JobSpec::new(
@@ -161,7 +172,7 @@ impl Plan {
                 state_dir: dir.to_path_buf(),
                 log_path: log_pattern.clone(),
                 config_path: config_copy.clone(),
-                source_config: args.config.display().to_string(),
+                source_config: config.display().to_string(),
                 binary,
                 key_file: key_file.clone(),
             },
@@ -172,9 +183,7 @@ impl Plan {
             if t.is_absolute() {
                 t.clone()
             } else {
-                args.config
-                    .parent()
-                    .map_or_else(|| t.clone(), |p| p.join(t))
+                config.parent().map_or_else(|| t.clone(), |p| p.join(t))
             }
         });
         let script = template::render(&spec, template.as_deref())?;
@@ -276,7 +285,7 @@ fn refuse_live_job(name: &str, dir: &Path) -> anyhow::Result<()> {
 
 /// Keeps an existing key (scripts that use it keep working), else writes a new random
 /// one. Always 0600; the key never appears on a command line or in the script.
-fn ensure_key(path: &Path) -> anyhow::Result<()> {
+pub(super) fn ensure_key(path: &Path) -> anyhow::Result<()> {
     use std::io::Read as _;
     use std::os::unix::fs::PermissionsExt;
     if let Ok(existing) = std::fs::read_to_string(path) {
@@ -305,7 +314,7 @@ enum Waited {
 }
 
 /// The spinner (on a terminal) or one line per change (otherwise).
-struct Progress {
+pub(super) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     last: String,
     phase: String,
@@ -313,7 +322,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             if let Ok(style) = indicatif::ProgressStyle::with_template("  {spinner} {msg}") {
@@ -331,7 +340,7 @@ impl Progress {
     }
 
     /// `phase` restarts the clock when it changes; `detail` is the text.
-    fn set(&mut self, phase: &str, detail: String) {
+    pub fn set(&mut self, phase: &str, detail: String) {
         if phase != self.phase {
             self.phase = phase.to_string();
             self.since = Instant::now();
@@ -347,7 +356,7 @@ impl Progress {
         self.last = detail;
     }
 
-    fn finish(&self) {
+    pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -388,7 +397,7 @@ async fn wait(record: &JobRecord, dir: &Path, timeout: Duration) -> anyhow::Resu
                         break Waited::Ready(ep);
                     }
                 }
-                let doing = loading_text(dir);
+                let doing = loading_text(BackendsFile::read(dir));
                 progress.set(
                     &format!("running {doing}"),
                     format!("job {id} RUNNING on {node} — {doing}"),
@@ -411,8 +420,8 @@ async fn wait(record: &JobRecord, dir: &Path, timeout: Duration) -> anyhow::Resu
 }
 
 /// What the job is doing while running but not yet ready, from `backends.json`.
-fn loading_text(dir: &Path) -> String {
-    let Some(file) = BackendsFile::read(dir) else {
+pub(super) fn loading_text(file: Option<BackendsFile>) -> String {
+    let Some(file) = file else {
         return "starting the gateway".into();
     };
     let loading: Vec<String> = file

@@ -1,9 +1,9 @@
 //! `llmgw status`: the job (squeue, then scontrol/sacct once it has finished), where the
 //! gateway listens, and its own view of every deployment and local backend.
 
-use super::{api_key, login_host, target_dir, user_name};
 use super::chain_status::ChainStatus;
 use super::name_flag;
+use super::{api_key, login_host, target_dir, user_name};
 use crate::cli::StatusArgs;
 use crate::slurm::jobs::{self, JobInfo};
 use crate::slurm::template::parse_time_limit;
