@@ -124,6 +124,13 @@ pub struct RouterConfig {
     pub default_fallbacks: Vec<String>,
     /// Longest chain of fallbacks followed for one request.
     pub max_fallback_depth: u32,
+    /// Longest cooldown an upstream's Retry-After can set (a configured `cooldown` is
+    /// used as written).
+    pub max_cooldown: Dur,
+    /// Largest successful non-streamed upstream answer read, in bytes (502 above).
+    pub max_response_bytes: usize,
+    /// Most bytes of an upstream error body read (the rest is ignored).
+    pub max_error_bytes: usize,
 }
 
 impl Default for RouterConfig {
@@ -142,6 +149,9 @@ impl Default for RouterConfig {
             context_window_fallbacks: BTreeMap::new(),
             default_fallbacks: Vec::new(),
             max_fallback_depth: 3,
+            max_cooldown: Dur(Duration::from_secs(300)),
+            max_response_bytes: 64 * 1024 * 1024,
+            max_error_bytes: 64 * 1024,
         }
     }
 }
@@ -366,32 +376,10 @@ impl fmt::Display for Dur {
     }
 }
 
-/// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or a bare number of seconds.
+/// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or a bare number of seconds, at most
+/// a year (see [`crate::duration`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| {
-        format!("invalid duration {s:?}: expected e.g. \"500ms\", \"30s\", \"5m\", \"2h\"")
-    })?;
-    let secs = match unit.trim() {
-        "" | "s" | "sec" | "secs" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" | "mins" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86400.0,
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -408,13 +396,12 @@ impl<'de> Deserialize<'de> for Dur {
                 "expected a duration such as \"30s\", \"5m\" or a number of seconds",
             )
         })? {
-            Raw::Int(n) => Ok(Dur(Duration::from_secs(n))),
-            Raw::Float(f) if f.is_finite() && f >= 0.0 => Ok(Dur(Duration::from_secs_f64(f))),
-            Raw::Float(f) => Err(serde::de::Error::custom(format!("invalid duration {f}"))),
-            Raw::Str(s) => parse_duration(&s)
-                .map(Dur)
-                .map_err(serde::de::Error::custom),
+            Raw::Int(n) => crate::duration::from_secs_u64(n),
+            Raw::Float(f) => crate::duration::from_secs_f64(f),
+            Raw::Str(s) => crate::duration::parse(&s),
         }
+        .map(Dur)
+        .map_err(serde::de::Error::custom)
     }
 }
 
@@ -553,6 +540,11 @@ impl Config {
                 "[server] max_body_bytes must be greater than 0".into(),
             ));
         }
+        if self.router.max_response_bytes == 0 || self.router.max_error_bytes == 0 {
+            return Err(file_err(
+                "[router] max_response_bytes and max_error_bytes must be greater than 0".into(),
+            ));
+        }
         if !(0.0..=10.0).contains(&self.router.latency_buffer) {
             return Err(file_err(
                 "[router] latency_buffer must be between 0.0 and 10.0 (a fraction of the best latency)".into(),
@@ -597,7 +589,10 @@ impl Config {
                     if !(b.starts_with("http://") || b.starts_with("https://")) {
                         return Err(src.at(
                             base.span(),
-                            format!("api_base {b:?} must start with http:// or https://"),
+                            format!(
+                                "api_base {:?} must start with http:// or https://",
+                                crate::redact::userinfo(b)
+                            ),
                         ));
                     }
                 }

@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -48,6 +48,12 @@ pub struct Behavior {
     /// When the request declares tools and its last message is not a tool result,
     /// answer with a call of the first tool (arguments made up from its schema).
     pub tool_calls: bool,
+    /// An injected fault's message quotes the request's headers, as some upstreams'
+    /// debug errors do (the provider key included).
+    pub echo_headers: bool,
+    /// Pads each non-streamed body (fault or answer) with trailing spaces to this many
+    /// bytes, generated as it is sent (a huge body costs the mock no memory).
+    pub pad_bytes: u64,
 }
 
 impl Default for Behavior {
@@ -62,6 +68,8 @@ impl Default for Behavior {
             reply: "Hello from {name}".into(),
             models: vec!["mock-model".into()],
             tool_calls: false,
+            echo_headers: false,
+            pad_bytes: 0,
         }
     }
 }
@@ -182,6 +190,8 @@ fn router(state: Arc<MockState>) -> axum::Router {
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/get_model_info", get(model_info))
+        // Any size the gateway lets through (its own limit is what tests exercise).
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -208,7 +218,11 @@ struct StreamOpts {
 }
 
 /// Records the request and applies delays and faults; `Err` is the response to send.
-async fn admit(s: &MockState, body: &Bytes) -> Result<(Req, Behavior), Response> {
+async fn admit(
+    s: &MockState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Req, Behavior), Response> {
     s.requests.fetch_add(1, Ordering::SeqCst);
     {
         let mut a = s.arrivals.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,8 +248,14 @@ async fn admit(s: &MockState, body: &Bytes) -> Result<(Req, Behavior), Response>
         if f.rate >= 1.0 || fastrand::f64() < f.rate {
             let status =
                 StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let body = serde_json::json!({"error": {"message": f.message, "type": "mock_error", "param": null, "code": f.status.to_string()}});
-            let mut r = (status, body.to_string()).into_response();
+            let mut message = f.message.clone();
+            if b.echo_headers {
+                for (k, v) in headers {
+                    message.push_str(&format!("\n{k}: {}", String::from_utf8_lossy(v.as_bytes())));
+                }
+            }
+            let body = serde_json::json!({"error": {"message": message, "type": "mock_error", "param": null, "code": f.status.to_string()}});
+            let mut r = padded(status, body.to_string(), b.pad_bytes);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -253,6 +273,34 @@ async fn admit(s: &MockState, body: &Bytes) -> Result<(Req, Behavior), Response>
         (StatusCode::BAD_REQUEST, body.to_string()).into_response()
     })?;
     Ok((req, b))
+}
+
+/// `body` followed by spaces up to `total` bytes, produced chunk by chunk.
+pub fn padded(status: StatusCode, body: String, total: u64) -> Response {
+    let pad = total.saturating_sub(body.len() as u64);
+    if pad == 0 {
+        return (status, body).into_response();
+    }
+    const CHUNK: u64 = 64 * 1024;
+    let spaces = Bytes::from(vec![b' '; CHUNK as usize]);
+    let tail = futures_util::stream::unfold(pad, move |left| {
+        let spaces = spaces.clone();
+        async move {
+            (left > 0).then(|| {
+                let n = left.min(CHUNK);
+                (
+                    Ok::<_, std::io::Error>(spaces.slice(..n as usize)),
+                    left - n,
+                )
+            })
+        }
+    });
+    let head = futures_util::stream::once(async move { Ok(Bytes::from(body)) });
+    let mut r = Response::new(Body::from_stream(futures_util::StreamExt::chain(
+        head, tail,
+    )));
+    *r.status_mut() = status;
+    r
 }
 
 fn json(body: String) -> Response {
@@ -277,8 +325,8 @@ fn split_reply(text: &str, chunks: usize) -> Vec<String> {
 
 const PROMPT_TOKENS: u64 = 9;
 
-async fn chat(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
-    let (req, b) = match admit(&s, &body).await {
+async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, b) = match admit(&s, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -300,6 +348,14 @@ async fn chat(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "logprobs": null, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens}
         });
+        if b.pad_bytes > 0 {
+            let mut r = padded(StatusCode::OK, body.to_string(), b.pad_bytes);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
         return json(body.to_string());
     }
     let include_usage = req.stream_options.map(|o| o.include_usage).unwrap_or(false);
@@ -482,8 +538,8 @@ fn sse(
     r
 }
 
-async fn completions(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
-    let (req, b) = match admit(&s, &body).await {
+async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, b) = match admit(&s, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -513,8 +569,8 @@ async fn completions(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
     sse(s, events, b.chunk_delay, b.cut_after)
 }
 
-async fn embeddings(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
-    let (req, _) = match admit(&s, &body).await {
+async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, _) = match admit(&s, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };

@@ -128,7 +128,10 @@ pub async fn run(
     if let Some(m) = member.as_ref().filter(|m| m.is_successor()) {
         monitor.set_status_file(Some(m.loading_status_file()));
     }
-    let router = Router::new(&cfg, &backends.api_bases()).map_err(anyhow::Error::msg)?;
+    let mut router = Router::new(&cfg, &backends.api_bases()).map_err(anyhow::Error::msg)?;
+    if let Some(key) = &master_key {
+        router.redact_also(key);
+    }
     backends.attach(&router);
     // Connects to Redis when configured (starting anyway if it is down) and starts the
     // replicas' shared-state sync.
@@ -391,7 +394,7 @@ async fn proxy(
             .options
             .timeout
             .map_or(s.request_timeout, |t| t.min(s.request_timeout));
-        let deadline = std::time::Instant::now() + budget;
+        let deadline = crate::duration::deadline(std::time::Instant::now(), budget);
         match tokio::time::timeout(budget, s.router.serve(req, deadline, &mut log)).await {
             Ok(Ok(resp)) => Ok(pending.finish(resp).await),
             Ok(Err(e)) => Err(e),
@@ -551,19 +554,45 @@ async fn health(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
         .deployments()
         .map(|d| deployment_health(d))
         .collect();
+    // Per group: healthy when every deployment is, unhealthy when none is (nothing can
+    // answer now), degraded in between; overall the same over the groups.
+    let mut groups = serde_json::Map::new();
+    let mut counts = [0usize; 3];
+    for name in s.router.model_names() {
+        let states = deployments.iter().filter(|d| d["model_group"] == **name);
+        let (ok, all) = states.fold((0, 0), |(ok, all), d| {
+            (ok + usize::from(d["state"] == "healthy"), all + 1)
+        });
+        let level = usize::from(ok < all) + usize::from(ok == 0 && all > 0);
+        counts[level] += 1;
+        groups.insert(
+            name.clone(),
+            serde_json::json!({"status": HEALTH[level], "healthy": ok, "deployments": all}),
+        );
+    }
+    let overall = if counts[1] + counts[2] == 0 {
+        HEALTH[0]
+    } else if counts[0] + counts[1] == 0 {
+        HEALTH[2]
+    } else {
+        HEALTH[1]
+    };
     let status = if s.draining.load(Ordering::Relaxed) {
         "draining"
     } else if s.ready.load(Ordering::Relaxed) {
-        "healthy"
+        overall
     } else {
         "starting"
     };
-    let body = serde_json::json!({"status": status, "deployments": deployments, "backends": s.backends.snapshot()});
+    let body = serde_json::json!({"status": status, "health": overall, "groups": groups, "deployments": deployments, "backends": s.backends.snapshot()});
     json_response(
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),
     )
 }
+
+/// `/health` levels, best first.
+const HEALTH: [&str; 3] = ["healthy", "degraded", "unhealthy"];
 
 /// One deployment's entry in `/health`.
 fn deployment_health(d: &crate::router::Deployment) -> serde_json::Value {
@@ -580,7 +609,7 @@ fn deployment_health(d: &crate::router::Deployment) -> serde_json::Value {
         "model_group": d.group,
         "provider": d.kind.as_str(),
         "model": d.model,
-        "api_base": d.api_base,
+        "api_base": d.api_base_shown(),
         "state": state,
         "cooling_until": until.map(|ms| crate::state::rfc3339(ms / 1000)),
         "cooling_seconds_left": until.map(|ms| ms.saturating_sub(now).div_ceil(1000)),

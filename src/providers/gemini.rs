@@ -713,13 +713,14 @@ struct GUsage {
 impl GUsage {
     fn openai(&self) -> Usage {
         let thoughts = self.thoughts_token_count.unwrap_or(0);
-        let completion = self.candidates_token_count + thoughts;
+        // Upstream numbers: saturate rather than overflow.
+        let completion = self.candidates_token_count.saturating_add(thoughts);
         Usage {
             prompt_tokens: self.prompt_token_count,
             completion_tokens: completion,
             total_tokens: self
                 .total_token_count
-                .unwrap_or(self.prompt_token_count + completion),
+                .unwrap_or(self.prompt_token_count.saturating_add(completion)),
             prompt_tokens_details: self
                 .cached_content_token_count
                 .map(|c| t::PromptDetails { cached_tokens: c }),
@@ -1192,8 +1193,7 @@ fn retry_delay(details: &[Value]) -> Option<std::time::Duration> {
             return None;
         }
         let s = d.get("retryDelay")?.as_str()?.strip_suffix('s')?;
-        let secs: f64 = s.parse().ok()?;
-        (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+        crate::duration::clamp_secs_f64(s.parse().ok()?)
     })
 }
 
