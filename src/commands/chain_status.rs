@@ -113,11 +113,11 @@ impl ChainStatus {
         ));
         if let Some(s) = &self.successor {
             out.push_str(&format!(
-                "  successor: job {} (generation {}, {}) {}\n",
+                "  successor {}: job {} (generation {}, {})\n",
+                s.phase,
                 s.job.job.job_id,
                 s.job.generation,
                 why(s.job.why),
-                s.phase
             ));
         }
         if let Some(h) = &self.last_handover {

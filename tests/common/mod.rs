@@ -18,6 +18,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod redis;
 
 use llmgw::mock::{Behavior, MockUpstream};
