@@ -806,6 +806,7 @@ impl Member {
                     from_generation: self.generation,
                     to_generation: f.to_generation,
                     at: state::rfc3339(f.ready_ms / 1000),
+                    ready_unix_ms: f.ready_ms,
                     noticed_ms: f.noticed_ms,
                     drained_ms: f.drained_ms,
                     exit_ms: state::now_unix_ms().saturating_sub(f.ready_ms),

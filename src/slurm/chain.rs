@@ -79,6 +79,9 @@ pub struct Handover {
     pub to_generation: u64,
     /// RFC 3339 UTC, when the successor became ready.
     pub at: String,
+    /// The same in Unix milliseconds.
+    #[serde(default)]
+    pub ready_unix_ms: u64,
     /// Successor ready → the old job noticed (Unix ms differences; same clock on one node,
     /// NTP-close across nodes).
     pub noticed_ms: u64,

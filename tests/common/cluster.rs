@@ -219,3 +219,114 @@ pub fn is_zombie(pid: u64) -> bool {
         .and_then(|s| s.rsplit(')').next().map(|r| r.trim().starts_with('Z')))
         .unwrap_or(true)
 }
+
+/// A running `llmgw connect` for a gateway under test; killed when dropped.
+pub struct Connect {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub stderr: PathBuf,
+}
+
+impl Connect {
+    /// `http://127.0.0.1:PORT/v1`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Connect {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gw {
+    /// Starts `llmgw connect --port 0 <extra>` and waits for its first line (the address).
+    pub fn connect(&self, extra: &[&str]) -> Connect {
+        use std::io::BufRead as _;
+        let stderr = self
+            ._tmp
+            .path()
+            .join(format!("connect-{}.err", fastrand::u32(..)));
+        let mut c = super::llmgw_command();
+        c.arg("connect")
+            .args(self.target_args())
+            .args(["--port", "0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("connect stderr"));
+        let mut child = c.spawn().expect("spawn llmgw connect");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(out).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            // Keep draining so connect never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let first = rx.recv_timeout(Duration::from_secs(60)).ok().flatten();
+        let port = first
+            .as_deref()
+            .and_then(|l| l.split("http://127.0.0.1:").nth(1))
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok());
+        let Some(port) = port else {
+            let _ = child.kill();
+            panic!(
+                "llmgw connect printed {first:?}; stderr: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        };
+        Connect {
+            child,
+            port,
+            stderr,
+        }
+    }
+
+    /// `endpoint.json`, if there is one.
+    pub fn endpoint(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.dir.join("endpoint.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// `chain.json`.
+    pub fn chain(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir.join("chain.json")).expect("chain.json");
+        serde_json::from_str(&text).expect("chain.json is JSON")
+    }
+}
+
+/// One field of `scontrol show job` (finished jobs stay there for MinJobAge; this cluster
+/// has no slurmdbd, so `sacct` cannot tell).
+pub fn scontrol_field(id: &str, field: &str) -> Option<String> {
+    let out = Command::new("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{field}=")).map(str::to_string))
+}
+
+/// Seconds in `H:MM:SS` / `MM:SS` / `D-HH:MM:SS`.
+pub fn secs(t: &str) -> u64 {
+    llmgw::slurm::template::parse_time_limit(t).unwrap_or(u64::MAX)
+}
+
+/// Asserts the finished job ended COMPLETED, before its time limit.
+pub fn assert_completed_in_time(id: &str) {
+    let state = scontrol_field(id, "JobState");
+    assert_eq!(state.as_deref(), Some("COMPLETED"), "job {id}");
+    let run = scontrol_field(id, "RunTime").unwrap_or_default();
+    let limit = scontrol_field(id, "TimeLimit").unwrap_or_default();
+    assert!(
+        secs(&run) < secs(&limit),
+        "job {id} ran {run} of its {limit} limit"
+    );
+}

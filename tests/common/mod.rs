@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod load;
 pub mod redis;
 
 use llmgw::mock::{Behavior, MockUpstream};
