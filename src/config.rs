@@ -756,6 +756,22 @@ mod tests {
     }
 
     #[test]
+    fn renew_before_is_checked_against_the_time_limit() {
+        let cfg = |before: &str| {
+            Config::load_str(
+                &format!("[slurm]\ntime = \"3\"\nrenew = true\nrenew_before = \"{before}\"\n"),
+                "x.toml",
+            )
+        };
+        assert!(cfg("2m").is_ok());
+        let err = cfg("150s").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:4:"), "{err}");
+        assert!(err.contains("shorter than the time limit"), "{err}");
+        let err = cfg("30s").unwrap_err().to_string();
+        assert!(err.contains("at least 1m"), "{err}");
+    }
+
+    #[test]
     fn quickstart_loads() {
         Config::quickstart().unwrap();
     }

@@ -931,3 +931,107 @@ pub fn submit_generation(
     });
     Ok((generation, job_id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    async fn serve(app: axum::Router) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::HOST, HeaderValue::from_static("old:4000"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let out = end_to_end(&h);
+        assert_eq!(out.len(), 2);
+        assert!(out.contains_key(header::AUTHORIZATION) && out.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_then_forwarded_once_handed_over() {
+        let successor = serve(axum::Router::new().route(
+            "/v1/models",
+            get(|headers: HeaderMap| async move {
+                format!(
+                    "successor saw {}",
+                    headers
+                        .get(header::AUTHORIZATION)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                )
+            }),
+        ))
+        .await;
+        let relay = Relay::new(1024).unwrap();
+        // A slow local stream: counted until its body is finished.
+        let app = axum::Router::new()
+            .route("/v1/models", get(|| async { "local" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    let chunks = futures_util::stream::iter(0..3).then(|i| async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::io::Error>(Bytes::from(format!("{i}")))
+                    });
+                    Body::from_stream(chunks)
+                }),
+            )
+            .route("/health", get(|| async { "own health" }))
+            .layer(axum::middleware::from_fn_with_state(
+                relay.clone(),
+                relay_fn,
+            ));
+        let old = serve(app).await;
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        let get = |path: &str| c.get(format!("{old}{path}")).bearer_auth("k").send();
+
+        assert_eq!(
+            get("/v1/models").await.unwrap().text().await.unwrap(),
+            "local"
+        );
+        let slow = get("/slow").await.unwrap();
+        assert_eq!(
+            relay.local_in_flight(),
+            1,
+            "a stream is in flight until its body ends"
+        );
+        relay.forward_to(successor, "42");
+        let r = get("/v1/models").await.unwrap();
+        assert_eq!(r.headers()["x-llmgw-forwarded-to"], "42");
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        assert_eq!(r.text().await.unwrap(), "successor saw Bearer k");
+        assert_eq!(
+            get("/health").await.unwrap().text().await.unwrap(),
+            "own health"
+        );
+        assert_eq!(
+            slow.text().await.unwrap(),
+            "012",
+            "the local stream finishes here"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(relay.local_in_flight(), 0);
+        assert_eq!(relay.forwarded.load(Ordering::Relaxed), 1);
+        assert_eq!(relay.forwarding.load(Ordering::SeqCst), 0);
+    }
+
+    use futures_util::StreamExt as _;
+    use relay as relay_fn;
+}

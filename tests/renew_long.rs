@@ -140,9 +140,15 @@ renew_max = 8
         hs.len()
     );
     for h in hs {
+        let from = h["from_job"].as_str().unwrap_or("?");
+        let left = jobs
+            .iter()
+            .find(|j| j["job_id"] == from)
+            .map_or(serde_json::Value::Null, |j| {
+                j["ended"]["time_left_secs"].clone()
+            });
         println!(
-            "handover-bench: job {} -> {}: noticed {} ms, own requests drained {} ms, exited {} ms after the successor was ready; {} forwarded",
-            h["from_job"].as_str().unwrap_or("?"),
+            "handover-bench: job {from} -> {}: noticed {} ms, own requests drained {} ms, exited {} ms after the successor was ready ({left} s of its limit left); {} forwarded",
             h["to_job"].as_str().unwrap_or("?"),
             h["noticed_ms"],
             h["drained_ms"],
