@@ -72,6 +72,19 @@ pub struct ServerConfig {
     pub shutdown_grace: Dur,
     /// Log format when `--log-format` is not given: `text` or `json`.
     pub log_format: LogFormat,
+    /// Time a client has to send a request's headers once their first byte arrived.
+    #[serde(deserialize_with = "connection_timeout")]
+    pub header_read_timeout: Dur,
+    /// Time a client has to send a request's whole body (408 after it).
+    #[serde(deserialize_with = "connection_timeout")]
+    pub body_read_timeout: Dur,
+    /// A connection with no request in flight and nothing received is closed after this.
+    #[serde(deserialize_with = "connection_timeout")]
+    pub idle_timeout: Dur,
+    /// Open client connections; more get an immediate 503. Default: derived from the
+    /// open-file limit (see `conn::default_max_connections`).
+    #[serde(deserialize_with = "positive_count")]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +97,10 @@ impl Default for ServerConfig {
             request_timeout: Dur(Duration::from_secs(600)),
             shutdown_grace: Dur(Duration::from_secs(30)),
             log_format: LogFormat::Text,
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            body_read_timeout: Dur(Duration::from_secs(30)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            max_connections: None,
         }
     }
 }
@@ -405,6 +422,30 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// Longest connection timeout accepted: anything longer is a typo, and defeats the point.
+const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A `[server]` connection timeout: a duration between 1 ms and 24 h.
+fn connection_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    let dur = Dur::deserialize(d)?;
+    if dur.0 < Duration::from_millis(1) || dur.0 > MAX_CONNECTION_TIMEOUT {
+        return Err(serde::de::Error::custom(format!(
+            "connection timeout {dur} is out of range: use a duration between \"1ms\" and \"24h\""
+        )));
+    }
+    Ok(dur)
+}
+
+/// A count that must be at least 1 when given.
+fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(
+            "must be at least 1 (leave it out for the default)",
+        )),
+        n => Ok(Some(n)),
+    }
+}
+
 /// A secret after `env:`/`file:` resolution. Debug and Display never show the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -689,8 +730,10 @@ impl Config {
 fn resolve_secret(value: &Spanned<String>, src: &Source<'_>) -> Result<Secret, ConfigError> {
     let raw = value.get_ref();
     if let Some(var) = raw.strip_prefix("env:") {
+        // Trimmed like the file form: `export KEY="$(cat key)\n"` and friends must not
+        // turn into a key no client can present.
         match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Ok(Secret(v)),
+            Ok(v) if !v.trim().is_empty() => Ok(Secret(v.trim().to_string())),
             Ok(_) => Err(src.at(value.span(), format!("environment variable {var} is empty (referenced as \"env:{var}\")"))),
             Err(_) => Err(src.at(value.span(), format!("environment variable {var} is not set (referenced as \"env:{var}\"); export it or change the reference"))),
         }

@@ -5,10 +5,12 @@
 // paths, and the success type (an HTTP response) is no smaller, so boxing buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod access;
 pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod conn;
 pub mod duration;
 pub mod error;
 pub mod logging;

@@ -54,6 +54,9 @@ pub struct Behavior {
     /// Pads each non-streamed body (fault or answer) with trailing spaces to this many
     /// bytes, generated as it is sent (a huge body costs the mock no memory).
     pub pad_bytes: u64,
+    /// Require `Authorization: Bearer <key>` everywhere but `/health` (401 otherwise), as
+    /// SGLang's `--api-key` does.
+    pub api_key: Option<String>,
 }
 
 impl Default for Behavior {
@@ -70,6 +73,7 @@ impl Default for Behavior {
             tool_calls: false,
             echo_headers: false,
             pad_bytes: 0,
+            api_key: None,
         }
     }
 }
@@ -192,7 +196,37 @@ fn router(state: Arc<MockState>) -> axum::Router {
         .route("/get_model_info", get(model_info))
         // Any size the gateway lets through (its own limit is what tests exercise).
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_key,
+        ))
         .with_state(state)
+}
+
+/// [`Behavior::api_key`]: a missing or wrong bearer token gets SGLang's 401.
+async fn require_key(
+    State(s): State<Arc<MockState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let want = s
+        .behavior
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .api_key
+        .clone();
+    if let Some(key) = want {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !req.uri().path().starts_with("/health") && given != Some(key.as_str()) {
+            let body = serde_json::json!({"error": "Unauthorized"});
+            return (StatusCode::UNAUTHORIZED, body.to_string()).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 #[derive(Deserialize, Default)]
@@ -205,6 +239,8 @@ struct Req {
     stream_options: Option<StreamOpts>,
     #[serde(default)]
     input: Option<serde_json::Value>,
+    #[serde(default)]
+    encoding_format: Option<serde_json::Value>,
     #[serde(default)]
     tools: Option<Vec<serde_json::Value>>,
     #[serde(default)]
@@ -574,6 +610,12 @@ async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: B
         Ok(x) => x,
         Err(r) => return r,
     };
+    let format = match crate::providers::translate::EmbeddingFormat::of_value(
+        req.encoding_format.as_ref(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
     let inputs: Vec<String> = match req.input {
         Some(serde_json::Value::String(t)) => vec![t],
         Some(serde_json::Value::Array(items)) => items.iter().map(|v| v.to_string()).collect(),
@@ -590,7 +632,7 @@ async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: B
             let v: Vec<f64> = (0..8)
                 .map(|k| (((seed >> (k * 4)) & 0xf) as f64 - 7.5) / 7.5)
                 .collect();
-            serde_json::json!({"object": "embedding", "index": i, "embedding": v})
+            serde_json::json!({"object": "embedding", "index": i, "embedding": format.encode(v)})
         })
         .collect();
     let tokens = inputs.iter().map(|t| t.len() as u64 / 4 + 1).sum::<u64>();
@@ -651,6 +693,11 @@ pub struct MockArgs {
     /// …on this fraction of requests.
     #[arg(long, default_value_t = 1.0)]
     pub fail_rate: f64,
+    /// Require `Authorization: Bearer $NAME` (like SGLang's --api-key, but read
+    /// from the environment: `serve` passes a launched backend's key in
+    /// LLMGW_BACKEND_API_KEY).
+    #[arg(long, value_name = "NAME")]
+    pub api_key_env: Option<String>,
     /// Accepted for command-line compatibility with SGLang launch lines and ignored.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     pub ignored: Vec<String>,
@@ -662,7 +709,15 @@ pub fn main(args: MockArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     rt.block_on(async move {
         let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
+        let api_key =
+            match &args.api_key_env {
+                Some(name) => Some(std::env::var(name).map_err(|_| {
+                    anyhow::anyhow!("--api-key-env {name}: the variable is not set")
+                })?),
+                None => None,
+            };
         let behavior = Behavior {
+            api_key,
             chunks: args.chunks,
             chunk_delay: Duration::from_millis(args.chunk_delay_ms),
             first_byte_delay: Duration::from_millis(args.first_byte_delay_ms),
