@@ -11,7 +11,7 @@
 //!   connects directly.
 //! - From a laptop (`--login USER@HOST`) it keeps one ssh connection to the login host (a
 //!   ControlMaster, reconnected with backoff when it drops), reads `endpoint.json` through
-//!   it with `cat`, and opens one `ssh -W node:port` channel on that connection per local
+//!   it with `head -c` (capped), and opens one `ssh -W node:port` channel on that connection per local
 //!   connection. No key or secret passes through its command lines.
 
 use super::name_flag;
@@ -325,8 +325,11 @@ impl Ssh {
         self.wait_up().await?;
         let path = format!("{}/{ENDPOINT_FILE}", self.remote_dir);
         let mut c = self.command();
+        // Capped on the remote side: a record is small, whatever the file holds.
         c.args(&self.base)
-            .arg("cat")
+            .arg("head")
+            .arg("-c")
+            .arg((MAX_RECORD + 1).to_string())
             .arg("--")
             .arg(remote_path(&path))
             .stdout(Stdio::piped())
