@@ -60,7 +60,7 @@ fi
 log "building the tests"
 cargo test --no-run --lib --bins --tests --quiet
 long_bin=$(cargo test --test renew_long --no-run --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
+  grep '"name":"renew_long"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
 long_log=$(mktemp)
 long_pid=
 if [ -n "$long_bin" ]; then
