@@ -621,3 +621,57 @@ async fn connect_over_ssh_keeps_one_url_across_a_handover() {
     assert_completed_in_time(&first);
     stop(&gw);
 }
+
+// The end time comes from SLURM, re-read while the job runs: a time limit extended with
+// `scontrol update` moves the renewal with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_time_limit_moves_the_renewal() {
+    if !have_cluster() {
+        return;
+    }
+    let gw = Gw::new("extend");
+    let cfg = gw.config(&chain_config(&format!("{}-m", gw.name), 2, "1m", "", ""));
+    let started = gw.start_json(&cfg);
+    let id = gw.job_id().unwrap();
+    let t0 = Instant::now();
+    let ok = Command::new("scontrol")
+        .args(["update", &format!("JobId={id}"), "TimeLimit=5"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "scontrol update TimeLimit failed");
+    // Without the extension the successor would be submitted about a minute in.
+    tokio::time::sleep(Duration::from_secs(80).saturating_sub(t0.elapsed())).await;
+    assert_eq!(
+        chain_job_ids(&gw),
+        vec![id.clone()],
+        "renewed on the old limit"
+    );
+    let st = gw.status_json();
+    let next = st["chain"]["next_renewal_in_secs"]
+        .as_u64()
+        .expect("next renewal");
+    assert!(
+        (120..=200).contains(&next),
+        "next renewal in {next} s: {st}"
+    );
+    let metrics = common::client()
+        .get(format!(
+            "{}/metrics",
+            started["url"].as_str().unwrap().trim_end_matches("/v1")
+        ))
+        .bearer_auth(gw.key())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let left: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("llmgw_job_seconds_left "))
+        .and_then(|v| v.parse().ok())
+        .expect("llmgw_job_seconds_left");
+    assert!(left > 180, "{left} s left after the extension");
+    stop(&gw);
+}
