@@ -690,7 +690,7 @@ fn spawn(plan: &Plan, attempt: u32) -> Result<tokio::process::Child, SuperviseEr
 /// a backend must not outlive it holding GPUs. (SGLang's own workers do the same with
 /// their parent.) The signal follows the thread that spawned the child: a runtime worker
 /// or the main thread, which live as long as the gateway.
-fn die_with_parent(cmd: &mut tokio::process::Command) {
+pub(crate) fn die_with_parent(cmd: &mut tokio::process::Command) {
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and only makes two system calls
     // (prctl, getppid); it allocates nothing and takes no lock.

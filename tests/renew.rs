@@ -619,6 +619,17 @@ async fn connect_over_ssh_keeps_one_url_across_a_handover() {
         "{err}"
     );
     assert_completed_in_time(&first);
+
+    // However connect ends (here SIGKILL), no ssh process of it is left behind.
+    let ssh_of_connect = sshd.key.display().to_string();
+    assert!(!pids_with(&ssh_of_connect).is_empty());
+    drop(connect);
+    until(
+        Duration::from_secs(5),
+        "connect's ssh processes to go",
+        || pids_with(&ssh_of_connect).is_empty().then_some(()),
+    )
+    .await;
     stop(&gw);
 }
 

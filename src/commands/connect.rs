@@ -300,11 +300,10 @@ impl Ssh {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new("ssh");
+        let mut c = ssh();
         c.arg("-S")
             .arg(&self.ctl)
             .args(["-o", "ControlMaster=no"])
-            .kill_on_drop(true)
             .stdin(Stdio::null());
         c
     }
@@ -380,7 +379,7 @@ impl Ssh {
 
     async fn close(&self) {
         self.supervisor.abort();
-        let _ = Command::new("ssh")
+        let _ = ssh()
             .arg("-S")
             .arg(&self.ctl)
             .args(["-O", "exit"])
@@ -401,9 +400,18 @@ fn remote_path(path: &str) -> String {
     }
 }
 
+/// An `ssh` command that dies with this process, however it ends (SIGKILL included): no
+/// ssh connection outlives `connect`.
+fn ssh() -> Command {
+    let mut c = Command::new("ssh");
+    c.kill_on_drop(true);
+    crate::supervise::die_with_parent(&mut c);
+    c
+}
+
 fn spawn_master(base: &[String], ctl: &std::path::Path) -> std::io::Result<tokio::process::Child> {
     let _ = std::fs::remove_file(ctl);
-    Command::new("ssh")
+    ssh()
         .args(["-M", "-N", "-o", "ControlPersist=no"])
         .arg("-S")
         .arg(ctl)
@@ -435,7 +443,7 @@ async fn wait_master(
             );
         }
         if ctl.exists() {
-            let ok = Command::new("ssh")
+            let ok = ssh()
                 .arg("-S")
                 .arg(ctl)
                 .args(["-O", "check"])
