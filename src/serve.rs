@@ -385,7 +385,7 @@ async fn proxy(
     let result = async {
         s.authorize(&headers)?;
         let bytes = read_body(body, &headers, s.max_body).await?;
-        let req = ClientRequest::parse(endpoint, bytes)?;
+        let req = ClientRequest::parse_bounded(endpoint, bytes).await?;
         log.model = req.model.clone();
         log.stream = req.stream;
         let pending = match s.cache.lookup(&req, &mut log).await? {
