@@ -20,6 +20,7 @@ pub mod mock;
 pub mod mock_cloud;
 pub mod providers;
 pub mod redact;
+pub mod renew;
 pub mod request;
 pub mod router;
 pub mod serve;

@@ -5,8 +5,11 @@
 //!
 //! This is the CLI edge: errors are `anyhow`, each one line saying what to do.
 
+pub mod chain_status;
+pub mod connect;
 pub mod doctor;
 pub mod logs;
+pub mod restart;
 pub mod start;
 pub mod status;
 pub mod stop;
@@ -50,24 +53,26 @@ pub fn api_key(dir: &Path) -> Option<Secret> {
     Config::load(&copy).ok().and_then(|c| c.master_key)
 }
 
-/// Where a login node reaches the gateway: its node's host name, or loopback when it
-/// listens on loopback only.
-pub fn connect_host(ep: &EndpointRecord) -> String {
-    let loopback = ep
-        .bind
-        .parse::<std::net::IpAddr>()
-        .map(|ip| ip.is_loopback())
-        .unwrap_or(false);
-    if loopback {
-        ep.bind.clone()
+/// ` --name X` unless it is the default name (for commands a user copies).
+pub fn name_flag(name: &str) -> String {
+    if name == "default" {
+        String::new()
     } else {
-        ep.host.clone()
+        format!(" --name {name}")
     }
 }
 
-/// `http://HOST:PORT` of a running gateway.
-pub fn base_url(ep: &EndpointRecord) -> String {
-    format!("http://{}:{}", connect_host(ep), ep.port)
+/// The `llmgw connect` line for this gateway (`--state-dir` only when it is not the
+/// default, `--login` when run elsewhere).
+pub fn connect_command(name: &str, dir: &Path, login: Option<&str>) -> String {
+    let mut cmd = format!("llmgw connect{}", name_flag(name));
+    if dir != state::state_dir(name, None) {
+        cmd.push_str(&format!(" --state-dir {}", tilde(dir)));
+    }
+    if let Some(l) = login {
+        cmd.push_str(&format!(" --login {l}"));
+    }
+    cmd
 }
 
 /// A small HTTP client for talking to the gateway (no proxies: it is on the cluster).
@@ -92,7 +97,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `GET /health/readiness`: true when the gateway answers 200.
 pub async fn is_ready(client: &reqwest::Client, ep: &EndpointRecord) -> bool {
     match client
-        .get(format!("{}/health/readiness", base_url(ep)))
+        .get(format!("{}/health/readiness", ep.base_url()))
         .send()
         .await
     {
@@ -107,14 +112,14 @@ pub async fn health(
     ep: &EndpointRecord,
     key: Option<&Secret>,
 ) -> Result<serde_json::Value, String> {
-    let mut req = client.get(format!("{}/health", base_url(ep)));
+    let mut req = client.get(format!("{}/health", ep.base_url()));
     if let Some(k) = key {
         req = req.bearer_auth(k.expose());
     }
     let resp = req
         .send()
         .await
-        .map_err(|e| format!("unreachable at {} ({})", base_url(ep), short_error(&e)))?;
+        .map_err(|e| format!("unreachable at {} ({})", ep.base_url(), short_error(&e)))?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| short_error(&e))?;
     if !status.is_success() {

@@ -18,6 +18,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod load;
 pub mod redis;
 
 use llmgw::mock::{Behavior, MockUpstream};
