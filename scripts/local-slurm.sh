@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on this machine, from Debian's packages (slurmctld,
-# slurmd, slurm-client, munge), for development, the tests and the demo.
+# A real SLURM cluster on this machine, from Debian's packages (slurmctld, slurmd,
+# slurm-client, munge), for development, the tests and the demo.
 #
-#   scripts/local-slurm.sh up       # start munged, slurmctld, slurmd (idempotent)
+#   scripts/local-slurm.sh up       # start munged, slurmctld, the slurmds (idempotent)
 #   scripts/local-slurm.sh down     # stop only the daemons this script started
 #   scripts/local-slurm.sh status   # sinfo
 #
-# Everything lives under $LLMGW_SLURM_DIR (default /tmp/llmgw-slurm): slurm.conf, state,
-# spool, logs and pid files. /etc/slurm/slurm.conf is made a symlink to our slurm.conf
-# (only when it does not exist or already is that symlink), so sbatch/squeue/srun find
-# the cluster without SLURM_CONF. Needs root (SlurmUser=root; jobs run as root).
+# Partition `debug` (the default) is this machine as one node, as most tests want it.
+# Partition `multi` is two more nodes, n1 and n2: further slurmd daemons on this machine
+# (`slurmd -N n1`, each on its own port), so a job can span two nodes and run a step on
+# each with `srun -w n2`. /etc/hosts gets n1 and n2 on their own loopback addresses
+# (127.0.2.1, 127.0.2.2): what binds a node's address is distinct from the other nodes'.
+# Every node has 4 emulated GPUs: a GRES `gpu` whose device files are stand-ins (symlinks
+# to /dev/null), so SLURM allocates them and sets SLURM_JOB_GPUS, SLURM_STEP_GPUS and
+# CUDA_VISIBLE_DEVICES exactly as on a GPU cluster.
+#
+# Everything lives under $LLMGW_SLURM_DIR (default /tmp/llmgw-slurm): slurm.conf,
+# gres.conf, state, spool, logs, pid files and the stand-in devices.
+# /etc/slurm/slurm.conf is made a symlink to our slurm.conf (only when it does not exist
+# or already is that symlink), so sbatch/squeue/srun find the cluster without SLURM_CONF.
+# Needs root (SlurmUser=root; jobs run as root).
+#
+# `up` is idempotent, and the cluster is shared by concurrent test runs: when the config
+# it would write differs from the one the daemons run with (an older version of this
+# script wrote that), it waits until the queue is empty (at most 10 minutes), then
+# restarts the controller and the slurmds with the new config.
 #
 # No slurmdbd: `sacct` does not work here. Finished jobs stay visible in
 # `scontrol show job` for MinJobAge seconds, which is what `llmgw status` falls back on.
@@ -17,9 +32,17 @@ set -euo pipefail
 
 DIR=${LLMGW_SLURM_DIR:-/tmp/llmgw-slurm}
 CONF=$DIR/etc/slurm.conf
+GRES=$DIR/etc/gres.conf
 ETC_CONF=/etc/slurm/slurm.conf
 MUNGE_SOCKET=/run/munge/munge.socket.2
 HOST=$(hostname -s)
+# The nodes of partition `multi`: name, slurmd port, loopback address.
+EXTRA_NODES=(n1 n2)
+declare -A NODE_PORT=([n1]=7818 [n2]=7819)
+declare -A NODE_IP=([n1]=127.0.2.1 [n2]=127.0.2.2)
+GPUS_PER_NODE=4
+# Set by write_conf: 1 when slurm.conf or gres.conf changed.
+CHANGED=0
 
 say() { printf 'local-slurm: %s\n' "$*"; }
 die() {
@@ -27,13 +50,18 @@ die() {
   exit 1
 }
 
+# Every node's name: this machine's first, then partition multi's.
+all_nodes() { echo "$HOST" "${EXTRA_NODES[@]}"; }
+
 # A pid file's process, if it is still alive and still that daemon (pids get reused).
+# The daemon is named by the file up to its first `-` (slurmd-n1.pid: slurmd).
 alive() {
-  local pidfile=$1 pid
+  local pidfile=$1 pid comm
   [ -s "$pidfile" ] || return 1
   pid=$(cat "$pidfile")
   kill -0 "$pid" 2>/dev/null || return 1
-  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$(basename "$pidfile" .pid)" ]
+  comm=$(basename "$pidfile" .pid)
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "${comm%%-*}" ]
 }
 
 install_missing() {
@@ -50,6 +78,16 @@ install_missing() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Replaces $1 with $1.new when they differ (CHANGED=1), else drops $1.new.
+install_if_changed() {
+  if [ -f "$1" ] && cmp -s "$1" "$1.new"; then
+    rm -f "$1.new"
+  else
+    mv "$1.new" "$1"
+    CHANGED=1
+  fi
+}
+
 write_conf() {
   # The node line from slurmd itself: real CPU count, sockets, cores and memory.
   local node
@@ -58,9 +96,21 @@ write_conf() {
     NodeName=*) ;;
     *) die "slurmd -C did not describe this node: $node" ;;
   esac
-  mkdir -p "$DIR/etc" "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/munge"
-  cat >"$CONF.new" <<EOF
-# Written by scripts/local-slurm.sh: a single-node cluster for llmgw's tests and demo.
+  mkdir -p "$DIR/etc" "$DIR/state" "$DIR/log" "$DIR/munge" "$DIR/dev"
+  local extra="" gres="" n i last=$((GPUS_PER_NODE - 1))
+  for n in "${EXTRA_NODES[@]}"; do
+    extra+="${node/#NodeName=$HOST/NodeName=$n NodeHostname=$HOST NodeAddr=127.0.0.1 Port=${NODE_PORT[$n]}} Gres=gpu:$GPUS_PER_NODE State=UNKNOWN"$'\n'
+  done
+  for n in $(all_nodes); do
+    mkdir -p "$DIR/spool-$n"
+    for i in $(seq 0 $last); do
+      # A stand-in device: slurmd only checks that it is a character device.
+      [ -e "$DIR/dev/$n-gpu$i" ] || ln -sf /dev/null "$DIR/dev/$n-gpu$i"
+    done
+    gres+="NodeName=$n Name=gpu File=$DIR/dev/$n-gpu[0-$last] Flags=nvidia_gpu_env"$'\n'
+  done
+  cat >"$CONF.new" <<CONF
+# Written by scripts/local-slurm.sh: llmgw's local cluster for its tests and demo.
 ClusterName=llmgw-local
 SlurmctldHost=$HOST
 SlurmUser=root
@@ -85,21 +135,27 @@ KillWait=30
 InactiveLimit=0
 SlurmdTimeout=60
 SchedulerParameters=sched_interval=2
+GresTypes=gpu
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+# %n: one slurmd per node name on this machine.
+SlurmdPidFile=$DIR/slurmd-%n.pid
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool-%n
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
-$node State=UNKNOWN
-# Two cores is little: let up to 4 jobs share each core so tests and a demo fit together.
+SlurmdLogFile=$DIR/log/slurmd-%n.log
+$node Gres=gpu:$GPUS_PER_NODE State=UNKNOWN
+${extra}# Two cores is little: let up to 4 jobs share each core so tests and a demo fit together.
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
-EOF
-  if [ -f "$CONF" ] && cmp -s "$CONF" "$CONF.new"; then
-    rm -f "$CONF.new"
-  else
-    mv "$CONF.new" "$CONF"
-  fi
+# Two more nodes on this machine, for jobs that span nodes.
+PartitionName=multi Nodes=$(
+    IFS=,
+    echo "${EXTRA_NODES[*]}"
+  ) MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+CONF
+  printf '# Written by scripts/local-slurm.sh: emulated GPUs (stand-in device files).\n%s' \
+    "$gres" >"$GRES.new"
+  install_if_changed "$CONF"
+  install_if_changed "$GRES"
   if [ -L "$ETC_CONF" ] && [ "$(readlink "$ETC_CONF")" = "$CONF" ]; then
     :
   elif [ -e "$ETC_CONF" ] || [ -L "$ETC_CONF" ]; then
@@ -108,6 +164,17 @@ EOF
     mkdir -p "$(dirname "$ETC_CONF")"
     ln -s "$CONF" "$ETC_CONF"
   fi
+}
+
+# n1 and n2 resolve to their own loopback addresses.
+write_hosts() {
+  local n
+  for n in "${EXTRA_NODES[@]}"; do
+    if ! getent hosts "$n" >/dev/null 2>&1; then
+      say "adding $n (${NODE_IP[$n]}) to /etc/hosts"
+      printf '%s %s # llmgw local-slurm\n' "${NODE_IP[$n]}" "$n" >>/etc/hosts
+    fi
+  done
 }
 
 start_munge() {
@@ -143,36 +210,33 @@ start_daemons() {
     say "starting slurmctld"
     slurmctld -f "$CONF" || die "slurmctld failed to start; see $DIR/log/slurmctld.log"
   fi
-  if ! alive "$DIR/slurmd.pid"; then
-    say "starting slurmd"
-    slurmd -f "$CONF" || die "slurmd failed to start; see $DIR/log/slurmd.log"
-  fi
-  # Wait until the controller answers and the node accepts jobs.
-  local state=""
-  for i in $(seq 150); do
-    state=$(sinfo -h -n "$HOST" -o '%t' 2>/dev/null | head -n1 || true)
-    case $state in
-      idle* | mix* | alloc* | comp*) return 0 ;;
-      down* | drain* | drng*)
-        # A node left down by an earlier run (ReturnToService covers most cases).
-        if [ $((i % 10)) -eq 0 ]; then
-          scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
-        fi
-        ;;
-    esac
-    sleep 0.2
+  local n
+  for n in $(all_nodes); do
+    if ! alive "$DIR/slurmd-$n.pid"; then
+      say "starting slurmd for node $n"
+      slurmd -f "$CONF" -N "$n" || die "slurmd for node $n failed to start; see $DIR/log/slurmd-$n.log"
+    fi
   done
-  die "node $HOST is not ready (state: ${state:-unknown}); see $DIR/log/slurmctld.log and $DIR/log/slurmd.log"
-}
-
-up() {
-  [ "$(id -u)" -eq 0 ] || die "run as root (the local cluster runs jobs as root: SlurmUser=root)"
-  install_missing
-  write_conf
-  start_munge
-  start_daemons
-  say "up: partition debug on node $HOST (config $CONF)"
-  sinfo
+  # An older checkout's copy of this script looks for this machine's slurmd here.
+  ln -sfn "slurmd-$HOST.pid" "$DIR/slurmd.pid"
+  # Wait until the controller answers and every node accepts jobs.
+  local state="" i
+  for n in $(all_nodes); do
+    for i in $(seq 150); do
+      state=$(sinfo -h -n "$n" -o '%t' 2>/dev/null | head -n1 || true)
+      case $state in
+        idle* | mix* | alloc* | comp*) continue 2 ;;
+        down* | drain* | drng*)
+          # A node left down by an earlier run (ReturnToService covers most cases).
+          if [ $((i % 10)) -eq 0 ]; then
+            scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true
+          fi
+          ;;
+      esac
+      sleep 0.2
+    done
+    die "node $n is not ready (state: ${state:-unknown}); see $DIR/log/slurmctld.log and $DIR/log/slurmd-$n.log"
+  done
 }
 
 stop_pidfile() {
@@ -193,16 +257,54 @@ stop_pidfile() {
   rm -f "$pidfile"
 }
 
-down() {
+# The slurmds (also the one an older version of this script started) and the controller.
+stop_slurm() {
+  local n
+  for n in $(all_nodes); do stop_pidfile "slurmd for node $n" "$DIR/slurmd-$n.pid"; done
   stop_pidfile slurmd "$DIR/slurmd.pid"
   stop_pidfile slurmctld "$DIR/slurmctld.pid"
+}
+
+# The config changed while daemons run with the old one: restart them once the queue is
+# empty (jobs of concurrent test runs finish first; at most 10 minutes).
+restart_for_new_config() {
+  local running=0 n i jobs
+  alive "$DIR/slurmctld.pid" && running=1
+  alive "$DIR/slurmd.pid" && running=1
+  for n in $(all_nodes); do alive "$DIR/slurmd-$n.pid" && running=1; done
+  [ $running -eq 1 ] || return 0
+  for i in $(seq 120); do
+    jobs=$(squeue -h -o %i 2>/dev/null | wc -l)
+    [ "$jobs" -eq 0 ] && break
+    [ $((i % 12)) -eq 1 ] && say "the cluster's config changed; waiting for $jobs job(s) to leave the queue before restarting"
+    sleep 5
+  done
+  say "restarting slurmctld and the slurmds with the new config"
+  stop_slurm
+}
+
+up() {
+  [ "$(id -u)" -eq 0 ] || die "run as root (the local cluster runs jobs as root: SlurmUser=root)"
+  install_missing
+  write_conf
+  write_hosts
+  if [ "$CHANGED" -eq 1 ]; then restart_for_new_config; fi
+  start_munge
+  start_daemons
+  say "up: partition debug on node $HOST, partition multi on nodes ${EXTRA_NODES[*]}, $GPUS_PER_NODE emulated GPUs per node (config $CONF)"
+  sinfo
+}
+
+down() {
+  stop_slurm
   stop_pidfile munged "$DIR/munged.pid"
   say "down"
 }
 
 status() {
   command -v sinfo >/dev/null 2>&1 || die "sinfo not found; run scripts/local-slurm.sh up"
-  for d in munged slurmctld slurmd; do
+  local d n
+  for d in munged slurmctld $(for n in $(all_nodes); do echo "slurmd-$n"; done); do
     if alive "$DIR/$d.pid"; then
       say "$d running (pid $(cat "$DIR/$d.pid"))"
     else
