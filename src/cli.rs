@@ -50,6 +50,9 @@ pub enum Command {
     /// A mock OpenAI-compatible upstream for tests, benchmarks and demos.
     #[command(hide = true)]
     MockUpstream(crate::mock::MockArgs),
+    /// The node agent a multi-node gateway runs on each other node (as a job step).
+    #[command(hide = true)]
+    Agent(crate::agent::AgentArgs),
 }
 
 /// Which gateway: its name and where its state lives.
@@ -224,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => crate::serve::main(args, cli.log_format),
         Command::MockUpstream(args) => crate::mock::main(args),
+        Command::Agent(args) => crate::agent::main(args, cli.log_format),
         Command::Start(args) => crate::commands::start::run(args),
         Command::Stop(args) => crate::commands::stop::run(args),
         Command::Status(args) => crate::commands::status::run(args),

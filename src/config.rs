@@ -269,8 +269,18 @@ pub struct LaunchConfig {
     pub model_path: Option<String>,
     #[serde(default = "one")]
     pub tp: u32,
-    /// GPU indices for `CUDA_VISIBLE_DEVICES`; SLURM's allocation when absent.
-    pub gpus: Option<Vec<u32>>,
+    /// GPUs of each replica (on each of its nodes): a count, placed from the GPUs SLURM
+    /// gave the job, or device indices (`CUDA_VISIBLE_DEVICES`, shared out among the
+    /// replicas, on the gateway's node). Absent: the backend sees what the job sees.
+    pub gpus: Option<Spanned<Gpus>>,
+    /// Copies of this backend, each its own deployment of the group (`<group>-<i>`),
+    /// placed over the job's GPUs and nodes (see `placement`).
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Nodes one server spans (SGLang `--nnodes`, `--node-rank`, `--dist-init-addr`);
+    /// rank 0 answers requests.
+    #[serde(default = "one")]
+    pub nnodes: u32,
     #[serde(default)]
     pub args: Vec<String>,
     #[serde(default)]
@@ -285,6 +295,38 @@ pub struct LaunchConfig {
 fn one() -> u32 {
     1
 }
+
+/// `launch.gpus`: how many GPUs each replica gets, or which ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gpus {
+    Count(u32),
+    List(Vec<u32>),
+}
+
+impl<'de> Deserialize<'de> for Gpus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u32),
+            List(Vec<u32>),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a GPU count per replica (gpus = 2) or device indices (gpus = [0, 1])",
+            )
+        })? {
+            Raw::Count(n) => Ok(Gpus::Count(n)),
+            Raw::List(l) => Ok(Gpus::List(l)),
+        }
+    }
+}
+
+/// Most replicas of one entry, nodes of one server and GPUs of one replica: beyond these
+/// a number is a typo, not a cluster.
+pub const MAX_REPLICAS: u32 = 256;
+pub const MAX_NNODES: u32 = 64;
+pub const MAX_GPUS_PER_REPLICA: u32 = 64;
 fn default_load_timeout() -> Dur {
     Dur(Duration::from_secs(1800))
 }
@@ -674,6 +716,9 @@ impl Config {
             {
                 return Err(src.at(here, format!("model {:?}: launch is only for local OpenAI-compatible backends (provider = \"sglang\")", m.name.get_ref())));
             }
+            if let Some(l) = &m.launch {
+                l.validate(m.name.get_ref(), here.clone(), src)?;
+            }
         }
         let mut ids = std::collections::BTreeSet::new();
         for (i, m) in self.models.iter().enumerate() {
@@ -731,6 +776,61 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl LaunchConfig {
+    /// Replicas, nodes and GPUs within bounds and consistent with each other.
+    fn validate(
+        &self,
+        name: &str,
+        here: Range<usize>,
+        src: &Source<'_>,
+    ) -> Result<(), ConfigError> {
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(src.at(
+                here,
+                format!(
+                    "model {name:?}: launch.replicas must be between 1 and {MAX_REPLICAS}, got {}",
+                    self.replicas
+                ),
+            ));
+        }
+        if !(1..=MAX_NNODES).contains(&self.nnodes) {
+            return Err(src.at(
+                here,
+                format!(
+                    "model {name:?}: launch.nnodes must be between 1 and {MAX_NNODES}, got {}",
+                    self.nnodes
+                ),
+            ));
+        }
+        let Some(gpus) = &self.gpus else {
+            return Ok(());
+        };
+        let at = gpus.span();
+        match gpus.get_ref() {
+            Gpus::Count(n) if !(1..=MAX_GPUS_PER_REPLICA).contains(n) => Err(src.at(at, format!("launch.gpus must be between 1 and {MAX_GPUS_PER_REPLICA} GPUs per replica, got {n} (leave it out to let the backend see the job's GPUs)"))),
+            Gpus::Count(_) => Ok(()),
+            Gpus::List(_) if self.nnodes > 1 => Err(src.at(at, "launch.gpus as device indices names one node's GPUs; with nnodes > 1 give a count per node (gpus = 8)")),
+            Gpus::List(l) if l.is_empty() => Err(src.at(at, "launch.gpus must not be empty (leave it out to let the backend see the job's GPUs)")),
+            Gpus::List(l) if l.len() % self.replicas as usize != 0 => Err(src.at(at, format!("launch.gpus lists {} GPUs, which {} replicas cannot share evenly", l.len(), self.replicas))),
+            Gpus::List(l) => {
+                let mut seen = std::collections::BTreeSet::new();
+                match l.iter().find(|g| !seen.insert(**g)) {
+                    Some(g) => Err(src.at(at, format!("launch.gpus lists GPU {g} twice"))),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// GPUs one replica holds on each of its nodes, when set.
+    pub fn gpus_per_replica(&self) -> Option<u32> {
+        match self.gpus.as_ref()?.get_ref() {
+            Gpus::Count(n) => Some(*n),
+            Gpus::List(l) => Some((l.len() / self.replicas.max(1) as usize) as u32),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod access;
+pub mod agent;
 pub mod cache;
 pub mod cli;
 pub mod commands;
@@ -18,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod mock_cloud;
+pub mod placement;
 pub mod providers;
 pub mod redact;
 pub mod renew;

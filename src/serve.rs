@@ -94,7 +94,8 @@ pub async fn run(
     mut cfg: LoadedConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let server = &cfg.config.server;
+    // A copy: `cfg` changes below (replicas are written out).
+    let server = &cfg.config.server.clone();
     let host = args.host.clone().unwrap_or_else(|| server.host.clone());
     let port = args.port.unwrap_or(server.port);
     let master_key = match &args.master_key_file {
@@ -123,7 +124,9 @@ pub async fn run(
     // Before anything opens files: the default connection cap depends on the limit.
     let limits = crate::conn::Limits::from_config(server);
     // Local backends get their ports before the router is built (it needs their URLs).
-    let mut backends = crate::supervise::Backends::plan(&cfg, args.state_dir.as_deref())?;
+    // Replicas are placed over the job's GPUs and nodes; `cfg` gets one entry each.
+    let mut backends =
+        crate::supervise::Backends::plan(&mut cfg, args.state_dir.as_deref()).await?;
     let monitor = backends.monitor();
     if let Some(m) = member.as_ref().filter(|m| m.is_successor()) {
         monitor.set_status_file(Some(m.loading_status_file()));

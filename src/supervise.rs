@@ -1,32 +1,37 @@
-//! Local model servers that `serve` launches and supervises: every `[[models]]` entry with
-//! a `launch` table (SGLang by default, or any `command`).
+//! Model servers that `serve` launches and supervises: every `[[models]]` entry with a
+//! `launch` table (SGLang by default, or any `command`), times its `replicas`, over the
+//! job's GPUs and nodes.
 //!
-//! Each backend gets a free loopback port, its own process group (so the whole tree —
-//! SGLang's scheduler and detokenizer processes included — is signalled at once), a log
-//! file `<state>/backends/<name>.log`, and a supervisor task that polls `/health` and
-//! `/v1/models` until the backend answers (up to `load_timeout`), marks the router's
-//! deployment available, and on exit marks it unavailable and restarts it with
-//! exponential backoff. Its state is kept for `/health` and written to
-//! `<state>/backends.json` for `llmgw start` and `llmgw status`.
+//! [`Backends::plan`] places every replica (`placement`), starts a node agent on each
+//! other node of a multi-node job (`agent`), and turns each placed replica into a
+//! [`BackendSpec`]. This node's backends are run here; the others by their node's agent,
+//! which runs this same code there. Each backend gets a free port (loopback here, the
+//! node's address elsewhere), its own process group (so the whole tree — SGLang's
+//! scheduler and detokenizer processes included — is signalled at once), its GPUs in
+//! `CUDA_VISIBLE_DEVICES`, a log file `<state>/backends/<name>.log`, and a supervisor task
+//! that polls `/health` and `/v1/models` until the backend answers (up to
+//! `load_timeout`), marks the router's deployment available, and on exit marks it
+//! unavailable and restarts it with exponential backoff. Its state is kept for `/health`
+//! and written to `<state>/backends.json` for `llmgw start` and `llmgw status`.
 //!
-//! A backend listens on loopback, where every user of the node can reach it, so each one
-//! gets its own random API key, which the gateway sends as its deployment's key
-//! (`Authorization: Bearer`). SGLang reads it from a 0600 `--config` YAML file in a
-//! private temporary directory (an `--api-key` argument would show in `ps`); a `command`
-//! gets it in `LLMGW_BACKEND_API_KEY`. A backend's environment is its `env` plus an
-//! allow-list of the gateway's ([`ENV_ALLOW`]: paths, locale, CUDA/SLURM/HF/NCCL, …),
-//! never the master or provider keys. It dies with the gateway (`PR_SET_PDEATHSIG`), so a
-//! SIGKILLed `serve` leaves no backend holding GPUs.
+//! A backend listens where others can reach it, so each one gets its own random API key,
+//! which the gateway sends as its deployment's key (`Authorization: Bearer`). SGLang
+//! reads it from a 0600 `--config` YAML file in a private temporary directory (an
+//! `--api-key` argument would show in `ps`); a `command` gets it in
+//! `LLMGW_BACKEND_API_KEY`. A backend's environment is its `env` plus an allow-list of
+//! the gateway's ([`ENV_ALLOW`]: paths, locale, CUDA/SLURM/HF/NCCL, …), never the master
+//! or provider keys. It dies with the gateway (`PR_SET_PDEATHSIG`), so a SIGKILLed `serve`
+//! leaves no backend holding GPUs.
 //!
-//! Depends on the config and on `router::Deployment`'s `available` flag only; it never
-//! depends on `serve`.
+//! Depends on the config, `placement`, `agent` and `router::Deployment`'s `available`
+//! flag; it never depends on `serve`.
 
 use crate::config::{LaunchConfig, LoadedConfig, Secret};
 use crate::router::{Deployment, Router};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -100,7 +105,7 @@ pub struct BackendStatus {
     pub name: String,
     /// The model group.
     pub model: String,
-    /// Position of its `[[models]]` entry.
+    /// Position of its `[[models]]` entry (replicas written out: see `placement::expand`).
     pub index: usize,
     pub state: BackendState,
     pub pid: Option<u32>,
@@ -110,6 +115,24 @@ pub struct BackendStatus {
     /// Why it last stopped being ready (exit status, load timeout).
     pub last_error: Option<String>,
     pub log: Option<PathBuf>,
+    /// The deployment it serves (for a multi-node server: rank 0's).
+    #[serde(default)]
+    pub deployment: String,
+    /// The node it runs on.
+    #[serde(default)]
+    pub node: String,
+    /// The address it listens on.
+    #[serde(default)]
+    pub host: String,
+    /// Its `CUDA_VISIBLE_DEVICES`, when placement gave it GPUs.
+    #[serde(default)]
+    pub gpus: Option<Vec<String>>,
+    /// 1-based replica of its `[[models]]` entry.
+    #[serde(default)]
+    pub replica: u32,
+    /// Node rank of a multi-node server (0 answers requests).
+    #[serde(default)]
+    pub rank: u32,
 }
 
 /// The contents of `backends.json`.
@@ -137,8 +160,12 @@ pub enum SuperviseError {
     NoModelPath { name: String },
     #[error("model {name:?}: launch.command is empty")]
     EmptyCommand { name: String },
-    #[error("model {name:?}: launch.args must not set {arg}: llmgw gives each SGLang backend its own API key in a private --config file (on the command line it would show in ps); put other settings in launch.args")]
-    ReservedArg { name: String, arg: &'static str },
+    #[error("model {name:?}: launch.args must not set {arg}: llmgw gives each SGLang backend its own API key in a private --config file (on the command line it would show in ps){more}")]
+    ReservedArg {
+        name: String,
+        arg: &'static str,
+        more: &'static str,
+    },
     #[error("cannot write the key of backend {name:?}: {source}")]
     Key {
         name: String,
@@ -163,6 +190,10 @@ pub enum SuperviseError {
     },
     #[error("every launched backend failed and no other deployment is configured: {details}; see the backend logs")]
     AllFailed { details: String },
+    #[error(transparent)]
+    Placement(#[from] crate::placement::PlacementError),
+    #[error("node agent on {node}: {why}")]
+    Agent { node: String, why: String },
 }
 
 /// A read-only view of the backends' states, for `/health`.
@@ -188,9 +219,16 @@ impl Monitor {
             s.persist_now();
         }
     }
+
+    /// Changes from now on (the value counts them).
+    pub fn changes(&self) -> Option<watch::Receiver<u64>> {
+        self.shared.as_ref().map(|s| s.changed.subscribe())
+    }
 }
 
-struct Shared {
+/// Every backend's status, shared by the supervisors (local ones, and the tasks that hear
+/// from node agents) and written to `backends.json` on each change.
+pub(crate) struct Shared {
     statuses: Mutex<Vec<BackendStatus>>,
     state_dir: Option<PathBuf>,
     /// `<state>/backends.json` unless changed with [`Monitor::set_status_file`].
@@ -200,18 +238,33 @@ struct Shared {
 }
 
 impl Shared {
-    fn snapshot(&self) -> Vec<BackendStatus> {
+    fn new(statuses: Vec<BackendStatus>, state_dir: Option<&Path>, status_file: bool) -> Self {
+        let (changed, _) = watch::channel(0);
+        Shared {
+            statuses: Mutex::new(statuses),
+            state_dir: state_dir.map(Path::to_path_buf),
+            status_file: Mutex::new(
+                state_dir
+                    .filter(|_| status_file)
+                    .map(|d| d.join(BACKENDS_FILE)),
+            ),
+            changed,
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<BackendStatus> {
         self.statuses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    fn update(&self, i: usize, f: impl FnOnce(&mut BackendStatus)) {
+    pub(crate) fn update(&self, i: usize, f: impl FnOnce(&mut BackendStatus)) {
         {
             // Written under the lock: updates from several supervisors must not interleave.
             let mut all = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut all[i]);
+            let Some(b) = all.get_mut(i) else { return };
+            f(b);
             self.persist(all.clone());
         }
         self.changed.send_modify(|n| *n += 1);
@@ -237,11 +290,112 @@ impl Shared {
     }
 }
 
-/// One planned backend.
-struct Plan {
+/// One backend as the gateway decided it: what to run, where, with which GPUs. It is
+/// also what a node agent receives (over its stdin, never a command line or a file), so
+/// it carries the backend's key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendSpec {
+    /// File-safe and unique: its log is `<state>/backends/<name>.log`.
+    pub name: String,
+    pub group: String,
+    /// The deployment it serves (rank 0's for every rank of a multi-node server).
+    pub deployment: String,
+    /// Its entry in the expanded config (`placement::expand`).
+    pub index: usize,
+    pub replica: u32,
+    pub rank: u32,
+    pub nnodes: u32,
+    /// The node it runs on.
+    pub node: String,
+    pub gpus: Option<Vec<String>>,
+    pub model_path: Option<String>,
+    pub tp: u32,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub command: Option<Vec<String>>,
+    pub load_timeout_ms: u64,
+    #[serde(with = "wire_secret")]
+    pub key: Secret,
+    pub log: Option<PathBuf>,
+    /// Rank 0's `host:port` for the multi-node rendezvous (`--dist-init-addr`); picked on
+    /// rank 0's node, kept across restarts.
+    pub dist_init_addr: Option<String>,
+    /// The port it listens on, once picked on its node (kept across restarts).
+    pub port: Option<u16>,
+}
+
+/// A [`Secret`] on the wire to a node agent: its plain value (the pipe is private).
+mod wire_secret {
+    use crate::config::Secret;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &Secret, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(k.expose())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
+impl BackendSpec {
+    /// A single backend for `launch` outside any placement (`llmgw doctor`).
+    pub fn from_launch(name: &str, launch: &LaunchConfig) -> Self {
+        BackendSpec {
+            name: name.to_string(),
+            group: name.to_string(),
+            deployment: name.to_string(),
+            index: 0,
+            replica: 1,
+            rank: 0,
+            nnodes: launch.nnodes,
+            node: String::new(),
+            gpus: None,
+            model_path: launch.model_path.clone(),
+            tp: launch.tp,
+            args: launch.args.clone(),
+            env: launch.env.clone(),
+            command: launch.command.clone(),
+            load_timeout_ms: u64::try_from(launch.load_timeout.0.as_millis()).unwrap_or(u64::MAX),
+            key: Secret::new(""),
+            log: None,
+            dist_init_addr: None,
+            port: None,
+        }
+    }
+
+    /// Rank 0 of a multi-node server needs a rendezvous port on its node.
+    fn needs_rendezvous(&self) -> bool {
+        self.nnodes > 1 && self.rank == 0 && self.dist_init_addr.is_none()
+    }
+
+    fn status(&self, host: &str) -> BackendStatus {
+        BackendStatus {
+            name: self.name.clone(),
+            model: self.group.clone(),
+            index: self.index,
+            state: BackendState::Loading,
+            pid: None,
+            port: self.port.unwrap_or(0),
+            restarts: 0,
+            last_error: None,
+            log: self.log.clone(),
+            deployment: self.deployment.clone(),
+            node: self.node.clone(),
+            host: host.to_string(),
+            gpus: self.gpus.clone(),
+            replica: self.replica,
+            rank: self.rank,
+        }
+    }
+}
+
+/// One backend ready to run on this node.
+pub(crate) struct Plan {
     name: String,
-    index: usize,
     port: u16,
+    /// Where it listens: loopback on the gateway's node, the node's address elsewhere.
+    host: String,
     program: String,
     args: Vec<String>,
     /// The whole environment it starts with.
@@ -250,6 +404,98 @@ struct Plan {
     load_timeout: Duration,
     /// Its API key: the gateway sends it, the backend requires it.
     key: Secret,
+    /// Ready means answering `/health` and `/v1/models`; a multi-node server's other
+    /// ranks serve no HTTP: ready once started.
+    probe: bool,
+}
+
+/// Turns specs into plans on one node: ports, command lines, key files.
+pub(crate) struct Planner {
+    /// Loopback for the gateway's own node; the node's address on other nodes.
+    host: String,
+    /// The node's address, for a multi-node rendezvous.
+    node_addr: String,
+    llmgw: String,
+    inherited: Vec<(OsString, OsString)>,
+    /// Holds the SGLang backends' key files while they run.
+    private: Option<PrivateDir>,
+}
+
+impl Planner {
+    pub(crate) fn new(host: &str, node_addr: &str, inherited: Vec<(OsString, OsString)>) -> Self {
+        Planner {
+            host: host.to_string(),
+            node_addr: node_addr.to_string(),
+            llmgw: std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "llmgw".into()),
+            inherited,
+            private: None,
+        }
+    }
+
+    /// Picks its port (and a rank 0's rendezvous port) unless the spec has them, and
+    /// builds its command line, environment and key file.
+    pub(crate) fn plan(&mut self, spec: &mut BackendSpec) -> Result<Plan, SuperviseError> {
+        let port_err = |source| SuperviseError::Port {
+            name: spec.name.clone(),
+            source,
+        };
+        let port = match spec.port {
+            Some(p) => p,
+            None => free_port(&self.host).map_err(port_err)?,
+        };
+        spec.port = Some(port);
+        if spec.needs_rendezvous() {
+            let p = free_port(&self.node_addr).map_err(port_err)?;
+            spec.dist_init_addr = Some(format!("{}:{p}", url_host(&self.node_addr)));
+        }
+        let key_err = |source| SuperviseError::Key {
+            name: spec.name.clone(),
+            source,
+        };
+        let mut argv = spec_command_line(spec, &self.host, port, &self.llmgw)?;
+        let mut env = self.inherited.clone();
+        env.extend(
+            spec.env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        );
+        if let Some(gpus) = &spec.gpus {
+            env.push(("CUDA_VISIBLE_DEVICES".into(), gpus.join(",").into()));
+        }
+        if spec.command.is_some() {
+            // Last: the key the gateway sends is the one the backend is given.
+            env.push((KEY_ENV.into(), spec.key.expose().into()));
+        } else {
+            let dir = match &self.private {
+                Some(d) => d,
+                None => self.private.insert(PrivateDir::create().map_err(key_err)?),
+            };
+            let file = dir.0.join(format!("{}.yaml", spec.name));
+            // A JSON string is a YAML scalar, whatever a configured key contains.
+            let quoted = serde_json::to_string(spec.key.expose()).map_err(|e| key_err(e.into()))?;
+            let yaml = format!(
+                "# llmgw: the API key of backend {}\napi-key: {quoted}\n",
+                spec.name
+            );
+            crate::state::write_atomic(&file, yaml.as_bytes(), 0o600).map_err(key_err)?;
+            argv.extend(["--config".to_string(), file.display().to_string()]);
+        }
+        let program = argv.remove(0);
+        Ok(Plan {
+            name: spec.name.clone(),
+            port,
+            host: self.host.clone(),
+            program,
+            args: argv,
+            env,
+            log: spec.log.clone(),
+            load_timeout: Duration::from_millis(spec.load_timeout_ms),
+            key: spec.key.clone(),
+            probe: spec.rank == 0,
+        })
+    }
 }
 
 /// A private (0700) directory on the node's temporary space for the SGLang backends'
@@ -282,155 +528,230 @@ impl Drop for PrivateDir {
     }
 }
 
-/// The config's launched backends: planned (ports picked) before the router is built,
-/// started after, stopped last.
+/// Every backend the job launches, on this node and (through node agents) on the job's
+/// other nodes: placed and planned (ports picked) before the router is built, started
+/// after, stopped last.
 pub struct Backends {
-    plans: Vec<Plan>,
+    /// Every backend; a backend's position here is its position in the status list.
+    specs: Vec<BackendSpec>,
+    /// This node's backends, by status position; taken by `start`.
+    plans: Vec<(usize, Plan)>,
+    /// The other nodes' agents, taken by `start`.
+    remotes: Vec<crate::agent::Remote>,
     shared: Arc<Shared>,
+    /// The deployment each backend makes available (rank 0s only), by status position.
     deployments: Vec<Option<Arc<Deployment>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: CancellationToken,
     /// True when some `[[models]]` entry is not launched (a fallback that needs no backend).
     others: bool,
-    /// Holds the SGLang backends' key files while they run.
-    _private: Option<PrivateDir>,
+    planner: Option<Planner>,
 }
 
 impl Backends {
-    /// Picks a free port for each launched backend and builds its command line.
-    pub fn plan(cfg: &LoadedConfig, state_dir: Option<&Path>) -> Result<Self, SuperviseError> {
-        let llmgw = std::env::current_exe()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "llmgw".into());
-        let models = &cfg.config.models;
+    /// Places the config's launched backends over the job's GPUs and nodes (starting a
+    /// node agent on each other node of a multi-node job), picks their ports and builds
+    /// their command lines. `cfg` becomes the expanded config: one entry, and so one
+    /// deployment, per replica.
+    pub async fn plan(
+        cfg: &mut LoadedConfig,
+        state_dir: Option<&Path>,
+    ) -> Result<Self, SuperviseError> {
+        let others = cfg.config.models.iter().any(|m| m.launch.is_none());
         let inherited = inherited_env(cfg);
-        let mut private: Option<PrivateDir> = None;
-        let mut plans: Vec<Plan> = Vec::new();
-        for (index, m) in models.iter().enumerate() {
-            let Some(launch) = &m.launch else { continue };
-            let group = m.name.get_ref();
-            let same = models
+        let this = crate::placement::this_node();
+        let launched = cfg.config.models.iter().any(|m| m.launch.is_some());
+        // The job's other nodes, each with an agent that reports its GPUs.
+        let mut remotes = Vec::new();
+        if launched {
+            let names = crate::placement::other_nodes(&this.name).await?;
+            remotes = crate::agent::Remote::spawn_all(&names, &inherited, state_dir).await;
+        }
+        let nodes: Vec<crate::placement::Node> = std::iter::once(this.clone())
+            .chain(remotes.iter().map(|r| r.node.clone()))
+            .collect();
+        let placed = crate::placement::place(&cfg.config.models, &nodes)?;
+        let (expanded, origins) = crate::placement::expand(cfg);
+        let ids = crate::placement::deployment_ids(&expanded.config.models);
+        let mut specs: Vec<BackendSpec> = Vec::with_capacity(placed.len());
+        let mut node_of: Vec<usize> = Vec::with_capacity(placed.len());
+        for p in &placed {
+            let index = origins
                 .iter()
-                .filter(|o| o.launch.is_some() && o.name.get_ref() == group)
-                .count();
-            let mut name = match (&m.id, same) {
-                (Some(id), _) => id.clone(),
-                (None, 1) => group.clone(),
-                (None, _) => format!("{group}-{}", plans.len() + 1),
+                .position(|o| o.entry == p.entry && o.replica == p.replica)
+                .expect("every placed replica has an expanded entry");
+            let m = &expanded.config.models[index];
+            let launch = m.launch.as_ref().expect("placed entries are launched");
+            let group = m.name.get_ref();
+            let alone = m.id.is_none()
+                && expanded
+                    .config
+                    .models
+                    .iter()
+                    .filter(|o| o.launch.is_some() && o.name.get_ref() == group)
+                    .count()
+                    == 1;
+            let base = sanitize(if alone { group } else { &ids[index] });
+            let mut name = if p.rank > 0 {
+                format!("{base}-rank{}", p.rank)
+            } else {
+                base
             };
-            name = sanitize(&name);
-            while plans.iter().any(|p| p.name == name) {
+            while specs.iter().any(|s| s.name == name) {
                 name.push('_');
             }
-            let port = free_port().map_err(|source| SuperviseError::Port {
-                name: name.clone(),
-                source,
-            })?;
-            let key_err = |source| SuperviseError::Key {
-                name: name.clone(),
-                source,
-            };
-            // A key configured for the entry is used as it is; else a fresh one.
-            let key = match cfg.model_keys.get(index).cloned().flatten() {
-                Some(k) => k,
-                None => {
-                    Secret::new(crate::state::random_key("sk-llmgw-backend-").map_err(key_err)?)
-                }
-            };
-            let mut argv = command_line(group, launch, port, &llmgw)?;
-            let mut env = inherited.clone();
-            env.extend(
-                launch
-                    .env
+            // A key configured for the entry is used as it is; else a fresh one (shared
+            // by every rank of one server).
+            let key = match (p.rank, expanded.model_keys.get(index).cloned().flatten()) {
+                (_, Some(k)) => k,
+                (0, None) => Secret::new(crate::state::random_key("sk-llmgw-backend-").map_err(
+                    |source| SuperviseError::Key {
+                        name: name.clone(),
+                        source,
+                    },
+                )?),
+                (_, None) => specs
                     .iter()
-                    .map(|(k, v)| (OsString::from(k), OsString::from(v))),
-            );
-            if let Some(gpus) = &launch.gpus {
-                let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
-                env.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",").into()));
-            }
-            if launch.command.is_some() {
-                // Last: the key the gateway sends is the one the backend is given.
-                env.push((KEY_ENV.into(), key.expose().into()));
-            } else {
-                let dir = match &private {
-                    Some(d) => d,
-                    None => private.insert(PrivateDir::create().map_err(key_err)?),
-                };
-                let file = dir.0.join(format!("{name}.yaml"));
-                // A JSON string is a YAML scalar, whatever a configured key contains.
-                let quoted = serde_json::to_string(key.expose()).map_err(|e| key_err(e.into()))?;
-                let yaml = format!("# llmgw: the API key of backend {name}\napi-key: {quoted}\n");
-                crate::state::write_atomic(&file, yaml.as_bytes(), 0o600).map_err(key_err)?;
-                argv.extend(["--config".to_string(), file.display().to_string()]);
-            }
-            let program = argv.remove(0);
-            let log = state_dir.map(|d| d.join(BACKENDS_DIR).join(format!("{name}.log")));
-            plans.push(Plan {
-                name,
-                index,
-                port,
-                program,
-                args: argv,
-                env,
-                log,
-                load_timeout: launch.load_timeout.0,
-                key,
-            });
+                    .find(|s| s.index == index && s.rank == 0)
+                    .map(|s| s.key.clone())
+                    .unwrap_or_else(|| Secret::new("")),
+            };
+            let mut spec = BackendSpec::from_launch(&name, launch);
+            spec.group = group.clone();
+            spec.deployment = ids[index].clone();
+            spec.index = index;
+            spec.replica = p.replica;
+            spec.rank = p.rank;
+            spec.node = nodes[p.node].name.clone();
+            spec.gpus = p.gpus.clone();
+            spec.key = key;
+            spec.log = state_dir.map(|d| d.join(BACKENDS_DIR).join(format!("{name}.log")));
+            specs.push(spec);
+            node_of.push(p.node);
         }
-        let statuses = plans
-            .iter()
-            .map(|p| BackendStatus {
-                name: p.name.clone(),
-                model: models[p.index].name.get_ref().clone(),
-                index: p.index,
-                state: BackendState::Loading,
-                pid: None,
-                port: p.port,
-                restarts: 0,
-                last_error: None,
-                log: p.log.clone(),
+        let mut planner = Planner::new("127.0.0.1", &this.addr, inherited);
+        let mut plans = Vec::new();
+        // Rank 0s first: the other ranks need the rendezvous address picked with them.
+        for round in [true, false] {
+            for (i, spec) in specs.iter_mut().enumerate() {
+                if (spec.rank == 0) != round || node_of[i] != 0 {
+                    continue;
+                }
+                plans.push((i, planner.plan(spec)?));
+            }
+            for (r, remote) in remotes.iter_mut().enumerate() {
+                let mine: Vec<usize> = (0..specs.len())
+                    .filter(|&i| node_of[i] == r + 1 && (specs[i].rank == 0) == round)
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let planned = remote
+                    .plan(mine.iter().map(|&i| (i, specs[i].clone())).collect())
+                    .await?;
+                for (&i, done) in mine.iter().zip(planned) {
+                    specs[i] = done;
+                }
+            }
+            if round {
+                // Every rank learns its rank 0's rendezvous address.
+                for i in 0..specs.len() {
+                    if specs[i].rank > 0 {
+                        specs[i].dist_init_addr = specs
+                            .iter()
+                            .find(|s| s.index == specs[i].index && s.rank == 0)
+                            .and_then(|s| s.dist_init_addr.clone());
+                    }
+                }
+            }
+        }
+        // Agents given nothing to run leave now.
+        let (remotes, idle): (Vec<_>, Vec<_>) = remotes.into_iter().partition(|r| r.has_backends());
+        for r in idle {
+            r.dismiss().await;
+        }
+        let hosts: Vec<String> = (0..specs.len())
+            .map(|i| {
+                if node_of[i] == 0 {
+                    "127.0.0.1".to_string()
+                } else {
+                    nodes[node_of[i]].addr.clone()
+                }
             })
             .collect();
-        let (changed, _) = watch::channel(0);
+        let statuses = specs.iter().zip(&hosts).map(|(s, h)| s.status(h)).collect();
+        *cfg = expanded;
         Ok(Backends {
-            others: models.iter().any(|m| m.launch.is_none()),
-            deployments: vec![None; plans.len()],
+            deployments: vec![None; specs.len()],
+            specs,
             plans,
-            shared: Arc::new(Shared {
-                statuses: Mutex::new(statuses),
-                state_dir: state_dir.map(Path::to_path_buf),
-                status_file: Mutex::new(state_dir.map(|d| d.join(BACKENDS_FILE))),
-                changed,
-            }),
+            remotes,
+            shared: Arc::new(Shared::new(statuses, state_dir, true)),
             tasks: Vec::new(),
             stop: CancellationToken::new(),
-            _private: private,
+            others,
+            planner: Some(planner),
         })
+    }
+
+    /// A node agent's backends: planned on this node by `planner`, reporting to no file.
+    pub(crate) fn on_agent_node(
+        specs: Vec<BackendSpec>,
+        plans: Vec<Plan>,
+        planner: Planner,
+        host: &str,
+    ) -> Self {
+        let statuses = specs.iter().map(|s| s.status(host)).collect();
+        Backends {
+            deployments: vec![None; specs.len()],
+            plans: plans.into_iter().enumerate().collect(),
+            specs,
+            remotes: Vec::new(),
+            shared: Arc::new(Shared::new(statuses, None, false)),
+            tasks: Vec::new(),
+            stop: CancellationToken::new(),
+            others: true,
+            planner: Some(planner),
+        }
     }
 
     /// API keys of the launched backends by config index: each deployment's key.
     pub fn api_keys(&self) -> impl Iterator<Item = (usize, Secret)> + '_ {
-        self.plans.iter().map(|p| (p.index, p.key.clone()))
+        self.specs
+            .iter()
+            .filter(|s| s.rank == 0)
+            .map(|s| (s.index, s.key.clone()))
     }
 
     /// True when the config launches nothing.
     pub fn is_empty(&self) -> bool {
-        self.plans.is_empty()
+        self.specs.is_empty()
     }
 
-    /// Base URLs of the launched backends by config index, for [`Router::new`].
+    /// Base URLs of the launched backends by config index, for [`Router::new`]: loopback
+    /// on this node, the node's address on the others.
     pub fn api_bases(&self) -> HashMap<usize, String> {
-        self.plans
+        let statuses = self.shared.snapshot();
+        self.specs
             .iter()
-            .map(|p| (p.index, format!("http://127.0.0.1:{}/v1", p.port)))
+            .zip(&statuses)
+            .filter(|(s, _)| s.rank == 0)
+            .map(|(s, b)| {
+                (
+                    s.index,
+                    format!("http://{}:{}/v1", url_host(&b.host), s.port.unwrap_or(0)),
+                )
+            })
             .collect()
     }
 
     /// Finds each backend's deployment and marks it unavailable until the backend is ready.
     pub fn attach(&mut self, router: &Router) {
-        for (i, p) in self.plans.iter().enumerate() {
-            let dep = router.deployment_by_index(p.index).cloned();
+        for (i, s) in self.specs.iter().enumerate() {
+            if s.rank != 0 {
+                continue;
+            }
+            let dep = router.deployment_by_index(s.index).cloned();
             if let Some(d) = &dep {
                 d.available.store(false, Ordering::SeqCst);
             }
@@ -444,16 +765,17 @@ impl Backends {
         }
     }
 
-    /// Starts every backend and its supervisor. Fails when a command cannot be started at
-    /// all (missing program, bad permissions): that is a config error, not a crash.
+    /// Starts every backend and its supervisor, here and through the node agents. Fails
+    /// when a command cannot be started at all (missing program, bad permissions): that
+    /// is a config error, not a crash.
     pub fn start(&mut self) -> Result<(), SuperviseError> {
-        if self.plans.is_empty() {
+        if self.specs.is_empty() {
             return Ok(());
         }
         if let Some(dir) = &self.shared.state_dir {
             let logs = dir.join(BACKENDS_DIR);
             crate::state::ensure_dir(&logs).map_err(|source| SuperviseError::Log {
-                name: self.plans[0].name.clone(),
+                name: self.specs[0].name.clone(),
                 path: logs.display().to_string(),
                 source,
             })?;
@@ -467,7 +789,7 @@ impl Backends {
             .unwrap_or_default();
         // Start them all first: when one cannot start, stop those already running.
         let mut children = Vec::with_capacity(self.plans.len());
-        for plan in &self.plans {
+        for (_, plan) in &self.plans {
             match spawn(plan, 0) {
                 Ok(c) => children.push(c),
                 Err(e) => {
@@ -481,7 +803,7 @@ impl Backends {
             }
         }
         let plans = std::mem::take(&mut self.plans);
-        for (i, (plan, child)) in plans.into_iter().zip(children).enumerate() {
+        for ((i, plan), child) in plans.into_iter().zip(children) {
             let sup = Supervisor {
                 i,
                 plan,
@@ -491,6 +813,14 @@ impl Backends {
                 stop: self.stop.clone(),
             };
             self.tasks.push(tokio::spawn(sup.run(child)));
+        }
+        for remote in std::mem::take(&mut self.remotes) {
+            let deployments = self.deployments.clone();
+            self.tasks.push(tokio::spawn(remote.run(
+                self.shared.clone(),
+                deployments,
+                self.stop.clone(),
+            )));
         }
         Ok(())
     }
@@ -529,12 +859,18 @@ impl Backends {
         }
     }
 
-    /// Stops every backend: SIGTERM to each process group, SIGKILL after [`KILL_GRACE`].
+    /// Stops every backend: SIGTERM to each process group, SIGKILL after [`KILL_GRACE`];
+    /// each node agent stops its own the same way.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
+        for r in self.remotes.drain(..) {
+            r.dismiss().await;
+        }
+        // The key files go last, once nothing can read them any more.
+        self.planner.take();
     }
 }
 
@@ -557,32 +893,78 @@ fn sanitize(name: &str) -> String {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+/// A port nothing listens on at `host` now (it is the backend's to take).
+fn free_port(host: &str) -> std::io::Result<u16> {
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("{host:?} is not an IP address")))?;
+    let l = std::net::TcpListener::bind((ip, 0))?;
     Ok(l.local_addr()?.port())
 }
 
-/// The backend's argv: SGLang's launch line, or `command` with placeholders substituted.
+/// An IP address as the host part of a URL (IPv6 in brackets).
+pub(crate) fn url_host(addr: &str) -> String {
+    if addr.contains(':') && !addr.starts_with('[') {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    }
+}
+
+/// The backend's argv for one `launch` table on loopback (what `llmgw doctor` checks).
 pub fn command_line(
     name: &str,
     launch: &LaunchConfig,
     port: u16,
     llmgw: &str,
 ) -> Result<Vec<String>, SuperviseError> {
-    let model_path = launch.model_path.clone().unwrap_or_default();
+    spec_command_line(
+        &BackendSpec::from_launch(name, launch),
+        "127.0.0.1",
+        port,
+        llmgw,
+    )
+}
+
+/// The backend's argv: SGLang's launch line, or `command` with placeholders substituted
+/// (`{port}`, `{host}`, `{model_path}`, `{llmgw}`, `{replica}`, `{rank}`, `{node}`). A
+/// multi-node server also gets SGLang's `--nnodes N --node-rank R --dist-init-addr A`,
+/// appended to a `command` too.
+fn spec_command_line(
+    spec: &BackendSpec,
+    host: &str,
+    port: u16,
+    llmgw: &str,
+) -> Result<Vec<String>, SuperviseError> {
+    let name = &spec.name;
+    let model_path = spec.model_path.clone().unwrap_or_default();
     let subst = |s: &str| {
         s.replace("{port}", &port.to_string())
-            .replace("{host}", "127.0.0.1")
+            .replace("{host}", host)
             .replace("{model_path}", &model_path)
             .replace("{llmgw}", llmgw)
+            .replace("{replica}", &spec.replica.to_string())
+            .replace("{rank}", &spec.rank.to_string())
+            .replace("{node}", &spec.node)
     };
-    let argv: Vec<String> = match &launch.command {
+    let reserved: &[(&str, &str)] = if spec.nnodes > 1 {
+        &[
+            ("--api-key", ""),
+            ("--config", ""),
+            ("--nnodes", "; llmgw sets it from launch.nnodes"),
+            ("--node-rank", "; llmgw sets it for each node"),
+            ("--dist-init-addr", "; llmgw picks it on rank 0's node"),
+        ]
+    } else {
+        &[("--api-key", ""), ("--config", "")]
+    };
+    let mut argv: Vec<String> = match &spec.command {
         Some(cmd) => {
             if cmd.is_empty() || cmd[0].trim().is_empty() {
                 return Err(SuperviseError::EmptyCommand { name: name.into() });
             }
             cmd.iter()
-                .chain(launch.args.iter())
+                .chain(spec.args.iter())
                 .map(|s| subst(s))
                 .collect()
         }
@@ -597,34 +979,50 @@ pub fn command_line(
                 "--model-path",
                 &model_path,
                 "--host",
-                "127.0.0.1",
+                host,
                 "--port",
                 &port.to_string(),
                 "--tp-size",
-                &launch.tp.to_string(),
+                &spec.tp.to_string(),
             ]
             .iter()
             .map(|s| s.to_string())
             .collect();
-            for arg in ["--api-key", "--config"] {
+            for &(arg, why) in reserved {
                 let taken = |a: &String| a == arg || a.starts_with(&format!("{arg}="));
-                if launch.args.iter().any(taken) {
+                if spec.args.iter().any(taken) {
                     return Err(SuperviseError::ReservedArg {
                         name: name.into(),
                         arg,
+                        more: if why.is_empty() {
+                            "; put other settings in launch.args"
+                        } else {
+                            why
+                        },
                     });
                 }
             }
-            v.extend(launch.args.iter().map(|s| subst(s)));
+            v.extend(spec.args.iter().map(|s| subst(s)));
             v
         }
     };
+    if spec.nnodes > 1 {
+        argv.extend([
+            "--nnodes".to_string(),
+            spec.nnodes.to_string(),
+            "--node-rank".to_string(),
+            spec.rank.to_string(),
+        ]);
+        if let Some(addr) = &spec.dist_init_addr {
+            argv.extend(["--dist-init-addr".to_string(), addr.clone()]);
+        }
+    }
     Ok(argv)
 }
 
-/// The part of the gateway's environment a backend inherits: [`ENV_ALLOW`] only, and never
-/// a variable holding one of the config's secrets.
-fn inherited_env(cfg: &LoadedConfig) -> Vec<(OsString, OsString)> {
+/// The part of the gateway's environment a backend (or a node agent) inherits:
+/// [`ENV_ALLOW`] only, and never a variable holding one of the config's secrets.
+pub(crate) fn inherited_env(cfg: &LoadedConfig) -> Vec<(OsString, OsString)> {
     let secrets: Vec<&str> = cfg
         .model_keys
         .iter()
@@ -634,6 +1032,12 @@ fn inherited_env(cfg: &LoadedConfig) -> Vec<(OsString, OsString)> {
         .map(Secret::expose)
         .filter(|s| s.len() >= 8)
         .collect();
+    allowed_env(&secrets)
+}
+
+/// This process's environment, [`ENV_ALLOW`] only, without any variable holding one of
+/// `secrets`.
+pub(crate) fn allowed_env(secrets: &[&str]) -> Vec<(OsString, OsString)> {
     std::env::vars_os()
         .filter(|(k, v)| {
             let Some(k) = k.to_str() else { return false };
@@ -852,7 +1256,10 @@ impl Supervisor {
     /// `/health` and then `/v1/models` both answer 200 (with the backend's key: SGLang
     /// requires it on `/v1/models`).
     async fn probe(&self) -> bool {
-        let base = format!("http://127.0.0.1:{}", self.plan.port);
+        if !self.plan.probe {
+            return true;
+        }
+        let base = format!("http://{}:{}", url_host(&self.plan.host), self.plan.port);
         for path in ["/health", "/v1/models"] {
             let req = self
                 .client
@@ -925,7 +1332,9 @@ mod tests {
         LaunchConfig {
             model_path: Some("/models/qwen".into()),
             tp: 2,
-            gpus: Some(vec![0, 1]),
+            gpus: None,
+            replicas: 1,
+            nnodes: 1,
             args: vec!["--mem-fraction-static".into(), "0.8".into()],
             env: Default::default(),
             command: cmd.map(|c| c.into_iter().map(String::from).collect()),
@@ -992,8 +1401,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plan = Plan {
             name: "t".into(),
-            index: 0,
             port: 0,
+            host: "127.0.0.1".into(),
+            probe: true,
             program: "sh".into(),
             // A child that ignores SIGTERM: only SIGKILL to the group ends it.
             args: vec![

@@ -156,6 +156,9 @@ impl Plan {
         config_copy: PathBuf,
     ) -> anyhow::Result<Self> {
         let slurm = &cfg.config.slurm;
+        // No more GPUs or nodes than the job asks SLURM for (one line naming both).
+        let text = std::fs::read_to_string(config).unwrap_or_default();
+        crate::placement::check_request(&cfg.config, &text, &cfg.source_name)?;
         let binary = match &slurm.binary {
             Some(b) => std::path::absolute(b)
                 .with_context(|| format!("[slurm] binary {} cannot be resolved", b.display()))?,

@@ -73,6 +73,7 @@ impl Router {
         for key in cfg.model_keys.iter().flatten().chain(&cfg.master_key) {
             secrets.add(key.expose());
         }
+        let ids = crate::placement::deployment_ids(&cfg.config.models);
         for (i, m) in cfg.config.models.iter().enumerate() {
             let name = m.name.get_ref().clone();
             let provider = providers::for_kind(m.provider);
@@ -90,9 +91,7 @@ impl Router {
             if group.is_empty() {
                 names.push(name.clone());
             }
-            let id =
-                m.id.clone()
-                    .unwrap_or_else(|| format!("{}-{}", name, group.len() + 1));
+            let id = ids[i].clone();
             let dep = Arc::new(Deployment {
                 index: i,
                 id,
