@@ -148,6 +148,20 @@ pub struct RouterConfig {
     pub max_response_bytes: usize,
     /// Most bytes of an upstream error body read (the rest is ignored).
     pub max_error_bytes: usize,
+    /// Local first: a group's own backends (launched, or SGLang) take its traffic until
+    /// their queues pass these limits; only the overflow goes to the group's other
+    /// (cloud) deployments, or to its fallbacks.
+    pub spillover: Option<SpilloverConfig>,
+}
+
+/// `[router] spillover`: when a group's local backends count as full.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpilloverConfig {
+    /// Requests waiting (not yet running) in every local backend's queue.
+    pub queue: Option<u64>,
+    /// How long a new request would wait: waiting requests × latency / running ones.
+    pub wait: Option<Dur>,
 }
 
 impl Default for RouterConfig {
@@ -169,6 +183,7 @@ impl Default for RouterConfig {
             max_cooldown: Dur(Duration::from_secs(300)),
             max_response_bytes: 64 * 1024 * 1024,
             max_error_bytes: 64 * 1024,
+            spillover: None,
         }
     }
 }
@@ -181,6 +196,8 @@ pub enum Strategy {
     LatencyBased,
     UsageBased,
     CostBased,
+    /// The backend with the shortest real queue (polled from SGLang's load endpoint).
+    LoadBased,
 }
 
 /// The classes of upstream failure that retry and cooldown policies talk about.
@@ -767,6 +784,13 @@ impl Config {
             }
             if let Some(limit) = limit.filter(|l| b.as_secs().saturating_add(60) > *l) {
                 return Err(src.at(before.span(), format!("[slurm] renew_before ({}) must be at least 1m shorter than the time limit ({limit} s): each job must serve a while before renewing", before.get_ref())));
+            }
+        }
+        if let Some(sp) = &self.router.spillover {
+            if sp.queue.is_none() && sp.wait.is_none() {
+                return Err(file_err(
+                    "[router] spillover needs queue (waiting requests, e.g. 4) or wait (e.g. \"10s\"), or both".into(),
+                ));
             }
         }
         if self.cache.backend == CacheBackend::Redis && self.cache.redis_url.is_none() {

@@ -66,6 +66,46 @@ pub fn render(router: &Router, ready: bool, draining: bool, extra: &str) -> Stri
         "1 healthy, 0 cooling down, unreachable or unavailable",
         &|d| u8::from(d.state() == DeploymentState::Healthy).to_string(),
     );
+    let local: Vec<_> = deps.iter().filter(|d| d.load.is_local()).collect();
+    for (name, help, running) in [
+        (
+            "llmgw_deployment_queue_running",
+            "Requests the local backend is running (its load endpoint, moved by the gateway's own count since)",
+            true,
+        ),
+        (
+            "llmgw_deployment_queue_waiting",
+            "Requests waiting in the local backend's queue",
+            false,
+        ),
+    ] {
+        family(&mut out, name, "gauge", help);
+        for d in &local {
+            let q = d.queue();
+            let _ = writeln!(
+                out,
+                "{name}{{deployment=\"{}\",model_group=\"{}\"}} {}",
+                escape(&d.id),
+                escape(&d.group),
+                if running { q.running } else { q.waiting }
+            );
+        }
+    }
+    family(
+        &mut out,
+        "llmgw_spillover_total",
+        "counter",
+        "Requests a model group sent past its full local backends (to its cloud deployments or its fallbacks)",
+    );
+    for (group, cloud, fallback) in router.spillover() {
+        for (to, n) in [("cloud", cloud), ("fallback", fallback)] {
+            let _ = writeln!(
+                out,
+                "llmgw_spillover_total{{model_group=\"{}\",to=\"{to}\"}} {n}",
+                escape(group)
+            );
+        }
+    }
     out.push_str(extra);
     out
 }

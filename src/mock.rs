@@ -57,6 +57,9 @@ pub struct Behavior {
     /// Require `Authorization: Bearer <key>` everywhere but `/health` (401 otherwise), as
     /// SGLang's `--api-key` does.
     pub api_key: Option<String>,
+    /// Requests served at once; more wait in a queue (what `/get_load` reports, as
+    /// SGLang's running batch and waiting queue). `None`: no limit.
+    pub max_running: Option<u64>,
 }
 
 impl Default for Behavior {
@@ -74,6 +77,7 @@ impl Default for Behavior {
             echo_headers: false,
             pad_bytes: 0,
             api_key: None,
+            max_running: None,
         }
     }
 }
@@ -92,6 +96,10 @@ pub struct MockState {
     pub cancelled_streams: AtomicU64,
     /// When each POST request arrived (at most the last 10,000).
     arrivals: Mutex<Vec<std::time::Instant>>,
+    /// Requests being answered, and requests waiting for one of `max_running` slots.
+    pub running: AtomicU64,
+    pub waiting: AtomicU64,
+    slot_free: tokio::sync::Notify,
 }
 
 impl MockState {
@@ -166,6 +174,9 @@ impl MockUpstream {
             loaded: AtomicBool::new(true),
             cancelled_streams: AtomicU64::new(0),
             arrivals: Mutex::new(Vec::new()),
+            running: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            slot_free: tokio::sync::Notify::new(),
         });
         let app = router(state.clone());
         // No Nagle: a streamed answer is many small writes; without TCP_NODELAY each one
@@ -194,6 +205,7 @@ fn router(state: Arc<MockState>) -> axum::Router {
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/get_model_info", get(model_info))
+        .route("/get_load", get(get_load))
         // Any size the gateway lets through (its own limit is what tests exercise).
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
@@ -253,12 +265,56 @@ struct StreamOpts {
     include_usage: bool,
 }
 
+/// A place among the requests being answered (`Behavior::max_running`); given back when
+/// dropped (for a stream: when it ends).
+pub struct Slot(Arc<MockState>);
+
+impl Slot {
+    /// Waits (counted as waiting) until fewer than `max_running` requests are answered.
+    async fn take(s: &Arc<MockState>) -> Slot {
+        struct Waiting<'a>(&'a MockState);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let mut queued: Option<Waiting<'_>> = None;
+        loop {
+            let max = s.behavior().max_running.unwrap_or(u64::MAX);
+            let cur = s.running.load(Ordering::SeqCst);
+            if cur < max
+                && s.running
+                    .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                return Slot(s.clone());
+            }
+            if queued.is_none() {
+                s.waiting.fetch_add(1, Ordering::SeqCst);
+                queued = Some(Waiting(s));
+            }
+            // The limit may change meanwhile: look again now and then.
+            tokio::select! {
+                _ = s.slot_free.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.slot_free.notify_one();
+    }
+}
+
 /// Records the request and applies delays and faults; `Err` is the response to send.
 async fn admit(
-    s: &MockState,
+    s: &Arc<MockState>,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<(Req, Behavior), Response> {
+) -> Result<(Req, Behavior, Slot), Response> {
     s.requests.fetch_add(1, Ordering::SeqCst);
     {
         let mut a = s.arrivals.lock().unwrap_or_else(|e| e.into_inner());
@@ -273,6 +329,7 @@ async fn admit(
         }
         bodies.push(body.clone());
     }
+    let slot = Slot::take(s).await;
     let b = s.behavior();
     if b.hang {
         std::future::pending::<()>().await;
@@ -308,7 +365,7 @@ async fn admit(
         let body = serde_json::json!({"error": {"message": format!("mock: bad JSON: {e}"), "type": "invalid_request_error", "param": null, "code": null}});
         (StatusCode::BAD_REQUEST, body.to_string()).into_response()
     })?;
-    Ok((req, b))
+    Ok((req, b, slot))
 }
 
 /// `body` followed by spaces up to `total` bytes, produced chunk by chunk.
@@ -362,7 +419,7 @@ fn split_reply(text: &str, chunks: usize) -> Vec<String> {
 const PROMPT_TOKENS: u64 = 9;
 
 async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (req, b) = match admit(&s, &headers, &body).await {
+    let (req, b, slot) = match admit(&s, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -373,7 +430,7 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         if let Some(r) = tool_call_answer(&req, &id, completion_tokens) {
             return match r {
                 ToolAnswer::Json(body) => json(body),
-                ToolAnswer::Stream(events) => sse(s, events, b.chunk_delay, b.cut_after),
+                ToolAnswer::Stream(events) => sse(s, events, b.chunk_delay, b.cut_after, slot),
             };
         }
     }
@@ -424,7 +481,7 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         events.push(Bytes::from(format!("data: {v}\n\n")));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse(s, events, b.chunk_delay, b.cut_after)
+    sse(s, events, b.chunk_delay, b.cut_after, slot)
 }
 
 enum ToolAnswer {
@@ -519,10 +576,12 @@ fn sse(
     events: Vec<Bytes>,
     delay: Duration,
     cut_after: Option<usize>,
+    slot: Slot,
 ) -> Response {
     struct Guard {
         s: Arc<MockState>,
         finished: bool,
+        _slot: Slot,
     }
     impl Drop for Guard {
         fn drop(&mut self) {
@@ -531,7 +590,11 @@ fn sse(
             }
         }
     }
-    let guard = Guard { s, finished: false };
+    let guard = Guard {
+        s,
+        finished: false,
+        _slot: slot,
+    };
     let stream = futures_util::stream::unfold(
         (events.into_iter(), 0usize, guard),
         move |(mut it, i, mut guard)| async move {
@@ -575,7 +638,7 @@ fn sse(
 }
 
 async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (req, b) = match admit(&s, &headers, &body).await {
+    let (req, b, slot) = match admit(&s, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -602,11 +665,11 @@ async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: 
         "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"}]});
     events.push(Bytes::from(format!("data: {v}\n\n")));
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse(s, events, b.chunk_delay, b.cut_after)
+    sse(s, events, b.chunk_delay, b.cut_after, slot)
 }
 
 async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (req, _) = match admit(&s, &headers, &body).await {
+    let (req, _, _slot) = match admit(&s, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -657,6 +720,17 @@ async fn health(State(s): State<Arc<MockState>>) -> Response {
     }
 }
 
+/// SGLang's `/get_load`: one data-parallel rank, `num_reqs` counting the waiting ones too.
+async fn get_load(State(s): State<Arc<MockState>>) -> Response {
+    let running = s.running.load(Ordering::SeqCst);
+    let waiting = s.waiting.load(Ordering::SeqCst);
+    json(
+        serde_json::json!([{"dp_rank": 0, "num_reqs": running + waiting, "num_waiting_reqs": waiting,
+            "num_tokens": running * (PROMPT_TOKENS + 5)}])
+        .to_string(),
+    )
+}
+
 async fn model_info(State(s): State<Arc<MockState>>) -> Response {
     let b = s.behavior();
     json(serde_json::json!({"model_path": b.models.first(), "is_generation": true}).to_string())
@@ -698,6 +772,22 @@ pub struct MockArgs {
     /// LLMGW_BACKEND_API_KEY).
     #[arg(long, value_name = "NAME")]
     pub api_key_env: Option<String>,
+    /// Answer at most this many requests at once; more wait (reported by /get_load).
+    #[arg(long)]
+    pub max_running: Option<u64>,
+    /// A JSON file read every 100 ms while the mock runs, changing how it answers:
+    /// `{"first_byte_delay_ms": 2000, "max_running": 1}` (a test makes one replica slow).
+    #[arg(long, value_name = "PATH")]
+    pub control_file: Option<std::path::PathBuf>,
+    /// A multi-node server, as SGLang's flags say: rank 0 serves HTTP once every other
+    /// rank has joined it at --dist-init-addr; the other ranks only join (and exit when
+    /// rank 0 goes away, as a torch.distributed peer would).
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: u32,
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: u32,
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dist_init_addr: Option<String>,
     /// Accepted for command-line compatibility with SGLang launch lines and ignored.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     pub ignored: Vec<String>,
@@ -707,6 +797,9 @@ pub fn main(args: MockArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.nnodes > 1 && args.node_rank > 0 {
+        return rt.block_on(rendezvous::join(&args));
+    }
     rt.block_on(async move {
         let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
         let api_key =
@@ -728,10 +821,23 @@ pub fn main(args: MockArgs) -> anyhow::Result<ExitCode> {
                 message: format!("mock {} injected {status}", args.name),
             }),
             models: args.models.clone(),
+            max_running: args.max_running,
             ..Behavior::default()
         };
         let mock = MockUpstream::start_on(addr, &args.name, behavior).await?;
-        if args.load_ms > 0 {
+        if let Some(path) = &args.control_file {
+            tokio::spawn(follow_control_file(path.clone(), mock.state.clone()));
+        }
+        if args.nnodes > 1 {
+            // Not ready (health 503) until every other rank has joined.
+            mock.state.loaded.store(false, Ordering::SeqCst);
+            tokio::spawn(rendezvous::host(
+                args.dist_init_addr.clone().unwrap_or_default(),
+                args.nnodes,
+                mock.state.clone(),
+            ));
+        }
+        if args.load_ms > 0 && args.nnodes <= 1 {
             mock.state.loaded.store(false, Ordering::SeqCst);
             let st = mock.state.clone();
             let load = Duration::from_millis(args.load_ms);
@@ -761,4 +867,147 @@ pub fn main(args: MockArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// Applies `{"first_byte_delay_ms", "chunk_delay_ms", "max_running"}` from `path` each
+/// time it changes (checked every 100 ms).
+async fn follow_control_file(path: std::path::PathBuf, state: Arc<MockState>) {
+    #[derive(Deserialize)]
+    struct Control {
+        first_byte_delay_ms: Option<u64>,
+        chunk_delay_ms: Option<u64>,
+        #[serde(default, deserialize_with = "some_or_null")]
+        max_running: Option<Option<u64>>,
+    }
+    fn some_or_null<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<u64>>, D::Error> {
+        Option::<u64>::deserialize(d).map(Some)
+    }
+    let mut seen: Option<std::time::SystemTime> = None;
+    loop {
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if modified.is_some() && modified != seen {
+            seen = modified;
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            match serde_json::from_str::<Control>(&text) {
+                Ok(c) => {
+                    println!("mock {}: control file {text}", state.name);
+                    state.set_behavior(|b| {
+                        if let Some(ms) = c.first_byte_delay_ms {
+                            b.first_byte_delay = Duration::from_millis(ms);
+                        }
+                        if let Some(ms) = c.chunk_delay_ms {
+                            b.chunk_delay = Duration::from_millis(ms);
+                        }
+                        if let Some(m) = c.max_running {
+                            b.max_running = m;
+                        }
+                    });
+                    state.slot_free.notify_waiters();
+                }
+                Err(e) => eprintln!("mock {}: control file: {e}", state.name),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A multi-node server's rendezvous, the way torch.distributed's TCP store behaves
+/// enough for tests: rank 0 listens at `--dist-init-addr`, the other ranks connect and
+/// say who they are; a rank whose peer goes away exits.
+mod rendezvous {
+    use super::{MockArgs, MockState};
+    use std::process::ExitCode;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    async fn resolve(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+        tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("--dist-init-addr {addr:?} resolves to nothing"))
+    }
+
+    /// Rank 0: accept the other ranks, then serve; exit when one leaves.
+    pub async fn host(addr: String, nnodes: u32, state: Arc<MockState>) {
+        let listener = match resolve(&addr).await {
+            Ok(a) => tokio::net::TcpListener::bind(a).await,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("mock rank 0: cannot listen on --dist-init-addr {addr:?}: {e}");
+                std::process::exit(1);
+            }
+        };
+        println!("mock rank 0 of {nnodes}: waiting for the other ranks at {addr}");
+        let mut joined = std::collections::BTreeSet::new();
+        while joined.len() + 1 < nnodes as usize {
+            let Ok((conn, from)) = listener.accept().await else {
+                continue;
+            };
+            let mut lines = BufReader::new(conn);
+            let mut line = String::new();
+            if lines.read_line(&mut line).await.is_err() {
+                continue;
+            }
+            let Some(rank) = line
+                .trim()
+                .strip_prefix("rank ")
+                .and_then(|r| r.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            println!("mock rank 0: rank {rank} joined from {from}");
+            joined.insert(rank);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                // Anything but more bytes (end of stream, an error) is the peer gone.
+                while matches!(lines.read(&mut buf).await, Ok(n) if n > 0) {}
+                eprintln!("mock rank 0: rank {rank} went away; exiting");
+                std::process::exit(1);
+            });
+        }
+        println!("mock rank 0: all {nnodes} ranks joined; serving");
+        state.loaded.store(true, Ordering::SeqCst);
+    }
+
+    /// A rank other than 0: join rank 0 (retrying while it starts), stay until it goes.
+    pub async fn join(args: &MockArgs) -> anyhow::Result<ExitCode> {
+        let addr = args
+            .dist_init_addr
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--node-rank > 0 needs --dist-init-addr"))?;
+        let target = resolve(&addr).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        let mut conn = loop {
+            match tokio::net::TcpStream::connect(target).await {
+                Ok(c) => break c,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => anyhow::bail!("cannot reach rank 0 at {addr}: {e}"),
+            }
+        };
+        conn.write_all(format!("rank {}\n", args.node_rank).as_bytes())
+            .await?;
+        println!(
+            "mock rank {} of {} joined {addr}",
+            args.node_rank, args.nnodes
+        );
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut buf = [0u8; 64];
+        tokio::select! {
+            _ = term.recv() => Ok(ExitCode::SUCCESS),
+            _ = async { while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {} } => {
+                eprintln!("mock rank {}: rank 0 went away; exiting", args.node_rank);
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
 }

@@ -140,6 +140,8 @@ pub async fn run(
         router.redact_also(key);
     }
     backends.attach(&router);
+    // Local backends' queues, read every 250 ms for load-based and local-first routing.
+    crate::router::load::Poller::spawn(router.deployments().cloned().collect(), shutdown.clone());
     // Connects to Redis when configured (starting anyway if it is down) and starts the
     // replicas' shared-state sync.
     let cache = crate::cache::Cache::start(&cfg, router.deployments().cloned().collect()).await?;
@@ -553,9 +555,11 @@ async fn health(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
         });
         let level = usize::from(ok < all) + usize::from(ok == 0 && all > 0);
         counts[level] += 1;
+        let spill = s.router.spillover().find(|(g, ..)| g == name);
         groups.insert(
             name.clone(),
-            serde_json::json!({"status": HEALTH[level], "healthy": ok, "deployments": all}),
+            serde_json::json!({"status": HEALTH[level], "healthy": ok, "deployments": all,
+                "spillover": spill.map(|(_, cloud, fallback)| serde_json::json!({"cloud": cloud, "fallback": fallback}))}),
         );
     }
     let overall = if counts[1] + counts[2] == 0 {
@@ -606,6 +610,11 @@ fn deployment_health(d: &crate::router::Deployment) -> serde_json::Value {
         "requests": d.stats.requests.load(Ordering::Relaxed),
         "failures": d.stats.failures.load(Ordering::Relaxed),
         "latency_ms": d.latency_us() as f64 / 1000.0,
+        "local": d.load.is_local(),
+        "queue": d.load.is_local().then(|| {
+            let q = d.queue();
+            serde_json::json!({"running": q.running, "waiting": q.waiting, "tokens": q.tokens, "polled": q.polled})
+        }),
     })
 }
 

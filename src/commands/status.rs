@@ -157,6 +157,26 @@ impl View<'_> {
         }
     }
 
+    /// A backend's queue, from its deployment in `/health` (`-` without one: the other
+    /// ranks of a multi-node server, or no answer).
+    fn queue_of(&self, b: &BackendStatus) -> String {
+        let Some(Ok(h)) = self.health else {
+            return "-".into();
+        };
+        let q = h["deployments"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["id"] == b.deployment.as_str()))
+            .map(|d| &d["queue"]);
+        match q {
+            Some(q) if b.rank == 0 && q.is_object() => format!(
+                "{} running, {} waiting",
+                q["running"].as_u64().unwrap_or(0),
+                q["waiting"].as_u64().unwrap_or(0)
+            ),
+            _ => "-".into(),
+        }
+    }
+
     fn json(&self) -> Value {
         let (gateway, gateway_error) = self.gateway_state();
         let urls = self.urls();
@@ -248,6 +268,20 @@ impl View<'_> {
         if let Some(Ok(h)) = self.health {
             if let Some(deps) = h["deployments"].as_array() {
                 out.push_str("  deployments:\n");
+                if let Some(groups) = h["groups"].as_object() {
+                    for (g, v) in groups {
+                        let sp = &v["spillover"];
+                        let (c, f) = (
+                            sp["cloud"].as_u64().unwrap_or(0),
+                            sp["fallback"].as_u64().unwrap_or(0),
+                        );
+                        if c + f > 0 {
+                            out.push_str(&format!(
+                                "    {g}: {c} requests spilled over to cloud deployments, {f} to fallbacks (local backends full)\n"
+                            ));
+                        }
+                    }
+                }
                 for d in deps {
                     let mut state = d["state"].as_str().unwrap_or("?").to_string();
                     if let Some(left) = d["cooling_seconds_left"].as_u64() {
@@ -265,19 +299,26 @@ impl View<'_> {
             }
         }
         if !self.backends.is_empty() {
-            out.push_str("  backends:\n");
+            out.push_str(&format!(
+                "  backends:\n    {:<24} {:<10} {:<8} {:<6} {:<11} {:<8} queue\n",
+                "name", "node", "gpus", "port", "state", "restarts"
+            ));
             for b in self.backends {
                 let last = b
                     .last_error
                     .as_deref()
                     .map(|e| format!(" (last: {e})"))
                     .unwrap_or_default();
+                let gpus = b.gpus.as_ref().map_or("-".to_string(), |g| g.join(","));
                 out.push_str(&format!(
-                    "    {:<24} {:<10} port {:<6} restarts {}{last}\n",
+                    "    {:<24} {:<10} {:<8} {:<6} {:<11} {:<8} {}{last}\n",
                     b.name,
-                    b.state.as_str(),
+                    if b.node.is_empty() { "-" } else { &b.node },
+                    gpus,
                     b.port,
-                    b.restarts
+                    b.state.as_str(),
+                    b.restarts,
+                    self.queue_of(b),
                 ));
             }
         }

@@ -42,6 +42,8 @@ pub struct Deployment {
     /// the router sends it nothing.
     pub available: AtomicBool,
     pub(crate) health: HealthState,
+    /// Its real queue, for a local backend (`router::load`).
+    pub load: super::load::LoadState,
     /// `{api_base}/{endpoint}` parsed once, for OpenAI-compatible providers.
     pub(crate) urls: std::sync::OnceLock<Option<[reqwest::Url; 3]>>,
 }
@@ -131,6 +133,7 @@ impl Deployment {
             stats: DeploymentStats::default(),
             available: AtomicBool::new(true),
             health: HealthState::default(),
+            load: Default::default(),
             urls: Default::default(),
         }
     }

@@ -9,6 +9,7 @@
 //! backoff or the upstream's Retry-After) only when every candidate has been tried.
 
 mod deployment;
+pub mod load;
 mod policy;
 mod strategy;
 mod stream;
@@ -50,6 +51,10 @@ pub struct Router {
 
 struct Group {
     deployments: Vec<Arc<Deployment>>,
+    /// Requests sent past its full local deployments (`load::Spillover`).
+    spill: load::SpillCounts,
+    /// Every deployment is local: full means spilling to the fallbacks.
+    local_only: bool,
     basis: ShuffleBasis,
     /// Smallest context window among the group's deployments, if any sets one.
     min_window: Option<u64>,
@@ -116,6 +121,9 @@ impl Router {
                 stats: DeploymentStats::default(),
                 available: AtomicBool::new(true),
                 health: Default::default(),
+                load: load::LoadState::new(
+                    m.launch.is_some() || m.provider == ProviderKind::Sglang,
+                ),
                 urls: Default::default(),
             });
             if matches!(m.provider, ProviderKind::Openai | ProviderKind::Sglang)
@@ -141,10 +149,13 @@ impl Router {
             .map(|(name, deployments)| {
                 let basis = ShuffleBasis::for_group(&deployments);
                 let min_window = deployments.iter().filter_map(|d| d.context_window).min();
+                let local_only = deployments.iter().all(|d| d.load.is_local());
                 (
                     name,
                     Group {
                         deployments,
+                        spill: Default::default(),
+                        local_only,
                         basis,
                         min_window,
                     },
@@ -190,6 +201,19 @@ impl Router {
             .flat_map(|n| self.groups[n].deployments.iter())
     }
 
+    /// Per model group (config order): requests it sent past its full local
+    /// deployments, to its cloud deployments and to its fallbacks.
+    pub fn spillover(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.names.iter().map(|n| {
+            let s = &self.groups[n].spill;
+            (
+                n.as_str(),
+                s.cloud.load(Ordering::Relaxed),
+                s.fallback.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// The deployment made from `[[models]]` entry `index`.
     pub fn deployment_by_index(&self, index: usize) -> Option<&Arc<Deployment>> {
         self.deployments().find(|d| d.index == index)
@@ -226,6 +250,7 @@ impl Router {
         let mut unknown: Vec<String> = Vec::new();
         let mut last: Option<UpstreamError> = None;
         let mut tokens: Option<u64> = None;
+        let mut spilled = false;
         while let Some((model, via, depth)) = chain.pop_front() {
             if std::time::Instant::now() >= deadline {
                 last = Some(last.unwrap_or_else(request_timeout));
@@ -238,6 +263,30 @@ impl Router {
                 unknown.push(model);
                 continue;
             };
+            // Local first: a group whose local backends are all full sends the request to
+            // its fallbacks first (and is tried again when they fail).
+            if via == Via::Requested
+                && !spilled
+                && group.local_only
+                && !req.options.disable_fallbacks
+                && depth < self.policy.max_fallback_depth
+                && self
+                    .policy
+                    .spillover
+                    .is_some_and(|sp| sp.all_full(&group.deployments))
+            {
+                let next = self.next_groups(&model, via, ErrorClass::ServiceUnavailable, &req);
+                if !next.is_empty() {
+                    spilled = true;
+                    group.spill.fallback.fetch_add(1, Ordering::Relaxed);
+                    seen.remove(&model);
+                    chain.push_front((model, via, depth));
+                    for m in next.iter().rev() {
+                        chain.push_front((m.clone(), Via::Fallback, depth + 1));
+                    }
+                    continue;
+                }
+            }
             // Context window: count only when the body could possibly exceed it.
             let fits = match group.min_window {
                 Some(min) if tokens::upper_bound(&req) > min => {
@@ -275,25 +324,7 @@ impl Router {
                 && depth < self.policy.max_fallback_depth
                 && err.class != ErrorClass::BadRequest
             {
-                let next: &[String] = if err.class == ErrorClass::ContextWindow {
-                    self.policy
-                        .context_window_fallbacks
-                        .get(&model)
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[])
-                } else if via == Via::Requested && req.options.fallbacks.is_some() {
-                    req.options.fallbacks.as_deref().unwrap_or(&[])
-                } else {
-                    self.policy
-                        .fallbacks
-                        .get(&model)
-                        .map(Vec::as_slice)
-                        .unwrap_or(if via == Via::Requested {
-                            &self.policy.default_fallbacks
-                        } else {
-                            &[]
-                        })
-                };
+                let next = self.next_groups(&model, via, err.class, &req);
                 let next_via = if err.class == ErrorClass::ContextWindow {
                     Via::ContextWindow
                 } else {
@@ -317,6 +348,36 @@ impl Router {
         });
         log.status = err.error.status.as_u16();
         Err(err.into_api_error())
+    }
+
+    /// The groups tried after `model` failed with `class`: its context-window fallbacks,
+    /// the request's own fallbacks, the configured ones, or the default ones.
+    fn next_groups<'a>(
+        &'a self,
+        model: &str,
+        via: Via,
+        class: ErrorClass,
+        req: &'a ClientRequest,
+    ) -> &'a [String] {
+        if class == ErrorClass::ContextWindow {
+            self.policy
+                .context_window_fallbacks
+                .get(model)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+        } else if via == Via::Requested && req.options.fallbacks.is_some() {
+            req.options.fallbacks.as_deref().unwrap_or(&[])
+        } else {
+            self.policy
+                .fallbacks
+                .get(model)
+                .map(Vec::as_slice)
+                .unwrap_or(if via == Via::Requested {
+                    &self.policy.default_fallbacks
+                } else {
+                    &[]
+                })
+        }
     }
 
     /// Tries one group: retries on other deployments at once, backs off only when all
@@ -350,11 +411,18 @@ impl Router {
             if eligible.is_empty() {
                 return Err(last.unwrap_or_else(|| self.nothing_eligible(model, deps, need, now)));
             }
-            let fresh: Vec<&Arc<Deployment>> = eligible
+            let mut fresh: Vec<&Arc<Deployment>> = eligible
                 .iter()
                 .filter(|i| !tried.contains(i))
                 .map(|&i| &deps[i])
                 .collect();
+            if let Some(sp) = &self.policy.spillover {
+                let (open, spilled) = sp.local_first(fresh);
+                if spilled && tried.is_empty() {
+                    group.spill.cloud.fetch_add(1, Ordering::Relaxed);
+                }
+                fresh = open;
+            }
             if fresh.is_empty() {
                 // Everyone eligible has failed this request once: wait, then go round again.
                 let wait = self

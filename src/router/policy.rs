@@ -27,6 +27,8 @@ pub(crate) struct Policy {
     /// Most bytes read of a successful non-streamed answer / of an error body.
     pub max_response_bytes: usize,
     pub max_error_bytes: usize,
+    /// Local first: when a group's local deployments are full.
+    pub spillover: Option<super::load::Spillover>,
 }
 
 impl Policy {
@@ -47,6 +49,10 @@ impl Policy {
             max_cooldown: r.max_cooldown.0,
             max_response_bytes: r.max_response_bytes,
             max_error_bytes: r.max_error_bytes,
+            spillover: r
+                .spillover
+                .as_ref()
+                .map(super::load::Spillover::from_config),
         }
     }
 

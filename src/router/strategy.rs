@@ -65,6 +65,7 @@ pub fn pick(
         }
         Strategy::UsageBased => lowest(candidates, |d| -d.headroom(tokens), 0.0),
         Strategy::CostBased => lowest(candidates, |d| d.price(), 0.0),
+        Strategy::LoadBased => lowest(candidates, super::load::queue_len, 0.0),
     }
 }
 
