@@ -377,7 +377,10 @@ impl Remote {
         loop {
             let mut link = match self.link.take() {
                 Some(l) => l,
-                None => match self.reconnect().await {
+                None => match tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = self.reconnect() => r,
+                } {
                     Ok(l) => l,
                     Err(why) => {
                         losses += 1;

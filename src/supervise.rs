@@ -558,15 +558,31 @@ impl Backends {
         state_dir: Option<&Path>,
     ) -> Result<Self, SuperviseError> {
         let others = cfg.config.models.iter().any(|m| m.launch.is_none());
-        let inherited = inherited_env(cfg);
-        let this = crate::placement::this_node();
-        let launched = cfg.config.models.iter().any(|m| m.launch.is_some());
-        // The job's other nodes, each with an agent that reports its GPUs.
-        let mut remotes = Vec::new();
-        if launched {
-            let names = crate::placement::other_nodes(&this.name).await?;
-            remotes = crate::agent::Remote::spawn_all(&names, &inherited, state_dir).await;
+        if !cfg.config.models.iter().any(|m| m.launch.is_some()) {
+            return Ok(Backends {
+                specs: Vec::new(),
+                plans: Vec::new(),
+                remotes: Vec::new(),
+                shared: Arc::new(Shared::new(Vec::new(), state_dir, true)),
+                deployments: Vec::new(),
+                tasks: Vec::new(),
+                stop: CancellationToken::new(),
+                others,
+                planner: None,
+            });
         }
+        let inherited = inherited_env(cfg);
+        // Resolving the node's own name may wait on DNS: not on an async worker.
+        let this = tokio::task::spawn_blocking(crate::placement::this_node)
+            .await
+            .unwrap_or_else(|_| crate::placement::Node {
+                name: "localhost".into(),
+                addr: "127.0.0.1".into(),
+                gpus: Vec::new(),
+            });
+        // The job's other nodes, each with an agent that reports its GPUs.
+        let names = crate::placement::other_nodes(&this.name).await?;
+        let mut remotes = crate::agent::Remote::spawn_all(&names, &inherited, state_dir).await;
         let nodes: Vec<crate::placement::Node> = std::iter::once(this.clone())
             .chain(remotes.iter().map(|r| r.node.clone()))
             .collect();

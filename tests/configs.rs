@@ -1,5 +1,6 @@
 //! Every example in `configs/` must load: parse, validate, and resolve its `env:`
-//! references (given dummy values), so the shipped examples never rot.
+//! references (given dummy values), and pass `start`'s GPU check, so the shipped examples
+//! never rot.
 
 use llmgw::config::Config;
 use std::path::Path;
@@ -19,8 +20,13 @@ fn every_shipped_config_loads() {
             let var: String = part.chars().take_while(|c| *c != '"').collect();
             std::env::set_var(&var, "dummy-value-for-test");
         }
-        if let Err(e) = Config::load(&path) {
-            panic!("{} does not load: {e}", path.display());
+        let cfg = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => panic!("{} does not load: {e}", path.display()),
+        };
+        // …and `start` would submit it: no more GPUs than its [slurm] asks for.
+        if let Err(e) = llmgw::placement::check_request(&cfg.config, &text, &cfg.source_name) {
+            panic!("`llmgw start` refuses {}: {e}", path.display());
         }
         seen += 1;
     }

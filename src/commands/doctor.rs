@@ -12,8 +12,9 @@
 //! - under /tmp, /var/tmp, /dev/shm or /run: never. Node-local scratch, cleaned at will,
 //!   and SLURM may give each job a private /tmp. ✘
 //! - on a network filesystem (NFS, Lustre, GPFS, BeeGFS, CephFS, SMB, AFS, PanFS, …): ✔
-//! - anything else (ext4, xfs, btrfs, tmpfs, overlay, fuse, …) is node-local: ✔ when the
-//!   cluster's only node is this machine (a workstation or test cluster), ⚠ otherwise.
+//! - anything else (ext4, xfs, btrfs, tmpfs, overlay, fuse, …) is node-local: ✔ when
+//!   every node of the cluster is this machine (a workstation, or a test cluster running
+//!   several slurmd here), ⚠ otherwise.
 
 use super::{login_host_from, target_dir, tilde, user_name};
 use crate::cli::DoctorArgs;
@@ -227,7 +228,7 @@ struct Slurm {
     checks: Vec<Check>,
     /// The controller answered.
     up: bool,
-    /// The cluster's only node, when that is this machine (then node-local paths are
+    /// The cluster's nodes, when every one is this machine (then node-local paths are
     /// visible to the job).
     only_node: Option<String>,
 }
@@ -306,7 +307,8 @@ fn ping_line(out: &std::process::Output) -> String {
     }
 }
 
-/// The cluster's only node, when it is this machine.
+/// The cluster's nodes (comma-separated), when every one of them is this machine: by
+/// name, or by `NodeHostname` (several slurmd on one host).
 async fn only_node_is_here() -> Option<String> {
     let out = bounded("sinfo", &["-h", "-N", "-o", "%N %n"], SLURM_TIMEOUT)
         .await
@@ -322,13 +324,14 @@ async fn only_node_is_here() -> Option<String> {
         .collect();
     nodes.sort_unstable();
     nodes.dedup();
-    let [(node, node_host)] = nodes.as_slice() else {
-        return None;
-    };
     let me = crate::serve::node_hostname();
     let short = |h: &str| h.split('.').next().unwrap_or(h).to_ascii_lowercase();
     let mine = short(&me);
-    (short(node) == mine || short(node_host) == mine).then(|| node.to_string())
+    let here = |(node, host): &(&str, &str)| short(node) == mine || short(host) == mine;
+    (!nodes.is_empty() && nodes.iter().all(here)).then(|| {
+        let names: Vec<&str> = nodes.iter().map(|(n, _)| *n).collect();
+        names.join(",")
+    })
 }
 
 // --- the config and its keys -------------------------------------------------------
@@ -366,7 +369,11 @@ fn load_config(path: &Path) -> (Check, Option<Loaded>) {
             )
         }
     };
-    match Config::parse_str(&text, &name) {
+    let parsed = Config::parse_str(&text, &name).and_then(|config| {
+        // What `start` refuses: more GPUs or nodes than [slurm] asks for.
+        crate::placement::check_request(&config, &text, &name).map(|()| config)
+    });
+    match parsed {
         Ok(config) => {
             let groups: std::collections::BTreeSet<&str> = config
                 .models
@@ -691,7 +698,7 @@ fn shared_check(c: Named, path: &Path, here: Option<&str>, fix: &str) -> Check {
         Ok(Place::Shared(fs)) => c.ok(format!("{shown} (on {fs}, a network filesystem)")),
         Ok(Place::Local(fs)) => match here {
             Some(node) => c.ok(format!(
-                "{shown} (on {fs}, node-local; fine: the cluster's only node, {node}, is this machine)"
+                "{shown} (on {fs}, node-local; fine: the cluster's nodes ({node}) are all this machine)"
             )),
             None => c.warn(
                 format!("{shown} is on {fs}, node-local: compute nodes may not see it"),
