@@ -261,11 +261,18 @@ pub fn place(models: &[ModelConfig], nodes: &[Node]) -> Result<Vec<Placed>, Plac
             let mut order: Vec<usize> = (0..nodes.len()).filter(|&i| free[i].len() >= k).collect();
             order.sort_by_key(|&i| (count[i], i != 0, i));
             if order.len() < nn {
+                let gpus = |k: usize| {
+                    if k == 1 {
+                        "1 free GPU".to_string()
+                    } else {
+                        format!("{k} free GPUs")
+                    }
+                };
                 let need = match (nn, k) {
                     (1, 0) => "a node".to_string(),
-                    (1, k) => format!("{k} free GPUs on one node"),
+                    (1, k) => format!("{} on one node", gpus(k)),
                     (n, 0) => format!("{n} nodes"),
-                    (n, k) => format!("{n} nodes with {k} free GPUs each"),
+                    (n, k) => format!("{n} nodes with {} each", gpus(k)),
                 };
                 let have = nodes
                     .iter()

@@ -1382,6 +1382,39 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_node_rank_gets_sglangs_flags_and_its_placeholders() {
+        let mut l = launch(None);
+        l.nnodes = 2;
+        let mut spec = BackendSpec::from_launch("big-rank1", &l);
+        spec.rank = 1;
+        spec.replica = 3;
+        spec.node = "n2".into();
+        spec.dist_init_addr = Some("10.0.0.1:5000".into());
+        let argv = spec_command_line(&spec, "10.0.0.2", 31000, "x")
+            .unwrap()
+            .join(" ");
+        assert!(argv.contains("--host 10.0.0.2 --port 31000"), "{argv}");
+        assert!(
+            argv.ends_with("--nnodes 2 --node-rank 1 --dist-init-addr 10.0.0.1:5000"),
+            "{argv}"
+        );
+        // The rank flags are llmgw's to set.
+        spec.args = vec!["--node-rank=0".into()];
+        let err = spec_command_line(&spec, "h", 1, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must not set --node-rank"), "{err}");
+        // A command gets them appended too, and its placeholders filled.
+        spec.args.clear();
+        spec.command = Some(vec!["srv".into(), "{replica}/{rank}/{node}".into()]);
+        let argv = spec_command_line(&spec, "h", 1, "x").unwrap().join(" ");
+        assert_eq!(
+            argv,
+            "srv 3/1/n2 --nnodes 2 --node-rank 1 --dist-init-addr 10.0.0.1:5000"
+        );
+    }
+
+    #[test]
     fn command_override_substitutes() {
         let argv = command_line(
             "m",

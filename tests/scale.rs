@@ -688,6 +688,14 @@ async fn load_based_routing_avoids_a_slow_replica_and_overflow_spills_to_the_clo
         health["groups"]["burst"]["spillover"]["cloud"], spilled,
         "{health}"
     );
+    let status = gw.run("status", &[], Duration::from_secs(30));
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        status.contains(&format!(
+            "burst: {spilled} requests spilled over to cloud deployments"
+        )),
+        "{status}"
+    );
 
     // Drained: one request at a time stays local; no more spillover.
     tokio::time::sleep(Duration::from_secs(2)).await;
