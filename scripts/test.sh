@@ -51,7 +51,7 @@ if [ $quick -eq 0 ]; then
   fi
 fi
 
-# --- a real single-node SLURM cluster for the launcher tests ---------------------------
+# --- a real SLURM cluster for the launcher tests (one node in `debug`, two in `multi`) ---
 if [ -x scripts/local-slurm.sh ]; then
   log "local SLURM cluster"
   bash scripts/local-slurm.sh up
