@@ -39,6 +39,10 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run the gateway in the foreground (what the SLURM job runs; works without SLURM).
     Serve(ServeArgs),
+    /// Virtual keys of the running gateway: create, list, info, update, revoke.
+    Keys(crate::commands::keys::KeysArgs),
+    /// What was spent, per key, team or model group.
+    Spend(crate::commands::spend::SpendArgs),
     /// A mock OpenAI-compatible upstream for tests, benchmarks and demos.
     #[command(hide = true)]
     MockUpstream(crate::mock::MockArgs),
@@ -165,5 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => crate::commands::stop::run(args),
         Command::Status(args) => crate::commands::status::run(args),
         Command::Logs(args) => crate::commands::logs::run(args),
+        Command::Keys(args) => crate::commands::keys::run(args),
+        Command::Spend(args) => crate::commands::spend::run(args),
     }
 }

@@ -5,11 +5,13 @@
 // paths, and the success type (an HTTP response) is no smaller, so boxing buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod mock;
@@ -19,5 +21,7 @@ pub mod request;
 pub mod router;
 pub mod serve;
 pub mod slurm;
+pub mod spend;
 pub mod state;
+pub mod store;
 pub mod supervise;

@@ -5,7 +5,9 @@
 //!
 //! This is the CLI edge: errors are `anyhow`, each one line saying what to do.
 
+pub mod keys;
 pub mod logs;
+pub mod spend;
 pub mod start;
 pub mod status;
 pub mod stop;
