@@ -104,7 +104,7 @@ fn admin<'a>(s: &'a AppState, headers: &HeaderMap) -> Result<&'a KeyService, Api
         .with_code("admin_disabled"));
     };
     if let Err(e) = s.authorize(headers) {
-        let virtual_key = crate::keys::service::presented_key(headers)
+        let virtual_key = crate::access::presented_key(headers)
             .is_some_and(|k| keys.table().lookup(&crate::keys::hash_key(k)).is_some());
         if virtual_key {
             return Err(ApiError::new(

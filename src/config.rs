@@ -74,6 +74,19 @@ pub struct ServerConfig {
     pub shutdown_grace: Dur,
     /// Log format when `--log-format` is not given: `text` or `json`.
     pub log_format: LogFormat,
+    /// Time a client has to send a request's headers once their first byte arrived.
+    #[serde(deserialize_with = "connection_timeout")]
+    pub header_read_timeout: Dur,
+    /// Time a client has to send a request's whole body (408 after it).
+    #[serde(deserialize_with = "connection_timeout")]
+    pub body_read_timeout: Dur,
+    /// A connection with no request in flight and nothing received is closed after this.
+    #[serde(deserialize_with = "connection_timeout")]
+    pub idle_timeout: Dur,
+    /// Open client connections; more get an immediate 503. Default: derived from the
+    /// open-file limit (see `conn::default_max_connections`).
+    #[serde(deserialize_with = "positive_count")]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +99,10 @@ impl Default for ServerConfig {
             request_timeout: Dur(Duration::from_secs(600)),
             shutdown_grace: Dur(Duration::from_secs(30)),
             log_format: LogFormat::Text,
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            body_read_timeout: Dur(Duration::from_secs(30)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            max_connections: None,
         }
     }
 }
@@ -126,6 +143,13 @@ pub struct RouterConfig {
     pub default_fallbacks: Vec<String>,
     /// Longest chain of fallbacks followed for one request.
     pub max_fallback_depth: u32,
+    /// Longest cooldown an upstream's Retry-After can set (a configured `cooldown` is
+    /// used as written).
+    pub max_cooldown: Dur,
+    /// Largest successful non-streamed upstream answer read, in bytes (502 above).
+    pub max_response_bytes: usize,
+    /// Most bytes of an upstream error body read (the rest is ignored).
+    pub max_error_bytes: usize,
 }
 
 impl Default for RouterConfig {
@@ -144,6 +168,9 @@ impl Default for RouterConfig {
             context_window_fallbacks: BTreeMap::new(),
             default_fallbacks: Vec::new(),
             max_fallback_depth: 3,
+            max_cooldown: Dur(Duration::from_secs(300)),
+            max_response_bytes: 64 * 1024 * 1024,
+            max_error_bytes: 64 * 1024,
         }
     }
 }
@@ -381,32 +408,10 @@ impl fmt::Display for Dur {
     }
 }
 
-/// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or a bare number of seconds.
+/// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or a bare number of seconds, at most
+/// a year (see [`crate::duration`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| {
-        format!("invalid duration {s:?}: expected e.g. \"500ms\", \"30s\", \"5m\", \"2h\"")
-    })?;
-    let secs = match unit.trim() {
-        "" | "s" | "sec" | "secs" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" | "mins" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86400.0,
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -423,13 +428,36 @@ impl<'de> Deserialize<'de> for Dur {
                 "expected a duration such as \"30s\", \"5m\" or a number of seconds",
             )
         })? {
-            Raw::Int(n) => Ok(Dur(Duration::from_secs(n))),
-            Raw::Float(f) if f.is_finite() && f >= 0.0 => Ok(Dur(Duration::from_secs_f64(f))),
-            Raw::Float(f) => Err(serde::de::Error::custom(format!("invalid duration {f}"))),
-            Raw::Str(s) => parse_duration(&s)
-                .map(Dur)
-                .map_err(serde::de::Error::custom),
+            Raw::Int(n) => crate::duration::from_secs_u64(n),
+            Raw::Float(f) => crate::duration::from_secs_f64(f),
+            Raw::Str(s) => crate::duration::parse(&s),
         }
+        .map(Dur)
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Longest connection timeout accepted: anything longer is a typo, and defeats the point.
+const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A `[server]` connection timeout: a duration between 1 ms and 24 h.
+fn connection_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    let dur = Dur::deserialize(d)?;
+    if dur.0 < Duration::from_millis(1) || dur.0 > MAX_CONNECTION_TIMEOUT {
+        return Err(serde::de::Error::custom(format!(
+            "connection timeout {dur} is out of range: use a duration between \"1ms\" and \"24h\""
+        )));
+    }
+    Ok(dur)
+}
+
+/// A count that must be at least 1 when given.
+fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(
+            "must be at least 1 (leave it out for the default)",
+        )),
+        n => Ok(Some(n)),
     }
 }
 
@@ -577,6 +605,11 @@ impl Config {
                 "[server] max_body_bytes must be greater than 0".into(),
             ));
         }
+        if self.router.max_response_bytes == 0 || self.router.max_error_bytes == 0 {
+            return Err(file_err(
+                "[router] max_response_bytes and max_error_bytes must be greater than 0".into(),
+            ));
+        }
         if !(0.0..=10.0).contains(&self.router.latency_buffer) {
             return Err(file_err(
                 "[router] latency_buffer must be between 0.0 and 10.0 (a fraction of the best latency)".into(),
@@ -621,7 +654,10 @@ impl Config {
                     if !(b.starts_with("http://") || b.starts_with("https://")) {
                         return Err(src.at(
                             base.span(),
-                            format!("api_base {b:?} must start with http:// or https://"),
+                            format!(
+                                "api_base {:?} must start with http:// or https://",
+                                crate::redact::userinfo(b)
+                            ),
                         ));
                     }
                 }
@@ -722,8 +758,10 @@ impl Config {
 fn resolve_secret(value: &Spanned<String>, src: &Source<'_>) -> Result<Secret, ConfigError> {
     let raw = value.get_ref();
     if let Some(var) = raw.strip_prefix("env:") {
+        // Trimmed like the file form: `export KEY="$(cat key)\n"` and friends must not
+        // turn into a key no client can present.
         match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Ok(Secret(v)),
+            Ok(v) if !v.trim().is_empty() => Ok(Secret(v.trim().to_string())),
             Ok(_) => Err(src.at(value.span(), format!("environment variable {var} is empty (referenced as \"env:{var}\")"))),
             Err(_) => Err(src.at(value.span(), format!("environment variable {var} is not set (referenced as \"env:{var}\"); export it or change the reference"))),
         }

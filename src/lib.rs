@@ -5,11 +5,14 @@
 // paths, and the success type (an HTTP response) is no smaller, so boxing buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod access;
 pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod conn;
+pub mod duration;
 pub mod error;
 pub mod keys;
 pub mod logging;
@@ -17,6 +20,7 @@ pub mod metrics;
 pub mod mock;
 pub mod mock_cloud;
 pub mod providers;
+pub mod redact;
 pub mod request;
 pub mod router;
 pub mod serve;

@@ -20,6 +20,27 @@ const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// buffer out itself, so memory stays bounded and nothing is dropped.
 const MAX_BUFFERED: usize = 8 * 1024 * 1024;
 
+/// A value from outside (a model name, an upstream's message) as it may appear in a text
+/// log line: control characters (newlines, ESC, …) are escaped, so nobody can forge a
+/// line or colour a terminal.
+pub struct Clean<'a>(pub &'a str);
+
+impl std::fmt::Display for Clean<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            if c.is_control() {
+                for e in c.escape_default() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Installs the global subscriber; keep the guard alive until exit so lines are flushed.
 pub fn init(format: LogFormat) -> LogGuard {
     let shared = Arc::new(Shared::default());
@@ -158,6 +179,16 @@ impl<'a> MakeWriter<'a> for BatchWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clean_escapes_control_characters() {
+        let s = Clean("m\n2026 INFO request path=/x\r\u{1b}[31mred\u{7}\u{85}é").to_string();
+        assert_eq!(
+            s,
+            "m\\n2026 INFO request path=/x\\r\\u{1b}[31mred\\u{7}\\u{85}é"
+        );
+        assert!(!s.chars().any(char::is_control));
+    }
 
     #[test]
     fn lines_reach_the_output_in_order_and_all_on_stop() {

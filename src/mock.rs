@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -48,6 +48,15 @@ pub struct Behavior {
     /// When the request declares tools and its last message is not a tool result,
     /// answer with a call of the first tool (arguments made up from its schema).
     pub tool_calls: bool,
+    /// An injected fault's message quotes the request's headers, as some upstreams'
+    /// debug errors do (the provider key included).
+    pub echo_headers: bool,
+    /// Pads each non-streamed body (fault or answer) with trailing spaces to this many
+    /// bytes, generated as it is sent (a huge body costs the mock no memory).
+    pub pad_bytes: u64,
+    /// Require `Authorization: Bearer <key>` everywhere but `/health` (401 otherwise), as
+    /// SGLang's `--api-key` does.
+    pub api_key: Option<String>,
 }
 
 impl Default for Behavior {
@@ -62,6 +71,9 @@ impl Default for Behavior {
             reply: "Hello from {name}".into(),
             models: vec!["mock-model".into()],
             tool_calls: false,
+            echo_headers: false,
+            pad_bytes: 0,
+            api_key: None,
         }
     }
 }
@@ -182,7 +194,39 @@ fn router(state: Arc<MockState>) -> axum::Router {
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/get_model_info", get(model_info))
+        // Any size the gateway lets through (its own limit is what tests exercise).
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_key,
+        ))
         .with_state(state)
+}
+
+/// [`Behavior::api_key`]: a missing or wrong bearer token gets SGLang's 401.
+async fn require_key(
+    State(s): State<Arc<MockState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let want = s
+        .behavior
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .api_key
+        .clone();
+    if let Some(key) = want {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !req.uri().path().starts_with("/health") && given != Some(key.as_str()) {
+            let body = serde_json::json!({"error": "Unauthorized"});
+            return (StatusCode::UNAUTHORIZED, body.to_string()).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 #[derive(Deserialize, Default)]
@@ -196,6 +240,8 @@ struct Req {
     #[serde(default)]
     input: Option<serde_json::Value>,
     #[serde(default)]
+    encoding_format: Option<serde_json::Value>,
+    #[serde(default)]
     tools: Option<Vec<serde_json::Value>>,
     #[serde(default)]
     messages: Option<Vec<serde_json::Value>>,
@@ -208,7 +254,11 @@ struct StreamOpts {
 }
 
 /// Records the request and applies delays and faults; `Err` is the response to send.
-async fn admit(s: &MockState, body: &Bytes) -> Result<(Req, Behavior), Response> {
+async fn admit(
+    s: &MockState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Req, Behavior), Response> {
     s.requests.fetch_add(1, Ordering::SeqCst);
     {
         let mut a = s.arrivals.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,8 +284,14 @@ async fn admit(s: &MockState, body: &Bytes) -> Result<(Req, Behavior), Response>
         if f.rate >= 1.0 || fastrand::f64() < f.rate {
             let status =
                 StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let body = serde_json::json!({"error": {"message": f.message, "type": "mock_error", "param": null, "code": f.status.to_string()}});
-            let mut r = (status, body.to_string()).into_response();
+            let mut message = f.message.clone();
+            if b.echo_headers {
+                for (k, v) in headers {
+                    message.push_str(&format!("\n{k}: {}", String::from_utf8_lossy(v.as_bytes())));
+                }
+            }
+            let body = serde_json::json!({"error": {"message": message, "type": "mock_error", "param": null, "code": f.status.to_string()}});
+            let mut r = padded(status, body.to_string(), b.pad_bytes);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -253,6 +309,34 @@ async fn admit(s: &MockState, body: &Bytes) -> Result<(Req, Behavior), Response>
         (StatusCode::BAD_REQUEST, body.to_string()).into_response()
     })?;
     Ok((req, b))
+}
+
+/// `body` followed by spaces up to `total` bytes, produced chunk by chunk.
+pub fn padded(status: StatusCode, body: String, total: u64) -> Response {
+    let pad = total.saturating_sub(body.len() as u64);
+    if pad == 0 {
+        return (status, body).into_response();
+    }
+    const CHUNK: u64 = 64 * 1024;
+    let spaces = Bytes::from(vec![b' '; CHUNK as usize]);
+    let tail = futures_util::stream::unfold(pad, move |left| {
+        let spaces = spaces.clone();
+        async move {
+            (left > 0).then(|| {
+                let n = left.min(CHUNK);
+                (
+                    Ok::<_, std::io::Error>(spaces.slice(..n as usize)),
+                    left - n,
+                )
+            })
+        }
+    });
+    let head = futures_util::stream::once(async move { Ok(Bytes::from(body)) });
+    let mut r = Response::new(Body::from_stream(futures_util::StreamExt::chain(
+        head, tail,
+    )));
+    *r.status_mut() = status;
+    r
 }
 
 fn json(body: String) -> Response {
@@ -277,8 +361,8 @@ fn split_reply(text: &str, chunks: usize) -> Vec<String> {
 
 const PROMPT_TOKENS: u64 = 9;
 
-async fn chat(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
-    let (req, b) = match admit(&s, &body).await {
+async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, b) = match admit(&s, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -300,6 +384,14 @@ async fn chat(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "logprobs": null, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens}
         });
+        if b.pad_bytes > 0 {
+            let mut r = padded(StatusCode::OK, body.to_string(), b.pad_bytes);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
         return json(body.to_string());
     }
     let include_usage = req.stream_options.map(|o| o.include_usage).unwrap_or(false);
@@ -482,8 +574,8 @@ fn sse(
     r
 }
 
-async fn completions(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
-    let (req, b) = match admit(&s, &body).await {
+async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, b) = match admit(&s, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -513,10 +605,16 @@ async fn completions(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
     sse(s, events, b.chunk_delay, b.cut_after)
 }
 
-async fn embeddings(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
-    let (req, _) = match admit(&s, &body).await {
+async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, _) = match admit(&s, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
+    };
+    let format = match crate::providers::translate::EmbeddingFormat::of_value(
+        req.encoding_format.as_ref(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
     };
     let inputs: Vec<String> = match req.input {
         Some(serde_json::Value::String(t)) => vec![t],
@@ -534,7 +632,7 @@ async fn embeddings(State(s): State<Arc<MockState>>, body: Bytes) -> Response {
             let v: Vec<f64> = (0..8)
                 .map(|k| (((seed >> (k * 4)) & 0xf) as f64 - 7.5) / 7.5)
                 .collect();
-            serde_json::json!({"object": "embedding", "index": i, "embedding": v})
+            serde_json::json!({"object": "embedding", "index": i, "embedding": format.encode(v)})
         })
         .collect();
     let tokens = inputs.iter().map(|t| t.len() as u64 / 4 + 1).sum::<u64>();
@@ -595,6 +693,11 @@ pub struct MockArgs {
     /// …on this fraction of requests.
     #[arg(long, default_value_t = 1.0)]
     pub fail_rate: f64,
+    /// Require `Authorization: Bearer $NAME` (like SGLang's --api-key, but read
+    /// from the environment: `serve` passes a launched backend's key in
+    /// LLMGW_BACKEND_API_KEY).
+    #[arg(long, value_name = "NAME")]
+    pub api_key_env: Option<String>,
     /// Accepted for command-line compatibility with SGLang launch lines and ignored.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     pub ignored: Vec<String>,
@@ -606,7 +709,15 @@ pub fn main(args: MockArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     rt.block_on(async move {
         let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
+        let api_key =
+            match &args.api_key_env {
+                Some(name) => Some(std::env::var(name).map_err(|_| {
+                    anyhow::anyhow!("--api-key-env {name}: the variable is not set")
+                })?),
+                None => None,
+            };
         let behavior = Behavior {
+            api_key,
             chunks: args.chunks,
             chunk_delay: Duration::from_millis(args.chunk_delay_ms),
             first_byte_delay: Duration::from_millis(args.first_byte_delay_ms),

@@ -37,6 +37,8 @@ pub struct CloudExtra {
     /// The stop reason to report instead of the natural one (Anthropic `max_tokens`,
     /// `stop_sequence`, …; Gemini `MAX_TOKENS`, `SAFETY`, …).
     pub stop_reason: Option<String>,
+    /// Gemini: a fault's error carries `RetryInfo` with this `retryDelay` (e.g. "30s").
+    pub retry_delay: Option<String>,
 }
 
 /// Shared state of a running cloud mock.
@@ -185,9 +187,16 @@ fn error_body(kind: CloudKind, status: u16, message: &str) -> Value {
     }
 }
 
-fn fault_response(kind: CloudKind, f: &Fault) -> Response {
+fn fault_response(kind: CloudKind, f: &Fault, extra: &CloudExtra) -> Response {
     let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = json_response(status, error_body(kind, f.status, &f.message));
+    let mut body = error_body(kind, f.status, &f.message);
+    if let (CloudKind::Gemini, Some(delay)) = (kind, &extra.retry_delay) {
+        body["error"]["details"] = json!([{
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": delay
+        }]);
+    }
+    let mut r = json_response(status, body);
     if let Some(ra) = &f.retry_after {
         if let Ok(v) = HeaderValue::from_str(ra) {
             r.headers_mut().insert(header::RETRY_AFTER, v);
@@ -232,7 +241,7 @@ async fn admit(
     }
     if let Some(f) = &b.fault {
         if f.rate >= 1.0 || fastrand::f64() < f.rate {
-            return Err(fault_response(s.kind, f));
+            return Err(fault_response(s.kind, f, &extra));
         }
     }
     let req: Value = serde_json::from_slice(body).map_err(|e| {

@@ -58,6 +58,10 @@ pub struct RequestOptions {
     pub cache: Option<Box<RawValue>>,
 }
 
+/// Most model groups a request's own `fallbacks` may list: more is never useful (each one
+/// is tried in turn) and would let one request make the router walk a huge list.
+pub const MAX_FALLBACKS: usize = 32;
+
 /// Body keys that are llmgw's, not the upstream's.
 const OWN_KEYS: [&str; 4] = ["fallbacks", "disable_fallbacks", "timeout", "cache"];
 
@@ -70,13 +74,54 @@ struct Head<'a> {
     #[serde(default)]
     stream_options: Option<StreamOptions>,
     #[serde(default)]
-    fallbacks: Option<Vec<String>>,
+    fallbacks: Option<Fallbacks>,
     #[serde(default)]
     disable_fallbacks: Option<bool>,
     #[serde(default)]
-    timeout: Option<f64>,
+    timeout: Option<serde_json::Value>,
     #[serde(default, borrow)]
     cache: Option<&'a RawValue>,
+}
+
+/// The request's `fallbacks`: at most [`MAX_FALLBACKS`] distinct names are kept (in
+/// order, duplicates dropped); the rest are only counted, so a huge list costs no memory.
+struct Fallbacks {
+    names: Vec<String>,
+    total: usize,
+}
+
+impl<'de> Deserialize<'de> for Fallbacks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Fallbacks;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of model group names")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Fallbacks, A::Error> {
+                let mut names: Vec<String> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                let mut total = 0;
+                while total < MAX_FALLBACKS {
+                    let Some(name) = seq.next_element::<String>()? else {
+                        return Ok(Fallbacks { names, total });
+                    };
+                    total += 1;
+                    if seen.insert(name.clone()) {
+                        names.push(name);
+                    }
+                }
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    total += 1;
+                }
+                Ok(Fallbacks { names, total })
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
 }
 
 #[derive(Deserialize)]
@@ -125,17 +170,28 @@ impl ClientRequest {
             || head.disable_fallbacks.is_some()
             || head.timeout.is_some()
             || head.cache.is_some();
+        if let Some(f) = head.fallbacks.as_ref().filter(|f| f.total > MAX_FALLBACKS) {
+            return Err(ApiError::bad_request(format!(
+                "fallbacks lists {} model groups; at most {MAX_FALLBACKS} are allowed",
+                f.total
+            ))
+            .with_param("fallbacks"));
+        }
         let options = RequestOptions {
-            fallbacks: head.fallbacks,
+            fallbacks: head.fallbacks.map(|f| f.names),
             disable_fallbacks: head.disable_fallbacks.unwrap_or(false),
             timeout: match head.timeout {
-                Some(t) if t.is_finite() && t > 0.0 => Some(std::time::Duration::from_secs_f64(t)),
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "timeout must be a positive number of seconds",
-                    )
-                    .with_param("timeout"))
-                }
+                Some(v) => match v.as_f64().map(|t| (t, crate::duration::from_secs_f64(t))) {
+                    Some((t, Ok(d))) if t > 0.0 => Some(d),
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "timeout must be a number of seconds greater than 0 and at most \
+                             {} (365 days); got {v}",
+                            crate::duration::MAX.as_secs()
+                        ))
+                        .with_param("timeout"))
+                    }
+                },
                 None => None,
             },
             cache: head.cache.map(|c| c.to_owned()),
@@ -305,6 +361,37 @@ mod tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         let plain = parse(r#"{"model":"m"}"#).unwrap().with_usage_requested();
         assert_eq!(&plain.body[..], br#"{"model":"m"}"#);
+    }
+
+    #[test]
+    fn fallbacks_are_deduplicated_and_capped() {
+        let r = parse(r#"{"model":"m","fallbacks":["a","b","a","c","b"]}"#).unwrap();
+        assert_eq!(r.options.fallbacks.unwrap(), ["a", "b", "c"]);
+        let many: Vec<String> = (0..=MAX_FALLBACKS).map(|i| format!("n{i}")).collect();
+        let body = serde_json::json!({"model": "m", "fallbacks": many}).to_string();
+        let e = parse(&body).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("fallbacks"));
+        assert!(e.message.contains("at most 32"), "{}", e.message);
+        assert!(parse(r#"{"model":"m","fallbacks":[1]}"#).is_err());
+        assert!(parse(r#"{"model":"m","fallbacks":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn timeouts_are_checked() {
+        for bad in [
+            "0",
+            "-0",
+            "-1",
+            "1e300",
+            "31536001",
+            "18446744073709551616",
+            "\"5s\"",
+        ] {
+            let e = parse(&format!(r#"{{"model":"m","timeout":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("timeout"), "{bad}");
+        }
+        let r = parse(r#"{"model":"m","timeout":31536000}"#).unwrap();
+        assert_eq!(r.options.timeout, Some(crate::duration::MAX));
     }
 
     #[test]

@@ -17,9 +17,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt as _;
 use bytes::Bytes;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,7 +93,7 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<Bound> {
 /// Runs the gateway until `shutdown` is cancelled or SIGTERM/SIGINT arrives.
 pub async fn run(
     args: ServeArgs,
-    cfg: LoadedConfig,
+    mut cfg: LoadedConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let server = &cfg.config.server;
@@ -116,9 +114,18 @@ pub async fn run(
              --master-key-file), or listen on 127.0.0.1"
         );
     }
+    // Before anything opens files: the default connection cap depends on the limit.
+    let limits = crate::conn::Limits::from_config(server);
     // Local backends get their ports before the router is built (it needs their URLs).
     let mut backends = crate::supervise::Backends::plan(&cfg, args.state_dir.as_deref())?;
-    let router = Router::new(&cfg, &backends.api_bases()).map_err(anyhow::Error::msg)?;
+    // …and their keys: a launched backend requires the one the gateway sends.
+    for (i, key) in backends.api_keys() {
+        cfg.model_keys[i] = Some(key);
+    }
+    let mut router = Router::new(&cfg, &backends.api_bases()).map_err(anyhow::Error::msg)?;
+    if let Some(key) = &master_key {
+        router.redact_also(key);
+    }
     backends.attach(&router);
     // Connects to Redis when configured (starting anyway if it is down) and starts the
     // replicas' shared-state sync.
@@ -146,12 +153,7 @@ pub async fn run(
     let grace = server.shutdown_grace.0;
 
     spawn_signal_listener(shutdown.clone());
-    // Streams are many small writes: without TCP_NODELAY each one after the first waits
-    // for the client's delayed ACK (~40 ms per event).
-    let listener = bound.listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = axum::serve(listener, app).with_graceful_shutdown({
+    let serve = crate::conn::serve(bound.listener, app, limits, {
         let shutdown = shutdown.clone();
         let state = state.clone();
         async move {
@@ -163,7 +165,7 @@ pub async fn run(
     });
 
     // Serve (readiness 503) while the local backends load; ready once each is ready or failed.
-    let mut server = tokio::spawn(serve.into_future());
+    let mut server = tokio::spawn(serve);
     backends.start()?;
     tokio::select! {
         r = backends.settled() => if let Err(e) = r {
@@ -211,7 +213,7 @@ pub async fn run(
         }
     };
     let result = tokio::select! {
-        r = &mut server => r.context("server task failed")?.context("server error"),
+        r = &mut server => r.context("server task failed"),
         _ = grace_timer => {
             let left: u64 = state.router.deployments().map(|d| d.stats.in_flight.load(Ordering::Relaxed)).sum();
             tracing::warn!(in_flight = left, "grace period over; closing remaining connections");
@@ -268,7 +270,7 @@ fn spawn_signal_listener(shutdown: CancellationToken) {
 
 /// The HTTP routes.
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    axum::Router::new()
+    let mut api = axum::Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -276,8 +278,11 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
-        .route("/models", get(models))
-        .route("/health", get(health))
+        .route("/models", get(models));
+    if state.master_key.is_none() {
+        api = api.route_layer(axum::middleware::from_fn(crate::access::local_only));
+    }
+    api.route("/health", get(health))
         .route("/health/liveness", get(liveness))
         .route("/health/readiness", get(readiness))
         .route("/metrics", get(metrics))
@@ -350,7 +355,7 @@ async fn proxy(
             .options
             .timeout
             .map_or(s.request_timeout, |t| t.min(s.request_timeout));
-        let deadline = std::time::Instant::now() + budget;
+        let deadline = crate::duration::deadline(std::time::Instant::now(), budget);
         match tokio::time::timeout(budget, s.router.serve(req, deadline, &mut log)).await {
             Ok(Ok(resp)) => {
                 let resp = match ticket.take() {
@@ -400,22 +405,30 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(b) => Ok(b),
-        Err(e) => {
-            let over = std::error::Error::source(&e).is_some_and(|s| {
-                s.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-            });
-            if over {
-                Err(ApiError::too_large(limit))
-            } else {
-                Err(ApiError::bad_request(format!(
-                    "could not read the request body: {e}"
-                )))
-            }
-        }
+    let e = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => return Ok(b),
+        Err(e) => e,
+    };
+    // The cause sits a few `source()`s down: axum and http-body-util wrap it.
+    let mut causes = std::iter::successors(std::error::Error::source(&e), |c| c.source());
+    if causes
+        .clone()
+        .any(|c| c.is::<http_body_util::LengthLimitError>())
+    {
+        return Err(ApiError::too_large(limit));
     }
+    Err(
+        match causes.find_map(|c| c.downcast_ref::<crate::conn::BodyStopped>()) {
+            Some(why @ crate::conn::BodyStopped::Timeout(_)) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                why.to_string(),
+            )
+            .with_code("request_timeout"),
+            Some(why) => ApiError::unavailable(why.to_string()),
+            None => ApiError::bad_request(format!("could not read the request body: {e}")),
+        },
+    )
 }
 
 impl AppState {
@@ -428,35 +441,10 @@ impl AppState {
         }
     }
 
-    /// Checks `Authorization: Bearer <key>` (or `x-api-key`/`api-key`) when a master key is set.
+    /// Checks the master key, when one is set (see `access`).
     pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(key) = &self.master_key else {
-            return Ok(());
-        };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-            .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()));
-        match given {
-            Some(g) if constant_time_eq(g.trim().as_bytes(), key.expose().as_bytes()) => Ok(()),
-            Some(_) => Err(ApiError::unauthorized("invalid API key; use the key from `llmgw status` / ~/.llmgw/<name>/key")),
-            None => Err(ApiError::unauthorized(
-                "missing API key: send `Authorization: Bearer <key>` (OPENAI_API_KEY for OpenAI SDKs)",
-            )),
-        }
+        crate::access::check_key(self.master_key.as_ref(), headers)
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn models_body(names: &[String]) -> Bytes {
@@ -541,19 +529,45 @@ async fn health(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
         .deployments()
         .map(|d| deployment_health(d))
         .collect();
+    // Per group: healthy when every deployment is, unhealthy when none is (nothing can
+    // answer now), degraded in between; overall the same over the groups.
+    let mut groups = serde_json::Map::new();
+    let mut counts = [0usize; 3];
+    for name in s.router.model_names() {
+        let states = deployments.iter().filter(|d| d["model_group"] == **name);
+        let (ok, all) = states.fold((0, 0), |(ok, all), d| {
+            (ok + usize::from(d["state"] == "healthy"), all + 1)
+        });
+        let level = usize::from(ok < all) + usize::from(ok == 0 && all > 0);
+        counts[level] += 1;
+        groups.insert(
+            name.clone(),
+            serde_json::json!({"status": HEALTH[level], "healthy": ok, "deployments": all}),
+        );
+    }
+    let overall = if counts[1] + counts[2] == 0 {
+        HEALTH[0]
+    } else if counts[0] + counts[1] == 0 {
+        HEALTH[2]
+    } else {
+        HEALTH[1]
+    };
     let status = if s.draining.load(Ordering::Relaxed) {
         "draining"
     } else if s.ready.load(Ordering::Relaxed) {
-        "healthy"
+        overall
     } else {
         "starting"
     };
-    let body = serde_json::json!({"status": status, "deployments": deployments, "backends": s.backends.snapshot()});
+    let body = serde_json::json!({"status": status, "health": overall, "groups": groups, "deployments": deployments, "backends": s.backends.snapshot()});
     json_response(
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),
     )
 }
+
+/// `/health` levels, best first.
+const HEALTH: [&str; 3] = ["healthy", "degraded", "unhealthy"];
 
 /// One deployment's entry in `/health`.
 fn deployment_health(d: &crate::router::Deployment) -> serde_json::Value {
@@ -570,7 +584,7 @@ fn deployment_health(d: &crate::router::Deployment) -> serde_json::Value {
         "model_group": d.group,
         "provider": d.kind.as_str(),
         "model": d.model,
-        "api_base": d.api_base,
+        "api_base": d.api_base_shown(),
         "state": state,
         "cooling_until": until.map(|ms| crate::state::rfc3339(ms / 1000)),
         "cooling_seconds_left": until.map(|ms| ms.saturating_sub(now).div_ceil(1000)),

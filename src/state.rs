@@ -37,7 +37,9 @@ pub fn state_dir(name: &str, state_dir: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Creates the directory (0700: it holds the key and logs).
+/// Creates the directory and any missing parents 0700 (it holds the key and logs). An
+/// existing directory keeps its mode: it may be the user's, shared on purpose, so every
+/// private file in it is written 0600 on its own.
 pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -46,15 +48,25 @@ pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// A fresh random secret, `<prefix>` and 64 hex digits (32 bytes from the kernel).
+pub fn random_key(prefix: &str) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}{hex}"))
+}
+
 /// Writes `contents` to `path` atomically (temp file + rename) with the given mode.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // A fresh file (O_EXCL: never through a link someone left in a shared directory).
+    let _ = std::fs::remove_file(&tmp);
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
         f.write_all(contents)?;

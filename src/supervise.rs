@@ -9,15 +9,25 @@
 //! exponential backoff. Its state is kept for `/health` and written to
 //! `<state>/backends.json` for `llmgw start` and `llmgw status`.
 //!
+//! A backend listens on loopback, where every user of the node can reach it, so each one
+//! gets its own random API key, which the gateway sends as its deployment's key
+//! (`Authorization: Bearer`). SGLang reads it from a 0600 `--config` YAML file in a
+//! private temporary directory (an `--api-key` argument would show in `ps`); a `command`
+//! gets it in `LLMGW_BACKEND_API_KEY`. A backend's environment is its `env` plus an
+//! allow-list of the gateway's ([`ENV_ALLOW`]: paths, locale, CUDA/SLURM/HF/NCCL, …),
+//! never the master or provider keys. It dies with the gateway (`PR_SET_PDEATHSIG`), so a
+//! SIGKILLed `serve` leaves no backend holding GPUs.
+//!
 //! Depends on the config and on `router::Deployment`'s `available` flag only; it never
 //! depends on `serve`.
 
-use crate::config::{LaunchConfig, LoadedConfig};
+use crate::config::{LaunchConfig, LoadedConfig, Secret};
 use crate::router::{Deployment, Router};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -39,6 +49,23 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// SIGTERM to SIGKILL when stopping a backend's process group.
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(200);
+/// The environment variable a `command` backend finds its API key in.
+pub const KEY_ENV: &str = "LLMGW_BACKEND_API_KEY";
+/// What a backend inherits from the gateway's environment, besides its `env`: names, and
+/// prefixes (ending in `_`) — what a model server needs to find its software, GPUs,
+/// caches and network, not the gateway's secrets.
+#[rustfmt::skip]
+pub const ENV_ALLOW: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "HOSTNAME", "LD_LIBRARY_PATH", "LIBRARY_PATH", "CPATH", "CC", "CXX", "PYTHONPATH",
+    "PYTHONHOME", "PYTHONUNBUFFERED", "PYTHONUSERBASE", "VIRTUAL_ENV", "MODULEPATH",
+    "LOADEDMODULES", "GPU_DEVICE_ORDINAL", "MASTER_ADDR", "MASTER_PORT", "http_proxy",
+    "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+    "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "LC_",
+    "XDG_", "CUDA_", "NVIDIA_", "NCCL_", "SLURM_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_",
+    "TORCH_", "PYTORCH_", "TRITON_", "SGLANG_", "FLASHINFER_", "CONDA_", "OMP_", "MKL_", "KMP_",
+    "ROCR_", "HIP_", "ROCM_", "UCX_", "OMPI_", "PMIX_", "GLOO_", "TOKENIZERS_", "VLLM_",
+];
 
 /// What a backend is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +133,13 @@ pub enum SuperviseError {
     NoModelPath { name: String },
     #[error("model {name:?}: launch.command is empty")]
     EmptyCommand { name: String },
+    #[error("model {name:?}: launch.args must not set {arg}: llmgw gives each SGLang backend its own API key in a private --config file (on the command line it would show in ps); put other settings in launch.args")]
+    ReservedArg { name: String, arg: &'static str },
+    #[error("cannot write the key of backend {name:?}: {source}")]
+    Key {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("cannot find a free port for backend {name:?}: {source}")]
     Port {
         name: String,
@@ -193,9 +227,42 @@ struct Plan {
     port: u16,
     program: String,
     args: Vec<String>,
-    env: Vec<(String, String)>,
+    /// The whole environment it starts with.
+    env: Vec<(OsString, OsString)>,
     log: Option<PathBuf>,
     load_timeout: Duration,
+    /// Its API key: the gateway sends it, the backend requires it.
+    key: Secret,
+}
+
+/// A private (0700) directory on the node's temporary space for the SGLang backends'
+/// config files (they hold the keys); removed with the backends.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn create() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        loop {
+            let p = base.join(format!(
+                "llmgw-backends-{}-{:08x}",
+                std::process::id(),
+                fastrand::u32(..)
+            ));
+            // Never an existing directory: one someone else made could be read by them.
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => return Ok(PrivateDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The config's launched backends: planned (ports picked) before the router is built,
@@ -208,6 +275,8 @@ pub struct Backends {
     stop: CancellationToken,
     /// True when some `[[models]]` entry is not launched (a fallback that needs no backend).
     others: bool,
+    /// Holds the SGLang backends' key files while they run.
+    _private: Option<PrivateDir>,
 }
 
 impl Backends {
@@ -217,6 +286,8 @@ impl Backends {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "llmgw".into());
         let models = &cfg.config.models;
+        let inherited = inherited_env(cfg);
+        let mut private: Option<PrivateDir> = None;
         let mut plans: Vec<Plan> = Vec::new();
         for (index, m) in models.iter().enumerate() {
             let Some(launch) = &m.launch else { continue };
@@ -238,17 +309,45 @@ impl Backends {
                 name: name.clone(),
                 source,
             })?;
+            let key_err = |source| SuperviseError::Key {
+                name: name.clone(),
+                source,
+            };
+            // A key configured for the entry is used as it is; else a fresh one.
+            let key = match cfg.model_keys.get(index).cloned().flatten() {
+                Some(k) => k,
+                None => {
+                    Secret::new(crate::state::random_key("sk-llmgw-backend-").map_err(key_err)?)
+                }
+            };
             let mut argv = command_line(group, launch, port, &llmgw)?;
-            let program = argv.remove(0);
-            let mut env: Vec<(String, String)> = launch
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let mut env = inherited.clone();
+            env.extend(
+                launch
+                    .env
+                    .iter()
+                    .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+            );
             if let Some(gpus) = &launch.gpus {
                 let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
-                env.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",")));
+                env.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",").into()));
             }
+            if launch.command.is_some() {
+                // Last: the key the gateway sends is the one the backend is given.
+                env.push((KEY_ENV.into(), key.expose().into()));
+            } else {
+                let dir = match &private {
+                    Some(d) => d,
+                    None => private.insert(PrivateDir::create().map_err(key_err)?),
+                };
+                let file = dir.0.join(format!("{name}.yaml"));
+                // A JSON string is a YAML scalar, whatever a configured key contains.
+                let quoted = serde_json::to_string(key.expose()).map_err(|e| key_err(e.into()))?;
+                let yaml = format!("# llmgw: the API key of backend {name}\napi-key: {quoted}\n");
+                crate::state::write_atomic(&file, yaml.as_bytes(), 0o600).map_err(key_err)?;
+                argv.extend(["--config".to_string(), file.display().to_string()]);
+            }
+            let program = argv.remove(0);
             let log = state_dir.map(|d| d.join(BACKENDS_DIR).join(format!("{name}.log")));
             plans.push(Plan {
                 name,
@@ -259,6 +358,7 @@ impl Backends {
                 env,
                 log,
                 load_timeout: launch.load_timeout.0,
+                key,
             });
         }
         let statuses = plans
@@ -287,7 +387,13 @@ impl Backends {
             }),
             tasks: Vec::new(),
             stop: CancellationToken::new(),
+            _private: private,
         })
+    }
+
+    /// API keys of the launched backends by config index: each deployment's key.
+    pub fn api_keys(&self) -> impl Iterator<Item = (usize, Secret)> + '_ {
+        self.plans.iter().map(|p| (p.index, p.key.clone()))
     }
 
     /// True when the config launches nothing.
@@ -482,6 +588,15 @@ fn command_line(
             .iter()
             .map(|s| s.to_string())
             .collect();
+            for arg in ["--api-key", "--config"] {
+                let taken = |a: &String| a == arg || a.starts_with(&format!("{arg}="));
+                if launch.args.iter().any(taken) {
+                    return Err(SuperviseError::ReservedArg {
+                        name: name.into(),
+                        arg,
+                    });
+                }
+            }
             v.extend(launch.args.iter().map(|s| subst(s)));
             v
         }
@@ -489,15 +604,41 @@ fn command_line(
     Ok(argv)
 }
 
+/// The part of the gateway's environment a backend inherits: [`ENV_ALLOW`] only, and never
+/// a variable holding one of the config's secrets.
+fn inherited_env(cfg: &LoadedConfig) -> Vec<(OsString, OsString)> {
+    let secrets: Vec<&str> = cfg
+        .model_keys
+        .iter()
+        .flatten()
+        .chain(&cfg.master_key)
+        .chain(&cfg.redis_url)
+        .map(Secret::expose)
+        .filter(|s| s.len() >= 8)
+        .collect();
+    std::env::vars_os()
+        .filter(|(k, v)| {
+            let Some(k) = k.to_str() else { return false };
+            let allowed = ENV_ALLOW
+                .iter()
+                .any(|a| k == *a || (a.ends_with('_') && k.starts_with(a)));
+            let v = v.to_string_lossy();
+            allowed && !secrets.iter().any(|s| v.contains(s))
+        })
+        .collect()
+}
+
 /// Starts the backend in its own process group, output appended to its log.
 fn spawn(plan: &Plan, attempt: u32) -> Result<tokio::process::Child, SuperviseError> {
     use std::process::Stdio;
     let mut cmd = tokio::process::Command::new(&plan.program);
     cmd.args(&plan.args)
-        .envs(plan.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_clear()
+        .envs(plan.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
+    die_with_parent(&mut cmd);
     if let Some(path) = &plan.log {
         let log_err = |source| SuperviseError::Log {
             name: plan.name.clone(),
@@ -525,6 +666,26 @@ fn spawn(plan: &Plan, attempt: u32) -> Result<tokio::process::Child, SuperviseEr
     })?;
     tracing::info!(backend = %plan.name, pid = child.id(), port = plan.port, "backend started");
     Ok(child)
+}
+
+/// The child gets SIGKILL when the gateway dies (`PR_SET_PDEATHSIG`), however it dies:
+/// a backend must not outlive it holding GPUs. (SGLang's own workers do the same with
+/// their parent.) The signal follows the thread that spawned the child: a runtime worker
+/// or the main thread, which live as long as the gateway.
+fn die_with_parent(cmd: &mut tokio::process::Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and only makes two system calls
+    // (prctl, getppid); it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The gateway died before prctl took effect: no signal will come.
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
@@ -670,11 +831,16 @@ impl Supervisor {
         }
     }
 
-    /// `/health` and then `/v1/models` both answer 200.
+    /// `/health` and then `/v1/models` both answer 200 (with the backend's key: SGLang
+    /// requires it on `/v1/models`).
     async fn probe(&self) -> bool {
         let base = format!("http://127.0.0.1:{}", self.plan.port);
         for path in ["/health", "/v1/models"] {
-            match self.client.get(format!("{base}{path}")).send().await {
+            let req = self
+                .client
+                .get(format!("{base}{path}"))
+                .bearer_auth(self.plan.key.expose());
+            match req.send().await {
                 Ok(r) if r.status().is_success() => {}
                 _ => return false,
             }
@@ -759,6 +925,20 @@ mod tests {
     }
 
     #[test]
+    fn sglang_key_settings_are_llmgws() {
+        for args in [vec!["--api-key", "sk-x"], vec!["--config=mine.yaml"]] {
+            let mut l = launch(None);
+            l.args = args.iter().map(|s| s.to_string()).collect();
+            let err = command_line("m", &l, 1, "x").unwrap_err().to_string();
+            assert!(err.contains("must not set --"), "{err}");
+        }
+        // A command is the user's own: its arguments are not checked.
+        let mut l = launch(Some(vec!["srv", "--api-key", "k"]));
+        l.args.clear();
+        assert!(command_line("m", &l, 1, "x").is_ok());
+    }
+
+    #[test]
     fn command_override_substitutes() {
         let argv = command_line(
             "m",
@@ -805,6 +985,7 @@ mod tests {
             env: vec![],
             log: Some(dir.path().join("t.log")),
             load_timeout: Duration::from_secs(1),
+            key: Secret::new("k"),
         };
         let mut c = {
             let mut cmd = tokio::process::Command::new(&plan.program);

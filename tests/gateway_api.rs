@@ -293,6 +293,7 @@ async fn request_errors_have_openai_shape() {
     let resp = gw
         .client()
         .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
         )))
@@ -609,6 +610,7 @@ async fn sigterm_lets_50_inflight_streams_finish() {
         tasks.push(tokio::spawn(async move {
             let mut resp = c
                 .post(url)
+                .header("content-type", "application/json")
                 .body(chat_body("m", true))
                 .send()
                 .await

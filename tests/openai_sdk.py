@@ -4,11 +4,13 @@
     OPENAI_API_KEY=<gateway key> python3 tests/openai_sdk.py http://127.0.0.1:PORT/v1
 
 Run by tests/openai_sdk.rs, which starts a mock upstream (reply "Hello from sdk-mock",
-5 chunks, 100 ms apart) and a gateway serving the model groups "gpt-4o-mini" and
-"text-embedding-3-small". Plain client code, as a user would write it; exits non-zero
-with a message on the first thing that is wrong.
+5 chunks, 100 ms apart), a mock Gemini API, and a gateway serving the model groups
+"gpt-4o-mini", "text-embedding-3-small" (OpenAI-compatible) and "gemini-embed" (Gemini).
+Plain client code, as a user would write it; exits non-zero with a message on the first
+thing that is wrong.
 """
 
+import struct
 import sys
 import time
 
@@ -18,6 +20,7 @@ from openai import OpenAI
 EXPECTED_REPLY = "Hello from sdk-mock"
 CHAT_MODEL = "gpt-4o-mini"
 EMBED_MODEL = "text-embedding-3-small"
+GEMINI_EMBED_MODEL = "gemini-embed"
 
 
 def check(cond, what):
@@ -79,9 +82,30 @@ def main():
     check(all(isinstance(x, float) for x in e.data[0].embedding), "floats")
     print(f"embedding: {len(e.data[0].embedding)} dims")
 
+    # 3b. Embeddings with the SDK's defaults, which ask for base64 on the wire, on an
+    # OpenAI-compatible group (passed through) and on Gemini (translated): the same
+    # vectors as encoding_format="float", to float32 precision (what base64 carries).
+    for model in (EMBED_MODEL, GEMINI_EMBED_MODEL):
+        texts = ["hello world", "another text"]
+        raw = client.embeddings.with_raw_response.create(model=model, input=texts)
+        wire = raw.http_response.json()["data"]
+        check(
+            all(isinstance(d["embedding"], str) for d in wire),
+            f"{model}: base64 strings on the wire: {wire!r}",
+        )
+        default = [d.embedding for d in raw.parse().data]
+        floats = client.embeddings.create(model=model, input=texts, encoding_format="float")
+        as_f32 = [
+            list(struct.unpack(f"<{len(d.embedding)}f", struct.pack(f"<{len(d.embedding)}f", *d.embedding)))
+            for d in floats.data
+        ]
+        check(len(default) == 2 and all(len(v) == 8 for v in default), f"{model}: {default!r}")
+        check(default == as_f32, f"{model}: default {default!r} != float {as_f32!r}")
+        print(f"embedding {model}: SDK default (base64) == float, {len(default[0])} dims")
+
     # 4. The model list: the gateway's configured names.
     ids = [m.id for m in client.models.list()]
-    check(ids == [CHAT_MODEL, EMBED_MODEL], f"models: {ids!r}")
+    check(ids == [CHAT_MODEL, EMBED_MODEL, GEMINI_EMBED_MODEL], f"models: {ids!r}")
     print(f"models: {ids!r}")
 
     # 5. Errors map to the SDK's exception classes.

@@ -6,6 +6,7 @@ mod common;
 
 use common::{mock, openai_model, run_python_script, Gateway};
 use llmgw::mock::Behavior;
+use llmgw::mock_cloud::CloudMock;
 use std::time::Duration;
 
 const MASTER_KEY: &str = "sk-llmgw-sdk-test-key";
@@ -37,19 +38,29 @@ async fn openai_python_sdk_works_unchanged() {
         },
     )
     .await;
+    let gemini = CloudMock::gemini("sdk-gemini", Behavior::default())
+        .await
+        .expect("gemini mock");
     let cfg = format!(
-        "[server]\nmaster_key = \"env:LLMGW_TEST_MASTER_KEY\"\n\n{}{}",
+        "[server]\nmaster_key = \"env:LLMGW_TEST_MASTER_KEY\"\n\n{}{}\n\
+         [[models]]\nname = \"gemini-embed\"\nprovider = \"gemini\"\n\
+         model = \"text-embedding-004\"\napi_base = \"{}\"\n\
+         api_key = \"env:LLMGW_TEST_GEMINI_KEY\"\n",
         openai_model("gpt-4o-mini", "mock-model", &up.base_url(), ""),
-        openai_model("text-embedding-3-small", "mock-embed", &up.base_url(), "")
+        openai_model("text-embedding-3-small", "mock-embed", &up.base_url(), ""),
+        gemini.base_url()
     );
     let gw = Gateway::builder(&cfg)
         .env("LLMGW_TEST_MASTER_KEY", MASTER_KEY)
+        .env("LLMGW_TEST_GEMINI_KEY", "gemini-test-key")
         .start()
         .await;
 
     let stdout = run_python_script(&gw, "openai_sdk.py", &[], MASTER_KEY).await;
     assert!(stdout.contains("openai_sdk.py: OK"), "{stdout}");
-    // chat, stream, embedding (the model list is answered by the gateway itself).
+    // chat, stream, embeddings (the model list is answered by the gateway itself).
     assert!(up.state.request_count() >= 3);
+    // The default (base64) and the float embedding calls both reached Gemini.
+    assert!(gemini.state.request_count() >= 2);
     eprintln!("{stdout}");
 }

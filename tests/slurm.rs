@@ -16,6 +16,7 @@ mod common;
 use common::{chat_body, client, read_sse};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -186,7 +187,8 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// A config: a launched mock SGLang backend ("local", with `mock_args`) falling back to
+/// A config: a launched mock SGLang backend ("local", with `mock_args`; it requires the
+/// key the gateway gives it, like SGLang with `--api-key`) falling back to
 /// `fallback` (a `[[models]]` table for the group "cloud").
 fn config(port: u16, mock_tag: &str, mock_args: &str, fallback: &str, grace: &str) -> String {
     let fallbacks = if fallback.is_empty() {
@@ -208,7 +210,7 @@ shutdown_grace = "{grace}"
 name = "local"
 provider = "sglang"
 model = "mock-qwen"
-launch = {{ command = ["{{llmgw}}", "mock-upstream", "--port", "{{port}}", "--name", "{mock_tag}", "--model", "mock-qwen"{mock_args}], load_timeout = "60s" }}
+launch = {{ command = ["{{llmgw}}", "mock-upstream", "--port", "{{port}}", "--name", "{mock_tag}", "--model", "mock-qwen", "--api-key-env", "LLMGW_BACKEND_API_KEY"{mock_args}], load_timeout = "60s" }}
 
 {fallback}
 
@@ -295,6 +297,116 @@ fn dry_run_script_is_accepted_by_sbatch_test_only() {
     let test = Command::new("sbatch")
         .arg("--test-only")
         .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "sbatch --test-only rejected the script: {}",
+        String::from_utf8_lossy(&test.stderr)
+    );
+}
+
+// Issue 9, finding 8: a config path with a newline and `$(…)`, and module names with `;`,
+// `$(…)` and backticks are data: bash runs the script without running any of them, the
+// gateway and `module` get them verbatim, and SLURM accepts the script.
+#[test]
+fn hostile_config_path_and_modules_stay_data_in_the_script() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Relative: the script runs in `tmp`, and a path without '/' stays one directory name.
+    let m = "PWNED";
+    let cfg_dir = tmp.path().join(format!("cfg\n$(touch {m}-path)\n# x"));
+    std::fs::create_dir(&cfg_dir).unwrap();
+    let cfg = cfg_dir.join("it's.toml");
+    // Stand-ins for llmgw and for `module` that record their arguments, NUL-separated.
+    let fake = tmp.path().join("fake-llmgw");
+    std::fs::write(
+        &fake,
+        "#!/bin/bash\nprintf '%s\\0' \"$@\" > \"$(dirname \"$0\")/argv\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bash_env = tmp.path().join("bash_env");
+    std::fs::write(
+        &bash_env,
+        format!(
+            "module() {{ printf '%s\\0' \"$@\" >> '{}'; }}\n",
+            tmp.path().join("modules").display()
+        ),
+    )
+    .unwrap();
+    let modules = [
+        format!("cuda/12.4; touch {m}-semi"),
+        format!("$(touch {m}-subst)"),
+        format!("`touch {m}-tick`"),
+    ];
+    let toml_list: Vec<String> = modules.iter().map(|v| format!("{v:?}")).collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[slurm]\nbinary = {:?}\nmodules = [{}]\n",
+            fake.display().to_string(),
+            toml_list.join(", ")
+        ),
+    )
+    .unwrap();
+    let state = tmp.path().join("state dir");
+    let mut c = common::llmgw_command();
+    c.args(["start", "--dry-run", "--state-dir"])
+        .arg(&state)
+        .arg("-c")
+        .arg(&cfg);
+    let out = run_bounded(c, Duration::from_secs(20));
+    assert!(out.status.success(), "{}", text(&out));
+    let script = tmp.path().join("job.sbatch");
+    std::fs::write(&script, &out.stdout).unwrap();
+
+    let ran = Command::new("bash")
+        .arg(&script)
+        .env("BASH_ENV", &bash_env)
+        .env("SLURM_JOB_ID", "1")
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "the script failed: {}", text(&ran));
+    let planted: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("PWNED"))
+        .collect();
+    assert!(planted.is_empty(), "injected commands ran: {planted:?}");
+    let nul_split = |p: PathBuf| -> Vec<String> {
+        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        String::from_utf8(bytes)
+            .unwrap()
+            .split_terminator('\0')
+            .map(str::to_string)
+            .collect()
+    };
+    let want_modules: Vec<String> = modules
+        .iter()
+        .flat_map(|v| ["load".to_string(), v.clone()])
+        .collect();
+    assert_eq!(nul_split(tmp.path().join("modules")), want_modules);
+    let s = |p: PathBuf| p.display().to_string();
+    assert_eq!(
+        nul_split(tmp.path().join("argv")),
+        [
+            "serve".to_string(),
+            "--config".into(),
+            s(state.join("config.toml")),
+            "--state-dir".into(),
+            s(state.clone()),
+            "--master-key-file".into(),
+            s(state.join("key")),
+        ]
+    );
+
+    // SLURM reads the same script (quoted paths in #SBATCH lines included).
+    let Some(_cluster) = cluster() else { return };
+    let test = Command::new("sbatch")
+        .arg("--test-only")
+        .arg(&script)
         .output()
         .unwrap();
     assert!(
@@ -409,6 +521,14 @@ async fn start_serve_status_stop_round_trip() {
     assert!(deployments.iter().all(|d| d["state"] == "healthy"), "{st}");
     let backend_pids: Vec<u64> = backends.iter().filter_map(|b| b["pid"].as_u64()).collect();
     assert_eq!(backend_pids.len(), 2);
+    // The backend itself, on the node's loopback, wants its own key (issue 9, finding 11).
+    let local = backends
+        .iter()
+        .find(|b| b["name"] == "local")
+        .expect("local");
+    let direct = format!("http://127.0.0.1:{}/v1", local["port"]);
+    assert_eq!(chat(&direct, None, "mock-qwen").await.status(), 401);
+    assert_eq!(chat(&direct, Some(&key), "mock-qwen").await.status(), 401);
     let text_status = gw.run("status", &[], Duration::from_secs(30));
     let t = String::from_utf8_lossy(&text_status.stdout);
     assert!(t.contains(&format!("job {id} RUNNING on {host}")), "{t}");
@@ -470,10 +590,8 @@ async fn start_serve_status_stop_round_trip() {
     for (what, content) in &places {
         assert!(!content.contains(&key), "the API key leaked into {what}");
     }
-    use std::os::unix::fs::PermissionsExt;
-    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&gw.dir.join("key")), 0o600);
-    assert_eq!(mode(&gw.dir), 0o700);
+    assert_eq!(mode(&gw.dir.join("key")), "600");
+    assert_eq!(mode(&gw.dir), "700");
 
     // A second start of the same name is refused while it runs.
     let again = gw.run(
@@ -522,6 +640,15 @@ async fn start_serve_status_stop_round_trip() {
     // Stopping again is not an error.
     let again = gw.run("stop", &[], Duration::from_secs(30));
     assert!(again.status.success(), "{}", text(&again));
+}
+
+/// Permission bits of a file or directory, in octal ("755").
+fn mode(p: &Path) -> String {
+    let m = std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode();
+    format!("{:o}", m & 0o777)
 }
 
 fn is_zombie(pid: u64) -> bool {
@@ -698,6 +825,10 @@ provider = "sglang"
 launch = { command = ["/nonexistent/sglang-engine", "--port", "{port}"] }
 "#,
     );
+    // The state directory exists already and is shared (0755): start leaves its mode
+    // alone and keeps what is private private file by file (issue 9, finding 9).
+    std::fs::create_dir(&gw.dir).unwrap();
+    std::fs::set_permissions(&gw.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let t0 = Instant::now();
     let out = gw.run(
         "start",
@@ -718,6 +849,20 @@ launch = { command = ["/nonexistent/sglang-engine", "--port", "{port}"] }
     assert!(took < Duration::from_secs(20), "took {took:?}");
     let id = gw.job_id().expect("job was submitted");
     assert_eq!(job_state(&id), None);
+    assert_eq!(
+        mode(&gw.dir),
+        "755",
+        "start changed the mode of a shared directory"
+    );
+    for private in [
+        "key".to_string(),
+        "config.toml".into(),
+        "job.sbatch".into(),
+        "job.json".into(),
+        format!("slurm-{id}.log"),
+    ] {
+        assert_eq!(mode(&gw.dir.join(&private)), "600", "{private}");
+    }
 
     // --json: one object with the reason and the tail.
     let out = gw.run(
@@ -739,6 +884,29 @@ launch = { command = ["/nonexistent/sglang-engine", "--port", "{port}"] }
         v["log_tail"].as_array().is_some_and(|t| !t.is_empty()),
         "{v}"
     );
+
+    // sbatch refuses the job (no such partition): the shared directory still keeps 0755.
+    let rejected = Gw::new("rejected");
+    std::fs::create_dir(&rejected.dir).unwrap();
+    std::fs::set_permissions(&rejected.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = rejected.config(&format!(
+        "{}\n[slurm]\npartition = \"no-such-partition\"\n",
+        "[server]\nhost = \"0.0.0.0\"\nport = 0"
+    ));
+    let out = rejected.run(
+        "start",
+        &["-c", &cfg.display().to_string()],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("partition"),
+        "{}",
+        text(&out)
+    );
+    assert!(rejected.job_id().is_none());
+    assert_eq!(mode(&rejected.dir), "755");
+    assert_eq!(mode(&rejected.dir.join("key")), "600");
 
     // A broken config never reaches SLURM: file:line:col, nothing submitted.
     let bad = Gw::new("badcfg");

@@ -513,15 +513,16 @@ impl Controls {
                 }
                 "ttl" => {
                     let d = match &v {
-                        Value::Number(n) => n
-                            .as_f64()
-                            .filter(|s| s.is_finite() && *s >= 0.0)
-                            .map(Duration::from_secs_f64),
-                        Value::String(s) => crate::config::parse_duration(s).ok(),
-                        _ => None,
+                        Value::Number(n) => n.as_f64().ok_or_else(|| n.to_string()).and_then(|s| {
+                            crate::duration::from_secs_f64(s).map_err(|e| e.to_string())
+                        }),
+                        Value::String(s) => crate::duration::parse(s).map_err(|e| e.to_string()),
+                        other => Err(format!("{other} is not a duration")),
                     };
-                    c.ttl = Some(d.ok_or_else(|| {
-                        bad("ttl must be a number of seconds or a duration like \"10m\"")
+                    c.ttl = Some(d.map_err(|why| {
+                        bad(&format!(
+                            "ttl must be a number of seconds or a duration like \"10m\" (at most 365d): {why}"
+                        ))
                     })?);
                 }
                 "namespace" => {
@@ -856,6 +857,15 @@ mod tests {
         assert!(!Controls::parse(None).unwrap().present);
         for bad in [
             r#"{"ttl":-1}"#,
+            r#"{"ttl":1e300}"#,
+            r#"{"ttl":18446744073709551616}"#,
+            r#"{"ttl":31536001}"#,
+            r#"{"ttl":"99999999999999999999d"}"#,
+            r#"{"ttl":"1e300s"}"#,
+            r#"{"ttl":"NaN"}"#,
+            r#"{"ttl":""}"#,
+            r#"{"ttl":null}"#,
+            r#"{"ttl":[1]}"#,
             r#"{"no-cache":"yes"}"#,
             r#"{"namespace":"a b"}"#,
             "3",

@@ -196,13 +196,10 @@ impl Plan {
 
     /// Prepares the state directory, submits, and records the job.
     fn submit(&self, args: &StartArgs, name: &str, dir: &Path) -> anyhow::Result<JobRecord> {
+        // A new directory is created 0700; an existing one (perhaps shared on purpose) keeps
+        // its mode: what must stay private is private file by file (0600) instead.
         state::ensure_dir(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
-        }
         let text = std::fs::read(&args.config)
             .with_context(|| format!("cannot read {}", args.config.display()))?;
         state::write_atomic(&self.config_copy, &text, 0o600)
@@ -256,7 +253,6 @@ fn refuse_live_job(name: &str, dir: &Path) -> anyhow::Result<()> {
 /// Keeps an existing key (scripts that use it keep working), else writes a new random
 /// one. Always 0600; the key never appears on a command line or in the script.
 fn ensure_key(path: &Path) -> anyhow::Result<()> {
-    use std::io::Read as _;
     use std::os::unix::fs::PermissionsExt;
     if let Ok(existing) = std::fs::read_to_string(path) {
         if existing.trim().len() >= 32 {
@@ -265,12 +261,9 @@ fn ensure_key(path: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
+    let key = state::random_key("sk-llmgw-")
         .context("cannot read /dev/urandom to generate the API key")?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    state::write_atomic(path, format!("sk-llmgw-{hex}\n").as_bytes(), 0o600)
+    state::write_atomic(path, format!("{key}\n").as_bytes(), 0o600)
         .with_context(|| format!("cannot write the API key to {}", path.display()))
 }
 

@@ -13,13 +13,14 @@ use super::{
     check_usd, double_option, format_period, generate_key, hash_key, hex, hint, nanos_to_usd,
     now_s, parse_period, KeyRecord, Limits, TeamRecord, KEY_PREFIX,
 };
+use crate::access::presented_key;
 use crate::config::LoadedConfig;
 use crate::error::ApiError;
 use crate::request::ClientRequest;
 use crate::spend::Spend;
 use crate::store::{sqlite::SqliteStore, GroupBy, LogQuery, Owner, ReportRow, Store};
 use arc_swap::ArcSwap;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -882,24 +883,6 @@ impl KeyService {
     }
 }
 
-/// `Authorization: Bearer <key>` (any case of "bearer"), or `x-api-key` / `api-key`.
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim());
-        }
-    }
-    headers
-        .get("x-api-key")
-        .or_else(|| headers.get("api-key"))
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-}
-
 /// Fields shared by keys and teams (LiteLLM's names; the short ones are accepted too).
 /// Absent = unchanged, `null` = cleared.
 #[derive(Debug, Default, Deserialize)]
@@ -1240,20 +1223,6 @@ mod tests {
         ] {
             assert_eq!(parse_time(bad, now), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn bearer_in_any_case_and_other_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            "BEARER  sk-llmgw-x ".parse().unwrap(),
-        );
-        assert_eq!(presented_key(&h), Some("sk-llmgw-x"));
-        let mut h = HeaderMap::new();
-        h.insert("x-api-key", "k".parse().unwrap());
-        assert_eq!(presented_key(&h), Some("k"));
-        assert_eq!(presented_key(&HeaderMap::new()), None);
     }
 
     #[test]

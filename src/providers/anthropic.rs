@@ -549,13 +549,17 @@ impl AUsage {
     /// OpenAI counts cached prompt tokens inside `prompt_tokens`; Anthropic does not.
     fn openai(&self) -> Usage {
         let read = self.cache_read_input_tokens.unwrap_or(0);
-        let prompt =
-            self.input_tokens.unwrap_or(0) + read + self.cache_creation_input_tokens.unwrap_or(0);
+        // Upstream numbers: saturate rather than overflow.
+        let prompt = self
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(read)
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
         let completion = self.output_tokens.unwrap_or(0);
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
-            total_tokens: prompt + completion,
+            total_tokens: prompt.saturating_add(completion),
             prompt_tokens_details: (self.cache_read_input_tokens.is_some()
                 || self.cache_creation_input_tokens.is_some())
             .then_some(t::PromptDetails {

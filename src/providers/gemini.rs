@@ -13,8 +13,8 @@
 use super::translate::{
     self as t, body_object, content_str, invalid, is_default, is_null, mime_from_url,
     parse_data_url, raw_is_default, raw_max_tokens, raw_stop_list, secret_header, unsupported_all,
-    ChatBody, ChunkWriter, Content, Delta, FunctionCall, FunctionDelta, InMessage, InTool,
-    InToolCall, LStr, Lax, LaxList, MaybeRaw, Part, SseParser, ToolCall, ToolCallDelta,
+    ChatBody, ChunkWriter, Content, Delta, EmbeddingFormat, FunctionCall, FunctionDelta, InMessage,
+    InTool, InToolCall, LStr, Lax, LaxList, MaybeRaw, Part, SseParser, ToolCall, ToolCallDelta,
     ToolChoiceIn, Usage,
 };
 use super::{Provider, StreamTranslator, UpstreamError};
@@ -97,7 +97,11 @@ impl Provider for Gemini {
         body: Bytes,
     ) -> Result<Bytes, ApiError> {
         match req.endpoint {
-            Endpoint::Embeddings => translate_embeddings_response(&dep.model, &body),
+            Endpoint::Embeddings => translate_embeddings_response(
+                &dep.model,
+                &body,
+                EmbeddingFormat::of_request(&req.body)?,
+            ),
             _ => translate_response(&dep.model, &body),
         }
     }
@@ -616,6 +620,10 @@ pub fn translate_embeddings_request(
     for (k, v) in m {
         match k.as_str() {
             "dimensions" => dims = (!v.is_null()).then_some(v),
+            // Honoured when the response is translated.
+            "encoding_format" => {
+                EmbeddingFormat::of_value(Some(&v))?;
+            }
             "user" => {}
             _ if is_default(&k, &v) => {}
             _ => rejected.push(k),
@@ -713,13 +721,14 @@ struct GUsage {
 impl GUsage {
     fn openai(&self) -> Usage {
         let thoughts = self.thoughts_token_count.unwrap_or(0);
-        let completion = self.candidates_token_count + thoughts;
+        // Upstream numbers: saturate rather than overflow.
+        let completion = self.candidates_token_count.saturating_add(thoughts);
         Usage {
             prompt_tokens: self.prompt_token_count,
             completion_tokens: completion,
             total_tokens: self
                 .total_token_count
-                .unwrap_or(self.prompt_token_count + completion),
+                .unwrap_or(self.prompt_token_count.saturating_add(completion)),
             prompt_tokens_details: self
                 .cached_content_token_count
                 .map(|c| t::PromptDetails { cached_tokens: c }),
@@ -848,15 +857,20 @@ struct EmbedValues {
     values: Vec<f64>,
 }
 
-/// A `batchEmbedContents` response → an OpenAI embedding list. Gemini reports no token
-/// counts for embeddings, so usage is zero.
-pub fn translate_embeddings_response(model: &str, body: &[u8]) -> Result<Bytes, ApiError> {
+/// A `batchEmbedContents` response → an OpenAI embedding list, each vector in the
+/// `encoding_format` the client asked for. Gemini reports no token counts for embeddings,
+/// so usage is zero.
+pub fn translate_embeddings_response(
+    model: &str,
+    body: &[u8],
+    format: EmbeddingFormat,
+) -> Result<Bytes, ApiError> {
     let resp: EmbedResponse = serde_json::from_slice(body).map_err(|e| t::bad_body(NAME, e))?;
     #[derive(serde::Serialize)]
     struct Item {
         object: &'static str,
         index: usize,
-        embedding: Vec<f64>,
+        embedding: Value,
     }
     let data: Vec<Item> = resp
         .embeddings
@@ -865,7 +879,7 @@ pub fn translate_embeddings_response(model: &str, body: &[u8]) -> Result<Bytes, 
         .map(|(index, e)| Item {
             object: "embedding",
             index,
-            embedding: e.values,
+            embedding: format.encode(e.values),
         })
         .collect();
     serde_json::to_vec(&json!({
@@ -1192,8 +1206,7 @@ fn retry_delay(details: &[Value]) -> Option<std::time::Duration> {
             return None;
         }
         let s = d.get("retryDelay")?.as_str()?.strip_suffix('s')?;
-        let secs: f64 = s.parse().ok()?;
-        (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+        crate::duration::clamp_secs_f64(s.parse().ok()?)
     })
 }
 
@@ -1795,6 +1808,7 @@ mod tests {
             &translate_embeddings_response(
                 "gemini-test",
                 br#"{"embeddings":[{"values":[0.1,0.2]},{"values":[0.3,0.4]}]}"#,
+                EmbeddingFormat::Float,
             )
             .unwrap(),
         )
@@ -1804,5 +1818,45 @@ mod tests {
             out["data"][1],
             json!({"object": "embedding", "index": 1, "embedding": [0.3, 0.4]})
         );
+    }
+
+    /// The OpenAI SDKs ask for base64 unless told otherwise: little-endian float32 bytes.
+    #[test]
+    fn embeddings_in_base64() {
+        let d = dep();
+        let req = request(
+            Endpoint::Embeddings,
+            json!({"model": "g", "input": "a", "encoding_format": "base64"}),
+        );
+        assert!(translate_embeddings_request(&d, &req).is_ok());
+        let format = EmbeddingFormat::of_request(&req.body).unwrap();
+        assert_eq!(format, EmbeddingFormat::Base64);
+        let out: Value = serde_json::from_slice(
+            &translate_embeddings_response(
+                "gemini-test",
+                br#"{"embeddings":[{"values":[1.0,-2.5,0.1]}]}"#,
+                format,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(out["data"][0]["embedding"].as_str().unwrap())
+            .unwrap();
+        let floats: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(floats, [1.0, -2.5, 0.1f32]);
+        for bad in [json!("int8"), json!(1)] {
+            let req = request(
+                Endpoint::Embeddings,
+                json!({"model": "g", "input": "a", "encoding_format": bad}),
+            );
+            let err = translate_embeddings_request(&d, &req).unwrap_err();
+            assert_eq!(err.status.as_u16(), 400);
+            assert_eq!(err.param.as_deref(), Some("encoding_format"), "{err:?}");
+        }
     }
 }

@@ -208,7 +208,8 @@ pub fn classify(status: StatusCode, body: &[u8]) -> ErrorClass {
     }
 }
 
-/// Seconds or HTTP-date `Retry-After`.
+/// Seconds or HTTP-date `Retry-After`, clamped to [`crate::duration::MAX`] (the router
+/// bounds it further); `None` when absent or meaningless (negative, NaN, garbage).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers
         .get(reqwest::header::RETRY_AFTER)?
@@ -216,12 +217,13 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .ok()?
         .trim();
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return crate::duration::clamp_secs_f64(secs);
     }
     let when = httpdate::parse_http_date(v).ok()?;
     Some(
         when.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .min(crate::duration::MAX),
     )
 }
 

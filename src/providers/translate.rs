@@ -578,6 +578,58 @@ pub fn is_default(param: &str, v: &Value) -> bool {
 
 pub use super::secret_header;
 
+/// OpenAI's `encoding_format` for embeddings: the vectors as JSON numbers, or as base64 of
+/// their little-endian float32 bytes (what the OpenAI SDKs ask for unless told otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmbeddingFormat {
+    #[default]
+    Float,
+    Base64,
+}
+
+impl EmbeddingFormat {
+    /// An `encoding_format` value: absent or null is `float`; anything but `"float"` or
+    /// `"base64"` is a 400, as OpenAI answers it.
+    pub fn of_value(v: Option<&Value>) -> Result<Self, ApiError> {
+        match v.and_then(|v| if v.is_null() { None } else { Some(v) }) {
+            None => Ok(Self::Float),
+            Some(Value::String(s)) if s == "float" => Ok(Self::Float),
+            Some(Value::String(s)) if s == "base64" => Ok(Self::Base64),
+            Some(_) => Err(invalid(
+                "encoding_format",
+                "expected \"float\" or \"base64\"",
+            )),
+        }
+    }
+
+    /// The format a request body asks for (only that field is read).
+    pub fn of_request(body: &[u8]) -> Result<Self, ApiError> {
+        #[derive(Deserialize)]
+        struct Only {
+            #[serde(default)]
+            encoding_format: Option<Value>,
+        }
+        let only: Only = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
+        Self::of_value(only.encoding_format.as_ref())
+    }
+
+    /// One embedding, as the `embedding` value of OpenAI's response.
+    pub fn encode(self, values: Vec<f64>) -> Value {
+        match self {
+            Self::Float => Value::from(values),
+            Self::Base64 => {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = values
+                    .iter()
+                    .flat_map(|v| (*v as f32).to_le_bytes())
+                    .collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
+    }
+}
+
 /// The request's `function` tools, checked the same way for every provider: each entry
 /// must be an object with a named `function`; other tool types and `strict` are
 /// unsupported (dropped or rejected per `drop_params`). Yields each tool, its function and

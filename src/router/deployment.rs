@@ -135,6 +135,11 @@ impl Deployment {
         }
     }
 
+    /// `api_base` as shown to people (errors, `/health`): credentials in it replaced.
+    pub fn api_base_shown(&self) -> std::borrow::Cow<'_, str> {
+        crate::redact::userinfo(&self.api_base)
+    }
+
     /// `{api_base}/{endpoint path}`, parsed on first use and reused after.
     pub fn endpoint_url(&self, endpoint: crate::request::Endpoint) -> Option<reqwest::Url> {
         use crate::request::Endpoint;
@@ -187,7 +192,7 @@ impl Deployment {
 
     /// Starts (or extends) a cooldown; an existing later deadline is kept.
     pub fn cool_down(&self, for_: Duration, reason: String) {
-        let until = now_ms() + for_.as_millis() as u64;
+        let until = crate::duration::add_ms(now_ms(), for_);
         let prev = self
             .health
             .cooling_until_ms
@@ -196,7 +201,7 @@ impl Deployment {
             if let Ok(mut r) = self.health.cooling_reason.lock() {
                 *r = reason;
             }
-            tracing::warn!(deployment = %self.id, cooldown_ms = for_.as_millis() as u64, reason = %self.health.cooling_reason.lock().map(|r| r.clone()).unwrap_or_default(), "deployment cooling down");
+            tracing::warn!(deployment = %self.id, cooldown_ms = for_.as_millis() as u64, reason = %crate::logging::Clean(&self.health.cooling_reason.lock().map(|r| r.clone()).unwrap_or_default()), "deployment cooling down");
         }
     }
 
@@ -326,7 +331,10 @@ impl Deployment {
         if self.rpm.is_some_and(|l| reqs >= l) {
             return false;
         }
-        if self.tpm.is_some_and(|l| toks + tokens > l && toks > 0) {
+        if self
+            .tpm
+            .is_some_and(|l| toks.saturating_add(tokens) > l && toks > 0)
+        {
             return false;
         }
         if self
@@ -341,12 +349,12 @@ impl Deployment {
     /// Headroom left this minute as a fraction (1.0 = unused or unlimited).
     pub fn headroom(&self, tokens: u64) -> f64 {
         let (reqs, toks) = self.usage();
-        let r = self
-            .rpm
-            .map_or(1.0, |l| 1.0 - (reqs + 1) as f64 / l.max(1) as f64);
-        let t = self
-            .tpm
-            .map_or(1.0, |l| 1.0 - (toks + tokens) as f64 / l.max(1) as f64);
+        let r = self.rpm.map_or(1.0, |l| {
+            1.0 - reqs.saturating_add(1) as f64 / l.max(1) as f64
+        });
+        let t = self.tpm.map_or(1.0, |l| {
+            1.0 - toks.saturating_add(tokens) as f64 / l.max(1) as f64
+        });
         r.min(t)
     }
 
@@ -374,9 +382,13 @@ impl Deployment {
 
     /// Adds tokens reported by the upstream (usage) to this minute's count.
     pub fn add_tokens(&self, tokens: u64) {
-        self.health
+        // The count comes from the upstream: saturate rather than wrap to nothing.
+        let _ = self
+            .health
             .minute_tokens
-            .fetch_add(tokens, Ordering::Relaxed);
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_add(tokens))
+            });
     }
 
     /// Sum of input and output price per million tokens (0 when unpriced, e.g. local).

@@ -20,15 +20,17 @@ use policy::Policy;
 use strategy::ShuffleBasis;
 use stream::UpstreamStream;
 
-use crate::config::{ErrorClass, LoadedConfig, ProviderKind};
+use crate::config::{ErrorClass, LoadedConfig, ProviderKind, Secret};
 use crate::error::ApiError;
+use crate::logging::Clean;
 use crate::providers::{self, UpstreamError};
+use crate::redact;
 use crate::request::ClientRequest;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +42,10 @@ pub struct Router {
     names: Vec<String>,
     client: reqwest::Client,
     policy: Policy,
+    /// Largest context window of any deployment: token counts above it need no precision.
+    max_window: u64,
+    /// Keys masked in upstream text passed on to clients and logs.
+    secrets: Arc<redact::Secrets>,
 }
 
 struct Group {
@@ -63,6 +69,10 @@ impl Router {
     pub fn new(cfg: &LoadedConfig, api_bases: &HashMap<usize, String>) -> Result<Self, String> {
         let mut groups: HashMap<String, Vec<Arc<Deployment>>> = HashMap::new();
         let mut names = Vec::new();
+        let mut secrets = redact::Secrets::default();
+        for key in cfg.model_keys.iter().flatten().chain(&cfg.master_key) {
+            secrets.add(key.expose());
+        }
         for (i, m) in cfg.config.models.iter().enumerate() {
             let name = m.name.get_ref().clone();
             let provider = providers::for_kind(m.provider);
@@ -75,6 +85,7 @@ impl Router {
                 .or_else(|| m.api_base.as_ref().map(|b| b.get_ref().clone()))
                 .or_else(|| default_base(m.provider).map(str::to_string))
                 .ok_or_else(|| format!("model {name:?} has no api_base"))?;
+            secrets.add_userinfo(&api_base);
             let group = groups.entry(name.clone()).or_default();
             if group.is_empty() {
                 names.push(name.clone());
@@ -116,11 +127,17 @@ impl Router {
             {
                 return Err(format!(
                     "model {name:?}: api_base {:?} is not a valid URL",
-                    dep.api_base
+                    redact::userinfo(&dep.api_base)
                 ));
             }
             group.push(dep);
         }
+        let max_window = groups
+            .values()
+            .flatten()
+            .filter_map(|d| d.context_window)
+            .max()
+            .unwrap_or(0);
         let groups = groups
             .into_iter()
             .map(|(name, deployments)| {
@@ -153,7 +170,14 @@ impl Router {
             names,
             client,
             policy: Policy::from_config(&cfg.config.router),
+            max_window,
+            secrets: Arc::new(secrets),
         })
+    }
+
+    /// Also masks `secret` in upstream text (the master key when it comes from a file).
+    pub fn redact_also(&mut self, secret: &Secret) {
+        Arc::make_mut(&mut self.secrets).add(secret.expose());
     }
 
     /// Model group names in config order.
@@ -200,22 +224,29 @@ impl Router {
         }
         let mut chain: VecDeque<(String, Via, u32)> =
             VecDeque::from([(req.model.clone(), Via::Requested, 0)]);
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut unknown: Vec<String> = Vec::new();
         let mut last: Option<UpstreamError> = None;
         let mut tokens: Option<u64> = None;
         while let Some((model, via, depth)) = chain.pop_front() {
-            if seen.contains(&model) {
+            if std::time::Instant::now() >= deadline {
+                last = Some(last.unwrap_or_else(request_timeout));
+                break;
+            }
+            if !seen.insert(model.clone()) {
                 continue;
             }
-            seen.push(model.clone());
             let Some(group) = self.groups.get(&model) else {
-                tracing::warn!(model = %model, "fallback names a model this gateway does not serve; skipped");
+                unknown.push(model);
                 continue;
             };
             // Context window: count only when the body could possibly exceed it.
             let fits = match group.min_window {
                 Some(min) if tokens::upper_bound(&req) > min => {
-                    let n = *tokens.get_or_insert_with(|| tokens::count(&req));
+                    let n = match tokens {
+                        Some(n) => n,
+                        None => *tokens.insert(tokens::count(&req, self.max_window).await),
+                    };
                     group
                         .deployments
                         .iter()
@@ -231,6 +262,7 @@ impl Router {
             };
             let err = match outcome {
                 Ok(mut resp) => {
+                    log_unknown(&unknown);
                     if via != Via::Requested {
                         resp.headers_mut()
                             .insert("x-llmgw-fallback", header_value(&model));
@@ -274,10 +306,11 @@ impl Router {
                 }
             }
             if !chain.is_empty() {
-                tracing::info!(model = %model, error = %err.error.message, "model group failed; trying its fallback");
+                tracing::info!(model = %model, error = %Clean(&err.error.message), "model group failed; trying its fallback");
             }
             last = Some(err);
         }
+        log_unknown(&unknown);
         let err = last.unwrap_or_else(|| {
             UpstreamError::new(
                 ErrorClass::Default,
@@ -329,7 +362,7 @@ impl Router {
                 let wait = self
                     .policy
                     .backoff(retries, last.as_ref().and_then(|e| e.retry_after));
-                if Instant::now() + wait >= deadline {
+                if crate::duration::deadline(Instant::now(), wait) >= deadline {
                     return Err(last.unwrap_or_else(request_timeout));
                 }
                 tokio::time::sleep(wait).await;
@@ -360,7 +393,7 @@ impl Router {
                 Ok(resp) => return Ok(resp),
                 Err(e) => {
                     self.on_failure(&dep, &e, only_one);
-                    tracing::debug!(deployment = %dep.id, class = ?e.class, error = %e.error.message, "attempt failed");
+                    tracing::debug!(deployment = %dep.id, class = ?e.class, error = %Clean(&e.error.message), "attempt failed");
                     let allowed = self.policy.retries_for(e.class);
                     tried.push(pos);
                     if retries >= allowed {
@@ -439,16 +472,38 @@ impl Router {
         let cool =
             e.class == ErrorClass::RateLimit || self.policy.should_cool(e.class, same, total);
         if cool {
+            // The upstream's Retry-After, bounded by `max_cooldown`: one answer must not
+            // take a deployment out of service for longer than the operator allows.
             let for_ = dep
                 .cooldown
-                .or(e.retry_after.filter(|d| !d.is_zero()))
+                .or(e
+                    .retry_after
+                    .filter(|d| !d.is_zero())
+                    .map(|d| d.min(self.policy.max_cooldown)))
                 .unwrap_or(self.policy.cooldown);
             dep.cool_down(for_, format!("{:?}: {}", e.class, e.error.message));
         }
     }
 
-    /// One attempt against one deployment.
+    /// One attempt against one deployment; upstream text in its error has the known
+    /// secrets masked.
     async fn attempt(
+        &self,
+        dep: &Arc<Deployment>,
+        slot: InFlight,
+        req: &ClientRequest,
+        limit: Duration,
+        log: &mut RequestLog,
+    ) -> Result<Response, UpstreamError> {
+        self.attempt_unscrubbed(dep, slot, req, limit, log)
+            .await
+            .map_err(|mut e| {
+                self.secrets.scrub_error(&mut e);
+                e
+            })
+    }
+
+    async fn attempt_unscrubbed(
         &self,
         dep: &Arc<Deployment>,
         slot: InFlight,
@@ -462,7 +517,7 @@ impl Router {
             .build(&self.client, dep, req)
             .map_err(|e| UpstreamError::new(ErrorClass::BadRequest, e))?;
         let sent = Instant::now();
-        let until = tokio::time::Instant::from_std(sent + timeout);
+        let until = tokio::time::Instant::from_std(crate::duration::deadline(sent, timeout));
         let resp = match tokio::time::timeout_at(until, rb.send()).await {
             Err(_) => return Err(timeout_error(dep, timeout)),
             Ok(Err(e)) => return Err(send_error(dep, &e, timeout)),
@@ -471,8 +526,10 @@ impl Router {
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
-            let body = match tokio::time::timeout_at(until, resp.bytes()).await {
-                Ok(Ok(b)) => b,
+            // Only the start of an error body matters; the rest is never read.
+            let limit = self.policy.max_error_bytes;
+            let body = match tokio::time::timeout_at(until, read_capped(resp, limit)).await {
+                Ok(Ok(Capped::Whole(b) | Capped::Cut(b))) => b,
                 _ => Bytes::new(),
             };
             log.upstream += sent.elapsed();
@@ -485,7 +542,8 @@ impl Router {
         if req.stream {
             let translator =
                 (!dep.provider.passthrough()).then(|| dep.provider.stream_translator(dep, req));
-            let mut stream = UpstreamStream::new(resp, translator, timeout, slot);
+            let mut stream =
+                UpstreamStream::new(resp, translator, timeout, slot, self.secrets.clone());
             match tokio::time::timeout_at(until, stream.first()).await {
                 Err(_) => return Err(timeout_error(dep, timeout)),
                 Ok(Err(e)) => return Err(e),
@@ -507,10 +565,12 @@ impl Router {
                 .body(Body::from_stream(stream))
                 .expect("valid response"))
         } else {
-            let body = match tokio::time::timeout_at(until, resp.bytes()).await {
+            let limit = self.policy.max_response_bytes;
+            let body = match tokio::time::timeout_at(until, read_capped(resp, limit)).await {
                 Err(_) => return Err(timeout_error(dep, timeout)),
                 Ok(Err(e)) => return Err(send_error(dep, &e, timeout)),
-                Ok(Ok(b)) => b,
+                Ok(Ok(Capped::Whole(b))) => b,
+                Ok(Ok(Capped::Cut(_))) => return Err(too_large_error(dep, limit)),
             };
             let took = sent.elapsed();
             log.upstream += took;
@@ -536,6 +596,52 @@ impl Router {
             Ok(builder.body(Body::from(body)).expect("valid response"))
         }
     }
+}
+
+/// One line for all the fallback names a request gave that are not served here.
+fn log_unknown(names: &[String]) {
+    if !names.is_empty() {
+        tracing::warn!(
+            models = %Clean(&names.join(", ")),
+            "fallbacks name model groups this gateway does not serve; skipped"
+        );
+    }
+}
+
+/// A body read up to a limit.
+enum Capped {
+    Whole(Bytes),
+    /// The body was longer than the limit: its first `limit` bytes (the rest is unread).
+    Cut(Bytes),
+}
+
+/// Reads `resp`'s body, but never more than `limit` bytes of it.
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Capped, reqwest::Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit - buf.len();
+        if chunk.len() > room {
+            buf.extend_from_slice(&chunk[..room]);
+            return Ok(Capped::Cut(buf.freeze()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Whole(buf.freeze()))
+}
+
+/// A successful answer too large to hold. Retrying elsewhere would only fetch it again,
+/// and the deployment did nothing wrong: the class is the one that neither retries,
+/// falls back nor cools down.
+fn too_large_error(dep: &Deployment, limit: usize) -> UpstreamError {
+    UpstreamError::new(
+        ErrorClass::BadRequest,
+        ApiError::bad_gateway(format!(
+            "deployment {} answered with more than {limit} bytes, the gateway's limit \
+             ([router] max_response_bytes); ask for less (fewer inputs, lower n or max_tokens)",
+            dep.id
+        ))
+        .with_code("upstream_response_too_large"),
+    )
 }
 
 /// `usage.total_tokens` of an OpenAI response, found without parsing the whole body.
@@ -616,7 +722,11 @@ fn send_error(dep: &Deployment, e: &reqwest::Error, timeout: Duration) -> Upstre
     };
     UpstreamError::new(
         ErrorClass::Connection,
-        ApiError::bad_gateway(format!("deployment {} ({}): {why}", dep.id, dep.api_base)),
+        ApiError::bad_gateway(format!(
+            "deployment {} ({}): {why}",
+            dep.id,
+            redact::userinfo(&dep.api_base)
+        )),
     )
 }
 
@@ -691,9 +801,9 @@ impl Drop for RequestLog {
         tracing::info!(
             target: "llmgw::request",
             path = self.path,
-            model = %self.model,
+            model = %Clean(&self.model),
             deployment = %self.deployment,
-            fallback = self.fallback.as_deref(),
+            fallback = self.fallback.as_deref().map(|f| tracing::field::display(Clean(f))),
             status = self.status,
             attempts = self.attempts,
             stream = self.stream,

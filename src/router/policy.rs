@@ -22,6 +22,11 @@ pub(crate) struct Policy {
     pub context_window_fallbacks: BTreeMap<String, Vec<String>>,
     pub default_fallbacks: Vec<String>,
     pub max_fallback_depth: u32,
+    /// Longest cooldown an upstream's Retry-After may set.
+    pub max_cooldown: Duration,
+    /// Most bytes read of a successful non-streamed answer / of an error body.
+    pub max_response_bytes: usize,
+    pub max_error_bytes: usize,
 }
 
 impl Policy {
@@ -39,6 +44,9 @@ impl Policy {
             context_window_fallbacks: r.context_window_fallbacks.clone(),
             default_fallbacks: r.default_fallbacks.clone(),
             max_fallback_depth: r.max_fallback_depth,
+            max_cooldown: r.max_cooldown.0,
+            max_response_bytes: r.max_response_bytes,
+            max_error_bytes: r.max_error_bytes,
         }
     }
 

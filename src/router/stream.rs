@@ -10,11 +10,14 @@ use super::deployment::InFlight;
 use super::RequestLog;
 use crate::config::ErrorClass;
 use crate::error::ApiError;
+use crate::logging::Clean;
 use crate::providers::{StreamTranslator, UpstreamError};
+use crate::redact::Secrets;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +39,8 @@ pub(crate) struct UpstreamStream {
     done: bool,
     guard: Option<InFlight>,
     log: Option<RequestLog>,
+    /// Masked in an error event made from upstream text.
+    secrets: Arc<Secrets>,
 }
 
 impl UpstreamStream {
@@ -44,6 +49,7 @@ impl UpstreamStream {
         translator: Option<Box<dyn StreamTranslator>>,
         idle_timeout: Duration,
         guard: InFlight,
+        secrets: Arc<Secrets>,
     ) -> Self {
         UpstreamStream {
             inner: Box::pin(resp.bytes_stream()),
@@ -56,6 +62,7 @@ impl UpstreamStream {
             done: false,
             guard: Some(guard),
             log: None,
+            secrets,
         }
     }
 
@@ -88,7 +95,10 @@ impl UpstreamStream {
         loop {
             match self.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let deadline = tokio::time::Instant::now() + self.idle_timeout;
+                    let deadline = crate::duration::tokio_deadline(
+                        tokio::time::Instant::now(),
+                        self.idle_timeout,
+                    );
                     self.idle.as_mut().reset(deadline);
                     let Some(tr) = self.translator.as_mut() else {
                         self.track_done(&chunk);
@@ -209,8 +219,9 @@ impl Stream for UpstreamStream {
                 this.finish(true);
                 Poll::Ready(None)
             }
-            Poll::Ready(Err(e)) => {
-                tracing::warn!(error = %e.error.message, "stream failed after the first byte; sending an error event");
+            Poll::Ready(Err(mut e)) => {
+                this.secrets.scrub_error(&mut e);
+                tracing::warn!(error = %Clean(&e.error.message), "stream failed after the first byte; sending an error event");
                 if let Some(log) = this.log.as_mut() {
                     log.status = e.error.status.as_u16();
                 }

@@ -1,11 +1,17 @@
 //! The sbatch script: a minijinja template (the built-in `slurm/llmgw.sbatch.j2`, or the
 //! user's own via `[slurm] template`) rendered from a [`JobSpec`].
 //!
-//! Templates see every field of [`JobSpec`] and a `sh` filter that quotes a value for the
-//! shell. Undefined variables are errors, so a typo in a user's template is caught at
+//! Templates see every field of [`JobSpec`]. Every `{{ value }}` is shell-quoted as it is
+//! written (a custom auto-escape), so a path or a module name can never become shell
+//! code, in the built-in template or a user's: the config is data, the script is code.
+//! Only `setup` (shell lines, on purpose) and `extra_directives` (whole `#SBATCH`
+//! arguments, read by sbatch, never by the shell) are inserted as written; both must be
+//! one line. The `sh` filter (kept for old templates) quotes once, like the auto-escape.
+//! Undefined variables are errors, so a typo in a user's template is caught at
 //! `llmgw start --dry-run` rather than on the compute node.
 
 use crate::config::SlurmConfig;
+use minijinja::{AutoEscape, Value};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +19,8 @@ use std::path::{Path, PathBuf};
 pub const BUILTIN: &str = include_str!("../../slurm/llmgw.sbatch.j2");
 /// Its name in error messages.
 pub const BUILTIN_NAME: &str = "slurm/llmgw.sbatch.j2 (built in)";
+/// The auto-escape mode that shell-quotes every interpolated value.
+const SHELL: &str = "sh";
 
 /// Everything a template may use.
 #[derive(Debug, Clone, Serialize)]
@@ -50,7 +58,7 @@ pub enum TemplateError {
     },
     #[error("sbatch template {name}: {message}")]
     Render { name: String, message: String },
-    #[error("[slurm] {field} must be one line, got {value:?}")]
+    #[error("[slurm] {field} must be one line without control characters, got {value:?}")]
     MultiLine { field: &'static str, value: String },
 }
 
@@ -80,7 +88,8 @@ impl JobSpec {
         Ok(spec)
     }
 
-    /// A newline inside a directive would end the `#SBATCH` line and run the rest as shell.
+    /// A newline inside a directive would end the `#SBATCH` line and run the rest as shell;
+    /// sbatch cannot read `$'…'` quoting, so directive values must be plain text.
     fn check_one_line(&self) -> Result<(), TemplateError> {
         let c = &self.slurm;
         let single: [(&'static str, Option<&str>); 10] = [
@@ -103,7 +112,7 @@ impl JobSpec {
             .chain(c.setup.iter().map(|v| ("setup", Some(v.as_str()))));
         for (field, value) in single.into_iter().chain(lists) {
             if let Some(v) = value {
-                if v.contains('\n') || v.contains('\r') {
+                if v.chars().any(char::is_control) {
                     return Err(TemplateError::MultiLine {
                         field,
                         value: v.to_string(),
@@ -180,8 +189,16 @@ pub fn render(spec: &JobSpec, template: Option<&Path>) -> Result<String, Templat
     };
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-    env.add_filter("sh", |v: String| shell_quote(&v));
+    env.set_auto_escape_callback(|_| AutoEscape::Custom(SHELL.into()));
+    env.set_formatter(|out, state, value| {
+        if value.is_safe() || !matches!(state.auto_escape(), AutoEscape::Custom(_)) {
+            // Safe strings (and `{% autoescape false %}` blocks) are written as they are.
+            return minijinja::escape_formatter(out, state, value);
+        }
+        out.write_str(&shell_quote(&value.to_string()))
+            .map_err(minijinja::Error::from)
+    });
+    env.add_filter("sh", |v: String| Value::from_safe_string(shell_quote(&v)));
     let render_err = |e: minijinja::Error| TemplateError::Render {
         name: name.clone(),
         message: match e.line() {
@@ -189,8 +206,21 @@ pub fn render(spec: &JobSpec, template: Option<&Path>) -> Result<String, Templat
             None => e.to_string(),
         },
     };
+    // The two fields that are written as they are.
+    let raw = |lines: &[String]| -> Value {
+        lines
+            .iter()
+            .map(|l| Value::from_safe_string(l.clone()))
+            .collect::<Vec<_>>()
+            .into()
+    };
+    let ctx = minijinja::context! {
+        setup => raw(&spec.slurm.setup),
+        extra_directives => raw(&spec.slurm.extra_directives),
+        ..minijinja::value::Serde(spec)
+    };
     let mut out = env
-        .render_named_str(&name, &source, minijinja::value::Serde(spec))
+        .render_named_str(&name, &source, ctx)
         .map_err(render_err)?;
     if !out.ends_with('\n') {
         out.push('\n');
@@ -198,16 +228,39 @@ pub fn render(spec: &JobSpec, template: Option<&Path>) -> Result<String, Templat
     Ok(out)
 }
 
-/// Quotes `s` for a POSIX shell (bare when it is made only of safe characters).
+/// Quotes `s` as one shell word on one line: bare when it is made only of safe
+/// characters, else in single quotes (`'` as `'\''`), and with control characters
+/// (newlines) in bash's `$'…'` with escapes, so that a value can end neither a command
+/// nor a comment line.
 pub fn shell_quote(s: &str) -> String {
     let safe = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if safe {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+        return s.to_string();
     }
+    if !s.chars().any(char::is_control) {
+        return format!("'{}'", s.replace('\'', r"'\''"));
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    out.push_str("$'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '\'' => out.push_str(r"\'"),
+            '\n' => out.push_str(r"\n"),
+            '\t' => out.push_str(r"\t"),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 #[cfg(test)]
@@ -252,7 +305,7 @@ mod tests {
             "#SBATCH --gpus=1\n",
             "#SBATCH --cpus-per-task=8\n",
             "#SBATCH --exclusive\n",
-            "#SBATCH --output=/home/a b/.llmgw/default/slurm-%j.log\n",
+            "#SBATCH --output='/home/a b/.llmgw/default/slurm-%j.log'\n",
             "module load cuda/12.4\n",
             "source ~/venv/bin/activate\n",
             "exec /usr/local/bin/llmgw serve \\\n  --config '/home/a b/.llmgw/default/config.toml'",
@@ -262,6 +315,64 @@ mod tests {
         }
         assert!(!out.contains("--account"), "{out}");
         assert!(!out.contains("\n\n\n"), "{out}");
+    }
+
+    #[test]
+    fn every_value_is_quoted_but_setup_and_directives() {
+        let slurm = SlurmConfig {
+            partition: Some("gpu|a100".into()),
+            modules: vec!["cuda/12.4; touch /tmp/x".into(), "$(touch /tmp/x)".into()],
+            setup: vec!["export A=$(hostname)".into()],
+            extra_directives: vec!["--comment=\"a b\"".into()],
+            ..SlurmConfig::default()
+        };
+        let mut s = spec(&slurm);
+        s.source_config = "/c\n$(touch /tmp/x)/it's.toml".into();
+        let out = render(&s, None).unwrap();
+        for want in [
+            "from $'/c\\n$(touch /tmp/x)/it\\'s.toml'.\n",
+            "#SBATCH --partition='gpu|a100'\n",
+            "module load 'cuda/12.4; touch /tmp/x'\n",
+            "module load '$(touch /tmp/x)'\n",
+            "export A=$(hostname)\n",
+            "#SBATCH --comment=\"a b\"\n",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+        // A user's template gets the same quoting, and `| sh` does not quote twice.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.j2");
+        std::fs::write(
+            &path,
+            "{{ config_path }} {{ config_path | sh }} {{ name }}\n",
+        )
+        .unwrap();
+        let out = render(&spec(&SlurmConfig::default()), Some(&path)).unwrap();
+        let q = "'/home/a b/.llmgw/default/config.toml'";
+        assert_eq!(out, format!("{q} {q} default\n"));
+    }
+
+    #[test]
+    fn control_characters_in_a_directive_are_refused() {
+        let slurm = SlurmConfig {
+            account: Some("a\x1bb".into()),
+            ..SlurmConfig::default()
+        };
+        let err = JobSpec::new(
+            "x",
+            &slurm,
+            SpecPaths {
+                state_dir: "/s".into(),
+                log_path: "/s/l".into(),
+                config_path: "/s/c".into(),
+                source_config: "c".into(),
+                binary: "/b".into(),
+                key_file: None,
+            },
+            60,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("account"), "{err}");
     }
 
     #[test]
@@ -318,5 +429,32 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a\nb"), r"$'a\nb'");
+    }
+
+    /// What bash makes of each quoted value is the value, byte for byte.
+    #[test]
+    fn bash_reads_back_every_quoted_value() {
+        let hostile = [
+            "plain",
+            "a b",
+            "it's",
+            "$(touch /tmp/llmgw-never)",
+            "`id`; rm -rf ~ && echo $HOME",
+            "x\n$(touch /tmp/llmgw-never)\n# y",
+            "tab\there\r\u{7}\u{1b}[31m\\'\"",
+            "\u{85}next-line é",
+            "",
+        ];
+        for v in hostile {
+            let out = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(v)))
+                .output()
+                .expect("bash");
+            assert!(out.status.success(), "{v:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), v, "{v:?}");
+            assert!(!shell_quote(v).contains('\n'), "{v:?}");
+        }
     }
 }

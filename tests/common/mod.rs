@@ -144,6 +144,7 @@ pub struct GatewayBuilder {
     envs: Vec<(String, String)>,
     port: Option<u16>,
     ready_timeout: Duration,
+    nofile: Option<(u64, u64)>,
 }
 
 impl GatewayBuilder {
@@ -155,6 +156,7 @@ impl GatewayBuilder {
             envs: Vec::new(),
             port: Some(0),
             ready_timeout: READY_TIMEOUT,
+            nofile: None,
         }
     }
 
@@ -194,6 +196,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Starts the child with this open-file limit (soft, hard), as `ulimit -Sn`/`-Hn` would.
+    pub fn nofile_limit(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
+        self
+    }
+
     /// Writes the config and spawns the child; does not wait for anything.
     fn spawn(self) -> Spawned {
         let dir = tempfile::tempdir().expect("create temp dir");
@@ -215,6 +223,20 @@ impl GatewayBuilder {
         cmd.args(&self.args);
         for (k, v) in &self.envs {
             cmd.env(k, v);
+        }
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft,
+                        hard,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
         }
         cmd.stdout(std::fs::File::create(&stdout_path).expect("create stdout file"))
             .stderr(std::fs::File::create(&stderr_path).expect("create stderr file"));
