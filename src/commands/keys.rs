@@ -13,8 +13,6 @@ use std::process::ExitCode;
 pub struct KeysArgs {
     #[command(subcommand)]
     pub command: KeysCommand,
-    #[command(flatten)]
-    pub gateway: GatewayArgs,
 }
 
 /// Which gateway to talk to.
@@ -24,7 +22,7 @@ pub struct GatewayArgs {
     pub target: Target,
     /// The gateway's URL (e.g. http://gpu113:4000) instead of its state directory's
     /// endpoint record.
-    #[arg(long, env = "LLMGW_URL", global = true)]
+    #[arg(long, env = "LLMGW_URL")]
     pub url: Option<String>,
 }
 
@@ -33,17 +31,23 @@ pub enum KeysCommand {
     /// Create a key; it is printed once and never again.
     Create {
         #[command(flatten)]
+        gateway: GatewayArgs,
+        #[command(flatten)]
         fields: KeyFields,
         #[arg(long)]
         json: bool,
     },
     /// List keys with their limits and this period's spend.
     List {
+        #[command(flatten)]
+        gateway: GatewayArgs,
         #[arg(long)]
         json: bool,
     },
     /// Show one key.
     Info {
+        #[command(flatten)]
+        gateway: GatewayArgs,
         /// The key, its id or its alias.
         key: String,
         #[arg(long)]
@@ -51,6 +55,8 @@ pub enum KeysCommand {
     },
     /// Change a key's limits (a value of `none` removes a limit).
     Update {
+        #[command(flatten)]
+        gateway: GatewayArgs,
         /// The key, its id or its alias.
         key: String,
         #[command(flatten)]
@@ -66,6 +72,8 @@ pub enum KeysCommand {
     },
     /// Refuse a key from now on (every replica within a second); its spend history stays.
     Revoke {
+        #[command(flatten)]
+        gateway: GatewayArgs,
         /// The key, its id or its alias.
         key: String,
         /// Delete the key's record instead of blocking it.
@@ -210,6 +218,7 @@ impl Admin {
             .filter(|k| !k.trim().is_empty())
             .map(|k| crate::config::Secret::new(k.trim()))
             .or_else(|| super::api_key(&dir));
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .connect_timeout(std::time::Duration::from_secs(3))
@@ -267,10 +276,17 @@ impl Admin {
 }
 
 pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
-    let admin = Admin::connect(&args.gateway)?;
     use reqwest::Method;
+    let gateway = match &args.command {
+        KeysCommand::Create { gateway, .. }
+        | KeysCommand::List { gateway, .. }
+        | KeysCommand::Info { gateway, .. }
+        | KeysCommand::Update { gateway, .. }
+        | KeysCommand::Revoke { gateway, .. } => gateway,
+    };
+    let admin = Admin::connect(gateway)?;
     match args.command {
-        KeysCommand::Create { fields, json } => {
+        KeysCommand::Create { fields, json, .. } => {
             let v = admin.call(
                 Method::POST,
                 "/key/generate",
@@ -289,7 +305,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
                 print!("{}", table(std::slice::from_ref(&v)));
             }
         }
-        KeysCommand::List { json } => {
+        KeysCommand::List { json, .. } => {
             let v = admin.call(Method::GET, "/key/list", None)?;
             if json {
                 println!("{v}");
@@ -302,7 +318,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        KeysCommand::Info { key, json } => {
+        KeysCommand::Info { key, json, .. } => {
             let v = admin.call(
                 Method::GET,
                 &format!("/key/info?key={}", urlencode(&key)),
@@ -320,6 +336,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
             block,
             unblock,
             json,
+            ..
         } => {
             let mut body = fields.body()?;
             if block || unblock {
@@ -333,7 +350,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
                 print!("{}", table(std::slice::from_ref(&v)));
             }
         }
-        KeysCommand::Revoke { key, delete } => {
+        KeysCommand::Revoke { key, delete, .. } => {
             if delete {
                 admin.call(Method::POST, "/key/delete", Some(json!({"keys": [key]})))?;
                 println!("deleted key {key:?}");

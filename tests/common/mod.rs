@@ -18,6 +18,8 @@
 
 #![allow(dead_code)]
 
+pub mod keys;
+pub mod postgres;
 pub mod redis;
 
 use llmgw::mock::{Behavior, MockUpstream};
