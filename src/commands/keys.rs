@@ -13,16 +13,22 @@ use std::process::ExitCode;
 pub struct KeysArgs {
     #[command(subcommand)]
     pub command: KeysCommand,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
-/// Which gateway to talk to.
+/// Which gateway to talk to (before or after the subcommand).
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
-    #[command(flatten)]
-    pub target: Target,
+    /// Name of the gateway.
+    #[arg(long, default_value = "default", env = "LLMGW_NAME", global = true)]
+    pub name: String,
+    /// Its state directory [default: ~/.llmgw/<name>].
+    #[arg(long, env = "LLMGW_STATE_DIR", global = true)]
+    pub state_dir: Option<std::path::PathBuf>,
     /// The gateway's URL (e.g. http://gpu113:4000) instead of its state directory's
     /// endpoint record.
-    #[arg(long, env = "LLMGW_URL")]
+    #[arg(long, env = "LLMGW_URL", global = true)]
     pub url: Option<String>,
 }
 
@@ -31,23 +37,17 @@ pub enum KeysCommand {
     /// Create a key; it is printed once and never again.
     Create {
         #[command(flatten)]
-        gateway: GatewayArgs,
-        #[command(flatten)]
         fields: KeyFields,
         #[arg(long)]
         json: bool,
     },
     /// List keys with their limits and this period's spend.
     List {
-        #[command(flatten)]
-        gateway: GatewayArgs,
         #[arg(long)]
         json: bool,
     },
     /// Show one key.
     Info {
-        #[command(flatten)]
-        gateway: GatewayArgs,
         /// The key, its id or its alias.
         key: String,
         #[arg(long)]
@@ -55,8 +55,6 @@ pub enum KeysCommand {
     },
     /// Change a key's limits (a value of `none` removes a limit).
     Update {
-        #[command(flatten)]
-        gateway: GatewayArgs,
         /// The key, its id or its alias.
         key: String,
         #[command(flatten)]
@@ -72,8 +70,6 @@ pub enum KeysCommand {
     },
     /// Refuse a key from now on (every replica within a second); its spend history stays.
     Revoke {
-        #[command(flatten)]
-        gateway: GatewayArgs,
         /// The key, its id or its alias.
         key: String,
         /// Delete the key's record instead of blocking it.
@@ -198,7 +194,10 @@ pub struct Admin {
 impl Admin {
     /// Finds the gateway (endpoint record or `--url`) and its master key.
     pub fn connect(g: &GatewayArgs) -> anyhow::Result<Admin> {
-        let (name, dir) = super::target_dir(&g.target)?;
+        let (name, dir) = super::target_dir(&Target {
+            name: g.name.clone(),
+            state_dir: g.state_dir.clone(),
+        })?;
         let base = match &g.url {
             Some(u) => u.trim_end_matches('/').trim_end_matches("/v1").to_string(),
             None => {
@@ -277,16 +276,9 @@ impl Admin {
 
 pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
     use reqwest::Method;
-    let gateway = match &args.command {
-        KeysCommand::Create { gateway, .. }
-        | KeysCommand::List { gateway, .. }
-        | KeysCommand::Info { gateway, .. }
-        | KeysCommand::Update { gateway, .. }
-        | KeysCommand::Revoke { gateway, .. } => gateway,
-    };
-    let admin = Admin::connect(gateway)?;
+    let admin = Admin::connect(&args.gateway)?;
     match args.command {
-        KeysCommand::Create { fields, json, .. } => {
+        KeysCommand::Create { fields, json } => {
             let v = admin.call(
                 Method::POST,
                 "/key/generate",
@@ -305,7 +297,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
                 print!("{}", table(std::slice::from_ref(&v)));
             }
         }
-        KeysCommand::List { json, .. } => {
+        KeysCommand::List { json } => {
             let v = admin.call(Method::GET, "/key/list", None)?;
             if json {
                 println!("{v}");
@@ -318,7 +310,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        KeysCommand::Info { key, json, .. } => {
+        KeysCommand::Info { key, json } => {
             let v = admin.call(
                 Method::GET,
                 &format!("/key/info?key={}", urlencode(&key)),
@@ -336,7 +328,6 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
             block,
             unblock,
             json,
-            ..
         } => {
             let mut body = fields.body()?;
             if block || unblock {
@@ -350,7 +341,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
                 print!("{}", table(std::slice::from_ref(&v)));
             }
         }
-        KeysCommand::Revoke { key, delete, .. } => {
+        KeysCommand::Revoke { key, delete } => {
             if delete {
                 admin.call(Method::POST, "/key/delete", Some(json!({"keys": [key]})))?;
                 println!("deleted key {key:?}");
