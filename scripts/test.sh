@@ -22,6 +22,9 @@ command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
 command -v munged >/dev/null 2>&1 || missing+=(munge)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# A real PostgreSQL server for the shared key/spend store tests (tests/common/postgres.rs
+# runs initdb + postgres from /usr/lib/postgresql/*/bin as the postgres user).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then

@@ -339,11 +339,10 @@ async fn report_is_fast(store: &Store, what: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn spend_report_over_a_million_rows_is_fast() {
     let pg = PgServer::start();
-    let store = Store::Postgres(
-        llmgw::store::postgres::PgStore::open(&pg.url())
-            .await
-            .unwrap(),
-    );
+    let pg_store = llmgw::store::postgres::PgStore::open(&pg.url())
+        .await
+        .unwrap();
+    let store = Store::Postgres(Box::new(pg_store));
     report_is_fast(&store, "PostgreSQL").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.db");

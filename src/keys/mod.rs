@@ -249,7 +249,7 @@ pub fn parse_period(s: &str) -> Result<u64, String> {
 /// Seconds as the shortest exact `30s` / `5m` / `1h` / `30d`.
 pub fn format_period(secs: u64) -> String {
     for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs >= n && secs % n == 0 {
+        if secs >= n && secs.is_multiple_of(n) {
             return format!("{}{unit}", secs / n);
         }
     }

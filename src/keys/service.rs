@@ -67,9 +67,9 @@ impl KeyService {
     ) -> anyhow::Result<Arc<KeyService>> {
         let sc = &cfg.config.store;
         let store = match &cfg.store_url {
-            Some(url) => Store::Postgres(crate::store::postgres::PgStore::open(url.expose()).await.map_err(|e| {
+            Some(url) => Store::Postgres(Box::new(crate::store::postgres::PgStore::open(url.expose()).await.map_err(|e| {
                 anyhow::anyhow!("cannot open the [store] database: {e}; check that PostgreSQL is running and [store] url")
-            })?),
+            })?)),
             None => {
                 let path = sc
                     .path

@@ -139,9 +139,12 @@ fn rollup<'a>(rows: impl Iterator<Item = &'a SpendRow>) -> BTreeMap<RollupKey, R
     out
 }
 
+/// A half-open range `[from, to)` (hours or unix ms).
+pub type Span = (i64, i64);
+
 /// How a report over `[start, end)` splits: whole hours `[h0, h1)` from the rollup, and
-/// raw-row ranges for the partial hours at the ends.
-fn report_plan(start_ms: i64, end_ms: i64) -> (Option<(i64, i64)>, Vec<(i64, i64)>) {
+/// raw-row ranges (unix ms) for the partial hours at the ends.
+fn report_plan(start_ms: i64, end_ms: i64) -> (Option<Span>, Vec<Span>) {
     if end_ms <= start_ms {
         return (None, Vec::new());
     }
@@ -178,7 +181,7 @@ fn merge_report(parts: Vec<ReportRow>) -> Vec<ReportRow> {
 /// The configured store.
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
-    Postgres(postgres::PgStore),
+    Postgres(Box<postgres::PgStore>),
 }
 
 impl Store {
