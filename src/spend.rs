@@ -460,6 +460,10 @@ impl Stream for Metered {
         loop {
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(b))) => {
+                    // The stream failed after its start (an error event): not a 200.
+                    if memchr::memmem::find(&b, b"data: {\"error\"").is_some() {
+                        this.outcome.status = 502;
+                    }
                     // Fast path: whole events and no usage in them.
                     if this.carry.is_empty() && b.ends_with(b"\n\n") && usage_object(&b).is_none() {
                         return Poll::Ready(Some(Ok(b)));

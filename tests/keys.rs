@@ -489,3 +489,86 @@ async fn admin_api_refusals() {
         "admin_disabled"
     );
 }
+
+// Cache hits cost nothing and are recorded as hits.
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_hits_cost_nothing_and_are_recorded() {
+    let up = mock("cached", Behavior::default()).await;
+    let gw = gateway(
+        &openai_model("local", "m", &up.base_url(), PRICED),
+        "[cache]\nenabled = true\n",
+    )
+    .start()
+    .await;
+    let base = gw.url("");
+    let (key, _) = new_key(&base, json!({"key_alias": "ida", "max_budget": 1.0})).await;
+    let first = chat(&base, &key, "local", false, false).await;
+    assert_eq!(first.headers()["x-llmgw-cache"], "miss");
+    let second = chat(&base, &key, "local", false, false).await;
+    assert_eq!(second.headers()["x-llmgw-cache"], "hit");
+    // A streamed request for the same question is a hit too, replayed without a usage chunk.
+    let third = chat(&base, &key, "local", true, false).await;
+    assert_eq!(third.headers()["x-llmgw-cache"], "hit");
+    assert!(usage_events(&read_sse(third).await).is_empty());
+    assert_eq!(up.state.request_count(), 1);
+    let report = common::wait_for(Duration::from_secs(5), "spend rows", || async {
+        let (_, v) = admin(&base, Method::GET, "/spend/report?group_by=key", None).await;
+        (v["groups"][0]["requests"] == json!(3)).then_some(v)
+    })
+    .await;
+    let g = &report["groups"][0];
+    assert_eq!(
+        (g["cache_hits"].as_i64(), g["cost_nanos"].as_i64()),
+        (Some(2), Some(COST_NANOS))
+    );
+    let (_, logs) = admin(&base, Method::GET, "/spend/logs?api_key=ida", None).await;
+    let hits: Vec<&Value> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["cache_hit"] == true)
+        .collect();
+    assert_eq!(hits.len(), 2, "{logs}");
+    assert!(hits
+        .iter()
+        .all(|r| r["spend"] == 0.0 && r["model"] == "cache"));
+}
+
+// Streams from translating providers (Anthropic, Gemini) are charged from the usage the
+// gateway asks for, and the client that did not ask gets no usage chunk.
+#[tokio::test(flavor = "multi_thread")]
+async fn translated_streams_are_charged() {
+    use llmgw::mock_cloud::CloudMock;
+    let ant = CloudMock::anthropic("ant", Behavior::default())
+        .await
+        .unwrap();
+    let gem = CloudMock::gemini("gem", Behavior::default()).await.unwrap();
+    let models = format!(
+        "[[models]]\nname = \"claude\"\nprovider = \"anthropic\"\nmodel = \"claude-x\"\napi_base = \"{}\"\napi_key = \"env:K\"\n{PRICED}\n\n\
+         [[models]]\nname = \"gemini\"\nprovider = \"gemini\"\nmodel = \"gemini-x\"\napi_base = \"{}\"\napi_key = \"env:K\"\n{PRICED}\n",
+        ant.base_url(),
+        gem.base_url()
+    );
+    let gw = gateway(&models, "")
+        .env("K", "secret-provider-key")
+        .start()
+        .await;
+    let base = gw.url("");
+    let (key, _) = new_key(&base, json!({"key_alias": "jo"})).await;
+    for model in ["claude", "gemini"] {
+        let resp = chat(&base, &key, model, true, false).await;
+        assert_eq!(resp.status(), 200);
+        let ev = read_sse(resp).await;
+        assert!(usage_events(&ev).is_empty(), "{model}: {ev:?}");
+        assert!(!common::streamed_text(&ev).is_empty(), "{model}");
+    }
+    let report = common::wait_for(Duration::from_secs(5), "spend rows", || async {
+        let (_, v) = admin(&base, Method::GET, "/spend/report?group_by=model", None).await;
+        (v["groups"].as_array().map(Vec::len) == Some(2)).then_some(v)
+    })
+    .await;
+    for g in report["groups"].as_array().unwrap() {
+        assert!(g["cost_nanos"].as_i64().unwrap() > 0, "{report}");
+        assert_eq!(g["prompt_tokens"], 9, "{report}");
+    }
+}
