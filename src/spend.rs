@@ -137,9 +137,14 @@ pub fn cost_nanos(usage: Usage, price: (f64, f64)) -> i64 {
     }
 }
 
+/// Finds `"usage"` from the end (built once: building a searcher costs more than the
+/// search on a typical answer).
+static USAGE: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
+
 /// Where a `"usage": {` object starts in `b`, if anywhere.
 fn usage_object(b: &[u8]) -> Option<usize> {
-    for at in memchr::memmem::rfind_iter(b, b"\"usage\"") {
+    for at in USAGE.rfind_iter(b) {
         let rest = b[at + 7..].trim_ascii_start();
         if let Some(rest) = rest.strip_prefix(b":") {
             let rest = rest.trim_ascii_start();
@@ -161,7 +166,15 @@ pub fn usage_of(b: &[u8]) -> Option<Usage> {
 
 /// A random request id (32 hex digits).
 pub fn request_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 15) as usize];
+        n >>= 4;
+    }
+    // Only ASCII hex digits were written.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One request's spend row: who, which model, tokens, cost; never the content.
@@ -531,6 +544,16 @@ mod tests {
                 prompt: 5,
                 completion: 0
             })
+        );
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits() {
+        let (a, b) = (request_id(), request_id());
+        assert_ne!(a, b);
+        assert!(
+            a.len() == 32 && a.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{a}"
         );
     }
 

@@ -659,22 +659,15 @@ impl KeyService {
                 escape(&e.rec.id)
             )
         };
-        let rows: Vec<(String, &Counters, &Limits)> = keys
+        // (key|team, labels, counters, limits) for every key and team.
+        let rows: Vec<(&str, String, &Counters, &Limits)> = keys
             .iter()
-            .map(|e| {
-                (
-                    format!("llmgw_key_{{{}}}", key_label(e)),
-                    &*e.counters,
-                    &e.rec.limits,
-                )
-            })
-            .chain(teams.iter().map(|e| {
-                (
-                    format!("llmgw_team_{{{}}}", team_label(e)),
-                    &*e.counters,
-                    &e.rec.limits,
-                )
-            }))
+            .map(|e| ("key", key_label(e), &*e.counters, &e.rec.limits))
+            .chain(
+                teams
+                    .iter()
+                    .map(|e| ("team", team_label(e), &*e.counters, &e.rec.limits)),
+            )
             .collect();
         type Metric = (
             &'static str,
@@ -722,14 +715,8 @@ impl KeyService {
             for (suffix, kind, help, value) in &metrics {
                 let name = format!("llmgw_{who}_{suffix}");
                 family(&mut out, &name, kind, &format!("{help}, per {who}"));
-                let prefix = format!("llmgw_{who}_{{");
-                for (label, c, l) in rows.iter().filter(|r| r.0.starts_with(&prefix)) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{} {}",
-                        &label[prefix.len() - 1..],
-                        value(c, l, now)
-                    );
+                for (_, labels, c, l) in rows.iter().filter(|r| r.0 == who) {
+                    let _ = writeln!(out, "{name}{{{labels}}} {}", value(c, l, now));
                 }
             }
         }
