@@ -350,7 +350,8 @@ pub struct StoreConfig {
     /// Spend rows kept in memory while the database is unreachable; beyond, rows are
     /// dropped (and counted in /metrics).
     pub buffer_rows: usize,
-    /// How often replicas look for key changes made on another replica (PostgreSQL).
+    /// How often a gateway looks for key changes made by another replica (or, with
+    /// SQLite, by the other generation during a renewal handover).
     pub poll_interval: Dur,
 }
 
@@ -396,6 +397,20 @@ pub struct SlurmConfig {
     /// The `llmgw` binary the job runs; the running binary's path when absent.
     #[serde(skip_serializing)]
     pub binary: Option<PathBuf>,
+    /// Keep the gateway up past its time limit: before the limit the job submits its
+    /// successor and hands over to it once that is ready (see `slurm::chain`).
+    pub renew: bool,
+    /// How long before the time limit the successor is submitted [default: 20m, at most a
+    /// quarter of the limit].
+    #[serde(skip_serializing)]
+    pub renew_before: Option<Spanned<Dur>>,
+    /// At most this many renewals over the gateway's life [default: no limit].
+    #[serde(skip_serializing)]
+    pub renew_max: Option<u32>,
+    /// After a handover, how long the old job at most keeps forwarding requests that still
+    /// reach its address [default: 2m]; it leaves earlier once they stop coming.
+    #[serde(skip_serializing)]
+    pub handover_linger: Option<Dur>,
 }
 
 /// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or a number of seconds.
@@ -544,18 +559,8 @@ impl Config {
 
     /// Parses, validates and resolves a config from text; `name` is used in errors.
     pub fn load_str(text: &str, name: &str) -> Result<LoadedConfig, ConfigError> {
+        let config = Self::parse_str(text, name)?;
         let src = Source { name, text };
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().replace('\n', " ");
-            match e.span() {
-                Some(span) => src.at(span, message),
-                None => ConfigError::File {
-                    file: name.to_string(),
-                    message,
-                },
-            }
-        })?;
-        config.validate(&src)?;
         let master_key = config
             .server
             .master_key
@@ -593,6 +598,24 @@ impl Config {
             redis_url,
             store_url,
         })
+    }
+
+    /// Parses and validates without resolving `env:`/`file:` secrets: `llmgw doctor`
+    /// checks those one by one ([`resolve_secret_in`]).
+    pub fn parse_str(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let src = Source { name, text };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => src.at(span, message),
+                None => ConfigError::File {
+                    file: name.to_string(),
+                    message,
+                },
+            }
+        })?;
+        config.validate(&src)?;
+        Ok(config)
     }
 
     fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
@@ -744,6 +767,20 @@ impl Config {
                 "[store] buffer_rows must be between 1 and 10000000".into(),
             ));
         }
+        if let Some(before) = &self.slurm.renew_before {
+            let limit = self
+                .slurm
+                .time
+                .as_deref()
+                .and_then(crate::slurm::template::parse_time_limit);
+            let b = before.get_ref().0;
+            if b < Duration::from_secs(60) {
+                return Err(src.at(before.span(), "[slurm] renew_before must be at least 1m: the successor needs time to start and load its backends"));
+            }
+            if let Some(limit) = limit.filter(|l| b.as_secs().saturating_add(60) > *l) {
+                return Err(src.at(before.span(), format!("[slurm] renew_before ({}) must be at least 1m shorter than the time limit ({limit} s): each job must serve a while before renewing", before.get_ref())));
+            }
+        }
         if self.cache.backend == CacheBackend::Redis && self.cache.redis_url.is_none() {
             return Err(file_err(
                 "[cache] backend = \"redis\" needs redis_url, e.g. \"redis://127.0.0.1:6379\""
@@ -752,6 +789,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Resolves one secret reference of the config `text` (called `name` in errors).
+pub fn resolve_secret_in(
+    value: &Spanned<String>,
+    text: &str,
+    name: &str,
+) -> Result<Secret, ConfigError> {
+    resolve_secret(value, &Source { name, text })
 }
 
 /// Resolves `env:VAR`, `file:PATH` or a literal value.
@@ -824,6 +870,22 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("3 fortnights").is_err());
+    }
+
+    #[test]
+    fn renew_before_is_checked_against_the_time_limit() {
+        let cfg = |before: &str| {
+            Config::load_str(
+                &format!("[slurm]\ntime = \"3\"\nrenew = true\nrenew_before = \"{before}\"\n"),
+                "x.toml",
+            )
+        };
+        assert!(cfg("2m").is_ok());
+        let err = cfg("150s").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:4:"), "{err}");
+        assert!(err.contains("shorter than the time limit"), "{err}");
+        let err = cfg("30s").unwrap_err().to_string();
+        assert!(err.contains("at least 1m"), "{err}");
     }
 
     #[test]

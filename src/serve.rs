@@ -114,10 +114,22 @@ pub async fn run(
              --master-key-file), or listen on 127.0.0.1"
         );
     }
+    // A SLURM job with a state directory is one generation of a chain of jobs (renewal,
+    // handover: see renew.rs).
+    let member = crate::renew::Member::join(
+        args.state_dir.as_deref(),
+        &cfg.config.slurm,
+        server.shutdown_grace.0,
+    )
+    .map(Arc::new);
     // Before anything opens files: the default connection cap depends on the limit.
     let limits = crate::conn::Limits::from_config(server);
     // Local backends get their ports before the router is built (it needs their URLs).
     let mut backends = crate::supervise::Backends::plan(&cfg, args.state_dir.as_deref())?;
+    let monitor = backends.monitor();
+    if let Some(m) = member.as_ref().filter(|m| m.is_successor()) {
+        monitor.set_status_file(Some(m.loading_status_file()));
+    }
     // …and their keys: a launched backend requires the one the gateway sends.
     for (i, key) in backends.api_keys() {
         cfg.model_keys[i] = Some(key);
@@ -145,11 +157,21 @@ pub async fn run(
         request_timeout: server.request_timeout.0,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
-        backends: backends.monitor(),
+        backends: monitor.clone(),
         cache,
         keys,
     });
-    let app = app(state.clone());
+    let relay = match &member {
+        Some(_) => Some(crate::renew::Relay::new(server.max_body_bytes)?),
+        None => None,
+    };
+    let mut app = app(state.clone());
+    if let Some(r) = &relay {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            r.clone(),
+            crate::renew::relay,
+        ));
+    }
     let grace = server.shutdown_grace.0;
 
     spawn_signal_listener(shutdown.clone());
@@ -189,14 +211,27 @@ pub async fn run(
                 pid: std::process::id(),
                 job_id: std::env::var("SLURM_JOB_ID").ok(),
                 started_at: state::now_rfc3339(),
+                generation: 1,
+                predecessor_job_id: None,
+                ready_unix_ms: state::now_unix_ms(),
             };
-            rec.write(dir).with_context(|| {
-                format!("cannot write {}", dir.join(state::ENDPOINT_FILE).display())
-            })?;
+            match &member {
+                Some(m) => publish(m, rec, &monitor, dir, &shutdown),
+                None => rec.write(dir).with_context(|| {
+                    format!("cannot write {}", dir.join(state::ENDPOINT_FILE).display())
+                })?,
+            }
             Some(dir.clone())
         }
         None => None,
     };
+    let backends: crate::renew::SharedBackends = Arc::new(tokio::sync::Mutex::new(Some(backends)));
+    if let (Some(m), Some(r), false) = (&member, &relay, shutdown.is_cancelled()) {
+        tokio::spawn(
+            m.clone()
+                .watch(r.clone(), backends.clone(), shutdown.clone()),
+        );
+    }
     tracing::info!(
         addr = %bound.addr,
         models = ?state.router.model_names(),
@@ -220,15 +255,50 @@ pub async fn run(
             Ok(())
         }
     };
-    backends.shutdown().await;
+    let left = backends.lock().await.take();
+    if let Some(b) = left {
+        b.shutdown().await;
+    }
     if let Some(keys) = &state.keys {
         keys.shutdown().await; // writes the spend rows it still holds
     }
-    if let Some(dir) = record {
-        let _ = std::fs::remove_file(dir.join(state::ENDPOINT_FILE));
+    match (&member, record) {
+        (Some(m), _) => m.finish(relay.as_deref()),
+        (None, Some(dir)) => {
+            let _ = std::fs::remove_file(dir.join(state::ENDPOINT_FILE));
+        }
+        (None, None) => {}
     }
     tracing::info!("stopped");
     result
+}
+
+/// Makes a chain member the current generation; when it may not (the gateway is being
+/// stopped, or a newer generation is current) it shuts down instead.
+fn publish(
+    m: &crate::renew::Member,
+    rec: EndpointRecord,
+    monitor: &crate::supervise::Monitor,
+    dir: &std::path::Path,
+    shutdown: &CancellationToken,
+) {
+    match m.publish(rec) {
+        Ok(()) => {
+            if m.is_successor() {
+                monitor.set_status_file(Some(dir.join(crate::supervise::BACKENDS_FILE)));
+                let _ = std::fs::remove_file(m.loading_status_file());
+            }
+            tracing::info!(
+                generation = m.generation(),
+                "this job is now the gateway's current generation"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "not taking over: {e}; exiting");
+            m.note_end(format!("did not take over: {e}"));
+            shutdown.cancel();
+        }
+    }
 }
 
 fn read_key_file(path: &PathBuf) -> anyhow::Result<Secret> {
@@ -330,7 +400,7 @@ async fn proxy(
     let result = async {
         let caller = s.caller(&headers)?;
         let bytes = read_body(body, &headers, s.max_body).await?;
-        let req = ClientRequest::parse(endpoint, bytes)?;
+        let req = ClientRequest::parse_bounded(endpoint, bytes).await?;
         log.model = req.model.clone();
         log.stream = req.stream;
         if let Some(keys) = &s.keys {
@@ -397,7 +467,11 @@ async fn proxy(
 }
 
 /// Reads the body up to `limit` bytes; 413 beyond it.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -488,7 +562,7 @@ async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response
     if let Err(e) = s.authorize(&headers) {
         return e.into_response();
     }
-    let mut extra = crate::cache::metrics_text();
+    let mut extra = crate::cache::metrics_text() + &crate::renew::metrics_text();
     if let Some(keys) = &s.keys {
         extra.push_str(&keys.metrics_text());
     }

@@ -209,7 +209,7 @@ impl Admin {
                             dir.display()
                         )
                     })?;
-                super::base_url(&ep)
+                ep.base_url()
             }
         };
         let key = std::env::var("LLMGW_MASTER_KEY")

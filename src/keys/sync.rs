@@ -1,8 +1,9 @@
 //! Keeping replicas in step, off the request path.
 //!
-//! - **Key changes** (PostgreSQL store): every `[store] poll_interval` (250 ms) each
-//!   replica reads the store's `version` (one indexed row); when it changed, the replica
-//!   reloads keys and teams. A key revoked on one replica is refused by every other one
+//! - **Key changes**: every `[store] poll_interval` (250 ms) each replica reads the
+//!   store's `version` (one row); when it changed, the replica reloads keys and teams.
+//!   With SQLite this keeps two generations of a renewed job (which share the state
+//!   directory's file during the handover) in step. A key revoked on one replica is refused by every other one
 //!   within one poll interval plus a reload.
 //! - **Usage and spend** (Redis, `[cache] redis_url`): every [`SYNC_INTERVAL`] one
 //!   pipeline per replica adds its new requests, tokens and spend of every limited key
@@ -19,7 +20,6 @@ use super::enforce::Counters;
 use super::service::KeyService;
 use crate::cache::redis::RedisStore;
 use crate::config::LoadedConfig;
-use crate::store::Store;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,8 @@ const MINUTE_TTL_MS: u64 = 120_000;
 
 /// Starts the background tasks this configuration needs.
 pub async fn spawn(svc: Arc<KeyService>, cfg: &LoadedConfig) -> anyhow::Result<()> {
-    if matches!(**svc.store(), Store::Postgres(_)) {
+    // Also for SQLite: during a renewal handover two generations share the file.
+    {
         let every = cfg
             .config
             .store
