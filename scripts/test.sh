@@ -23,6 +23,9 @@ command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
 command -v munged >/dev/null 2>&1 || missing+=(munge)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# A real PostgreSQL server for the shared key/spend store tests (tests/common/postgres.rs
+# runs initdb + postgres from /usr/lib/postgresql/*/bin as the postgres user).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v objdump >/dev/null 2>&1 || missing+=(binutils)
 # `llmgw connect --login` is tested against a real sshd on a loopback port.
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)

@@ -45,6 +45,10 @@ pub enum Command {
     Restart(RestartArgs),
     /// Run the gateway in the foreground (what the SLURM job runs; works without SLURM).
     Serve(ServeArgs),
+    /// Virtual keys of the running gateway: create, list, info, update, revoke.
+    Keys(crate::commands::keys::KeysArgs),
+    /// What was spent, per key, team or model group.
+    Spend(crate::commands::spend::SpendArgs),
     /// Check what a first `start` needs on this cluster; each problem with its fix.
     Doctor(DoctorArgs),
     /// A mock OpenAI-compatible upstream for tests, benchmarks and demos.
@@ -232,6 +236,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => crate::commands::stop::run(args),
         Command::Status(args) => crate::commands::status::run(args),
         Command::Logs(args) => crate::commands::logs::run(args),
+        Command::Keys(args) => crate::commands::keys::run(args),
+        Command::Spend(args) => crate::commands::spend::run(args),
         Command::Doctor(args) => crate::commands::doctor::run(args),
         Command::Connect(args) => crate::commands::connect::run(args),
         Command::Restart(args) => crate::commands::restart::run(args),

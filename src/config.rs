@@ -52,6 +52,8 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub slurm: SlurmConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 /// `[server]`: where and how the gateway listens.
@@ -395,6 +397,34 @@ pub enum CacheBackend {
     Redis,
 }
 
+/// `[store]`: where virtual keys, teams and spend rows are kept (see `crate::store`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:5432/db` (or `env:VAR`) shared by several replicas;
+    /// absent = an SQLite file in the state directory.
+    pub url: Option<Spanned<String>>,
+    /// The SQLite file [default: `<state dir>/llmgw.db`].
+    pub path: Option<PathBuf>,
+    /// Spend rows kept in memory while the database is unreachable; beyond, rows are
+    /// dropped (and counted in /metrics).
+    pub buffer_rows: usize,
+    /// How often a gateway looks for key changes made by another replica (or, with
+    /// SQLite, by the other generation during a renewal handover).
+    pub poll_interval: Dur,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            path: None,
+            buffer_rows: 100_000,
+            poll_interval: Dur(Duration::from_millis(250)),
+        }
+    }
+}
+
 /// `[slurm]`: the sbatch job `llmgw start` submits.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -537,6 +567,8 @@ pub struct LoadedConfig {
     pub model_keys: Vec<Option<Secret>>,
     /// Resolved Redis URL (it may carry a password).
     pub redis_url: Option<Secret>,
+    /// Resolved `[store] url` (it may carry a password).
+    pub store_url: Option<Secret>,
 }
 
 /// Where a config error points: the file name and its text, to turn spans into lines.
@@ -610,6 +642,12 @@ impl Config {
             .as_ref()
             .map(|k| resolve_secret(k, &src))
             .transpose()?;
+        let store_url = config
+            .store
+            .url
+            .as_ref()
+            .map(|k| resolve_secret(k, &src))
+            .transpose()?;
         Ok(LoadedConfig {
             config,
             source_name: name.to_string(),
@@ -617,6 +655,7 @@ impl Config {
             master_key,
             model_keys,
             redis_url,
+            store_url,
         })
     }
 
@@ -771,6 +810,24 @@ impl Config {
                     "[router] default_fallbacks names {to:?}, which is not a configured model name"
                 )));
             }
+        }
+        if let Some(url) = &self.store.url {
+            let u = url.get_ref();
+            let ok = u.starts_with("env:")
+                || u.starts_with("file:")
+                || u.starts_with("postgres://")
+                || u.starts_with("postgresql://");
+            if !ok {
+                return Err(src.at(
+                    url.span(),
+                    "[store] url must be a PostgreSQL URL (postgres://user@host:5432/db) or env:VAR; leave it out to use an SQLite file in the state directory",
+                ));
+            }
+        }
+        if self.store.buffer_rows == 0 || self.store.buffer_rows > 10_000_000 {
+            return Err(file_err(
+                "[store] buffer_rows must be between 1 and 10000000".into(),
+            ));
         }
         if let Some(before) = &self.slurm.renew_before {
             let limit = self

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod access;
+pub mod admin;
 pub mod agent;
 pub mod cache;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod conn;
 pub mod duration;
 pub mod error;
 pub mod heavy;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod mock;
@@ -27,5 +29,7 @@ pub mod request;
 pub mod router;
 pub mod serve;
 pub mod slurm;
+pub mod spend;
 pub mod state;
+pub mod store;
 pub mod supervise;

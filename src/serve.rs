@@ -40,6 +40,8 @@ pub struct AppState {
     backends: crate::supervise::Monitor,
     /// The response cache (disabled unless `[cache] enabled`).
     pub cache: crate::cache::Cache,
+    /// Virtual keys, budgets, spend and the admin API (only with a master key).
+    pub keys: Option<Arc<crate::keys::KeyService>>,
 }
 
 /// `llmgw serve` entry: config, logs, runtime.
@@ -145,6 +147,12 @@ pub async fn run(
     // Connects to Redis when configured (starting anyway if it is down) and starts the
     // replicas' shared-state sync.
     let cache = crate::cache::Cache::start(&cfg, router.deployments().cloned().collect()).await?;
+    let keys = match &master_key {
+        Some(_) => {
+            Some(crate::keys::KeyService::start(&cfg, args.state_dir.as_deref(), &router).await?)
+        }
+        None => None,
+    };
     let bound = bind(&host, port).await?;
     let state = Arc::new(AppState {
         models_body: models_body(router.model_names()),
@@ -156,6 +164,7 @@ pub async fn run(
         draining: AtomicBool::new(false),
         backends: monitor.clone(),
         cache,
+        keys,
     });
     let relay = match &member {
         Some(_) => Some(crate::renew::Relay::new(server.max_body_bytes)?),
@@ -255,6 +264,9 @@ pub async fn run(
     if let Some(b) = left {
         b.shutdown().await;
     }
+    if let Some(keys) = &state.keys {
+        keys.shutdown().await; // writes the spend rows it still holds
+    }
     match (&member, record) {
         (Some(m), _) => m.finish(relay.as_deref()),
         (None, Some(dir)) => {
@@ -349,6 +361,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/health/liveness", get(liveness))
         .route("/health/readiness", get(readiness))
         .route("/metrics", get(metrics))
+        .merge(crate::admin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -387,15 +400,31 @@ async fn proxy(
 ) -> Response {
     let mut log = RequestLog::default();
     log.path = path;
+    // Virtual keys: admitted after parsing, charged once the answer is known.
+    let mut ticket: Option<crate::keys::Ticket> = None;
     let result = async {
-        s.authorize(&headers)?;
+        let caller = s.caller(&headers)?;
         let bytes = read_body(body, &headers, s.max_body).await?;
         let req = ClientRequest::parse_bounded(endpoint, bytes).await?;
         log.model = req.model.clone();
         log.stream = req.stream;
+        if let Some(keys) = &s.keys {
+            ticket = Some(keys.admit(&caller, &req)?);
+        }
         let pending = match s.cache.lookup(&req, &mut log).await? {
-            crate::cache::Outcome::Hit(resp) => return Ok(resp),
+            crate::cache::Outcome::Hit(resp) => {
+                return Ok(match ticket.take() {
+                    Some(t) => crate::spend::meter(t, false, resp).await,
+                    None => resp,
+                })
+            }
             crate::cache::Outcome::Continue(pending) => pending,
+        };
+        let client_usage = req.include_usage;
+        let req = if ticket.is_some() {
+            req.with_usage_requested()
+        } else {
+            req
         };
         let budget = req
             .options
@@ -403,7 +432,13 @@ async fn proxy(
             .map_or(s.request_timeout, |t| t.min(s.request_timeout));
         let deadline = crate::duration::deadline(std::time::Instant::now(), budget);
         match tokio::time::timeout(budget, s.router.serve(req, deadline, &mut log)).await {
-            Ok(Ok(resp)) => Ok(pending.finish(resp).await),
+            Ok(Ok(resp)) => {
+                let resp = match ticket.take() {
+                    Some(t) => crate::spend::meter(t, !client_usage, resp).await,
+                    None => resp,
+                };
+                Ok(pending.finish(resp).await)
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ApiError::gateway_timeout(format!(
                 "the request did not finish within its time limit of {budget:?} \
@@ -416,6 +451,13 @@ async fn proxy(
         Ok(resp) => resp,
         Err(e) => {
             log.status = e.status.as_u16();
+            if let Some(t) = ticket.take() {
+                t.finish(crate::keys::enforce::Outcome {
+                    deployment: log.deployment.clone(),
+                    status: log.status,
+                    ..Default::default()
+                });
+            }
             let mut resp = e.into_response();
             if log.attempts > 0 {
                 let h = resp.headers_mut();
@@ -469,8 +511,17 @@ pub(crate) async fn read_body(
 }
 
 impl AppState {
+    /// The master key, else a virtual key ([`crate::keys`]).
+    fn caller(&self, headers: &HeaderMap) -> Result<crate::keys::Caller, ApiError> {
+        match (self.authorize(headers), &self.keys) {
+            (Ok(()), _) => Ok(crate::keys::Caller::Master),
+            (Err(e), Some(keys)) => keys.authenticate(headers, e),
+            (Err(e), None) => Err(e),
+        }
+    }
+
     /// Checks the master key, when one is set (see `access`).
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         crate::access::check_key(self.master_key.as_ref(), headers)
     }
 }
@@ -497,21 +548,34 @@ fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
 }
 
 async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = s.authorize(&headers) {
-        return e.into_response();
+    match (s.caller(&headers), &s.keys) {
+        (Err(e), _) => e.into_response(),
+        (Ok(caller @ crate::keys::Caller::Key(_)), Some(keys)) => {
+            let names = s.router.model_names();
+            let visible: Vec<String> = keys
+                .visible_models(&caller, names)
+                .into_iter()
+                .cloned()
+                .collect();
+            json_response(StatusCode::OK, models_body(&visible))
+        }
+        (Ok(_), _) => json_response(StatusCode::OK, s.models_body.clone()),
     }
-    json_response(StatusCode::OK, s.models_body.clone())
 }
 
 async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = s.authorize(&headers) {
         return e.into_response();
     }
+    let mut extra = crate::cache::metrics_text() + &crate::renew::metrics_text();
+    if let Some(keys) = &s.keys {
+        extra.push_str(&keys.metrics_text());
+    }
     let text = crate::metrics::render(
         &s.router,
         s.ready.load(Ordering::Relaxed),
         s.draining.load(Ordering::Relaxed),
-        &(crate::cache::metrics_text() + &crate::renew::metrics_text()),
+        &extra,
     );
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(

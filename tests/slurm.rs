@@ -774,3 +774,64 @@ fn pending_job_status_logs_and_stop() {
     let st = gw.status_json();
     assert_eq!(st["state"], "CANCELLED", "{st}");
 }
+
+// Issue 11, acceptance 5: virtual keys, teams and spend live in the state directory's
+// SQLite file and survive `stop` + `start` (a new job, maybe on another node).
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_and_spend_survive_stop_and_start() {
+    let Some(_cluster) = cluster() else { return };
+    let gw = Gw::new("keys");
+    let tag = format!("{}-local", gw.name);
+    let cfg = gw.config(&config(0, &tag, "", "", "10s"));
+    let keys = |args: &[&str]| {
+        let out = gw.run("keys", args, Duration::from_secs(30));
+        assert!(out.status.success(), "keys {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let url = gw.start_json(&cfg)["url"].as_str().unwrap().to_string();
+    let created: Value = serde_json::from_str(&keys(&[
+        "create",
+        "--alias",
+        "kim",
+        "--models",
+        "local",
+        "--max-budget",
+        "5",
+        "--json",
+    ]))
+    .unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    keys(&["create", "--alias", "lee", "--json"]);
+    keys(&["revoke", "lee"]);
+    for _ in 0..3 {
+        assert_eq!(chat(&url, Some(&key), "local").await.status(), 200);
+    }
+    let out = gw.run("stop", &[], Duration::from_secs(90));
+    assert!(out.status.success(), "stop: {}", text(&out));
+    assert!(
+        gw.dir.join("llmgw.db").exists(),
+        "no database in the state directory"
+    );
+
+    let url = gw.start_json(&cfg)["url"].as_str().unwrap().to_string();
+    assert_eq!(chat(&url, Some(&key), "local").await.status(), 200);
+    let list = keys(&["list"]);
+    assert!(list.lines().any(|l| l.starts_with("kim")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("lee") && l.ends_with("revoked")),
+        "{list}"
+    );
+    let out = gw.run("spend", &["--by", "key", "--json"], Duration::from_secs(30));
+    assert!(out.status.success(), "spend: {}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kim = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "kim")
+        .unwrap_or_else(|| panic!("no spend for kim: {report}"));
+    assert_eq!(kim["requests"], 4, "{report}");
+    let out = gw.run("stop", &[], Duration::from_secs(90));
+    assert!(out.status.success(), "stop: {}", text(&out));
+}

@@ -8,8 +8,10 @@
 pub mod chain_status;
 pub mod connect;
 pub mod doctor;
+pub mod keys;
 pub mod logs;
 pub mod restart;
+pub mod spend;
 pub mod start;
 pub mod status;
 pub mod stop;

@@ -97,6 +97,7 @@ impl Router {
                 names.push(name.clone());
             }
             let id = ids[i].clone();
+            let (input_cost, output_cost) = crate::spend::prices_for(m);
             let dep = Arc::new(Deployment {
                 index: i,
                 id,
@@ -114,8 +115,8 @@ impl Router {
                 cooldown: m.cooldown.map(|d| d.0),
                 context_window: m.context_window,
                 max_tokens: m.max_tokens,
-                input_cost: m.input_cost_per_mtok.unwrap_or(0.0),
-                output_cost: m.output_cost_per_mtok.unwrap_or(0.0),
+                input_cost,
+                output_cost,
                 drop_params: m.drop_params,
                 provider,
                 stats: DeploymentStats::default(),

@@ -19,7 +19,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod keys;
 pub mod load;
+pub mod postgres;
 pub mod redis;
 
 use llmgw::mock::{Behavior, MockUpstream};
