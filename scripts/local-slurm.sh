@@ -22,9 +22,10 @@
 # Needs root (SlurmUser=root; jobs run as root).
 #
 # `up` is idempotent, and the cluster is shared by concurrent test runs: when the config
-# it would write differs from the one the daemons run with (an older version of this
-# script wrote that), it waits until the queue is empty (at most 10 minutes), then
-# restarts the controller and the slurmds with the new config.
+# it would write differs from the one the running daemons were started with (kept as
+# etc/running-*.conf), it waits until the queue is empty (at most 10 minutes), then
+# restarts the controller and the slurmds with the new config. A config file rewritten
+# meanwhile (by an older copy of this script) is only written back: no restart.
 #
 # No slurmdbd: `sacct` does not work here. Finished jobs stay visible in
 # `scontrol show job` for MinJobAge seconds, which is what `llmgw status` falls back on.
@@ -41,8 +42,9 @@ EXTRA_NODES=(n1 n2)
 declare -A NODE_PORT=([n1]=7818 [n2]=7819)
 declare -A NODE_IP=([n1]=127.0.2.1 [n2]=127.0.2.2)
 GPUS_PER_NODE=4
-# Set by write_conf: 1 when slurm.conf or gres.conf changed.
-CHANGED=0
+# The configs the running daemons were started with.
+RUNNING_CONF=$DIR/etc/running-slurm.conf
+RUNNING_GRES=$DIR/etc/running-gres.conf
 
 say() { printf 'local-slurm: %s\n' "$*"; }
 die() {
@@ -78,14 +80,18 @@ install_missing() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Replaces $1 with $1.new when they differ (CHANGED=1), else drops $1.new.
+# Replaces $1 with $1.new when they differ, else drops $1.new.
 install_if_changed() {
   if [ -f "$1" ] && cmp -s "$1" "$1.new"; then
     rm -f "$1.new"
   else
     mv "$1.new" "$1"
-    CHANGED=1
   fi
+}
+
+# True when the running daemons were started with another config than the current one.
+config_changed() {
+  ! { cmp -s "$CONF" "$RUNNING_CONF" && cmp -s "$GRES" "$RUNNING_GRES"; }
 }
 
 write_conf() {
@@ -209,6 +215,8 @@ start_daemons() {
   if ! alive "$DIR/slurmctld.pid"; then
     say "starting slurmctld"
     slurmctld -f "$CONF" || die "slurmctld failed to start; see $DIR/log/slurmctld.log"
+    cp "$CONF" "$RUNNING_CONF"
+    cp "$GRES" "$RUNNING_GRES"
   fi
   local n
   for n in $(all_nodes); do
@@ -288,7 +296,7 @@ up() {
   install_missing
   write_conf
   write_hosts
-  if [ "$CHANGED" -eq 1 ]; then restart_for_new_config; fi
+  if config_changed; then restart_for_new_config; fi
   start_munge
   start_daemons
   say "up: partition debug on node $HOST, partition multi on nodes ${EXTRA_NODES[*]}, $GPUS_PER_NODE emulated GPUs per node (config $CONF)"
