@@ -1015,21 +1015,34 @@ mod tests {
     #[test]
     fn launch_replicas_gpus_and_nodes_are_checked() {
         let err = |launch: &str| {
-            let text = format!("[[models]]\nname = \"m\"\nprovider = \"sglang\"\nlaunch = {launch}\n");
+            let text =
+                format!("[[models]]\nname = \"m\"\nprovider = \"sglang\"\nlaunch = {launch}\n");
             Config::load_str(&text, "x.toml").unwrap_err().to_string()
         };
         let e = err("{ model_path = \"p\", gpus = \"two\" }");
-        assert!(e.starts_with("x.toml:4:") && e.contains("GPU count per replica"), "{e}");
+        assert!(
+            e.starts_with("x.toml:4:") && e.contains("GPU count per replica"),
+            "{e}"
+        );
         let e = err("{ model_path = \"p\", replicas = 0 }");
-        assert!(e.contains("launch.replicas must be between 1 and 256, got 0"), "{e}");
+        assert!(
+            e.contains("launch.replicas must be between 1 and 256, got 0"),
+            "{e}"
+        );
         let e = err("{ model_path = \"p\", replicas = 2, gpus = [0, 1, 2] }");
-        assert!(e.contains("3 GPUs, which 2 replicas cannot share evenly"), "{e}");
+        assert!(
+            e.contains("3 GPUs, which 2 replicas cannot share evenly"),
+            "{e}"
+        );
         let e = err("{ model_path = \"p\", nnodes = 2, gpus = [0] }");
         assert!(e.contains("with nnodes > 1 give a count per node"), "{e}");
         let e = err("{ model_path = \"p\", gpus = [1, 1] }");
         assert!(e.contains("GPU 1 twice"), "{e}");
         let e = err("{ model_path = \"p\", gpus = 0 }");
-        assert!(e.starts_with("x.toml:4:") && e.contains("between 1 and 64"), "{e}");
+        assert!(
+            e.starts_with("x.toml:4:") && e.contains("between 1 and 64"),
+            "{e}"
+        );
         let text = "[router]\nspillover = {}\n";
         let e = Config::load_str(text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("spillover needs queue"), "{e}");
