@@ -13,7 +13,7 @@
 //!   and SLURM may give each job a private /tmp. ✘
 //! - on a network filesystem (NFS, Lustre, GPFS, BeeGFS, CephFS, SMB, AFS, PanFS, …): ✔
 //! - anything else (ext4, xfs, btrfs, tmpfs, overlay, fuse, …) is node-local: ✔ when the
-//!   cluster's only node is this machine (a workstation or test cluster), ⚠ otherwise.
+//!   cluster's nodes all run on this machine (a workstation or test cluster), ⚠ otherwise.
 
 use super::{login_host_from, target_dir, tilde, user_name};
 use crate::cli::DoctorArgs;
@@ -181,7 +181,7 @@ async fn diagnose(args: &DoctorArgs) -> (String, Vec<Check>) {
     let mut checks = Vec::new();
     let slurm = slurm_checks().await;
     checks.extend(slurm.checks);
-    let here = slurm.only_node.as_deref();
+    let here = slurm.nodes_here.as_deref();
 
     let (config_check, loaded) = load_config(&args.config);
     checks.push(config_check);
@@ -227,9 +227,9 @@ struct Slurm {
     checks: Vec<Check>,
     /// The controller answered.
     up: bool,
-    /// The cluster's only node, when that is this machine (then node-local paths are
-    /// visible to the job).
-    only_node: Option<String>,
+    /// The cluster's nodes, when all of them run on this machine (then node-local paths
+    /// are visible to the job).
+    nodes_here: Option<String>,
 }
 
 /// The SLURM client commands and the controller.
@@ -251,7 +251,7 @@ async fn slurm_checks() -> Slurm {
                 controller.skip("not checked without the SLURM commands"),
             ],
             up: false,
-            only_node: None,
+            nodes_here: None,
         };
     }
     let dir = which("sbatch")
@@ -272,7 +272,7 @@ async fn slurm_checks() -> Slurm {
                 return Slurm {
                     checks,
                     up: true,
-                    only_node: only_node_is_here().await,
+                    nodes_here: all_nodes_here().await,
                 };
             }
             checks.push(controller.fail(format!("scontrol ping: {said}"), fix));
@@ -282,7 +282,7 @@ async fn slurm_checks() -> Slurm {
     Slurm {
         checks,
         up: false,
-        only_node: None,
+        nodes_here: None,
     }
 }
 
@@ -306,8 +306,10 @@ fn ping_line(out: &std::process::Output) -> String {
     }
 }
 
-/// The cluster's only node, when it is this machine.
-async fn only_node_is_here() -> Option<String> {
+/// The cluster's nodes, when every one of them runs on this machine (a workstation or a
+/// test cluster with several `slurmd -N` daemons): then node-local paths are visible to
+/// the job.
+async fn all_nodes_here() -> Option<String> {
     let out = bounded("sinfo", &["-h", "-N", "-o", "%N %n"], SLURM_TIMEOUT)
         .await
         .ok()
@@ -322,13 +324,14 @@ async fn only_node_is_here() -> Option<String> {
         .collect();
     nodes.sort_unstable();
     nodes.dedup();
-    let [(node, node_host)] = nodes.as_slice() else {
-        return None;
-    };
     let me = crate::serve::node_hostname();
     let short = |h: &str| h.split('.').next().unwrap_or(h).to_ascii_lowercase();
     let mine = short(&me);
-    (short(node) == mine || short(node_host) == mine).then(|| node.to_string())
+    let here = |(node, host): &(&str, &str)| short(node) == mine || short(host) == mine;
+    (!nodes.is_empty() && nodes.iter().all(here)).then(|| {
+        let names: Vec<&str> = nodes.iter().map(|(n, _)| *n).collect();
+        names.join(", ")
+    })
 }
 
 // --- the config and its keys -------------------------------------------------------
@@ -691,7 +694,7 @@ fn shared_check(c: Named, path: &Path, here: Option<&str>, fix: &str) -> Check {
         Ok(Place::Shared(fs)) => c.ok(format!("{shown} (on {fs}, a network filesystem)")),
         Ok(Place::Local(fs)) => match here {
             Some(node) => c.ok(format!(
-                "{shown} (on {fs}, node-local; fine: the cluster's only node, {node}, is this machine)"
+                "{shown} (on {fs}, node-local; fine: every node of the cluster ({node}) runs on this machine)"
             )),
             None => c.warn(
                 format!("{shown} is on {fs}, node-local: compute nodes may not see it"),
