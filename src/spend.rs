@@ -297,6 +297,19 @@ async fn write_rows(
     let mut next = tokio::time::Instant::now();
     let mut closing: Option<tokio::time::Instant> = None;
     loop {
+        // Checked before waiting: once closing, with nothing left to write, every branch
+        // below is disabled.
+        if let Some(until) = closing {
+            if buf.is_empty() || tokio::time::Instant::now() >= until {
+                if !buf.is_empty() {
+                    tracing::warn!(
+                        rows = buf.len(),
+                        "spend rows not written at shutdown: the store is unreachable"
+                    );
+                }
+                return;
+            }
+        }
         tokio::select! {
             biased;
             r = rx.recv(), if closing.is_none() => match r {
@@ -320,17 +333,6 @@ async fn write_rows(
                 closing = Some(tokio::time::Instant::now() + Duration::from_secs(5));
             }
             _ = tokio::time::sleep_until(next), if !buf.is_empty() => {}
-        }
-        if let Some(until) = closing {
-            if buf.is_empty() || tokio::time::Instant::now() >= until {
-                if !buf.is_empty() {
-                    tracing::warn!(
-                        rows = buf.len(),
-                        "spend rows not written at shutdown: the store is unreachable"
-                    );
-                }
-                return;
-            }
         }
         if buf.is_empty() {
             continue;
@@ -545,6 +547,47 @@ mod tests {
                 completion: 0
             })
         );
+    }
+
+    /// Regression: a shutdown whose last batch empties the buffer used to reach a
+    /// `select!` with every branch disabled and panic the writer task.
+    #[tokio::test]
+    async fn writer_ends_cleanly_at_shutdown_after_writing_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::sqlite::SqliteStore::open(Some(&dir.path().join("s.db"))).unwrap();
+        let store = Arc::new(Store::Sqlite(store));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (spend, task) = Spend::start(
+            HashMap::new(),
+            &["g".to_string()],
+            store,
+            1000,
+            shutdown.clone(),
+        );
+        for i in 0..3 {
+            spend.record(SpendRow {
+                request_id: format!("r{i}"),
+                ts_ms: 1,
+                key_id: String::new(),
+                team_id: String::new(),
+                model_group: "g".into(),
+                deployment: "d".into(),
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                cost_nanos: 0,
+                latency_ms: 1,
+                status: 200,
+                cache_hit: false,
+            });
+        }
+        shutdown.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
+        assert!(
+            matches!(ended, Ok(Ok(()))),
+            "writer did not end cleanly: {ended:?}"
+        );
+        assert_eq!(spend.stats.written.load(Ordering::Relaxed), 3);
     }
 
     #[test]

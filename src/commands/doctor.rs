@@ -12,9 +12,8 @@
 //! - under /tmp, /var/tmp, /dev/shm or /run: never. Node-local scratch, cleaned at will,
 //!   and SLURM may give each job a private /tmp. ✘
 //! - on a network filesystem (NFS, Lustre, GPFS, BeeGFS, CephFS, SMB, AFS, PanFS, …): ✔
-//! - anything else (ext4, xfs, btrfs, tmpfs, overlay, fuse, …) is node-local: ✔ when
-//!   every node of the cluster is this machine (a workstation, or a test cluster running
-//!   several slurmd here), ⚠ otherwise.
+//! - anything else (ext4, xfs, btrfs, tmpfs, overlay, fuse, …) is node-local: ✔ when the
+//!   cluster's nodes all run on this machine (a workstation or test cluster), ⚠ otherwise.
 
 use super::{login_host_from, target_dir, tilde, user_name};
 use crate::cli::DoctorArgs;
@@ -182,7 +181,7 @@ async fn diagnose(args: &DoctorArgs) -> (String, Vec<Check>) {
     let mut checks = Vec::new();
     let slurm = slurm_checks().await;
     checks.extend(slurm.checks);
-    let here = slurm.only_node.as_deref();
+    let here = slurm.nodes_here.as_deref();
 
     let (config_check, loaded) = load_config(&args.config);
     checks.push(config_check);
@@ -228,9 +227,9 @@ struct Slurm {
     checks: Vec<Check>,
     /// The controller answered.
     up: bool,
-    /// The cluster's nodes, when every one is this machine (then node-local paths are
-    /// visible to the job).
-    only_node: Option<String>,
+    /// The cluster's nodes, when all of them run on this machine (then node-local paths
+    /// are visible to the job).
+    nodes_here: Option<String>,
 }
 
 /// The SLURM client commands and the controller.
@@ -252,7 +251,7 @@ async fn slurm_checks() -> Slurm {
                 controller.skip("not checked without the SLURM commands"),
             ],
             up: false,
-            only_node: None,
+            nodes_here: None,
         };
     }
     let dir = which("sbatch")
@@ -273,7 +272,7 @@ async fn slurm_checks() -> Slurm {
                 return Slurm {
                     checks,
                     up: true,
-                    only_node: only_node_is_here().await,
+                    nodes_here: all_nodes_here().await,
                 };
             }
             checks.push(controller.fail(format!("scontrol ping: {said}"), fix));
@@ -283,7 +282,7 @@ async fn slurm_checks() -> Slurm {
     Slurm {
         checks,
         up: false,
-        only_node: None,
+        nodes_here: None,
     }
 }
 
@@ -307,9 +306,10 @@ fn ping_line(out: &std::process::Output) -> String {
     }
 }
 
-/// The cluster's nodes (comma-separated), when every one of them is this machine: by
-/// name, or by `NodeHostname` (several slurmd on one host).
-async fn only_node_is_here() -> Option<String> {
+/// The cluster's nodes, when every one of them runs on this machine (a workstation or a
+/// test cluster with several `slurmd -N` daemons): then node-local paths are visible to
+/// the job.
+async fn all_nodes_here() -> Option<String> {
     let out = bounded("sinfo", &["-h", "-N", "-o", "%N %n"], SLURM_TIMEOUT)
         .await
         .ok()
@@ -330,7 +330,7 @@ async fn only_node_is_here() -> Option<String> {
     let here = |(node, host): &(&str, &str)| short(node) == mine || short(host) == mine;
     (!nodes.is_empty() && nodes.iter().all(here)).then(|| {
         let names: Vec<&str> = nodes.iter().map(|(n, _)| *n).collect();
-        names.join(",")
+        names.join(", ")
     })
 }
 
@@ -698,7 +698,7 @@ fn shared_check(c: Named, path: &Path, here: Option<&str>, fix: &str) -> Check {
         Ok(Place::Shared(fs)) => c.ok(format!("{shown} (on {fs}, a network filesystem)")),
         Ok(Place::Local(fs)) => match here {
             Some(node) => c.ok(format!(
-                "{shown} (on {fs}, node-local; fine: the cluster's nodes ({node}) are all this machine)"
+                "{shown} (on {fs}, node-local; fine: every node of the cluster ({node}) runs on this machine)"
             )),
             None => c.warn(
                 format!("{shown} is on {fs}, node-local: compute nodes may not see it"),
