@@ -62,6 +62,9 @@ fi
 
 # The five-minute handover test (tests/renew_long.rs) waits on SLURM time limits more
 # than it computes: build it, start it now in the background, collect it at the end.
+# A fresh CI clone gains nothing from incremental build state (it only costs disk).
+[ "${CI:-}" = "true" ] && export CARGO_INCREMENTAL=0
+
 log "building the tests"
 cargo test --no-run --lib --bins --tests --quiet
 long_bin=$(cargo test --test renew_long --no-run --message-format=json 2>/dev/null |
