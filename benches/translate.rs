@@ -234,7 +234,10 @@ fn translate_stream(
     req: &ClientRequest,
     chunks: &[Bytes],
 ) -> (usize, Option<Bytes>) {
-    let mut tr = dep.provider.stream_translator(dep, req);
+    let mut tr = dep
+        .provider
+        .stream_translator(dep, req)
+        .expect("a translated stream");
     let mut sent = 0;
     let mut last = None;
     for chunk in chunks {

@@ -12,12 +12,19 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::ops::Range;
 
-/// The OpenAI endpoints the gateway proxies.
+/// The endpoints the gateway proxies: OpenAI's, Anthropic's Messages and OpenAI's
+/// Responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// Anthropic `POST /v1/messages/count_tokens`.
+    CountTokens,
+    /// OpenAI `POST /v1/responses`.
+    Responses,
 }
 
 impl Endpoint {
@@ -27,6 +34,61 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat/completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "messages/count_tokens",
+            Endpoint::Responses => "responses",
+        }
+    }
+
+    /// The chat format of a chat endpoint (translated through the hub when a deployment
+    /// speaks another); `None` for the others, which only pass through.
+    pub fn chat_format(self) -> Option<crate::providers::hub::Format> {
+        use crate::providers::hub::Format;
+        match self {
+            Endpoint::ChatCompletions => Some(Format::OpenAiChat),
+            Endpoint::Messages => Some(Format::Anthropic),
+            Endpoint::Responses => Some(Format::Responses),
+            Endpoint::Completions | Endpoint::Embeddings | Endpoint::CountTokens => None,
+        }
+    }
+
+    /// The API family whose shapes the client expects (errors, streams).
+    pub fn api(self) -> Api {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => Api::Anthropic,
+            Endpoint::Responses => Api::Responses,
+            _ => Api::OpenAi,
+        }
+    }
+}
+
+/// The API family a client speaks: decides the shape of its errors and of its streams'
+/// framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    OpenAi,
+    Anthropic,
+    Responses,
+}
+
+/// Client headers passed on to an upstream that speaks the client's own API.
+#[derive(Debug, Clone, Default)]
+pub struct Forwarded {
+    /// Anthropic's `anthropic-version`.
+    pub anthropic_version: Option<axum::http::HeaderValue>,
+    /// Anthropic's `anthropic-beta` (comma-separated feature names).
+    pub anthropic_beta: Option<axum::http::HeaderValue>,
+}
+
+impl Forwarded {
+    /// The headers of `headers` an upstream of `endpoint`'s API may see.
+    pub fn from_headers(endpoint: Endpoint, headers: &axum::http::HeaderMap) -> Self {
+        if endpoint.api() != Api::Anthropic {
+            return Forwarded::default();
+        }
+        Forwarded {
+            anthropic_version: headers.get("anthropic-version").cloned(),
+            anthropic_beta: headers.get("anthropic-beta").cloned(),
         }
     }
 }
@@ -42,6 +104,8 @@ pub struct ClientRequest {
     pub include_usage: bool,
     /// llmgw's own per-request fields (removed from `body` before it goes upstream).
     pub options: RequestOptions,
+    /// Client headers for an upstream of the client's own API.
+    pub forwarded: Forwarded,
     /// Byte range of the `model` value (quotes included) in `body`.
     model_span: Range<usize>,
 }
@@ -203,6 +267,7 @@ impl ClientRequest {
             stream,
             include_usage,
             options,
+            forwarded: Forwarded::default(),
             model_span,
         };
         if has_own {

@@ -113,6 +113,9 @@ impl Router {
                 input_cost: m.input_cost_per_mtok.unwrap_or(0.0),
                 output_cost: m.output_cost_per_mtok.unwrap_or(0.0),
                 drop_params: m.drop_params,
+                responses_api: m.responses_api.unwrap_or_else(|| {
+                    m.provider == ProviderKind::Openai && api_base.contains("://api.openai.com")
+                }),
                 provider,
                 stats: DeploymentStats::default(),
                 available: AtomicBool::new(true),
@@ -199,6 +202,11 @@ impl Router {
     /// The shared upstream HTTP client.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// Masks the known secrets in an upstream error's text.
+    pub fn scrub(&self, e: &mut UpstreamError) {
+        self.secrets.scrub_error(e);
     }
 
     fn unknown_model(&self, model: &str) -> ApiError {
@@ -539,10 +547,15 @@ impl Router {
         h.insert("x-llmgw-deployment", header_value(&dep.id));
         h.insert("x-llmgw-attempts", HeaderValue::from(log.attempts));
         if req.stream {
-            let translator =
-                (!dep.provider.passthrough()).then(|| dep.provider.stream_translator(dep, req));
-            let mut stream =
-                UpstreamStream::new(resp, translator, timeout, slot, self.secrets.clone());
+            let translator = dep.provider.stream_translator(dep, req);
+            let mut stream = UpstreamStream::new(
+                resp,
+                translator,
+                timeout,
+                slot,
+                self.secrets.clone(),
+                req.endpoint.api(),
+            );
             match tokio::time::timeout_at(until, stream.first()).await {
                 Err(_) => return Err(timeout_error(dep, timeout)),
                 Ok(Err(e)) => return Err(e),
@@ -574,13 +587,10 @@ impl Router {
             let took = sent.elapsed();
             log.upstream += took;
             drop(slot);
-            let body = if dep.provider.passthrough() {
-                body
-            } else {
-                dep.provider
-                    .translate_body(dep, req, body)
-                    .map_err(|e| UpstreamError::new(ErrorClass::InternalServer, e))?
-            };
+            let body = dep
+                .provider
+                .translate_body(dep, req, body)
+                .map_err(|e| UpstreamError::new(ErrorClass::InternalServer, e))?;
             if dep.tpm.is_some() {
                 dep.add_tokens(usage_tokens(&body));
             }
