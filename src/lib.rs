@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod access;
+pub mod apis;
 pub mod cache;
 pub mod cli;
 pub mod commands;

@@ -267,6 +267,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/models", get(models));
+    api = crate::apis::routes(api);
     if state.master_key.is_none() {
         api = api.route_layer(axum::middleware::from_fn(crate::access::local_only));
     }
@@ -302,8 +303,8 @@ async fn embeddings(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
     proxy(s, Endpoint::Embeddings, "/v1/embeddings", headers, body).await
 }
 
-/// The request path shared by the three proxied endpoints.
-async fn proxy(
+/// The request path shared by the proxied endpoints.
+pub(crate) async fn proxy(
     s: Arc<AppState>,
     endpoint: Endpoint,
     path: &'static str,
@@ -315,9 +316,13 @@ async fn proxy(
     let result = async {
         s.authorize(&headers)?;
         let bytes = read_body(body, &headers, s.max_body).await?;
-        let req = ClientRequest::parse(endpoint, bytes)?;
+        let mut req = ClientRequest::parse(endpoint, bytes)?;
+        crate::apis::prepare(&mut req, &headers)?;
         log.model = req.model.clone();
         log.stream = req.stream;
+        if endpoint == Endpoint::CountTokens {
+            return crate::apis::count_tokens(&s.router, &req, &mut log).await;
+        }
         let pending = match s.cache.lookup(&req, &mut log).await? {
             crate::cache::Outcome::Hit(resp) => return Ok(resp),
             crate::cache::Outcome::Continue(pending) => pending,
@@ -341,7 +346,7 @@ async fn proxy(
         Ok(resp) => resp,
         Err(e) => {
             log.status = e.status.as_u16();
-            let mut resp = e.into_response();
+            let mut resp = e.into_response_for(endpoint.api());
             if log.attempts > 0 {
                 let h = resp.headers_mut();
                 h.insert("x-llmgw-attempts", HeaderValue::from(log.attempts));
@@ -534,7 +539,7 @@ fn deployment_health(d: &crate::router::Deployment) -> serde_json::Value {
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     ApiError::not_found(format!(
-        "no route {}; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and /health",
+        "no route {}; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages, /v1/messages/count_tokens, /v1/responses, /v1/models and /health",
         uri.path()
     ))
     .into_response()
