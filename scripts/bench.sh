@@ -14,6 +14,11 @@
 #   scripts/bench.sh --no-build     # use the existing target/release/llmgw
 #   scripts/bench.sh --gateway-bin PATH   # measure another llmgw build as the gateway
 #                                         # (e.g. an older commit); the mock stays this build's
+#   scripts/bench.sh --hostile      # instead of the table: non-streaming load at concurrency
+#                                   # 64, clean and then with 1 % hostile requests beside it
+#                                   # (scripts/hostile_load.py: huge fallbacks lists, 8 MB
+#                                   # prompts to a group with a context window, slow bodies);
+#                                   # prints both p99s and their ratio (target ≤ 2×)
 #   scripts/bench.sh --micro        # also run the criterion micro-benchmarks
 #                                   # (cargo bench --bench hot_path -- --quick; the first
 #                                   # build of the bench profile takes a few minutes)
@@ -29,11 +34,13 @@ duration=6      # seconds per measured wrk run
 warmup=2        # seconds of warm-up per mode and target
 chunks=20       # content chunks per streamed answer
 micro=0
+hostile=0
+hostile_kinds=${LLMGW_HOSTILE_KINDS:-fallbacks,huge,slow}
 build=1
 gateway_bin=""
 concurrencies=(1 64 256)
 
-usage() { sed -n "2,23p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,28p" "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3; warmup=1 ;;
@@ -41,6 +48,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { usage >&2; exit 2; }
       duration=$2; shift ;;
     --micro) micro=1 ;;
+    --hostile) hostile=1 ;;
     --no-build) build=0 ;;
     --gateway-bin)
       [ $# -ge 2 ] || { usage >&2; exit 2; }
@@ -141,6 +149,10 @@ provider = "openai"
 model = "mock-model"
 api_base = "$mock_url/v1"
 EOF
+# The hostile mix includes 8 MB prompts, which only cost the gateway tokenizer work when
+# the group has a context window they might not fit: ~2M tokens against 1.5M, too close
+# for the length alone to decide (8 bytes per token would be 1M).
+if [ "$hostile" -eq 1 ]; then echo 'context_window = 1500000' >>"$work/llmgw.toml"; fi
 
 # Logging stays at its default (one line per request), as in production; to a file.
 "${prio[@]}" "$gwbin" serve --config "$work/llmgw.toml" --port 0 --state-dir "$work/state" \
@@ -232,6 +244,57 @@ run_wrk() {
 
 ms() { awk -v us="$1" 'BEGIN {printf "%.2f", us / 1000}'; }
 signed_ms() { awk -v us="$1" 'BEGIN {printf "%+.2f", us / 1000}'; }
+
+# --- hostile mode: normal load with 1 % hostile requests beside it ------------------------
+if [ "$hostile" -eq 1 ]; then
+  command -v python3 >/dev/null 2>&1 || die "--hostile needs python3"
+  log "machine: $(nproc) cores, load:$(uptime | sed 's/.*load average://')"
+  run_wrk json gateway 64 "$warmup"
+  htable="$work/hostile.txt"
+  hfmt='%-4s %-8s %8s %8s %8s %10s  %s\n'
+  # shellcheck disable=SC2059
+  printf "$hfmt" run load 'req/s' 'p50 ms' 'p99 ms' 'gw us/req' 'hostile requests' >"$htable"
+  worst=0
+  for round in 1 2; do
+    log "round $round: clean"
+    gw0=$(cpu_ticks "$gw_pid")
+    run_wrk json gateway 64 "$duration"
+    gw1=$(cpu_ticks "$gw_pid")
+    clean_rps=$r_rps clean_p99=$r_p99
+    gw_us=$(awk -v t=$((gw1 - gw0)) -v hz="$clk_tck" -v n="$r_requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+    # shellcheck disable=SC2059
+    printf "$hfmt" "$round" clean "$r_rps" "$(ms "$r_p50")" "$(ms "$r_p99")" "$gw_us" - >>"$htable"
+    # 1 % of all requests: one hostile request for every 99 normal ones.
+    rate=$(awk -v r="$clean_rps" 'BEGIN {printf "%.2f", r / 99}')
+    log "round $round: with $rate hostile requests/s"
+    "${prio[@]}" python3 scripts/hostile_load.py --url "$gw_url" --model bench --rate "$rate" \
+      --duration "$duration" --drain 5 --kinds "$hostile_kinds" >"$work/hostile-$round.txt" 2>&1 &
+    hpid=$!
+    gw0=$(cpu_ticks "$gw_pid")
+    run_wrk json gateway 64 "$duration"
+    gw1=$(cpu_ticks "$gw_pid")
+    wait "$hpid" || { cat "$work/hostile-$round.txt" >&2; die "hostile_load.py failed"; }
+    hline=$(grep '^HOSTILE ' "$work/hostile-$round.txt") || { cat "$work/hostile-$round.txt" >&2; die "no result from hostile_load.py"; }
+    gw_us=$(awk -v t=$((gw1 - gw0)) -v hz="$clk_tck" -v n="$r_requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+    # shellcheck disable=SC2059
+    printf "$hfmt" "$round" hostile "$r_rps" "$(ms "$r_p50")" "$(ms "$r_p99")" "$gw_us" "${hline#HOSTILE }" >>"$htable"
+    ratio=$(awk -v h="$r_p99" -v c="$clean_p99" 'BEGIN {printf "%.2f", h / c}')
+    echo "round $round: p99 with hostile traffic / clean p99 = $ratio" >>"$htable"
+    worst=$(awk -v a="$worst" -v b="$ratio" 'BEGIN {print (b > a) ? b : a}')
+  done
+  kill -0 "$gw_pid" 2>/dev/null || die "the gateway died during the run"
+  echo
+  echo "llmgw bench --hostile: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load:$(uptime | sed 's/.*load average://')"
+  echo "wrk ${duration}s per row, non-streaming chat completions at concurrency 64, group with context_window = 1500000 (the 8 MB prompts, ~2M tokens, exceed it but need counting to know)."
+  echo "hostile = an even mix of 100,000-name fallbacks lists, 8 MB prompts and never-finished slow bodies,"
+  echo "at 1 % of the clean row's request rate, from scripts/hostile_load.py beside wrk."
+  echo
+  cat "$htable"
+  echo
+  echo "worst p99 ratio: $worst (target ≤ 2: $(awk -v w="$worst" 'BEGIN {print (w <= 2) ? "met" : "MISSED"}'))"
+  echo "gateway peak memory (VmHWM): $(mib "$(status_kb "$gw_pid" VmHWM)") MiB"
+  exit 0
+fi
 
 # --- run ---------------------------------------------------------------------------------
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load:$(uptime | sed 's/.*load average://')"

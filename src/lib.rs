@@ -14,6 +14,7 @@ pub mod config;
 pub mod conn;
 pub mod duration;
 pub mod error;
+pub mod heavy;
 pub mod logging;
 pub mod metrics;
 pub mod mock;

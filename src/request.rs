@@ -194,7 +194,30 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
+/// Bodies up to this size are parsed on the async worker (well under a millisecond);
+/// larger ones on the low-priority [`crate::heavy`] pool, so multi-megabyte bodies cannot
+/// stall other requests.
+pub const PARSE_INLINE_MAX: usize = 256 * 1024;
+
 impl ClientRequest {
+    /// [`ClientRequest::parse`], off the async workers when the body is large. A 503
+    /// with Retry-After when too many large bodies are already waiting.
+    pub async fn parse_bounded(endpoint: Endpoint, body: Bytes) -> Result<Self, ApiError> {
+        if body.len() <= PARSE_INLINE_MAX {
+            return Self::parse(endpoint, body);
+        }
+        crate::heavy::run(move || Self::parse(endpoint, body))
+            .await
+            .unwrap_or_else(|busy| {
+                Err(ApiError::unavailable(format!(
+                    "{busy} (bodies over {} KiB wait in a short queue); retry in a moment",
+                    PARSE_INLINE_MAX / 1024
+                ))
+                .with_code("server_busy")
+                .with_retry_after(1))
+            })
+    }
+
     /// Parses the routing fields; errors are OpenAI-shaped 400s.
     pub fn parse(endpoint: Endpoint, body: Bytes) -> Result<Self, ApiError> {
         let text = std::str::from_utf8(&body)

@@ -316,7 +316,7 @@ pub(crate) async fn proxy(
     let result = async {
         s.authorize(&headers)?;
         let bytes = read_body(body, &headers, s.max_body).await?;
-        let mut req = ClientRequest::parse(endpoint, bytes)?;
+        let mut req = ClientRequest::parse_bounded(endpoint, bytes).await?;
         crate::apis::prepare(&mut req, &headers)?;
         log.model = req.model.clone();
         log.stream = req.stream;

@@ -223,6 +223,77 @@ async fn huge_prompts_with_a_context_window_keep_the_gateway_responsive() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
+/// Many multi-megabyte prompts at once (acceptance 4's hostile mix): they are parsed and
+/// counted on the small low-priority pool, the excess is turned away at once with a 503
+/// and Retry-After instead of queueing with its body in memory, and small requests keep
+/// being answered quickly throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_large_prompts_is_turned_away_not_queued() {
+    let up = mock("up", Behavior::default()).await;
+    let gw = Gateway::start(&openai_model(
+        "m",
+        "x",
+        &up.base_url(),
+        "context_window = 1500000",
+    ))
+    .await;
+    let text = "the quick brown fox jumps over the lazy dog; ".repeat(170_000);
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": text}]}).to_string();
+    let small = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    // More than the pool can hold (half the cores, 8 waiting per thread), twice over.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let flood = 2 * (cores / 2).max(1) * 9 + 8;
+    let client = gw.client();
+    let (statuses, small_worst) = tokio::join!(
+        futures_util::future::join_all((0..flood).map(|_| {
+            let req = client
+                .post(gw.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(big.clone());
+            async move {
+                let r = req.send().await.expect("a response for every large prompt");
+                let retry_after = r.headers().get("retry-after").cloned();
+                let status = r.status().as_u16();
+                let bytes = r.bytes().await.expect("a whole body");
+                let body: serde_json::Value =
+                    serde_json::from_slice(&bytes).expect("OpenAI error JSON");
+                (status, retry_after, body)
+            }
+        })),
+        async {
+            let mut worst = Duration::ZERO;
+            for _ in 0..20 {
+                let t = Instant::now();
+                assert_eq!(status_of(&gw, small.clone()).await, 200);
+                worst = worst.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            worst
+        }
+    );
+    let busy = statuses.iter().filter(|(s, ..)| *s == 503).count();
+    for (status, retry_after, body) in &statuses {
+        match status {
+            // ~2M tokens against a 1.5M window: refused after counting.
+            400 => assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}"),
+            503 => {
+                assert_eq!(body["error"]["code"], "server_busy", "{body}");
+                assert_eq!(retry_after.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "no large prompt was turned away: {flood} all queued"
+    );
+    assert!(busy < flood, "every large prompt was turned away");
+    assert!(
+        small_worst < Duration::from_millis(500),
+        "a small request took {small_worst:?} during the flood"
+    );
+}
+
 // ---------------------------------------------------------------- 4. upstream body size
 
 /// VmHWM (peak resident memory) of a process, in bytes.

@@ -6,21 +6,26 @@
 //! - a body with more than [`MAX_BYTES_PER_TOKEN`] bytes per token of the largest window
 //!   exceeds every window without counting (real text averages 2–5 bytes per token);
 //! - otherwise tiktoken's cl100k encoding (an estimate that is close for most open models
-//!   too) counts on the blocking pool, a few requests at a time, in small pieces: it
-//!   stops once the count passes the largest window, and after [`TIME_CAP`] it
-//!   extrapolates from what it has counted. An 8 MB body thus costs a worker nothing and
-//!   the tokenizer at most a few hundred milliseconds.
+//!   too) counts on the low-priority [`crate::heavy`] pool, in small pieces, and
+//!   stops once the count passes the largest window. Prompts longer than
+//!   [`SAMPLE_ABOVE`] are not tokenized whole: [`SAMPLES`] pieces spread over the text
+//!   give its tokens per byte (within a few per cent for real text), so an 8 MB prompt
+//!   costs the tokenizer what a 64 KiB one does. A misjudged prompt near the window's
+//!   edge still ends well: the upstream's context-length error takes the same
+//!   context-window fallback. A request that finds the pool's short queue full is
+//!   estimated from its length instead, so a flood of large prompts neither queues up
+//!   memory nor takes the CPU from other requests.
 
 use crate::request::ClientRequest;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// More bytes per token than any real prompt has on average: a body this much larger
 /// than a window does not fit it, whatever it says.
 pub const MAX_BYTES_PER_TOKEN: u64 = 8;
-/// Tokenizer time one request may use before the rest is extrapolated.
-pub const TIME_CAP: Duration = Duration::from_millis(200);
+/// Prompt text longer than this is estimated from samples instead of counted whole.
+pub const SAMPLE_ABOVE: usize = 64 * 1024;
+/// Pieces tokenized to estimate a long prompt ([`SAMPLES`] × [`PIECE`] bytes at most).
+pub const SAMPLES: usize = 16;
 /// Text is tokenized in pieces of at most this many bytes (BPE is quadratic in the
 /// length of a run without spaces, so pieces keep every call short).
 const PIECE: usize = 4096;
@@ -29,15 +34,6 @@ static BPE: OnceLock<Option<tiktoken_rs::CoreBPE>> = OnceLock::new();
 
 fn bpe() -> Option<&'static tiktoken_rs::CoreBPE> {
     BPE.get_or_init(|| tiktoken_rs::cl100k_base().ok()).as_ref()
-}
-
-/// Counts running at once: half the cores, so the tokenizer never takes them all.
-fn permits() -> &'static Semaphore {
-    static SEM: OnceLock<Semaphore> = OnceLock::new();
-    SEM.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Semaphore::new((cores / 2).max(1))
-    })
 }
 
 /// A cheap upper bound on the request's tokens: its byte length.
@@ -57,12 +53,10 @@ pub async fn count(req: &ClientRequest, limit: u64) -> u64 {
     if lower > limit {
         return lower;
     }
-    let Ok(_permit) = permits().acquire().await else {
-        return rough(req);
-    };
     let body = req.body.clone();
-    tokio::task::spawn_blocking(move || count_blocking(&body, limit, TIME_CAP))
+    crate::heavy::run(move || count_blocking(&body, limit))
         .await
+        // The pool's queue is full: the length has to do.
         .unwrap_or_else(|_| rough(req))
 }
 
@@ -73,8 +67,8 @@ pub const IMAGE_TOKENS: u64 = 1000;
 /// Counts every string in `messages`, `prompt`, `input`, `tools`, `system`,
 /// `instructions` and `functions` (chat, completions, Anthropic and Responses bodies),
 /// plus a few tokens of framing per message and [`IMAGE_TOKENS`] per image; stops early
-/// past `limit` and extrapolates after `cap`.
-fn count_blocking(body: &[u8], limit: u64, cap: Duration) -> u64 {
+/// past `limit`, and estimates text longer than [`SAMPLE_ABOVE`] from samples.
+fn count_blocking(body: &[u8], limit: u64) -> u64 {
     let rough = (body.len() as u64 / 4).max(1);
     let (Ok(v), Some(bpe)) = (serde_json::from_slice::<serde_json::Value>(body), bpe()) else {
         return rough;
@@ -100,21 +94,42 @@ fn count_blocking(body: &[u8], limit: u64, cap: Duration) -> u64 {
     }
     framing = framing.saturating_add(images.saturating_mul(IMAGE_TOKENS));
     let total: usize = texts.iter().map(|t| t.len()).sum();
-    let start = Instant::now();
-    let (mut n, mut done) = (framing, 0usize);
+    if total > SAMPLE_ABOVE {
+        return framing.saturating_add(estimate(bpe, &texts, total));
+    }
+    let mut n = framing;
     for piece in texts.iter().flat_map(|t| pieces(t)) {
         n += bpe.encode_ordinary(piece).len() as u64;
-        done += piece.len();
         if n > limit {
             return n;
         }
-        if done >= PIECE && start.elapsed() > cap {
-            let left = total.saturating_sub(done) as u64;
-            let per_byte = (n - framing) as f64 / done.max(1) as f64;
-            return n + (left as f64 * per_byte).ceil() as u64;
-        }
     }
     n
+}
+
+/// Tokens of `texts` (`total` bytes) from [`SAMPLES`] pieces at evenly spaced offsets:
+/// their tokens per byte times the length.
+fn estimate(bpe: &tiktoken_rs::CoreBPE, texts: &[&str], total: usize) -> u64 {
+    let stride = (total / SAMPLES).max(1);
+    let (mut tokens, mut bytes) = (0u64, 0usize);
+    let (mut start_of_text, mut next) = (0usize, 0usize);
+    for text in texts {
+        let end_of_text = start_of_text + text.len();
+        while next < end_of_text {
+            let mut at = next - start_of_text;
+            while !text.is_char_boundary(at) {
+                at += 1;
+            }
+            if let Some(piece) = pieces(&text[at..]).next() {
+                tokens += bpe.encode_ordinary(piece).len() as u64;
+                bytes += piece.len();
+            }
+            next += stride;
+        }
+        start_of_text = end_of_text;
+    }
+    let per_byte = tokens as f64 / bytes.max(1) as f64;
+    (total as f64 * per_byte).ceil() as u64
 }
 
 /// `text` cut into pieces of at most [`PIECE`] bytes, at a whitespace when there is one
@@ -167,6 +182,7 @@ fn collect_strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>, images:
 mod tests {
     use super::*;
     use crate::request::Endpoint;
+    use std::time::{Duration, Instant};
 
     fn chat(content: &str) -> ClientRequest {
         let body =
@@ -189,11 +205,7 @@ mod tests {
             {"type": "text", "text": "what is this"},
             {"type": "image_url", "image_url": {"url": data}}]}],
             "system": [{"type": "image", "source": {"type": "base64", "data": "QUJD"}}]});
-        let n = count_blocking(
-            body.to_string().as_bytes(),
-            u64::MAX,
-            Duration::from_secs(60),
-        );
+        let n = count_blocking(body.to_string().as_bytes(), u64::MAX);
         assert!(
             (2 * IMAGE_TOKENS..2 * IMAGE_TOKENS + 20).contains(&n),
             "{n}"
@@ -215,18 +227,58 @@ mod tests {
     }
 
     #[test]
-    fn counting_stops_past_the_limit_and_after_the_time_cap() {
-        let req = chat(&"lorem ipsum dolor sit amet ".repeat(40_000));
-        let exact = count_blocking(&req.body, u64::MAX, Duration::from_secs(600));
-        assert!(exact > 200_000, "{exact}");
-        let early = count_blocking(&req.body, 1000, Duration::from_secs(600));
+    fn counting_stops_past_the_limit_and_long_prompts_are_sampled() {
+        let short = chat(&"lorem ipsum dolor sit amet ".repeat(2_000));
+        let exact = count_blocking(&short.body, u64::MAX);
+        assert!(exact > 10_000, "{exact}");
+        let early = count_blocking(&short.body, 1000);
         assert!((1001..1000 + 2 * PIECE as u64).contains(&early), "{early}");
-        // With no time at all, the first piece is extrapolated to the whole text.
-        let guess = count_blocking(&req.body, u64::MAX, Duration::ZERO);
+        // A long prompt: the sampled estimate is within a few per cent of the exact
+        // count, found in a fraction of the time.
+        let text =
+            "The quick brown fox, in 2024, jumped over 13 lazy dogs; héllo wörld! ".repeat(40_000);
+        let long = chat(&text);
+        let bpe = bpe().unwrap();
+        let whole: u64 = pieces(&text)
+            .map(|p| bpe.encode_ordinary(p).len() as u64)
+            .sum();
+        let t = Instant::now();
+        let guess = count_blocking(&long.body, u64::MAX);
+        let took = t.elapsed();
         assert!(
-            guess > exact * 9 / 10 && guess < exact * 11 / 10,
-            "{guess} vs {exact}"
+            guess > whole * 97 / 100 && guess < whole * 103 / 100,
+            "{guess} vs {whole}"
         );
+        // Sampling tokenizes at most SAMPLES pieces: far less than the whole text.
+        let t = Instant::now();
+        let _ = pieces(&text)
+            .map(|p| bpe.encode_ordinary(p).len())
+            .sum::<usize>();
+        assert!(
+            took < t.elapsed(),
+            "sampling {took:?} vs counting {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn sampling_reaches_every_part_of_a_multi_message_prompt() {
+        // Cheap text first, expensive (many tokens per byte) text last: samples must
+        // land in both, so the estimate sees the expensive half.
+        let cheap = "a".repeat(100_000);
+        let dense = "1 2 3 4 5 6 7 8 9 ".repeat(6_000);
+        let body = serde_json::json!({"model": "m", "messages": [
+            {"role": "user", "content": cheap},
+            {"role": "user", "content": dense},
+        ]});
+        let n = count_blocking(body.to_string().as_bytes(), u64::MAX);
+        let bpe = bpe().unwrap();
+        let exact: u64 = [cheap.as_str(), dense.as_str()]
+            .iter()
+            .flat_map(|t| pieces(t))
+            .map(|p| bpe.encode_ordinary(p).len() as u64)
+            .sum();
+        assert!(n > exact * 8 / 10 && n < exact * 12 / 10, "{n} vs {exact}");
     }
 
     #[tokio::test]
