@@ -57,12 +57,24 @@ async fn responses(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bod
 
 /// What every request of these APIs gets before routing: the client headers an upstream
 /// of the same API may see, and for Responses the refusal of what needs stored state.
-pub fn prepare(req: &mut ClientRequest, headers: &HeaderMap) -> Result<(), ApiError> {
+pub async fn prepare(req: &mut ClientRequest, headers: &HeaderMap) -> Result<(), ApiError> {
+    use crate::providers::responses::request::check_stateless;
     req.forwarded = Forwarded::from_headers(req.endpoint, headers);
-    if req.endpoint == Endpoint::Responses {
-        crate::providers::responses::request::check_stateless(&req.body)?;
+    if req.endpoint != Endpoint::Responses {
+        return Ok(());
     }
-    Ok(())
+    if req.body.len() <= crate::request::PARSE_INLINE_MAX {
+        return check_stateless(&req.body);
+    }
+    // A large body is read on the low-priority pool, as its parsing was.
+    let body = req.body.clone();
+    crate::heavy::run(move || check_stateless(&body))
+        .await
+        .unwrap_or_else(|busy| {
+            Err(ApiError::unavailable(busy.to_string())
+                .with_code("server_busy")
+                .with_retry_after(1))
+        })
 }
 
 /// Largest count_tokens answer read from an upstream (it is a few bytes).

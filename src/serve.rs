@@ -317,7 +317,7 @@ pub(crate) async fn proxy(
         s.authorize(&headers)?;
         let bytes = read_body(body, &headers, s.max_body).await?;
         let mut req = ClientRequest::parse_bounded(endpoint, bytes).await?;
-        crate::apis::prepare(&mut req, &headers)?;
+        crate::apis::prepare(&mut req, &headers).await?;
         log.model = req.model.clone();
         log.stream = req.stream;
         if endpoint == Endpoint::CountTokens {

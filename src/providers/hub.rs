@@ -536,3 +536,337 @@ pub fn arguments_object(text: &str) -> Option<Cow<'_, RawValue>> {
 pub fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_string()).expect("valid JSON")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::anthropic::stream::{AnthropicDecoder, AnthropicEncoder};
+    use crate::providers::chat::stream::{ChatDecoder, ChatEncoder};
+    use crate::providers::gemini::stream::GeminiDecoder;
+    use crate::providers::responses::stream::ResponsesEncoder;
+    use crate::providers::StreamTranslator;
+    use crate::request::{ClientRequest, Endpoint};
+    use bytes::BytesMut;
+    use serde_json::{json, Value};
+
+    /// An OpenAI-compatible stream: reasoning, text, a tool call in pieces, usage.
+    const CHAT: &str = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"q\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"q\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"think\"}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"q\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"q\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo \\\"x\\\"\"}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"q\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}}]}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"q\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"a\\\":\"}}]}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"q\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"1}\"}}]}}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"q\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"q\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10,\"prompt_tokens_details\":{\"cached_tokens\":2}}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    fn run(mut t: impl StreamTranslator, stream: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        let mut at = 0;
+        for &c in cuts.iter().chain(std::iter::once(&stream.len())) {
+            t.feed(&stream[at..c], &mut out).expect("feeds");
+            at = c;
+        }
+        t.finish(&mut out).expect("complete");
+        out.to_vec()
+    }
+
+    /// `(event name, data)` of named SSE output.
+    fn named(out: &[u8]) -> Vec<(String, Value)> {
+        std::str::from_utf8(out)
+            .unwrap()
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let (name, data) = e.split_once('\n').unwrap();
+                let name = name.strip_prefix("event: ").unwrap().to_string();
+                let data: Value =
+                    serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+                assert_eq!(data["type"], name.as_str(), "type matches the event name");
+                (name, data)
+            })
+            .collect()
+    }
+
+    fn anthropic(stream: &[u8], cuts: &[usize]) -> Vec<u8> {
+        run(
+            Translate {
+                dec: ChatDecoder::new("sglang"),
+                enc: AnthropicEncoder::new("dep-model".into()),
+            },
+            stream,
+            cuts,
+        )
+    }
+
+    #[test]
+    fn chat_stream_as_anthropic_events() {
+        let out = anthropic(CHAT.as_bytes(), &[]);
+        let ev = named(&out);
+        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(
+            ev[0].1,
+            json!({"type": "message_start", "message": {"id": "c1", "type": "message",
+                "role": "assistant", "model": "q", "content": [], "stop_reason": null,
+                "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}}})
+        );
+        assert_eq!(ev[1].1["content_block"]["type"], "thinking");
+        assert_eq!(
+            ev[2].1["delta"],
+            json!({"type": "thinking_delta", "thinking": "think"})
+        );
+        assert_eq!(ev[4].1["index"], 1);
+        assert_eq!(
+            ev[6].1["delta"],
+            json!({"type": "text_delta", "text": "lo \"x\""})
+        );
+        assert_eq!(
+            ev[8].1["content_block"],
+            json!({"type": "tool_use", "id": "call_1", "name": "f", "input": {}})
+        );
+        let args: String = ev[9..11]
+            .iter()
+            .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(args, "{\"a\":1}");
+        assert_eq!(ev[11].1, json!({"type": "content_block_stop", "index": 2}));
+        assert_eq!(
+            ev[12].1,
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                "usage": {"input_tokens": 5, "output_tokens": 3, "cache_read_input_tokens": 2}})
+        );
+        // However the network cuts the upstream bytes, the output is the same.
+        let bytes = CHAT.as_bytes();
+        for cut in 0..bytes.len() {
+            assert_eq!(anthropic(bytes, &[cut]), out, "cut at {cut}");
+        }
+        let every: Vec<usize> = (1..bytes.len()).collect();
+        assert_eq!(anthropic(bytes, &every), out);
+    }
+
+    #[test]
+    fn stop_sequences_and_errors_reach_anthropic_clients() {
+        // vLLM names the stop string that ended the answer.
+        let s = "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n\
+                 data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\",\"stop_reason\":\"END\"}]}\n\ndata: [DONE]\n\n";
+        let ev = named(&anthropic(s.as_bytes(), &[]));
+        let delta = &ev[ev.len() - 2].1;
+        assert_eq!(
+            delta["delta"],
+            json!({"stop_reason": "stop_sequence", "stop_sequence": "END"})
+        );
+        // An in-band error, and a stream without [DONE], are errors, not answers.
+        let mut t = Translate {
+            dec: ChatDecoder::new("sglang"),
+            enc: AnthropicEncoder::new("m".into()),
+        };
+        let mut out = BytesMut::new();
+        let e = t
+            .feed(
+                b"data: {\"error\":{\"message\":\"boom\",\"type\":\"x\"}}\n\n",
+                &mut out,
+            )
+            .unwrap_err();
+        assert!(e.error.message.contains("boom"));
+        let mut t = Translate {
+            dec: ChatDecoder::new("sglang"),
+            enc: AnthropicEncoder::new("m".into()),
+        };
+        t.feed(&CHAT.as_bytes()[..200], &mut out).unwrap();
+        assert!(t.finish(&mut out).is_err());
+    }
+
+    fn responses(dec: impl Decoder, stream: &[u8], cuts: &[usize]) -> Vec<(String, Value)> {
+        let req = ClientRequest::parse(
+            Endpoint::Responses,
+            bytes::Bytes::from_static(b"{\"model\":\"g\",\"input\":\"x\",\"stream\":true}"),
+        )
+        .unwrap();
+        let out = run(
+            Translate {
+                dec,
+                enc: ResponsesEncoder::new("dep-model".into(), &req),
+            },
+            stream,
+            cuts,
+        );
+        named(&out)
+    }
+
+    /// What a Responses stream says, without its random ids.
+    fn summary(ev: &[(String, Value)]) -> Vec<String> {
+        ev.iter()
+            .map(|(n, d)| {
+                let detail = d
+                    .get("delta")
+                    .or(d.get("text"))
+                    .or(d.get("arguments"))
+                    .or(d.pointer("/item/type"))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                format!("{n} {detail}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chat_stream_as_responses_events() {
+        let ev = responses(ChatDecoder::new("sglang"), CHAT.as_bytes(), &[]);
+        assert_eq!(
+            summary(&ev),
+            [
+                "response.created ",
+                "response.in_progress ",
+                "response.output_item.added \"reasoning\"",
+                "response.reasoning_text.delta \"think\"",
+                "response.reasoning_text.done \"think\"",
+                "response.output_item.done \"reasoning\"",
+                "response.output_item.added \"message\"",
+                "response.content_part.added ",
+                "response.output_text.delta \"Hel\"",
+                "response.output_text.delta \"lo \\\"x\\\"\"",
+                "response.output_text.done \"Hello \\\"x\\\"\"",
+                "response.content_part.done ",
+                "response.output_item.done \"message\"",
+                "response.output_item.added \"function_call\"",
+                "response.function_call_arguments.delta \"{\\\"a\\\":\"",
+                "response.function_call_arguments.delta \"1}\"",
+                "response.function_call_arguments.done \"{\\\"a\\\":1}\"",
+                "response.output_item.done \"function_call\"",
+                "response.completed ",
+            ]
+            .map(String::from)
+        );
+        let seq: Vec<u64> = ev
+            .iter()
+            .map(|(_, d)| d["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seq, (0..ev.len() as u64).collect::<Vec<_>>());
+        let done = &ev.last().unwrap().1["response"];
+        assert_eq!(done["status"], "completed");
+        assert_eq!(done["model"], "q");
+        assert_eq!(
+            done["usage"],
+            json!({"input_tokens": 7, "input_tokens_details": {"cached_tokens": 2},
+                "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 10})
+        );
+        let output = done["output"].as_array().unwrap();
+        assert_eq!(output.len(), 3);
+        assert_eq!(output[1]["content"][0]["text"], "Hello \"x\"");
+        assert_eq!(output[2]["call_id"], "call_1");
+        assert_eq!(output[2]["arguments"], "{\"a\":1}");
+        // Items announced and finished under the same id and index.
+        assert_eq!(ev[6].1["item"]["id"], ev[12].1["item"]["id"]);
+        assert_eq!(ev[8].1["item_id"], ev[6].1["item"]["id"]);
+        assert_eq!(ev[13].1["output_index"], 2);
+        let want = summary(&ev);
+        let bytes = CHAT.as_bytes();
+        for cut in 0..bytes.len() {
+            let got = responses(ChatDecoder::new("sglang"), bytes, &[cut]);
+            assert_eq!(summary(&got), want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn anthropic_and_gemini_streams_as_responses_events() {
+        let ant = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"claude\",\"usage\":{\"input_tokens\":4}}}\n\n\
+            event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"output_tokens\":2}}\n\n\
+            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let ev = responses(AnthropicDecoder::default(), ant.as_bytes(), &[]);
+        let last = &ev.last().unwrap();
+        assert_eq!(last.0, "response.incomplete");
+        assert_eq!(last.1["response"]["status"], "incomplete");
+        assert_eq!(
+            last.1["response"]["incomplete_details"],
+            json!({"reason": "max_output_tokens"})
+        );
+        assert_eq!(last.1["response"]["usage"]["total_tokens"], 6);
+        let gem = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"f\",\"args\":{\"k\":1}}}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":1,\"totalTokenCount\":4}}\r\n\r\n";
+        let ev = responses(GeminiDecoder::default(), gem.as_bytes(), &[]);
+        let done = &ev.last().unwrap().1["response"];
+        assert_eq!(done["output"][0]["type"], "function_call");
+        assert_eq!(done["output"][0]["arguments"], "{\"k\":1}");
+        assert_eq!(done["usage"]["total_tokens"], 4);
+    }
+
+    #[test]
+    fn gemini_stream_as_anthropic_events() {
+        let gem = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi \"}]},\"index\":0}],\"modelVersion\":\"gemini-x\"}\r\n\r\n\
+            data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"there\"}]},\"finishReason\":\"SAFETY\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":2,\"totalTokenCount\":5}}\r\n\r\n";
+        let out = run(
+            Translate {
+                dec: GeminiDecoder::default(),
+                enc: AnthropicEncoder::new("g".into()),
+            },
+            gem.as_bytes(),
+            &[],
+        );
+        let ev = named(&out);
+        assert_eq!(ev[0].1["message"]["model"], "gemini-x");
+        let text: String = ev
+            .iter()
+            .filter_map(|(_, d)| d.pointer("/delta/text").and_then(Value::as_str))
+            .collect();
+        assert_eq!(text, "Hi there");
+        assert_eq!(ev[ev.len() - 2].1["delta"]["stop_reason"], "refusal");
+        assert_eq!(
+            ev[ev.len() - 2].1["usage"],
+            json!({"input_tokens": 3, "output_tokens": 2})
+        );
+    }
+
+    #[test]
+    fn anthropic_stream_as_chat_chunks_is_unchanged_by_the_hub() {
+        // The pre-hub translator's output for the same stream (role chunk first, content,
+        // finish, usage, [DONE]).
+        let ant = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"claude\",\"usage\":{\"input_tokens\":4}}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n\
+            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let out = run(
+            Translate {
+                dec: AnthropicDecoder::default(),
+                enc: ChatEncoder::new("x".into(), true),
+            },
+            ant.as_bytes(),
+            &[],
+        );
+        let ev = crate::providers::translate::testing::events(&out);
+        assert_eq!(ev.len(), 5);
+        assert_eq!(
+            ev[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        assert_eq!(ev[1]["choices"][0]["delta"], json!({"content": "Hi"}));
+        assert_eq!(ev[2]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(ev[3]["usage"]["total_tokens"], 6);
+        assert_eq!(ev[4], "[DONE]");
+        assert!(ev[..4]
+            .iter()
+            .all(|e| e["id"] == "m" && e["model"] == "claude"));
+    }
+}

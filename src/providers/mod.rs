@@ -12,6 +12,8 @@
 
 pub mod anthropic;
 pub mod chat;
+#[cfg(test)]
+mod fuzz;
 pub mod gemini;
 pub mod hub;
 pub mod openai;
@@ -33,13 +35,31 @@ pub trait Provider: Send + Sync + 'static {
     /// The wire format `dep` speaks for a request of `req`'s chat format.
     fn wire(&self, dep: &Deployment, req: &ClientRequest) -> Format;
 
+    /// The request body for `dep`: the client's bytes with the model id spliced, or
+    /// translated (see [`translates`]).
+    fn body(&self, dep: &Deployment, req: &ClientRequest) -> Result<Bytes, ApiError> {
+        chat_body(dep, req, self.wire(dep, req))
+    }
+
+    /// The HTTP request (URL, headers) around `body` for one attempt against `dep`.
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        dep: &Deployment,
+        req: &ClientRequest,
+        body: Bytes,
+    ) -> Result<reqwest::RequestBuilder, ApiError>;
+
     /// Builds the HTTP request for one attempt against `dep`.
     fn build(
         &self,
         client: &reqwest::Client,
         dep: &Deployment,
         req: &ClientRequest,
-    ) -> Result<reqwest::RequestBuilder, ApiError>;
+    ) -> Result<reqwest::RequestBuilder, ApiError> {
+        let body = self.body(dep, req)?;
+        self.request(client, dep, req, body)
+    }
 
     /// Converts a complete successful non-streaming body to the client's format (the
     /// body itself when no translation is needed).
@@ -87,6 +107,34 @@ pub fn passthrough(dep: &Deployment, req: &ClientRequest) -> bool {
         // Completions, embeddings and token counts are never translated through the hub.
         None => true,
     }
+}
+
+/// True when `dep`'s body for `req` is translated rather than spliced.
+pub fn translates(dep: &Deployment, req: &ClientRequest) -> bool {
+    !passthrough(dep, req)
+        || (req.endpoint == crate::request::Endpoint::Embeddings
+            && dep.kind == ProviderKind::Gemini)
+}
+
+/// The body for one attempt. Translating a body larger than
+/// [`crate::request::PARSE_INLINE_MAX`] runs on the low-priority pool (`heavy`), like
+/// parsing it did, so that a long conversation never holds an async worker.
+pub async fn attempt_body(dep: &Arc<Deployment>, req: &ClientRequest) -> Result<Bytes, ApiError> {
+    if req.body.len() <= crate::request::PARSE_INLINE_MAX || !translates(dep, req) {
+        return dep.provider.body(dep, req);
+    }
+    let (d, r) = (Arc::clone(dep), req.clone());
+    crate::heavy::run(move || d.provider.body(&d, &r))
+        .await
+        .unwrap_or_else(|busy| {
+            Err(ApiError::unavailable(format!(
+                "{busy} (translating a request over {} KiB waits in a short queue); retry in \
+                 a moment",
+                crate::request::PARSE_INLINE_MAX / 1024
+            ))
+            .with_code("server_busy")
+            .with_retry_after(1))
+        })
 }
 
 /// The body of a chat request for an upstream speaking `wire`: the client's bytes with
@@ -245,11 +293,12 @@ impl Provider for Unsupported {
             self.0.as_str()
         ))
     }
-    fn build(
+    fn request(
         &self,
         _: &reqwest::Client,
         _: &Deployment,
         _: &ClientRequest,
+        _: Bytes,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
         Err(ApiError::internal(format!(
             "provider {} is not supported yet",

@@ -6,6 +6,7 @@ use super::Provider;
 use crate::error::ApiError;
 use crate::request::{ClientRequest, Endpoint};
 use crate::router::Deployment;
+use bytes::Bytes;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
 /// `POST {api_base}/{endpoint}` with `Authorization: Bearer`.
@@ -41,11 +42,12 @@ impl Provider for OpenAi {
         wire(dep, req)
     }
 
-    fn build(
+    fn request(
         &self,
         client: &reqwest::Client,
         dep: &Deployment,
         req: &ClientRequest,
+        body: Bytes,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
         let url = dep
             .endpoint_url(upstream_endpoint(dep, req)?)
@@ -58,7 +60,7 @@ impl Provider for OpenAi {
         let mut rb = client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(super::chat_body(dep, req, self.wire(dep, req))?);
+            .body(body);
         if let Some(key) = &dep.api_key {
             let v = super::secret_header(dep, &format!("Bearer {}", key.expose()))?;
             rb = rb.header(AUTHORIZATION, v);
@@ -80,11 +82,12 @@ impl Provider for Azure {
         Format::OpenAiChat
     }
 
-    fn build(
+    fn request(
         &self,
         client: &reqwest::Client,
         dep: &Deployment,
         req: &ClientRequest,
+        body: Bytes,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
         let version = dep.api_version.as_deref().unwrap_or(AZURE_API_VERSION);
         // The portal shows both `https://x.openai.azure.com/` and `…/openai/`.
@@ -107,7 +110,7 @@ impl Provider for Azure {
         let mut rb = client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(super::chat_body(dep, req, Format::OpenAiChat)?);
+            .body(body);
         if let Some(key) = &dep.api_key {
             let v = super::secret_header(dep, key.expose())?;
             rb = rb.header("api-key", v);

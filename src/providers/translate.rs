@@ -1642,21 +1642,7 @@ mod tests {
         let astream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\"\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":2}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let gstream = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"hi\"},{\"functionCall\":{\"name\":\"f\",\"args\":{\"a\":1}}}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":1}}\r\n\r\n";
         let mut rng = fastrand::Rng::with_seed(6);
-        let junk = b"{}[]\",:\\0a-\n\r ";
-        let mutate = |rng: &mut fastrand::Rng, src: &[u8]| {
-            let mut b = src.to_vec();
-            for _ in 0..rng.usize(1..4) {
-                let at = rng.usize(..b.len());
-                match rng.u8(..3) {
-                    0 => b[at] = junk[rng.usize(..junk.len())],
-                    1 => {
-                        b.remove(at);
-                    }
-                    _ => b.insert(at, junk[rng.usize(..junk.len())]),
-                }
-            }
-            b
-        };
+        let mutate = testing::mutate;
         for _ in 0..3000 {
             let b = mutate(&mut rng, body);
             if let Ok(req) = ClientRequest::parse(Endpoint::ChatCompletions, b.into()) {
@@ -1722,6 +1708,28 @@ pub(crate) mod testing {
 
     pub fn request(endpoint: Endpoint, body: Value) -> ClientRequest {
         ClientRequest::parse(endpoint, Bytes::from(body.to_string())).expect("valid request")
+    }
+
+    /// `src` with one to three bytes replaced, removed or inserted (JSON and SSE
+    /// punctuation, mostly).
+    pub fn mutate(rng: &mut fastrand::Rng, src: &[u8]) -> Vec<u8> {
+        const JUNK: &[u8] = b"{}[]\",:\\0a-\n\r ";
+        let mut b = src.to_vec();
+        for _ in 0..rng.usize(1..4) {
+            if b.is_empty() {
+                b.push(JUNK[rng.usize(..JUNK.len())]);
+                continue;
+            }
+            let at = rng.usize(..b.len());
+            match rng.u8(..3) {
+                0 => b[at] = JUNK[rng.usize(..JUNK.len())],
+                1 => {
+                    b.remove(at);
+                }
+                _ => b.insert(at, JUNK[rng.usize(..JUNK.len())]),
+            }
+        }
+        b
     }
 
     /// The `data:` payloads of OpenAI SSE output; `[DONE]` as the string "[DONE]".

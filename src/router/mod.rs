@@ -519,9 +519,9 @@ impl Router {
         log: &mut RequestLog,
     ) -> Result<Response, UpstreamError> {
         let timeout = dep.timeout.min(limit);
-        let rb = dep
-            .provider
-            .build(&self.client, dep, req)
+        let rb = providers::attempt_body(dep, req)
+            .await
+            .and_then(|body| dep.provider.request(&self.client, dep, req, body))
             .map_err(|e| UpstreamError::new(ErrorClass::BadRequest, e))?;
         let sent = Instant::now();
         let until = tokio::time::Instant::from_std(crate::duration::deadline(sent, timeout));
@@ -653,12 +653,17 @@ fn too_large_error(dep: &Deployment, limit: usize) -> UpstreamError {
     )
 }
 
-/// `usage.total_tokens` of an OpenAI response, found without parsing the whole body.
+/// The tokens in a response's `usage` (OpenAI's and Responses' `total_tokens`, or
+/// Anthropic's `input_tokens + output_tokens`), found without parsing the whole body.
 fn usage_tokens(body: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
     struct Usage {
         #[serde(default)]
-        total_tokens: u64,
+        total_tokens: Option<u64>,
+        #[serde(default)]
+        input_tokens: u64,
+        #[serde(default)]
+        output_tokens: u64,
     }
     let Some(at) = memchr::memmem::rfind(body, b"\"usage\"") else {
         return 0;
@@ -669,7 +674,10 @@ fn usage_tokens(body: &[u8]) -> u64 {
     };
     let mut de = serde_json::Deserializer::from_slice(&rest[colon + 1..]);
     serde::Deserialize::deserialize(&mut de)
-        .map(|u: Usage| u.total_tokens)
+        .map(|u: Usage| {
+            u.total_tokens
+                .unwrap_or(u.input_tokens.saturating_add(u.output_tokens))
+        })
         .unwrap_or(0)
 }
 
@@ -832,5 +840,8 @@ mod tests {
         let body = br#"{"id":"x","choices":[{"message":{"content":"usage"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
         assert_eq!(super::usage_tokens(body), 7);
         assert_eq!(super::usage_tokens(b"{}"), 0);
+        let anthropic =
+            br#"{"type":"message","content":[],"usage":{"input_tokens":3,"output_tokens":5}}"#;
+        assert_eq!(super::usage_tokens(anthropic), 8);
     }
 }

@@ -40,15 +40,16 @@ impl Provider for Anthropic {
         Format::Anthropic
     }
 
-    fn build(
+    fn request(
         &self,
         client: &reqwest::Client,
         dep: &Deployment,
         req: &ClientRequest,
+        body: Bytes,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
-        let (path, body) = match req.endpoint {
-            Endpoint::CountTokens => ("count_tokens", req.body_for_model(&dep.model)),
-            e if e.chat_format().is_some() => ("", super::chat_body(dep, req, Format::Anthropic)?),
+        let path = match req.endpoint {
+            Endpoint::CountTokens => "count_tokens",
+            e if e.chat_format().is_some() => "",
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "deployment {} (anthropic) serves chat (/v1/chat/completions, /v1/messages, \

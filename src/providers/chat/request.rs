@@ -735,3 +735,214 @@ struct JsonSchemaOut<'h> {
     #[serde(skip_serializing_if = "Option::is_none")]
     strict: Option<bool>,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::ProviderKind;
+    use crate::providers::hub::{Format, Target};
+    use crate::providers::translate::testing::{deployment, request};
+    use crate::request::Endpoint;
+    use serde_json::{json, Value};
+
+    /// A client body in `endpoint`'s format → the chat completions body for `dep`.
+    fn to_chat(dep: &crate::router::Deployment, endpoint: Endpoint, body: Value) -> Value {
+        let req = request(endpoint, body);
+        let out = crate::providers::chat_body(dep, &req, Format::OpenAiChat).expect("translates");
+        serde_json::from_slice(&out).expect("JSON")
+    }
+
+    #[test]
+    fn anthropic_request_as_chat() {
+        let dep = deployment(ProviderKind::Sglang, "Qwen/Qwen3-8B", false);
+        let out = to_chat(
+            &dep,
+            Endpoint::Messages,
+            json!({"model": "qwen", "max_tokens": 300, "stream": true,
+            "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "Be brief."}],
+            "metadata": {"user_id": "user_abc"},
+            "stop_sequences": ["END"], "temperature": 1,
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "output_config": {"effort": "high"},
+            "cache_control": {"type": "ephemeral"},
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+            "tools": [{"name": "Read", "description": "Read a file",
+                "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
+                "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": "Read a.txt"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                    {"type": "text", "text": "Reading."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"path": "a.txt"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                        {"type": "text", "text": "hello"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]},
+                    {"type": "text", "text": "Summarise it."}]}
+            ]}),
+        );
+        assert_eq!(
+            out,
+            json!({"model": "Qwen/Qwen3-8B",
+                "messages": [
+                    {"role": "system", "content": "You are Claude Code.\n\nBe brief."},
+                    {"role": "user", "content": "Read a.txt"},
+                    {"role": "assistant", "content": "Reading.", "tool_calls": [
+                        {"id": "toolu_1", "type": "function", "function": {"name": "Read", "arguments": "{\"path\":\"a.txt\"}"}}]},
+                    {"role": "tool", "tool_call_id": "toolu_1", "content": "hello"},
+                    {"role": "user", "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+                        {"type": "text", "text": "Summarise it."}]}
+                ],
+                "max_tokens": 300, "stream": true, "stream_options": {"include_usage": true},
+                "temperature": 1, "stop": ["END"],
+                "tools": [{"type": "function", "function": {"name": "Read", "description": "Read a file",
+                    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}],
+                "tool_choice": "required", "parallel_tool_calls": false, "user": "user_abc"})
+        );
+        // Real OpenAI gets max_completion_tokens; a named tool becomes a function choice;
+        // an error result is marked; a JSON schema output becomes response_format.
+        let mut dep = deployment(ProviderKind::Openai, "gpt-4o", false);
+        dep.api_base = "https://api.openai.com/v1".into();
+        let out = to_chat(
+            &dep,
+            Endpoint::Messages,
+            json!({"model": "g", "max_tokens": 10,
+                "tool_choice": {"type": "tool", "name": "f"},
+                "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+                "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "boom", "is_error": true}]}]}),
+        );
+        assert_eq!(out["max_completion_tokens"], 10);
+        assert!(out.get("max_tokens").is_none());
+        assert_eq!(
+            out["tool_choice"],
+            json!({"type": "function", "function": {"name": "f"}})
+        );
+        assert_eq!(out["messages"][1]["content"], "Error: boom");
+        assert_eq!(out["messages"][0]["content"], Value::Null);
+        assert_eq!(
+            out["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "response", "schema": {"type": "object"}, "strict": true}})
+        );
+    }
+
+    #[test]
+    fn responses_request_as_chat() {
+        let dep = deployment(ProviderKind::Sglang, "qwen", false);
+        let out = to_chat(
+            &dep,
+            Endpoint::Responses,
+            json!({"model": "q", "instructions": "Be brief.", "max_output_tokens": 50,
+            "store": false, "include": ["reasoning.encrypted_content"], "reasoning": {"effort": "low"},
+            "text": {"format": {"type": "json_object"}}, "parallel_tool_calls": false,
+            "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": true}],
+            "input": [
+                {"role": "developer", "content": "Answer in French."},
+                {"type": "message", "role": "user", "content": [
+                    {"type": "input_text", "text": "Weather?"},
+                    {"type": "input_image", "image_url": "https://x/cat.png", "detail": "auto"}]},
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": "{\"a\":1}"},
+                {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+                {"role": "assistant", "content": [{"type": "output_text", "text": "Il fait beau.", "annotations": []}]},
+                {"role": "user", "content": "Merci"}
+            ]}),
+        );
+        assert_eq!(
+            out,
+            json!({"model": "qwen", "messages": [
+                    {"role": "system", "content": "Be brief.\n\nAnswer in French."},
+                    {"role": "user", "content": [{"type": "text", "text": "Weather?"},
+                        {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]},
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                    {"role": "assistant", "content": "Il fait beau."},
+                    {"role": "user", "content": "Merci"}],
+                "max_tokens": 50,
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": true}}],
+                "parallel_tool_calls": false,
+                "response_format": {"type": "json_object"}, "reasoning_effort": "low"})
+        );
+        // A string input is one user message.
+        let out = to_chat(
+            &dep,
+            Endpoint::Responses,
+            json!({"model": "q", "input": "Hi"}),
+        );
+        assert_eq!(out["messages"], json!([{"role": "user", "content": "Hi"}]));
+        let target = Target {
+            dep: &dep,
+            format: Format::OpenAiChat,
+        };
+        let bad = [
+            (json!({"model": "q"}), "input"),
+            (json!({"model": "q", "input": 3}), "input"),
+            (
+                json!({"model": "q", "input": [{"role": "robot", "content": "x"}]}),
+                "input[0].role",
+            ),
+            (
+                json!({"model": "q", "input": [{"type": "item_reference", "id": "x"}]}),
+                "input[0]",
+            ),
+            (
+                json!({"model": "q", "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "[1]"}]}),
+                "input[0].arguments",
+            ),
+            (
+                json!({"model": "q", "input": "x", "tools": [{"type": "web_search"}]}),
+                "tools[0].type",
+            ),
+            (
+                json!({"model": "q", "input": "x", "tool_choice": "any"}),
+                "tool_choice",
+            ),
+            (
+                json!({"model": "q", "input": "x", "text": {"format": {"type": "yaml"}}}),
+                "text.format",
+            ),
+            (
+                json!({"model": "q", "input": "x", "top_logprobs": 2}),
+                "top_logprobs",
+            ),
+        ];
+        for (body, param) in bad {
+            let req = request(Endpoint::Responses, body.clone());
+            let e = crate::providers::responses::request::decode(&req, &target)
+                .and_then(|h| super::encode(&h, &target, 0).map(|_| ()))
+                .expect_err(&body.to_string());
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn responses_stateless_checks() {
+        use crate::providers::responses::request::check_stateless;
+        for (body, param) in [
+            (r#"{"store":true}"#, "store"),
+            (
+                r#"{"previous_response_id":"resp_1"}"#,
+                "previous_response_id",
+            ),
+            (r#"{"conversation":"conv_1"}"#, "conversation"),
+            (r#"{"background":true}"#, "background"),
+            (r#"{"prompt":{"id":"p"}}"#, "prompt"),
+        ] {
+            let e = check_stateless(body.as_bytes()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param));
+            assert!(e.message.contains("stateless"), "{}", e.message);
+        }
+        for ok in [
+            r#"{"store":false}"#,
+            r#"{"previous_response_id":null}"#,
+            "{}",
+        ] {
+            check_stateless(ok.as_bytes()).unwrap();
+        }
+    }
+}

@@ -46,27 +46,30 @@ impl Provider for Gemini {
         Format::Gemini
     }
 
-    fn build(
+    fn body(&self, dep: &Deployment, req: &ClientRequest) -> Result<Bytes, ApiError> {
+        match req.endpoint {
+            Endpoint::Embeddings => translate_embeddings_request(dep, req).map(Bytes::from),
+            _ => super::chat_body(dep, req, Format::Gemini),
+        }
+    }
+
+    fn request(
         &self,
         client: &reqwest::Client,
         dep: &Deployment,
         req: &ClientRequest,
+        body: Bytes,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
         let path = model_path(&dep.model);
-        let (url, body) = match req.endpoint {
+        let url = match req.endpoint {
             e if e.chat_format().is_some() => {
-                let body = super::chat_body(dep, req, Format::Gemini)?;
-                let url = if req.stream {
+                if req.stream {
                     format!("{}/{path}:streamGenerateContent?alt=sse", dep.api_base)
                 } else {
                     format!("{}/{path}:generateContent", dep.api_base)
-                };
-                (url, body)
+                }
             }
-            Endpoint::Embeddings => (
-                format!("{}/{path}:batchEmbedContents", dep.api_base),
-                Bytes::from(translate_embeddings_request(dep, req)?),
-            ),
+            Endpoint::Embeddings => format!("{}/{path}:batchEmbedContents", dep.api_base),
             other => {
                 return Err(ApiError::bad_request(format!(
                     "deployment {} (gemini) serves chat (/v1/chat/completions, /v1/messages, \
