@@ -257,6 +257,11 @@ fn openai_response() -> Bytes {
 /// An OpenAI-compatible stream of 20 events: the role chunk, 16 text pieces, the finish
 /// chunk, the usage chunk and `[DONE]`, as SGLang sends them with `include_usage`.
 fn openai_stream() -> Vec<Bytes> {
+    openai_stream_of(ANSWER.len())
+}
+
+/// The same with `pieces` text events (the answer's pieces, repeated).
+fn openai_stream_of(pieces: usize) -> Vec<Bytes> {
     let chunk = |delta: Value, finish: Value| {
         let v = json!({"id": "chatcmpl-8d2f", "object": "chat.completion.chunk",
             "created": 1_700_000_000u64, "model": "Qwen/Qwen3-8B",
@@ -268,7 +273,7 @@ fn openai_stream() -> Vec<Bytes> {
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    for piece in ANSWER {
+    for piece in ANSWER.iter().cycle().take(pieces) {
         events.push(chunk(json!({"content": piece}), Value::Null));
     }
     events.push(chunk(json!({}), json!("stop")));
@@ -277,7 +282,7 @@ fn openai_stream() -> Vec<Bytes> {
         "usage": {"prompt_tokens": 412, "completion_tokens": 61, "total_tokens": 473}});
     events.push(Bytes::from(format!("data: {usage}\n\n")));
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    assert_eq!(events.len(), 20);
+    assert_eq!(events.len(), pieces + 4);
     events
 }
 
@@ -526,13 +531,17 @@ fn stream(c: &mut Criterion<ThreadCpu>) {
     }
     let msg = parse_as(Endpoint::Messages, &s.messages);
     let resp = responses_request();
-    let chunks = openai_stream();
-    for (name, req) in [
-        ("openai_to_anthropic_20_events", &msg),
-        ("openai_to_responses_20_events", &resp),
+    // 20 events, and 200 (196 text pieces): the difference is the cost per event, the
+    // rest the fixed cost of a response (Responses repeats the whole answer at its end).
+    let (short, long) = (openai_stream(), openai_stream_of(196));
+    for (name, req, chunks) in [
+        ("openai_to_anthropic_20_events", &msg, &short),
+        ("openai_to_anthropic_200_events", &msg, &long),
+        ("openai_to_responses_20_events", &resp, &short),
+        ("openai_to_responses_200_events", &resp, &long),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| translate_stream(&s.sglang, req, black_box(&chunks)))
+            b.iter(|| translate_stream(&s.sglang, req, black_box(chunks)))
         });
     }
     g.finish();

@@ -667,6 +667,27 @@ mod tests {
     }
 
     #[test]
+    fn servers_sending_both_reasoning_names_are_read() {
+        // vLLM sends `reasoning` and the older `reasoning_content` side by side, and
+        // SGLang `matched_stop` where vLLM has `stop_reason`.
+        let s = "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning\":\"r\",\"reasoning_content\":\"r\"}}]}\n\n\
+                 data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\",\"stop_reason\":null,\"matched_stop\":\"##\"}]}\n\ndata: [DONE]\n\n";
+        let ev = named(&anthropic(s.as_bytes(), &[]));
+        assert_eq!(
+            ev[2].1["delta"],
+            json!({"type": "thinking_delta", "thinking": "r"})
+        );
+        let delta = &ev[ev.len() - 2].1;
+        assert_eq!(
+            delta["delta"],
+            json!({"stop_reason": "stop_sequence", "stop_sequence": "##"})
+        );
+        let body = br#"{"id":"c","model":"m","choices":[{"index":0,"message":{"content":"a","reasoning":"r","reasoning_content":"r"},"finish_reason":"stop"}]}"#;
+        let r = crate::providers::chat::response::decode(body, "vllm").unwrap();
+        assert_eq!(r.choices[0].reasoning.as_deref(), Some("r"));
+    }
+
+    #[test]
     fn stop_sequences_and_errors_reach_anthropic_clients() {
         // vLLM names the stop string that ended the answer.
         let s = "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n\

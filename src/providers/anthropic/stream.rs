@@ -444,16 +444,23 @@ impl AnthropicEncoder {
         index
     }
 
-    fn delta(&mut self, index: u32, delta: DeltaOut<'_>, out: &mut BytesMut) {
-        write(
-            out,
-            "content_block_delta",
-            &BlockDeltaOut {
-                kind: "content_block_delta",
-                index,
-                delta,
-            },
-        );
+    /// One `content_block_delta`, written from constant pieces around the escaped
+    /// text: this is the event sent per token.
+    fn delta(&mut self, index: u32, kind: DeltaKind, text: &str, out: &mut BytesMut) {
+        const HEAD: &[u8] =
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":";
+        let mid: &[u8] = match kind {
+            DeltaKind::Text => b",\"delta\":{\"type\":\"text_delta\",\"text\":",
+            DeltaKind::Thinking => b",\"delta\":{\"type\":\"thinking_delta\",\"thinking\":",
+            DeltaKind::InputJson => b",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":",
+        };
+        out.reserve(HEAD.len() + mid.len() + 16 + text.len() + text.len() / 8);
+        out.extend_from_slice(HEAD);
+        let _ = serde_json::to_writer(t::BytesMutWriter(out), &index);
+        out.extend_from_slice(mid);
+        // Serialising a string cannot fail.
+        let _ = serde_json::to_writer(t::BytesMutWriter(out), text);
+        out.extend_from_slice(b"}}\n\n");
     }
 }
 
@@ -468,7 +475,7 @@ impl Encoder for AnthropicEncoder {
             }
             Event::Text { choice: 0, text } if !text.is_empty() => {
                 let i = self.open(Open::Text, BlockOut::Text { text: "" }, out);
-                self.delta(i, DeltaOut::Text { text }, out);
+                self.delta(i, DeltaKind::Text, text, out);
             }
             Event::Reasoning { choice: 0, text } if !text.is_empty() => {
                 let i = self.open(
@@ -479,7 +486,7 @@ impl Encoder for AnthropicEncoder {
                     },
                     out,
                 );
-                self.delta(i, DeltaOut::Thinking { thinking: text }, out);
+                self.delta(i, DeltaKind::Thinking, text, out);
             }
             Event::ToolStart {
                 choice: 0,
@@ -513,7 +520,7 @@ impl Encoder for AnthropicEncoder {
                     Some(&b) if b != u32::MAX => b,
                     _ => return Ok(()),
                 };
-                self.delta(block, DeltaOut::InputJson { partial_json: json }, out);
+                self.delta(block, DeltaKind::InputJson, json, out);
             }
             Event::Finish {
                 choice: 0,
@@ -632,23 +639,12 @@ struct BlockStart<'e> {
     content_block: BlockOut<'e>,
 }
 
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum DeltaOut<'e> {
-    #[serde(rename = "text_delta")]
-    Text { text: &'e str },
-    #[serde(rename = "thinking_delta")]
-    Thinking { thinking: &'e str },
-    #[serde(rename = "input_json_delta")]
-    InputJson { partial_json: &'e str },
-}
-
-#[derive(Serialize)]
-struct BlockDeltaOut<'e> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: u32,
-    delta: DeltaOut<'e>,
+/// The kind of a `content_block_delta`.
+#[derive(Clone, Copy)]
+enum DeltaKind {
+    Text,
+    Thinking,
+    InputJson,
 }
 
 #[derive(Serialize)]

@@ -47,8 +47,11 @@ struct ChoiceIn {
 struct MessageIn {
     #[serde(default)]
     content: Option<String>,
-    #[serde(default, alias = "reasoning")]
+    #[serde(default)]
     reasoning_content: Option<String>,
+    /// vLLM's newer name (it may send both).
+    #[serde(default)]
+    reasoning: Option<String>,
     #[serde(default)]
     refusal: Option<String>,
     #[serde(default)]
@@ -148,7 +151,10 @@ pub fn decode(body: &[u8], provider: &str) -> Result<hub::Response, ApiError> {
             hub::Choice {
                 index: c.index.unwrap_or(pos as u32),
                 text: m.content.or(m.refusal).unwrap_or_default(),
-                reasoning: m.reasoning_content.filter(|r| !r.is_empty()),
+                reasoning: m
+                    .reasoning_content
+                    .or(m.reasoning)
+                    .filter(|r| !r.is_empty()),
                 tool_calls: m
                     .tool_calls
                     .unwrap_or_default()

@@ -181,21 +181,79 @@ struct ChunkIn<'a> {
     #[serde(default, borrow)]
     model: Cow<'a, str>,
     #[serde(default, borrow)]
-    choices: Vec<ChunkChoiceIn<'a>>,
-    #[serde(default)]
-    usage: Option<UsageIn>,
+    choices: Few<ChunkChoiceIn<'a>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
     #[serde(default, borrow)]
     error: Option<&'a RawValue>,
 }
 
+/// A JSON array that almost always holds one element, read without allocating for it
+/// (a chunk has one choice).
+struct Few<T> {
+    first: Option<T>,
+    rest: Vec<T>,
+}
+
+impl<T> Default for Few<T> {
+    fn default() -> Self {
+        Few {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl<T> Few<T> {
+    /// The elements, in order, by reference (nothing moved).
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Few<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Few<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array or null")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Few::default())
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Few::default())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut few = Few {
+                    first: seq.next_element()?,
+                    rest: Vec::new(),
+                };
+                while let Some(x) = seq.next_element()? {
+                    few.rest.push(x);
+                }
+                Ok(few)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// One choice of a chunk. Kept small (rare fields raw or boxed): serde moves it a few
+/// times per event.
 #[derive(Deserialize)]
 struct ChunkChoiceIn<'a> {
     #[serde(default)]
     index: Option<u32>,
     #[serde(default, borrow)]
-    delta: Option<DeltaIn<'a>>,
+    delta: crate::providers::translate::Lax<DeltaIn<'a>>,
     #[serde(default, borrow)]
     finish_reason: Option<Cow<'a, str>>,
+    /// vLLM's `stop_reason`, SGLang's `matched_stop`: the stop string that matched.
     #[serde(default, borrow)]
     stop_reason: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -208,6 +266,7 @@ struct DeltaIn<'a> {
     content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     reasoning_content: Option<Cow<'a, str>>,
+    /// vLLM's newer name (it may send both).
     #[serde(default, borrow)]
     reasoning: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -287,12 +346,15 @@ impl ChatState {
         if trimmed.is_empty() {
             return Ok(());
         }
-        let chunk: ChunkIn<'_> = serde_json::from_slice(data).map_err(|e| {
+        let unreadable = |e: &dyn std::fmt::Display| {
             stream_error(format!(
                 "{} sent a stream event llmgw cannot read: {e}",
                 self.provider
             ))
-        })?;
+        };
+        // One UTF-8 check for the whole event instead of one per string.
+        let text = std::str::from_utf8(data).map_err(|e| unreadable(&e))?;
+        let chunk: ChunkIn<'_> = serde_json::from_str(text).map_err(|e| unreadable(&e))?;
         if let Some(err) = chunk.error {
             let mut e = crate::providers::openai_style_error(
                 axum::http::StatusCode::BAD_GATEWAY,
@@ -313,7 +375,7 @@ impl ChatState {
                 out,
             )?;
         }
-        for (pos, c) in chunk.choices.into_iter().enumerate() {
+        for (pos, c) in chunk.choices.iter().enumerate() {
             let choice = c.index.unwrap_or(pos as u32);
             if choice >= 64 {
                 continue;
@@ -322,7 +384,7 @@ impl ChatState {
             if i >= self.choices.len() {
                 self.choices.resize(i + 1, ChoiceState::default());
             }
-            if let Some(d) = c.delta {
+            if let Some(d) = c.delta.as_ref() {
                 if let Some(r) = d.reasoning_content.as_deref().or(d.reasoning.as_deref()) {
                     if !r.is_empty() {
                         enc.event(Event::Reasoning { choice, text: r }, out)?;
@@ -333,10 +395,11 @@ impl ChatState {
                         enc.event(Event::Text { choice, text }, out)?;
                     }
                 }
-                for (k, call) in d.tool_calls.into_iter().flatten().enumerate() {
+                for (k, call) in d.tool_calls.iter().flatten().enumerate() {
                     let up = call.index.unwrap_or(k as u32);
                     let st = &mut self.choices[i];
-                    let f = call.function.unwrap_or_default();
+                    let no_function = FunctionDeltaIn::default();
+                    let f = call.function.as_ref().unwrap_or(&no_function);
                     let index = match st.tools.iter().position(|&u| u == up) {
                         Some(n) => n as u32,
                         None => {
@@ -389,7 +452,13 @@ impl ChatState {
                 }
             }
         }
-        if let Some(u) = chunk.usage {
+        if let Some(u) = chunk.usage.filter(|u| u.get() != "null") {
+            let u: UsageIn = serde_json::from_str(u.get()).map_err(|e| {
+                stream_error(format!(
+                    "{} sent usage llmgw cannot read: {e}",
+                    self.provider
+                ))
+            })?;
             enc.event(Event::Usage(u.hub()), out)?;
         }
         Ok(())

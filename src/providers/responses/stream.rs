@@ -30,6 +30,9 @@ struct ItemState {
     /// Text, reasoning text or arguments sent so far.
     text: String,
     done: bool,
+    /// What the item's delta events have between `sequence_number` and the delta:
+    /// `,"item_id":"…","output_index":N,…"delta":`, rendered once.
+    mid: Vec<u8>,
 }
 
 /// Hub events → Responses events (the first choice only). `response.created` goes out
@@ -184,11 +187,21 @@ impl ResponsesEncoder {
             Kind::Call { .. } => t::random_id("fc_"),
         };
         let i = self.items.len();
+        let mut mid = Vec::with_capacity(id.len() + 64);
+        mid.extend_from_slice(b",\"item_id\":");
+        let _ = serde_json::to_writer(&mut mid, &id);
+        mid.extend_from_slice(b",\"output_index\":");
+        let _ = serde_json::to_writer(&mut mid, &i);
+        if !matches!(kind, Kind::Call { .. }) {
+            mid.extend_from_slice(b",\"content_index\":0");
+        }
+        mid.extend_from_slice(b",\"delta\":");
         self.items.push(ItemState {
             id,
             kind,
             text: String::new(),
             done: false,
+            mid,
         });
         self.open = Some(i);
         write_raw(
@@ -215,6 +228,33 @@ impl ResponsesEncoder {
             );
         }
         i
+    }
+
+    /// One delta event of item `i` (the event sent per token), written from the item's
+    /// pre-rendered middle part around the escaped text; the text is kept.
+    fn delta(
+        &mut self,
+        i: usize,
+        name: &'static str,
+        text: &str,
+        tail: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), UpstreamError> {
+        self.keep(i, text)?;
+        let mid = &self.items[i].mid;
+        out.reserve(2 * name.len() + mid.len() + 64 + text.len() + text.len() / 8);
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\ndata: {\"type\":\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\",\"sequence_number\":");
+        let _ = serde_json::to_writer(t::BytesMutWriter(out), &self.seq);
+        out.extend_from_slice(mid);
+        // Serialising a string cannot fail.
+        let _ = serde_json::to_writer(t::BytesMutWriter(out), text);
+        out.extend_from_slice(tail);
+        self.seq += 1;
+        Ok(())
     }
 
     fn keep(&mut self, i: usize, text: &str) -> Result<(), UpstreamError> {
@@ -309,28 +349,12 @@ struct PartEv<'e> {
 }
 
 #[derive(Serialize)]
-struct TextDelta<'e> {
-    item_id: &'e str,
-    output_index: usize,
-    content_index: u32,
-    delta: &'e str,
-    logprobs: [(); 0],
-}
-
-#[derive(Serialize)]
 struct TextDone<'e> {
     item_id: &'e str,
     output_index: usize,
     content_index: u32,
     text: &'e str,
     logprobs: [(); 0],
-}
-
-#[derive(Serialize)]
-struct ArgsDelta<'e> {
-    item_id: &'e str,
-    output_index: usize,
-    delta: &'e str,
 }
 
 #[derive(Serialize)]
@@ -352,40 +376,20 @@ impl Encoder for ResponsesEncoder {
                     Some(i) if matches!(self.items[i].kind, Kind::Message) => i,
                     _ => self.open(Kind::Message, out),
                 };
-                self.keep(i, text)?;
-                let id = std::mem::take(&mut self.items[i].id);
-                self.write(
-                    out,
+                self.delta(
+                    i,
                     "response.output_text.delta",
-                    TextDelta {
-                        item_id: &id,
-                        output_index: i,
-                        content_index: 0,
-                        delta: text,
-                        logprobs: [],
-                    },
-                );
-                self.items[i].id = id;
+                    text,
+                    b",\"logprobs\":[]}\n\n",
+                    out,
+                )?;
             }
             Event::Reasoning { choice: 0, text } if !text.is_empty() => {
                 let i = match self.open {
                     Some(i) if matches!(self.items[i].kind, Kind::Reasoning) => i,
                     _ => self.open(Kind::Reasoning, out),
                 };
-                self.keep(i, text)?;
-                let id = std::mem::take(&mut self.items[i].id);
-                self.write(
-                    out,
-                    "response.reasoning_text.delta",
-                    TextDelta {
-                        item_id: &id,
-                        output_index: i,
-                        content_index: 0,
-                        delta: text,
-                        logprobs: [],
-                    },
-                );
-                self.items[i].id = id;
+                self.delta(i, "response.reasoning_text.delta", text, b"}\n\n", out)?;
             }
             Event::ToolStart {
                 choice: 0,
@@ -417,18 +421,13 @@ impl Encoder for ResponsesEncoder {
                     Some(&i) if i != usize::MAX => i,
                     _ => return Ok(()),
                 };
-                self.keep(i, json)?;
-                let id = std::mem::take(&mut self.items[i].id);
-                self.write(
-                    out,
+                self.delta(
+                    i,
                     "response.function_call_arguments.delta",
-                    ArgsDelta {
-                        item_id: &id,
-                        output_index: i,
-                        delta: json,
-                    },
-                );
-                self.items[i].id = id;
+                    json,
+                    b"}\n\n",
+                    out,
+                )?;
             }
             Event::Finish {
                 choice: 0, reason, ..
