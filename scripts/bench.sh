@@ -14,6 +14,10 @@
 #   scripts/bench.sh --no-build     # use the existing target/release/llmgw
 #   scripts/bench.sh --gateway-bin PATH   # measure another llmgw build as the gateway
 #                                         # (e.g. an older commit); the mock stays this build's
+#   scripts/bench.sh --keys         # the gateway with a master key and the requests sent with
+#                                   # a virtual key (budget, rpm/tpm, max_parallel, priced
+#                                   # deployment, one spend row per request to SQLite), to
+#                                   # compare with a run without it
 #   scripts/bench.sh --hostile      # instead of the table: non-streaming load at concurrency
 #                                   # 64, clean and then with 1 % hostile requests beside it
 #                                   # (scripts/hostile_load.py: huge fallbacks lists, 8 MB
@@ -34,13 +38,14 @@ duration=6      # seconds per measured wrk run
 warmup=2        # seconds of warm-up per mode and target
 chunks=20       # content chunks per streamed answer
 micro=0
+keys=0
 hostile=0
 hostile_kinds=${LLMGW_HOSTILE_KINDS:-fallbacks,huge,slow}
 build=1
 gateway_bin=""
 concurrencies=(1 64 256)
 
-usage() { sed -n "2,28p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,32p" "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3; warmup=1 ;;
@@ -48,6 +53,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { usage >&2; exit 2; }
       duration=$2; shift ;;
     --micro) micro=1 ;;
+    --keys) keys=1 ;;
     --hostile) hostile=1 ;;
     --no-build) build=0 ;;
     --gateway-bin)
@@ -137,17 +143,26 @@ wait_for "$work/mock.log" "listening on" "$mock_pid" "the mock upstream"
 mock_url=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$work/mock.log" | head -n1)
 [ -n "$mock_url" ] || die "cannot read the mock's address from $work/mock.log"
 
+master_line="" price_lines=""
+if [ "$keys" -eq 1 ]; then
+  LLMGW_BENCH_MASTER="bench-master-$RANDOM$RANDOM"
+  export LLMGW_BENCH_MASTER
+  master_line='master_key = "env:LLMGW_BENCH_MASTER"'
+  price_lines=$'input_cost_per_mtok = 0.5\noutput_cost_per_mtok = 1.5'
+fi
 cat >"$work/llmgw.toml" <<EOF
 [server]
 host = "127.0.0.1"
 port = 0
 shutdown_grace = "1s"
+$master_line
 
 [[models]]
 name = "bench"
 provider = "openai"
 model = "mock-model"
 api_base = "$mock_url/v1"
+$price_lines
 EOF
 # The hostile mix includes 8 MB prompts, which only cost the gateway tokenizer work when
 # the group has a context window they might not fit: ~2M tokens against 1.5M, too close
@@ -162,6 +177,18 @@ pids+=("$gw_pid")
 wait_for "$work/state/endpoint.json" '"port"' "$gw_pid" "llmgw serve"
 gw_port=$(grep -o '"port": *[0-9]*' "$work/state/endpoint.json" | grep -o '[0-9]*$')
 gw_url="http://127.0.0.1:$gw_port"
+
+# --keys: one virtual key with every limit set (none of them reached) for the gateway runs.
+auth_header=""
+if [ "$keys" -eq 1 ]; then
+  command -v curl >/dev/null 2>&1 || die "--keys needs curl"
+  key_json=$(curl -sf -H "Authorization: Bearer $LLMGW_BENCH_MASTER" -H 'Content-Type: application/json' \
+    -d '{"key_alias":"bench","models":["bench"],"max_budget":1000000,"budget_duration":"30d","rpm_limit":100000000,"tpm_limit":100000000000,"max_parallel_requests":100000}' \
+    "$gw_url/key/generate") || die "cannot create a virtual key"
+  bench_key=$(printf '%s' "$key_json" | grep -o '"key":"sk-llmgw-[A-Za-z0-9]*"' | cut -d'"' -f4)
+  [ -n "$bench_key" ] || die "no key in the /key/generate answer"
+  auth_header="wrk.headers[\"Authorization\"] = \"Bearer $bench_key\""
+fi
 
 # --- measurement helpers -----------------------------------------------------------------
 clk_tck=$(getconf CLK_TCK)
@@ -181,13 +208,14 @@ EOF
 
 # wrk script: POST the body; at the end print one machine-readable line (latencies in µs).
 write_lua() {
-  local body_file=$1
+  local body_file=$1 auth=${2:-}
   cat <<EOF
 local f = assert(io.open("$body_file", "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+$auth
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("RESULT requests=%d duration_us=%d p50=%d p99=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
@@ -202,7 +230,8 @@ for mode in json stream; do
   for target in direct gateway; do
     model=mock-model; [ "$target" = gateway ] && model=bench
     write_body "$model" "$stream" >"$work/body-$mode-$target.json"
-    write_lua "$work/body-$mode-$target.json" >"$work/$mode-$target.lua"
+    auth=""; [ "$target" = gateway ] && auth=$auth_header
+    write_lua "$work/body-$mode-$target.json" "$auth" >"$work/$mode-$target.lua"
   done
 done
 
@@ -351,6 +380,7 @@ echo
 echo "llmgw bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), load:$(uptime | sed 's/.*load average://')"
 echo "wrk ${duration}s per row (threads ≤ 2); chat completions with one tool; streaming = $chunks content chunks, no delay."
 [ ${#prio[@]} -gt 0 ] && echo "wrk, the mock and the gateway ran at nice -10 (above other work on the machine)."
+[ "$keys" -eq 1 ] && echo "--keys: requests through the gateway carry a virtual key (all limits set, priced, spend rows to SQLite)."
 echo "Note: wrk, the mock and the gateway share the machine's $(nproc) cores, so gateway rows also pay for"
 echo "the CPU the gateway takes from wrk and the mock; req/s through the gateway is a lower bound."
 echo

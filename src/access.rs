@@ -37,7 +37,7 @@ pub fn check_key(key: Option<&Secret>, headers: &HeaderMap) -> Result<(), ApiErr
 
 /// The key a client presented, trimmed: a bearer token (RFC 9110: the scheme is
 /// case-insensitive), else `x-api-key` (Anthropic SDKs), else `api-key` (Azure SDKs).
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     let text = |name| {
         headers
             .get(name)

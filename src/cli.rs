@@ -9,14 +9,14 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(
     name = "llmgw",
-    version,
+    version = env!("LLMGW_LONG_VERSION"),
     about = "An OpenAI-compatible LLM gateway for SLURM clusters",
     long_about = "An OpenAI-compatible LLM gateway for SLURM clusters.\n\n\
         On a login node, `llmgw start` submits a job whose compute node runs `llmgw serve`: \
         the gateway, with local SGLang model servers it supervises and cloud providers as \
         fallbacks. `status`, `logs` and `stop` manage the job. `serve` also runs directly on \
         any machine without SLURM.",
-    after_help = "Typical day:\n  llmgw start -c configs/sglang-with-cloud-fallback.toml\n  llmgw status\n  llmgw logs -f\n  llmgw stop"
+    after_help = "Typical day:\n  llmgw doctor -c configs/sglang-with-cloud-fallback.toml\n  llmgw start -c configs/sglang-with-cloud-fallback.toml\n  llmgw connect              # or on a laptop: llmgw connect --login you@login.cluster\n  llmgw status\n  llmgw logs -f\n  llmgw restart -c new.toml  # new config or binary, no failed request\n  llmgw stop"
 )]
 pub struct Cli {
     /// Log format: human-readable text, or one JSON object per line.
@@ -37,8 +37,20 @@ pub enum Command {
     Status(StatusArgs),
     /// Print or follow the gateway's log, or one backend's log.
     Logs(LogsArgs),
+    /// A stable local address that always reaches the gateway's current job (here or, with
+    /// --login, from a laptop through one ssh connection).
+    Connect(ConnectArgs),
+    /// Start a successor job now (optionally with a new config or binary) and hand over to
+    /// it with no failed request.
+    Restart(RestartArgs),
     /// Run the gateway in the foreground (what the SLURM job runs; works without SLURM).
     Serve(ServeArgs),
+    /// Virtual keys of the running gateway: create, list, info, update, revoke.
+    Keys(crate::commands::keys::KeysArgs),
+    /// What was spent, per key, team or model group.
+    Spend(crate::commands::spend::SpendArgs),
+    /// Check what a first `start` needs on this cluster; each problem with its fix.
+    Doctor(DoctorArgs),
     /// A mock OpenAI-compatible upstream for tests, benchmarks and demos.
     #[command(hide = true)]
     MockUpstream(crate::mock::MockArgs),
@@ -110,6 +122,61 @@ pub struct LogsArgs {
     pub lines: usize,
 }
 
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Config file (TOML), as for `start`.
+    #[arg(short, long, default_value = "llmgw.toml")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Local port to listen on (0 = any free port).
+    #[arg(long, default_value_t = crate::commands::connect::DEFAULT_PORT)]
+    pub port: u16,
+    /// Local address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Reach the cluster through ssh to this login host (USER@HOST); --state-dir is then a
+    /// path on that host [default: ~/.llmgw/<name> there].
+    #[arg(long, value_name = "USER@HOST")]
+    pub login: Option<String>,
+    /// ssh port of the login host.
+    #[arg(long, value_name = "PORT")]
+    pub ssh_port: Option<u16>,
+    /// ssh identity file (ssh -i).
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Extra ssh option (ssh -o KEY=VALUE); repeatable.
+    #[arg(short = 'o', long = "ssh-option", value_name = "KEY=VALUE")]
+    pub ssh_option: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Run the new job with this config (validated first) instead of the current one.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Return right after submission instead of waiting until the new job took over.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up waiting after this long; the new job keeps going.
+    #[arg(long, default_value = "1h", value_parser = parse_dur)]
+    pub timeout: std::time::Duration,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Config file (TOML) [default: the built-in configs/quickstart.toml].
@@ -165,5 +232,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => crate::commands::stop::run(args),
         Command::Status(args) => crate::commands::status::run(args),
         Command::Logs(args) => crate::commands::logs::run(args),
+        Command::Keys(args) => crate::commands::keys::run(args),
+        Command::Spend(args) => crate::commands::spend::run(args),
+        Command::Doctor(args) => crate::commands::doctor::run(args),
+        Command::Connect(args) => crate::commands::connect::run(args),
+        Command::Restart(args) => crate::commands::restart::run(args),
     }
 }

@@ -52,6 +52,8 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub slurm: SlurmConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 /// `[server]`: where and how the gateway listens.
@@ -340,6 +342,34 @@ pub enum CacheBackend {
     Redis,
 }
 
+/// `[store]`: where virtual keys, teams and spend rows are kept (see `crate::store`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:5432/db` (or `env:VAR`) shared by several replicas;
+    /// absent = an SQLite file in the state directory.
+    pub url: Option<Spanned<String>>,
+    /// The SQLite file [default: `<state dir>/llmgw.db`].
+    pub path: Option<PathBuf>,
+    /// Spend rows kept in memory while the database is unreachable; beyond, rows are
+    /// dropped (and counted in /metrics).
+    pub buffer_rows: usize,
+    /// How often a gateway looks for key changes made by another replica (or, with
+    /// SQLite, by the other generation during a renewal handover).
+    pub poll_interval: Dur,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            path: None,
+            buffer_rows: 100_000,
+            poll_interval: Dur(Duration::from_millis(250)),
+        }
+    }
+}
+
 /// `[slurm]`: the sbatch job `llmgw start` submits.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -371,6 +401,20 @@ pub struct SlurmConfig {
     /// The `llmgw` binary the job runs; the running binary's path when absent.
     #[serde(skip_serializing)]
     pub binary: Option<PathBuf>,
+    /// Keep the gateway up past its time limit: before the limit the job submits its
+    /// successor and hands over to it once that is ready (see `slurm::chain`).
+    pub renew: bool,
+    /// How long before the time limit the successor is submitted [default: 20m, at most a
+    /// quarter of the limit].
+    #[serde(skip_serializing)]
+    pub renew_before: Option<Spanned<Dur>>,
+    /// At most this many renewals over the gateway's life [default: no limit].
+    #[serde(skip_serializing)]
+    pub renew_max: Option<u32>,
+    /// After a handover, how long the old job at most keeps forwarding requests that still
+    /// reach its address [default: 2m]; it leaves earlier once they stop coming.
+    #[serde(skip_serializing)]
+    pub handover_linger: Option<Dur>,
 }
 
 /// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or a number of seconds.
@@ -468,6 +512,8 @@ pub struct LoadedConfig {
     pub model_keys: Vec<Option<Secret>>,
     /// Resolved Redis URL (it may carry a password).
     pub redis_url: Option<Secret>,
+    /// Resolved `[store] url` (it may carry a password).
+    pub store_url: Option<Secret>,
 }
 
 /// Where a config error points: the file name and its text, to turn spans into lines.
@@ -517,18 +563,8 @@ impl Config {
 
     /// Parses, validates and resolves a config from text; `name` is used in errors.
     pub fn load_str(text: &str, name: &str) -> Result<LoadedConfig, ConfigError> {
+        let config = Self::parse_str(text, name)?;
         let src = Source { name, text };
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().replace('\n', " ");
-            match e.span() {
-                Some(span) => src.at(span, message),
-                None => ConfigError::File {
-                    file: name.to_string(),
-                    message,
-                },
-            }
-        })?;
-        config.validate(&src)?;
         let master_key = config
             .server
             .master_key
@@ -551,6 +587,12 @@ impl Config {
             .as_ref()
             .map(|k| resolve_secret(k, &src))
             .transpose()?;
+        let store_url = config
+            .store
+            .url
+            .as_ref()
+            .map(|k| resolve_secret(k, &src))
+            .transpose()?;
         Ok(LoadedConfig {
             config,
             source_name: name.to_string(),
@@ -558,7 +600,26 @@ impl Config {
             master_key,
             model_keys,
             redis_url,
+            store_url,
         })
+    }
+
+    /// Parses and validates without resolving `env:`/`file:` secrets: `llmgw doctor`
+    /// checks those one by one ([`resolve_secret_in`]).
+    pub fn parse_str(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let src = Source { name, text };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => src.at(span, message),
+                None => ConfigError::File {
+                    file: name.to_string(),
+                    message,
+                },
+            }
+        })?;
+        config.validate(&src)?;
+        Ok(config)
     }
 
     fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
@@ -704,6 +765,38 @@ impl Config {
                 )));
             }
         }
+        if let Some(url) = &self.store.url {
+            let u = url.get_ref();
+            let ok = u.starts_with("env:")
+                || u.starts_with("file:")
+                || u.starts_with("postgres://")
+                || u.starts_with("postgresql://");
+            if !ok {
+                return Err(src.at(
+                    url.span(),
+                    "[store] url must be a PostgreSQL URL (postgres://user@host:5432/db) or env:VAR; leave it out to use an SQLite file in the state directory",
+                ));
+            }
+        }
+        if self.store.buffer_rows == 0 || self.store.buffer_rows > 10_000_000 {
+            return Err(file_err(
+                "[store] buffer_rows must be between 1 and 10000000".into(),
+            ));
+        }
+        if let Some(before) = &self.slurm.renew_before {
+            let limit = self
+                .slurm
+                .time
+                .as_deref()
+                .and_then(crate::slurm::template::parse_time_limit);
+            let b = before.get_ref().0;
+            if b < Duration::from_secs(60) {
+                return Err(src.at(before.span(), "[slurm] renew_before must be at least 1m: the successor needs time to start and load its backends"));
+            }
+            if let Some(limit) = limit.filter(|l| b.as_secs().saturating_add(60) > *l) {
+                return Err(src.at(before.span(), format!("[slurm] renew_before ({}) must be at least 1m shorter than the time limit ({limit} s): each job must serve a while before renewing", before.get_ref())));
+            }
+        }
         if self.cache.backend == CacheBackend::Redis && self.cache.redis_url.is_none() {
             return Err(file_err(
                 "[cache] backend = \"redis\" needs redis_url, e.g. \"redis://127.0.0.1:6379\""
@@ -712,6 +805,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Resolves one secret reference of the config `text` (called `name` in errors).
+pub fn resolve_secret_in(
+    value: &Spanned<String>,
+    text: &str,
+    name: &str,
+) -> Result<Secret, ConfigError> {
+    resolve_secret(value, &Source { name, text })
 }
 
 /// Resolves `env:VAR`, `file:PATH` or a literal value.
@@ -784,6 +886,22 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("3 fortnights").is_err());
+    }
+
+    #[test]
+    fn renew_before_is_checked_against_the_time_limit() {
+        let cfg = |before: &str| {
+            Config::load_str(
+                &format!("[slurm]\ntime = \"3\"\nrenew = true\nrenew_before = \"{before}\"\n"),
+                "x.toml",
+            )
+        };
+        assert!(cfg("2m").is_ok());
+        let err = cfg("150s").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:4:"), "{err}");
+        assert!(err.contains("shorter than the time limit"), "{err}");
+        let err = cfg("30s").unwrap_err().to_string();
+        assert!(err.contains("at least 1m"), "{err}");
     }
 
     #[test]

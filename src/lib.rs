@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod access;
+pub mod admin;
 pub mod apis;
 pub mod cache;
 pub mod cli;
@@ -15,15 +16,19 @@ pub mod conn;
 pub mod duration;
 pub mod error;
 pub mod heavy;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod mock_cloud;
 pub mod providers;
 pub mod redact;
+pub mod renew;
 pub mod request;
 pub mod router;
 pub mod serve;
 pub mod slurm;
+pub mod spend;
 pub mod state;
+pub mod store;
 pub mod supervise;

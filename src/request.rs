@@ -323,6 +323,56 @@ impl ClientRequest {
         out.freeze()
     }
 
+    /// The same request asking the upstream for a usage chunk at the end of the stream
+    /// (`stream_options.include_usage`), so a streamed answer can be charged. Unchanged
+    /// when it is not a stream or already asks. The client's own `include_usage` is
+    /// remembered by the caller, which removes the chunk again (`spend::meter`).
+    /// Only OpenAI's API needs asking: Anthropic and Responses streams always carry usage
+    /// (and their bodies have no `stream_options`).
+    pub fn with_usage_requested(self) -> ClientRequest {
+        if !self.stream
+            || self.include_usage
+            || self.endpoint == Endpoint::Embeddings
+            || self.endpoint.api() != Api::OpenAi
+        {
+            return self;
+        }
+        let has_options = memchr::memmem::find(&self.body, b"\"stream_options\"").is_some();
+        let body = if has_options {
+            // Rare: the client sent stream_options without include_usage; rebuild.
+            let Ok(serde_json::Value::Object(mut map)) =
+                serde_json::from_slice::<serde_json::Value>(&self.body)
+            else {
+                return self;
+            };
+            let opts = map
+                .entry("stream_options")
+                .or_insert_with(|| serde_json::json!({}));
+            if let serde_json::Value::Object(o) = opts {
+                o.insert("include_usage".into(), serde_json::Value::Bool(true));
+            } else {
+                *opts = serde_json::json!({"include_usage": true});
+            }
+            Bytes::from(serde_json::to_vec(&map).unwrap_or_default())
+        } else {
+            // Splice the field in right after the opening brace.
+            const FIELD: &[u8] = b"\"stream_options\":{\"include_usage\":true},";
+            let open = self.body.iter().position(|&b| b == b'{').unwrap_or(0);
+            let mut out = BytesMut::with_capacity(self.body.len() + FIELD.len());
+            out.extend_from_slice(&self.body[..=open]);
+            out.extend_from_slice(FIELD);
+            out.extend_from_slice(&self.body[open + 1..]);
+            out.freeze()
+        };
+        match ClientRequest::parse(self.endpoint, body) {
+            Ok(mut r) if r.include_usage => {
+                r.options = self.options;
+                r
+            }
+            _ => self,
+        }
+    }
+
     /// The whole body as a JSON value, for providers that translate it.
     pub fn json(&self) -> Result<serde_json::Value, ApiError> {
         serde_json::from_slice(&self.body)
@@ -381,6 +431,38 @@ mod tests {
             &r.body_for_model("x")[..],
             br#"{"model":"x","messages":[]}"#
         );
+    }
+
+    #[test]
+    fn usage_is_requested_for_streams_only() {
+        let r = parse(r#"{"model":"m","stream":true,"messages":[]}"#)
+            .unwrap()
+            .with_usage_requested();
+        assert!(r.include_usage);
+        assert_eq!(
+            &r.body[..],
+            br#"{"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#
+        );
+        assert_eq!(
+            &r.body_for_model("x")[..],
+            br#"{"stream_options":{"include_usage":true},"model":"x","stream":true,"messages":[]}"#
+        );
+        let r = parse(r#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#)
+            .unwrap()
+            .with_usage_requested();
+        assert!(r.include_usage);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let plain = parse(r#"{"model":"m"}"#).unwrap().with_usage_requested();
+        assert_eq!(&plain.body[..], br#"{"model":"m"}"#);
+        // Anthropic and Responses bodies are left alone: their streams carry usage.
+        for endpoint in [Endpoint::Messages, Endpoint::Responses] {
+            let body = Bytes::from_static(br#"{"model":"m","stream":true}"#);
+            let r = ClientRequest::parse(endpoint, body.clone())
+                .unwrap()
+                .with_usage_requested();
+            assert_eq!(r.body, body);
+        }
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct AppState {
     backends: crate::supervise::Monitor,
     /// The response cache (disabled unless `[cache] enabled`).
     pub cache: crate::cache::Cache,
+    /// Virtual keys, budgets, spend and the admin API (only with a master key).
+    pub keys: Option<Arc<crate::keys::KeyService>>,
 }
 
 /// `llmgw serve` entry: config, logs, runtime.
@@ -112,10 +114,22 @@ pub async fn run(
              --master-key-file), or listen on 127.0.0.1"
         );
     }
+    // A SLURM job with a state directory is one generation of a chain of jobs (renewal,
+    // handover: see renew.rs).
+    let member = crate::renew::Member::join(
+        args.state_dir.as_deref(),
+        &cfg.config.slurm,
+        server.shutdown_grace.0,
+    )
+    .map(Arc::new);
     // Before anything opens files: the default connection cap depends on the limit.
     let limits = crate::conn::Limits::from_config(server);
     // Local backends get their ports before the router is built (it needs their URLs).
     let mut backends = crate::supervise::Backends::plan(&cfg, args.state_dir.as_deref())?;
+    let monitor = backends.monitor();
+    if let Some(m) = member.as_ref().filter(|m| m.is_successor()) {
+        monitor.set_status_file(Some(m.loading_status_file()));
+    }
     // …and their keys: a launched backend requires the one the gateway sends.
     for (i, key) in backends.api_keys() {
         cfg.model_keys[i] = Some(key);
@@ -128,6 +142,12 @@ pub async fn run(
     // Connects to Redis when configured (starting anyway if it is down) and starts the
     // replicas' shared-state sync.
     let cache = crate::cache::Cache::start(&cfg, router.deployments().cloned().collect()).await?;
+    let keys = match &master_key {
+        Some(_) => {
+            Some(crate::keys::KeyService::start(&cfg, args.state_dir.as_deref(), &router).await?)
+        }
+        None => None,
+    };
     let bound = bind(&host, port).await?;
     let state = Arc::new(AppState {
         models_body: models_body(router.model_names()),
@@ -137,10 +157,21 @@ pub async fn run(
         request_timeout: server.request_timeout.0,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
-        backends: backends.monitor(),
+        backends: monitor.clone(),
         cache,
+        keys,
     });
-    let app = app(state.clone());
+    let relay = match &member {
+        Some(_) => Some(crate::renew::Relay::new(server.max_body_bytes)?),
+        None => None,
+    };
+    let mut app = app(state.clone());
+    if let Some(r) = &relay {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            r.clone(),
+            crate::renew::relay,
+        ));
+    }
     let grace = server.shutdown_grace.0;
 
     spawn_signal_listener(shutdown.clone());
@@ -180,14 +211,27 @@ pub async fn run(
                 pid: std::process::id(),
                 job_id: std::env::var("SLURM_JOB_ID").ok(),
                 started_at: state::now_rfc3339(),
+                generation: 1,
+                predecessor_job_id: None,
+                ready_unix_ms: state::now_unix_ms(),
             };
-            rec.write(dir).with_context(|| {
-                format!("cannot write {}", dir.join(state::ENDPOINT_FILE).display())
-            })?;
+            match &member {
+                Some(m) => publish(m, rec, &monitor, dir, &shutdown),
+                None => rec.write(dir).with_context(|| {
+                    format!("cannot write {}", dir.join(state::ENDPOINT_FILE).display())
+                })?,
+            }
             Some(dir.clone())
         }
         None => None,
     };
+    let backends: crate::renew::SharedBackends = Arc::new(tokio::sync::Mutex::new(Some(backends)));
+    if let (Some(m), Some(r), false) = (&member, &relay, shutdown.is_cancelled()) {
+        tokio::spawn(
+            m.clone()
+                .watch(r.clone(), backends.clone(), shutdown.clone()),
+        );
+    }
     tracing::info!(
         addr = %bound.addr,
         models = ?state.router.model_names(),
@@ -211,12 +255,50 @@ pub async fn run(
             Ok(())
         }
     };
-    backends.shutdown().await;
-    if let Some(dir) = record {
-        let _ = std::fs::remove_file(dir.join(state::ENDPOINT_FILE));
+    let left = backends.lock().await.take();
+    if let Some(b) = left {
+        b.shutdown().await;
+    }
+    if let Some(keys) = &state.keys {
+        keys.shutdown().await; // writes the spend rows it still holds
+    }
+    match (&member, record) {
+        (Some(m), _) => m.finish(relay.as_deref()),
+        (None, Some(dir)) => {
+            let _ = std::fs::remove_file(dir.join(state::ENDPOINT_FILE));
+        }
+        (None, None) => {}
     }
     tracing::info!("stopped");
     result
+}
+
+/// Makes a chain member the current generation; when it may not (the gateway is being
+/// stopped, or a newer generation is current) it shuts down instead.
+fn publish(
+    m: &crate::renew::Member,
+    rec: EndpointRecord,
+    monitor: &crate::supervise::Monitor,
+    dir: &std::path::Path,
+    shutdown: &CancellationToken,
+) {
+    match m.publish(rec) {
+        Ok(()) => {
+            if m.is_successor() {
+                monitor.set_status_file(Some(dir.join(crate::supervise::BACKENDS_FILE)));
+                let _ = std::fs::remove_file(m.loading_status_file());
+            }
+            tracing::info!(
+                generation = m.generation(),
+                "this job is now the gateway's current generation"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "not taking over: {e}; exiting");
+            m.note_end(format!("did not take over: {e}"));
+            shutdown.cancel();
+        }
+    }
 }
 
 fn read_key_file(path: &PathBuf) -> anyhow::Result<Secret> {
@@ -275,6 +357,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/health/liveness", get(liveness))
         .route("/health/readiness", get(readiness))
         .route("/metrics", get(metrics))
+        .merge(crate::admin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -313,19 +396,46 @@ pub(crate) async fn proxy(
 ) -> Response {
     let mut log = RequestLog::default();
     log.path = path;
+    // Virtual keys: admitted after parsing, charged once the answer is known.
+    let mut ticket: Option<crate::keys::Ticket> = None;
     let result = async {
-        s.authorize(&headers)?;
+        let caller = s.caller(&headers)?;
         let bytes = read_body(body, &headers, s.max_body).await?;
         let mut req = ClientRequest::parse_bounded(endpoint, bytes).await?;
         crate::apis::prepare(&mut req, &headers).await?;
         log.model = req.model.clone();
         log.stream = req.stream;
+        if let Some(keys) = &s.keys {
+            ticket = Some(keys.admit(&caller, &req)?);
+        }
         if endpoint == Endpoint::CountTokens {
-            return crate::apis::count_tokens(&s.router, &req, &mut log).await;
+            // Counting costs no model: the ticket is closed at no charge.
+            let resp = crate::apis::count_tokens(&s.router, &req, &mut log).await;
+            if let Some(t) = ticket.take() {
+                t.finish(crate::keys::enforce::Outcome {
+                    deployment: log.deployment.clone(),
+                    status: resp
+                        .as_ref()
+                        .map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()),
+                    ..Default::default()
+                });
+            }
+            return resp;
         }
         let pending = match s.cache.lookup(&req, &mut log).await? {
-            crate::cache::Outcome::Hit(resp) => return Ok(resp),
+            crate::cache::Outcome::Hit(resp) => {
+                return Ok(match ticket.take() {
+                    Some(t) => crate::spend::meter(t, false, resp).await,
+                    None => resp,
+                })
+            }
             crate::cache::Outcome::Continue(pending) => pending,
+        };
+        let client_usage = req.include_usage;
+        let req = if ticket.is_some() {
+            req.with_usage_requested()
+        } else {
+            req
         };
         let budget = req
             .options
@@ -333,7 +443,13 @@ pub(crate) async fn proxy(
             .map_or(s.request_timeout, |t| t.min(s.request_timeout));
         let deadline = crate::duration::deadline(std::time::Instant::now(), budget);
         match tokio::time::timeout(budget, s.router.serve(req, deadline, &mut log)).await {
-            Ok(Ok(resp)) => Ok(pending.finish(resp).await),
+            Ok(Ok(resp)) => {
+                let resp = match ticket.take() {
+                    Some(t) => crate::spend::meter(t, !client_usage, resp).await,
+                    None => resp,
+                };
+                Ok(pending.finish(resp).await)
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ApiError::gateway_timeout(format!(
                 "the request did not finish within its time limit of {budget:?} \
@@ -346,6 +462,13 @@ pub(crate) async fn proxy(
         Ok(resp) => resp,
         Err(e) => {
             log.status = e.status.as_u16();
+            if let Some(t) = ticket.take() {
+                t.finish(crate::keys::enforce::Outcome {
+                    deployment: log.deployment.clone(),
+                    status: log.status,
+                    ..Default::default()
+                });
+            }
             let mut resp = e.into_response_for(endpoint.api());
             if log.attempts > 0 {
                 let h = resp.headers_mut();
@@ -360,7 +483,11 @@ pub(crate) async fn proxy(
 }
 
 /// Reads the body up to `limit` bytes; 413 beyond it.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -395,8 +522,17 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
 }
 
 impl AppState {
+    /// The master key, else a virtual key ([`crate::keys`]).
+    fn caller(&self, headers: &HeaderMap) -> Result<crate::keys::Caller, ApiError> {
+        match (self.authorize(headers), &self.keys) {
+            (Ok(()), _) => Ok(crate::keys::Caller::Master),
+            (Err(e), Some(keys)) => keys.authenticate(headers, e),
+            (Err(e), None) => Err(e),
+        }
+    }
+
     /// Checks the master key, when one is set (see `access`).
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         crate::access::check_key(self.master_key.as_ref(), headers)
     }
 }
@@ -423,21 +559,34 @@ fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
 }
 
 async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = s.authorize(&headers) {
-        return e.into_response();
+    match (s.caller(&headers), &s.keys) {
+        (Err(e), _) => e.into_response(),
+        (Ok(caller @ crate::keys::Caller::Key(_)), Some(keys)) => {
+            let names = s.router.model_names();
+            let visible: Vec<String> = keys
+                .visible_models(&caller, names)
+                .into_iter()
+                .cloned()
+                .collect();
+            json_response(StatusCode::OK, models_body(&visible))
+        }
+        (Ok(_), _) => json_response(StatusCode::OK, s.models_body.clone()),
     }
-    json_response(StatusCode::OK, s.models_body.clone())
 }
 
 async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = s.authorize(&headers) {
         return e.into_response();
     }
+    let mut extra = crate::cache::metrics_text() + &crate::renew::metrics_text();
+    if let Some(keys) = &s.keys {
+        extra.push_str(&keys.metrics_text());
+    }
     let text = crate::metrics::render(
         &s.router,
         s.ready.load(Ordering::Relaxed),
         s.draining.load(Ordering::Relaxed),
-        &crate::cache::metrics_text(),
+        &extra,
     );
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(

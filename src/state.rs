@@ -22,6 +22,20 @@ pub struct EndpointRecord {
     pub job_id: Option<String>,
     /// RFC 3339 UTC.
     pub started_at: String,
+    /// Which job of the gateway's chain this is (1 for the job `start` submitted; each
+    /// renewal or `restart` adds one). Records written before chains existed read as 1.
+    #[serde(default = "first_generation")]
+    pub generation: u64,
+    /// The job this one took over from, if any.
+    #[serde(default)]
+    pub predecessor_job_id: Option<String>,
+    /// When it became ready, in Unix milliseconds (handover timing).
+    #[serde(default)]
+    pub ready_unix_ms: u64,
+}
+
+fn first_generation() -> u64 {
+    1
 }
 
 /// `$HOME/.llmgw/<name>`, or `state_dir` when given.
@@ -76,6 +90,26 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
 }
 
 impl EndpointRecord {
+    /// Where other machines reach it: the node's host name, or the bound address when
+    /// that is loopback (then only its own node can reach it).
+    pub fn connect_host(&self) -> String {
+        let loopback = self
+            .bind
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false);
+        if loopback {
+            self.bind.clone()
+        } else {
+            self.host.clone()
+        }
+    }
+
+    /// `http://HOST:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}:{}", self.connect_host(), self.port)
+    }
+
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         write_atomic(&dir.join(ENDPOINT_FILE), &json, 0o600)
@@ -90,6 +124,14 @@ impl EndpointRecord {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Current time as RFC 3339 UTC (`2026-11-23T10:58:18Z`).

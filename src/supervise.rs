@@ -121,7 +121,11 @@ pub struct BackendsFile {
 
 impl BackendsFile {
     pub fn read(dir: &Path) -> Option<Self> {
-        let bytes = std::fs::read(dir.join(BACKENDS_FILE)).ok()?;
+        Self::read_path(&dir.join(BACKENDS_FILE))
+    }
+
+    pub fn read_path(path: &Path) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 }
@@ -174,11 +178,23 @@ impl Monitor {
             .map(|s| s.snapshot())
             .unwrap_or_default()
     }
+
+    /// Where the states are written from now on (`None`: nowhere). A successor job writes
+    /// its own file while it loads and takes over `backends.json` only once it is current;
+    /// a job that handed over stops writing.
+    pub fn set_status_file(&self, file: Option<PathBuf>) {
+        if let Some(s) = &self.shared {
+            *s.status_file.lock().unwrap_or_else(|e| e.into_inner()) = file;
+            s.persist_now();
+        }
+    }
 }
 
 struct Shared {
     statuses: Mutex<Vec<BackendStatus>>,
     state_dir: Option<PathBuf>,
+    /// `<state>/backends.json` unless changed with [`Monitor::set_status_file`].
+    status_file: Mutex<Option<PathBuf>>,
     /// Bumped on every change.
     changed: watch::Sender<u64>,
 }
@@ -207,13 +223,14 @@ impl Shared {
     }
 
     fn persist(&self, backends: Vec<BackendStatus>) {
-        let Some(dir) = &self.state_dir else { return };
+        let path = self.status_file.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = path.as_ref() else { return };
         let file = BackendsFile {
             updated_at: crate::state::now_rfc3339(),
             backends,
         };
         if let Ok(json) = serde_json::to_vec_pretty(&file) {
-            if let Err(e) = crate::state::write_atomic(&dir.join(BACKENDS_FILE), &json, 0o600) {
+            if let Err(e) = crate::state::write_atomic(path, &json, 0o600) {
                 tracing::warn!(error = %e, "cannot write {}", BACKENDS_FILE);
             }
         }
@@ -383,6 +400,7 @@ impl Backends {
             shared: Arc::new(Shared {
                 statuses: Mutex::new(statuses),
                 state_dir: state_dir.map(Path::to_path_buf),
+                status_file: Mutex::new(state_dir.map(|d| d.join(BACKENDS_FILE))),
                 changed,
             }),
             tasks: Vec::new(),
@@ -545,7 +563,7 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 /// The backend's argv: SGLang's launch line, or `command` with placeholders substituted.
-fn command_line(
+pub fn command_line(
     name: &str,
     launch: &LaunchConfig,
     port: u16,
@@ -672,7 +690,7 @@ fn spawn(plan: &Plan, attempt: u32) -> Result<tokio::process::Child, SuperviseEr
 /// a backend must not outlive it holding GPUs. (SGLang's own workers do the same with
 /// their parent.) The signal follows the thread that spawned the child: a runtime worker
 /// or the main thread, which live as long as the gateway.
-fn die_with_parent(cmd: &mut tokio::process::Command) {
+pub(crate) fn die_with_parent(cmd: &mut tokio::process::Command) {
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and only makes two system calls
     // (prctl, getppid); it allocates nothing and takes no lock.

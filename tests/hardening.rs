@@ -289,7 +289,7 @@ async fn a_flood_of_large_prompts_is_turned_away_not_queued() {
     );
     assert!(busy < flood, "every large prompt was turned away");
     assert!(
-        small_worst < Duration::from_millis(500),
+        small_worst < Duration::from_secs(1),
         "a small request took {small_worst:?} during the flood"
     );
 }

@@ -13,179 +13,14 @@
 
 mod common;
 
+use common::cluster::{cluster, is_zombie, job_state, pids_with, run_bounded, text, Gw};
 use common::{chat_body, client, read_sse};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// One cluster: one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// `Some(guard)` when a cluster is there to test on; `None` (skip) only without `sbatch`
-/// and outside CI.
-fn cluster() -> Option<MutexGuard<'static, ()>> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let have_sbatch = Command::new("sbatch")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have_sbatch {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is set but sbatch is not on PATH: bring the cluster up with `bash scripts/local-slurm.sh up` (scripts/test.sh does)");
-        }
-        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-        eprintln!("!!! SKIPPED: sbatch not on PATH; these SLURM tests did not run.");
-        eprintln!("!!! Run `bash scripts/local-slurm.sh up` (as root) and test again.");
-        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
-        return None;
-    }
-    let sinfo = Command::new("sinfo").arg("-h").output();
-    assert!(
-        sinfo.as_ref().is_ok_and(|o| o.status.success()),
-        "sbatch is installed but the SLURM controller does not answer; run `bash scripts/local-slurm.sh up` ({:?})",
-        sinfo.map(|o| String::from_utf8_lossy(&o.stderr).to_string())
-    );
-    Some(guard)
-}
-
-/// A gateway under test: its name and state directory; cancels its jobs when dropped.
-struct Gw {
-    name: String,
-    dir: PathBuf,
-    _tmp: tempfile::TempDir,
-    jobs: Mutex<Vec<String>>,
-}
-
-impl Gw {
-    fn new(prefix: &str) -> Gw {
-        let tmp = tempfile::Builder::new()
-            .prefix("llmgw-slurm-test-")
-            .tempdir()
-            .expect("tempdir");
-        let name = format!("{prefix}-{}-{}", std::process::id(), fastrand::u32(..));
-        Gw {
-            dir: tmp.path().join(&name),
-            name,
-            _tmp: tmp,
-            jobs: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// A config file in the temp directory.
-    fn config(&self, toml: &str) -> PathBuf {
-        let p = self._tmp.path().join(format!("{}.toml", self.name));
-        std::fs::write(&p, toml).expect("write config");
-        p
-    }
-
-    fn target_args(&self) -> Vec<String> {
-        vec![
-            "--name".into(),
-            self.name.clone(),
-            "--state-dir".into(),
-            self.dir.display().to_string(),
-        ]
-    }
-
-    /// Runs `llmgw <cmd> --name N --state-dir D <extra>` to its end (bounded).
-    fn run(&self, cmd: &str, extra: &[&str], limit: Duration) -> Output {
-        let mut c = common::llmgw_command();
-        c.arg(cmd).args(self.target_args()).args(extra);
-        let out = run_bounded(c, limit);
-        self.remember_job();
-        out
-    }
-
-    /// Notes the job id from `job.json` so that Drop can cancel it.
-    fn remember_job(&self) {
-        if let Some(id) = self.job_id() {
-            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-            if !jobs.contains(&id) {
-                jobs.push(id);
-            }
-        }
-    }
-
-    fn job_id(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.dir.join("job.json")).ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        v["job_id"].as_str().map(str::to_string)
-    }
-
-    fn key(&self) -> String {
-        std::fs::read_to_string(self.dir.join("key"))
-            .expect("key file")
-            .trim()
-            .to_string()
-    }
-
-    fn status_json(&self) -> Value {
-        let out = self.run("status", &["--json"], Duration::from_secs(30));
-        assert!(out.status.success(), "status failed: {}", text(&out));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}): {}", text(&out)))
-    }
-
-    /// Starts with `--json` and returns the parsed object (asserting success).
-    fn start_json(&self, config: &Path) -> Value {
-        let out = self.run(
-            "start",
-            &[
-                "-c",
-                &config.display().to_string(),
-                "--json",
-                "--timeout",
-                "90s",
-            ],
-            Duration::from_secs(120),
-        );
-        assert!(out.status.success(), "start failed: {}", text(&out));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("start --json printed no JSON ({e}): {}", text(&out)))
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        self.remember_job();
-        for id in self.jobs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = Command::new("scancel").arg(id).status();
-        }
-    }
-}
-
-/// Runs a command with piped output, killing it after `limit`.
-fn run_bounded(mut c: Command, limit: Duration) -> Output {
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = c.spawn().expect("spawn llmgw");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait for llmgw"),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("llmgw did not finish within {limit:?}");
-        }
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// A config: a launched mock SGLang backend ("local", with `mock_args`; it requires the
 /// key the gateway gives it, like SGLang with `--api-key`) falling back to
@@ -233,28 +68,6 @@ launch = {{ command = ["{{llmgw}}", "mock-upstream", "--port", "{{port}}", "--na
 
 fn free_port() -> u16 {
     common::closed_port()
-}
-
-fn job_state(id: &str) -> Option<String> {
-    let out = Command::new("squeue")
-        .args(["-h", "-j", id, "-o", "%T"])
-        .output()
-        .ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!s.is_empty()).then_some(s)
-}
-
-/// PIDs whose command line contains `needle`.
-fn pids_with(needle: &str) -> Vec<u32> {
-    let out = Command::new("ps")
-        .args(["-eo", "pid=,args="])
-        .output()
-        .expect("ps");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(needle) && !l.contains("ps -eo"))
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect()
 }
 
 async fn chat(url: &str, key: Option<&str>, model: &str) -> reqwest::Response {
@@ -651,13 +464,6 @@ fn mode(p: &Path) -> String {
     format!("{:o}", m & 0o777)
 }
 
-fn is_zombie(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim().starts_with('Z')))
-        .unwrap_or(true)
-}
-
 // 4. Two gateways, one configured port: the second takes another; both work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_same_port_both_work() {
@@ -967,4 +773,65 @@ fn pending_job_status_logs_and_stop() {
     assert_eq!(job_state(&id), None);
     let st = gw.status_json();
     assert_eq!(st["state"], "CANCELLED", "{st}");
+}
+
+// Issue 11, acceptance 5: virtual keys, teams and spend live in the state directory's
+// SQLite file and survive `stop` + `start` (a new job, maybe on another node).
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_and_spend_survive_stop_and_start() {
+    let Some(_cluster) = cluster() else { return };
+    let gw = Gw::new("keys");
+    let tag = format!("{}-local", gw.name);
+    let cfg = gw.config(&config(0, &tag, "", "", "10s"));
+    let keys = |args: &[&str]| {
+        let out = gw.run("keys", args, Duration::from_secs(30));
+        assert!(out.status.success(), "keys {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let url = gw.start_json(&cfg)["url"].as_str().unwrap().to_string();
+    let created: Value = serde_json::from_str(&keys(&[
+        "create",
+        "--alias",
+        "kim",
+        "--models",
+        "local",
+        "--max-budget",
+        "5",
+        "--json",
+    ]))
+    .unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    keys(&["create", "--alias", "lee", "--json"]);
+    keys(&["revoke", "lee"]);
+    for _ in 0..3 {
+        assert_eq!(chat(&url, Some(&key), "local").await.status(), 200);
+    }
+    let out = gw.run("stop", &[], Duration::from_secs(90));
+    assert!(out.status.success(), "stop: {}", text(&out));
+    assert!(
+        gw.dir.join("llmgw.db").exists(),
+        "no database in the state directory"
+    );
+
+    let url = gw.start_json(&cfg)["url"].as_str().unwrap().to_string();
+    assert_eq!(chat(&url, Some(&key), "local").await.status(), 200);
+    let list = keys(&["list"]);
+    assert!(list.lines().any(|l| l.starts_with("kim")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("lee") && l.ends_with("revoked")),
+        "{list}"
+    );
+    let out = gw.run("spend", &["--by", "key", "--json"], Duration::from_secs(30));
+    assert!(out.status.success(), "spend: {}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kim = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "kim")
+        .unwrap_or_else(|| panic!("no spend for kim: {report}"));
+    assert_eq!(kim["requests"], 4, "{report}");
+    let out = gw.run("stop", &[], Duration::from_secs(90));
+    assert!(out.status.success(), "stop: {}", text(&out));
 }

@@ -49,7 +49,14 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     out.flush()?;
     if args.follow {
         let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        follow(&path, offset, record.as_ref().map(|r| r.job_id.as_str()))?;
+        // The job's own log follows the chain: when this job hands over, its successor's.
+        let chain_dir = args.backend.is_none().then_some(dir.as_path());
+        follow(
+            &path,
+            offset,
+            record.as_ref().map(|r| r.job_id.clone()),
+            chain_dir,
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -87,14 +94,21 @@ fn backend_log(dir: &Path, backend: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Prints what is appended from `offset` on. Ends when the job has ended and the file
-/// stopped growing (without a job, when interrupted).
-fn follow(path: &Path, mut offset: u64, job: Option<&str>) -> anyhow::Result<()> {
+/// stopped growing (without a job, when interrupted) — unless `chain_dir` is given and the
+/// job handed over: then it goes on with the new current job's log.
+fn follow(
+    path: &Path,
+    mut offset: u64,
+    mut job: Option<String>,
+    chain_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut path = path.to_path_buf();
     let mut out = std::io::stdout().lock();
     let mut last_check = Instant::now();
     let mut ended = false;
     let mut buf = Vec::new();
     loop {
-        let grew = match std::fs::File::open(path) {
+        let grew = match std::fs::File::open(&path) {
             Ok(mut f) => {
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
                 if len < offset {
@@ -115,9 +129,27 @@ fn follow(path: &Path, mut offset: u64, job: Option<&str>) -> anyhow::Result<()>
             Err(_) => false,
         };
         if ended && !grew {
-            return Ok(());
+            let next = chain_dir
+                .and_then(|d| JobRecord::read(d).ok().flatten())
+                .filter(|r| job.as_deref() != Some(r.job_id.as_str()));
+            let Some(next) = next else {
+                return Ok(());
+            };
+            writeln!(
+                out,
+                "--- llmgw: job {} handed over to job {}; following {} ---",
+                job.as_deref().unwrap_or("?"),
+                next.job_id,
+                next.log.display()
+            )?;
+            out.flush()?;
+            path = next.log;
+            offset = 0;
+            job = Some(next.job_id);
+            ended = false;
+            continue;
         }
-        if let Some(id) = job {
+        if let Some(id) = job.as_deref() {
             if last_check.elapsed() >= JOB_CHECK {
                 last_check = Instant::now();
                 if let Ok(info) = jobs::query(id) {

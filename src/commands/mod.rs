@@ -1,11 +1,17 @@
-//! The SLURM launcher's commands: `start`, `status`, `logs`, `stop`. They run on a login
-//! node, talk to SLURM through [`crate::slurm`] and to the running gateway over HTTP, and
-//! share what they know through the state directory (`job.json`, `endpoint.json`,
-//! `backends.json`, the key, the logs).
+//! The SLURM launcher's commands: `start`, `status`, `logs`, `stop`, and `doctor` (what a
+//! first `start` needs). They run on a login node, talk to SLURM through [`crate::slurm`]
+//! and to the running gateway over HTTP, and share what they know through the state
+//! directory (`job.json`, `endpoint.json`, `backends.json`, the key, the logs).
 //!
 //! This is the CLI edge: errors are `anyhow`, each one line saying what to do.
 
+pub mod chain_status;
+pub mod connect;
+pub mod doctor;
+pub mod keys;
 pub mod logs;
+pub mod restart;
+pub mod spend;
 pub mod start;
 pub mod status;
 pub mod stop;
@@ -49,24 +55,26 @@ pub fn api_key(dir: &Path) -> Option<Secret> {
     Config::load(&copy).ok().and_then(|c| c.master_key)
 }
 
-/// Where a login node reaches the gateway: its node's host name, or loopback when it
-/// listens on loopback only.
-pub fn connect_host(ep: &EndpointRecord) -> String {
-    let loopback = ep
-        .bind
-        .parse::<std::net::IpAddr>()
-        .map(|ip| ip.is_loopback())
-        .unwrap_or(false);
-    if loopback {
-        ep.bind.clone()
+/// ` --name X` unless it is the default name (for commands a user copies).
+pub fn name_flag(name: &str) -> String {
+    if name == "default" {
+        String::new()
     } else {
-        ep.host.clone()
+        format!(" --name {name}")
     }
 }
 
-/// `http://HOST:PORT` of a running gateway.
-pub fn base_url(ep: &EndpointRecord) -> String {
-    format!("http://{}:{}", connect_host(ep), ep.port)
+/// The `llmgw connect` line for this gateway (`--state-dir` only when it is not the
+/// default, `--login` when run elsewhere).
+pub fn connect_command(name: &str, dir: &Path, login: Option<&str>) -> String {
+    let mut cmd = format!("llmgw connect{}", name_flag(name));
+    if dir != state::state_dir(name, None) {
+        cmd.push_str(&format!(" --state-dir {}", tilde(dir)));
+    }
+    if let Some(l) = login {
+        cmd.push_str(&format!(" --login {l}"));
+    }
+    cmd
 }
 
 /// A small HTTP client for talking to the gateway (no proxies: it is on the cluster).
@@ -91,7 +99,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `GET /health/readiness`: true when the gateway answers 200.
 pub async fn is_ready(client: &reqwest::Client, ep: &EndpointRecord) -> bool {
     match client
-        .get(format!("{}/health/readiness", base_url(ep)))
+        .get(format!("{}/health/readiness", ep.base_url()))
         .send()
         .await
     {
@@ -106,14 +114,14 @@ pub async fn health(
     ep: &EndpointRecord,
     key: Option<&Secret>,
 ) -> Result<serde_json::Value, String> {
-    let mut req = client.get(format!("{}/health", base_url(ep)));
+    let mut req = client.get(format!("{}/health", ep.base_url()));
     if let Some(k) = key {
         req = req.bearer_auth(k.expose());
     }
     let resp = req
         .send()
         .await
-        .map_err(|e| format!("unreachable at {} ({})", base_url(ep), short_error(&e)))?;
+        .map_err(|e| format!("unreachable at {} ({})", ep.base_url(), short_error(&e)))?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| short_error(&e))?;
     if !status.is_success() {
@@ -169,21 +177,26 @@ pub fn tilde(path: &Path) -> String {
 /// The host name users ssh to: `[slurm] login_host`, else `SLURM_SUBMIT_HOST`, else this
 /// machine's fully qualified name.
 pub fn login_host(configured: Option<&str>) -> String {
+    login_host_from(configured).0
+}
+
+/// [`login_host`] and where it came from (for `llmgw doctor`).
+pub fn login_host_from(configured: Option<&str>) -> (String, &'static str) {
     if let Some(h) = configured.filter(|h| !h.trim().is_empty()) {
-        return h.trim().to_string();
+        return (h.trim().to_string(), "[slurm] login_host");
     }
     if let Ok(h) = std::env::var("SLURM_SUBMIT_HOST") {
         if !h.trim().is_empty() {
-            return h.trim().to_string();
+            return (h.trim().to_string(), "SLURM_SUBMIT_HOST");
         }
     }
     if let Ok(out) = std::process::Command::new("hostname").arg("-f").output() {
         let h = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if out.status.success() && !h.is_empty() {
-            return h;
+            return (h, "`hostname -f`");
         }
     }
-    crate::serve::node_hostname()
+    (crate::serve::node_hostname(), "this machine's host name")
 }
 
 /// The user name for the ssh line.

@@ -1,9 +1,10 @@
 //! `llmgw start`: render the sbatch script, submit it, wait until the gateway is ready,
 //! and print how to reach it.
 
-use super::{clock, login_host, tail_lines, target_dir, tilde, user_name};
+use super::{clock, login_host, name_flag, tail_lines, target_dir, tilde, user_name};
 use crate::cli::StartArgs;
 use crate::config::{Config, LoadedConfig};
+use crate::slurm::chain::{self, Chain, ChainJob, Why};
 use crate::slurm::jobs::{self, JobInfo};
 use crate::slurm::template::{self, JobSpec, SpecPaths};
 use crate::slurm::{self as slurm_mod, JobRecord};
@@ -23,7 +24,13 @@ const TAIL: usize = 20;
 pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(&args.config)?;
     let (name, dir) = target_dir(&args.target)?;
-    let plan = Plan::new(&args, &cfg, &name, &dir)?;
+    let plan = Plan::new(
+        &args.config,
+        &cfg,
+        &name,
+        &dir,
+        dir.join(slurm_mod::CONFIG_FILE),
+    )?;
 
     if args.dry_run {
         if args.json {
@@ -130,26 +137,24 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// ` --name X` unless it is the default name.
-fn name_flag(name: &str) -> String {
-    if name == "default" {
-        String::new()
-    } else {
-        format!(" --name {name}")
-    }
-}
-
-/// Everything decided before submitting.
-struct Plan {
-    script: String,
-    key_file: Option<PathBuf>,
-    config_copy: PathBuf,
-    log_pattern: PathBuf,
-    grace_secs: u64,
+/// Everything decided before submitting (also what `restart` submits).
+pub(super) struct Plan {
+    pub script: String,
+    pub key_file: Option<PathBuf>,
+    pub config_copy: PathBuf,
+    pub log_pattern: PathBuf,
+    pub grace_secs: u64,
 }
 
 impl Plan {
-    fn new(args: &StartArgs, cfg: &LoadedConfig, name: &str, dir: &Path) -> anyhow::Result<Self> {
+    /// Renders the script for `config` (loaded as `cfg`), run with the copy at `config_copy`.
+    pub fn new(
+        config: &Path,
+        cfg: &LoadedConfig,
+        name: &str,
+        dir: &Path,
+        config_copy: PathBuf,
+    ) -> anyhow::Result<Self> {
         let slurm = &cfg.config.slurm;
         let binary = match &slurm.binary {
             Some(b) => std::path::absolute(b)
@@ -158,8 +163,7 @@ impl Plan {
                 .context("cannot tell where the llmgw binary is; set [slurm] binary")?,
         };
         let key_file = cfg.master_key.is_none().then(|| dir.join(KEY_FILE));
-        let config_copy = dir.join(slurm_mod::CONFIG_FILE);
-        let log_pattern = dir.join("slurm-%j.log");
+        let log_pattern = dir.join(slurm_mod::LOG_PATTERN);
         let grace_secs = cfg.config.server.shutdown_grace.0.as_secs();
         let spec = JobSpec::new(
             name,
@@ -168,7 +172,7 @@ impl Plan {
                 state_dir: dir.to_path_buf(),
                 log_path: log_pattern.clone(),
                 config_path: config_copy.clone(),
-                source_config: args.config.display().to_string(),
+                source_config: config.display().to_string(),
                 binary,
                 key_file: key_file.clone(),
             },
@@ -179,9 +183,7 @@ impl Plan {
             if t.is_absolute() {
                 t.clone()
             } else {
-                args.config
-                    .parent()
-                    .map_or_else(|| t.clone(), |p| p.join(t))
+                config.parent().map_or_else(|| t.clone(), |p| p.join(t))
             }
         });
         let script = template::render(&spec, template.as_deref())?;
@@ -208,43 +210,71 @@ impl Plan {
             ensure_key(key)?;
         }
         // Whatever an earlier run left must not be mistaken for this job's.
-        for stale in [state::ENDPOINT_FILE, crate::supervise::BACKENDS_FILE] {
+        for stale in [
+            state::ENDPOINT_FILE,
+            crate::supervise::BACKENDS_FILE,
+            chain::SUCCESSOR_BACKENDS_FILE,
+        ] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let script_path = dir.join(slurm_mod::SCRIPT_FILE);
         state::write_atomic(&script_path, self.script.as_bytes(), 0o600)
             .with_context(|| format!("cannot write {}", script_path.display()))?;
-        let job_id = jobs::submit(&script_path)?;
-        let record = JobRecord {
-            log: slurm_mod::log_path(&self.log_pattern, &job_id),
-            job_id,
-            name: name.to_string(),
-            config: args.config.display().to_string(),
-            config_copy: self.config_copy.clone(),
-            submitted_at: state::now_rfc3339(),
-            script: script_path,
-            grace_secs: self.grace_secs,
-        };
-        record
-            .write(dir)
-            .with_context(|| format!("cannot write the job record in {}", dir.display()))?;
-        Ok(record)
+        // A new chain, generation 1. Submitted under the chain lock, so the job cannot read
+        // the record before it names it.
+        Chain::update(dir, |c| -> anyhow::Result<JobRecord> {
+            let job_id = jobs::submit(&script_path)?;
+            let record = JobRecord {
+                log: slurm_mod::log_path(&self.log_pattern, &job_id),
+                job_id,
+                name: name.to_string(),
+                config: args.config.display().to_string(),
+                config_copy: self.config_copy.clone(),
+                submitted_at: state::now_rfc3339(),
+                script: script_path,
+                grace_secs: self.grace_secs,
+            };
+            record
+                .write(dir)
+                .with_context(|| format!("cannot write the job record in {}", dir.display()))?;
+            *c = Chain {
+                name: name.to_string(),
+                jobs: vec![ChainJob {
+                    generation: 1,
+                    why: Why::Start,
+                    predecessor: None,
+                    job: record.clone(),
+                    current_since: None,
+                    ended: None,
+                }],
+                ..Chain::default()
+            };
+            Ok(record)
+        })?
     }
 }
 
-/// Refuses when this name's last job is still queued or running.
+/// Refuses when a job of this name's chain is still queued or running.
 fn refuse_live_job(name: &str, dir: &Path) -> anyhow::Result<()> {
-    let Some(rec) = JobRecord::read(dir).ok().flatten() else {
-        return Ok(());
-    };
-    if let Some(info) = jobs::query(&rec.job_id)? {
-        if info.is_active() {
-            anyhow::bail!(
-                "gateway \"{name}\" is already {} as job {}; stop it first with `llmgw stop{}`, or start another with --name OTHER",
-                info.describe(),
-                rec.job_id,
-                name_flag(name)
-            );
+    let mut ids: Vec<String> = Chain::read(dir)
+        .ok()
+        .flatten()
+        .map(|c| c.unended().map(|j| j.job.job_id.clone()).collect())
+        .unwrap_or_default();
+    if let Some(rec) = JobRecord::read(dir).ok().flatten() {
+        if !ids.contains(&rec.job_id) {
+            ids.push(rec.job_id);
+        }
+    }
+    for id in ids {
+        if let Some(info) = jobs::query(&id)? {
+            if info.is_active() {
+                anyhow::bail!(
+                    "gateway \"{name}\" is already {} as job {id}; stop it first with `llmgw stop{}`, or start another with --name OTHER",
+                    info.describe(),
+                    name_flag(name)
+                );
+            }
         }
     }
     Ok(())
@@ -252,7 +282,7 @@ fn refuse_live_job(name: &str, dir: &Path) -> anyhow::Result<()> {
 
 /// Keeps an existing key (scripts that use it keep working), else writes a new random
 /// one. Always 0600; the key never appears on a command line or in the script.
-fn ensure_key(path: &Path) -> anyhow::Result<()> {
+pub(super) fn ensure_key(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(existing) = std::fs::read_to_string(path) {
         if existing.trim().len() >= 32 {
@@ -277,7 +307,7 @@ enum Waited {
 }
 
 /// The spinner (on a terminal) or one line per change (otherwise).
-struct Progress {
+pub(super) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     last: String,
     phase: String,
@@ -285,7 +315,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             if let Ok(style) = indicatif::ProgressStyle::with_template("  {spinner} {msg}") {
@@ -303,7 +333,7 @@ impl Progress {
     }
 
     /// `phase` restarts the clock when it changes; `detail` is the text.
-    fn set(&mut self, phase: &str, detail: String) {
+    pub fn set(&mut self, phase: &str, detail: String) {
         if phase != self.phase {
             self.phase = phase.to_string();
             self.since = Instant::now();
@@ -319,7 +349,7 @@ impl Progress {
         self.last = detail;
     }
 
-    fn finish(&self) {
+    pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -360,7 +390,7 @@ async fn wait(record: &JobRecord, dir: &Path, timeout: Duration) -> anyhow::Resu
                         break Waited::Ready(ep);
                     }
                 }
-                let doing = loading_text(dir);
+                let doing = loading_text(BackendsFile::read(dir));
                 progress.set(
                     &format!("running {doing}"),
                     format!("job {id} RUNNING on {node} — {doing}"),
@@ -383,8 +413,8 @@ async fn wait(record: &JobRecord, dir: &Path, timeout: Duration) -> anyhow::Resu
 }
 
 /// What the job is doing while running but not yet ready, from `backends.json`.
-fn loading_text(dir: &Path) -> String {
-    let Some(file) = BackendsFile::read(dir) else {
+pub(super) fn loading_text(file: Option<BackendsFile>) -> String {
+    let Some(file) = file else {
         return "starting the gateway".into();
     };
     let loading: Vec<String> = file
@@ -444,6 +474,8 @@ fn report_ready(
     let laptop_url = format!("http://localhost:{port}/v1");
     let login = login_host(cfg.config.slurm.login_host.as_deref());
     let ssh = format!("ssh -N -L {port}:{node}:{port} {}@{login}", user_name());
+    let login_arg = format!("{}@{login}", user_name());
+    let connect = super::connect_command(name, dir, Some(&login_arg));
     let backends = BackendsFile::read(dir)
         .map(|f| f.backends)
         .unwrap_or_default();
@@ -453,6 +485,7 @@ fn report_ready(
             serde_json::json!({
                 "ok": true, "name": name, "job_id": record.job_id, "state": "RUNNING",
                 "node": node, "port": port, "url": url, "laptop_url": laptop_url, "ssh": ssh,
+                "connect": connect,
                 "key_file": plan.key_file, "state_dir": dir, "script": record.script,
                 "log": record.log, "backends": backends,
             })
@@ -468,7 +501,12 @@ fn report_ready(
         record.job_id
     );
     println!("  on the cluster:   export OPENAI_BASE_URL={url}");
-    println!("  from your laptop: {ssh}");
+    println!("  from your laptop: {connect}   (follows the gateway across jobs)");
+    println!(
+        "                    export OPENAI_BASE_URL=http://localhost:{}/v1",
+        super::connect::DEFAULT_PORT
+    );
+    println!("    or plain ssh:   {ssh}");
     println!("                    export OPENAI_BASE_URL={laptop_url}");
     println!("  API key:          {key_line}");
     for b in backends.iter().filter(|b| b.state == BackendState::Failed) {

@@ -1,6 +1,8 @@
 //! `llmgw status`: the job (squeue, then scontrol/sacct once it has finished), where the
 //! gateway listens, and its own view of every deployment and local backend.
 
+use super::chain_status::ChainStatus;
+use super::name_flag;
 use super::{api_key, login_host, target_dir, user_name};
 use crate::cli::StatusArgs;
 use crate::slurm::jobs::{self, JobInfo};
@@ -56,10 +58,21 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .and_then(|h| serde_json::from_value(h["backends"].clone()).ok())
         .or(file_backends)
         .unwrap_or_default();
+    let limit = info
+        .as_ref()
+        .and_then(|i| parse_time_limit(i.time_limit.as_deref()?))
+        .map(std::time::Duration::from_secs);
+    let chain = ChainStatus::read(
+        &dir,
+        &record.config_copy,
+        info.as_ref().and_then(time_left),
+        limit,
+    );
     let view = View {
         name: &name,
         dir: &dir,
         record: &record,
+        chain: chain.as_ref(),
         info: info.as_ref(),
         endpoint: endpoint.as_ref().filter(|_| running),
         health: health.as_ref(),
@@ -71,14 +84,6 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         print!("{}", view.text());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn name_flag(name: &str) -> String {
-    if name == "default" {
-        String::new()
-    } else {
-        format!(" --name {name}")
-    }
 }
 
 /// Time limit minus elapsed, for a running job with a limit.
@@ -98,6 +103,7 @@ struct View<'a> {
     name: &'a str,
     dir: &'a Path,
     record: &'a JobRecord,
+    chain: Option<&'a ChainStatus>,
     info: Option<&'a JobInfo>,
     endpoint: Option<&'a EndpointRecord>,
     health: Option<&'a Result<Value, String>>,
@@ -105,6 +111,26 @@ struct View<'a> {
 }
 
 impl View<'_> {
+    /// After "the gateway is not running": the chain (a successor may be on its way), the
+    /// log, and how to start again.
+    fn not_running_tail(&self, log: bool) -> String {
+        let mut out = String::new();
+        if let Some(c) = self.chain {
+            out.push_str(&c.text());
+        }
+        if log {
+            out.push_str(&format!("  log:   {}\n", self.record.log.display()));
+        }
+        if self.chain.is_none_or(|c| c.successor.is_none()) {
+            out.push_str(&format!(
+                "  start it again: llmgw start -c {}{}\n",
+                self.record.config,
+                name_flag(self.name)
+            ));
+        }
+        out
+    }
+
     fn urls(&self) -> Option<(String, String, String)> {
         let ep = self.endpoint?;
         let url = format!("http://{}:{}/v1", ep.host, ep.port);
@@ -159,8 +185,10 @@ impl View<'_> {
             "url": urls.as_ref().map(|u| u.0.clone()),
             "laptop_url": urls.as_ref().map(|u| u.1.clone()),
             "ssh": urls.as_ref().map(|u| u.2.clone()),
+            "connect": super::connect_command(self.name, self.dir, None),
             "gateway": gateway,
             "gateway_error": gateway_error,
+            "chain": self.chain.map(ChainStatus::json),
             "deployments": deployments,
             "backends": self.backends,
         })
@@ -173,20 +201,17 @@ impl View<'_> {
         match self.info {
             None => {
                 out.push_str(&format!(
-                    "llmgw \"{name}\": job {id} is gone (SLURM no longer lists it); the gateway is not running\n  start it again: llmgw start -c {}{}\n",
-                    self.record.config,
-                    name_flag(name)
+                    "llmgw \"{name}\": job {id} is gone (SLURM no longer lists it); the gateway is not running\n"
                 ));
+                out.push_str(&self.not_running_tail(false));
                 return out;
             }
             Some(i) if !i.is_active() => {
                 out.push_str(&format!(
-                    "llmgw \"{name}\": job {id} {} — the gateway is not running\n  log:   {}\n  start it again: llmgw start -c {}{}\n",
+                    "llmgw \"{name}\": job {id} {} — the gateway is not running\n",
                     i.describe(),
-                    self.record.log.display(),
-                    self.record.config,
-                    name_flag(name)
                 ));
+                out.push_str(&self.not_running_tail(true));
                 return out;
             }
             Some(i) => {
@@ -204,8 +229,15 @@ impl View<'_> {
                 ));
             }
         }
+        if let Some(c) = self.chain {
+            out.push_str(&c.text());
+        }
         if let Some((url, laptop, ssh)) = self.urls() {
             out.push_str(&format!("  url:      {url}\n"));
+            out.push_str(&format!(
+                "  connect:  {}  (one local address that follows the gateway across jobs; add --login USER@HOST on a laptop)\n",
+                super::connect_command(name, self.dir, None)
+            ));
             out.push_str(&format!("  laptop:   {ssh}  →  {laptop}\n"));
         }
         let (gateway, err) = self.gateway_state();

@@ -1,5 +1,6 @@
-//! `llmgw stop`: cancel the job, wait until SLURM no longer lists it running, tidy the
-//! endpoint record.
+//! `llmgw stop`: cancel every job of the gateway's chain (the current one, a pending or
+//! loading successor, a predecessor still draining), wait until SLURM no longer lists any
+//! of them running, tidy the endpoint record.
 //!
 //! A running gateway is first sent SIGTERM alone (`scancel --batch --signal=TERM`): it
 //! stops accepting, lets in-flight requests finish within its shutdown grace, stops its
@@ -8,10 +9,12 @@
 
 use super::target_dir;
 use crate::cli::{StopArgs, Target};
+use crate::slurm::chain::Chain;
 use crate::slurm::jobs::{self, JobInfo};
 use crate::slurm::JobRecord;
 use crate::state;
 use anyhow::Context as _;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -64,58 +67,110 @@ pub fn run(args: StopArgs) -> anyhow::Result<ExitCode> {
 fn stop_one(name: &str, dir: &Path) -> anyhow::Result<()> {
     let record = JobRecord::read(dir)
         .with_context(|| format!("cannot read the job record in {}", dir.display()))?;
-    let Some(record) = record else {
+    // Every job of the chain that may still run: the current one, a successor (pending or
+    // loading), a predecessor still draining. Marking the chain `stopping` first (under its
+    // lock) means none of them submits another successor or becomes current from now on.
+    let mut ids: Vec<String> = if Chain::read(dir).ok().flatten().is_some() {
+        Chain::update(dir, |c| {
+            c.stopping = true;
+            c.unended().map(|j| j.job.job_id.clone()).collect()
+        })?
+    } else {
+        Vec::new()
+    };
+    if let Some(r) = &record {
+        if !ids.contains(&r.job_id) {
+            ids.push(r.job_id.clone());
+        }
+    }
+    if ids.is_empty() {
         tidy(dir);
         println!(
             "llmgw \"{name}\": nothing to stop (no job recorded in {})",
             dir.display()
         );
         return Ok(());
-    };
-    let id = record.job_id.as_str();
-    let before = jobs::query(id)?;
-    let message = match &before {
-        None => format!("job {id} was already gone"),
-        Some(i) if !i.is_active() => format!("job {id} had already ended ({})", i.describe()),
-        Some(i) => {
-            let grace = Duration::from_secs(record.grace_secs.max(1)) + Duration::from_secs(15);
-            let mut after = None;
-            if i.is_running() {
-                eprintln!(
-                    "stopping job {id} on {}: in-flight requests may finish (up to {} s)…",
-                    i.node.as_deref().unwrap_or("its node"),
-                    grace.as_secs()
-                );
-                if jobs::cancel(id, Some("TERM")).is_ok() {
-                    after = wait_gone(id, grace)?;
+    }
+    let grace_secs = record.as_ref().map_or(30, |r| r.grace_secs);
+    let grace = Duration::from_secs(grace_secs.max(1)) + Duration::from_secs(15);
+    let mut messages = Vec::new();
+    let mut stopping: Vec<(String, JobInfo)> = Vec::new();
+    for id in &ids {
+        match jobs::query(id)? {
+            None => messages.push(format!("job {id} was already gone")),
+            Some(i) if !i.is_active() => {
+                messages.push(format!("job {id} had already ended ({})", i.describe()))
+            }
+            Some(i) => {
+                if i.is_running() {
+                    eprintln!(
+                        "stopping job {id} on {}: in-flight requests may finish (up to {} s)…",
+                        i.node.as_deref().unwrap_or("its node"),
+                        grace.as_secs()
+                    );
+                    // SIGTERM to the gateway alone: it drains, stops its backends, exits 0.
+                    if jobs::cancel(id, Some("TERM")).is_err() {
+                        jobs::cancel(id, None)?;
+                    }
+                } else {
+                    jobs::cancel(id, None)?;
                 }
-            }
-            if after.as_ref().is_none_or(JobInfo::is_active) {
-                jobs::cancel(id, None)?;
-                after = wait_gone(id, HARD_WAIT)?;
-            }
-            match &after {
-                Some(a) if a.is_active() => anyhow::bail!(
-                    "job {id} is still {} after scancel; check `squeue -j {id}` (the node may be unresponsive)",
-                    a.describe()
-                ),
-                Some(a) => format!("stopped job {id} (was {}; now {})", i.describe(), a.state),
-                None => format!("stopped job {id} (was {})", i.describe()),
+                stopping.push((id.clone(), i));
             }
         }
-    };
+    }
+    let stopping_ids: Vec<&str> = stopping.iter().map(|(id, _)| id.as_str()).collect();
+    let mut after = wait_gone(&stopping_ids, grace)?;
+    let left: Vec<&str> = stopping_ids
+        .iter()
+        .copied()
+        .filter(|id| after.get(*id).is_some_and(JobInfo::is_active))
+        .collect();
+    if !left.is_empty() {
+        for id in &left {
+            jobs::cancel(id, None)?;
+        }
+        after.extend(wait_gone(&left, HARD_WAIT)?);
+    }
+    for (id, before) in &stopping {
+        match after.get(id.as_str()) {
+            Some(a) if a.is_active() => anyhow::bail!(
+                "job {id} is still {} after scancel; check `squeue -j {id}` (the node may be unresponsive)",
+                a.describe()
+            ),
+            Some(a) => messages.push(format!(
+                "stopped job {id} (was {}; now {})",
+                before.describe(),
+                a.state
+            )),
+            None => messages.push(format!("stopped job {id} (was {})", before.describe())),
+        }
+    }
+    // Jobs that never ran the gateway to its end (a pending successor) say nothing
+    // themselves.
+    let _ = Chain::update(dir, |c| {
+        for id in &ids {
+            c.end(id, "stopped by `llmgw stop`", None);
+        }
+    });
     tidy(dir);
-    println!("llmgw \"{name}\": {message}");
+    println!("llmgw \"{name}\": {}", messages.join("; "));
     Ok(())
 }
 
-/// Polls until SLURM no longer lists the job as queued or running; the last state seen.
-fn wait_gone(id: &str, limit: Duration) -> anyhow::Result<Option<JobInfo>> {
+/// Polls until SLURM no longer lists any of the jobs as queued or running; the last
+/// state seen of each (absent: SLURM no longer knows it).
+fn wait_gone(ids: &[&str], limit: Duration) -> anyhow::Result<HashMap<String, JobInfo>> {
     let start = Instant::now();
     loop {
-        let info = jobs::query(id)?;
-        if info.as_ref().is_none_or(|i| !i.is_active()) || start.elapsed() >= limit {
-            return Ok(info);
+        let mut seen = HashMap::new();
+        for id in ids {
+            if let Some(i) = jobs::query(id)? {
+                seen.insert(id.to_string(), i);
+            }
+        }
+        if seen.values().all(|i| !i.is_active()) || start.elapsed() >= limit {
+            return Ok(seen);
         }
         std::thread::sleep(POLL);
     }

@@ -93,6 +93,7 @@ impl Router {
             let id =
                 m.id.clone()
                     .unwrap_or_else(|| format!("{}-{}", name, group.len() + 1));
+            let (input_cost, output_cost) = crate::spend::prices_for(m);
             let dep = Arc::new(Deployment {
                 index: i,
                 id,
@@ -110,8 +111,8 @@ impl Router {
                 cooldown: m.cooldown.map(|d| d.0),
                 context_window: m.context_window,
                 max_tokens: m.max_tokens,
-                input_cost: m.input_cost_per_mtok.unwrap_or(0.0),
-                output_cost: m.output_cost_per_mtok.unwrap_or(0.0),
+                input_cost,
+                output_cost,
                 drop_params: m.drop_params,
                 responses_api: m.responses_api.unwrap_or_else(|| {
                     m.provider == ProviderKind::Openai && api_base.contains("://api.openai.com")

@@ -85,22 +85,22 @@ impl JobInfo {
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<Output, SlurmError> {
-    Command::new(cmd)
-        .args(args)
-        .env_remove("SLURM_JOB_ID")
-        .output()
-        .map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                SlurmError::NotFound {
-                    cmd: cmd.to_string(),
-                }
-            } else {
-                SlurmError::Io {
-                    cmd: cmd.to_string(),
-                    source,
-                }
+    output(cmd, Command::new(cmd).args(args).env_remove("SLURM_JOB_ID"))
+}
+
+fn output(cmd: &str, c: &mut Command) -> Result<Output, SlurmError> {
+    c.output().map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            SlurmError::NotFound {
+                cmd: cmd.to_string(),
             }
-        })
+        } else {
+            SlurmError::Io {
+                cmd: cmd.to_string(),
+                source,
+            }
+        }
+    })
 }
 
 /// SLURM's own message from stderr, without the `sbatch: error: ` prefixes, on one line.
@@ -129,8 +129,26 @@ fn invalid_job(out: &Output) -> bool {
 
 /// `sbatch --parsable SCRIPT`: submits and returns the job id.
 pub fn submit(script: &Path) -> Result<String, SlurmError> {
+    submit_with_env(script, &[])
+}
+
+/// Like [`submit`], with `env` added to the job's environment. Run from inside a job (a
+/// gateway submitting its successor), the job's own `SLURM_*`/`SBATCH_*` variables are
+/// left out: they describe this allocation, not the next one.
+pub fn submit_with_env(script: &Path, env: &[(&str, &str)]) -> Result<String, SlurmError> {
     let path = script.to_string_lossy();
-    let out = run("sbatch", &["--parsable", &path])?;
+    let mut cmd = Command::new("sbatch");
+    cmd.args(["--parsable", path.as_ref()]);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if (k.starts_with("SLURM_") && k != "SLURM_CONF") || k.starts_with("SBATCH_") {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = output("sbatch", &mut cmd)?;
     if !out.status.success() {
         return Err(SlurmError::Rejected {
             message: message(&out),
@@ -172,6 +190,39 @@ pub fn query(id: &str) -> Result<Option<JobInfo>, SlurmError> {
         return Ok(Some(info));
     }
     sacct(id)
+}
+
+/// A running job's remaining time and its whole limit, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeLeft {
+    pub left: u64,
+    pub limit: u64,
+}
+
+/// The running job's time left and limit (`squeue -o %L|%l`): relative, so it needs no
+/// time-zone handling, and it follows `scontrol update TimeLimit=`. `None` when the job
+/// has no limit or SLURM no longer lists it.
+pub fn time_left(id: &str) -> Result<Option<TimeLeft>, SlurmError> {
+    let out = run("squeue", &["-h", "-j", id, "-o", "%L|%l"])?;
+    if !out.status.success() {
+        if invalid_job(&out) {
+            return Ok(None);
+        }
+        return Err(SlurmError::Failed {
+            cmd: "squeue".into(),
+            message: message(&out),
+        });
+    }
+    Ok(parse_time_left(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_time_left(stdout: &str) -> Option<TimeLeft> {
+    let (left, limit) = stdout.lines().next()?.trim().split_once('|')?;
+    let parse = crate::slurm::template::parse_time_limit;
+    Some(TimeLeft {
+        left: parse(left)?,
+        limit: parse(limit)?,
+    })
 }
 
 fn squeue(id: &str) -> Result<Option<JobInfo>, SlurmError> {
@@ -365,6 +416,16 @@ mod tests {
         assert_eq!(parse_parsable("48213\n").as_deref(), Some("48213"));
         assert_eq!(parse_parsable("48213;cluster\n").as_deref(), Some("48213"));
         assert_eq!(parse_parsable("Submitted batch job 1\n"), None);
+    }
+
+    #[test]
+    fn time_left_lines() {
+        let t = parse_time_left("2:37|3:00\n").unwrap();
+        assert_eq!((t.left, t.limit), (157, 180));
+        let t = parse_time_left("1-02:03:04|2-00:00:00\n").unwrap();
+        assert_eq!((t.left, t.limit), (93784, 172800));
+        assert_eq!(parse_time_left("UNLIMITED|UNLIMITED\n"), None);
+        assert_eq!(parse_time_left(""), None);
     }
 
     #[test]

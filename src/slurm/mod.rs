@@ -4,6 +4,7 @@
 //! Never depends on the gateway (`serve`, `router`, `providers`): it only runs SLURM's
 //! command-line tools and reads and writes files.
 
+pub mod chain;
 pub mod jobs;
 pub mod template;
 
@@ -16,6 +17,8 @@ pub const JOB_FILE: &str = "job.json";
 pub const SCRIPT_FILE: &str = "job.sbatch";
 /// The config copy the job runs with.
 pub const CONFIG_FILE: &str = "config.toml";
+/// Every job's stdout/stderr, in the state directory (`%j` is the job id).
+pub const LOG_PATTERN: &str = "slurm-%j.log";
 
 /// One submitted gateway job.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -18,6 +18,10 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod keys;
+pub mod load;
+pub mod postgres;
 pub mod redis;
 
 use llmgw::mock::{Behavior, MockUpstream};
@@ -62,6 +66,54 @@ pub fn llmgw_command() -> Command {
         .env("no_proxy", "127.0.0.1,localhost")
         .stdin(Stdio::null());
     c
+}
+
+/// Runs a command with piped output, killing it after `limit`.
+pub fn run_bounded(mut c: Command, limit: Duration) -> std::process::Output {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn llmgw");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for llmgw"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("llmgw did not finish within {limit:?}");
+        }
+    }
+}
+
+/// True when the local SLURM cluster (`scripts/local-slurm.sh up`) is there to test on.
+/// Without `sbatch` it says loudly that the tests are skipped and returns false — unless
+/// `CI` is set: there a missing cluster is a failure. Panics when the controller does not
+/// answer.
+pub fn slurm_cluster_ready() -> bool {
+    let have_sbatch = Command::new("sbatch")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_sbatch {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set but sbatch is not on PATH: bring the cluster up with `bash scripts/local-slurm.sh up` (scripts/test.sh does)");
+        }
+        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        eprintln!("!!! SKIPPED: sbatch not on PATH; these SLURM tests did not run.");
+        eprintln!("!!! Run `bash scripts/local-slurm.sh up` (as root) and test again.");
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+        return false;
+    }
+    let sinfo = Command::new("sinfo").arg("-h").output();
+    assert!(
+        sinfo.as_ref().is_ok_and(|o| o.status.success()),
+        "sbatch is installed but the SLURM controller does not answer; run `bash scripts/local-slurm.sh up` ({:?})",
+        sinfo.map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+    );
+    true
 }
 
 /// Starts an in-process mock upstream on 127.0.0.1 with a free port.

@@ -1,0 +1,210 @@
+//! `llmgw restart`: a handover on demand. Submits a successor now — with the current
+//! config, or a new one given with `-c` (validated first), and the running `llmgw` binary
+//! unless `[slurm] binary` says otherwise — and waits until it has taken over. The running
+//! job then forwards, drains and exits exactly as at a renewal, so clients see no failed
+//! request. A successor a renewal had already submitted is cancelled: this one replaces it.
+
+use super::start::{ensure_key, loading_text, Plan, Progress};
+use super::{name_flag, tail_lines, target_dir};
+use crate::cli::RestartArgs;
+use crate::config::Config;
+use crate::slurm::chain::{self, Chain, Why};
+use crate::slurm::jobs::{self, JobInfo};
+use crate::slurm::JobRecord;
+use crate::state::{self, EndpointRecord};
+use crate::supervise::BackendsFile;
+use anyhow::Context as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(500);
+
+pub fn run(args: RestartArgs) -> anyhow::Result<ExitCode> {
+    let (name, dir) = target_dir(&args.target)?;
+    let chain = Chain::read(&dir)
+        .with_context(|| format!("cannot read the chain record in {}", dir.display()))?;
+    let current = chain
+        .as_ref()
+        .and_then(|c| c.current_job().cloned())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "gateway \"{name}\" has no current job in {} to hand over from; start it with `llmgw start -c CONFIG{}`",
+                dir.display(),
+                name_flag(&name)
+            )
+        })?;
+    let old = current.job.job_id.clone();
+    match jobs::query(&old)? {
+        Some(i) if i.is_running() => {}
+        other => anyhow::bail!(
+            "gateway \"{name}\" is not running (job {old} is {}); start it with `llmgw start -c CONFIG{}`",
+            other.map_or_else(|| "gone".to_string(), |i| i.describe()),
+            name_flag(&name)
+        ),
+    }
+    // The config the new job runs: the one given, else the current job's own copy.
+    let source = args
+        .config
+        .clone()
+        .unwrap_or_else(|| current.job.config_copy.clone());
+    let cfg = Config::load(&source)?;
+    let config_text =
+        std::fs::read(&source).with_context(|| format!("cannot read {}", source.display()))?;
+
+    let submitted = Chain::update(&dir, |c| -> anyhow::Result<(u64, String, Option<String>)> {
+        if c.stopping {
+            anyhow::bail!("gateway \"{name}\" is being stopped");
+        }
+        if c.current_job().map(|j| j.job.job_id.as_str()) != Some(old.as_str()) {
+            anyhow::bail!(
+                "the gateway's current job changed while restarting; run `llmgw restart` again"
+            );
+        }
+        // This restart replaces a successor a renewal (or another restart) submitted.
+        let replaced = c.successor().map(|s| s.job.job_id.clone());
+        if let Some(id) = &replaced {
+            jobs::cancel(id, None)?;
+            c.end(id, "replaced by `llmgw restart`", None);
+        }
+        let generation = c.next_generation();
+        let (config_copy, script_path) = chain::generation_files(&dir, generation);
+        let plan = Plan::new(&source, &cfg, &name, &dir, config_copy.clone())?;
+        if let Some(key) = &plan.key_file {
+            ensure_key(key)?;
+        }
+        state::write_atomic(&config_copy, &config_text, 0o600)
+            .with_context(|| format!("cannot write {}", config_copy.display()))?;
+        state::write_atomic(&script_path, plan.script.as_bytes(), 0o600)
+            .with_context(|| format!("cannot write {}", script_path.display()))?;
+        let record = JobRecord {
+            job_id: String::new(),
+            name: name.clone(),
+            config: source.display().to_string(),
+            config_copy,
+            submitted_at: String::new(),
+            script: script_path,
+            log: plan.log_pattern.clone(),
+            grace_secs: plan.grace_secs,
+        };
+        let (generation, id) =
+            crate::renew::submit_generation(&dir, c, record, &old, Why::Restart)?;
+        Ok((generation, id, replaced))
+    })??;
+    let (generation, new, replaced) = submitted;
+    if let Some(r) = &replaced {
+        eprintln!("cancelled job {r}, the successor submitted earlier: this restart replaces it");
+    }
+    if args.no_wait {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"ok": true, "name": name, "job_id": new, "generation": generation,
+                    "previous_job_id": old, "state": "SUBMITTED"})
+            );
+        } else {
+            println!(
+                "submitted job {new} (generation {generation}) to take over from job {old}; follow it with `llmgw status{}`",
+                name_flag(&name)
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rt = super::runtime()?;
+    match rt.block_on(wait(&dir, &new, args.timeout))? {
+        Ok(ep) => {
+            let models = cfg
+                .config
+                .models
+                .iter()
+                .map(|m| m.name.get_ref().as_str())
+                .collect::<std::collections::BTreeSet<_>>();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "name": name, "job_id": new, "generation": generation,
+                        "previous_job_id": old, "node": ep.host, "port": ep.port,
+                        "url": format!("{}/v1", ep.base_url()), "models": models})
+                );
+            } else {
+                println!(
+                    "✔ llmgw \"{name}\" restarted: job {new} (generation {generation}) on {}, port {}, took over from job {old}",
+                    ep.host, ep.port
+                );
+                println!(
+                    "  job {old} forwards what still reaches it, finishes its requests and exits"
+                );
+                println!(
+                    "  models: {}",
+                    models.into_iter().collect::<Vec<_>>().join(", ")
+                );
+                println!(
+                    "  on the cluster:   export OPENAI_BASE_URL={}/v1",
+                    ep.base_url()
+                );
+                println!(
+                    "  stable address:   {}",
+                    super::connect_command(&name, &dir, None)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err((info, why)) => {
+            let log = crate::slurm::log_path(&dir.join(crate::slurm::LOG_PATTERN), &new);
+            for l in tail_lines(&log, 20) {
+                eprintln!("  | {l}");
+            }
+            let state = info.map_or_else(|| "gone".to_string(), |i| i.describe());
+            anyhow::bail!(
+                "the new job {new} {why} (it is {state}); job {old} keeps serving; log: {}",
+                log.display()
+            )
+        }
+    }
+}
+
+/// Waits until `endpoint.json` names job `new` and it answers ready. `Err` with the last
+/// SLURM state and what went wrong.
+async fn wait(
+    dir: &Path,
+    new: &str,
+    timeout: Duration,
+) -> anyhow::Result<Result<EndpointRecord, (Option<JobInfo>, String)>> {
+    let client = super::http_client()?;
+    let started = Instant::now();
+    let mut progress = Progress::new();
+    let mut last = None;
+    let outcome = loop {
+        if started.elapsed() >= timeout {
+            break Err((last, format!("was not ready within {timeout:?}")));
+        }
+        let info = jobs::query(new)?;
+        match &info {
+            Some(i) if i.is_pending() => {
+                progress.set("pending", format!("job {new} {}", i.describe()));
+            }
+            Some(i) if i.is_running() => {
+                if let Some(ep) = EndpointRecord::read(dir).ok().flatten() {
+                    if ep.job_id.as_deref() == Some(new) && super::is_ready(&client, &ep).await {
+                        break Ok(ep);
+                    }
+                }
+                let doing = loading_text(BackendsFile::read_path(
+                    &dir.join(chain::SUCCESSOR_BACKENDS_FILE),
+                ));
+                progress.set(
+                    &format!("running {doing}"),
+                    format!(
+                        "job {new} RUNNING on {} — {doing}",
+                        i.node.as_deref().unwrap_or("?")
+                    ),
+                );
+            }
+            _ => break Err((info.clone(), "ended before it was ready".into())),
+        }
+        last = info;
+        tokio::time::sleep(POLL).await;
+    };
+    progress.finish();
+    Ok(outcome)
+}
