@@ -537,15 +537,19 @@ impl AppState {
     }
 }
 
+/// The model groups, readable by OpenAI's and Anthropic's SDKs alike (each entry carries
+/// both APIs' fields, the list Anthropic's paging fields).
 fn models_body(names: &[String]) -> Bytes {
     let data: Vec<serde_json::Value> = names
         .iter()
-        .map(|n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "llmgw"}))
+        .map(|n| {
+            serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "llmgw",
+                "type": "model", "display_name": n, "created_at": "1970-01-01T00:00:00Z"})
+        })
         .collect();
-    Bytes::from(
-        serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
-            .unwrap_or_default(),
-    )
+    let body = serde_json::json!({"object": "list", "data": data, "has_more": false,
+        "first_id": names.first(), "last_id": names.last()});
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {

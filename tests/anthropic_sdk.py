@@ -14,6 +14,7 @@ result. CHECKs:
   bad:GROUP               a 400 from the upstream is the SDK's BadRequestError
   missing:GROUP           an unknown model group is the SDK's NotFoundError
   count:GROUP:N           count_tokens answers N (N = "any": some positive number)
+  models:GROUP            the SDK's models.list() names GROUP
   passthrough:GROUP:BETA  a request with `anthropic-beta: BETA`; prints the exact bytes
                           the SDK sent (base64) after "SENT " and its anthropic-version
                           after "VERSION ", for the caller to compare
@@ -175,6 +176,12 @@ def count(client, group, want):
     print(f"anthropic_sdk.py: count {group}: {n}")
 
 
+def models(client, group):
+    ids = [m.id for m in client.models.list()]
+    check(group in ids, f"models.list(): {ids!r}")
+    print(f"anthropic_sdk.py: models: {ids}")
+
+
 def passthrough(base, key, group, beta):
     sent = []
     # The SDK's own HTTP client class, with a hook that sees each request as sent.
@@ -216,6 +223,8 @@ def main():
         elif kind == "count":
             group, want = rest.split(":", 1)
             count(client, group, want)
+        elif kind == "models":
+            models(client, rest)
         elif kind == "passthrough":
             group, beta = rest.split(":", 1)
             passthrough(base, key, group, beta)

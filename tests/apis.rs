@@ -175,6 +175,7 @@ async fn anthropic_sdk_against_openai_compatible_and_gemini_groups() {
             "missing:no-such-group",
             "count:qwen:any",
             "count:gem:any",
+            "models:gem",
         ],
         KEY,
     )
