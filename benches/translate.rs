@@ -26,6 +26,12 @@
 //! machine shared with other builds, where wall time also counts waiting for a core.
 //! The allocator is the server's (mimalloc).
 //!
+//! Issue 12 adds the other client APIs through the hub: an Anthropic Messages request
+//! (`benches/data/messages_with_tools.json`, the same conversation as the chat fixture)
+//! to an OpenAI-compatible (SGLang) deployment and, for comparison, passed through to
+//! Anthropic; and an OpenAI-compatible answer and 20-event stream translated for an
+//! Anthropic client and for a Responses client.
+//!
 //! Results and their reading: BENCHMARKS.md, "Provider translation cost".
 
 use bytes::{Bytes, BytesMut};
@@ -105,6 +111,11 @@ impl Measurement for ThreadCpu {
 /// The typical agent request of `benches/hot_path.rs`: system prompt, user, assistant
 /// tool call, tool result, user; two tools; sampling parameters; streaming with usage.
 const CHAT_WITH_TOOLS: &str = include_str!("data/chat_with_tools.json");
+
+/// The same conversation as an Anthropic Messages request (Claude Code's shape: system
+/// blocks and tools with `cache_control`, the tool result and the next question in one
+/// user turn).
+const MESSAGES_WITH_TOOLS: &str = include_str!("data/messages_with_tools.json");
 
 /// The streamed answer: 16 text pieces of a few tokens each, like a real stream.
 const ANSWER: [&str; 16] = [
@@ -228,13 +239,63 @@ fn gemini_stream() -> Vec<Bytes> {
         .collect()
 }
 
+/// An OpenAI-compatible (SGLang) answer: a sentence and a tool call.
+fn openai_response() -> Bytes {
+    Bytes::from(
+        json!({"id": "chatcmpl-8d2f", "object": "chat.completion", "created": 1_700_000_000u64,
+            "model": "Qwen/Qwen3-8B",
+            "choices": [{"index": 0, "message": {"role": "assistant",
+                "content": "I'll read the energy column of the 2024-05-25 run first.",
+                "tool_calls": [{"id": "call_0a1b2c", "type": "function", "function": {"name": "read_csv",
+                    "arguments": "{\"path\": \"runs/2024-05-25/results.csv\", \"columns\": [\"energy\"]}"}}]},
+                "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 412, "completion_tokens": 58, "total_tokens": 470}})
+        .to_string(),
+    )
+}
+
+/// An OpenAI-compatible stream of 20 events: the role chunk, 16 text pieces, the finish
+/// chunk, the usage chunk and `[DONE]`, as SGLang sends them with `include_usage`.
+fn openai_stream() -> Vec<Bytes> {
+    openai_stream_of(ANSWER.len())
+}
+
+/// The same with `pieces` text events (the answer's pieces, repeated).
+fn openai_stream_of(pieces: usize) -> Vec<Bytes> {
+    let chunk = |delta: Value, finish: Value| {
+        let v = json!({"id": "chatcmpl-8d2f", "object": "chat.completion.chunk",
+            "created": 1_700_000_000u64, "model": "Qwen/Qwen3-8B",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "usage": null});
+        Bytes::from(format!("data: {v}\n\n"))
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for piece in ANSWER.iter().cycle().take(pieces) {
+        events.push(chunk(json!({"content": piece}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    let usage = json!({"id": "chatcmpl-8d2f", "object": "chat.completion.chunk",
+        "created": 1_700_000_000u64, "model": "Qwen/Qwen3-8B", "choices": [],
+        "usage": {"prompt_tokens": 412, "completion_tokens": 61, "total_tokens": 473}});
+    events.push(Bytes::from(format!("data: {usage}\n\n")));
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    assert_eq!(events.len(), pieces + 4);
+    events
+}
+
 /// Translates a whole stream as `router::stream` does: a fresh buffer per network chunk.
 fn translate_stream(
     dep: &Deployment,
     req: &ClientRequest,
     chunks: &[Bytes],
 ) -> (usize, Option<Bytes>) {
-    let mut tr = dep.provider.stream_translator(dep, req);
+    let mut tr = dep
+        .provider
+        .stream_translator(dep, req)
+        .expect("a translated stream");
     let mut sent = 0;
     let mut last = None;
     for chunk in chunks {
@@ -256,8 +317,10 @@ fn translate_stream(
 
 struct Setup {
     body: Bytes,
+    messages: Bytes,
     client: reqwest::Client,
     openai: Deployment,
+    sglang: Deployment,
     anthropic: Deployment,
     gemini: Deployment,
 }
@@ -265,7 +328,13 @@ struct Setup {
 fn setup() -> Setup {
     let s = Setup {
         body: Bytes::from_static(CHAT_WITH_TOOLS.as_bytes()),
+        messages: Bytes::from_static(MESSAGES_WITH_TOOLS.as_bytes()),
         client: client(),
+        sglang: deployment(
+            ProviderKind::Sglang,
+            "Qwen/Qwen3-8B",
+            "http://gpu113:30000/v1",
+        ),
         openai: deployment(
             ProviderKind::Openai,
             "gpt-4o-mini",
@@ -319,7 +388,51 @@ fn setup() -> Setup {
             .unwrap()
             .contains("\"total_tokens\""));
     }
+    // The other client APIs: an Anthropic request reaches SGLang as chat completions,
+    // SGLang's answers reach Anthropic and Responses clients in their formats.
+    let msg = parse_as(Endpoint::Messages, &s.messages);
+    let r = s
+        .sglang
+        .provider
+        .build(&s.client, &s.sglang, &msg)
+        .unwrap()
+        .build()
+        .unwrap();
+    let out: Value = serde_json::from_slice(r.body().and_then(|b| b.as_bytes()).unwrap()).unwrap();
+    assert_eq!(out["messages"].as_array().unwrap().len(), 5, "{out}");
+    assert_eq!(out["messages"][3]["role"], "tool", "{out}");
+    let resp = responses_request();
+    for (req, end) in [
+        (
+            &msg,
+            &b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"[..],
+        ),
+        (&resp, &b"}}\n\n"[..]),
+    ] {
+        let out = s
+            .sglang
+            .provider
+            .translate_body(&s.sglang, req, openai_response())
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert!(v["content"].is_array() || v["output"].is_array(), "{v}");
+        let (_, last) = translate_stream(&s.sglang, req, &openai_stream());
+        let last = last.expect("output");
+        assert!(last.ends_with(end), "{}", String::from_utf8_lossy(&last));
+    }
     s
+}
+
+fn parse_as(endpoint: Endpoint, body: &Bytes) -> ClientRequest {
+    ClientRequest::parse(endpoint, body.clone()).expect("valid request")
+}
+
+/// A streamed Responses request (only its endpoint matters for the answer's format).
+fn responses_request() -> ClientRequest {
+    parse_as(
+        Endpoint::Responses,
+        &Bytes::from_static(br#"{"model":"qwen3","input":"Hi","stream":true}"#),
+    )
 }
 
 fn parse(body: &Bytes) -> ClientRequest {
@@ -353,6 +466,20 @@ fn request(c: &mut Criterion<ThreadCpu>) {
             })
         });
     }
+    // Acceptance item 6 of issue 12: an Anthropic client's request to an
+    // OpenAI-compatible deployment, through the hub (≤ 10 µs); the same request passed
+    // through to Anthropic, for comparison.
+    for (name, dep) in [
+        ("anthropic_in_to_openai", &s.sglang),
+        ("anthropic_in_passthrough", &s.anthropic),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let req = parse_as(Endpoint::Messages, black_box(&s.messages));
+                dep.provider.build(&s.client, dep, &req).expect("builds")
+            })
+        });
+    }
     g.finish();
 }
 
@@ -372,6 +499,21 @@ fn response(c: &mut Criterion<ThreadCpu>) {
             })
         });
     }
+    let msg = parse_as(Endpoint::Messages, &s.messages);
+    let resp = responses_request();
+    for (name, req) in [
+        ("openai_to_anthropic", &msg),
+        ("openai_to_responses", &resp),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                s.sglang
+                    .provider
+                    .translate_body(&s.sglang, req, black_box(openai_response()))
+                    .expect("translates")
+            })
+        });
+    }
     g.finish();
 }
 
@@ -385,6 +527,21 @@ fn stream(c: &mut Criterion<ThreadCpu>) {
     ] {
         g.bench_function(name, |b| {
             b.iter(|| translate_stream(dep, &req, black_box(&chunks)))
+        });
+    }
+    let msg = parse_as(Endpoint::Messages, &s.messages);
+    let resp = responses_request();
+    // 20 events, and 200 (196 text pieces): the difference is the cost per event, the
+    // rest the fixed cost of a response (Responses repeats the whole answer at its end).
+    let (short, long) = (openai_stream(), openai_stream_of(196));
+    for (name, req, chunks) in [
+        ("openai_to_anthropic_20_events", &msg, &short),
+        ("openai_to_anthropic_200_events", &msg, &long),
+        ("openai_to_responses_20_events", &resp, &short),
+        ("openai_to_responses_200_events", &resp, &long),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| translate_stream(&s.sglang, req, black_box(chunks)))
         });
     }
     g.finish();

@@ -41,11 +41,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# --- Python SDK used by the compatibility tests -------------------------------------
-if ! python3 -c "import openai" >/dev/null 2>&1; then
-  log "installing the OpenAI Python SDK (pip install openai)"
-  python3 -m pip install --quiet --disable-pip-version-check openai
-fi
+# --- Python SDKs used by the compatibility tests ------------------------------------
+for sdk in openai anthropic; do
+  if ! python3 -c "import $sdk" >/dev/null 2>&1; then
+    log "installing the $sdk Python SDK (pip install $sdk)"
+    python3 -m pip install --quiet --disable-pip-version-check "$sdk"
+  fi
+done
 
 # --- Rust components -----------------------------------------------------------------
 if [ $quick -eq 0 ]; then

@@ -277,6 +277,10 @@ pub struct ModelConfig {
     /// Drop parameters the provider does not support instead of rejecting the request.
     #[serde(default)]
     pub drop_params: bool,
+    /// The upstream serves OpenAI's Responses API (`POST /responses`) itself, so
+    /// `/v1/responses` passes through; otherwise it is translated to chat completions.
+    /// Default: true for provider `openai` at api.openai.com, false elsewhere.
+    pub responses_api: Option<bool>,
     /// Start and supervise this backend inside the job (SGLang or a custom command).
     pub launch: Option<LaunchConfig>,
 }
@@ -762,6 +766,18 @@ impl Config {
                     here,
                     format!(
                         "model {:?}: provider azure needs api_version, e.g. \"2024-10-21\"",
+                        m.name.get_ref()
+                    ),
+                ));
+            }
+            if m.responses_api == Some(true)
+                && !matches!(m.provider, ProviderKind::Openai | ProviderKind::Sglang)
+            {
+                return Err(src.at(
+                    here,
+                    format!(
+                        "model {:?}: responses_api is only for OpenAI-compatible upstreams \
+                         (provider openai or sglang); other providers get /v1/responses translated",
                         m.name.get_ref()
                     ),
                 ));

@@ -1,7 +1,9 @@
-//! Errors the gateway returns to clients, always in OpenAI's shape:
-//! `{"error":{"message","type","param","code"}}` with a matching HTTP status, so that
-//! OpenAI SDKs raise their usual exception classes.
+//! Errors the gateway returns to clients, in the shape of the client's API with a
+//! matching HTTP status, so that SDKs raise their usual exception classes: OpenAI's
+//! `{"error":{"message","type","param","code"}}` (chat, completions, embeddings and
+//! Responses), Anthropic's `{"type":"error","error":{"type","message"}}`.
 
+use crate::request::Api;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -128,6 +130,110 @@ impl ApiError {
     }
 }
 
+#[derive(Serialize)]
+struct AnthropicBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicInner<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicInner<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+/// The Responses API's in-stream `error` event, with the OpenAI error object as well so
+/// that OpenAI SDKs raise it.
+#[derive(Serialize)]
+struct ResponsesErrorEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: Option<&'a str>,
+    message: &'a str,
+    param: Option<&'a str>,
+    sequence_number: u64,
+    error: Inner<'a>,
+}
+
+impl ApiError {
+    /// Anthropic's error type for this error.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            402 => "billing_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            408 | 504 => "timeout_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The JSON body in `api`'s shape.
+    pub fn body_for(&self, api: Api) -> Bytes {
+        match api {
+            Api::OpenAi | Api::Responses => self.body(),
+            Api::Anthropic => Bytes::from(
+                serde_json::to_vec(&AnthropicBody {
+                    kind: "error",
+                    error: AnthropicInner {
+                        kind: self.anthropic_type(),
+                        message: &self.message,
+                    },
+                })
+                .unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// The error as one SSE event in `api`'s stream format.
+    pub fn sse_event_for(&self, api: Api) -> Bytes {
+        let mut out = Vec::with_capacity(self.message.len() + 160);
+        match api {
+            Api::OpenAi => return self.sse_event(),
+            Api::Anthropic => {
+                out.extend_from_slice(b"event: error\ndata: ");
+                out.extend_from_slice(&self.body_for(Api::Anthropic));
+            }
+            Api::Responses => {
+                out.extend_from_slice(b"event: error\ndata: ");
+                let inner = Inner {
+                    message: &self.message,
+                    kind: self.kind,
+                    param: self.param.as_deref(),
+                    code: self.code.as_deref(),
+                };
+                let ev = ResponsesErrorEvent {
+                    kind: "error",
+                    code: self.code.as_deref().or(Some(self.kind)),
+                    message: &self.message,
+                    param: self.param.as_deref(),
+                    sequence_number: 0,
+                    error: inner,
+                };
+                let _ = serde_json::to_writer(&mut out, &ev);
+            }
+        }
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    /// The response for this error, in `api`'s shape.
+    pub fn into_response_for(self, api: Api) -> Response {
+        let body = self.body_for(api);
+        let mut resp = self.into_response();
+        if api == Api::Anthropic {
+            *resp.body_mut() = axum::body::Body::from(body);
+        }
+        resp
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, self.body()).into_response();
@@ -167,6 +273,45 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["param"], "model");
         assert_eq!(v["error"]["code"], "model_not_found");
+    }
+
+    #[test]
+    fn anthropic_and_responses_shapes() {
+        let e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "busy",
+        );
+        let v: serde_json::Value = serde_json::from_slice(&e.body_for(Api::Anthropic)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
+        );
+        let ev = e.sse_event_for(Api::Anthropic);
+        assert!(ev.starts_with(b"event: error\ndata: {\"type\":\"error\""));
+        assert!(ev.ends_with(b"\n\n"));
+        let ev = ApiError::bad_request("no").sse_event_for(Api::Responses);
+        let text = std::str::from_utf8(&ev).unwrap();
+        let data: serde_json::Value =
+            serde_json::from_str(text.trim().strip_prefix("event: error\ndata: ").unwrap())
+                .unwrap();
+        assert_eq!(data["type"], "error");
+        assert_eq!(data["message"], "no");
+        assert_eq!(data["error"]["type"], "invalid_request_error");
+        for (status, kind) in [
+            (400, "invalid_request_error"),
+            (401, "authentication_error"),
+            (404, "not_found_error"),
+            (413, "request_too_large"),
+            (429, "rate_limit_error"),
+            (502, "api_error"),
+            (504, "timeout_error"),
+        ] {
+            let e = ApiError::new(StatusCode::from_u16(status).unwrap(), "x", "m");
+            assert_eq!(e.anthropic_type(), kind, "{status}");
+        }
+        let resp = ApiError::not_found("gone").into_response_for(Api::Anthropic);
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     }
 
     #[test]

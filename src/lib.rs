@@ -8,6 +8,7 @@
 pub mod access;
 pub mod admin;
 pub mod agent;
+pub mod apis;
 pub mod cache;
 pub mod cli;
 pub mod commands;

@@ -60,6 +60,8 @@ pub struct Behavior {
     /// Requests served at once; more wait in a queue (what `/get_load` reports, as
     /// SGLang's running batch and waiting queue). `None`: no limit.
     pub max_running: Option<u64>,
+    /// The `finish_reason` of a text answer instead of `stop` (e.g. `length`).
+    pub finish_reason: Option<String>,
 }
 
 impl Default for Behavior {
@@ -78,6 +80,7 @@ impl Default for Behavior {
             pad_bytes: 0,
             api_key: None,
             max_running: None,
+            finish_reason: None,
         }
     }
 }
@@ -202,6 +205,7 @@ fn router(state: Arc<MockState>) -> axum::Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/get_model_info", get(model_info))
@@ -435,10 +439,11 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         }
     }
     let model = req.model;
+    let finish = b.finish_reason.clone().unwrap_or_else(|| "stop".into());
     if !req.stream {
         let body = serde_json::json!({
             "id": id, "object": "chat.completion", "created": 1_700_000_000u64, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "logprobs": null, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "logprobs": null, "finish_reason": finish}],
             "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens}
         });
         if b.pad_bytes > 0 {
@@ -472,7 +477,7 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         };
         events.push(chunk(delta, None));
     }
-    events.push(chunk(serde_json::json!({}), Some("stop")));
+    events.push(chunk(serde_json::json!({}), Some(&finish)));
     if include_usage {
         let v = serde_json::json!({
             "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
@@ -635,6 +640,120 @@ fn sse(
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
+}
+
+/// `POST /v1/responses`, for a deployment that serves OpenAI's Responses API itself: a
+/// text answer, or (with [`Behavior::tool_calls`], when the request declares function
+/// tools and its input does not end with a function call's output) a call of the first
+/// tool; streamed as typed events when asked.
+async fn responses(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    use serde_json::{json, Value};
+    let (req, b, slot) = match admit(&s, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let n = s.requests.load(Ordering::Relaxed);
+    let id = format!("resp_mock_{}_{n}", s.name);
+    let reply = b.reply.replace("{name}", &s.name);
+    let answered = req
+        .input
+        .as_ref()
+        .and_then(|i| i.as_array())
+        .and_then(|items| items.last())
+        .is_some_and(|it| it["type"] == "function_call_output");
+    let tool = req
+        .tools
+        .as_ref()
+        .and_then(|t| t.first())
+        .filter(|t| b.tool_calls && !answered && t["type"] == "function");
+    let usage = json!({"input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": b.chunks, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": PROMPT_TOKENS + b.chunks as u64});
+    let item = match tool {
+        Some(t) => json!({"type": "function_call", "id": format!("fc_mock_{n}"),
+            "call_id": format!("call_mock_{n}"), "name": t["name"],
+            "arguments": tool_args_for(t.get("parameters")).to_string(), "status": "completed"}),
+        None => json!({"type": "message", "id": format!("msg_mock_{n}"), "status": "completed",
+            "role": "assistant", "content": [{"type": "output_text", "text": reply, "annotations": []}]}),
+    };
+    let response = |status: &str, output: Value, usage: Value| {
+        json!({"id": id, "object": "response", "created_at": 1_700_000_000u64, "status": status,
+            "error": null, "incomplete_details": null, "model": req.model, "output": output,
+            "parallel_tool_calls": true, "tool_choice": "auto", "tools": [], "usage": usage})
+    };
+    if !req.stream {
+        return json(response("completed", json!([item]), usage).to_string());
+    }
+    let mut seq = 0u64;
+    let mut ev = |name: &str, mut data: Value| {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+    };
+    let mut events = vec![
+        ev(
+            "response.created",
+            json!({"response": response("in_progress", json!([]), Value::Null)}),
+        ),
+        ev(
+            "response.in_progress",
+            json!({"response": response("in_progress", json!([]), Value::Null)}),
+        ),
+    ];
+    let item_id = item["id"].clone();
+    let mut added = item.clone();
+    added["status"] = json!("in_progress");
+    if tool.is_some() {
+        let args = item["arguments"].as_str().unwrap_or("{}").to_string();
+        added["arguments"] = json!("");
+        events.push(ev(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": added}),
+        ));
+        let mid = (0..=args.len() / 2)
+            .rev()
+            .find(|&i| args.is_char_boundary(i))
+            .unwrap_or(0);
+        for frag in [&args[..mid], &args[mid..]] {
+            events.push(ev(
+                "response.function_call_arguments.delta",
+                json!({"item_id": item_id, "output_index": 0, "delta": frag}),
+            ));
+        }
+        events.push(ev(
+            "response.function_call_arguments.done",
+            json!({"item_id": item_id, "output_index": 0, "arguments": args}),
+        ));
+    } else {
+        added["content"] = json!([]);
+        events.push(ev(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": added}),
+        ));
+        let part = |text: &str| json!({"type": "output_text", "text": text, "annotations": []});
+        events.push(ev(
+            "response.content_part.added",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part("")}),
+        ));
+        for piece in split_reply(&reply, b.chunks) {
+            events.push(ev("response.output_text.delta",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": piece, "logprobs": []})));
+        }
+        events.push(ev("response.output_text.done",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "text": reply, "logprobs": []})));
+        events.push(ev("response.content_part.done",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part(&reply)})));
+    }
+    events.push(ev(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": item}),
+    ));
+    events.push(ev(
+        "response.completed",
+        json!({"response": response("completed", json!([item]), usage)}),
+    ));
+    sse(s, events, b.chunk_delay, b.cut_after, slot)
 }
 
 async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -6,7 +6,9 @@
 //! error event, a forced stop reason). When the request declares tools and the
 //! conversation does not end with a tool result, they answer with a call of the first
 //! tool, arguments made up from its schema, so a streamed tool call can be tested. Each
-//! records the last request body and the key header it carried.
+//! records the last request body exactly as received and its headers. The Anthropic mock
+//! also counts tokens (`/v1/messages/count_tokens`: one per whitespace-separated word of
+//! the request's text, plus one per message).
 
 use crate::mock::{Behavior, Fault};
 use axum::body::Body;
@@ -52,6 +54,7 @@ pub struct CloudState {
     last_key: Mutex<Option<String>>,
     /// Path and query of the last request.
     last_uri: Mutex<Option<String>>,
+    last_headers: Mutex<HeaderMap>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -84,6 +87,13 @@ impl CloudState {
     /// Path and query of the last request.
     pub fn last_uri(&self) -> Option<String> {
         lock(&self.last_uri).clone()
+    }
+    /// A header of the last request.
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        lock(&self.last_headers)
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
@@ -120,9 +130,12 @@ impl CloudMock {
             last_body: Mutex::new(None),
             last_key: Mutex::new(None),
             last_uri: Mutex::new(None),
+            last_headers: Mutex::new(HeaderMap::new()),
         });
         let app = match kind {
-            CloudKind::Anthropic => axum::Router::new().route("/v1/messages", post(anthropic)),
+            CloudKind::Anthropic => axum::Router::new()
+                .route("/v1/messages", post(anthropic))
+                .route("/v1/messages/count_tokens", post(anthropic_count)),
             CloudKind::Gemini => axum::Router::new().route("/v1beta/models/{action}", post(gemini)),
         }
         .with_state(state.clone());
@@ -221,6 +234,7 @@ async fn admit(
         .map(str::to_string);
     *lock(&s.last_key) = key.clone();
     *lock(&s.last_uri) = Some(uri);
+    *lock(&s.last_headers) = headers.clone();
     let b = s.behavior();
     let extra = lock(&s.extra).clone();
     if key.is_none() {
@@ -441,6 +455,47 @@ async fn anthropic(State(s): State<Arc<CloudState>>, headers: HeaderMap, body: B
     ));
     events.push(ev("message_stop", json!({"type": "message_stop"})));
     stream_response(events, b.chunk_delay, b.cut_after)
+}
+
+/// The mock's token count of a Messages request: one per whitespace-separated word of
+/// every string in `system`, `messages` and `tools`, plus one per message.
+pub fn mock_token_count(req: &Value) -> u64 {
+    fn words(v: &Value) -> u64 {
+        match v {
+            Value::String(s) => s.split_whitespace().count() as u64,
+            Value::Array(a) => a.iter().map(words).sum(),
+            Value::Object(o) => o.values().map(words).sum(),
+            _ => 0,
+        }
+    }
+    let messages = req["messages"].as_array().map_or(0, |m| m.len() as u64);
+    words(&req["system"]) + words(&req["messages"]) + words(&req["tools"]) + messages
+}
+
+async fn anthropic_count(
+    State(s): State<Arc<CloudState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let uri = "/v1/messages/count_tokens".to_string();
+    let (_, _, req) = match admit(&s, "x-api-key", &headers, uri, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if headers.get("anthropic-version").is_none() || req.get("messages").is_none() {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            error_body(
+                CloudKind::Anthropic,
+                400,
+                "messages: Field required (and the anthropic-version header)",
+            ),
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        json!({"input_tokens": mock_token_count(&req)}),
+    )
 }
 
 // ---------------------------------------------------------------------------------------

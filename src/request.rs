@@ -12,12 +12,19 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::ops::Range;
 
-/// The OpenAI endpoints the gateway proxies.
+/// The endpoints the gateway proxies: OpenAI's, Anthropic's Messages and OpenAI's
+/// Responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// Anthropic `POST /v1/messages/count_tokens`.
+    CountTokens,
+    /// OpenAI `POST /v1/responses`.
+    Responses,
 }
 
 impl Endpoint {
@@ -27,6 +34,61 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat/completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "messages/count_tokens",
+            Endpoint::Responses => "responses",
+        }
+    }
+
+    /// The chat format of a chat endpoint (translated through the hub when a deployment
+    /// speaks another); `None` for the others, which only pass through.
+    pub fn chat_format(self) -> Option<crate::providers::hub::Format> {
+        use crate::providers::hub::Format;
+        match self {
+            Endpoint::ChatCompletions => Some(Format::OpenAiChat),
+            Endpoint::Messages => Some(Format::Anthropic),
+            Endpoint::Responses => Some(Format::Responses),
+            Endpoint::Completions | Endpoint::Embeddings | Endpoint::CountTokens => None,
+        }
+    }
+
+    /// The API family whose shapes the client expects (errors, streams).
+    pub fn api(self) -> Api {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => Api::Anthropic,
+            Endpoint::Responses => Api::Responses,
+            _ => Api::OpenAi,
+        }
+    }
+}
+
+/// The API family a client speaks: decides the shape of its errors and of its streams'
+/// framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    OpenAi,
+    Anthropic,
+    Responses,
+}
+
+/// Client headers passed on to an upstream that speaks the client's own API.
+#[derive(Debug, Clone, Default)]
+pub struct Forwarded {
+    /// Anthropic's `anthropic-version`.
+    pub anthropic_version: Option<axum::http::HeaderValue>,
+    /// Anthropic's `anthropic-beta` (comma-separated feature names).
+    pub anthropic_beta: Option<axum::http::HeaderValue>,
+}
+
+impl Forwarded {
+    /// The headers of `headers` an upstream of `endpoint`'s API may see.
+    pub fn from_headers(endpoint: Endpoint, headers: &axum::http::HeaderMap) -> Self {
+        if endpoint.api() != Api::Anthropic {
+            return Forwarded::default();
+        }
+        Forwarded {
+            anthropic_version: headers.get("anthropic-version").cloned(),
+            anthropic_beta: headers.get("anthropic-beta").cloned(),
         }
     }
 }
@@ -42,6 +104,8 @@ pub struct ClientRequest {
     pub include_usage: bool,
     /// llmgw's own per-request fields (removed from `body` before it goes upstream).
     pub options: RequestOptions,
+    /// Client headers for an upstream of the client's own API.
+    pub forwarded: Forwarded,
     /// Byte range of the `model` value (quotes included) in `body`.
     model_span: Range<usize>,
 }
@@ -226,6 +290,7 @@ impl ClientRequest {
             stream,
             include_usage,
             options,
+            forwarded: Forwarded::default(),
             model_span,
         };
         if has_own {
@@ -262,8 +327,14 @@ impl ClientRequest {
     /// (`stream_options.include_usage`), so a streamed answer can be charged. Unchanged
     /// when it is not a stream or already asks. The client's own `include_usage` is
     /// remembered by the caller, which removes the chunk again (`spend::meter`).
+    /// Only OpenAI's API needs asking: Anthropic and Responses streams always carry usage
+    /// (and their bodies have no `stream_options`).
     pub fn with_usage_requested(self) -> ClientRequest {
-        if !self.stream || self.include_usage || self.endpoint == Endpoint::Embeddings {
+        if !self.stream
+            || self.include_usage
+            || self.endpoint == Endpoint::Embeddings
+            || self.endpoint.api() != Api::OpenAi
+        {
             return self;
         }
         let has_options = memchr::memmem::find(&self.body, b"\"stream_options\"").is_some();
@@ -384,6 +455,14 @@ mod tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         let plain = parse(r#"{"model":"m"}"#).unwrap().with_usage_requested();
         assert_eq!(&plain.body[..], br#"{"model":"m"}"#);
+        // Anthropic and Responses bodies are left alone: their streams carry usage.
+        for endpoint in [Endpoint::Messages, Endpoint::Responses] {
+            let body = Bytes::from_static(br#"{"model":"m","stream":true}"#);
+            let r = ClientRequest::parse(endpoint, body.clone())
+                .unwrap()
+                .with_usage_requested();
+            assert_eq!(r.body, body);
+        }
     }
 
     #[test]

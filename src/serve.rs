@@ -354,6 +354,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/models", get(models));
+    api = crate::apis::routes(api);
     if state.master_key.is_none() {
         api = api.route_layer(axum::middleware::from_fn(crate::access::local_only));
     }
@@ -390,8 +391,8 @@ async fn embeddings(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
     proxy(s, Endpoint::Embeddings, "/v1/embeddings", headers, body).await
 }
 
-/// The request path shared by the three proxied endpoints.
-async fn proxy(
+/// The request path shared by the proxied endpoints.
+pub(crate) async fn proxy(
     s: Arc<AppState>,
     endpoint: Endpoint,
     path: &'static str,
@@ -405,11 +406,26 @@ async fn proxy(
     let result = async {
         let caller = s.caller(&headers)?;
         let bytes = read_body(body, &headers, s.max_body).await?;
-        let req = ClientRequest::parse_bounded(endpoint, bytes).await?;
+        let mut req = ClientRequest::parse_bounded(endpoint, bytes).await?;
+        crate::apis::prepare(&mut req, &headers).await?;
         log.model = req.model.clone();
         log.stream = req.stream;
         if let Some(keys) = &s.keys {
             ticket = Some(keys.admit(&caller, &req)?);
+        }
+        if endpoint == Endpoint::CountTokens {
+            // Counting costs no model: the ticket is closed at no charge.
+            let resp = crate::apis::count_tokens(&s.router, &req, &mut log).await;
+            if let Some(t) = ticket.take() {
+                t.finish(crate::keys::enforce::Outcome {
+                    deployment: log.deployment.clone(),
+                    status: resp
+                        .as_ref()
+                        .map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()),
+                    ..Default::default()
+                });
+            }
+            return resp;
         }
         let pending = match s.cache.lookup(&req, &mut log).await? {
             crate::cache::Outcome::Hit(resp) => {
@@ -458,7 +474,7 @@ async fn proxy(
                     ..Default::default()
                 });
             }
-            let mut resp = e.into_response();
+            let mut resp = e.into_response_for(endpoint.api());
             if log.attempts > 0 {
                 let h = resp.headers_mut();
                 h.insert("x-llmgw-attempts", HeaderValue::from(log.attempts));
@@ -526,15 +542,19 @@ impl AppState {
     }
 }
 
+/// The model groups, readable by OpenAI's and Anthropic's SDKs alike (each entry carries
+/// both APIs' fields, the list Anthropic's paging fields).
 fn models_body(names: &[String]) -> Bytes {
     let data: Vec<serde_json::Value> = names
         .iter()
-        .map(|n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "llmgw"}))
+        .map(|n| {
+            serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "llmgw",
+                "type": "model", "display_name": n, "created_at": "1970-01-01T00:00:00Z"})
+        })
         .collect();
-    Bytes::from(
-        serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
-            .unwrap_or_default(),
-    )
+    let body = serde_json::json!({"object": "list", "data": data, "has_more": false,
+        "first_id": names.first(), "last_id": names.last()});
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
@@ -684,7 +704,7 @@ fn deployment_health(d: &crate::router::Deployment) -> serde_json::Value {
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     ApiError::not_found(format!(
-        "no route {}; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and /health",
+        "no route {}; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages, /v1/messages/count_tokens, /v1/responses, /v1/models and /health",
         uri.path()
     ))
     .into_response()

@@ -112,13 +112,55 @@ pub fn prices_for(m: &ModelConfig) -> (f64, f64) {
     )
 }
 
-/// Tokens of one request.
+/// Tokens of one request, from a `usage` object of any client API: OpenAI's
+/// `prompt_tokens`/`completion_tokens`, or Anthropic's and Responses'
+/// `input_tokens`/`output_tokens` (Anthropic's cache reads and writes are prompt tokens
+/// too).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "UsageFields")]
 pub struct Usage {
-    #[serde(default, rename = "prompt_tokens")]
     pub prompt: u64,
-    #[serde(default, rename = "completion_tokens")]
     pub completion: u64,
+}
+
+#[derive(Deserialize)]
+struct UsageFields {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl From<UsageFields> for Usage {
+    fn from(f: UsageFields) -> Usage {
+        let anthropic_cache = f
+            .cache_read_input_tokens
+            .unwrap_or(0)
+            .saturating_add(f.cache_creation_input_tokens.unwrap_or(0));
+        Usage {
+            prompt: f
+                .prompt_tokens
+                .unwrap_or_else(|| f.input_tokens.unwrap_or(0).saturating_add(anthropic_cache)),
+            completion: f.completion_tokens.or(f.output_tokens).unwrap_or(0),
+        }
+    }
+}
+
+impl Usage {
+    /// Usage reported in pieces (Anthropic sends the prompt's count when a stream starts
+    /// and the answer's when it ends): the largest count of each.
+    fn merge(&mut self, later: Usage) {
+        self.prompt = self.prompt.max(later.prompt);
+        self.completion = self.completion.max(later.completion);
+    }
 }
 
 impl Usage {
@@ -449,7 +491,7 @@ impl Metered {
             let ev = &rest[..end];
             rest = &rest[end..];
             if let Some(u) = usage_of(ev) {
-                self.outcome.usage = u;
+                self.outcome.usage.merge(u);
                 let usage_only = memchr::memmem::find(ev, b"\"choices\":[]").is_some();
                 if self.strip && usage_only {
                     continue;
@@ -475,8 +517,11 @@ impl Stream for Metered {
         loop {
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(b))) => {
-                    // The stream failed after its start (an error event): not a 200.
-                    if memchr::memmem::find(&b, b"data: {\"error\"").is_some() {
+                    // The stream failed after its start (an error event, OpenAI's or
+                    // Anthropic's and Responses'): not a 200.
+                    if memchr::memmem::find(&b, b"data: {\"error\"").is_some()
+                        || memchr::memmem::find(&b, b"event: error").is_some()
+                    {
                         this.outcome.status = 502;
                     }
                     // Fast path: whole events and no usage in them.
@@ -588,6 +633,38 @@ mod tests {
             "writer did not end cleanly: {ended:?}"
         );
         assert_eq!(spend.stats.written.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn usage_of_every_client_api() {
+        let anthropic = br#"{"type":"message","usage":{"input_tokens":5,"output_tokens":7,"cache_read_input_tokens":100,"cache_creation_input_tokens":0}}"#;
+        assert_eq!(
+            usage_of(anthropic),
+            Some(Usage {
+                prompt: 105,
+                completion: 7
+            })
+        );
+        let responses = br#"{"object":"response","usage":{"input_tokens":3,"input_tokens_details":{"cached_tokens":0},"output_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(
+            usage_of(responses),
+            Some(Usage {
+                prompt: 3,
+                completion: 4
+            })
+        );
+        // Anthropic streams: the prompt's count at the start, the answer's at the end.
+        let mut u = usage_of(br#"data: {"type":"message_start","message":{"usage":{"input_tokens":9,"output_tokens":1}}}"#).unwrap();
+        u.merge(
+            usage_of(br#"data: {"type":"message_delta","usage":{"output_tokens":6}}"#).unwrap(),
+        );
+        assert_eq!(
+            u,
+            Usage {
+                prompt: 9,
+                completion: 6
+            }
+        );
     }
 
     #[test]

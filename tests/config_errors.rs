@@ -98,6 +98,12 @@ async fn bad_values_are_located() {
     let out = serve_bad(cfg).await;
     let msg = expect_located_error(&out, 3, None);
     assert!(msg.contains("opneai"), "{msg}");
+
+    // Only an OpenAI-compatible upstream can serve the Responses API itself.
+    let cfg = "[[models]]\nname = \"c\"\nprovider = \"anthropic\"\nresponses_api = true\n";
+    let out = serve_bad(cfg).await;
+    let msg = expect_located_error(&out, 2, None);
+    assert!(msg.contains("responses_api"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

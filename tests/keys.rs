@@ -572,3 +572,82 @@ async fn translated_streams_are_charged() {
         assert_eq!(g["prompt_tokens"], 9, "{report}");
     }
 }
+
+// Anthropic Messages and Responses clients with a virtual key (sent as `x-api-key`, as the
+// Anthropic SDKs do): charged from the usage in their own formats, streamed or not,
+// translated or passed through; their bodies get no OpenAI `stream_options`.
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_and_responses_clients_are_charged() {
+    use llmgw::mock_cloud::CloudMock;
+    let up = mock("qwen", Behavior::default()).await;
+    let ant = CloudMock::anthropic("ant", Behavior::default())
+        .await
+        .unwrap();
+    let models = format!(
+        "{}\n[[models]]\nname = \"claude\"\nprovider = \"anthropic\"\nmodel = \"claude-x\"\n\
+         api_base = \"{}\"\napi_key = \"env:K\"\n{PRICED}\n",
+        openai_model("qwen", "q", &up.base_url(), PRICED),
+        ant.base_url()
+    );
+    let gw = gateway(&models, "")
+        .env("K", "secret-provider-key")
+        .start()
+        .await;
+    let base = gw.url("");
+    let (key, _) = new_key(&base, json!({"key_alias": "cc"})).await;
+    let post = |path: &'static str, body: Value| {
+        let (base, key) = (base.clone(), key.clone());
+        async move {
+            let resp = common::client()
+                .post(format!("{base}{path}"))
+                .header("x-api-key", key)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            assert!(resp.headers().contains_key("x-llmgw-request-id"));
+            resp.bytes().await.unwrap()
+        }
+    };
+    for (model, stream) in [("qwen", false), ("qwen", true), ("claude", true)] {
+        let out = post(
+            "/v1/messages",
+            json!({"model": model, "max_tokens": 9, "stream": stream,
+                "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&out);
+        let end = if stream { "message_stop" } else { "Hello from" };
+        assert!(text.contains(end), "{model}: {text}");
+    }
+    for stream in [false, true] {
+        post(
+            "/v1/responses",
+            json!({"model": "qwen", "input": "Hi", "stream": stream}),
+        )
+        .await;
+    }
+    let body: Value = serde_json::from_slice(&ant.state.last_body().unwrap()).unwrap();
+    assert!(body.get("stream_options").is_none(), "{body}");
+    let report = common::wait_for(Duration::from_secs(5), "spend rows", || async {
+        let (_, v) = admin(&base, Method::GET, "/spend/report?group_by=model", None).await;
+        let requests: i64 = v["groups"]
+            .as_array()?
+            .iter()
+            .filter_map(|g| g["requests"].as_i64())
+            .sum();
+        (requests == 5).then_some(v)
+    })
+    .await;
+    let groups = report["groups"].as_array().unwrap();
+    let total: i64 = groups.iter().filter_map(|g| g["cost_nanos"].as_i64()).sum();
+    let prompt: i64 = groups
+        .iter()
+        .filter_map(|g| g["prompt_tokens"].as_i64())
+        .sum();
+    // Every request: the mocks' 9 prompt and 5 completion tokens.
+    assert_eq!(prompt, 5 * 9, "{report}");
+    assert_eq!(total, 5 * COST_NANOS, "{report}");
+}

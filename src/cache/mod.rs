@@ -165,6 +165,8 @@ struct StoreJob {
     ttl: Duration,
     stream: bool,
     include_usage: bool,
+    /// The client's API: how its complete streams end.
+    api: crate::request::Api,
 }
 
 impl Cache {
@@ -247,6 +249,7 @@ impl Cache {
             ttl: ctl.ttl.unwrap_or(inner.ttl),
             stream: req.stream,
             include_usage: req.include_usage,
+            api: req.endpoint.api(),
         });
         if ctl.no_cache {
             return skip(Some(key), job);
@@ -387,10 +390,24 @@ fn answer(e: &Entry, req: &ClientRequest) -> Option<Response> {
     Some(r)
 }
 
-/// A complete stream: the last event is `data: [DONE]` and no error event was sent.
-fn stream_complete(buf: &[u8]) -> bool {
-    buf.trim_ascii_end().ends_with(b"data: [DONE]")
-        && memchr::memmem::find(buf, b"data: {\"error\"").is_none()
+/// A complete stream: it ends with the API's end event and no error event was sent.
+fn stream_complete(api: crate::request::Api, buf: &[u8]) -> bool {
+    use crate::request::Api;
+    let end = buf.trim_ascii_end();
+    match api {
+        Api::OpenAi => {
+            end.ends_with(b"data: [DONE]")
+                && memchr::memmem::find(buf, b"data: {\"error\"").is_none()
+        }
+        Api::Anthropic => {
+            end.ends_with(b"{\"type\":\"message_stop\"}")
+                && memchr::memmem::find(buf, b"event: error").is_none()
+        }
+        Api::Responses => {
+            memchr::memmem::find(buf, b"event: response.completed").is_some()
+                && memchr::memmem::find(buf, b"event: error").is_none()
+        }
+    }
 }
 
 /// Passes a streamed response through unchanged, keeping a copy; stores the copy when
@@ -443,7 +460,7 @@ impl Stream for Tee {
                 this.ended = true;
                 let buf = std::mem::take(&mut this.buf).freeze();
                 match this.job.take() {
-                    Some(job) if stream_complete(&buf) => {
+                    Some(job) if stream_complete(job.api, &buf) => {
                         let form = Form::for_stream(job.include_usage);
                         let mut f: Pin<Box<dyn Future<Output = ()> + Send>> =
                             Box::pin(job.store(form, buf));
@@ -616,7 +633,8 @@ fn synthesize_stream(endpoint: Endpoint, body: &[u8], include_usage: bool) -> Op
     let (object, chat) = match endpoint {
         Endpoint::ChatCompletions => ("chat.completion.chunk", true),
         Endpoint::Completions => ("text_completion", false),
-        Endpoint::Embeddings => return None,
+        // Embeddings do not stream; other APIs' streams are stored as they were sent.
+        _ => return None,
     };
     let mut out = BytesMut::new();
     let chunk = |out: &mut BytesMut, choices: Value, usage: Option<&Value>| {
@@ -906,10 +924,30 @@ mod tests {
 
     #[test]
     fn stream_completeness() {
-        assert!(stream_complete(b"data: {\"a\":1}\n\ndata: [DONE]\n\n"));
-        assert!(!stream_complete(b"data: {\"a\":1}\n\n"));
+        use crate::request::Api;
+        assert!(stream_complete(
+            Api::OpenAi,
+            b"data: {\"a\":1}\n\ndata: [DONE]\n\n"
+        ));
+        assert!(!stream_complete(Api::OpenAi, b"data: {\"a\":1}\n\n"));
         assert!(!stream_complete(
+            Api::OpenAi,
             b"data: {\"a\":1}\n\ndata: {\"error\":{}}\n\ndata: [DONE]\n\n"
+        ));
+        let ant = b"event: message_start\ndata: {}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        assert!(stream_complete(Api::Anthropic, ant));
+        assert!(!stream_complete(Api::Anthropic, &ant[..30]));
+        assert!(!stream_complete(
+            Api::Anthropic,
+            b"event: error\ndata: {}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+        ));
+        assert!(stream_complete(
+            Api::Responses,
+            b"event: response.completed\ndata: {}\n\n"
+        ));
+        assert!(!stream_complete(
+            Api::Responses,
+            b"event: response.created\ndata: {}\n\n"
         ));
     }
 

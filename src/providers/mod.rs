@@ -1,14 +1,23 @@
-//! Upstream API families behind one trait.
+//! Upstream API families behind one trait, and the translation between client and
+//! upstream formats.
 //!
-//! A provider turns the client's OpenAI-shaped request into its own HTTP request and its
-//! response back into OpenAI's shape. OpenAI-compatible providers pass bytes through
-//! untouched (the fast path); translating providers (Anthropic, Gemini) buffer a JSON
-//! response or convert a stream event by event. Adding a provider means one file here and
-//! one line in [`for_kind`].
+//! A provider builds its HTTP request for one attempt (URL, key header, body) and
+//! classifies its error responses. Chat requests and their answers are translated through
+//! the [`hub`]: a decoder per client format, an encoder per upstream format, and back for
+//! the answer. When the client's format is the deployment's (OpenAI chat to an
+//! OpenAI-compatible server, Anthropic Messages to Anthropic, Responses to a server that
+//! has it) nothing is translated: bytes pass through with the model id spliced. Adding a
+//! provider means one folder or file here and one line in [`for_kind`]; adding a wire
+//! format means its decoder and encoder, and an arm in the functions below.
 
 pub mod anthropic;
+pub mod chat;
+#[cfg(test)]
+mod fuzz;
 pub mod gemini;
+pub mod hub;
 pub mod openai;
+pub mod responses;
 pub mod translate;
 
 use crate::config::{ErrorClass, ProviderKind};
@@ -17,41 +26,59 @@ use crate::request::ClientRequest;
 use crate::router::Deployment;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::{Bytes, BytesMut};
+use hub::{Format, Target};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// One upstream API family.
 pub trait Provider: Send + Sync + 'static {
+    /// The wire format `dep` speaks for a request of `req`'s chat format.
+    fn wire(&self, dep: &Deployment, req: &ClientRequest) -> Format;
+
+    /// The request body for `dep`: the client's bytes with the model id spliced, or
+    /// translated (see [`translates`]).
+    fn body(&self, dep: &Deployment, req: &ClientRequest) -> Result<Bytes, ApiError> {
+        chat_body(dep, req, self.wire(dep, req))
+    }
+
+    /// The HTTP request (URL, headers) around `body` for one attempt against `dep`.
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        dep: &Deployment,
+        req: &ClientRequest,
+        body: Bytes,
+    ) -> Result<reqwest::RequestBuilder, ApiError>;
+
     /// Builds the HTTP request for one attempt against `dep`.
     fn build(
         &self,
         client: &reqwest::Client,
         dep: &Deployment,
         req: &ClientRequest,
-    ) -> Result<reqwest::RequestBuilder, ApiError>;
-
-    /// True when successful responses are already OpenAI-shaped and pass through as bytes.
-    fn passthrough(&self) -> bool {
-        true
+    ) -> Result<reqwest::RequestBuilder, ApiError> {
+        let body = self.body(dep, req)?;
+        self.request(client, dep, req, body)
     }
 
-    /// Converts a complete successful non-streaming body to OpenAI's shape.
+    /// Converts a complete successful non-streaming body to the client's format (the
+    /// body itself when no translation is needed).
     fn translate_body(
         &self,
-        _dep: &Deployment,
-        _req: &ClientRequest,
+        dep: &Deployment,
+        req: &ClientRequest,
         body: Bytes,
     ) -> Result<Bytes, ApiError> {
-        Ok(body)
+        translate_response(self.wire(dep, req), dep, req, body)
     }
 
-    /// A converter for a successful streaming body (only called when not passthrough).
+    /// A converter for a successful streaming body; `None` when it passes through.
     fn stream_translator(
         &self,
-        _dep: &Deployment,
-        _req: &ClientRequest,
-    ) -> Box<dyn StreamTranslator> {
-        Box::new(Identity)
+        dep: &Deployment,
+        req: &ClientRequest,
+    ) -> Option<Box<dyn StreamTranslator>> {
+        stream_translator(self.wire(dep, req), dep, req)
     }
 
     /// `Some(reason)` when this build cannot serve the provider (checked at startup).
@@ -65,24 +92,137 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
-/// Converts an upstream event stream to OpenAI SSE bytes, chunk by chunk.
+/// Converts an upstream event stream to the client's SSE format, chunk by chunk.
 pub trait StreamTranslator: Send {
-    /// Feeds raw upstream bytes; appends complete OpenAI SSE events to `out`.
+    /// Feeds raw upstream bytes; appends complete client SSE events to `out`.
     fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError>;
     /// Called at the end of the upstream stream; appends any final events.
     fn finish(&mut self, out: &mut BytesMut) -> Result<(), UpstreamError>;
 }
 
-struct Identity;
+/// True when `req` reaches `dep` in the client's own format (bytes pass through).
+pub fn passthrough(dep: &Deployment, req: &ClientRequest) -> bool {
+    match req.endpoint.chat_format() {
+        Some(f) => f == dep.provider.wire(dep, req),
+        // Completions, embeddings and token counts are never translated through the hub.
+        None => true,
+    }
+}
 
-impl StreamTranslator for Identity {
-    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError> {
-        out.extend_from_slice(chunk);
-        Ok(())
+/// True when `dep`'s body for `req` is translated rather than spliced.
+pub fn translates(dep: &Deployment, req: &ClientRequest) -> bool {
+    !passthrough(dep, req)
+        || (req.endpoint == crate::request::Endpoint::Embeddings
+            && dep.kind == ProviderKind::Gemini)
+}
+
+/// The body for one attempt. Translating a body larger than
+/// [`crate::request::PARSE_INLINE_MAX`] runs on the low-priority pool (`heavy`), like
+/// parsing it did, so that a long conversation never holds an async worker.
+pub async fn attempt_body(dep: &Arc<Deployment>, req: &ClientRequest) -> Result<Bytes, ApiError> {
+    if req.body.len() <= crate::request::PARSE_INLINE_MAX || !translates(dep, req) {
+        return dep.provider.body(dep, req);
     }
-    fn finish(&mut self, _out: &mut BytesMut) -> Result<(), UpstreamError> {
-        Ok(())
+    let (d, r) = (Arc::clone(dep), req.clone());
+    crate::heavy::run(move || d.provider.body(&d, &r))
+        .await
+        .unwrap_or_else(|busy| {
+            Err(ApiError::unavailable(format!(
+                "{busy} (translating a request over {} KiB waits in a short queue); retry in \
+                 a moment",
+                crate::request::PARSE_INLINE_MAX / 1024
+            ))
+            .with_code("server_busy")
+            .with_retry_after(1))
+        })
+}
+
+/// The body of a chat request for an upstream speaking `wire`: the client's bytes with
+/// the model id spliced when the formats match, else translated through the hub.
+pub fn chat_body(dep: &Deployment, req: &ClientRequest, wire: Format) -> Result<Bytes, ApiError> {
+    let Some(from) = req.endpoint.chat_format() else {
+        return Ok(req.body_for_model(&dep.model));
+    };
+    if from == wire {
+        return Ok(req.body_for_model(&dep.model));
     }
+    let target = Target { dep, format: wire };
+    let hub = match from {
+        Format::OpenAiChat => chat::request::decode(req, &target)?,
+        Format::Anthropic => anthropic::request::decode(req, &target)?,
+        Format::Responses => responses::request::decode(req, &target)?,
+        Format::Gemini => return Err(no_translation(from, wire)),
+    };
+    let hint = req.body.len();
+    let body = match wire {
+        Format::OpenAiChat => chat::request::encode(&hub, &target, hint)?,
+        Format::Anthropic => anthropic::request::encode(&hub, &target, hint)?,
+        Format::Gemini => gemini::request::encode(&hub, &target, hint)?,
+        Format::Responses => return Err(no_translation(from, wire)),
+    };
+    Ok(Bytes::from(body))
+}
+
+fn no_translation(from: Format, to: Format) -> ApiError {
+    ApiError::internal(format!(
+        "llmgw cannot translate {} requests to {}",
+        from.name(),
+        to.name()
+    ))
+}
+
+/// A complete answer from an upstream speaking `wire`, in the client's format.
+pub fn translate_response(
+    wire: Format,
+    dep: &Deployment,
+    req: &ClientRequest,
+    body: Bytes,
+) -> Result<Bytes, ApiError> {
+    let Some(to) = req.endpoint.chat_format().filter(|&f| f != wire) else {
+        return Ok(body);
+    };
+    let name = dep.kind.as_str();
+    let hub = match wire {
+        Format::OpenAiChat => chat::response::decode(&body, name)?,
+        Format::Anthropic => anthropic::response::decode(&body)?,
+        Format::Gemini => gemini::response::decode(&dep.model, &body)?,
+        Format::Responses => return Err(no_translation(wire, to)),
+    };
+    match to {
+        Format::OpenAiChat => chat::response::encode(hub),
+        Format::Anthropic => anthropic::response::encode(&hub, name),
+        Format::Responses => responses::response::encode(&hub, req, name),
+        Format::Gemini => Err(no_translation(wire, to)),
+    }
+}
+
+/// A translator for a stream from an upstream speaking `wire` to the client's format;
+/// `None` when the formats match.
+pub fn stream_translator(
+    wire: Format,
+    dep: &Deployment,
+    req: &ClientRequest,
+) -> Option<Box<dyn StreamTranslator>> {
+    let to = req.endpoint.chat_format().filter(|&f| f != wire)?;
+    let dec: Box<dyn hub::Decoder> = match wire {
+        Format::OpenAiChat => Box::new(chat::stream::ChatDecoder::new(dep.kind.as_str())),
+        Format::Anthropic => Box::<anthropic::stream::AnthropicDecoder>::default(),
+        Format::Gemini => Box::<gemini::stream::GeminiDecoder>::default(),
+        Format::Responses => return None,
+    };
+    let enc: Box<dyn hub::Encoder> = match to {
+        Format::OpenAiChat => Box::new(chat::stream::ChatEncoder::new(
+            dep.model.clone(),
+            req.include_usage,
+        )),
+        Format::Anthropic => Box::new(anthropic::stream::AnthropicEncoder::new(dep.model.clone())),
+        Format::Responses => Box::new(responses::stream::ResponsesEncoder::new(
+            dep.model.clone(),
+            req,
+        )),
+        Format::Gemini => return None,
+    };
+    Some(Box::new(hub::Translate { dec, enc }))
 }
 
 /// An upstream failure: its class (for retry/cooldown policy) and what the client sees.
@@ -144,17 +284,21 @@ pub fn for_kind(kind: ProviderKind) -> Arc<dyn Provider> {
 pub struct Unsupported(pub ProviderKind);
 
 impl Provider for Unsupported {
+    fn wire(&self, _: &Deployment, _: &ClientRequest) -> Format {
+        Format::OpenAiChat
+    }
     fn unsupported(&self) -> Option<String> {
         Some(format!(
             "provider {} is not supported by this build yet",
             self.0.as_str()
         ))
     }
-    fn build(
+    fn request(
         &self,
         _: &reqwest::Client,
         _: &Deployment,
         _: &ClientRequest,
+        _: Bytes,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
         Err(ApiError::internal(format!(
             "provider {} is not supported yet",

@@ -1,32 +1,66 @@
 //! OpenAI and everything that speaks its API (SGLang, vLLM), plus Azure OpenAI, whose
 //! wire format is the same with a different URL scheme and key header.
 
+use super::hub::Format;
 use super::Provider;
 use crate::error::ApiError;
-use crate::request::ClientRequest;
+use crate::request::{ClientRequest, Endpoint};
 use crate::router::Deployment;
+use bytes::Bytes;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
 /// `POST {api_base}/{endpoint}` with `Authorization: Bearer`.
 pub struct OpenAi;
 
+/// What an OpenAI-compatible upstream is asked: the client's endpoint, or for Anthropic
+/// and (unless the deployment has it) Responses clients, chat completions.
+fn upstream_endpoint(dep: &Deployment, req: &ClientRequest) -> Result<Endpoint, ApiError> {
+    match req.endpoint {
+        Endpoint::CountTokens => Err(ApiError::bad_request(format!(
+            "deployment {} ({}) cannot count tokens",
+            dep.id,
+            dep.kind.as_str()
+        ))
+        .with_code("unsupported_endpoint")),
+        Endpoint::Responses if dep.responses_api => Ok(Endpoint::Responses),
+        Endpoint::Messages | Endpoint::Responses => Ok(Endpoint::ChatCompletions),
+        e => Ok(e),
+    }
+}
+
+/// OpenAI-compatible upstreams speak chat completions, and Responses when they have it.
+fn wire(dep: &Deployment, req: &ClientRequest) -> Format {
+    if req.endpoint == Endpoint::Responses && dep.responses_api {
+        Format::Responses
+    } else {
+        Format::OpenAiChat
+    }
+}
+
 impl Provider for OpenAi {
-    fn build(
+    fn wire(&self, dep: &Deployment, req: &ClientRequest) -> Format {
+        wire(dep, req)
+    }
+
+    fn request(
         &self,
         client: &reqwest::Client,
         dep: &Deployment,
         req: &ClientRequest,
+        body: Bytes,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
-        let url = dep.endpoint_url(req.endpoint).ok_or_else(|| {
-            ApiError::internal(format!(
-                "api_base of deployment {} is not a valid URL",
-                dep.id
-            ))
-        })?;
+        let url = dep
+            .endpoint_url(upstream_endpoint(dep, req)?)
+            .ok_or_else(|| {
+                ApiError::internal(format!(
+                    "api_base of deployment {} is not a valid URL",
+                    dep.id
+                ))
+            })?;
         let mut rb = client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(req.body_for_model(&dep.model));
+            .body(body);
         if let Some(key) = &dep.api_key {
             let v = super::secret_header(dep, &format!("Bearer {}", key.expose()))?;
             rb = rb.header(AUTHORIZATION, v);
@@ -44,11 +78,16 @@ pub const AZURE_API_VERSION: &str = "2024-10-21";
 pub struct Azure;
 
 impl Provider for Azure {
-    fn build(
+    fn wire(&self, _: &Deployment, _: &ClientRequest) -> Format {
+        Format::OpenAiChat
+    }
+
+    fn request(
         &self,
         client: &reqwest::Client,
         dep: &Deployment,
         req: &ClientRequest,
+        body: Bytes,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
         let version = dep.api_version.as_deref().unwrap_or(AZURE_API_VERSION);
         // The portal shows both `https://x.openai.azure.com/` and `…/openai/`.
@@ -56,17 +95,22 @@ impl Provider for Azure {
             .api_base
             .strip_suffix("/openai")
             .unwrap_or(&dep.api_base);
+        let endpoint = match upstream_endpoint(dep, req)? {
+            // Azure's Responses API lives elsewhere; it gets chat completions.
+            Endpoint::Responses => Endpoint::ChatCompletions,
+            e => e,
+        };
         let url = format!(
             "{}/openai/deployments/{}/{}?api-version={}",
             base,
             dep.model,
-            req.endpoint.path(),
+            endpoint.path(),
             version
         );
         let mut rb = client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(req.body_for_model(&dep.model));
+            .body(body);
         if let Some(key) = &dep.api_key {
             let v = super::secret_header(dep, key.expose())?;
             rb = rb.header("api-key", v);
@@ -117,7 +161,7 @@ mod tests {
             r.url().as_str(),
             "https://res.openai.azure.com/openai/deployments/my-gpt4o/embeddings?api-version=2025-01-01-preview"
         );
-        assert!(Azure.passthrough());
+        assert!(crate::providers::passthrough(&d, &emb));
     }
 
     #[test]

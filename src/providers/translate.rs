@@ -474,7 +474,7 @@ impl ChunkWriter {
     }
 }
 
-struct BytesMutWriter<'a>(&'a mut BytesMut);
+pub struct BytesMutWriter<'a>(pub &'a mut BytesMut);
 
 impl std::io::Write for BytesMutWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -630,62 +630,21 @@ impl EmbeddingFormat {
     }
 }
 
-/// The request's `function` tools, checked the same way for every provider: each entry
-/// must be an object with a named `function`; other tool types and `strict` are
-/// unsupported (dropped or rejected per `drop_params`). Yields each tool, its function and
-/// the function's name for the provider to render in its own shape.
-#[allow(clippy::type_complexity)]
-pub fn function_tools<'t, 'a>(
-    dep: &Deployment,
-    provider: &str,
-    tools: &'t LaxList<Lax<InTool<'a>>>,
-) -> Result<Vec<(&'t InTool<'a>, &'t InFunction<'a>, &'t str)>, ApiError> {
-    let tools = match tools {
-        LaxList::List(t) => t,
-        LaxList::Null => return Ok(Vec::new()),
-        LaxList::Bad => return Err(invalid("tools", "expected an array")),
-    };
-    let mut out = Vec::with_capacity(tools.len());
-    for (i, tool) in tools.iter().enumerate() {
-        let Some(tool) = tool.as_ref() else {
-            return Err(invalid(format!("tools[{i}]"), "expected an object"));
-        };
-        match tool.kind.as_str() {
-            Some("function") | None => {}
-            Some(_) => {
-                unsupported(dep, provider, &format!("tools[{i}].type"))?;
-                continue;
-            }
-        }
-        let Some(f) = tool.function.as_ref() else {
-            return Err(invalid(format!("tools[{i}].function"), "missing"));
-        };
-        let Some(name) = f.name.as_str() else {
-            return Err(invalid(format!("tools[{i}].function.name"), "missing"));
-        };
-        if f.strict.0.is_some_and(|s| s.get() == "true") {
-            unsupported(dep, provider, &format!("tools[{i}].function.strict"))?;
-        }
-        out.push((tool, f, name));
-    }
-    Ok(out)
-}
-
 /// One assistant `tool_calls` entry, checked: its id (when present), function name and
 /// arguments as a JSON object.
-pub struct CheckedCall<'t> {
-    pub id: Option<&'t str>,
-    pub name: &'t str,
+pub struct CheckedCall<'a> {
+    pub id: Option<Cow<'a, str>>,
+    pub name: Cow<'a, str>,
     pub args: Box<RawValue>,
 }
 
 /// Checks message `i`'s `tool_calls` the same way for every provider; `require_id`
 /// makes a missing `id` an error (checked first, as Anthropic needs it).
-pub fn tool_calls<'t>(
-    calls: &'t LaxList<Lax<InToolCall<'_>>>,
+pub fn tool_calls<'a>(
+    calls: &LaxList<Lax<InToolCall<'a>>>,
     i: usize,
     require_id: bool,
-) -> Result<Vec<CheckedCall<'t>>, ApiError> {
+) -> Result<Vec<CheckedCall<'a>>, ApiError> {
     let calls = match calls {
         LaxList::List(c) => c,
         LaxList::Null => return Ok(Vec::new()),
@@ -702,14 +661,14 @@ pub fn tool_calls<'t>(
         let Some(call) = call.as_ref() else {
             return Err(invalid(param(""), "expected an object"));
         };
-        let id = call.id.as_str();
+        let id = call.id.cow();
         if require_id && id.is_none() {
             return Err(invalid(param(".id"), "missing"));
         }
         let Some(f) = call.function.as_ref() else {
             return Err(invalid(param(".function"), "missing"));
         };
-        let Some(name) = f.name.as_str() else {
+        let Some(name) = f.name.cow() else {
             return Err(invalid(param(".function.name"), "missing"));
         };
         let args =
@@ -779,6 +738,14 @@ impl<'a> LStr<'a> {
     pub fn as_str(&self) -> Option<&str> {
         match self {
             LStr::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The string with the body's lifetime (a copy only when it had escapes).
+    pub fn cow(&self) -> Option<Cow<'a, str>> {
+        match self {
+            LStr::Str(s) => Some(s.clone()),
             _ => None,
         }
     }
@@ -1022,6 +989,105 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
     }
 }
 
+/// A string, `null`/absent, an array of `T`, or anything else (Anthropic `content` and
+/// `system`, Responses `input` and `output`).
+#[derive(Debug, Default)]
+pub enum StrOrList<'a, T> {
+    #[default]
+    Null,
+    Str(Cow<'a, str>),
+    List(Vec<T>),
+    Bad,
+}
+
+impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for StrOrList<'a, T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = StrOrList<'de, T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(StrOrList::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(StrOrList::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(StrOrList::Str(Cow::Owned(s)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(StrOrList::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(StrOrList::Null)
+            }
+            lenient_scalars!(StrOrList::Bad);
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(x) = seq.next_element()? {
+                    v.push(x);
+                }
+                Ok(StrOrList::List(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|_| StrOrList::Bad)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A JSON boolean; anything else is `Bad` (absent and `null` are `None`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum LBool {
+    #[default]
+    None,
+    Is(bool),
+    Bad,
+}
+
+impl<'de> Deserialize<'de> for LBool {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LBool;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(LBool::Is(b))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LBool::None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LBool::None)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LBool::Bad)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(LBool::Bad)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LBool::Bad)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(LBool::Bad)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|_| LBool::Bad)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|_| LBool::Bad)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// One element of a content array: an object, a bare string, or something else.
 #[derive(Debug)]
 pub enum Part<'a> {
@@ -1209,16 +1275,34 @@ pub struct InFunction<'a> {
     pub strict: MaybeRaw<'a>,
 }
 
-/// A chat completions body: `messages` and `tools` typed, every other top-level
-/// parameter as (name, raw value) in body order. A repeated key keeps its last value,
-/// as a JSON object map would.
-#[derive(Debug, Default)]
-pub struct ChatBody<'a> {
+/// The key names a [`Body`] reads typed: its list of turns and its tools.
+pub trait BodyKeys {
+    /// `messages` (chat, Anthropic) or `input` (Responses).
+    const LIST: &'static str;
+    const TOOLS: &'static str = "tools";
+}
+
+/// A request body: the list of turns (`L`) and the tools (`T`) typed, every other
+/// top-level parameter as (name, raw value) in body order. A repeated key keeps its last
+/// value, as a JSON object map would.
+pub struct Body<'a, K, L, T> {
     /// `None` when absent.
-    pub messages: Option<LaxList<Lax<InMessage<'a>>>>,
+    pub list: Option<L>,
     /// `None` when absent.
-    pub tools: Option<LaxList<Lax<InTool<'a>>>>,
+    pub tools: Option<T>,
     pub params: Vec<(Cow<'a, str>, &'a RawValue)>,
+    keys: std::marker::PhantomData<K>,
+}
+
+impl<K, L, T> Default for Body<'_, K, L, T> {
+    fn default() -> Self {
+        Body {
+            list: None,
+            tools: None,
+            params: Vec::new(),
+            keys: std::marker::PhantomData,
+        }
+    }
 }
 
 struct Key<'a>(Cow<'a, str>);
@@ -1232,59 +1316,83 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for ChatBody<'a> {
+impl<'de: 'a, 'a, K: BodyKeys, L: Deserialize<'de>, T: Deserialize<'de>> Deserialize<'de>
+    for Body<'a, K, L, T>
+{
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ChatBody<'de>;
+        struct V<K, L, T>(std::marker::PhantomData<(K, L, T)>);
+        impl<'de, K: BodyKeys, L: Deserialize<'de>, T: Deserialize<'de>> Visitor<'de> for V<K, L, T> {
+            type Value = Body<'de, K, L, T>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut body = ChatBody {
+                let mut body = Body {
                     params: Vec::with_capacity(16),
-                    ..ChatBody::default()
+                    ..Body::default()
                 };
                 while let Some(Key(k)) = map.next_key()? {
-                    match &*k {
-                        "messages" => body.messages = Some(map.next_value()?),
-                        "tools" => body.tools = Some(map.next_value()?),
-                        _ => {
-                            let v: &'de RawValue = map.next_value()?;
-                            match body.params.iter_mut().find(|(n, _)| *n == k) {
-                                Some(slot) => slot.1 = v,
-                                None => body.params.push((k, v)),
-                            }
+                    if k == K::LIST {
+                        body.list = Some(map.next_value()?);
+                    } else if k == K::TOOLS {
+                        body.tools = Some(map.next_value()?);
+                    } else {
+                        let v: &'de RawValue = map.next_value()?;
+                        match body.params.iter_mut().find(|(n, _)| *n == k) {
+                            Some(slot) => slot.1 = v,
+                            None => body.params.push((k, v)),
                         }
                     }
                 }
                 Ok(body)
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
-impl<'a> ChatBody<'a> {
-    /// Reads a chat completions body from the client's bytes.
-    pub fn parse(req: &'a crate::request::ClientRequest) -> Result<Self, ApiError> {
-        serde_json::from_slice(&req.body)
-            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
-    }
-
-    /// The messages array (each element checked by the caller, in order).
-    pub fn messages(&mut self) -> Result<Vec<Lax<InMessage<'a>>>, ApiError> {
-        match self.messages.take() {
-            None => Err(invalid("messages", "this parameter is required")),
-            Some(LaxList::List(l)) => Ok(l),
-            Some(_) => Err(invalid("messages", "expected an array of messages")),
-        }
-    }
-
+impl<'a, K, L, T> Body<'a, K, L, T> {
     /// Removes a parameter, returning its raw value.
     pub fn take(&mut self, name: &str) -> Option<&'a RawValue> {
         let at = self.params.iter().position(|(k, _)| k == name)?;
         Some(self.params.remove(at).1)
+    }
+}
+
+impl<'a, K: BodyKeys, L: Deserialize<'a>, T: Deserialize<'a>> Body<'a, K, L, T> {
+    /// Reads a body from the client's bytes.
+    pub fn parse(req: &'a crate::request::ClientRequest) -> Result<Self, ApiError> {
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+    }
+}
+
+/// Chat completions' keys.
+pub struct ChatKeys;
+
+impl BodyKeys for ChatKeys {
+    const LIST: &'static str = "messages";
+}
+
+/// A chat completions body: `messages` and `tools` typed.
+pub type ChatBody<'a> = Body<'a, ChatKeys, LaxList<Lax<InMessage<'a>>>, LaxList<Lax<InTool<'a>>>>;
+
+impl<'a, K, L, T> Body<'a, K, LaxList<L>, T> {
+    /// The list of turns (each element checked by the caller, in order); a 400 naming
+    /// `name` when it is missing or not an array.
+    pub fn required_list(&mut self, name: &str) -> Result<Vec<L>, ApiError> {
+        match self.list.take() {
+            None => Err(invalid(name, "this parameter is required")),
+            Some(LaxList::List(l)) => Ok(l),
+            Some(_) => Err(invalid(name, "expected an array of messages")),
+        }
+    }
+}
+
+impl<'a> ChatBody<'a> {
+    /// The messages array (each element checked by the caller, in order).
+    pub fn messages(&mut self) -> Result<Vec<Lax<InMessage<'a>>>, ApiError> {
+        self.required_list("messages")
     }
 }
 
@@ -1320,7 +1428,7 @@ pub fn raw_stop_list(raw: &RawValue) -> Result<Vec<&RawValue>, ApiError> {
 }
 
 /// `max_completion_tokens`, else `max_tokens`, as a positive integer.
-pub fn raw_max_tokens(body: &mut ChatBody<'_>) -> Result<Option<u64>, ApiError> {
+pub fn raw_max_tokens<K, L, T>(body: &mut Body<'_, K, L, T>) -> Result<Option<u64>, ApiError> {
     let a = body.take("max_completion_tokens");
     let b = body.take("max_tokens");
     for (name, v) in [("max_completion_tokens", a), ("max_tokens", b)] {
@@ -1340,9 +1448,9 @@ pub fn raw_max_tokens(body: &mut ChatBody<'_>) -> Result<Option<u64>, ApiError> 
 }
 
 /// The text of a string-or-parts content value (parts other than text are errors).
-pub fn content_str<'b>(v: &'b Content<'_>, param: &str) -> Result<Cow<'b, str>, ApiError> {
+pub fn content_str<'a>(v: &Content<'a>, param: &str) -> Result<Cow<'a, str>, ApiError> {
     match v {
-        Content::Text(s) => Ok(Cow::Borrowed(s)),
+        Content::Text(s) => Ok(s.clone()),
         Content::Null => Ok(Cow::Borrowed("")),
         Content::Parts(parts) => {
             let mut out = String::new();
@@ -1534,21 +1642,7 @@ mod tests {
         let astream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\"\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":2}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let gstream = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"hi\"},{\"functionCall\":{\"name\":\"f\",\"args\":{\"a\":1}}}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":1}}\r\n\r\n";
         let mut rng = fastrand::Rng::with_seed(6);
-        let junk = b"{}[]\",:\\0a-\n\r ";
-        let mutate = |rng: &mut fastrand::Rng, src: &[u8]| {
-            let mut b = src.to_vec();
-            for _ in 0..rng.usize(1..4) {
-                let at = rng.usize(..b.len());
-                match rng.u8(..3) {
-                    0 => b[at] = junk[rng.usize(..junk.len())],
-                    1 => {
-                        b.remove(at);
-                    }
-                    _ => b.insert(at, junk[rng.usize(..junk.len())]),
-                }
-            }
-            b
-        };
+        let mutate = testing::mutate;
         for _ in 0..3000 {
             let b = mutate(&mut rng, body);
             if let Ok(req) = ClientRequest::parse(Endpoint::ChatCompletions, b.into()) {
@@ -1614,6 +1708,28 @@ pub(crate) mod testing {
 
     pub fn request(endpoint: Endpoint, body: Value) -> ClientRequest {
         ClientRequest::parse(endpoint, Bytes::from(body.to_string())).expect("valid request")
+    }
+
+    /// `src` with one to three bytes replaced, removed or inserted (JSON and SSE
+    /// punctuation, mostly).
+    pub fn mutate(rng: &mut fastrand::Rng, src: &[u8]) -> Vec<u8> {
+        const JUNK: &[u8] = b"{}[]\",:\\0a-\n\r ";
+        let mut b = src.to_vec();
+        for _ in 0..rng.usize(1..4) {
+            if b.is_empty() {
+                b.push(JUNK[rng.usize(..JUNK.len())]);
+                continue;
+            }
+            let at = rng.usize(..b.len());
+            match rng.u8(..3) {
+                0 => b[at] = JUNK[rng.usize(..JUNK.len())],
+                1 => {
+                    b.remove(at);
+                }
+                _ => b.insert(at, JUNK[rng.usize(..JUNK.len())]),
+            }
+        }
+        b
     }
 
     /// The `data:` payloads of OpenAI SSE output; `[DONE]` as the string "[DONE]".

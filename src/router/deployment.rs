@@ -36,6 +36,8 @@ pub struct Deployment {
     pub input_cost: f64,
     pub output_cost: f64,
     pub drop_params: bool,
+    /// The upstream serves OpenAI's `/responses` itself (`/v1/responses` passes through).
+    pub responses_api: bool,
     pub provider: Arc<dyn Provider>,
     pub stats: DeploymentStats,
     /// False while a supervised local backend is loading, restarting or has failed:
@@ -45,7 +47,7 @@ pub struct Deployment {
     /// Its real queue, for a local backend (`router::load`).
     pub load: super::load::LoadState,
     /// `{api_base}/{endpoint}` parsed once, for OpenAI-compatible providers.
-    pub(crate) urls: std::sync::OnceLock<Option<[reqwest::Url; 3]>>,
+    pub(crate) urls: std::sync::OnceLock<Option<[reqwest::Url; 4]>>,
 }
 
 /// Counters kept per deployment, lock-free.
@@ -129,6 +131,7 @@ impl Deployment {
             input_cost: 0.0,
             output_cost: 0.0,
             drop_params: false,
+            responses_api: false,
             provider: crate::providers::for_kind(kind),
             stats: DeploymentStats::default(),
             available: AtomicBool::new(true),
@@ -143,7 +146,9 @@ impl Deployment {
         crate::redact::userinfo(&self.api_base)
     }
 
-    /// `{api_base}/{endpoint path}`, parsed on first use and reused after.
+    /// `{api_base}/{endpoint path}` of an OpenAI-compatible upstream, parsed on first use
+    /// and reused after (Anthropic's endpoints map to `chat/completions`, where they are
+    /// translated to).
     pub fn endpoint_url(&self, endpoint: crate::request::Endpoint) -> Option<reqwest::Url> {
         use crate::request::Endpoint;
         let urls = self.urls.get_or_init(|| {
@@ -153,12 +158,14 @@ impl Deployment {
                 parse(Endpoint::ChatCompletions)?,
                 parse(Endpoint::Completions)?,
                 parse(Endpoint::Embeddings)?,
+                parse(Endpoint::Responses)?,
             ])
         });
         let i = match endpoint {
-            Endpoint::ChatCompletions => 0,
+            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::CountTokens => 0,
             Endpoint::Completions => 1,
             Endpoint::Embeddings => 2,
+            Endpoint::Responses => 3,
         };
         urls.as_ref().map(|u| u[i].clone())
     }

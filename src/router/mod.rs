@@ -118,6 +118,9 @@ impl Router {
                 input_cost,
                 output_cost,
                 drop_params: m.drop_params,
+                responses_api: m.responses_api.unwrap_or_else(|| {
+                    m.provider == ProviderKind::Openai && api_base.contains("://api.openai.com")
+                }),
                 provider,
                 stats: DeploymentStats::default(),
                 available: AtomicBool::new(true),
@@ -223,6 +226,11 @@ impl Router {
     /// The shared upstream HTTP client.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// Masks the known secrets in an upstream error's text.
+    pub fn scrub(&self, e: &mut UpstreamError) {
+        self.secrets.scrub_error(e);
     }
 
     fn unknown_model(&self, model: &str) -> ApiError {
@@ -579,9 +587,9 @@ impl Router {
         log: &mut RequestLog,
     ) -> Result<Response, UpstreamError> {
         let timeout = dep.timeout.min(limit);
-        let rb = dep
-            .provider
-            .build(&self.client, dep, req)
+        let rb = providers::attempt_body(dep, req)
+            .await
+            .and_then(|body| dep.provider.request(&self.client, dep, req, body))
             .map_err(|e| UpstreamError::new(ErrorClass::BadRequest, e))?;
         let sent = Instant::now();
         let until = tokio::time::Instant::from_std(crate::duration::deadline(sent, timeout));
@@ -607,10 +615,15 @@ impl Router {
         h.insert("x-llmgw-deployment", header_value(&dep.id));
         h.insert("x-llmgw-attempts", HeaderValue::from(log.attempts));
         if req.stream {
-            let translator =
-                (!dep.provider.passthrough()).then(|| dep.provider.stream_translator(dep, req));
-            let mut stream =
-                UpstreamStream::new(resp, translator, timeout, slot, self.secrets.clone());
+            let translator = dep.provider.stream_translator(dep, req);
+            let mut stream = UpstreamStream::new(
+                resp,
+                translator,
+                timeout,
+                slot,
+                self.secrets.clone(),
+                req.endpoint.api(),
+            );
             match tokio::time::timeout_at(until, stream.first()).await {
                 Err(_) => return Err(timeout_error(dep, timeout)),
                 Ok(Err(e)) => return Err(e),
@@ -642,13 +655,10 @@ impl Router {
             let took = sent.elapsed();
             log.upstream += took;
             drop(slot);
-            let body = if dep.provider.passthrough() {
-                body
-            } else {
-                dep.provider
-                    .translate_body(dep, req, body)
-                    .map_err(|e| UpstreamError::new(ErrorClass::InternalServer, e))?
-            };
+            let body = dep
+                .provider
+                .translate_body(dep, req, body)
+                .map_err(|e| UpstreamError::new(ErrorClass::InternalServer, e))?;
             if dep.tpm.is_some() {
                 dep.add_tokens(usage_tokens(&body));
             }
@@ -711,12 +721,17 @@ fn too_large_error(dep: &Deployment, limit: usize) -> UpstreamError {
     )
 }
 
-/// `usage.total_tokens` of an OpenAI response, found without parsing the whole body.
+/// The tokens in a response's `usage` (OpenAI's and Responses' `total_tokens`, or
+/// Anthropic's `input_tokens + output_tokens`), found without parsing the whole body.
 fn usage_tokens(body: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
     struct Usage {
         #[serde(default)]
-        total_tokens: u64,
+        total_tokens: Option<u64>,
+        #[serde(default)]
+        input_tokens: u64,
+        #[serde(default)]
+        output_tokens: u64,
     }
     let Some(at) = memchr::memmem::rfind(body, b"\"usage\"") else {
         return 0;
@@ -727,7 +742,10 @@ fn usage_tokens(body: &[u8]) -> u64 {
     };
     let mut de = serde_json::Deserializer::from_slice(&rest[colon + 1..]);
     serde::Deserialize::deserialize(&mut de)
-        .map(|u: Usage| u.total_tokens)
+        .map(|u: Usage| {
+            u.total_tokens
+                .unwrap_or(u.input_tokens.saturating_add(u.output_tokens))
+        })
         .unwrap_or(0)
 }
 
@@ -890,5 +908,8 @@ mod tests {
         let body = br#"{"id":"x","choices":[{"message":{"content":"usage"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
         assert_eq!(super::usage_tokens(body), 7);
         assert_eq!(super::usage_tokens(b"{}"), 0);
+        let anthropic =
+            br#"{"type":"message","content":[],"usage":{"input_tokens":3,"output_tokens":5}}"#;
+        assert_eq!(super::usage_tokens(anthropic), 8);
     }
 }

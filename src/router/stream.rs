@@ -3,8 +3,9 @@
 //! Bytes go out as they arrive. Before the first byte is sent the router reads the first
 //! chunk itself ([`UpstreamStream::first`]) so that a stream that fails or ends before
 //! producing anything is retried like any other failure. After that, a failure (upstream
-//! error, a silence longer than the timeout, an end without `[DONE]`) becomes one OpenAI
-//! error event and the end of the stream: never a hang, never a silent truncation.
+//! error, a silence longer than the timeout, an end without the API's end marker:
+//! `[DONE]`, `message_stop`, `response.completed`) becomes one error event in the
+//! client's API and the end of the stream: never a hang, never a silent truncation.
 
 use super::deployment::InFlight;
 use super::RequestLog;
@@ -13,6 +14,7 @@ use crate::error::ApiError;
 use crate::logging::Clean;
 use crate::providers::{StreamTranslator, UpstreamError};
 use crate::redact::Secrets;
+use crate::request::Api;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use std::future::Future;
@@ -23,7 +25,45 @@ use std::time::Duration;
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
-const DONE: &[u8] = b"data: [DONE]";
+/// The lines that end a complete stream of each API (what a passed-through stream must
+/// contain before it ends).
+fn end_markers(api: Api) -> &'static [&'static [u8]] {
+    match api {
+        Api::OpenAi => &[b"data: [DONE]"],
+        Api::Anthropic => &[b"event: message_stop"],
+        Api::Responses => &[
+            b"event: response.completed",
+            b"event: response.incomplete",
+            b"event: response.failed",
+        ],
+    }
+}
+
+/// Longest end marker: the tail kept to find one across chunk boundaries.
+const MARKER_TAIL: usize = 26;
+
+/// Most bytes of a passed-through stream held back while it says nothing yet.
+const MAX_HELD: usize = 64 * 1024;
+
+/// True when a passed-through stream's first bytes carry content (or its end): from
+/// then on they go to the client.
+fn has_content(api: Api, b: &[u8]) -> bool {
+    let any = |needles: &[&[u8]]| needles.iter().any(|n| memchr::memmem::find(b, n).is_some());
+    match api {
+        Api::OpenAi => true,
+        Api::Anthropic => any(&[
+            b"event: content_block_delta",
+            b"event: message_delta",
+            b"event: message_stop",
+        ]),
+        Api::Responses => any(&[
+            b".delta",
+            b"event: response.output_item.done",
+            b"event: response.completed",
+            b"event: response.incomplete",
+        ]),
+    }
+}
 
 pub(crate) struct UpstreamStream {
     inner: ByteStream,
@@ -41,6 +81,8 @@ pub(crate) struct UpstreamStream {
     log: Option<RequestLog>,
     /// Masked in an error event made from upstream text.
     secrets: Arc<Secrets>,
+    /// The client's API: its end markers and error events.
+    api: Api,
 }
 
 impl UpstreamStream {
@@ -50,6 +92,7 @@ impl UpstreamStream {
         idle_timeout: Duration,
         guard: InFlight,
         secrets: Arc<Secrets>,
+        api: Api,
     ) -> Self {
         UpstreamStream {
             inner: Box::pin(resp.bytes_stream()),
@@ -63,25 +106,49 @@ impl UpstreamStream {
             guard: Some(guard),
             log: None,
             secrets,
+            api,
         }
     }
 
     /// Reads until the first bytes for the client. `Err` means nothing was produced and
     /// the attempt may be retried elsewhere.
+    ///
+    /// A stream passed through to an Anthropic or Responses client is held until it
+    /// carries content: those APIs open with events that say nothing yet
+    /// (`message_start`, `ping`, `response.created`), and an overloaded error may follow
+    /// them in a later chunk.
     pub(crate) async fn first(&mut self) -> Result<(), UpstreamError> {
-        let chunk = std::future::poll_fn(|cx| self.poll_chunk(cx)).await?;
-        match chunk {
-            Some(b) => {
-                if self.translator.is_none() && looks_like_error_event(&b) {
-                    return Err(in_band_error(&b));
+        let mut held = BytesMut::new();
+        loop {
+            let chunk = std::future::poll_fn(|cx| self.poll_chunk(cx)).await?;
+            let Some(b) = chunk else {
+                if held.is_empty() {
+                    return Err(UpstreamError::new(
+                        ErrorClass::InternalServer,
+                        ApiError::bad_gateway("the upstream stream ended before sending anything"),
+                    ));
                 }
+                self.pending = Some(held.freeze());
+                return Ok(());
+            };
+            if self.translator.is_some() {
                 self.pending = Some(b);
-                Ok(())
+                return Ok(());
             }
-            None => Err(UpstreamError::new(
-                ErrorClass::InternalServer,
-                ApiError::bad_gateway("the upstream stream ended before sending anything"),
-            )),
+            let b = if held.is_empty() {
+                b
+            } else {
+                held.extend_from_slice(&b);
+                std::mem::take(&mut held).freeze()
+            };
+            if looks_like_error_event(self.api, &b) {
+                return Err(in_band_error(self.api, &b));
+            }
+            if self.api == Api::OpenAi || b.len() > MAX_HELD || has_content(self.api, &b) {
+                self.pending = Some(b);
+                return Ok(());
+            }
+            held = BytesMut::from(&b[..]);
         }
     }
 
@@ -129,7 +196,10 @@ impl UpstreamStream {
                     if !self.saw_done {
                         return Poll::Ready(Err(UpstreamError::new(
                             ErrorClass::InternalServer,
-                            ApiError::bad_gateway("the upstream stream ended without data: [DONE]; the answer may be incomplete"),
+                            ApiError::bad_gateway(format!(
+                                "the upstream stream ended without {}; the answer may be incomplete",
+                                String::from_utf8_lossy(end_markers(self.api)[0])
+                            )),
                         )));
                     }
                     return Poll::Ready(Ok(None));
@@ -154,20 +224,26 @@ impl UpstreamStream {
         if self.saw_done {
             return;
         }
-        if memchr::memmem::find(chunk, DONE).is_some() {
+        let markers = end_markers(self.api);
+        let found = |hay: &[u8]| {
+            markers
+                .iter()
+                .any(|m| memchr::memmem::find(hay, m).is_some())
+        };
+        if found(chunk) {
             self.saw_done = true;
             return;
         }
         // The marker may straddle two chunks: search the joint.
         if !self.tail.is_empty() {
             let mut joint = std::mem::take(&mut self.tail);
-            joint.extend_from_slice(&chunk[..chunk.len().min(DONE.len())]);
-            if memchr::memmem::find(&joint, DONE).is_some() {
+            joint.extend_from_slice(&chunk[..chunk.len().min(MARKER_TAIL)]);
+            if found(&joint) {
                 self.saw_done = true;
                 return;
             }
         }
-        let keep = chunk.len().min(DONE.len() - 1);
+        let keep = chunk.len().min(MARKER_TAIL - 1);
         self.tail.clear();
         self.tail.extend_from_slice(&chunk[chunk.len() - keep..]);
     }
@@ -182,23 +258,65 @@ impl UpstreamStream {
     }
 }
 
-/// `data: {"error": ...}` as the first event of a 200 response (vLLM and others do this).
-fn looks_like_error_event(b: &[u8]) -> bool {
-    let s = b.strip_prefix(b"data:").unwrap_or(b"");
-    let s = s.trim_ascii_start();
-    s.starts_with(b"{\"error\"")
+/// An error event in the first chunk of a 200 stream passed through: OpenAI-compatible
+/// servers (vLLM and others) send `data: {"error": ...}`, Anthropic an `error` event
+/// (e.g. overloaded), the Responses API an `error` or `response.failed` event.
+fn looks_like_error_event(api: Api, b: &[u8]) -> bool {
+    match api {
+        Api::OpenAi => {
+            let s = b.strip_prefix(b"data:").unwrap_or(b"");
+            let s = s.trim_ascii_start();
+            s.starts_with(b"{\"error\"")
+        }
+        Api::Anthropic => memchr::memmem::find(b, b"event: error").is_some(),
+        Api::Responses => {
+            memchr::memmem::find(b, b"event: error").is_some()
+                || memchr::memmem::find(b, b"event: response.failed").is_some()
+        }
+    }
 }
 
-fn in_band_error(b: &[u8]) -> UpstreamError {
-    let body = b.strip_prefix(b"data:").unwrap_or(b).trim_ascii();
-    let mut e = crate::providers::openai_style_error(
-        axum::http::StatusCode::BAD_GATEWAY,
-        &axum::http::HeaderMap::new(),
-        body,
-    );
-    e.class = ErrorClass::InternalServer;
+fn in_band_error(api: Api, b: &[u8]) -> UpstreamError {
+    use axum::http::{HeaderMap, StatusCode};
+    let mut e = match api {
+        Api::OpenAi => {
+            let body = b.strip_prefix(b"data:").unwrap_or(b).trim_ascii();
+            crate::providers::openai_style_error(StatusCode::BAD_GATEWAY, &HeaderMap::new(), body)
+        }
+        Api::Anthropic | Api::Responses => {
+            // The error event's data: the same envelope as an HTTP error body.
+            let data = event_data(b, b"event: error")
+                .or_else(|| event_data(b, b"event: response.failed"))
+                .unwrap_or(b);
+            match api {
+                Api::Anthropic => crate::providers::anthropic::map_error(
+                    StatusCode::BAD_GATEWAY,
+                    &HeaderMap::new(),
+                    data,
+                ),
+                _ => crate::providers::openai_style_error(
+                    StatusCode::BAD_GATEWAY,
+                    &HeaderMap::new(),
+                    data,
+                ),
+            }
+        }
+    };
+    if e.class != ErrorClass::ServiceUnavailable && e.class != ErrorClass::RateLimit {
+        e.class = ErrorClass::InternalServer;
+    }
     e.raw_body = None;
     e
+}
+
+/// The `data:` line of the event that starts with `event_line` in `b`.
+fn event_data<'b>(b: &'b [u8], event_line: &[u8]) -> Option<&'b [u8]> {
+    let at = memchr::memmem::find(b, event_line)?;
+    let rest = &b[at..];
+    let d = memchr::memmem::find(rest, b"data:")?;
+    let line = &rest[d + 5..];
+    let end = memchr::memchr2(b'\n', b'\r', line).unwrap_or(line.len());
+    Some(line[..end].trim_ascii())
 }
 
 impl Stream for UpstreamStream {
@@ -226,7 +344,7 @@ impl Stream for UpstreamStream {
                     log.status = e.error.status.as_u16();
                 }
                 this.finish(false);
-                Poll::Ready(Some(Ok(e.error.sse_event())))
+                Poll::Ready(Some(Ok(e.error.sse_event_for(this.api))))
             }
         }
     }

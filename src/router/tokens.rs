@@ -60,9 +60,14 @@ pub async fn count(req: &ClientRequest, limit: u64) -> u64 {
         .unwrap_or_else(|_| rough(req))
 }
 
-/// Counts every string in `messages`, `prompt`, `input`, `tools`, `system` and
-/// `functions`, plus a few tokens of framing per message; stops early past `limit`, and
-/// estimates text longer than [`SAMPLE_ABOVE`] from samples.
+/// Tokens counted for an image (its bytes are not text): about what a model charges for
+/// a mid-sized image.
+pub const IMAGE_TOKENS: u64 = 1000;
+
+/// Counts every string in `messages`, `prompt`, `input`, `tools`, `system`,
+/// `instructions` and `functions` (chat, completions, Anthropic and Responses bodies),
+/// plus a few tokens of framing per message and [`IMAGE_TOKENS`] per image; stops early
+/// past `limit`, and estimates text longer than [`SAMPLE_ABOVE`] from samples.
 fn count_blocking(body: &[u8], limit: u64) -> u64 {
     let rough = (body.len() as u64 / 4).max(1);
     let (Ok(v), Some(bpe)) = (serde_json::from_slice::<serde_json::Value>(body), bpe()) else {
@@ -70,21 +75,24 @@ fn count_blocking(body: &[u8], limit: u64) -> u64 {
     };
     let mut texts: Vec<&str> = Vec::new();
     let mut framing = 0u64;
+    let mut images = 0u64;
     for key in [
         "messages",
         "prompt",
         "input",
         "tools",
         "system",
+        "instructions",
         "functions",
     ] {
         if let Some(part) = v.get(key) {
             if let Some(msgs) = part.as_array() {
                 framing += 4 * msgs.len() as u64;
             }
-            collect_strings(part, &mut texts);
+            collect_strings(part, &mut texts, &mut images);
         }
     }
+    framing = framing.saturating_add(images.saturating_mul(IMAGE_TOKENS));
     let total: usize = texts.iter().map(|t| t.len()).sum();
     if total > SAMPLE_ABOVE {
         return framing.saturating_add(estimate(bpe, &texts, total));
@@ -150,11 +158,22 @@ fn pieces(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-fn collect_strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+/// The strings of `v`, except images (image blocks and parts of every API, `data:`
+/// URLs), which are counted in `images`.
+fn collect_strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>, images: &mut u64) {
+    use serde_json::Value;
     match v {
-        serde_json::Value::String(s) => out.push(s),
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
-        serde_json::Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
+        Value::String(s) if s.starts_with("data:") => *images += 1,
+        Value::String(s) => out.push(s),
+        Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out, images)),
+        Value::Object(o) => {
+            let kind = o.get("type").and_then(Value::as_str);
+            if matches!(kind, Some("image" | "image_url" | "input_image")) {
+                *images += 1;
+            } else {
+                o.values().for_each(|x| collect_strings(x, out, images));
+            }
+        }
         _ => {}
     }
 }
@@ -177,6 +196,20 @@ mod tests {
         let n = count(&req, u64::MAX).await;
         assert!((900..1200).contains(&n), "{n}");
         assert!(n <= upper_bound(&req));
+    }
+
+    #[test]
+    fn images_count_as_images_not_as_base64() {
+        let data = format!("data:image/png;base64,{}", "A".repeat(200_000));
+        let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this"},
+            {"type": "image_url", "image_url": {"url": data}}]}],
+            "system": [{"type": "image", "source": {"type": "base64", "data": "QUJD"}}]});
+        let n = count_blocking(body.to_string().as_bytes(), u64::MAX);
+        assert!(
+            (2 * IMAGE_TOKENS..2 * IMAGE_TOKENS + 20).contains(&n),
+            "{n}"
+        );
     }
 
     #[test]

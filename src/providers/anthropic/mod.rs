@@ -1,33 +1,33 @@
-//! Anthropic Messages API (`POST {api_base}/messages`) behind OpenAI's chat completions.
+//! Anthropic Messages API (`POST {api_base}/messages`, `/messages/count_tokens`).
 //!
-//! Request: system messages become the top-level `system`; consecutive turns of the same
-//! role are merged (Anthropic requires alternation); `tool` messages become
-//! `tool_result` blocks in a user turn and assistant `tool_calls` become `tool_use`
-//! blocks; `max_tokens` is always sent. Response: text and `tool_use` blocks become the
-//! message content and `tool_calls`; stop reasons and usage are mapped. Streams are
-//! translated event by event from Anthropic's named SSE events into OpenAI chunks.
+//! An Anthropic client's request goes up as its own bytes with only the model id
+//! spliced, with its `anthropic-version` and `anthropic-beta` headers; its answer comes
+//! back untouched. Other clients' requests are translated through the hub
+//! ([`request`]: system messages become the top-level `system`, turns of the same role
+//! are merged, tool calls and results become `tool_use`/`tool_result` blocks,
+//! `max_tokens` is always sent) and so are the answers ([`response`], and [`stream`]
+//! for Anthropic's named SSE events).
 
-use super::translate::{
-    self as t, content_str, invalid, is_null, parse_data_url, raw_is_default, raw_max_tokens,
-    raw_stop_list, secret_header, unsupported_all, ChatBody, ChunkWriter, Content, Delta,
-    FunctionCall, FunctionDelta, InMessage, InTool, InToolCall, Lax, LaxList, MaybeRaw, Part,
-    SseParser, ToolCall, ToolCallDelta, ToolChoiceIn, Usage,
-};
-use super::{Provider, StreamTranslator, UpstreamError};
+pub mod request;
+pub mod response;
+pub mod stream;
+
+use super::chat::stream::ChatEncoder;
+use super::hub::{Format, Target, Translate};
+use super::translate::secret_header;
+use super::{Provider, UpstreamError};
 use crate::config::ErrorClass;
 use crate::error::ApiError;
 use crate::request::{ClientRequest, Endpoint};
 use crate::router::Deployment;
 use axum::http::{HeaderMap, StatusCode};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use serde_json::Value;
-use std::borrow::Cow;
+use serde::Deserialize;
+use stream::AnthropicDecoder;
 
 const NAME: &str = "anthropic";
-/// The API version this translation follows.
+/// The API version this translation follows (and sent when the client names none).
 pub const API_VERSION: &str = "2023-06-01";
 /// `max_tokens` when neither the request nor the deployment sets one.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -36,51 +36,52 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 pub struct Anthropic;
 
 impl Provider for Anthropic {
-    fn build(
+    fn wire(&self, _: &Deployment, _: &ClientRequest) -> Format {
+        Format::Anthropic
+    }
+
+    fn request(
         &self,
         client: &reqwest::Client,
         dep: &Deployment,
         req: &ClientRequest,
+        body: Bytes,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
-        if req.endpoint != Endpoint::ChatCompletions {
-            return Err(ApiError::bad_request(format!(
-                "deployment {} (anthropic) serves only /v1/chat/completions, not /v1/{}",
-                dep.id,
-                req.endpoint.path()
-            ))
-            .with_code("unsupported_endpoint"));
-        }
-        let body = translate_request(dep, req)?;
+        let path = match req.endpoint {
+            Endpoint::CountTokens => "count_tokens",
+            e if e.chat_format().is_some() => "",
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "deployment {} (anthropic) serves chat (/v1/chat/completions, /v1/messages, \
+                     /v1/responses) and /v1/messages/count_tokens, not /v1/{}",
+                    dep.id,
+                    req.endpoint.path()
+                ))
+                .with_code("unsupported_endpoint"))
+            }
+        };
+        let url = if path.is_empty() {
+            format!("{}/messages", dep.api_base)
+        } else {
+            format!("{}/messages/{path}", dep.api_base)
+        };
+        let version = req
+            .forwarded
+            .anthropic_version
+            .clone()
+            .unwrap_or(HeaderValue::from_static(API_VERSION));
         let mut rb = client
-            .post(format!("{}/messages", dep.api_base))
+            .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("anthropic-version", HeaderValue::from_static(API_VERSION))
+            .header("anthropic-version", version)
             .body(body);
+        if let Some(beta) = &req.forwarded.anthropic_beta {
+            rb = rb.header("anthropic-beta", beta.clone());
+        }
         if let Some(key) = &dep.api_key {
             rb = rb.header("x-api-key", secret_header(dep, key.expose())?);
         }
         Ok(rb)
-    }
-
-    fn passthrough(&self) -> bool {
-        false
-    }
-
-    fn translate_body(
-        &self,
-        _dep: &Deployment,
-        _req: &ClientRequest,
-        body: Bytes,
-    ) -> Result<Bytes, ApiError> {
-        translate_response(&body)
-    }
-
-    fn stream_translator(
-        &self,
-        dep: &Deployment,
-        req: &ClientRequest,
-    ) -> Box<dyn StreamTranslator> {
-        Box::new(AnthropicStream::new(dep.model.clone(), req.include_usage))
     }
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
@@ -88,946 +89,36 @@ impl Provider for Anthropic {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Request
-// ---------------------------------------------------------------------------------------
-
 /// The Anthropic request body for an OpenAI chat completions request.
 pub fn translate_request(dep: &Deployment, req: &ClientRequest) -> Result<Vec<u8>, ApiError> {
-    let mut body = ChatBody::parse(req)?;
-    let messages = body.messages()?;
-    let (system, turns) = convert_messages(&messages)?;
-    let max = raw_max_tokens(&mut body)?
-        .or(dep.max_tokens)
-        .unwrap_or(DEFAULT_MAX_TOKENS);
-    let mut out = MessagesRequest {
-        model: &dep.model,
-        max_tokens: max,
-        system,
-        messages: turns
-            .into_iter()
-            .map(|(role, content)| Turn { role, content })
-            .collect(),
-        stream: false,
-        temperature: None,
-        top_p: None,
-        top_k: None,
-        stop_sequences: Vec::new(),
-        tools: Vec::new(),
-        metadata: None,
-        tool_choice: None,
+    let target = Target {
+        dep,
+        format: Format::Anthropic,
     };
-    let tools = match &body.tools {
-        Some(t) => convert_tools(dep, t)?,
-        None => Vec::new(),
-    };
-    let has_tools = !tools.is_empty();
-    out.tools = tools;
-    let mut tool_choice: Option<ToolChoiceOut<'_>> = None;
-    let mut parallel = true;
-    let mut rejected = Vec::new();
-    for (k, v) in &body.params {
-        let v: &RawValue = v;
-        match &**k {
-            "model" | "stream_options" => {}
-            "stream" => out.stream = v.get() == "true",
-            "temperature" | "top_p" | "top_k" => {
-                let v = (!is_null(v)).then_some(v);
-                match &**k {
-                    "temperature" => out.temperature = v,
-                    "top_p" => out.top_p = v,
-                    _ => out.top_k = v,
-                }
-            }
-            "stop" => out.stop_sequences = raw_stop_list(v)?,
-            "tool_choice" => {
-                tool_choice = t::tool_choice(v)?.map(|c| {
-                    let (kind, name) = match c {
-                        ToolChoiceIn::Auto => ("auto", None),
-                        ToolChoiceIn::None => ("none", None),
-                        ToolChoiceIn::Required => ("any", None),
-                        ToolChoiceIn::Function(n) => ("tool", Some(n)),
-                    };
-                    ToolChoiceOut {
-                        kind,
-                        name,
-                        disable_parallel_tool_use: None,
-                    }
-                })
-            }
-            "parallel_tool_calls" => match v.get() {
-                "true" => parallel = true,
-                "false" => parallel = false,
-                "null" => {}
-                _ => return Err(invalid("parallel_tool_calls", "expected true or false")),
-            },
-            "user" => match v.get().as_bytes().first() {
-                Some(b'"') => out.metadata = Some(Metadata { user_id: v }),
-                Some(b'n') => {}
-                _ => return Err(invalid("user", "expected a string")),
-            },
-            _ if raw_is_default(k, v) => {}
-            _ => rejected.push(k.to_string()),
-        }
-    }
-    unsupported_all(dep, NAME, &mut rejected)?;
-    if !parallel && has_tools {
-        let tc = tool_choice.get_or_insert(ToolChoiceOut {
-            kind: "auto",
-            name: None,
-            disable_parallel_tool_use: None,
-        });
-        if tc.kind != "none" {
-            tc.disable_parallel_tool_use = Some(true);
-        }
-    }
-    out.tool_choice = tool_choice;
-    t::to_body(&out, req.body.len() + 256)
+    let hub = super::chat::request::decode(req, &target)?;
+    request::encode(&hub, &target, req.body.len())
 }
 
-/// The Messages request body, in the order the fields are written.
-#[derive(Serialize)]
-struct MessagesRequest<'a> {
-    model: &'a str,
-    max_tokens: u64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    system: Vec<ReqBlock<'a>>,
-    messages: Vec<Turn<'a>>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_k: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    stop_sequences: Vec<&'a RawValue>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    tools: Vec<ToolOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<Metadata<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<ToolChoiceOut<'a>>,
+/// A Messages response → an OpenAI `chat.completion`.
+pub fn translate_response(body: &[u8]) -> Result<Bytes, ApiError> {
+    super::chat::response::encode(response::decode(body)?)
 }
 
-#[derive(Serialize)]
-struct Turn<'a> {
-    role: &'static str,
-    content: Vec<ReqBlock<'a>>,
-}
+/// Anthropic SSE → OpenAI chunks.
+pub type AnthropicStream = Translate<AnthropicDecoder, ChatEncoder>;
 
-#[derive(Serialize)]
-struct Metadata<'a> {
-    /// The client's `user` (a raw JSON string).
-    user_id: &'a RawValue,
-}
-
-/// An Anthropic content block of a request.
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ReqBlock<'a> {
-    Text {
-        text: Cow<'a, str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        cache_control: Option<&'a RawValue>,
-    },
-    Image {
-        source: ImageSource<'a>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        cache_control: Option<&'a RawValue>,
-    },
-    ToolUse {
-        id: &'a str,
-        name: &'a str,
-        input: Box<RawValue>,
-    },
-    ToolResult {
-        tool_use_id: &'a str,
-        content: Cow<'a, str>,
-    },
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ImageSource<'a> {
-    Base64 { media_type: &'a str, data: &'a str },
-    Url { url: &'a str },
-}
-
-#[derive(Serialize)]
-struct ToolOut<'a> {
-    name: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<&'a str>,
-    input_schema: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cache_control: Option<&'a RawValue>,
-}
-
-#[derive(Serialize)]
-struct ToolChoiceOut<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<Cow<'a, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    disable_parallel_tool_use: Option<bool>,
-}
-
-type TurnParts<'a> = (&'static str, Vec<ReqBlock<'a>>);
-
-/// OpenAI messages → (system blocks, alternating user/assistant turns).
-fn convert_messages<'a>(
-    items: &'a [Lax<InMessage<'_>>],
-) -> Result<(Vec<ReqBlock<'a>>, Vec<TurnParts<'a>>), ApiError> {
-    let mut system = Vec::new();
-    let mut turns: Vec<TurnParts<'a>> = Vec::with_capacity(items.len());
-    for (i, msg) in items.iter().enumerate() {
-        let msg = msg.object(|| format!("messages[{i}]"))?;
-        let Some(role) = msg.role.as_str() else {
-            return Err(invalid(
-                format!("messages[{i}].role"),
-                "missing or not a string",
-            ));
-        };
-        let content = &msg.content;
-        let param = || format!("messages[{i}].content");
-        match role {
-            "system" | "developer" => {
-                let text = content_str(content, &param())?;
-                if !text.is_empty() {
-                    system.push(ReqBlock::Text {
-                        text,
-                        cache_control: None,
-                    });
-                }
-            }
-            "user" => push_turn(&mut turns, "user", user_blocks(content, i)?),
-            "assistant" => {
-                let mut blocks = text_blocks(content, &param())?;
-                tool_use_blocks(&msg.tool_calls, i, &mut blocks)?;
-                push_turn(&mut turns, "assistant", blocks);
-            }
-            "tool" => {
-                let Some(id) = msg.tool_call_id.as_str() else {
-                    return Err(invalid(
-                        format!("messages[{i}].tool_call_id"),
-                        "a tool message needs the tool_call_id it answers",
-                    ));
-                };
-                let text = content_str(content, &param())?;
-                push_turn(
-                    &mut turns,
-                    "user",
-                    vec![ReqBlock::ToolResult {
-                        tool_use_id: id,
-                        content: text,
-                    }],
-                );
-            }
-            other => {
-                return Err(invalid(
-                    format!("messages[{i}].role"),
-                    format_args!(
-                        "role {other:?} is not supported (use system, user, assistant or tool)"
-                    ),
-                ))
-            }
-        }
-    }
-    Ok((system, turns))
-}
-
-/// Appends blocks to the last turn when it has the same role, else starts a turn.
-fn push_turn<'a>(turns: &mut Vec<TurnParts<'a>>, role: &'static str, blocks: Vec<ReqBlock<'a>>) {
-    if blocks.is_empty() {
-        return;
-    }
-    match turns.last_mut() {
-        Some((r, content)) if *r == role => content.extend(blocks),
-        _ => turns.push((role, blocks)),
-    }
-}
-
-fn text_block<'a>(text: &'a str, cache_control: MaybeRaw<'a>) -> ReqBlock<'a> {
-    ReqBlock::Text {
-        text: Cow::Borrowed(text),
-        cache_control: cache_control.0,
-    }
-}
-
-/// Assistant (or other text-only) content as text blocks; empty text is left out
-/// because Anthropic rejects empty text blocks.
-fn text_blocks<'a>(content: &'a Content<'_>, param: &str) -> Result<Vec<ReqBlock<'a>>, ApiError> {
-    match content {
-        Content::Null => Ok(Vec::new()),
-        Content::Text(s) if s.is_empty() => Ok(Vec::new()),
-        Content::Text(s) => Ok(vec![text_block(s, MaybeRaw(None))]),
-        Content::Parts(parts) => {
-            let mut out = Vec::with_capacity(parts.len());
-            for (j, p) in parts.iter().enumerate() {
-                let Part::Obj(p) = p else {
-                    return Err(invalid(format!("{param}[{j}]"), "expected an object"));
-                };
-                let Some(text) = p.text_or_refusal() else {
-                    return Err(invalid(
-                        format!("{param}[{j}]"),
-                        "only text parts are allowed here",
-                    ));
-                };
-                if !text.is_empty() {
-                    out.push(text_block(text, p.cache_control));
-                }
-            }
-            Ok(out)
-        }
-        Content::Bad => Err(invalid(param, "expected a string or an array of parts")),
-    }
-}
-
-/// User content: text and images.
-fn user_blocks<'a>(content: &'a Content<'_>, i: usize) -> Result<Vec<ReqBlock<'a>>, ApiError> {
-    let Content::Parts(parts) = content else {
-        return text_blocks(content, &format!("messages[{i}].content"));
-    };
-    let mut out = Vec::with_capacity(parts.len());
-    for (j, p) in parts.iter().enumerate() {
-        let param = || format!("messages[{i}].content[{j}]");
-        let Part::Obj(p) = p else {
-            return Err(invalid(param(), "expected an object"));
-        };
-        match p.kind() {
-            "text" => match p.text.as_str() {
-                Some("") => {}
-                Some(t) => out.push(text_block(t, p.cache_control)),
-                None => return Err(invalid(param(), "a text part needs a string 'text'")),
-            },
-            "image_url" => {
-                let url = p
-                    .image_url
-                    .0
-                    .as_deref()
-                    .ok_or_else(|| invalid(param(), "an image_url part needs image_url.url"))?;
-                let source = if let Some((media, data)) = parse_data_url(url) {
-                    ImageSource::Base64 {
-                        media_type: media,
-                        data,
-                    }
-                } else if url.starts_with("https://") || url.starts_with("http://") {
-                    ImageSource::Url { url }
-                } else {
-                    return Err(invalid(
-                        param(),
-                        "image URLs must be http(s) or base64 data URLs",
-                    ));
-                };
-                out.push(ReqBlock::Image {
-                    source,
-                    cache_control: p.cache_control.0,
-                });
-            }
-            other => {
-                return Err(invalid(
-                    param(),
-                    format_args!("content parts of type {other:?} are not supported by anthropic"),
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Assistant `tool_calls` → `tool_use` blocks (arguments JSON string → input object).
-fn tool_use_blocks<'a>(
-    calls: &'a LaxList<Lax<InToolCall<'_>>>,
-    i: usize,
-    out: &mut Vec<ReqBlock<'a>>,
-) -> Result<(), ApiError> {
-    for c in t::tool_calls(calls, i, true)? {
-        let id = c.id.unwrap_or_default();
-        out.push(ReqBlock::ToolUse {
-            id,
-            name: c.name,
-            input: c.args,
-        });
-    }
-    Ok(())
-}
-
-/// `{"type": "object", "properties": {}}`, for a tool without parameters.
-fn empty_schema() -> &'static RawValue {
-    static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(|| {
-        RawValue::from_string(r#"{"type":"object","properties":{}}"#.to_string())
-            .expect("valid JSON")
-    })
-}
-
-fn convert_tools<'a>(
-    dep: &Deployment,
-    tools: &'a LaxList<Lax<InTool<'_>>>,
-) -> Result<Vec<ToolOut<'a>>, ApiError> {
-    let tools = t::function_tools(dep, NAME, tools)?;
-    Ok(tools
-        .into_iter()
-        .map(|(tool, f, name)| ToolOut {
-            name,
-            description: f.description.as_str(),
-            input_schema: match f.parameters.0 {
-                Some(s) if t::is_object(s) => s,
-                _ => empty_schema(),
-            },
-            cache_control: tool.cache_control.0,
-        })
-        .collect())
-}
-
-// ---------------------------------------------------------------------------------------
-// Response
-// ---------------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-struct MessageResponse {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    model: String,
-    #[serde(default)]
-    content: Vec<Block>,
-    #[serde(default)]
-    stop_reason: Option<String>,
-    #[serde(default)]
-    usage: AUsage,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Block {
-    Text {
-        text: String,
-    },
-    ToolUse {
-        id: String,
-        name: String,
-        #[serde(default)]
-        input: Value,
-    },
-    Thinking {
-        #[serde(default)]
-        thinking: String,
-    },
-    #[serde(other)]
-    Other,
-}
-
-/// Anthropic `usage`; in a stream, later events overwrite what they carry.
-#[derive(Deserialize, Default, Debug, Clone)]
-struct AUsage {
-    #[serde(default)]
-    input_tokens: Option<u64>,
-    #[serde(default)]
-    output_tokens: Option<u64>,
-    #[serde(default)]
-    cache_creation_input_tokens: Option<u64>,
-    #[serde(default)]
-    cache_read_input_tokens: Option<u64>,
-}
-
-impl AUsage {
-    fn merge(&mut self, later: AUsage) {
-        self.input_tokens = later.input_tokens.or(self.input_tokens);
-        self.output_tokens = later.output_tokens.or(self.output_tokens);
-        self.cache_creation_input_tokens = later
-            .cache_creation_input_tokens
-            .or(self.cache_creation_input_tokens);
-        self.cache_read_input_tokens = later
-            .cache_read_input_tokens
-            .or(self.cache_read_input_tokens);
-    }
-
-    /// OpenAI counts cached prompt tokens inside `prompt_tokens`; Anthropic does not.
-    fn openai(&self) -> Usage {
-        let read = self.cache_read_input_tokens.unwrap_or(0);
-        // Upstream numbers: saturate rather than overflow.
-        let prompt = self
-            .input_tokens
-            .unwrap_or(0)
-            .saturating_add(read)
-            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
-        let completion = self.output_tokens.unwrap_or(0);
-        Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: prompt.saturating_add(completion),
-            prompt_tokens_details: (self.cache_read_input_tokens.is_some()
-                || self.cache_creation_input_tokens.is_some())
-            .then_some(t::PromptDetails {
-                cached_tokens: read,
-            }),
-            completion_tokens_details: None,
+impl AnthropicStream {
+    pub fn new(model: String, include_usage: bool) -> Self {
+        Translate {
+            dec: AnthropicDecoder::default(),
+            enc: ChatEncoder::new(model, include_usage),
         }
     }
 }
 
 /// Anthropic `stop_reason` → OpenAI `finish_reason`.
 pub fn finish_reason(stop: Option<&str>) -> &'static str {
-    match stop {
-        Some("max_tokens") | Some("model_context_window_exceeded") => "length",
-        Some("tool_use") => "tool_calls",
-        Some("refusal") => "content_filter",
-        // end_turn, stop_sequence, pause_turn, unknown
-        _ => "stop",
-    }
-}
-
-/// A Messages response → an OpenAI `chat.completion`.
-pub fn translate_response(body: &[u8]) -> Result<Bytes, ApiError> {
-    let resp: MessageResponse = serde_json::from_slice(body).map_err(|e| t::bad_body(NAME, e))?;
-    let mut text = String::new();
-    let mut reasoning: Option<String> = None;
-    let mut tool_calls = Vec::new();
-    for block in resp.content {
-        match block {
-            Block::Text { text: s } => {
-                if text.is_empty() {
-                    text = s;
-                } else {
-                    text.push_str(&s);
-                }
-            }
-            Block::ToolUse { id, name, input } => {
-                let arguments = match input {
-                    Value::Null => "{}".to_string(),
-                    v => v.to_string(),
-                };
-                tool_calls.push(ToolCall {
-                    id,
-                    kind: "function",
-                    function: FunctionCall { name, arguments },
-                });
-            }
-            Block::Thinking { thinking } => reasoning
-                .get_or_insert_with(String::new)
-                .push_str(&thinking),
-            Block::Other => {}
-        }
-    }
-    let content = (!text.is_empty() || tool_calls.is_empty()).then_some(text);
-    let completion = t::ChatCompletion {
-        id: &resp.id,
-        object: "chat.completion",
-        created: t::now_secs(),
-        model: &resp.model,
-        choices: vec![t::Choice {
-            index: 0,
-            message: t::Message {
-                role: "assistant",
-                content,
-                reasoning_content: reasoning,
-                tool_calls,
-                refusal: None,
-            },
-            logprobs: None,
-            finish_reason: finish_reason(resp.stop_reason.as_deref()),
-        }],
-        usage: resp.usage.openai(),
-    };
-    serde_json::to_vec(&completion)
-        .map(Bytes::from)
-        .map_err(|e| ApiError::internal(format!("serialising: {e}")))
-}
-
-// ---------------------------------------------------------------------------------------
-// Streaming
-// ---------------------------------------------------------------------------------------
-//
-// Each event is read as the plain struct of its type (no internally tagged enum, which
-// would make serde buffer and read every event twice), and strings borrow from the
-// event's bytes. The type is found by comparing the data's start with the SSE `event:`
-// name (Anthropic sends both, equal, `type` first), else by reading the `type` field.
-
-#[derive(Deserialize)]
-struct MessageStartEv<'a> {
-    #[serde(borrow)]
-    message: StartMessage<'a>,
-}
-
-#[derive(Deserialize)]
-struct StartMessage<'a> {
-    #[serde(default, borrow)]
-    id: Cow<'a, str>,
-    #[serde(default, borrow)]
-    model: Cow<'a, str>,
-    #[serde(default)]
-    usage: AUsage,
-}
-
-#[derive(Deserialize)]
-struct BlockStartEv<'a> {
-    index: usize,
-    #[serde(borrow)]
-    content_block: StartBlock<'a>,
-}
-
-/// `content_block_start.content_block`: `text` (with `text`) or `tool_use` (with `id`
-/// and `name`); other types are ignored.
-#[derive(Deserialize)]
-struct StartBlock<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct BlockDeltaEv<'a> {
-    index: usize,
-    #[serde(borrow)]
-    delta: BlockDelta<'a>,
-}
-
-/// `content_block_delta.delta`: `text_delta` (`text`), `input_json_delta`
-/// (`partial_json`) or `thinking_delta` (`thinking`); other types are ignored.
-#[derive(Deserialize)]
-struct BlockDelta<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    partial_json: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    thinking: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct MessageDeltaEv<'a> {
-    #[serde(default, borrow)]
-    delta: MessageDeltaBody<'a>,
-    #[serde(default)]
-    usage: Option<AUsage>,
-}
-
-#[derive(Deserialize, Default)]
-struct MessageDeltaBody<'a> {
-    #[serde(default, borrow)]
-    stop_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ErrorEv {
-    error: ErrorBody,
-}
-
-/// Any event: only its `type` (for events without a known `event:` name, and to check
-/// that bodiless events are objects).
-#[derive(Deserialize)]
-struct TypeOnly<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-}
-
-#[derive(Deserialize, Default)]
-struct ErrorBody {
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    message: String,
-}
-
-#[derive(Clone, Copy)]
-enum BlockKind {
-    Text,
-    Tool(u32),
-    Other,
-}
-
-/// Anthropic SSE → OpenAI chunks, incrementally.
-pub struct AnthropicStream {
-    sse: SseParser,
-    st: AnthropicState,
-}
-
-/// What an [`AnthropicStream`] knows besides its SSE buffer.
-struct AnthropicState {
-    writer: Option<ChunkWriter>,
-    model: String,
-    include_usage: bool,
-    /// By Anthropic content block index.
-    blocks: Vec<BlockKind>,
-    tools: u32,
-    usage: AUsage,
-    stop_reason: Option<String>,
-    /// The `role` chunk goes out with the first content, so that an error event right
-    /// after `message_start` (e.g. overloaded) still counts as "nothing sent yet" and the
-    /// router can retry elsewhere.
-    role_sent: bool,
-    done: bool,
-}
-
-impl AnthropicStream {
-    pub fn new(model: String, include_usage: bool) -> Self {
-        AnthropicStream {
-            sse: SseParser::default(),
-            st: AnthropicState {
-                writer: None,
-                model,
-                include_usage,
-                blocks: Vec::new(),
-                tools: 0,
-                usage: AUsage::default(),
-                stop_reason: None,
-                role_sent: false,
-                done: false,
-            },
-        }
-    }
-}
-
-/// True when `data` starts with `{"type":"<event>"`.
-fn has_type_prefix(data: &[u8], event: &[u8]) -> bool {
-    const OPEN: &[u8] = b"{\"type\":\"";
-    !event.is_empty()
-        && data.starts_with(OPEN)
-        && data[OPEN.len()..].starts_with(event)
-        && data.get(OPEN.len() + event.len()) == Some(&b'"')
-}
-
-fn read_event<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Result<T, UpstreamError> {
-    serde_json::from_slice(data).map_err(|e| {
-        t::stream_error(format!(
-            "anthropic sent a stream event llmgw cannot read: {e}"
-        ))
-    })
-}
-
-impl AnthropicState {
-    /// The writer, after sending the `role` chunk if it has not gone out yet.
-    fn started(&mut self, out: &mut BytesMut) -> &ChunkWriter {
-        if !self.role_sent {
-            self.role_sent = true;
-            let role = Delta {
-                role: Some("assistant"),
-                content: Some(""),
-                ..Delta::default()
-            };
-            self.writer().delta(out, 0, &role, None);
-        }
-        self.writer()
-    }
-
-    fn writer(&mut self) -> &ChunkWriter {
-        let (model, include_usage) = (&self.model, self.include_usage);
-        self.writer.get_or_insert_with(|| {
-            ChunkWriter::new(t::random_id("chatcmpl-"), model.clone(), include_usage)
-        })
-    }
-
-    fn set_block(&mut self, index: usize, kind: BlockKind) {
-        if index >= self.blocks.len() {
-            if index > 4096 {
-                return;
-            }
-            self.blocks.resize(index + 1, BlockKind::Other);
-        }
-        self.blocks[index] = kind;
-    }
-
-    fn handle(
-        &mut self,
-        event: &[u8],
-        data: &[u8],
-        out: &mut BytesMut,
-    ) -> Result<(), UpstreamError> {
-        if self.done {
-            return Ok(());
-        }
-        // The type is the data's `type`. Anthropic sends it first and equal to the SSE
-        // `event:` name, so that is checked with a prefix comparison; anything else
-        // (other spacing, other order, no name) reads the field.
-        let data_kind;
-        let kind: &[u8] = if has_type_prefix(data, event) {
-            event
-        } else {
-            data_kind = read_event::<TypeOnly<'_>>(data)?.kind;
-            data_kind.as_bytes()
-        };
-        match kind {
-            b"message_start" => {
-                let message = read_event::<MessageStartEv<'_>>(data)?.message;
-                let model = if message.model.is_empty() {
-                    self.model.clone()
-                } else {
-                    message.model.into_owned()
-                };
-                let id = if message.id.is_empty() {
-                    t::random_id("chatcmpl-")
-                } else {
-                    message.id.into_owned()
-                };
-                self.usage.merge(message.usage);
-                self.writer = Some(ChunkWriter::new(id, model, self.include_usage));
-            }
-            b"content_block_start" => {
-                let ev: BlockStartEv<'_> = read_event(data)?;
-                let (index, block) = (ev.index, ev.content_block);
-                match &*block.kind {
-                    "text" => {
-                        self.set_block(index, BlockKind::Text);
-                        if let Some(text) = block.text.as_deref().filter(|t| !t.is_empty()) {
-                            let d = Delta {
-                                content: Some(text),
-                                ..Delta::default()
-                            };
-                            self.started(out).delta(out, 0, &d, None);
-                        }
-                    }
-                    "tool_use" => {
-                        let (Some(id), Some(name)) = (block.id, block.name) else {
-                            return Err(t::stream_error(
-                                "anthropic sent a tool_use block without id or name",
-                            ));
-                        };
-                        let n = self.tools;
-                        self.tools += 1;
-                        self.set_block(index, BlockKind::Tool(n));
-                        let d = Delta {
-                            tool_calls: Some([ToolCallDelta {
-                                index: n,
-                                id: Some(&id),
-                                kind: Some("function"),
-                                function: FunctionDelta {
-                                    name: Some(&name),
-                                    arguments: Some(""),
-                                },
-                            }]),
-                            ..Delta::default()
-                        };
-                        self.started(out).delta(out, 0, &d, None);
-                    }
-                    _ => self.set_block(index, BlockKind::Other),
-                }
-            }
-            b"content_block_delta" => {
-                let BlockDeltaEv { index, delta } = read_event(data)?;
-                let kind = self.blocks.get(index).copied().unwrap_or(BlockKind::Text);
-                let missing = |field: &str| {
-                    t::stream_error(format!("anthropic sent a {} without {field}", delta.kind))
-                };
-                let d = match (&*delta.kind, kind) {
-                    ("text_delta", _) => {
-                        let text = delta.text.as_deref().ok_or_else(|| missing("text"))?;
-                        if text.is_empty() {
-                            return Ok(());
-                        }
-                        Delta {
-                            content: Some(text),
-                            ..Delta::default()
-                        }
-                    }
-                    ("input_json_delta", kind) => {
-                        let json = delta
-                            .partial_json
-                            .as_deref()
-                            .ok_or_else(|| missing("partial_json"))?;
-                        let BlockKind::Tool(n) = kind else {
-                            return Ok(());
-                        };
-                        if json.is_empty() {
-                            return Ok(());
-                        }
-                        Delta {
-                            tool_calls: Some([ToolCallDelta {
-                                index: n,
-                                id: None,
-                                kind: None,
-                                function: FunctionDelta {
-                                    name: None,
-                                    arguments: Some(json),
-                                },
-                            }]),
-                            ..Delta::default()
-                        }
-                    }
-                    ("thinking_delta", _) => {
-                        let thinking = delta
-                            .thinking
-                            .as_deref()
-                            .ok_or_else(|| missing("thinking"))?;
-                        if thinking.is_empty() {
-                            return Ok(());
-                        }
-                        Delta {
-                            reasoning_content: Some(thinking),
-                            ..Delta::default()
-                        }
-                    }
-                    _ => return Ok(()),
-                };
-                self.started(out).delta(out, 0, &d, None);
-            }
-            b"message_delta" => {
-                let MessageDeltaEv { delta, usage } = read_event(data)?;
-                if let Some(reason) = delta.stop_reason {
-                    self.stop_reason = Some(reason.into_owned());
-                }
-                if let Some(u) = usage {
-                    self.usage.merge(u);
-                }
-            }
-            b"message_stop" => {
-                read_event::<TypeOnly<'_>>(data)?;
-                let finish = finish_reason(self.stop_reason.as_deref());
-                let usage = self.usage.openai();
-                let w = self.started(out);
-                w.delta(out, 0, &Delta::default(), Some(finish));
-                w.usage(out, &usage);
-                w.done(out);
-                self.done = true;
-            }
-            b"error" => {
-                let ErrorEv { error } = read_event(data)?;
-                return Err(error_from_type(
-                    &error.kind,
-                    error.message,
-                    StatusCode::OK,
-                    None,
-                ));
-            }
-            // content_block_stop, ping and types added later
-            _ => {
-                read_event::<TypeOnly<'_>>(data)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl StreamTranslator for AnthropicStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError> {
-        self.sse.push(chunk)?;
-        while let Some(ev) = self.sse.next_ref() {
-            self.st.handle(ev.event, &ev.data, out)?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, out: &mut BytesMut) -> Result<(), UpstreamError> {
-        if let Some(ev) = self.sse.take_rest_ref() {
-            self.st.handle(ev.event, &ev.data, out)?;
-        }
-        if !self.st.done {
-            return Err(t::stream_error(
-                "the anthropic stream ended before message_stop",
-            ));
-        }
-        Ok(())
-    }
+    super::chat::response::finish_reason(response::stop_reason(stop))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1037,6 +128,15 @@ impl StreamTranslator for AnthropicStream {
 #[derive(Deserialize)]
 struct ErrorEnvelope {
     error: ErrorBody,
+}
+
+/// Anthropic's `error` object.
+#[derive(Deserialize, Default)]
+pub(crate) struct ErrorBody {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub message: String,
 }
 
 /// An Anthropic error response → error class and an OpenAI-shaped client error.
@@ -1068,7 +168,7 @@ fn is_context_message(m: &str) -> bool {
 }
 
 /// Maps an Anthropic error type (HTTP or in-stream) to class and client error.
-fn error_from_type(
+pub(crate) fn error_from_type(
     kind: &str,
     message: String,
     status: StatusCode,
@@ -1146,7 +246,10 @@ mod tests {
     use super::*;
     use crate::config::ProviderKind;
     use crate::providers::translate::testing::{assemble, client, deployment, events, request};
+    use crate::providers::StreamTranslator;
+    use bytes::BytesMut;
     use serde_json::json;
+    use serde_json::Value;
 
     fn dep() -> Deployment {
         deployment(ProviderKind::Anthropic, "claude-test", false)

@@ -1,34 +1,30 @@
 //! Google Gemini API (`{api_base}/models/{model}:generateContent`,
-//! `:streamGenerateContent?alt=sse`, `:batchEmbedContents`) behind OpenAI's chat
-//! completions and embeddings. The key travels in the `x-goog-api-key` header, never in
-//! the URL.
+//! `:streamGenerateContent?alt=sse`, `:batchEmbedContents`) behind every client API.
+//! The key travels in the `x-goog-api-key` header, never in the URL.
 //!
-//! Request: `contents`/`parts` with roles `user`/`model`, system messages in
-//! `systemInstruction`, sampling in `generationConfig`, tools as `functionDeclarations`,
-//! assistant `tool_calls` as `functionCall` parts and `tool` messages as
-//! `functionResponse` parts (Gemini matches responses by function name, so tool call ids
-//! are mapped back to names from the conversation). Response: candidates → choices,
-//! finish reasons and `usageMetadata` mapped; streams translated event by event.
+//! Chat requests are encoded from the hub ([`request`]), answers decoded into it
+//! ([`response`], [`stream`]). Embeddings are OpenAI's, translated here directly.
 
+pub mod request;
+pub mod response;
+pub mod stream;
+
+use super::chat::stream::ChatEncoder;
+use super::hub::{Format, Target, Translate};
 use super::translate::{
-    self as t, body_object, content_str, invalid, is_default, is_null, mime_from_url,
-    parse_data_url, raw_is_default, raw_max_tokens, raw_stop_list, secret_header, unsupported_all,
-    ChatBody, ChunkWriter, Content, Delta, EmbeddingFormat, FunctionCall, FunctionDelta, InMessage,
-    InTool, InToolCall, LStr, Lax, LaxList, MaybeRaw, Part, SseParser, ToolCall, ToolCallDelta,
-    ToolChoiceIn, Usage,
+    self as t, body_object, invalid, is_default, secret_header, unsupported_all, EmbeddingFormat,
 };
-use super::{Provider, StreamTranslator, UpstreamError};
+use super::{Provider, UpstreamError};
 use crate::config::ErrorClass;
 use crate::error::ApiError;
 use crate::request::{ClientRequest, Endpoint};
 use crate::router::Deployment;
 use axum::http::{HeaderMap, StatusCode};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::borrow::Cow;
+use stream::GeminiDecoder;
 
 const NAME: &str = "gemini";
 
@@ -46,32 +42,40 @@ fn model_path(model: &str) -> String {
 }
 
 impl Provider for Gemini {
-    fn build(
+    fn wire(&self, _: &Deployment, _: &ClientRequest) -> Format {
+        Format::Gemini
+    }
+
+    fn body(&self, dep: &Deployment, req: &ClientRequest) -> Result<Bytes, ApiError> {
+        match req.endpoint {
+            Endpoint::Embeddings => translate_embeddings_request(dep, req).map(Bytes::from),
+            _ => super::chat_body(dep, req, Format::Gemini),
+        }
+    }
+
+    fn request(
         &self,
         client: &reqwest::Client,
         dep: &Deployment,
         req: &ClientRequest,
+        body: Bytes,
     ) -> Result<reqwest::RequestBuilder, ApiError> {
         let path = model_path(&dep.model);
-        let (url, body) = match req.endpoint {
-            Endpoint::ChatCompletions => {
-                let body = translate_request(dep, req)?;
-                let url = if req.stream {
+        let url = match req.endpoint {
+            e if e.chat_format().is_some() => {
+                if req.stream {
                     format!("{}/{path}:streamGenerateContent?alt=sse", dep.api_base)
                 } else {
                     format!("{}/{path}:generateContent", dep.api_base)
-                };
-                (url, body)
+                }
             }
-            Endpoint::Embeddings => (
-                format!("{}/{path}:batchEmbedContents", dep.api_base),
-                translate_embeddings_request(dep, req)?,
-            ),
-            Endpoint::Completions => {
+            Endpoint::Embeddings => format!("{}/{path}:batchEmbedContents", dep.api_base),
+            other => {
                 return Err(ApiError::bad_request(format!(
-                    "deployment {} (gemini) serves /v1/chat/completions and /v1/embeddings, \
-                     not /v1/completions",
-                    dep.id
+                    "deployment {} (gemini) serves chat (/v1/chat/completions, /v1/messages, \
+                     /v1/responses) and /v1/embeddings, not /v1/{}",
+                    dep.id,
+                    other.path()
                 ))
                 .with_code("unsupported_endpoint"))
             }
@@ -86,10 +90,6 @@ impl Provider for Gemini {
         Ok(rb)
     }
 
-    fn passthrough(&self) -> bool {
-        false
-    }
-
     fn translate_body(
         &self,
         dep: &Deployment,
@@ -102,16 +102,8 @@ impl Provider for Gemini {
                 &body,
                 EmbeddingFormat::of_request(&req.body)?,
             ),
-            _ => translate_response(&dep.model, &body),
+            _ => super::translate_response(Format::Gemini, dep, req, body),
         }
-    }
-
-    fn stream_translator(
-        &self,
-        dep: &Deployment,
-        req: &ClientRequest,
-    ) -> Box<dyn StreamTranslator> {
-        Box::new(GeminiStream::new(dep.model.clone(), req.include_usage))
     }
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
@@ -119,474 +111,36 @@ impl Provider for Gemini {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Request
-// ---------------------------------------------------------------------------------------
-
 /// The `generateContent` body for an OpenAI chat completions request.
 pub fn translate_request(dep: &Deployment, req: &ClientRequest) -> Result<Vec<u8>, ApiError> {
-    let mut body = ChatBody::parse(req)?;
-    let messages = body.messages()?;
-    let (system, contents) = convert_messages(&messages)?;
-    let mut gc = GenerationConfig {
-        max_output_tokens: raw_max_tokens(&mut body)?.or(dep.max_tokens),
-        ..GenerationConfig::default()
+    let target = Target {
+        dep,
+        format: Format::Gemini,
     };
-    let mut out = GenerateRequest {
-        tools: None,
-        tool_config: None,
-        contents: contents
-            .into_iter()
-            .map(|(role, parts)| GContentOut { role, parts })
-            .collect(),
-        system_instruction: (!system.is_empty()).then_some(SystemOut { parts: system }),
-        generation_config: None,
-    };
-    if let Some(tools) = &body.tools {
-        let decls = convert_tools(dep, tools)?;
-        out.tools = (!decls.is_empty()).then_some([ToolsOut {
-            function_declarations: decls,
-        }]);
-    }
-    let mut rejected = Vec::new();
-    for (k, v) in &body.params {
-        let v: &RawValue = v;
-        if is_null(v) {
-            continue;
-        }
-        match &**k {
-            "model" | "stream" | "stream_options" => {}
-            "temperature" => gc.temperature = Some(v),
-            "top_p" => gc.top_p = Some(v),
-            "top_k" => gc.top_k = Some(v),
-            "presence_penalty" => gc.presence_penalty = Some(v),
-            "frequency_penalty" => gc.frequency_penalty = Some(v),
-            "seed" => gc.seed = Some(v),
-            "n" => match serde_json::from_str::<u64>(v.get()).ok() {
-                Some(1) => {}
-                Some(n) if n > 1 => gc.candidate_count = Some(n),
-                _ => return Err(invalid("n", "expected a positive integer")),
-            },
-            "stop" => gc.stop_sequences = raw_stop_list(v)?,
-            "response_format" => response_format(v, &mut gc)?,
-            "tool_choice" => {
-                if let Some(c) = t::tool_choice(v)? {
-                    let (mode, name) = match c {
-                        ToolChoiceIn::Auto => ("AUTO", None),
-                        ToolChoiceIn::None => ("NONE", None),
-                        ToolChoiceIn::Required => ("ANY", None),
-                        ToolChoiceIn::Function(n) => ("ANY", Some([n])),
-                    };
-                    out.tool_config = Some(ToolConfig {
-                        function_calling_config: FunctionCallingConfig {
-                            mode,
-                            allowed_function_names: name,
-                        },
-                    });
-                }
-            }
-            // An end-user id for abuse monitoring; Gemini has no such field.
-            "user" => {}
-            _ if raw_is_default(k, v) => {}
-            _ => rejected.push(k.to_string()),
+    let hub = super::chat::request::decode(req, &target)?;
+    request::encode(&hub, &target, req.body.len())
+}
+
+/// A `generateContent` response → an OpenAI `chat.completion`.
+pub fn translate_response(model: &str, body: &[u8]) -> Result<Bytes, ApiError> {
+    super::chat::response::encode(response::decode(model, body)?)
+}
+
+/// Gemini SSE → OpenAI chunks.
+pub type GeminiStream = Translate<GeminiDecoder, ChatEncoder>;
+
+impl GeminiStream {
+    pub fn new(model: String, include_usage: bool) -> Self {
+        Translate {
+            dec: GeminiDecoder::default(),
+            enc: ChatEncoder::new(model, include_usage),
         }
     }
-    unsupported_all(dep, NAME, &mut rejected)?;
-    if !gc.is_empty() {
-        out.generation_config = Some(gc);
-    }
-    t::to_body(&out, req.body.len() + 256)
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct GenerateRequest<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tools: Option<[ToolsOut<'a>; 1]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_config: Option<ToolConfig<'a>>,
-    contents: Vec<GContentOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system_instruction: Option<SystemOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    generation_config: Option<GenerationConfig<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolsOut<'a> {
-    function_declarations: Vec<FunctionDeclaration<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FunctionDeclaration<'a> {
-    name: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<&'a str>,
-    /// Full JSON Schema, passed as is (`parameters` takes only an OpenAPI subset).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters_json_schema: Option<&'a RawValue>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolConfig<'a> {
-    function_calling_config: FunctionCallingConfig<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FunctionCallingConfig<'a> {
-    mode: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    allowed_function_names: Option<[Cow<'a, str>; 1]>,
-}
-
-#[derive(Serialize)]
-struct GContentOut<'a> {
-    role: &'static str,
-    parts: Vec<GPartOut<'a>>,
-}
-
-#[derive(Serialize)]
-struct SystemOut<'a> {
-    parts: Vec<GPartOut<'a>>,
-}
-
-/// A request part: `{"text": …}`, `{"inlineData": …}`, ….
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-enum GPartOut<'a> {
-    Text(Cow<'a, str>),
-    InlineData(Blob<'a>),
-    FileData(FileData<'a>),
-    FunctionCall(FunctionCallOut<'a>),
-    FunctionResponse(FunctionResponseOut<'a>),
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Blob<'a> {
-    mime_type: &'a str,
-    data: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FileData<'a> {
-    mime_type: &'a str,
-    file_uri: &'a str,
-}
-
-#[derive(Serialize)]
-struct FunctionCallOut<'a> {
-    name: &'a str,
-    args: Box<RawValue>,
-}
-
-#[derive(Serialize)]
-struct FunctionResponseOut<'a> {
-    name: &'a str,
-    response: ToolResponse<'a>,
-}
-
-/// A tool message's content: its JSON object, else `{"content": text}`.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum ToolResponse<'a> {
-    Object(Box<RawValue>),
-    Text { content: Cow<'a, str> },
-}
-
-#[derive(Serialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct GenerationConfig<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_output_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_k: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    presence_penalty: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    frequency_penalty: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    candidate_count: Option<u64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    stop_sequences: Vec<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response_mime_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response_json_schema: Option<&'a RawValue>,
-}
-
-impl GenerationConfig<'_> {
-    fn is_empty(&self) -> bool {
-        self.max_output_tokens.is_none()
-            && self.temperature.is_none()
-            && self.top_p.is_none()
-            && self.top_k.is_none()
-            && self.presence_penalty.is_none()
-            && self.frequency_penalty.is_none()
-            && self.seed.is_none()
-            && self.candidate_count.is_none()
-            && self.stop_sequences.is_empty()
-            && self.response_mime_type.is_none()
-            && self.response_json_schema.is_none()
-    }
-}
-
-#[derive(Deserialize)]
-struct ResponseFormatIn<'a> {
-    #[serde(rename = "type", default, borrow)]
-    kind: LStr<'a>,
-    #[serde(default, borrow)]
-    json_schema: Lax<JsonSchemaIn<'a>>,
-}
-
-#[derive(Deserialize)]
-struct JsonSchemaIn<'a> {
-    #[serde(default, borrow)]
-    schema: MaybeRaw<'a>,
-}
-
-fn response_format<'a>(v: &'a RawValue, gc: &mut GenerationConfig<'a>) -> Result<(), ApiError> {
-    if !t::is_object(v) {
-        return Err(invalid("response_format", "expected an object"));
-    }
-    let bad = || {
-        invalid(
-            "response_format",
-            "expected type text, json_object or json_schema",
-        )
-    };
-    let o: ResponseFormatIn<'a> = serde_json::from_str(v.get()).map_err(|_| bad())?;
-    match o.kind.as_str() {
-        Some("text") => {}
-        Some("json_object") => gc.response_mime_type = Some("application/json"),
-        Some("json_schema") => {
-            gc.response_mime_type = Some("application/json");
-            if let Lax::Ok(JsonSchemaIn {
-                schema: MaybeRaw(Some(schema)),
-            }) = o.json_schema
-            {
-                gc.response_json_schema = Some(schema);
-            }
-        }
-        _ => return Err(bad()),
-    }
-    Ok(())
-}
-
-type Contents<'a> = Vec<(&'static str, Vec<GPartOut<'a>>)>;
-
-/// OpenAI messages → (system parts, contents with alternating roles).
-fn convert_messages<'a>(
-    items: &'a [Lax<InMessage<'_>>],
-) -> Result<(Vec<GPartOut<'a>>, Contents<'a>), ApiError> {
-    let mut system = Vec::new();
-    let mut contents: Contents<'a> = Vec::with_capacity(items.len());
-    // tool_call id → function name, from the assistant turns seen so far.
-    let mut names: Vec<(&'a str, &'a str)> = Vec::new();
-    for (i, msg) in items.iter().enumerate() {
-        let msg = msg.object(|| format!("messages[{i}]"))?;
-        let Some(role) = msg.role.as_str() else {
-            return Err(invalid(
-                format!("messages[{i}].role"),
-                "missing or not a string",
-            ));
-        };
-        let content = &msg.content;
-        let param = || format!("messages[{i}].content");
-        match role {
-            "system" | "developer" => {
-                let text = content_str(content, &param())?;
-                if !text.is_empty() {
-                    system.push(GPartOut::Text(text));
-                }
-            }
-            "user" => push(&mut contents, "user", user_parts(content, i)?),
-            "assistant" => {
-                let text = match content {
-                    Content::Parts(parts) => {
-                        let mut s = String::new();
-                        for (j, p) in parts.iter().enumerate() {
-                            let Part::Obj(p) = p else {
-                                return Err(invalid(
-                                    format!("messages[{i}].content[{j}]"),
-                                    "expected an object",
-                                ));
-                            };
-                            match p.text_or_refusal() {
-                                Some(t) => s.push_str(t),
-                                None => {
-                                    return Err(invalid(
-                                        format!("messages[{i}].content[{j}]"),
-                                        "only text parts are allowed here",
-                                    ))
-                                }
-                            }
-                        }
-                        Cow::Owned(s)
-                    }
-                    other => content_str(other, &param())?,
-                };
-                let mut parts = Vec::new();
-                if !text.is_empty() {
-                    parts.push(GPartOut::Text(text));
-                }
-                function_calls(&msg.tool_calls, i, &mut parts, &mut names)?;
-                push(&mut contents, "model", parts);
-            }
-            "tool" => {
-                let id = msg.tool_call_id.as_str();
-                let name = id
-                    .and_then(|id| names.iter().rev().find(|(k, _)| *k == id))
-                    .map(|(_, n)| *n)
-                    .or_else(|| msg.name.as_str())
-                    .ok_or_else(|| {
-                        invalid(
-                            format!("messages[{i}].tool_call_id"),
-                            "does not match a tool call of an earlier assistant message \
-                             (gemini needs the function name)",
-                        )
-                    })?;
-                let text = content_str(content, &param())?;
-                let response = match serde_json::from_str::<&RawValue>(&text) {
-                    Ok(v) if t::is_object(v) => ToolResponse::Object(v.to_owned()),
-                    _ => ToolResponse::Text { content: text },
-                };
-                push(
-                    &mut contents,
-                    "user",
-                    vec![GPartOut::FunctionResponse(FunctionResponseOut {
-                        name,
-                        response,
-                    })],
-                );
-            }
-            other => {
-                return Err(invalid(
-                    format!("messages[{i}].role"),
-                    format_args!(
-                        "role {other:?} is not supported (use system, user, assistant or tool)"
-                    ),
-                ))
-            }
-        }
-    }
-    Ok((system, contents))
-}
-
-fn push<'a>(contents: &mut Contents<'a>, role: &'static str, parts: Vec<GPartOut<'a>>) {
-    if parts.is_empty() {
-        return;
-    }
-    match contents.last_mut() {
-        Some((r, p)) if *r == role => p.extend(parts),
-        _ => contents.push((role, parts)),
-    }
-}
-
-fn user_parts<'a>(content: &'a Content<'_>, i: usize) -> Result<Vec<GPartOut<'a>>, ApiError> {
-    let parts = match content {
-        Content::Text(s) if s.is_empty() => return Ok(Vec::new()),
-        Content::Text(s) => return Ok(vec![GPartOut::Text(Cow::Borrowed(s))]),
-        Content::Null => return Ok(Vec::new()),
-        Content::Parts(p) => p,
-        Content::Bad => {
-            return Err(invalid(
-                format!("messages[{i}].content"),
-                "expected a string or an array of parts",
-            ))
-        }
-    };
-    let mut out = Vec::with_capacity(parts.len());
-    for (j, p) in parts.iter().enumerate() {
-        let param = || format!("messages[{i}].content[{j}]");
-        let Part::Obj(p) = p else {
-            return Err(invalid(param(), "expected an object"));
-        };
-        match p.kind() {
-            "text" => match p.text.as_str() {
-                Some("") => {}
-                Some(t) => out.push(GPartOut::Text(Cow::Borrowed(t))),
-                None => return Err(invalid(param(), "a text part needs a string 'text'")),
-            },
-            "image_url" => {
-                let url = p
-                    .image_url
-                    .0
-                    .as_deref()
-                    .ok_or_else(|| invalid(param(), "an image_url part needs image_url.url"))?;
-                if let Some((mime, data)) = parse_data_url(url) {
-                    out.push(GPartOut::InlineData(Blob {
-                        mime_type: mime,
-                        data,
-                    }));
-                } else if url.starts_with("https://")
-                    || url.starts_with("http://")
-                    || url.starts_with("gs://")
-                {
-                    out.push(GPartOut::FileData(FileData {
-                        mime_type: mime_from_url(url),
-                        file_uri: url,
-                    }));
-                } else {
-                    return Err(invalid(
-                        param(),
-                        "image URLs must be http(s), gs:// or base64 data URLs",
-                    ));
-                }
-            }
-            other => {
-                return Err(invalid(
-                    param(),
-                    format_args!("content parts of type {other:?} are not supported by gemini"),
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn function_calls<'a>(
-    calls: &'a LaxList<Lax<InToolCall<'_>>>,
-    i: usize,
-    parts: &mut Vec<GPartOut<'a>>,
-    names: &mut Vec<(&'a str, &'a str)>,
-) -> Result<(), ApiError> {
-    for c in t::tool_calls(calls, i, false)? {
-        if let Some(id) = c.id {
-            names.push((id, c.name));
-        }
-        parts.push(GPartOut::FunctionCall(FunctionCallOut {
-            name: c.name,
-            args: c.args,
-        }));
-    }
-    Ok(())
-}
-
-fn convert_tools<'a>(
-    dep: &Deployment,
-    tools: &'a LaxList<Lax<InTool<'_>>>,
-) -> Result<Vec<FunctionDeclaration<'a>>, ApiError> {
-    let tools = t::function_tools(dep, NAME, tools)?;
-    Ok(tools
-        .into_iter()
-        .map(|(_, f, name)| FunctionDeclaration {
-            name,
-            description: f.description.as_str(),
-            parameters_json_schema: f.parameters.0.filter(|p| t::is_object(p)),
-        })
-        .collect())
+/// Gemini `finishReason` → OpenAI `finish_reason`.
+pub fn finish_reason(reason: Option<&str>, tool_calls: bool) -> &'static str {
+    super::chat::response::finish_reason(response::stop_reason(reason, tool_calls))
 }
 
 /// The `batchEmbedContents` body for an OpenAI embeddings request.
@@ -647,204 +201,6 @@ pub fn translate_embeddings_request(
         .map_err(|e| ApiError::internal(format!("serialising: {e}")))
 }
 
-// ---------------------------------------------------------------------------------------
-// Response
-// ---------------------------------------------------------------------------------------
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct GenResponse {
-    #[serde(default)]
-    candidates: Vec<Candidate>,
-    #[serde(default)]
-    usage_metadata: Option<GUsage>,
-    #[serde(default)]
-    model_version: Option<String>,
-    #[serde(default)]
-    response_id: Option<String>,
-    #[serde(default)]
-    prompt_feedback: Option<PromptFeedback>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Candidate {
-    #[serde(default)]
-    content: Option<GContent>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-    #[serde(default)]
-    index: Option<u32>,
-}
-
-#[derive(Deserialize, Default)]
-struct GContent {
-    #[serde(default)]
-    parts: Vec<GPart>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct GPart {
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    thought: Option<bool>,
-    #[serde(default)]
-    function_call: Option<GFunctionCall>,
-}
-
-#[derive(Deserialize)]
-struct GFunctionCall {
-    name: String,
-    #[serde(default)]
-    args: Option<Value>,
-    #[serde(default)]
-    id: Option<String>,
-}
-
-#[derive(Deserialize, Default, Clone)]
-#[serde(rename_all = "camelCase")]
-struct GUsage {
-    #[serde(default)]
-    prompt_token_count: u64,
-    #[serde(default)]
-    candidates_token_count: u64,
-    #[serde(default)]
-    total_token_count: Option<u64>,
-    #[serde(default)]
-    cached_content_token_count: Option<u64>,
-    #[serde(default)]
-    thoughts_token_count: Option<u64>,
-}
-
-impl GUsage {
-    fn openai(&self) -> Usage {
-        let thoughts = self.thoughts_token_count.unwrap_or(0);
-        // Upstream numbers: saturate rather than overflow.
-        let completion = self.candidates_token_count.saturating_add(thoughts);
-        Usage {
-            prompt_tokens: self.prompt_token_count,
-            completion_tokens: completion,
-            total_tokens: self
-                .total_token_count
-                .unwrap_or(self.prompt_token_count.saturating_add(completion)),
-            prompt_tokens_details: self
-                .cached_content_token_count
-                .map(|c| t::PromptDetails { cached_tokens: c }),
-            completion_tokens_details: self.thoughts_token_count.map(|r| t::CompletionDetails {
-                reasoning_tokens: r,
-            }),
-        }
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct PromptFeedback {
-    #[serde(default)]
-    block_reason: Option<String>,
-}
-
-/// Gemini `finishReason` → OpenAI `finish_reason`.
-pub fn finish_reason(reason: Option<&str>, tool_calls: bool) -> &'static str {
-    match reason {
-        Some("MAX_TOKENS") => "length",
-        Some(
-            "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY",
-        ) => "content_filter",
-        _ if tool_calls => "tool_calls",
-        // STOP, LANGUAGE, OTHER, MALFORMED_FUNCTION_CALL, unspecified
-        _ => "stop",
-    }
-}
-
-fn arguments_string(args: Option<Value>) -> String {
-    match args {
-        None | Some(Value::Null) => "{}".to_string(),
-        Some(v) => v.to_string(),
-    }
-}
-
-/// A `generateContent` response → an OpenAI `chat.completion`.
-pub fn translate_response(model: &str, body: &[u8]) -> Result<Bytes, ApiError> {
-    let resp: GenResponse = serde_json::from_slice(body).map_err(|e| t::bad_body(NAME, e))?;
-    let mut choices = Vec::with_capacity(resp.candidates.len().max(1));
-    for (pos, cand) in resp.candidates.into_iter().enumerate() {
-        let mut text = String::new();
-        let mut reasoning: Option<String> = None;
-        let mut tool_calls = Vec::new();
-        for part in cand.content.map(|c| c.parts).unwrap_or_default() {
-            if let Some(fc) = part.function_call {
-                tool_calls.push(ToolCall {
-                    id: fc.id.unwrap_or_else(|| t::random_id("call_")),
-                    kind: "function",
-                    function: FunctionCall {
-                        name: fc.name,
-                        arguments: arguments_string(fc.args),
-                    },
-                });
-            } else if let Some(s) = part.text {
-                if part.thought == Some(true) {
-                    reasoning.get_or_insert_with(String::new).push_str(&s);
-                } else if text.is_empty() {
-                    text = s;
-                } else {
-                    text.push_str(&s);
-                }
-            }
-        }
-        let finish = finish_reason(cand.finish_reason.as_deref(), !tool_calls.is_empty());
-        let content = (!text.is_empty() || tool_calls.is_empty()).then_some(text);
-        choices.push(t::Choice {
-            index: cand.index.unwrap_or(pos as u32),
-            message: t::Message {
-                role: "assistant",
-                content,
-                reasoning_content: reasoning,
-                tool_calls,
-                refusal: None,
-            },
-            logprobs: None,
-            finish_reason: finish,
-        });
-    }
-    if choices.is_empty() {
-        // The prompt itself was blocked (promptFeedback.blockReason).
-        let blocked = resp
-            .prompt_feedback
-            .as_ref()
-            .and_then(|p| p.block_reason.as_ref())
-            .is_some();
-        choices.push(t::Choice {
-            index: 0,
-            message: t::Message {
-                role: "assistant",
-                content: Some(String::new()),
-                reasoning_content: None,
-                tool_calls: Vec::new(),
-                refusal: None,
-            },
-            logprobs: None,
-            finish_reason: if blocked { "content_filter" } else { "stop" },
-        });
-    }
-    let id = resp
-        .response_id
-        .unwrap_or_else(|| t::random_id("chatcmpl-"));
-    let completion = t::ChatCompletion {
-        id: &id,
-        object: "chat.completion",
-        created: t::now_secs(),
-        model: resp.model_version.as_deref().unwrap_or(model),
-        choices,
-        usage: resp.usage_metadata.unwrap_or_default().openai(),
-    };
-    serde_json::to_vec(&completion)
-        .map(Bytes::from)
-        .map_err(|e| ApiError::internal(format!("serialising: {e}")))
-}
-
 #[derive(Deserialize)]
 struct EmbedResponse {
     #[serde(default)]
@@ -893,283 +249,11 @@ pub fn translate_embeddings_response(
 }
 
 // ---------------------------------------------------------------------------------------
-// Streaming
-// ---------------------------------------------------------------------------------------
-
-/// One streamed `GenerateContentResponse`, strings borrowed from the event.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct StreamResponse<'a> {
-    #[serde(default, borrow)]
-    candidates: Vec<StreamCandidate<'a>>,
-    #[serde(default)]
-    usage_metadata: Option<GUsage>,
-    #[serde(default, borrow)]
-    model_version: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    response_id: Option<Cow<'a, str>>,
-    #[serde(default)]
-    prompt_feedback: Option<PromptFeedback>,
-    /// An error inside a stream.
-    #[serde(default)]
-    error: Option<GError>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct StreamCandidate<'a> {
-    #[serde(default, borrow)]
-    content: Option<StreamContent<'a>>,
-    #[serde(default, borrow)]
-    finish_reason: Option<Cow<'a, str>>,
-    #[serde(default)]
-    index: Option<u32>,
-}
-
-#[derive(Deserialize, Default)]
-struct StreamContent<'a> {
-    #[serde(default, borrow)]
-    parts: Vec<StreamPart<'a>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct StreamPart<'a> {
-    #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
-    #[serde(default)]
-    thought: Option<bool>,
-    #[serde(default)]
-    function_call: Option<GFunctionCall>,
-}
-
-#[derive(Default, Clone)]
-struct CandidateState {
-    started: bool,
-    tools: u32,
-    finished: bool,
-}
-
-/// Gemini SSE (`alt=sse`: one `GenerateContentResponse` per event) → OpenAI chunks.
-pub struct GeminiStream {
-    sse: SseParser,
-    st: GeminiState,
-}
-
-/// What a [`GeminiStream`] knows besides its SSE buffer.
-struct GeminiState {
-    writer: Option<ChunkWriter>,
-    model: String,
-    include_usage: bool,
-    candidates: Vec<CandidateState>,
-    usage: Option<GUsage>,
-}
-
-impl GeminiStream {
-    pub fn new(model: String, include_usage: bool) -> Self {
-        GeminiStream {
-            sse: SseParser::default(),
-            st: GeminiState {
-                writer: None,
-                model,
-                include_usage,
-                candidates: Vec::new(),
-                usage: None,
-            },
-        }
-    }
-}
-
-fn candidate_state(
-    candidates: &mut Vec<CandidateState>,
-    index: u32,
-) -> Option<&mut CandidateState> {
-    let i = index as usize;
-    if i >= 64 {
-        return None;
-    }
-    if i >= candidates.len() {
-        candidates.resize(i + 1, CandidateState::default());
-    }
-    Some(&mut candidates[i])
-}
-
-impl GeminiState {
-    fn handle(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError> {
-        if data.trim_ascii() == b"[DONE]" {
-            return Ok(());
-        }
-        let resp: StreamResponse<'_> = serde_json::from_slice(data).map_err(|e| {
-            t::stream_error(format!("gemini sent a stream event llmgw cannot read: {e}"))
-        })?;
-        if let Some(err) = resp.error {
-            return Err(from_gerror(err, StatusCode::OK, None));
-        }
-        let w = match &mut self.writer {
-            Some(w) => w,
-            None => {
-                let id = match resp.response_id {
-                    Some(id) => id.into_owned(),
-                    None => t::random_id("chatcmpl-"),
-                };
-                let model = match resp.model_version {
-                    Some(m) => m.into_owned(),
-                    None => self.model.clone(),
-                };
-                self.writer
-                    .insert(ChunkWriter::new(id, model, self.include_usage))
-            }
-        };
-        emit(
-            &mut self.candidates,
-            w,
-            resp.candidates,
-            resp.prompt_feedback,
-            out,
-        );
-        if let Some(u) = resp.usage_metadata {
-            self.usage = Some(u);
-        }
-        Ok(())
-    }
-}
-
-fn emit(
-    states: &mut Vec<CandidateState>,
-    w: &ChunkWriter,
-    candidates: Vec<StreamCandidate<'_>>,
-    feedback: Option<PromptFeedback>,
-    out: &mut BytesMut,
-) {
-    if candidates.is_empty() {
-        if feedback.and_then(|f| f.block_reason).is_some() {
-            if let Some(st) = candidate_state(states, 0) {
-                if !st.finished {
-                    st.finished = true;
-                    let role = Delta {
-                        role: Some("assistant"),
-                        content: Some(""),
-                        ..Delta::default()
-                    };
-                    w.delta(out, 0, &role, None);
-                    w.delta(out, 0, &Delta::default(), Some("content_filter"));
-                }
-            }
-        }
-        return;
-    }
-    for (pos, cand) in candidates.into_iter().enumerate() {
-        let index = cand.index.unwrap_or(pos as u32);
-        let Some(st) = candidate_state(states, index) else {
-            continue;
-        };
-        if st.finished {
-            continue;
-        }
-        if !st.started {
-            st.started = true;
-            let role = Delta {
-                role: Some("assistant"),
-                content: Some(""),
-                ..Delta::default()
-            };
-            w.delta(out, index, &role, None);
-        }
-        for part in cand.content.map(|c| c.parts).unwrap_or_default() {
-            if let Some(fc) = part.function_call {
-                let n = st.tools;
-                st.tools += 1;
-                let id = fc.id.unwrap_or_else(|| t::random_id("call_"));
-                let first = Delta {
-                    tool_calls: Some([ToolCallDelta {
-                        index: n,
-                        id: Some(&id),
-                        kind: Some("function"),
-                        function: FunctionDelta {
-                            name: Some(&fc.name),
-                            arguments: Some(""),
-                        },
-                    }]),
-                    ..Delta::default()
-                };
-                w.delta(out, index, &first, None);
-                let args = arguments_string(fc.args);
-                let rest = Delta {
-                    tool_calls: Some([ToolCallDelta {
-                        index: n,
-                        id: None,
-                        kind: None,
-                        function: FunctionDelta {
-                            name: None,
-                            arguments: Some(&args),
-                        },
-                    }]),
-                    ..Delta::default()
-                };
-                w.delta(out, index, &rest, None);
-            } else if let Some(text) = part.text {
-                if text.is_empty() {
-                    continue;
-                }
-                let d = if part.thought == Some(true) {
-                    Delta {
-                        reasoning_content: Some(&text),
-                        ..Delta::default()
-                    }
-                } else {
-                    Delta {
-                        content: Some(&text),
-                        ..Delta::default()
-                    }
-                };
-                w.delta(out, index, &d, None);
-            }
-        }
-        if let Some(reason) = cand.finish_reason.as_deref() {
-            st.finished = true;
-            let finish = finish_reason(Some(reason), st.tools > 0);
-            w.delta(out, index, &Delta::default(), Some(finish));
-        }
-    }
-}
-
-impl StreamTranslator for GeminiStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), UpstreamError> {
-        self.sse.push(chunk)?;
-        while let Some(ev) = self.sse.next_ref() {
-            self.st.handle(&ev.data, out)?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, out: &mut BytesMut) -> Result<(), UpstreamError> {
-        if let Some(ev) = self.sse.take_rest_ref() {
-            self.st.handle(&ev.data, out)?;
-        }
-        let st = &self.st;
-        let all_done =
-            !st.candidates.is_empty() && st.candidates.iter().all(|c| c.finished || !c.started);
-        let Some(w) = st.writer.as_ref().filter(|_| all_done) else {
-            return Err(t::stream_error(
-                "the gemini stream ended before a finish reason",
-            ));
-        };
-        if let Some(u) = &st.usage {
-            w.usage(out, &u.openai());
-        } else {
-            w.usage(out, &Usage::default());
-        }
-        w.done(out);
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------
 
 #[derive(Deserialize, Default)]
-struct GError {
+pub(crate) struct GError {
     #[serde(default)]
     code: Option<u16>,
     #[serde(default)]
@@ -1210,7 +294,7 @@ fn retry_delay(details: &[Value]) -> Option<std::time::Duration> {
     })
 }
 
-fn from_gerror(
+pub(crate) fn from_gerror(
     err: GError,
     status: StatusCode,
     retry_after: Option<std::time::Duration>,
@@ -1301,6 +385,8 @@ mod tests {
     use super::*;
     use crate::config::ProviderKind;
     use crate::providers::translate::testing::{assemble, client, deployment, events, request};
+    use crate::providers::StreamTranslator;
+    use bytes::BytesMut;
 
     fn dep() -> Deployment {
         deployment(ProviderKind::Gemini, "gemini-test", false)
