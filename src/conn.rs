@@ -135,7 +135,8 @@ pub fn raise_nofile_limit() -> u64 {
 /// issue 13). The listener is shared (duplicated descriptors), not `SO_REUSEPORT`: with
 /// that, a second process of the same user binding the port would silently get half the
 /// connections instead of failing over to a free port. The calling runtime keeps the
-/// background work (polling, sync, signals). `LLMGW_SERVE_THREADS` overrides the count.
+/// background work (polling, sync, signals). `LLMGW_SERVE_THREADS` overrides the count
+/// (0: no serving threads, connections on the calling runtime).
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
@@ -160,7 +161,7 @@ pub async fn serve(
     });
     let loops = spawn_serving_threads(&listener, &shared);
     if loops.is_empty() {
-        // No thread could be started: serve on the calling runtime.
+        // No serving threads (none wanted, or none could be started): serve here.
         let stop = shared.stop.clone();
         tokio::select! {
             _ = accept_loop(listener, &shared) => {}
@@ -196,12 +197,12 @@ struct Shared {
     tracker: TaskTracker,
 }
 
-/// How many serving threads: one per core.
+/// How many serving threads: one per core; `LLMGW_SERVE_THREADS=0` serves on the calling
+/// (work-stealing) runtime instead, for comparison.
 fn serving_threads() -> usize {
     std::env::var("LLMGW_SERVE_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .min(64)
 }
