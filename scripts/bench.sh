@@ -11,8 +11,8 @@
 # /proc/<pid>/status), every gateway figure as a ratio to nginx's, and time to first byte
 # of a stream at concurrency 1 (curl). See BENCHMARKS.md.
 #
-#   scripts/bench.sh                # ~1.5 minutes after the build
-#   scripts/bench.sh --quick        # ~45 s after the build: shorter runs
+#   scripts/bench.sh                # ~2 minutes after the build
+#   scripts/bench.sh --quick        # ~65 s after the build: shorter runs
 #   scripts/bench.sh --duration 20  # seconds per wrk run
 #   scripts/bench.sh --no-build     # use the existing target/release/llmgw
 #   scripts/bench.sh --gateway-bin PATH   # measure another llmgw build as the gateway
