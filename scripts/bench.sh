@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Measures what the gateway adds on top of a direct call to the same upstream.
+# Measures what the gateway adds on top of a direct call to the same upstream, next to
+# what nginx adds as a plain reverse proxy in front of it (the yardstick of issue 13).
 #
-# Builds the release binary, starts the mock upstream (`llmgw mock-upstream`) and
-# `llmgw serve` on free loopback ports, then for non-streaming and streaming chat
-# completions at concurrency 1, 64 and 256 runs wrk for a fixed time, first against the
-# mock directly and then through the gateway. Prints requests/s, p50/p99 latency, the
-# latency the gateway adds, the gateway's CPU time per request (from /proc/<pid>/stat)
-# and its memory (VmRSS/VmHWM from /proc/<pid>/status). See BENCHMARKS.md.
+# Builds the release binary, starts the mock upstream (`llmgw mock-upstream`), nginx (one
+# worker, upstream keepalive, proxy_buffering off) and `llmgw serve` on free loopback
+# ports, then for non-streaming and streaming chat completions at concurrency 1, 64 and
+# 256 runs wrk for a fixed time against the mock directly, through nginx and through the
+# gateway. Prints requests/s, p50/p99 latency, the latency each proxy adds, its CPU time
+# per request (from /proc/<pid>/stat), the gateway's memory (VmRSS/VmHWM from
+# /proc/<pid>/status), every gateway figure as a ratio to nginx's, and time to first byte
+# of a stream at concurrency 1 (curl). See BENCHMARKS.md.
 #
-#   scripts/bench.sh                # ~1.5 minutes after the build
-#   scripts/bench.sh --quick        # ~45 s after the build: shorter runs
+#   scripts/bench.sh                # ~2 minutes after the build
+#   scripts/bench.sh --quick        # ~65 s after the build: shorter runs
 #   scripts/bench.sh --duration 20  # seconds per wrk run
 #   scripts/bench.sh --no-build     # use the existing target/release/llmgw
 #   scripts/bench.sh --gateway-bin PATH   # measure another llmgw build as the gateway
@@ -28,8 +31,8 @@
 #                                   # build of the bench profile takes a few minutes)
 #
 # Exits non-zero if anything fails: the build, a process not starting, or any wrk run
-# seeing a non-2xx response or a socket error. Needs Linux (/proc) and wrk (installed with
-# apt-get when missing and running as root).
+# seeing a non-2xx response or a socket error. Needs Linux (/proc), wrk and nginx (both
+# installed with apt-get when missing and running as root); curl for the first-byte times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -45,7 +48,7 @@ build=1
 gateway_bin=""
 concurrencies=(1 64 256)
 
-usage() { sed -n "2,32p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,36p" "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3; warmup=1 ;;
@@ -80,6 +83,22 @@ if ! command -v wrk >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends wrk >/dev/null
   else
     die "wrk is not installed; install it (apt-get install wrk) and run again"
+  fi
+fi
+
+# nginx is the reference proxy of the table (not needed for --hostile).
+nginx_bin=$(command -v nginx 2>/dev/null || true)
+[ -z "$nginx_bin" ] && [ -x /usr/sbin/nginx ] && nginx_bin=/usr/sbin/nginx
+if [ -z "$nginx_bin" ] && [ "$hostile" -eq 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing nginx (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nginx-light >/dev/null \
+      || apt-get install -y -qq --no-install-recommends nginx >/dev/null
+    nginx_bin=/usr/sbin/nginx
+  else
+    die "nginx is not installed; install it (apt-get install nginx-light) and run again"
   fi
 fi
 
@@ -227,7 +246,7 @@ EOF
 
 for mode in json stream; do
   stream=false; [ "$mode" = stream ] && stream=true
-  for target in direct gateway; do
+  for target in direct nginx gateway; do
     model=mock-model; [ "$target" = gateway ] && model=bench
     write_body "$model" "$stream" >"$work/body-$mode-$target.json"
     auth=""; [ "$target" = gateway ] && auth=$auth_header
@@ -238,7 +257,11 @@ done
 # Runs wrk; sets r_requests r_rps r_p50 r_p99 (µs). Fails on any error.
 run_wrk() {
   local mode=$1 target=$2 conns=$3 secs=$4 url threads out
-  url="$mock_url"; [ "$target" = gateway ] && url="$gw_url"
+  case "$target" in
+    gateway) url="$gw_url" ;;
+    nginx) url="$nginx_url" ;;
+    *) url="$mock_url" ;;
+  esac
   threads=2; [ "$conns" -lt 2 ] && threads=1
   out="$work/wrk-$mode-$target-c$conns.txt"
   if ! timeout $((secs + 30)) "${prio[@]}" wrk --latency -t "$threads" -c "$conns" -d "${secs}s" --timeout 10s \
@@ -325,72 +348,219 @@ if [ "$hostile" -eq 1 ]; then
   exit 0
 fi
 
+# --- nginx: the reference reverse proxy ---------------------------------------------------
+# One worker, keep-alive to the mock, no response buffering: what people put in front of
+# their LLM proxies. Runs in the foreground as our child; everything it writes stays under
+# $work/nginx (-p prefix, -e error log, temp paths, pid file, access log).
+ngx="$work/nginx"
+mkdir -p "$ngx/tmp"
+mock_port=${mock_url##*:}
+# A free port: nothing answers on it (a race with another program is caught below).
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+nginx_pid="" nginx_url=""
+for _ in 1 2 3 4 5; do
+  nginx_port=$((20000 + RANDOM % 40000))
+  port_free "$nginx_port" || continue
+  cat >"$ngx/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid $ngx/nginx.pid;
+error_log $ngx/error.log warn;
+events { worker_connections 8192; }
+http {
+  client_body_temp_path $ngx/tmp/body;
+  proxy_temp_path $ngx/tmp/proxy;
+  fastcgi_temp_path $ngx/tmp/fastcgi;
+  uwsgi_temp_path $ngx/tmp/uwsgi;
+  scgi_temp_path $ngx/tmp/scgi;
+  # One line per request, like the gateway (which batches its log writes too).
+  access_log $ngx/access.log combined buffer=64k flush=1s;
+  keepalive_requests 1000000;
+  upstream mock {
+    server 127.0.0.1:$mock_port;
+    keepalive 1024;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+  "${prio[@]}" "$nginx_bin" -p "$ngx" -e "$ngx/error.log" -c "$ngx/nginx.conf" >"$work/nginx.log" 2>&1 &
+  nginx_pid=$!
+  pids+=("$nginx_pid")
+  for _ in $(seq 1 50); do
+    kill -0 "$nginx_pid" 2>/dev/null || break
+    port_free "$nginx_port" || { nginx_url="http://127.0.0.1:$nginx_port"; break; }
+    sleep 0.1
+  done
+  [ -n "$nginx_url" ] && break
+  kill -TERM "$nginx_pid" 2>/dev/null || true
+done
+if [ -z "$nginx_url" ]; then
+  cat "$work/nginx.log" "$ngx/error.log" >&2 2>/dev/null || true
+  die "nginx did not start"
+fi
+# utime+stime of nginx: the master and its workers (the workers do the proxying).
+nginx_ticks() {
+  local p t=0
+  for p in "$nginx_pid" $(pgrep -P "$nginx_pid" 2>/dev/null); do
+    t=$((t + $(cpu_ticks "$p" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+
+# Time to first byte of a stream at concurrency 1 (one keep-alive connection, sequential
+# requests; curl's time_starttransfer minus time_pretransfer), median over $2 requests, in µs.
+ttfb_us() {
+  local url=$1 n=$2 body=$3 auth=${4:-} args=() i
+  command -v curl >/dev/null 2>&1 || { echo 0; return; }
+  for i in $(seq 1 "$n"); do args+=(-o /dev/null "$url/v1/chat/completions"); done
+  local hdr=(-H 'Content-Type: application/json')
+  [ -n "$auth" ] && hdr+=(-H "Authorization: Bearer $auth")
+  curl -s "${hdr[@]}" --data-binary "@$body" \
+      -w '%{time_starttransfer} %{time_pretransfer}\n' "${args[@]}" \
+    | awk '{printf "%.0f\n", ($1 - $2) * 1e6}' | sort -n \
+    | awk '{v[NR] = $1} END {print (NR ? v[int((NR + 1) / 2)] : 0)}'
+}
+
 # --- run ---------------------------------------------------------------------------------
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load:$(uptime | sed 's/.*load average://')"
-log "mock upstream $mock_url (pid $mock_pid, $chunks chunks per stream), gateway $gw_url (pid $gw_pid)"
-log "wrk ${duration}s per run, ${warmup}s warm-up per mode and target; ~$(( duration * 12 + warmup * 4 + 10 )) s"
+log "mock upstream $mock_url (pid $mock_pid, $chunks chunks per stream), nginx $nginx_url (pid $nginx_pid), gateway $gw_url (pid $gw_pid)"
+log "wrk ${duration}s per run, ${warmup}s warm-up per mode and target; ~$(( duration * 18 + warmup * 6 + 15 )) s"
 rss_start=$(status_kb "$gw_pid" VmRSS)
 measure_start=$SECONDS
 
+# SSE events in one streamed answer (for the CPU per event).
+events=$((chunks + 2))
+if command -v curl >/dev/null 2>&1; then
+  n=$(curl -s -N -H 'Content-Type: application/json' --data-binary "@$work/body-stream-direct.json" \
+    "$mock_url/v1/chat/completions" | grep -c '^data: ' || true)
+  [ "${n:-0}" -gt 0 ] && events=$n
+fi
+
+# Proxy CPU per request over a row, in µs, from tick counts before and after.
+per_req() { awk -v t="$1" -v hz="$clk_tck" -v n="$2" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 == 0) print "-"; else printf "%.2f", a / b}'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 == 0) print "-"; else printf "%.0f%%", 100 * a / b}'; }
+
+declare -A R_RPS R_P50 R_P99 R_CPU
 table="$work/table.txt"
-fmt='%-6s %5s %-8s %8s %8s %8s %8s %8s %10s %11s %7s\n'
+fmt='%-6s %5s %-8s %8s %8s %8s %8s %8s %9s %9s %7s %8s %8s %9s\n'
 # shellcheck disable=SC2059 # the format is ours
-printf "$fmt" mode conc target 'req/s' 'p50 ms' 'p99 ms' '+p50 ms' '+p99 ms' 'gw us/req' 'mock us/req' 'gw RSS' >"$table"
+printf "$fmt" mode conc target 'req/s' 'p50 ms' 'p99 ms' '+p50 ms' '+p99 ms' 'us/req' 'mock us' 'gw RSS' \
+  'cpu/ngx' 'rps/ngx' '+p50/ngx' >"$table"
 verdict_cpu="" verdict_p99=""
 for mode in json stream; do
-  for target in direct gateway; do
+  for target in direct nginx gateway; do
     run_wrk "$mode" "$target" 64 "$warmup"
   done
   for conns in "${concurrencies[@]}"; do
     d_p50=0 d_p99=0
-    for target in direct gateway; do
+    for target in direct nginx gateway; do
       log "$mode concurrency $conns $target"
-      gw0=$(cpu_ticks "$gw_pid"); mock0=$(cpu_ticks "$mock_pid")
+      gw0=$(cpu_ticks "$gw_pid"); mock0=$(cpu_ticks "$mock_pid"); ng0=$(nginx_ticks)
       run_wrk "$mode" "$target" "$conns" "$duration"
-      gw1=$(cpu_ticks "$gw_pid"); mock1=$(cpu_ticks "$mock_pid")
-      mock_us=$(awk -v t=$((mock1 - mock0)) -v hz="$clk_tck" -v n="$r_requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-      if [ "$target" = direct ]; then
-        d_p50=$r_p50 d_p99=$r_p99
-        # shellcheck disable=SC2059
-        printf "$fmt" "$mode" "$conns" direct \
-          "$r_rps" "$(ms "$r_p50")" "$(ms "$r_p99")" - - - "$mock_us" - >>"$table"
-      else
-        gw_us=$(awk -v t=$((gw1 - gw0)) -v hz="$clk_tck" -v n="$r_requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-        rss=$(mib "$(status_kb "$gw_pid" VmRSS)")
-        # shellcheck disable=SC2059
-        printf "$fmt" "$mode" "$conns" gateway \
-          "$r_rps" "$(ms "$r_p50")" "$(ms "$r_p99")" "$(signed_ms $((r_p50 - d_p50)))" \
-          "$(signed_ms $((r_p99 - d_p99)))" "$gw_us" "$mock_us" "${rss}M" >>"$table"
-        if [ "$conns" -eq 64 ] && [ "$mode" = json ]; then
-          verdict_cpu=$(awk -v x="$gw_us" 'BEGIN {print (x <= 50) ? "met" : "MISSED"}')
-          verdict_cpu="gateway CPU per non-streaming request at concurrency 64: $gw_us µs (target ≤ 50 µs: $verdict_cpu)"
-          add99=$((r_p99 - d_p99))
-          verdict_p99=$(awk -v x="$add99" 'BEGIN {print (x <= 2000) ? "met" : "MISSED"}')
-          verdict_p99="added p99 for non-streaming at concurrency 64: $(signed_ms "$add99") ms (target ≤ 2 ms: $verdict_p99)"
-        fi
+      gw1=$(cpu_ticks "$gw_pid"); mock1=$(cpu_ticks "$mock_pid"); ng1=$(nginx_ticks)
+      mock_us=$(per_req $((mock1 - mock0)) "$r_requests")
+      key="$mode-$conns-$target"
+      R_RPS[$key]=$r_rps R_P50[$key]=$r_p50 R_P99[$key]=$r_p99
+      case "$target" in
+        direct)
+          d_p50=$r_p50 d_p99=$r_p99
+          # shellcheck disable=SC2059
+          printf "$fmt" "$mode" "$conns" direct \
+            "$r_rps" "$(ms "$r_p50")" "$(ms "$r_p99")" - - - "$mock_us" - - - - >>"$table"
+          continue ;;
+        nginx) us=$(per_req $((ng1 - ng0)) "$r_requests") ;;
+        gateway) us=$(per_req $((gw1 - gw0)) "$r_requests") ;;
+      esac
+      R_CPU[$key]=$us
+      rss=- cpu_r=- rps_r=- add_r=-
+      if [ "$target" = gateway ]; then
+        rss="$(mib "$(status_kb "$gw_pid" VmRSS)")M"
+        n="$mode-$conns-nginx"
+        cpu_r=$(ratio "$us" "${R_CPU[$n]}")
+        rps_r=$(pct "$r_rps" "${R_RPS[$n]}")
+        add_r=$(ratio $((r_p50 - d_p50)) $((${R_P50[$n]} - d_p50)))
+      fi
+      # shellcheck disable=SC2059
+      printf "$fmt" "$mode" "$conns" "$target" \
+        "$r_rps" "$(ms "$r_p50")" "$(ms "$r_p99")" "$(signed_ms $((r_p50 - d_p50)))" \
+        "$(signed_ms $((r_p99 - d_p99)))" "$us" "$mock_us" "$rss" "$cpu_r" "$rps_r" "$add_r" >>"$table"
+      if [ "$target" = gateway ] && [ "$conns" -eq 64 ] && [ "$mode" = json ]; then
+        verdict_cpu=$(awk -v x="$us" 'BEGIN {print (x <= 50) ? "met" : "MISSED"}')
+        verdict_cpu="gateway CPU per non-streaming request at concurrency 64: $us µs (target ≤ 50 µs: $verdict_cpu)"
+        add99=$((r_p99 - d_p99))
+        verdict_p99=$(awk -v x="$add99" 'BEGIN {print (x <= 2000) ? "met" : "MISSED"}')
+        verdict_p99="added p99 for non-streaming at concurrency 64: $(signed_ms "$add99") ms (target ≤ 2 ms: $verdict_p99)"
       fi
     done
+    if [ "$conns" -eq 256 ] && [ "$mode" = json ]; then rss_256=$(status_kb "$gw_pid" VmRSS); fi
   done
 done
+rss_256_stream=$(status_kb "$gw_pid" VmRSS)
+[ -n "${rss_256:-}" ] || rss_256=$rss_256_stream
+[ "$rss_256_stream" -gt "$rss_256" ] && rss_256=$rss_256_stream
+
+# Time to first byte of a stream, concurrency 1, median of 400 sequential requests.
+ttfb_n=400
+ttfb_direct=$(ttfb_us "$mock_url" "$ttfb_n" "$work/body-stream-direct.json")
+ttfb_nginx=$(ttfb_us "$nginx_url" "$ttfb_n" "$work/body-stream-nginx.json")
+ttfb_gw=$(ttfb_us "$gw_url" "$ttfb_n" "$work/body-stream-gateway.json" "${bench_key:-}")
+
 rss_end=$(status_kb "$gw_pid" VmRSS)
 hwm=$(status_kb "$gw_pid" VmHWM)
 kill -0 "$gw_pid" 2>/dev/null || die "the gateway died during the run"
+kill -0 "$nginx_pid" 2>/dev/null || die "nginx died during the run"
+
+# Issue 13's acceptance, from this run.
+met() { awk "BEGIN {print ($1) ? \"met\" : \"MISSED\"}"; }
+j64n="json-64-nginx" j64g="json-64-gateway"
+a_cpu=$(ratio "${R_CPU[$j64g]}" "${R_CPU[$j64n]}")
+a_rps=$(awk -v g="${R_RPS[$j64g]}" -v n="${R_RPS[$j64n]}" 'BEGIN {printf "%.0f", 100 * g / n}')
+add_g1=$((${R_P50[json-1-gateway]} - ${R_P50[json-1-direct]}))
+add_n1=$((${R_P50[json-1-nginx]} - ${R_P50[json-1-direct]}))
+a_add=$(ratio "$add_g1" "$add_n1")
+# Streaming CPU per SSE event: what a streamed answer costs the gateway beyond a JSON one
+# at the same concurrency, over the events in the stream.
+per_event() { awk -v s="${R_CPU[stream-$1-gateway]}" -v j="${R_CPU[json-$1-gateway]}" -v e="$events" 'BEGIN {printf "%.2f", (s - j) / e}'; }
+ev64=$(per_event 64) ev1=$(per_event 1) ev256=$(per_event 256)
+ev64_total=$(awk -v s="${R_CPU[stream-64-gateway]}" -v e="$events" 'BEGIN {printf "%.2f", s / e}')
+ttfb_add=$((ttfb_gw - ttfb_direct))
 
 echo
 echo "llmgw bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), load:$(uptime | sed 's/.*load average://')"
-echo "wrk ${duration}s per row (threads ≤ 2); chat completions with one tool; streaming = $chunks content chunks, no delay."
-[ ${#prio[@]} -gt 0 ] && echo "wrk, the mock and the gateway ran at nice -10 (above other work on the machine)."
+echo "wrk ${duration}s per row (threads ≤ 2); chat completions with one tool; streaming = $chunks content chunks ($events SSE events), no delay."
+echo "nginx $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'): one worker, upstream keepalive, proxy_http_version 1.1, proxy_buffering off, buffered access log."
+[ ${#prio[@]} -gt 0 ] && echo "wrk, the mock, nginx and the gateway ran at nice -10 (above other work on the machine)."
 [ "$keys" -eq 1 ] && echo "--keys: requests through the gateway carry a virtual key (all limits set, priced, spend rows to SQLite)."
-echo "Note: wrk, the mock and the gateway share the machine's $(nproc) cores, so gateway rows also pay for"
-echo "the CPU the gateway takes from wrk and the mock; req/s through the gateway is a lower bound."
+echo "Note: wrk, the mock and the proxy share the machine's $(nproc) cores, so proxy rows also pay for"
+echo "the CPU the proxy takes from wrk and the mock; req/s through a proxy is a lower bound."
 echo
 cat "$table"
 echo
-echo "columns: +p50/+p99 = gateway minus direct at the same mode and concurrency; gw us/req = gateway"
-echo "utime+stime per completed request; mock us/req = the mock's CPU per request; gw RSS = VmRSS after the row."
-echo "gateway memory: RSS $(mib "$rss_start") MiB at start, $(mib "$rss_end") MiB at end, peak (VmHWM) $(mib "$hwm") MiB"
+echo "columns: +p50/+p99 = proxy minus direct at the same mode and concurrency; us/req = the proxy's"
+echo "utime+stime per completed request (nginx: master + workers); mock us = the mock's CPU per request;"
+echo "gw RSS = the gateway's VmRSS after the row; cpu/ngx = gateway us/req / nginx us/req;"
+echo "rps/ngx = gateway req/s as % of nginx's; +p50/ngx = gateway's added p50 / nginx's added p50."
+echo "time to first byte of a stream, concurrency 1 (median of $ttfb_n): direct $(ms "$ttfb_direct") ms, nginx $(ms "$ttfb_nginx") ms, gateway $(ms "$ttfb_gw") ms"
+echo "gateway memory: RSS $(mib "$rss_start") MiB at start, $(mib "$rss_256") MiB after the c=256 rows, $(mib "$rss_end") MiB at end, peak (VmHWM) $(mib "$hwm") MiB"
 echo "$verdict_cpu"
 echo "$verdict_p99"
+echo "issue 13 acceptance:"
+echo "  1. json c=64: CPU per request ${a_cpu}x nginx's (≤ 1.5: $(met "$a_cpu <= 1.5")); req/s ${a_rps}% of nginx's (≥ 60 %: $(met "$a_rps >= 60"))"
+echo "  2. json c=1: added p50 $(signed_ms "$add_g1") ms vs nginx's $(signed_ms "$add_n1") ms = ${a_add}x (≤ 2: $(met "$a_add <= 2"))"
+echo "  3. stream: CPU per SSE event beyond a JSON answer ${ev64} µs at c=64 (c=1 ${ev1}, c=256 ${ev256}; all in ${ev64_total} µs/event) (≤ 3: $(met "$ev64 <= 3"));"
+echo "     time to first byte $(signed_ms "$ttfb_add") ms over direct (≤ 0.3 ms: $(met "$ttfb_add <= 300"))"
+echo "  4. RSS $(mib "$rss_start") MiB idle (≤ 20: $(met "$rss_start <= 20480")), $(mib "$rss_256") MiB after c=256 (≤ 60: $(met "$rss_256 <= 61440"))"
 echo "time: $((SECONDS - measure_start)) s measuring, $SECONDS s in all (build included)"
 
 if [ "$micro" -eq 1 ]; then

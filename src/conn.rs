@@ -127,38 +127,159 @@ pub fn raise_nofile_limit() -> u64 {
 /// Serves `app` on `listener` until `signal` completes, then closes every connection
 /// without a request in flight and returns once the in-flight ones are done (the caller
 /// bounds that with its grace period).
+///
+/// Connections are served by one thread per core, each with its own single-threaded
+/// runtime accepting from the same listening socket: a connection and everything its
+/// requests wake (the upstream call, the response body) stay on one thread, without the
+/// cross-thread wake-ups and work-stealing bookkeeping of a shared runtime (BENCHMARKS.md,
+/// issue 13). The listener is shared (duplicated descriptors), not `SO_REUSEPORT`: with
+/// that, a second process of the same user binding the port would silently get half the
+/// connections instead of failing over to a free port. The calling runtime keeps the
+/// background work (polling, sync, signals). `LLMGW_SERVE_THREADS` overrides the count
+/// (0: no serving threads, connections on the calling runtime).
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: Limits,
     signal: impl Future<Output = ()>,
 ) {
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // The watchdog times headers; hyper's own timer would also fire on idle keep-alive.
-    builder.http1().header_read_timeout(None);
-    let builder = Arc::new(builder);
-    let open = Arc::new(AtomicUsize::new(0));
-    let rejecting = Arc::new(AtomicUsize::new(0));
-    let refusal = refusal_response(limits.max_connections);
+    let shared = Arc::new(Shared {
+        app,
+        limits,
+        builder: {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // The watchdog times headers; hyper's own timer would also fire on idle keep-alive.
+            builder.http1().header_read_timeout(None);
+            builder
+        },
+        open: Arc::new(AtomicUsize::new(0)),
+        rejecting: Arc::new(AtomicUsize::new(0)),
+        refusal: refusal_response(limits.max_connections),
+        stop: CancellationToken::new(),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    });
+    let loops = spawn_serving_threads(&listener, &shared);
+    if loops.is_empty() {
+        // No serving threads (none wanted, or none could be started): serve here.
+        let stop = shared.stop.clone();
+        tokio::select! {
+            _ = accept_loop(listener, &shared) => {}
+            _ = async { signal.await; stop.cancel(); } => {}
+        }
+    } else {
+        drop(listener);
+        signal.await;
+        shared.stop.cancel();
+        // Every accept loop has dropped its listener: the kernel refuses new connections.
+        for stopped in loops {
+            let _ = stopped.await;
+        }
+    }
+    shared.shutdown.cancel();
+    shared.tracker.close();
+    shared.tracker.wait().await;
+}
+
+/// What every serving thread shares.
+struct Shared {
+    app: axum::Router,
+    limits: Limits,
+    builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    open: Arc<AtomicUsize>,
+    rejecting: Arc<AtomicUsize>,
+    refusal: Bytes,
+    /// Stops the accept loops.
+    stop: CancellationToken,
+    /// Tells connections to close (after their request in flight).
+    shutdown: CancellationToken,
+    /// Every connection task, on whichever thread.
+    tracker: TaskTracker,
+}
+
+/// How many serving threads: one per core; `LLMGW_SERVE_THREADS=0` serves on the calling
+/// (work-stealing) runtime instead, for comparison.
+fn serving_threads() -> usize {
+    std::env::var("LLMGW_SERVE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .min(64)
+}
+
+/// Starts the serving threads; each completes its receiver when its accept loop has
+/// stopped (and dropped its listener), then keeps running until every connection is done.
+fn spawn_serving_threads(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+    let mut loops = Vec::new();
+    for i in 0..serving_threads() {
+        let Ok(std) = dup_listener(listener) else {
+            break;
+        };
+        let (stopped, rx) = tokio::sync::oneshot::channel();
+        let shared = shared.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("llmgw-serve-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::warn!("cannot start a serving thread's runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match TcpListener::from_std(std) {
+                        Ok(l) => accept_loop(l, &shared).await,
+                        Err(e) => tracing::warn!("cannot serve on a thread: {e}"),
+                    }
+                    let _ = stopped.send(());
+                    // This thread's connections finish here (the tracker is closed and
+                    // waited for by `serve` once every loop has stopped).
+                    shared.tracker.wait().await;
+                });
+            });
+        if started.is_ok() {
+            loops.push(rx);
+        }
+    }
+    loops
+}
+
+/// Another descriptor for the same listening socket, not registered with any runtime.
+fn dup_listener(listener: &TcpListener) -> io::Result<std::net::TcpListener> {
+    use std::os::fd::AsFd as _;
+    let fd = listener.as_fd().try_clone_to_owned()?;
+    let std = std::net::TcpListener::from(fd);
+    std.set_nonblocking(true)?;
+    Ok(std)
+}
+
+/// Accepts connections until `shared.stop`; each is served on this thread.
+async fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
+    let limits = shared.limits;
     let mut accept_warned: Option<Instant> = None;
     let mut cap_warned: Option<Instant> = None;
-    tokio::pin!(signal);
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = &mut signal => break,
+            _ = shared.stop.cancelled() => break,
             r = listener.accept() => r,
         };
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,
             Err(e) if is_per_connection(&e) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 if due(&mut accept_warned) {
                     tracing::warn!(
                         "cannot accept connections: {e}; retrying (open connections: {})",
-                        open.load(Ordering::Relaxed)
+                        shared.open.load(Ordering::Relaxed)
                     );
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -168,31 +289,31 @@ pub async fn serve(
         // Streams are many small writes: without TCP_NODELAY each one after the first
         // waits for the client's delayed ACK (~40 ms per event).
         let _ = tcp.set_nodelay(true);
-        let Some(slot) = Slot::take(&open, limits.max_connections) else {
+        let Some(slot) = Slot::take(&shared.open, limits.max_connections) else {
             if due(&mut cap_warned) {
                 tracing::warn!(
                     max_connections = limits.max_connections,
                     "connection limit reached; new connections get 503 ([server] max_connections)"
                 );
             }
-            if let Some(slot) = Slot::take(&rejecting, MAX_REJECTING) {
-                tracker.spawn(refuse(tcp, refusal.clone(), slot, shutdown.clone()));
+            if let Some(slot) = Slot::take(&shared.rejecting, MAX_REJECTING) {
+                shared.tracker.spawn(refuse(
+                    tcp,
+                    shared.refusal.clone(),
+                    slot,
+                    shared.shutdown.clone(),
+                ));
             }
             continue;
         };
         let conn = Conn {
-            app: app.clone(),
+            app: shared.app.clone(),
             limits,
             activity: Arc::new(Activity::new()),
-            shutdown: shutdown.clone(),
+            shutdown: shared.shutdown.clone(),
         };
-        tracker.spawn(conn.run(tcp, builder.clone(), slot));
+        shared.tracker.spawn(conn.run(tcp, shared.clone(), slot));
     }
-    // Stop accepting: from here on the kernel refuses new connections.
-    drop(listener);
-    shutdown.cancel();
-    tracker.close();
-    tracker.wait().await;
 }
 
 /// Accept errors that concern one connection only (it was reset before we took it).
@@ -384,12 +505,7 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(
-        self,
-        tcp: TcpStream,
-        builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
-        _slot: Slot,
-    ) {
+    async fn run(self, tcp: TcpStream, shared: Arc<Shared>, _slot: Slot) {
         let io = TokioIo::new(Watched {
             tcp,
             activity: self.activity.clone(),
@@ -397,7 +513,7 @@ impl Conn {
         let (activity, limits, shutdown) =
             (self.activity.clone(), self.limits, self.shutdown.clone());
         let service = hyper::service::service_fn(move |req| self.call(req));
-        let conn = builder.serve_connection(io, service);
+        let conn = shared.builder.serve_connection(io, service);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => {

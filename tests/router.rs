@@ -616,3 +616,79 @@ async fn cost_based_uses_the_cheapest_within_limits() {
     );
     assert_eq!(dear.state.request_count(), 4, "then the expensive one");
 }
+
+/// Plain-http upstreams go over hyper's client directly (issue 13), except while an HTTP
+/// proxy is set in the gateway's environment: then reqwest sends them through it, as
+/// before. The upstream's host does not resolve, so only the proxy can answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_proxy_from_the_environment_still_carries_plain_http_upstreams() {
+    let proxy = mock("proxy", Behavior::default()).await;
+    let proxy_url = proxy.base_url().trim_end_matches("/v1").to_string();
+    let cfg = openai_model("m", "mock-model", "http://upstream.invalid:9/v1", "");
+    let gw = Gateway::builder(&cfg)
+        .env("HTTP_PROXY", &proxy_url)
+        .start()
+        .await;
+    for stream in [false, true] {
+        let resp = gw
+            .post_json("/v1/chat/completions", &chat_body("m", stream))
+            .await;
+        assert_eq!(resp.status(), 200, "stream={stream}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("chat.completion"), "{text}");
+    }
+    assert_eq!(proxy.state.request_count(), 2);
+}
+
+/// A burst of events an upstream sends at once reaches the client whole and in order
+/// (the gateway gathers queued events into one write, issue 13), and events spaced in time
+/// still arrive one by one as they come, not held back for a batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_events_are_gathered_only_when_already_there() {
+    let burst = mock("burst", Behavior::default()).await;
+    burst.state.set_behavior(|b| b.chunks = 50);
+    let spaced = mock("spaced", Behavior::default()).await;
+    spaced.state.set_behavior(|b| {
+        b.chunks = 4;
+        b.chunk_delay = Duration::from_millis(150);
+    });
+    let cfg = openai_model("burst", "mock-model", &burst.base_url(), "")
+        + &openai_model("spaced", "mock-model", &spaced.base_url(), "");
+    let gw = Gateway::start(&cfg).await;
+    let events = read_sse(
+        gw.post_json("/v1/chat/completions", &chat_body("burst", true))
+            .await,
+    )
+    .await;
+    assert_eq!(content_events(&events).len(), 50);
+    assert!(events.last().unwrap().is_done());
+    let direct = read_sse(
+        common::client()
+            .post(format!("{}/chat/completions", burst.base_url()))
+            .header("content-type", "application/json")
+            .body(chat_body("mock-model", true))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        common::streamed_text(&events),
+        common::streamed_text(&direct)
+    );
+
+    let events = read_sse(
+        gw.post_json("/v1/chat/completions", &chat_body("spaced", true))
+            .await,
+    )
+    .await;
+    let content = content_events(&events);
+    assert_eq!(content.len(), 4);
+    for pair in content.windows(2) {
+        let gap = pair[1].0.duration_since(pair[0].0);
+        assert!(
+            gap >= Duration::from_millis(100),
+            "events held back together: {gap:?}"
+        );
+    }
+}

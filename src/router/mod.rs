@@ -14,12 +14,15 @@ mod policy;
 mod strategy;
 mod stream;
 pub mod tokens;
+mod upstream;
 
 use deployment::InFlight;
 pub use deployment::{now_ms, Deployment, DeploymentState, DeploymentStats};
+use http_body::Body as _;
 use policy::Policy;
 use strategy::ShuffleBasis;
 use stream::UpstreamStream;
+use upstream::{SendError, Upstream, UpstreamResponse};
 
 use crate::config::{ErrorClass, LoadedConfig, ProviderKind, Secret};
 use crate::error::ApiError;
@@ -41,7 +44,7 @@ pub struct Router {
     groups: HashMap<String, Group>,
     /// Group names in config order, for `/v1/models` and error messages.
     names: Vec<String>,
-    client: reqwest::Client,
+    client: Upstream,
     policy: Policy,
     /// Largest context window of any deployment: token counts above it need no precision.
     max_window: u64,
@@ -168,16 +171,19 @@ impl Router {
             .collect();
         // TLS for cloud providers uses rustls with the ring backend (no C build step).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let (idle_per_host, idle_timeout, connect_timeout) =
+            (1024, Duration::from_secs(90), Duration::from_secs(10));
         let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(idle_per_host)
+            .pool_idle_timeout(idle_timeout)
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(connect_timeout)
             // Never follow a redirect: it would resend the body and the provider's key
             // to wherever the upstream points.
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = Upstream::new(client, idle_per_host, idle_timeout, connect_timeout);
         Ok(Router {
             groups,
             names,
@@ -225,7 +231,7 @@ impl Router {
 
     /// The shared upstream HTTP client.
     pub fn client(&self) -> &reqwest::Client {
-        &self.client
+        self.client.reqwest()
     }
 
     /// Masks the known secrets in an upstream error's text.
@@ -589,13 +595,13 @@ impl Router {
         let timeout = dep.timeout.min(limit);
         let rb = providers::attempt_body(dep, req)
             .await
-            .and_then(|body| dep.provider.request(&self.client, dep, req, body))
+            .and_then(|body| dep.provider.request(self.client.reqwest(), dep, req, body))
             .map_err(|e| UpstreamError::new(ErrorClass::BadRequest, e))?;
         let sent = Instant::now();
         let until = tokio::time::Instant::from_std(crate::duration::deadline(sent, timeout));
-        let resp = match tokio::time::timeout_at(until, rb.send()).await {
+        let resp = match tokio::time::timeout_at(until, self.client.send(rb)).await {
             Err(_) => return Err(timeout_error(dep, timeout)),
-            Ok(Err(e)) => return Err(send_error(dep, &e, timeout)),
+            Ok(Err(e)) => return Err(send_error(dep, e, timeout)),
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
@@ -648,7 +654,7 @@ impl Router {
             let limit = self.policy.max_response_bytes;
             let body = match tokio::time::timeout_at(until, read_capped(resp, limit)).await {
                 Err(_) => return Err(timeout_error(dep, timeout)),
-                Ok(Err(e)) => return Err(send_error(dep, &e, timeout)),
+                Ok(Err(_)) => return Err(body_error(dep)),
                 Ok(Ok(Capped::Whole(b))) => b,
                 Ok(Ok(Capped::Cut(_))) => return Err(too_large_error(dep, limit)),
             };
@@ -693,9 +699,19 @@ enum Capped {
 }
 
 /// Reads `resp`'s body, but never more than `limit` bytes of it.
-async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Capped, reqwest::Error> {
-    let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = resp.chunk().await? {
+async fn read_capped(resp: UpstreamResponse, limit: usize) -> Result<Capped, upstream::BoxError> {
+    let mut body = resp.into_body();
+    // Most answers come in one piece: no copy then.
+    let first = match body.chunk().await? {
+        None => return Ok(Capped::Whole(Bytes::new())),
+        Some(b) if b.len() > limit => return Ok(Capped::Cut(b.slice(..limit))),
+        Some(b) => b,
+    };
+    if body.is_end_stream() {
+        return Ok(Capped::Whole(first));
+    }
+    let mut buf = bytes::BytesMut::from(&first[..]);
+    while let Some(chunk) = body.chunk().await? {
         let room = limit - buf.len();
         if chunk.len() > room {
             buf.extend_from_slice(&chunk[..room]);
@@ -794,17 +810,20 @@ fn timeout_error(dep: &Deployment, timeout: Duration) -> UpstreamError {
     )
 }
 
-fn send_error(dep: &Deployment, e: &reqwest::Error, timeout: Duration) -> UpstreamError {
-    if e.is_timeout() {
-        return timeout_error(dep, timeout);
-    }
-    let why = if e.is_connect() {
-        "connection refused or unreachable"
-    } else if e.is_body() || e.is_decode() {
-        "the response body broke off"
-    } else {
-        "the request failed"
+fn send_error(dep: &Deployment, e: SendError, timeout: Duration) -> UpstreamError {
+    let why = match e {
+        SendError::Timeout => return timeout_error(dep, timeout),
+        SendError::Connect => "connection refused or unreachable",
+        SendError::Failed => "the request failed",
     };
+    connection_error(dep, why)
+}
+
+fn body_error(dep: &Deployment) -> UpstreamError {
+    connection_error(dep, "the response body broke off")
+}
+
+fn connection_error(dep: &Deployment, why: &str) -> UpstreamError {
     UpstreamError::new(
         ErrorClass::Connection,
         ApiError::bad_gateway(format!(

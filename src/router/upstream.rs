@@ -1,0 +1,191 @@
+//! Sending an attempt's request to its upstream.
+//!
+//! Plain `http://` upstreams (the local backends a gateway supervises: the common case on a
+//! cluster, and where a proxy hop's cost shows) go over hyper-util's pooled client
+//! directly. reqwest's per-request machinery on top of that same client (the request and
+//! its header map copied, a tower stack of boxed futures, the URL re-parsed from every
+//! response) cost more than the rest of the upstream call (BENCHMARKS.md, issue 13).
+//! `https://` upstreams (cloud providers: TLS, rustls) and every upstream while an HTTP
+//! proxy is set in the environment (reqwest honours it) still go through reqwest.
+//! Providers build their requests with reqwest's builder either way.
+
+use axum::http;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream's answer, whichever client fetched it.
+pub(crate) type UpstreamResponse = http::Response<UpstreamBody>;
+
+type Direct = hyper_util::client::legacy::Client<HttpConnector, reqwest::Body>;
+
+/// The pooled clients; settings as the reqwest client's (`Router::new`).
+pub(crate) struct Upstream {
+    reqwest: reqwest::Client,
+    /// `None` while an HTTP proxy is configured: then reqwest sends everything.
+    direct: Option<Settings>,
+}
+
+/// The direct client's pool settings.
+#[derive(Clone, Copy)]
+struct Settings {
+    idle_per_host: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+thread_local! {
+    /// One direct client (and connection pool) per thread: a connection's task runs on
+    /// the thread that opened it, so a request on a serving thread (`conn::serve`) wakes
+    /// no other thread. Every Router of a process has the same settings.
+    static DIRECT: std::cell::OnceCell<Direct> = const { std::cell::OnceCell::new() };
+}
+
+impl Settings {
+    fn client(self) -> Direct {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        // As reqwest does by default: dead peers are noticed on idle pooled connections.
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(self.idle_per_host)
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(http)
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendError {
+    Connect,
+    Timeout,
+    /// The request could not be sent or its answer's head not read.
+    Failed,
+}
+
+impl Upstream {
+    pub(crate) fn new(
+        reqwest: reqwest::Client,
+        idle_per_host: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Upstream {
+        let direct = (!proxy_configured()).then_some(Settings {
+            idle_per_host,
+            idle_timeout,
+            connect_timeout,
+        });
+        Upstream { reqwest, direct }
+    }
+
+    /// The reqwest client (for calls off the hot path).
+    pub(crate) fn reqwest(&self) -> &reqwest::Client {
+        &self.reqwest
+    }
+
+    /// Sends `rb` and returns the answer's head; its body is read by the caller.
+    pub(crate) async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<UpstreamResponse, SendError> {
+        let req = rb.build().map_err(|_| SendError::Failed)?;
+        if let (Some(settings), "http") = (self.direct, req.url().scheme()) {
+            let mut req =
+                http::Request::<reqwest::Body>::try_from(req).map_err(|_| SendError::Failed)?;
+            // reqwest's default, which upstreams have always seen.
+            req.headers_mut()
+                .entry(http::header::ACCEPT)
+                .or_insert(http::HeaderValue::from_static("*/*"));
+            let sent = DIRECT.with(|c| c.get_or_init(|| settings.client()).request(req));
+            return match sent.await {
+                Ok(resp) => Ok(resp.map(UpstreamBody::Direct)),
+                Err(e) if e.is_connect() => Err(SendError::Connect),
+                Err(_) => Err(SendError::Failed),
+            };
+        }
+        match self.reqwest.execute(req).await {
+            Ok(resp) => Ok(http::Response::from(resp).map(UpstreamBody::Reqwest)),
+            Err(e) if e.is_timeout() => Err(SendError::Timeout),
+            Err(e) if e.is_connect() => Err(SendError::Connect),
+            Err(_) => Err(SendError::Failed),
+        }
+    }
+}
+
+/// True when reqwest would send plain-HTTP requests through a proxy.
+fn proxy_configured() -> bool {
+    ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
+}
+
+/// An upstream's response body.
+pub(crate) enum UpstreamBody {
+    Direct(hyper::body::Incoming),
+    Reqwest(reqwest::Body),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Reqwest(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Direct(b) => b.is_end_stream(),
+            UpstreamBody::Reqwest(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Direct(b) => b.size_hint(),
+            UpstreamBody::Reqwest(b) => b.size_hint(),
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// The next piece of data (trailers are skipped); `None` at the end.
+    pub(crate) fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, BoxError>>> {
+        loop {
+            match std::task::ready!(Pin::new(&mut *self).poll_frame(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next piece of data, or `None` at the end.
+    pub(crate) async fn chunk(&mut self) -> Result<Option<Bytes>, BoxError> {
+        std::future::poll_fn(|cx| self.poll_data(cx))
+            .await
+            .transpose()
+    }
+}
