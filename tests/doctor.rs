@@ -83,10 +83,34 @@ impl Report {
     }
 }
 
+/// The llmgw that runs doctor: the build's own, or, when the build sits in a scratch dir
+/// (a checkout under /tmp), the same file linked once into `$HOME/.cache/llmgw-tests`,
+/// so that only what a test breaks fails (doctor checks that its own binary is on a
+/// shared path). Placed by link-and-rename: never opened for writing while it runs.
+fn doctor_binary() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = PathBuf::from(common::BIN);
+        if !is_scratch(&built) {
+            return built;
+        }
+        let dir = PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/llmgw-tests");
+        std::fs::create_dir_all(&dir).expect("create ~/.cache/llmgw-tests");
+        let fresh = dir.join(format!("llmgw.{}", std::process::id()));
+        let _ = std::fs::remove_file(&fresh);
+        if std::fs::hard_link(&built, &fresh).is_err() {
+            std::fs::copy(&built, &fresh).expect("copy llmgw out of scratch");
+        }
+        let bin = dir.join("llmgw");
+        std::fs::rename(&fresh, &bin).expect("place llmgw in ~/.cache/llmgw-tests");
+        bin
+    })
+}
+
 /// Runs `llmgw doctor -c CONFIG --state-dir DIR` (+ `--json`) with extra environment.
 fn doctor(config: &Path, state_dir: &Path, env: &[(&str, &str)]) -> Report {
     let run = |json: bool| {
-        let mut c = common::llmgw_command();
+        let mut c = common::llmgw_command_at(doctor_binary());
         c.arg("doctor")
             .arg("-c")
             .arg(config)
@@ -147,20 +171,11 @@ fn shared_tempdir() -> tempfile::TempDir {
 }
 
 /// The demo config, with `edit` applied to its text and `extra` appended, written to
-/// `dir` — or the repository's own file when there is nothing to change. A binary built in
-/// a scratch dir is linked into `dir` and named by `[slurm] binary` (the demo's last
-/// table), so that only what a test breaks fails.
+/// `dir` — or the repository's own file when there is nothing to change.
 fn demo_config(dir: &Path, edit: impl Fn(&str) -> String, extra: &str) -> PathBuf {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo-local-slurm.toml");
     let text = std::fs::read_to_string(&demo).expect("read the demo config");
     let mut edited = edit(&text);
-    if is_scratch(Path::new(common::BIN)) && !edited.contains("\nbinary = ") {
-        let bin = dir.join("llmgw");
-        if std::fs::hard_link(common::BIN, &bin).is_err() {
-            std::fs::copy(common::BIN, &bin).expect("copy llmgw out of scratch");
-        }
-        edited.push_str(&format!("binary = {:?}\n", bin.display().to_string()));
-    }
     if edited == text && extra.is_empty() {
         return demo;
     }

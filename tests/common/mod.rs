@@ -58,7 +58,12 @@ const SCRUBBED_ENV: &[&str] = &[
 
 /// A `Command` for the `llmgw` binary with a clean environment for tests.
 pub fn llmgw_command() -> Command {
-    let mut c = Command::new(BIN);
+    llmgw_command_at(std::path::Path::new(BIN))
+}
+
+/// [`llmgw_command`] for another copy of the binary.
+pub fn llmgw_command_at(bin: &std::path::Path) -> Command {
+    let mut c = Command::new(bin);
     for v in SCRUBBED_ENV {
         c.env_remove(v);
     }
