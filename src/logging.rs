@@ -7,10 +7,11 @@
 //! and a syscall per request instead of one of each per line (see BENCHMARKS.md).
 
 use crate::config::LogFormat;
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
@@ -63,8 +64,11 @@ pub fn init(format: LogFormat) -> LogGuard {
         LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    // A second init (tests running serve in-process) keeps the first subscriber.
-    let _ = result;
+    // A second init (tests running serve in-process) keeps the first subscriber, and the
+    // request line keeps going where that subscriber's lines go.
+    if result.is_ok() {
+        let _ = REQUEST_LINES.set((shared.clone(), format));
+    }
     LogGuard { shared, thread }
 }
 
@@ -176,9 +180,427 @@ impl<'a> MakeWriter<'a> for BatchWriter {
     }
 }
 
+/// Where the request line goes and in which format: the installed subscriber's buffer.
+static REQUEST_LINES: OnceLock<(Arc<Shared>, LogFormat)> = OnceLock::new();
+
+/// The fields of the one line per request (`router::RequestLog`).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLine<'a> {
+    pub path: &'a str,
+    pub model: &'a str,
+    pub deployment: &'a str,
+    pub fallback: Option<&'a str>,
+    pub status: u16,
+    pub attempts: u32,
+    pub stream: bool,
+    pub complete: bool,
+    pub client_gone: bool,
+    pub latency: Duration,
+    pub ttfb: Option<Duration>,
+}
+
+/// Logs the request line (target `llmgw::request`, level INFO, so `LLMGW_LOG` filters it
+/// as before).
+///
+/// It is written here, byte for byte as tracing-subscriber's formatter would write it,
+/// because that formatter (field visitor, `fmt::write`, escaping, the timestamp) cost
+/// 16 k of the 97 k instructions a proxied request took (BENCHMARKS.md, issue 13). Without
+/// a subscriber from [`init`] (a test's own) the event goes through tracing as usual.
+pub fn request(line: &RequestLine<'_>) {
+    if !tracing::enabled!(target: "llmgw::request", tracing::Level::INFO) {
+        return;
+    }
+    let Some((shared, format)) = REQUEST_LINES.get() else {
+        return request_via_tracing(line);
+    };
+    thread_local! {
+        static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    BUF.with(|buf| {
+        let Ok(mut buf) = buf.try_borrow_mut() else {
+            return request_via_tracing(line);
+        };
+        buf.clear();
+        format_request(&mut buf, *format, SystemTime::now(), line);
+        let _ = BatchWriter(shared.clone()).write(&buf);
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+        }
+    });
+}
+
+/// The same line through tracing's macro (its formatter decides the bytes).
+fn request_via_tracing(line: &RequestLine<'_>) {
+    tracing::info!(
+        target: "llmgw::request",
+        path = line.path,
+        model = %Clean(line.model),
+        deployment = %line.deployment,
+        fallback = line.fallback.map(|f| tracing::field::display(Clean(f))),
+        status = line.status,
+        attempts = line.attempts,
+        stream = line.stream,
+        complete = line.complete,
+        client_gone = line.client_gone,
+        latency_ms = %Millis(line.latency, 2),
+        ttfb_ms = line.ttfb.map(|t| Millis(t, 2).to_string()),
+        "request"
+    );
+}
+
+/// `{timestamp}  INFO request path="…" model=… …` or the JSON object tracing-subscriber's
+/// `json().flatten_event(true)` writes, ending in a newline.
+fn format_request(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, l: &RequestLine<'_>) {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    match format {
+        LogFormat::Text => {
+            push_timestamp(out, now);
+            out.extend_from_slice(b"  INFO request path=");
+            if l.path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                out.push(b'"');
+                out.extend_from_slice(l.path.as_bytes());
+                out.push(b'"');
+            } else {
+                let _ = write!(text, "{:?}", l.path);
+                out.extend_from_slice(text.as_bytes());
+            }
+            out.extend_from_slice(b" model=");
+            push_clean(out, l.model);
+            out.extend_from_slice(b" deployment=");
+            out.extend_from_slice(l.deployment.as_bytes());
+            if let Some(f) = l.fallback {
+                out.extend_from_slice(b" fallback=");
+                push_clean(out, f);
+            }
+            out.extend_from_slice(b" status=");
+            push_u64(out, l.status.into());
+            out.extend_from_slice(b" attempts=");
+            push_u64(out, l.attempts.into());
+            out.extend_from_slice(if l.stream {
+                b" stream=true"
+            } else {
+                b" stream=false"
+            });
+            out.extend_from_slice(if l.complete {
+                b" complete=true"
+            } else {
+                b" complete=false"
+            });
+            out.extend_from_slice(if l.client_gone {
+                b" client_gone=true"
+            } else {
+                b" client_gone=false"
+            });
+            out.extend_from_slice(b" latency_ms=");
+            push_millis(out, l.latency, 2);
+            if let Some(t) = l.ttfb {
+                out.extend_from_slice(b" ttfb_ms=\"");
+                push_millis(out, t, 2);
+                out.push(b'"');
+            }
+        }
+        LogFormat::Json => {
+            out.extend_from_slice(b"{\"timestamp\":\"");
+            push_timestamp(out, now);
+            out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"path\":");
+            push_json_str(out, l.path);
+            out.extend_from_slice(b",\"model\":");
+            let _ = write!(text, "{}", Clean(l.model));
+            push_json_str(out, &text);
+            out.extend_from_slice(b",\"deployment\":");
+            push_json_str(out, l.deployment);
+            if let Some(f) = l.fallback {
+                out.extend_from_slice(b",\"fallback\":");
+                text.clear();
+                let _ = write!(text, "{}", Clean(f));
+                push_json_str(out, &text);
+            }
+            out.extend_from_slice(b",\"status\":");
+            push_u64(out, l.status.into());
+            out.extend_from_slice(b",\"attempts\":");
+            push_u64(out, l.attempts.into());
+            out.extend_from_slice(if l.stream {
+                b",\"stream\":true"
+            } else {
+                b",\"stream\":false"
+            });
+            out.extend_from_slice(if l.complete {
+                b",\"complete\":true"
+            } else {
+                b",\"complete\":false"
+            });
+            out.extend_from_slice(if l.client_gone {
+                b",\"client_gone\":true"
+            } else {
+                b",\"client_gone\":false"
+            });
+            out.extend_from_slice(b",\"latency_ms\":\"");
+            push_millis(out, l.latency, 2);
+            out.push(b'"');
+            if let Some(t) = l.ttfb {
+                out.extend_from_slice(b",\"ttfb_ms\":\"");
+                push_millis(out, t, 2);
+                out.push(b'"');
+            }
+            out.push(b'}');
+        }
+    }
+    out.push(b'\n');
+}
+
+/// A value as `Clean` displays it, without going through `fmt` when it needs no escaping.
+fn push_clean(out: &mut Vec<u8>, s: &str) {
+    if s.chars().any(char::is_control) {
+        out.extend_from_slice(Clean(s).to_string().as_bytes());
+    } else {
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// A JSON string literal (as serde_json writes it).
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    let plain = |b: &u8| *b >= 0x20 && *b != b'"' && *b != b'\\';
+    if s.as_bytes().iter().all(plain) {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// `n` as exactly `width` digits (zero-padded; the caller keeps `n` in range).
+fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for d in out[start..].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// Milliseconds with `decimals` (≤ 6) digits after the point, rounded half up.
+pub fn push_millis(out: &mut Vec<u8>, d: Duration, decimals: u32) {
+    let scale = 10u128.pow(decimals.min(6));
+    let units = (d.as_nanos() * scale + 500_000) / 1_000_000;
+    push_u64(out, u64::try_from(units / scale).unwrap_or(u64::MAX));
+    if decimals > 0 {
+        out.push(b'.');
+        push_padded(out, (units % scale) as u64, decimals.min(6) as usize);
+    }
+}
+
+/// Milliseconds with a fixed number of decimals, for `Display`.
+pub struct Millis(pub Duration, pub u32);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = Vec::with_capacity(24);
+        push_millis(&mut out, self.0, self.1);
+        f.write_str(std::str::from_utf8(&out).unwrap_or_default())
+    }
+}
+
+/// RFC 3339 UTC with microseconds, as tracing-subscriber's `SystemTime` timer writes it:
+/// `2026-11-30T15:22:20.827341Z`.
+fn push_timestamp(out: &mut Vec<u8>, now: SystemTime) {
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let sod = secs % 86_400;
+    push_padded(out, year.clamp(0, 9999) as u64, 4);
+    out.push(b'-');
+    push_padded(out, month.into(), 2);
+    out.push(b'-');
+    push_padded(out, day.into(), 2);
+    out.push(b'T');
+    push_padded(out, sod / 3600, 2);
+    out.push(b':');
+    push_padded(out, sod / 60 % 60, 2);
+    out.push(b':');
+    push_padded(out, sod % 60, 2);
+    out.push(b'.');
+    push_padded(out, since.subsec_micros().into(), 6);
+    out.push(b'Z');
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What tracing-subscriber writes for `line`, set up as `init` sets it up.
+    fn via_subscriber(format: LogFormat, line: &RequestLine<'_>) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl Write for Capture {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let cap = Capture::default();
+        let out = cap.0.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_writer(move || cap.clone())
+            .with_target(false);
+        let dispatch = match format {
+            LogFormat::Text => tracing::Dispatch::new(builder.with_ansi(false).finish()),
+            LogFormat::Json => tracing::Dispatch::new(builder.json().flatten_event(true).finish()),
+        };
+        tracing::dispatcher::with_default(&dispatch, || request_via_tracing(line));
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    fn direct(format: LogFormat, line: &RequestLine<'_>) -> String {
+        let mut out = Vec::new();
+        format_request(&mut out, format, SystemTime::now(), line);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn request_line_is_what_tracing_subscriber_would_write() {
+        let plain = RequestLine {
+            path: "/v1/chat/completions",
+            model: "bench",
+            deployment: "bench-1",
+            fallback: None,
+            status: 200,
+            attempts: 1,
+            stream: false,
+            complete: true,
+            client_gone: false,
+            latency: Duration::from_micros(1_234),
+            ttfb: Some(Duration::from_micros(1_005)),
+        };
+        let hostile = RequestLine {
+            path: "/v1/messages",
+            model: "x\u{1b}[31m\"y\\\n2026-01-01T00:00:00Z  INFO forged é",
+            deployment: "",
+            fallback: Some("fb\r\"q\""),
+            status: 502,
+            attempts: 3,
+            stream: true,
+            complete: false,
+            client_gone: true,
+            latency: Duration::from_secs(3_600),
+            ttfb: None,
+        };
+        for line in [plain, hostile] {
+            let (ours, theirs) = (
+                direct(LogFormat::Text, &line),
+                via_subscriber(LogFormat::Text, &line),
+            );
+            // The same bytes after the timestamp (27 bytes), one line each.
+            assert_eq!(ours[27..], theirs[27..], "{ours}\n{theirs}");
+            assert_eq!(ours.lines().count(), 1, "{ours}");
+            let (ours, theirs) = (
+                direct(LogFormat::Json, &line),
+                via_subscriber(LogFormat::Json, &line),
+            );
+            let strip = |s: &str| {
+                let mut v: serde_json::Value = serde_json::from_str(s).unwrap();
+                let ts = v["timestamp"].as_str().unwrap().to_owned();
+                assert_eq!(ts.len(), 27, "{ts}");
+                v["timestamp"] = "".into();
+                (v.to_string(), s.ends_with('\n'))
+            };
+            // Same keys in the same order, same values, a newline at the end.
+            assert_eq!(strip(&ours), strip(&theirs), "{ours}\n{theirs}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let at = |secs: u64, micros: u64| {
+            let mut out = Vec::new();
+            push_timestamp(
+                &mut out,
+                SystemTime::UNIX_EPOCH + Duration::from_micros(secs * 1_000_000 + micros),
+            );
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_798_761_599, 999_999), "2026-12-31T23:59:59.999999Z");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
+        // Today's date agrees with tracing-subscriber's own timer.
+        let ours = direct(
+            LogFormat::Text,
+            &RequestLine {
+                ttfb: None,
+                ..req_line()
+            },
+        );
+        let theirs = via_subscriber(LogFormat::Text, &req_line());
+        assert_eq!(ours[..16], theirs[..16], "{ours}\n{theirs}");
+    }
+
+    fn req_line() -> RequestLine<'static> {
+        RequestLine {
+            path: "/v1/embeddings",
+            model: "m",
+            deployment: "d",
+            fallback: None,
+            status: 200,
+            attempts: 1,
+            stream: false,
+            complete: true,
+            client_gone: false,
+            latency: Duration::ZERO,
+            ttfb: None,
+        }
+    }
+
+    #[test]
+    fn millis_round_half_up() {
+        let ms = |d: Duration, n: u32| Millis(d, n).to_string();
+        assert_eq!(ms(Duration::ZERO, 2), "0.00");
+        assert_eq!(ms(Duration::from_nanos(1_234_567), 2), "1.23");
+        assert_eq!(ms(Duration::from_nanos(1_235_000), 2), "1.24");
+        assert_eq!(ms(Duration::from_nanos(999_995_000), 2), "1000.00");
+        assert_eq!(ms(Duration::from_nanos(1_234_567), 3), "1.235");
+        assert_eq!(ms(Duration::from_secs(7), 0), "7000");
+        assert_eq!(ms(Duration::MAX, 3).len(), 24);
+    }
 
     #[test]
     fn clean_escapes_control_characters() {

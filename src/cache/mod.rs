@@ -273,11 +273,7 @@ impl Cache {
             if let Ok(v) = HeaderValue::from_str(&key) {
                 h.insert("x-llmgw-cache-key", v);
             }
-            if let Ok(v) =
-                HeaderValue::from_str(&format!("{:.3}", log.overhead().as_secs_f64() * 1000.0))
-            {
-                h.insert("x-llmgw-overhead-ms", v);
-            }
+            h.insert("x-llmgw-overhead-ms", crate::router::overhead_header(log.overhead()));
             return Ok(Outcome::Hit(resp));
         }
         counters::miss();

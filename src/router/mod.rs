@@ -796,8 +796,11 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn overhead_header(d: Duration) -> HeaderValue {
-    header_value(&format!("{:.3}", d.as_secs_f64() * 1000.0))
+/// `x-llmgw-overhead-ms`: the gateway's own time, in milliseconds with three decimals.
+pub(crate) fn overhead_header(d: Duration) -> HeaderValue {
+    let mut ms = Vec::with_capacity(24);
+    crate::logging::push_millis(&mut ms, d, 3);
+    HeaderValue::from_maybe_shared(Bytes::from(ms)).unwrap_or(HeaderValue::from_static("0.000"))
 }
 
 fn timeout_error(dep: &Deployment, timeout: Duration) -> UpstreamError {
@@ -901,22 +904,19 @@ impl Drop for RequestLog {
         if self.path.is_empty() {
             return;
         }
-        let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(
-            target: "llmgw::request",
-            path = self.path,
-            model = %Clean(&self.model),
-            deployment = %self.deployment,
-            fallback = self.fallback.as_deref().map(|f| tracing::field::display(Clean(f))),
-            status = self.status,
-            attempts = self.attempts,
-            stream = self.stream,
-            complete = self.complete,
-            client_gone = self.client_gone,
-            latency_ms = format_args!("{latency_ms:.2}"),
-            ttfb_ms = self.ttfb.map(|t| format!("{:.2}", t.as_secs_f64() * 1000.0)),
-            "request"
-        );
+        crate::logging::request(&crate::logging::RequestLine {
+            path: self.path,
+            model: &self.model,
+            deployment: &self.deployment,
+            fallback: self.fallback.as_deref(),
+            status: self.status,
+            attempts: self.attempts,
+            stream: self.stream,
+            complete: self.complete,
+            client_gone: self.client_gone,
+            latency: self.start.elapsed(),
+            ttfb: self.ttfb,
+        });
     }
 }
 
