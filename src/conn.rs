@@ -17,6 +17,7 @@
 
 use crate::config::ServerConfig;
 use bytes::Bytes;
+use futures_util::future::Either;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -140,11 +141,13 @@ pub fn raise_nofile_limit() -> u64 {
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
+    hot: Option<Arc<crate::serve::AppState>>,
     limits: Limits,
     signal: impl Future<Output = ()>,
 ) {
     let shared = Arc::new(Shared {
         app,
+        hot,
         limits,
         builder: {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -184,6 +187,8 @@ pub async fn serve(
 /// What every serving thread shares.
 struct Shared {
     app: axum::Router,
+    /// Set when the proxied endpoints may skip `app`'s router (`serve::hot_route`).
+    hot: Option<Arc<crate::serve::AppState>>,
     limits: Limits,
     builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
     open: Arc<AtomicUsize>,
@@ -308,6 +313,7 @@ async fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
         };
         let conn = Conn {
             app: shared.app.clone(),
+            hot: shared.hot.clone(),
             limits,
             activity: Arc::new(Activity::new()),
             shutdown: shared.shutdown.clone(),
@@ -499,6 +505,7 @@ impl Drop for InFlight {
 /// One accepted connection.
 struct Conn {
     app: axum::Router,
+    hot: Option<Arc<crate::serve::AppState>>,
     limits: Limits,
     activity: Arc<Activity>,
     shutdown: CancellationToken,
@@ -551,12 +558,33 @@ impl Conn {
         let in_flight = InFlight::start(&self.activity);
         let req =
             req.map(|b| Deadline::new(b, self.limits.body_read_timeout, self.shutdown.clone()));
-        let fut = tower_service::Service::call(&mut self.app.clone(), req);
+        // The proxied endpoints go straight to their handler: axum's router, its
+        // middleware and extractors cost ~6 k instructions a request (BENCHMARKS.md).
+        let route = match &self.hot {
+            Some(state) => crate::serve::hot_route(req.method(), req.uri().path())
+                .map(|(endpoint, path)| (state.clone(), endpoint, path)),
+            None => None,
+        };
+        let fut = match route {
+            Some((state, endpoint, path)) => {
+                // Boxed: the handler's future is kilobytes, and unboxed it was copied on
+                // every move into hyper's dispatcher (memcpy doubled).
+                Either::Left(Box::pin(crate::serve::serve_hot(
+                    state, endpoint, path, req,
+                )))
+            }
+            None => {
+                let routed = tower_service::Service::call(&mut self.app.clone(), req);
+                Either::Right(async move {
+                    match routed.await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    }
+                })
+            }
+        };
         async move {
-            let resp = match fut.await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            };
+            let resp = fut.await;
             Ok(resp.map(|body| Tracked {
                 body,
                 _in_flight: in_flight,

@@ -14,7 +14,7 @@ use crate::state::{self, EndpointRecord};
 use anyhow::Context as _;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -180,7 +180,9 @@ pub async fn run(
     let grace = server.shutdown_grace.0;
 
     spawn_signal_listener(shutdown.clone());
-    let serve = crate::conn::serve(bound.listener, app, limits, {
+    // While this job relays to a successor (renewal), every request passes the relay layer.
+    let hot = relay.is_none().then(|| state.clone());
+    let serve = crate::conn::serve(bound.listener, app, hot, limits, {
         let shutdown = shutdown.clone();
         let state = state.clone();
         async move {
@@ -391,6 +393,43 @@ async fn embeddings(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
     proxy(s, Endpoint::Embeddings, "/v1/embeddings", headers, body).await
 }
 
+/// The proxied endpoints' handlers, for a POST to `path` (as `app` routes them).
+pub(crate) fn hot_route(method: &Method, path: &str) -> Option<(Endpoint, &'static str)> {
+    if method != Method::POST {
+        return None;
+    }
+    match path {
+        "/v1/chat/completions" | "/chat/completions" => {
+            Some((Endpoint::ChatCompletions, "/v1/chat/completions"))
+        }
+        "/v1/completions" | "/completions" => Some((Endpoint::Completions, "/v1/completions")),
+        "/v1/embeddings" | "/embeddings" => Some((Endpoint::Embeddings, "/v1/embeddings")),
+        _ => None,
+    }
+}
+
+/// A request `hot_route` found, served as `app` would serve it (the keyless gateway's
+/// local-only rule, then the handler) without going through axum's router: `conn` calls
+/// this for the hot endpoints so that their per-request cost stays low (issue 13).
+pub(crate) async fn serve_hot<B>(
+    s: Arc<AppState>,
+    endpoint: Endpoint,
+    path: &'static str,
+    req: axum::http::Request<B>,
+) -> Response
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    if s.master_key.is_none() {
+        if let Err(refused) = crate::access::check_local_request(&req) {
+            return refused;
+        }
+    }
+    let (parts, body) = req.into_parts();
+    proxy(s, endpoint, path, parts.headers, Body::new(body)).await
+}
+
 /// The request path shared by the proxied endpoints.
 pub(crate) async fn proxy(
     s: Arc<AppState>,
@@ -447,7 +486,9 @@ pub(crate) async fn proxy(
             .timeout
             .map_or(s.request_timeout, |t| t.min(s.request_timeout));
         let deadline = crate::duration::deadline(std::time::Instant::now(), budget);
-        match tokio::time::timeout(budget, s.router.serve(req, deadline, &mut log)).await {
+        // Boxed: the router's future is large, and `timeout` would copy it whole.
+        let serving = Box::pin(s.router.serve(req, deadline, &mut log));
+        match tokio::time::timeout(budget, serving).await {
             Ok(Ok(resp)) => {
                 let resp = match ticket.take() {
                     Some(t) => crate::spend::meter(t, !client_usage, resp).await,

@@ -273,7 +273,10 @@ impl Cache {
             if let Ok(v) = HeaderValue::from_str(&key) {
                 h.insert("x-llmgw-cache-key", v);
             }
-            h.insert("x-llmgw-overhead-ms", crate::router::overhead_header(log.overhead()));
+            h.insert(
+                "x-llmgw-overhead-ms",
+                crate::router::overhead_header(log.overhead()),
+            );
             return Ok(Outcome::Hit(resp));
         }
         counters::miss();
