@@ -1112,11 +1112,14 @@ fn spawn(plan: &Plan, attempt: u32) -> Result<tokio::process::Child, SuperviseEr
 /// or the main thread, which live as long as the gateway.
 pub(crate) fn die_with_parent(cmd: &mut tokio::process::Command) {
     let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs between fork and exec and only makes two system calls
+    // SAFETY: the closure runs between fork and exec and only makes system calls
     // (prctl, getppid); it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The gateway turned transparent huge pages off for itself (`main`); a model
+            // server gets the machine's setting back.
+            let _ = nix::sys::prctl::set_thp_disable(false);
             // The gateway died before prctl took effect: no signal will come.
             if nix::unistd::getppid() != parent {
                 return Err(nix::errno::Errno::ESRCH.into());
@@ -1443,6 +1446,33 @@ mod tests {
     fn names_are_file_safe() {
         assert_eq!(sanitize("qwen/3 b"), "qwen_3_b");
         assert_eq!(sanitize(".."), "backend..");
+    }
+
+    /// The gateway runs without transparent huge pages; a model server it starts gets
+    /// the machine's setting back.
+    #[tokio::test]
+    async fn children_get_transparent_huge_pages_back() {
+        let thp = |status: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("THP_enabled:"))
+                .map(|v| v.trim().to_owned())
+        };
+        let Some(before) = thp(&std::fs::read_to_string("/proc/self/status").unwrap()) else {
+            return; // a kernel without the field (older than 5.0): nothing to compare
+        };
+        nix::sys::prctl::set_thp_disable(true).unwrap();
+        let ours = thp(&std::fs::read_to_string("/proc/self/status").unwrap());
+        let mut cmd = tokio::process::Command::new("cat");
+        cmd.arg("/proc/self/status");
+        die_with_parent(&mut cmd);
+        let out = cmd.output().await.unwrap();
+        nix::sys::prctl::set_thp_disable(before != "1").unwrap();
+        assert_eq!(ours.as_deref(), Some("0"));
+        assert_eq!(
+            thp(&String::from_utf8_lossy(&out.stdout)).as_deref(),
+            Some("1")
+        );
     }
 
     #[tokio::test]
