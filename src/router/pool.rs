@@ -16,7 +16,9 @@
 //! `HttpConnector`, as before.
 
 use super::upstream::SendError;
-use axum::http::{header::HOST, uri::Authority, HeaderValue, Request, Response, Uri};
+use axum::http::{
+    header::Entry, header::HOST, uri::Authority, HeaderValue, Request, Response, Uri,
+};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -39,9 +41,10 @@ pub(crate) struct Settings {
 
 type Sender = SendRequest<reqwest::Body>;
 
-/// One upstream's idle connections, oldest first.
+/// One upstream: its `Host` header, made once, and its idle connections, oldest first.
 struct Host {
     authority: Authority,
+    header: HeaderValue,
     idle: Vec<Idle>,
 }
 
@@ -69,11 +72,12 @@ pub(crate) async fn send(
 ) -> Result<Response<PooledBody>, SendError> {
     let uri = std::mem::take(req.uri_mut());
     let authority = uri.authority().ok_or(SendError::Failed)?.clone();
-    if !req.headers().contains_key(HOST) {
-        req.headers_mut().insert(HOST, host_header(&authority)?);
+    let (header, idle) = with_host(&authority, |h| (h.header.clone(), h.take_idle(settings)))?;
+    if let Entry::Vacant(v) = req.headers_mut().entry(HOST) {
+        v.insert(header);
     }
     *req.uri_mut() = origin_form(&uri);
-    let (mut sender, reused) = match checkout(settings, &authority).await {
+    let (mut sender, reused) = match checkout(settings, &authority, idle).await {
         Some(s) => (s, true),
         None => (connect(settings, &uri).await?, false),
     };
@@ -124,35 +128,85 @@ fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-/// The newest idle connection to `authority` that can take a request now.
-async fn checkout(settings: Settings, authority: &Authority) -> Option<Sender> {
+/// Runs `f` on this thread's entry for `authority`, made on first use.
+fn with_host<T>(authority: &Authority, f: impl FnOnce(&mut Host) -> T) -> Result<T, SendError> {
+    // The thread-local is gone only while the thread exits.
+    let found = POOL.try_with(|p| {
+        let mut hosts = p.borrow_mut();
+        // Exact bytes: cheaper than `Authority`'s case-blind comparison, and the same
+        // upstream is always spelled the same (its configured `api_base`).
+        let i = match hosts
+            .iter()
+            .position(|h| h.authority.as_str() == authority.as_str())
+        {
+            Some(i) => i,
+            None => {
+                // Upstreams nothing waits for go (a backend relaunched on another port).
+                hosts.retain(|h| !h.idle.is_empty());
+                hosts.push(Host {
+                    authority: authority.clone(),
+                    header: host_header(authority)?,
+                    idle: Vec::new(),
+                });
+                hosts.len() - 1
+            }
+        };
+        Ok(f(&mut hosts[i]))
+    });
+    found.unwrap_or(Err(SendError::Failed))
+}
+
+/// `idle` if it can take a request now, else the next newest idle connection to
+/// `authority` that can.
+async fn checkout(
+    settings: Settings,
+    authority: &Authority,
+    mut idle: Option<Sender>,
+) -> Option<Sender> {
     loop {
-        let mut sender = POOL.with(|p| take_idle(&mut p.borrow_mut(), settings, authority))?;
+        let mut sender = idle?;
         if sender.is_ready() {
             return Some(sender);
         }
         if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
             return Some(sender);
         }
+        idle = with_host(authority, |h| h.take_idle(settings)).ok()?;
     }
 }
 
-/// Pops the newest idle connection to `authority` that is neither expired nor closed;
-/// the expired and closed ones met on the way are dropped.
-fn take_idle(hosts: &mut [Host], settings: Settings, authority: &Authority) -> Option<Sender> {
-    let host = hosts.iter_mut().find(|h| h.authority == *authority)?;
-    let now = Instant::now();
-    while let Some(idle) = host.idle.pop() {
-        if now.saturating_duration_since(idle.since) > settings.idle_timeout {
-            // The older ones have been idle longer still.
-            host.idle.clear();
-            return None;
+impl Host {
+    /// Pops the newest idle connection that is neither expired nor closed; the expired
+    /// and closed ones met on the way are dropped.
+    fn take_idle(&mut self, settings: Settings) -> Option<Sender> {
+        let now = Instant::now();
+        while let Some(idle) = self.idle.pop() {
+            if now.saturating_duration_since(idle.since) > settings.idle_timeout {
+                // The older ones have been idle longer still.
+                self.idle.clear();
+                return None;
+            }
+            if !idle.sender.is_closed() {
+                return Some(idle.sender);
+            }
         }
-        if !idle.sender.is_closed() {
-            return Some(idle.sender);
+        None
+    }
+
+    /// Keeps `sender` as the newest idle connection, unless there are enough; drops
+    /// the expired ones.
+    fn put(&mut self, sender: Sender, settings: Settings) {
+        let now = Instant::now();
+        let expired = self
+            .idle
+            .iter()
+            .take_while(|i| now.saturating_duration_since(i.since) > settings.idle_timeout)
+            .count();
+        self.idle.drain(..expired);
+        if self.idle.len() < settings.idle_per_host {
+            self.idle.push(Idle { sender, since: now });
         }
     }
-    None
 }
 
 /// A connection to hand back to the pool once its response body has been read.
@@ -164,35 +218,8 @@ struct Checkin {
 
 fn checkin(c: Option<Checkin>) {
     let Some(c) = c else { return };
-    if c.sender.is_closed() {
-        return;
-    }
-    // The thread-local is gone only while the thread exits: the connection just closes.
-    let _ = POOL.try_with(|p| put(&mut p.borrow_mut(), c, Instant::now()));
-}
-
-fn put(hosts: &mut Vec<Host>, c: Checkin, now: Instant) {
-    let i = match hosts.iter().position(|h| h.authority == c.authority) {
-        Some(i) => i,
-        None => {
-            hosts.push(Host {
-                authority: c.authority,
-                idle: Vec::new(),
-            });
-            hosts.len() - 1
-        }
-    };
-    let idle = &mut hosts[i].idle;
-    let expired = idle
-        .iter()
-        .take_while(|i| now.saturating_duration_since(i.since) > c.settings.idle_timeout)
-        .count();
-    idle.drain(..expired);
-    if idle.len() < c.settings.idle_per_host {
-        idle.push(Idle {
-            sender: c.sender,
-            since: now,
-        });
+    if !c.sender.is_closed() {
+        let _ = with_host(&c.authority, |h| h.put(c.sender, c.settings));
     }
 }
 
