@@ -706,16 +706,16 @@ async fn upstream_connections_are_reused_and_an_abandoned_stream_does_not_poison
         .env("LLMGW_SERVE_THREADS", "1")
         .start()
         .await;
-    let direct = common::client()
-        .post(format!("{}/chat/completions", up.base_url()))
-        .header("content-type", "application/json")
-        .body(chat_body("mock-model", false))
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+    let direct = common::json_body(
+        common::client()
+            .post(format!("{}/chat/completions", up.base_url()))
+            .header("content-type", "application/json")
+            .body(chat_body("mock-model", false))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let before = up.state.connection_count();
     for i in 0..12 {
         let stream = i % 3 == 2;
@@ -727,7 +727,7 @@ async fn upstream_connections_are_reused_and_an_abandoned_stream_does_not_poison
             let events = read_sse(resp).await;
             assert!(events.last().unwrap().is_done(), "request {i}");
         } else {
-            let body: serde_json::Value = resp.json().await.unwrap();
+            let body = common::json_body(resp).await;
             assert_eq!(body["choices"], direct["choices"], "request {i}");
         }
     }
@@ -758,7 +758,7 @@ async fn upstream_connections_are_reused_and_an_abandoned_stream_does_not_poison
         .post_json("/v1/chat/completions", &chat_body("m", false))
         .await;
     assert_eq!(resp.status(), 200);
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let body = common::json_body(resp).await;
     assert_eq!(body["choices"], direct["choices"]);
     assert_eq!(up.state.connection_count() - before, 2);
 }
@@ -808,6 +808,8 @@ async fn an_upstream_closing_idle_keep_alive_connections_fails_no_request() {
                 body.len()
             );
             conn.write_all(answer.as_bytes()).await.unwrap();
+            // Closed once the gateway has put the connection back in its pool.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             drop(conn);
         }
     });
@@ -826,9 +828,14 @@ async fn an_upstream_closing_idle_keep_alive_connections_fails_no_request() {
             .post_json("/v1/chat/completions", &chat_body("m", false))
             .await;
         assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(
+            header(resp.headers(), "x-llmgw-attempts"),
+            "1",
+            "request {i}"
+        );
         assert!(resp.text().await.unwrap().contains("hello once"));
         // The close reaches the gateway while its connection is idle.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let head = heads.recv().await.unwrap();
     assert!(
