@@ -477,6 +477,38 @@ mod tests {
         assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// The upstream closes the idle connection at the moment a request picks it: the
+    /// connection still looks open and ready, the request goes to it, its task then sees
+    /// the close and hands the request back unsent; it is sent again on a new connection.
+    #[tokio::test]
+    async fn a_request_a_closed_idle_connection_hands_back_is_sent_again() {
+        use tokio::io::AsyncReadExt as _;
+        let up = upstream(vec![Answer::CloseOnSignal]);
+        assert_eq!(fetch(up.addr).await, BODY);
+        // Let the connection's task finish its exchange and say it is ready again.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(idle_count(&up.addr.to_string()), 1);
+        // A task that sends as soon as `trigger` is readable: woken by the runtime just
+        // before the connection's task, which is woken by the close right after.
+        let (mut trigger, mut pull) = tokio::net::UnixStream::pair().unwrap();
+        let addr = up.addr;
+        let sender = tokio::spawn(async move {
+            let _ = pull.read(&mut [0u8; 1]).await;
+            fetch(addr).await
+        });
+        tokio::task::yield_now().await;
+        tokio::io::AsyncWriteExt::write_all(&mut trigger, b"x")
+            .await
+            .unwrap();
+        up.close.send(()).unwrap();
+        // Block the runtime meanwhile: both events are there when it next looks.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(sender.await.unwrap(), BODY);
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    }
+
     #[test]
     fn host_header_is_host_and_port_without_the_default_port() {
         let h = |a: &str| host_header(&a.parse().unwrap()).unwrap();
