@@ -509,6 +509,31 @@ mod tests {
         assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
     }
 
+    #[tokio::test]
+    async fn idle_connections_expire_and_are_kept_only_up_to_the_cap() {
+        let up = upstream(vec![]);
+        let settings = Settings {
+            idle_per_host: 1,
+            idle_timeout: Duration::from_millis(100),
+            ..SETTINGS
+        };
+        let get = || async {
+            let resp = send(settings, request(up.addr)).await.expect("answered");
+            resp.into_body().collect().await.unwrap().to_bytes()
+        };
+        // Two at once: two connections, one kept.
+        let (a, b) = tokio::join!(get(), get());
+        assert_eq!((&a[..], &b[..]), (BODY.as_bytes(), BODY.as_bytes()));
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(idle_count(&up.addr.to_string()), 1);
+        get().await;
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+        // Idle for longer than the idle timeout: not reused.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        get().await;
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+    }
+
     #[test]
     fn host_header_is_host_and_port_without_the_default_port() {
         let h = |a: &str| host_header(&a.parse().unwrap()).unwrap();
