@@ -103,6 +103,8 @@ pub struct MockState {
     pub running: AtomicU64,
     pub waiting: AtomicU64,
     slot_free: tokio::sync::Notify,
+    /// TCP connections accepted (a client that pools its connections opens few).
+    pub connections: AtomicU64,
 }
 
 impl MockState {
@@ -132,6 +134,9 @@ impl MockState {
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
     }
+    pub fn connection_count(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
 }
 
 /// Serves `app` on `listener` in a tokio task, with TCP_NODELAY like a real server (or
@@ -140,8 +145,18 @@ pub(crate) fn serve_in_background(
     listener: tokio::net::TcpListener,
     app: axum::Router,
 ) -> tokio::task::JoinHandle<()> {
+    serve_counting(listener, app, |_| {})
+}
+
+/// `serve_in_background`, calling `accepted` for every connection.
+fn serve_counting(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    accepted: impl Fn(&tokio::net::TcpStream) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     use axum::serve::ListenerExt as _;
-    let listener = listener.tap_io(|tcp| {
+    let listener = listener.tap_io(move |tcp| {
+        accepted(tcp);
         let _ = tcp.set_nodelay(true);
     });
     tokio::spawn(async move {
@@ -180,11 +195,15 @@ impl MockUpstream {
             running: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             slot_free: tokio::sync::Notify::new(),
+            connections: AtomicU64::new(0),
         });
         let app = router(state.clone());
         // No Nagle: a streamed answer is many small writes; without TCP_NODELAY each one
         // after the first waits for the client's (delayed, ~40 ms) ACK.
-        let task = serve_in_background(listener, app);
+        let counted = state.clone();
+        let task = serve_counting(listener, app, move |_| {
+            counted.connections.fetch_add(1, Ordering::SeqCst);
+        });
         Ok(MockUpstream { addr, state, task })
     }
 

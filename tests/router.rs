@@ -692,3 +692,165 @@ async fn streamed_events_are_gathered_only_when_already_there() {
         );
     }
 }
+
+/// Plain-http upstream connections are pooled (issue 13): sequential requests, streamed
+/// or not, share one upstream connection; a stream the client abandons half-read takes
+/// its connection with it, and the next request gets its own whole answer on a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_reused_and_an_abandoned_stream_does_not_poison_them() {
+    use std::sync::atomic::Ordering;
+    let up = mock("pooled", Behavior::default()).await;
+    let cfg = openai_model("m", "mock-model", &up.base_url(), "");
+    // One serving thread: one per-thread pool.
+    let gw = Gateway::builder(&format!("[router]\nnum_retries = 0\n{cfg}"))
+        .env("LLMGW_SERVE_THREADS", "1")
+        .start()
+        .await;
+    let direct = common::json_body(
+        common::client()
+            .post(format!("{}/chat/completions", up.base_url()))
+            .header("content-type", "application/json")
+            .body(chat_body("mock-model", false))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let before = up.state.connection_count();
+    for i in 0..12 {
+        let stream = i % 3 == 2;
+        let resp = gw
+            .post_json("/v1/chat/completions", &chat_body("m", stream))
+            .await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        if stream {
+            let events = read_sse(resp).await;
+            assert!(events.last().unwrap().is_done(), "request {i}");
+        } else {
+            let body = common::json_body(resp).await;
+            assert_eq!(body["choices"], direct["choices"], "request {i}");
+        }
+    }
+    assert_eq!(up.state.connection_count() - before, 1);
+
+    // Abandoned after its first event, with more to come.
+    up.state.set_behavior(|b| {
+        b.chunks = 20;
+        b.chunk_delay = Duration::from_millis(100);
+    });
+    let mut resp = gw
+        .post_json("/v1/chat/completions", &chat_body("m", true))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    common::wait_for(
+        Duration::from_secs(5),
+        "the upstream to see the cancel",
+        || {
+            let n = up.state.cancelled_streams.load(Ordering::SeqCst);
+            async move { (n >= 1).then_some(()) }
+        },
+    )
+    .await;
+    up.state.set_behavior(|b| b.chunk_delay = Duration::ZERO);
+    let resp = gw
+        .post_json("/v1/chat/completions", &chat_body("m", false))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body = common::json_body(resp).await;
+    assert_eq!(body["choices"], direct["choices"]);
+    assert_eq!(up.state.connection_count() - before, 2);
+}
+
+/// An upstream that closes idle keep-alive connections (uvicorn does after 5 s) fails no
+/// request, even with retries off: the gateway does not send on the closed connection.
+/// It also receives what the gateway has always sent: origin-form target, `Host`,
+/// `Accept: */*`, the JSON content type and length, the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_closing_idle_keep_alive_connections_fails_no_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heads_tx, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // Answers each connection's first request with keep-alive, then closes it.
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                let n = conn.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed before a request");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                let n = conn.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed inside a request body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            heads_tx.send(head).unwrap();
+            let body = r#"{"id":"c1","object":"chat.completion","created":0,"model":"up","choices":[{"index":0,"message":{"role":"assistant","content":"hello once"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(answer.as_bytes()).await.unwrap();
+            // Closed once the gateway has put the connection back in its pool.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(conn);
+        }
+    });
+    let cfg = openai_model(
+        "m",
+        "up",
+        &format!("http://{addr}/v1"),
+        "api_key = \"sk-upstream-key\"",
+    );
+    let gw = Gateway::builder(&format!("[router]\nnum_retries = 0\n{cfg}"))
+        .env("LLMGW_SERVE_THREADS", "1")
+        .start()
+        .await;
+    for i in 0..3 {
+        let resp = gw
+            .post_json("/v1/chat/completions", &chat_body("m", false))
+            .await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(
+            header(resp.headers(), "x-llmgw-attempts"),
+            "1",
+            "request {i}"
+        );
+        assert!(resp.text().await.unwrap().contains("hello once"));
+        // The close reaches the gateway while its connection is idle.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let head = heads.recv().await.unwrap();
+    assert!(
+        head.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
+        "{head}"
+    );
+    let lower = head.to_ascii_lowercase();
+    for line in [
+        format!("host: {addr}"),
+        "accept: */*".to_string(),
+        "content-type: application/json".to_string(),
+        "authorization: bearer sk-upstream-key".to_string(),
+        "content-length: ".to_string(),
+    ] {
+        assert!(lower.contains(&format!("\r\n{line}")), "{line} in {head}");
+    }
+    server.abort();
+}

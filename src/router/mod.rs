@@ -11,6 +11,7 @@
 mod deployment;
 pub mod load;
 mod policy;
+mod pool;
 mod strategy;
 mod stream;
 pub mod tokens;

@@ -1,19 +1,19 @@
 //! Sending an attempt's request to its upstream.
 //!
 //! Plain `http://` upstreams (the local backends a gateway supervises: the common case on a
-//! cluster, and where a proxy hop's cost shows) go over hyper-util's pooled client
-//! directly. reqwest's per-request machinery on top of that same client (the request and
-//! its header map copied, a tower stack of boxed futures, the URL re-parsed from every
-//! response) cost more than the rest of the upstream call (BENCHMARKS.md, issue 13).
+//! cluster, and where a proxy hop's cost shows) go over hyper's HTTP/1 client directly,
+//! with this crate's per-thread connection pool (`pool`). reqwest's per-request machinery
+//! (the request and its header map copied, a tower stack of boxed futures, the URL
+//! re-parsed from every response) and then hyper-util's pooled client under it each cost
+//! more than the rest of the upstream call (BENCHMARKS.md, issue 13).
 //! `https://` upstreams (cloud providers: TLS, rustls) and every upstream while an HTTP
 //! proxy is set in the environment (reqwest honours it) still go through reqwest.
 //! Providers build their requests with reqwest's builder either way.
 
+use super::pool::{self, PooledBody, Settings};
 use axum::http;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,44 +23,11 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// An upstream's answer, whichever client fetched it.
 pub(crate) type UpstreamResponse = http::Response<UpstreamBody>;
 
-type Direct = hyper_util::client::legacy::Client<HttpConnector, reqwest::Body>;
-
-/// The pooled clients; settings as the reqwest client's (`Router::new`).
+/// The clients; settings as the reqwest client's (`Router::new`).
 pub(crate) struct Upstream {
     reqwest: reqwest::Client,
     /// `None` while an HTTP proxy is configured: then reqwest sends everything.
     direct: Option<Settings>,
-}
-
-/// The direct client's pool settings.
-#[derive(Clone, Copy)]
-struct Settings {
-    idle_per_host: usize,
-    idle_timeout: Duration,
-    connect_timeout: Duration,
-}
-
-thread_local! {
-    /// One direct client (and connection pool) per thread: a connection's task runs on
-    /// the thread that opened it, so a request on a serving thread (`conn::serve`) wakes
-    /// no other thread. Every Router of a process has the same settings.
-    static DIRECT: std::cell::OnceCell<Direct> = const { std::cell::OnceCell::new() };
-}
-
-impl Settings {
-    fn client(self) -> Direct {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(self.connect_timeout));
-        // As reqwest does by default: dead peers are noticed on idle pooled connections.
-        http.set_keepalive(Some(Duration::from_secs(15)));
-        http.set_keepalive_interval(Some(Duration::from_secs(15)));
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(self.idle_per_host)
-            .pool_idle_timeout(self.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(http)
-    }
 }
 
 /// Why a request got no answer.
@@ -105,12 +72,8 @@ impl Upstream {
             req.headers_mut()
                 .entry(http::header::ACCEPT)
                 .or_insert(http::HeaderValue::from_static("*/*"));
-            let sent = DIRECT.with(|c| c.get_or_init(|| settings.client()).request(req));
-            return match sent.await {
-                Ok(resp) => Ok(resp.map(UpstreamBody::Direct)),
-                Err(e) if e.is_connect() => Err(SendError::Connect),
-                Err(_) => Err(SendError::Failed),
-            };
+            let resp = pool::send(settings, req).await?;
+            return Ok(resp.map(UpstreamBody::Direct));
         }
         match self.reqwest.execute(req).await {
             Ok(resp) => Ok(http::Response::from(resp).map(UpstreamBody::Reqwest)),
@@ -130,7 +93,7 @@ fn proxy_configured() -> bool {
 
 /// An upstream's response body.
 pub(crate) enum UpstreamBody {
-    Direct(hyper::body::Incoming),
+    Direct(PooledBody),
     Reqwest(reqwest::Body),
 }
 
