@@ -18,6 +18,10 @@ use std::hint::black_box;
 /// parameters, streaming with usage. About 1.9 KB.
 const CHAT_WITH_TOOLS: &str = include_str!("data/chat_with_tools.json");
 
+/// The request `/work/prof`'s callgrind profile sends (issue 13): system prompt, one user
+/// turn, one tool. About 750 bytes.
+const CHAT_AGENT: &str = r#"{"model":"bench","stream":false,"messages":[{"role":"system","content":"You are a careful research assistant. Answer briefly and call a tool when you need data you do not have."},{"role":"user","content":"What is the mean of column 'energy' in runs/2024-06-01/results.csv?"}],"tools":[{"type":"function","function":{"name":"read_csv","description":"Read selected columns of a CSV file under the project directory.","parameters":{"type":"object","properties":{"path":{"type":"string"},"columns":{"type":"array","items":{"type":"string"}}},"required":["path"]}}}],"temperature":0.2,"max_tokens":256}"#;
+
 /// The smallest useful request.
 const CHAT_SMALL: &str =
     r#"{"model":"qwen3","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}"#;
@@ -26,6 +30,7 @@ fn parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("ClientRequest::parse");
     for (name, body) in [
         ("chat_with_tools", CHAT_WITH_TOOLS),
+        ("chat_agent", CHAT_AGENT),
         ("chat_small", CHAT_SMALL),
     ] {
         let bytes = Bytes::from_static(body.as_bytes());

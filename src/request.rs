@@ -12,6 +12,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::ops::Range;
 
+mod scan;
+
 /// The endpoints the gateway proxies: OpenAI's, Anthropic's Messages and OpenAI's
 /// Responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -220,6 +222,39 @@ impl ClientRequest {
 
     /// Parses the routing fields; errors are OpenAI-shaped 400s.
     pub fn parse(endpoint: Endpoint, body: Bytes) -> Result<Self, ApiError> {
+        match Self::parse_fast(endpoint, &body) {
+            Some(req) => Ok(req),
+            None => Self::parse_full(endpoint, body),
+        }
+    }
+
+    /// The common case through [`scan::scan`]: a valid body with a string `model`, a bool
+    /// `stream` and none of llmgw's own keys. `None` hands the body to [`Self::parse_full`],
+    /// which decides everything else (and words every error).
+    fn parse_fast(endpoint: Endpoint, body: &Bytes) -> Option<Self> {
+        let text = std::str::from_utf8(body).ok()?;
+        let fast = scan::scan(text.as_bytes())?;
+        let raw = &text[fast.model.clone()];
+        let model = if fast.model_escaped {
+            serde_json::from_str(raw).ok()?
+        } else {
+            raw[1..raw.len() - 1].to_owned()
+        };
+        Some(ClientRequest {
+            endpoint,
+            body: body.clone(),
+            model,
+            stream: fast.stream,
+            include_usage: fast.include_usage,
+            options: RequestOptions::default(),
+            forwarded: Forwarded::default(),
+            model_span: fast.model,
+        })
+    }
+
+    /// The full serde_json parse: everything [`Self::parse_fast`] leaves, and the wording
+    /// of every error.
+    fn parse_full(endpoint: Endpoint, body: Bytes) -> Result<Self, ApiError> {
         let text = std::str::from_utf8(&body)
             .map_err(|_| ApiError::bad_request("request body is not valid UTF-8 JSON"))?;
         let first = text.trim_start().as_bytes().first().copied();
@@ -494,6 +529,364 @@ mod tests {
         }
         let r = parse(r#"{"model":"m","timeout":31536000}"#).unwrap();
         assert_eq!(r.options.timeout, Some(crate::duration::MAX));
+    }
+
+    /// What a parse yields, for comparing the fast path with the full parse.
+    fn outcome(r: &Result<ClientRequest, ApiError>) -> String {
+        match r {
+            Ok(r) => format!(
+                "ok model={:?} stream={} usage={} span={:?} body={:?} fallbacks={:?} \
+                 disable={} timeout={:?} cache={:?}",
+                r.model,
+                r.stream,
+                r.include_usage,
+                r.model_span,
+                r.body,
+                r.options.fallbacks,
+                r.options.disable_fallbacks,
+                r.options.timeout,
+                r.options.cache.as_ref().map(|c| c.get()),
+            ),
+            Err(e) => format!("err {:?} param={:?}", e.message, e.param),
+        }
+    }
+
+    /// `parse` (fast path first) gives exactly what the full serde_json parse gives, and
+    /// the fast scan only accepts what serde_json accepts as a JSON value. True when the
+    /// fast path took the body.
+    fn check_same(body: &[u8]) -> bool {
+        let bytes = Bytes::copy_from_slice(body);
+        let new = ClientRequest::parse(Endpoint::ChatCompletions, bytes.clone());
+        let old = ClientRequest::parse_full(Endpoint::ChatCompletions, bytes);
+        let shown = String::from_utf8_lossy(body);
+        assert_eq!(outcome(&new), outcome(&old), "body: {shown}");
+        let fast = std::str::from_utf8(body).is_ok() && scan::scan(body).is_some();
+        if fast {
+            if let Err(e) = serde_json::from_slice::<serde_json::Value>(body) {
+                // serde_json's Value refuses numbers beyond f64, unpaired surrogate
+                // escapes and deep nesting; its ignore path, and so the routing parse
+                // (then and now), skips over all three.
+                let e = e.to_string();
+                assert!(
+                    [
+                        "number out of range",
+                        "recursion limit",
+                        "hex escape",
+                        "surrogate"
+                    ]
+                    .iter()
+                    .any(|known| e.contains(known)),
+                    "fast path accepted invalid JSON ({e}): {shown}"
+                );
+            }
+        }
+        fast
+    }
+
+    /// A random JSON value, with random spacing; `depth` bounds the nesting.
+    fn gen_value(rng: &mut fastrand::Rng, depth: u32, out: &mut String) {
+        let ws = |rng: &mut fastrand::Rng, out: &mut String| {
+            for _ in 0..rng.usize(0..3).saturating_sub(1) {
+                out.push([' ', '\n', '\t', '\r'][rng.usize(0..4)]);
+            }
+        };
+        ws(rng, out);
+        match rng.u32(0..if depth == 0 { 6 } else { 8 }) {
+            0 => out.push_str(["true", "false", "null"][rng.usize(0..3)]),
+            1 | 2 => {
+                let n = [
+                    "0",
+                    "-0",
+                    "1",
+                    "-12",
+                    "3.25",
+                    "1e5",
+                    "2E-3",
+                    "-0.5e+10",
+                    "1e400",
+                    "7",
+                    "123456789012345678901234567890",
+                ];
+                out.push_str(n[rng.usize(0..n.len())]);
+            }
+            3..=5 => gen_string(rng, out),
+            6 => {
+                out.push('[');
+                for i in 0..rng.usize(0..4) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    gen_value(rng, depth - 1, out);
+                }
+                ws(rng, out);
+                out.push(']');
+            }
+            _ => {
+                out.push('{');
+                for i in 0..rng.usize(0..4) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    ws(rng, out);
+                    gen_string(rng, out);
+                    ws(rng, out);
+                    out.push(':');
+                    gen_value(rng, depth - 1, out);
+                }
+                ws(rng, out);
+                out.push('}');
+            }
+        }
+        ws(rng, out);
+    }
+
+    fn gen_string(rng: &mut fastrand::Rng, out: &mut String) {
+        let parts = [
+            "a",
+            "role",
+            "user",
+            "hello world ",
+            "é",
+            "日本",
+            "😀",
+            r#"\""#,
+            r"\\",
+            r"\/",
+            r"\n",
+            r"\t",
+            r"\u0041",
+            r"\u00e9",
+            r"\ud83d\ude00",
+            r"\ud800",
+            "'",
+            "x y z",
+            "model",
+            "0123456789abcdef",
+        ];
+        out.push('"');
+        for _ in 0..rng.usize(0..6) {
+            out.push_str(parts[rng.usize(0..parts.len())]);
+        }
+        out.push('"');
+    }
+
+    /// A request-like top-level object: routing keys with good and bad values, llmgw's
+    /// own keys, escaped and repeated keys, and random other fields.
+    fn gen_body(rng: &mut fastrand::Rng) -> String {
+        let mut fields: Vec<(String, String)> = Vec::new();
+        if rng.u32(0..10) > 0 {
+            let m = [
+                r#""group""#,
+                r#""org/m-1""#,
+                r#""qwen3""#,
+                r#""gpt-4o""#,
+                r#""""#,
+                r#""a\"b""#,
+                r#""\u00e9""#,
+                r#""\ud800""#,
+                "3",
+                "null",
+                r#"["m"]"#,
+            ];
+            fields.push(("model".into(), m[rng.usize(0..m.len())].into()));
+        }
+        for _ in 0..rng.usize(0..4) {
+            let keys = [
+                "messages",
+                "tools",
+                "temperature",
+                "x",
+                "max_tokens",
+                "model",
+            ];
+            let n = if rng.u32(0..4) == 0 { 6 } else { 5 };
+            let key = keys[rng.usize(0..n)];
+            let mut v = String::new();
+            gen_value(rng, 4, &mut v);
+            fields.push((key.into(), v));
+        }
+        if rng.bool() {
+            let v = ["true", "false", "null", "true", "1", r#""yes""#, "[]"][rng.usize(0..7)];
+            fields.push(("stream".into(), v.into()));
+        }
+        if rng.u32(0..3) == 0 {
+            let v = [
+                r#"{"include_usage":true}"#,
+                r#"{ "x": [1, {"include_usage": 3}], "include_usage" : false }"#,
+                r#"{"include_usage":null}"#,
+                r#"{"include_usage":true,"include_usage":true}"#,
+                r#"{"include_\u0075sage":true}"#,
+                "{}",
+                "null",
+                "[true]",
+                r#"{"include_usage":1}"#,
+            ];
+            fields.push(("stream_options".into(), v[rng.usize(0..v.len())].into()));
+        }
+        if rng.u32(0..8) == 0 {
+            let (k, v) = [
+                ("fallbacks", r#"["a","b","a"]"#),
+                ("disable_fallbacks", "true"),
+                ("timeout", "2.5"),
+                ("cache", r#"{"no-cache":true}"#),
+                (r"mod\u0065l", r#""other""#),
+                ("stream", "true"),
+            ][rng.usize(0..6)];
+            fields.push((k.into(), v.into()));
+        }
+        rng.shuffle(&mut fields);
+        let mut out = String::from(if rng.bool() { "{" } else { " \n{ " });
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let colon = if rng.bool() { ":" } else { " : " };
+            out.push_str(&format!("\"{k}\"{colon}{v}"));
+        }
+        out.push_str(if rng.bool() { "}" } else { "} \n" });
+        out
+    }
+
+    /// Random and mutated bodies: the fast path and the full parse agree on every one
+    /// (valid or not, same fields, same error), and the fast path takes most valid ones.
+    #[test]
+    fn fast_path_agrees_with_serde_json() {
+        let mut rng = fastrand::Rng::with_seed(13);
+        // valid: requests the gateway takes; invalid: mutants that are not even JSON.
+        let (mut valid, mut valid_fast, mut mutated_fast, mut invalid) = (0, 0, 0, 0);
+        for _ in 0..20_000 {
+            let body = gen_body(&mut rng);
+            let fast = check_same(body.as_bytes());
+            if parse(&body).is_ok() {
+                valid += 1;
+                valid_fast += usize::from(fast);
+            }
+            // Mutations: a byte changed, inserted or removed, or the body cut short.
+            let mut b = body.into_bytes();
+            for _ in 0..rng.usize(1..3) {
+                let alphabet = b"{}[]\":,\\ \n0123456789-+.eEtrufalsn\x01\x1f\x7fu\xc3";
+                let c = alphabet[rng.usize(0..alphabet.len())];
+                match rng.u32(0..4) {
+                    _ if b.is_empty() => b.push(c),
+                    0 => {
+                        let i = rng.usize(0..b.len());
+                        b[i] = c;
+                    }
+                    1 => b.insert(rng.usize(0..=b.len()), c),
+                    2 => {
+                        b.remove(rng.usize(0..b.len()));
+                    }
+                    _ => b.truncate(rng.usize(0..b.len())),
+                }
+            }
+            mutated_fast += usize::from(check_same(&b));
+            invalid += usize::from(serde_json::from_slice::<serde_json::Value>(&b).is_err());
+        }
+        // Not vacuous: most requests took the fast path, many mutants were invalid.
+        assert!(
+            valid_fast * 4 > valid * 3,
+            "{valid_fast} of {valid} valid took the fast path"
+        );
+        assert!(
+            valid > 5_000 && invalid > 5_000,
+            "{valid} valid, {invalid} invalid"
+        );
+        assert!(
+            mutated_fast > 1_000,
+            "{mutated_fast} mutants took the fast path"
+        );
+    }
+
+    /// Hand-picked edge cases of the JSON grammar and of serde_json's struct rules.
+    #[test]
+    fn fast_path_edge_cases_agree() {
+        for body in [
+            r#"{"model":"m"}"#,
+            r#"{"model":"m"} x"#,
+            r#"{"model":"m"}}"#,
+            r#"{"model":"m",}"#,
+            r#"{"model":"m","model":"n"}"#,
+            r#"{"model":"m","stream":true,"stream":true}"#,
+            r#"{"model":"m","stream":null,"stream":true}"#,
+            r#"{"model":"m","x":1,"x":2}"#,
+            r#"{"mod\u0065l":"m"}"#,
+            r#"{"model":"m","stream":1}"#,
+            r#"{"model":"m","stream":null}"#,
+            r#"{"model":"m","stream_options":[true]}"#,
+            r#"{"model":"m","stream_options":{"include_usage":true,"include_usage":false}}"#,
+            r#"{"model":"m","x":01}"#,
+            r#"{"model":"m","x":-01}"#,
+            r#"{"model":"m","x":1.}"#,
+            r#"{"model":"m","x":.5}"#,
+            r#"{"model":"m","x":-}"#,
+            r#"{"model":"m","x":1e}"#,
+            r#"{"model":"m","x":1e+}"#,
+            r#"{"model":"m","x":+1}"#,
+            r#"{"model":"m","x":1x}"#,
+            r#"{"model":"m","x":tru}"#,
+            r#"{"model":"m","x":truee}"#,
+            r#"{"model":"m","x":"\x"}"#,
+            r#"{"model":"m","x":"\u12"}"#,
+            r#"{"model":"m","x":"\u12g4"}"#,
+            r#"{"model":"m","x":"\ud800"}"#,
+            r#"{"model":"m","x":{"\ud800":1}}"#,
+            r#"{"model":"m","x":[1,]}"#,
+            r#"{"model":"m","x":[,1]}"#,
+            r#"{"model":"m","x":{"a":1,}}"#,
+            r#"{"model":"m","x":{"a" 1}}"#,
+            r#"{"model":"m","x":{1:1}}"#,
+            r#"{"model":"m","x":[}"#,
+            r#"{"model":"m","x":{]}"#,
+            r#"{"model":"\ud800"}"#,
+            r#"{"model":"\u0000"}"#,
+            r#"{"model":""}"#,
+            r#"{"model":"a\/b"}"#,
+            "{\"model\":\"m\",\"x\":\"a\u{1}b\"}",
+            "{\"model\":\"m\",\"x\":\"tab\there\"}",
+            "{\"model\":\"m\",\"x\":\"\u{7f}\"}",
+            "\u{a0}{\"model\":\"m\"}",
+            "\u{c}{\"model\":\"m\"}",
+            "{\"model\":\"m\"}\u{0}",
+            r#"{"model":"m","x":"unterminated}"#,
+            r#"{"model":"m","x":"ends in backslash\"#,
+            r#"{"model":"m","x":"\u00"#,
+        ] {
+            check_same(body.as_bytes());
+        }
+        assert!(check_same(br#"{"model":"a\/b","x":{"\ud800":[1e400]}}"#));
+        check_same(b"{\"model\":\"m\",\"x\":\"\xff\"}");
+    }
+
+    /// Nesting: the fast path follows [`scan::MAX_DEPTH`] levels without recursion;
+    /// deeper bodies go to serde_json, whose skipping is iterative too, so a megabyte of
+    /// `[` neither blows the stack nor changes the answer.
+    #[test]
+    fn deep_nesting_is_bounded_and_agrees() {
+        let nested = |n: usize, close: bool| {
+            let mut s = String::from(r#"{"model":"m","messages":"#);
+            s.push_str(&"[".repeat(n));
+            if close {
+                s.push_str(&"]".repeat(n));
+                s.push('}');
+            }
+            s
+        };
+        assert!(check_same(nested(scan::MAX_DEPTH, true).as_bytes()));
+        assert!(!check_same(nested(scan::MAX_DEPTH + 1, true).as_bytes()));
+        let deep = nested(1 << 20, false);
+        assert!(!check_same(deep.as_bytes()));
+        let e = parse(&deep).unwrap_err();
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        // On a small stack, so recursion anywhere would show.
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let r = parse(&nested(1 << 20, true));
+                assert_eq!(r.map(|r| r.model).ok().as_deref(), Some("m"));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]
