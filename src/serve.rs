@@ -518,9 +518,12 @@ pub(crate) async fn proxy(
             let mut resp = e.into_response_for(endpoint.api());
             if log.attempts > 0 {
                 let h = resp.headers_mut();
-                h.insert("x-llmgw-attempts", HeaderValue::from(log.attempts));
+                h.insert(
+                    crate::router::names::ATTEMPTS,
+                    HeaderValue::from(log.attempts),
+                );
                 if let Ok(v) = HeaderValue::from_str(&log.deployment) {
-                    h.insert("x-llmgw-deployment", v);
+                    h.insert(crate::router::names::DEPLOYMENT, v);
                 }
             }
             resp

@@ -274,7 +274,7 @@ impl Cache {
                 h.insert("x-llmgw-cache-key", v);
             }
             h.insert(
-                "x-llmgw-overhead-ms",
+                crate::router::names::OVERHEAD_MS,
                 crate::router::overhead_header(log.overhead()),
             );
             return Ok(Outcome::Hit(resp));

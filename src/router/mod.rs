@@ -328,7 +328,7 @@ impl Router {
                     log_unknown(&unknown);
                     if via != Via::Requested {
                         resp.headers_mut()
-                            .insert("x-llmgw-fallback", header_value(&model));
+                            .insert(names::FALLBACK, header_value(&model));
                         log.fallback = Some(model);
                     }
                     return Ok(resp);
@@ -619,8 +619,8 @@ impl Router {
         }
         let mut builder = Response::builder().status(StatusCode::OK);
         let h = builder.headers_mut().expect("fresh builder");
-        h.insert("x-llmgw-deployment", header_value(&dep.id));
-        h.insert("x-llmgw-attempts", HeaderValue::from(log.attempts));
+        h.insert(names::DEPLOYMENT, header_value(&dep.id));
+        h.insert(names::ATTEMPTS, HeaderValue::from(log.attempts));
         if req.stream {
             let translator = dep.provider.stream_translator(dep, req);
             let mut stream = UpstreamStream::new(
@@ -646,7 +646,7 @@ impl Router {
                 HeaderValue::from_static("text/event-stream"),
             );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert("x-llmgw-overhead-ms", overhead_header(log.overhead()));
+            h.insert(names::OVERHEAD_MS, overhead_header(log.overhead()));
             stream.set_log(log.take());
             Ok(builder
                 .body(Body::from_stream(stream))
@@ -676,7 +676,7 @@ impl Router {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            h.insert("x-llmgw-overhead-ms", overhead_header(log.overhead()));
+            h.insert(names::OVERHEAD_MS, overhead_header(log.overhead()));
             Ok(builder.body(Body::from(body)).expect("valid response"))
         }
     }
@@ -795,6 +795,15 @@ fn default_base(kind: ProviderKind) -> Option<&'static str> {
 
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// llmgw's response headers, made once: a `&str` name is parsed again on every insert.
+pub(crate) mod names {
+    use axum::http::HeaderName;
+    pub(crate) const DEPLOYMENT: HeaderName = HeaderName::from_static("x-llmgw-deployment");
+    pub(crate) const ATTEMPTS: HeaderName = HeaderName::from_static("x-llmgw-attempts");
+    pub(crate) const OVERHEAD_MS: HeaderName = HeaderName::from_static("x-llmgw-overhead-ms");
+    pub(crate) const FALLBACK: HeaderName = HeaderName::from_static("x-llmgw-fallback");
 }
 
 /// `x-llmgw-overhead-ms`: the gateway's own time, in milliseconds with three decimals.
