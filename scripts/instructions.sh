@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Instructions the gateway executes per proxied request, under callgrind: deterministic
+# and user space only, so unaffected by a busy machine (wall-clock figures are bench.sh's).
+# Every change to the hot path in BENCHMARKS.md (issue 13) was measured with this.
+#
+#   scripts/instructions.sh [BINARY] [--stream] [-n REQUESTS]
+#
+# Starts `BINARY mock-upstream` and `BINARY serve` under `valgrind --tool=callgrind` on
+# loopback, sends 200 warm-up requests (the bench's chat body) through one keep-alive
+# connection with curl, zeroes the counters, sends REQUESTS more (default 1000), dumps,
+# and prints the instructions per request. The callgrind file stays in the printed
+# directory for `callgrind_annotate --inclusive=yes`.
+set -euo pipefail
+
+bin=target/release/llmgw stream=false n=1000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stream) stream=true ;;
+    -n) n=$2; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) bin=$1 ;;
+  esac
+  shift
+done
+die() { echo "instructions.sh: $*" >&2; exit 1; }
+[ -x "$bin" ] || die "no binary at $bin; build it (cargo build --release) or name one"
+for tool in valgrind callgrind_control callgrind_annotate curl; do
+  command -v "$tool" >/dev/null || die "$tool is missing; install it (apt-get install valgrind curl)"
+done
+bin=$(realpath "$bin")
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+cd "$work"
+
+"$bin" mock-upstream --host 127.0.0.1 --port 0 --name bench --model mock-model --chunks 20 \
+  >mock.log 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q 'listening on' mock.log 2>/dev/null && break; sleep 0.1; done
+mock=$(grep -o 'http://127\.0\.0\.1:[0-9]*' mock.log | head -n1)
+[ -n "$mock" ] || die "the mock upstream did not start (see $work/mock.log)"
+printf '[server]\nhost = "127.0.0.1"\nport = 0\n\n[[models]]\nname = "bench"\nprovider = "openai"\nmodel = "mock-model"\napi_base = "%s/v1"\n' \
+  "$mock" >llmgw.toml
+cat >body.json <<EOB
+{"model":"bench","stream":$stream,"messages":[{"role":"system","content":"You are a careful research assistant. Answer briefly and call a tool when you need data you do not have."},{"role":"user","content":"What is the mean of column 'energy' in runs/2024-06-01/results.csv?"}],"tools":[{"type":"function","function":{"name":"read_csv","description":"Read selected columns of a CSV file under the project directory.","parameters":{"type":"object","properties":{"path":{"type":"string"},"columns":{"type":"array","items":{"type":"string"}}},"required":["path"]}}}],"temperature":0.2,"max_tokens":256}
+EOB
+
+valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
+  "$bin" serve --config llmgw.toml --port 0 --state-dir state >gateway.log 2>&1 &
+gw=$!
+pids+=("$gw")
+for _ in $(seq 1 300); do grep -q '"port"' state/endpoint.json 2>/dev/null && break; sleep 0.1; done
+port=$(grep -o '"port": *[0-9]*' state/endpoint.json 2>/dev/null | grep -o '[0-9]*$' || true)
+[ -n "$port" ] || die "the gateway did not start under valgrind (see $work/gateway.log)"
+url="http://127.0.0.1:$port/v1/chat/completions"
+send() {
+  local args=() i
+  for i in $(seq 1 "$1"); do args+=(-o /dev/null "$url"); done
+  curl -sf -H 'Content-Type: application/json' --data-binary @body.json "${args[@]}" \
+    || die "a request failed (see $work/gateway.log)"
+}
+send 200
+callgrind_control -z "$gw" >/dev/null 2>&1
+send "$n"
+callgrind_control -d "$gw" >/dev/null 2>&1
+sleep 1
+total=$(callgrind_annotate "$work/callgrind.out.1" 2>/dev/null \
+  | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+[ -n "$total" ] || die "no callgrind dump in $work"
+echo "$(basename "$bin"): $((total / n)) instructions per $( [ "$stream" = true ] && echo streamed || echo non-streaming) request ($n requests; $work/callgrind.out.1)"
