@@ -249,107 +249,100 @@ fn request_via_tracing(line: &RequestLine<'_>) {
 }
 
 /// `{timestamp}  INFO request path="…" model=… …` or the JSON object tracing-subscriber's
-/// `json().flatten_event(true)` writes, ending in a newline.
+/// `json().flatten_event(true)` writes, ending in a newline. The fields are the same in
+/// both; only the key syntax and how strings are quoted differ.
 fn format_request(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, l: &RequestLine<'_>) {
-    use std::fmt::Write as _;
-    let mut text = String::new();
-    match format {
-        LogFormat::Text => {
-            push_timestamp(out, now);
-            out.extend_from_slice(b"  INFO request path=");
-            if l.path
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-            {
-                out.push(b'"');
-                out.extend_from_slice(l.path.as_bytes());
-                out.push(b'"');
-            } else {
-                let _ = write!(text, "{:?}", l.path);
-                out.extend_from_slice(text.as_bytes());
-            }
-            out.extend_from_slice(b" model=");
-            push_clean(out, l.model);
-            out.extend_from_slice(b" deployment=");
-            out.extend_from_slice(l.deployment.as_bytes());
-            if let Some(f) = l.fallback {
-                out.extend_from_slice(b" fallback=");
-                push_clean(out, f);
-            }
-            out.extend_from_slice(b" status=");
-            push_u64(out, l.status.into());
-            out.extend_from_slice(b" attempts=");
-            push_u64(out, l.attempts.into());
-            out.extend_from_slice(if l.stream {
-                b" stream=true"
-            } else {
-                b" stream=false"
-            });
-            out.extend_from_slice(if l.complete {
-                b" complete=true"
-            } else {
-                b" complete=false"
-            });
-            out.extend_from_slice(if l.client_gone {
-                b" client_gone=true"
-            } else {
-                b" client_gone=false"
-            });
-            out.extend_from_slice(b" latency_ms=");
-            push_millis(out, l.latency, 2);
-            if let Some(t) = l.ttfb {
-                out.extend_from_slice(b" ttfb_ms=\"");
-                push_millis(out, t, 2);
-                out.push(b'"');
-            }
+    let json = matches!(format, LogFormat::Json);
+    let key = |out: &mut Vec<u8>, name: &str| {
+        if json {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+        } else {
+            out.push(b' ');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'=');
         }
-        LogFormat::Json => {
-            out.extend_from_slice(b"{\"timestamp\":\"");
-            push_timestamp(out, now);
-            out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"path\":");
-            push_json_str(out, l.path);
-            out.extend_from_slice(b",\"model\":");
-            let _ = write!(text, "{}", Clean(l.model));
-            push_json_str(out, &text);
-            out.extend_from_slice(b",\"deployment\":");
-            push_json_str(out, l.deployment);
-            if let Some(f) = l.fallback {
-                out.extend_from_slice(b",\"fallback\":");
-                text.clear();
-                let _ = write!(text, "{}", Clean(f));
-                push_json_str(out, &text);
-            }
-            out.extend_from_slice(b",\"status\":");
-            push_u64(out, l.status.into());
-            out.extend_from_slice(b",\"attempts\":");
-            push_u64(out, l.attempts.into());
-            out.extend_from_slice(if l.stream {
-                b",\"stream\":true"
-            } else {
-                b",\"stream\":false"
-            });
-            out.extend_from_slice(if l.complete {
-                b",\"complete\":true"
-            } else {
-                b",\"complete\":false"
-            });
-            out.extend_from_slice(if l.client_gone {
-                b",\"client_gone\":true"
-            } else {
-                b",\"client_gone\":false"
-            });
-            out.extend_from_slice(b",\"latency_ms\":\"");
-            push_millis(out, l.latency, 2);
+    };
+    if json {
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        push_timestamp(out, now);
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
+    } else {
+        push_timestamp(out, now);
+        out.extend_from_slice(b"  INFO request");
+    }
+    key(out, "path");
+    if json {
+        push_json_str(out, l.path);
+    } else {
+        push_debug_str(out, l.path);
+    }
+    key(out, "model");
+    push_outside(out, json, l.model);
+    key(out, "deployment");
+    if json {
+        push_json_str(out, l.deployment);
+    } else {
+        out.extend_from_slice(l.deployment.as_bytes());
+    }
+    if let Some(f) = l.fallback {
+        key(out, "fallback");
+        push_outside(out, json, f);
+    }
+    for (name, n) in [("status", l.status.into()), ("attempts", l.attempts.into())] {
+        key(out, name);
+        push_u64(out, n);
+    }
+    for (name, b) in [
+        ("stream", l.stream),
+        ("complete", l.complete),
+        ("client_gone", l.client_gone),
+    ] {
+        key(out, name);
+        out.extend_from_slice(if b { b"true" } else { b"false" });
+    }
+    // As tracing recorded them: `latency_ms` displayed, `ttfb_ms` an `Option<String>`.
+    for (name, ms, quoted) in [
+        ("latency_ms", Some(l.latency), json),
+        ("ttfb_ms", l.ttfb, true),
+    ] {
+        let Some(ms) = ms else { continue };
+        key(out, name);
+        if quoted {
             out.push(b'"');
-            if let Some(t) = l.ttfb {
-                out.extend_from_slice(b",\"ttfb_ms\":\"");
-                push_millis(out, t, 2);
-                out.push(b'"');
-            }
-            out.push(b'}');
+        }
+        push_millis(out, ms, 2);
+        if quoted {
+            out.push(b'"');
         }
     }
+    if json {
+        out.push(b'}');
+    }
     out.push(b'\n');
+}
+
+/// A `&str` field as tracing's text format writes it (`Debug`, quoted).
+fn push_debug_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(format!("{s:?}").as_bytes());
+    }
+}
+
+/// A value from outside, through `Clean`: as is in text, a JSON string in JSON.
+fn push_outside(out: &mut Vec<u8>, json: bool, s: &str) {
+    match (json, s.chars().any(char::is_control)) {
+        (false, _) => push_clean(out, s),
+        (true, false) => push_json_str(out, s),
+        (true, true) => push_json_str(out, &Clean(s).to_string()),
+    }
 }
 
 /// A value as `Clean` displays it, without going through `fmt` when it needs no escaping.
