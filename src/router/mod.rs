@@ -9,6 +9,7 @@
 //! backoff or the upstream's Retry-After) only when every candidate has been tried.
 
 mod deployment;
+mod h1;
 pub mod load;
 mod policy;
 mod pool;

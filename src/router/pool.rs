@@ -6,26 +6,26 @@
 //! every response whose body was still unread, to hand the connection back later.
 //! Each serving thread runs its own single-threaded runtime (`conn::serve`), so here every
 //! thread keeps its idle connections in a thread-local list, without locks, found by the
-//! upstream's authority with a linear scan (a gateway has few upstreams).
+//! upstream's authority with a linear scan (a gateway has few upstreams). The exchange on
+//! a connection is `h1`'s, run by the request's own task.
 //!
 //! A connection goes back to the pool only when it can carry another request: when its
-//! response body was read to the end (`PooledBody`). A body dropped half-read drops the
-//! connection with it. A request that a reused connection hands back unsent (the upstream
-//! closed it while idle) is sent once more on a new connection, as the legacy client did.
+//! response body was read to the end (`PooledBody`, `h1::ResponseBody::can_reuse`). A
+//! body dropped half-read drops the connection with it. A reused connection that the
+//! upstream closes before answering (it closed it while idle, just as the request went
+//! out) gets the request once more on a new connection, as Go's client does.
 //! Connecting (DNS, connect timeout, TCP_NODELAY and keepalive) is hyper-util's
 //! `HttpConnector`, as before.
 
+use super::h1::{self, Conn, ResponseBody};
 use super::upstream::SendError;
-use axum::http::{
-    header::Entry, header::HOST, uri::Authority, HeaderValue, Request, Response, Uri,
-};
+use axum::http::{HeaderValue, Response, Uri};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::cell::{OnceCell, RefCell};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,113 +39,88 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
 }
 
-type Sender = SendRequest<reqwest::Body>;
-
-/// One upstream: its `Host` header, made once, and its idle connections, oldest first.
+/// One upstream: its authority (`host:port`, also its `Host` header) and its idle
+/// connections, oldest first.
 struct Host {
-    authority: Authority,
+    authority: Arc<str>,
     header: HeaderValue,
     idle: Vec<Idle>,
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
 thread_local! {
-    /// This thread's idle connections: a connection's task runs on the thread that opened
-    /// it, so a request on a serving thread wakes no other thread.
+    /// This thread's idle connections: a connection is read and written by the task of
+    /// the request using it, on the thread that serves that request.
     static POOL: RefCell<Vec<Host>> = const { RefCell::new(Vec::new()) };
     static CONNECTOR: OnceCell<HttpConnector> = const { OnceCell::new() };
 }
 
-/// How long a pooled connection that is not ready yet (its task has not yet seen its last
-/// exchange through) may take to become ready before a new connection is opened instead.
-const READY_WAIT: Duration = Duration::from_millis(100);
-
-/// Sends `req` (absolute-form URI) to its upstream over a pooled or new connection, and
-/// returns the answer's head.
+/// Sends `req` with `body` to its upstream (an `http://` URL without user info) over a
+/// pooled or new connection, and returns the answer's head.
 pub(crate) async fn send(
     settings: Settings,
-    mut req: Request<reqwest::Body>,
+    req: &reqwest::Request,
+    body: &[u8],
 ) -> Result<Response<PooledBody>, SendError> {
-    let uri = std::mem::take(req.uri_mut());
-    let authority = uri.authority().ok_or(SendError::Failed)?.clone();
-    let (header, idle) = with_host(&authority, |h| (h.header.clone(), h.take_idle(settings)))?;
-    if let Entry::Vacant(v) = req.headers_mut().entry(HOST) {
-        v.insert(header);
-    }
-    *req.uri_mut() = origin_form(&uri);
-    let (mut sender, reused) = match checkout(settings, &authority, idle).await {
-        Some(s) => (s, true),
-        None => (connect(settings, &uri).await?, false),
+    let url = req.url();
+    let (authority, header, idle) = with_host(url.authority(), |h| {
+        (h.authority.clone(), h.header.clone(), h.take_idle(settings))
+    })?;
+    let mut head = Vec::with_capacity(512);
+    h1::encode_request(
+        &mut head,
+        req.method(),
+        (url.path(), url.query()),
+        &header,
+        req.headers(),
+        body.len(),
+    );
+    let (mut conn, mut reused) = match idle {
+        Some(c) => (c, true),
+        None => (connect(settings, &authority).await?, false),
     };
-    let resp = match sender.try_send_request(req).await {
-        Ok(resp) => resp,
-        Err(mut e) => match e.take_message() {
-            // Closed while idle, before the request went out: it is safe to send again.
-            Some(req) if reused => {
-                sender = connect(settings, &uri).await?;
-                sender
-                    .send_request(req)
-                    .await
-                    .map_err(|_| SendError::Failed)?
+    let (parts, state) = loop {
+        match conn.exchange(req.method(), &head, body).await {
+            Ok(answer) => break answer,
+            // Closed while idle, before it answered: the request goes once more.
+            Err(h1::Error::Closed) if reused => {
+                conn = connect(settings, &authority).await?;
+                reused = false;
             }
-            _ => return Err(SendError::Failed),
-        },
-    };
-    let mut back = Some(Checkin {
-        authority,
-        sender,
-        settings,
-    });
-    if resp.body().is_end_stream() {
-        checkin(back.take());
-    }
-    Ok(resp.map(|body| PooledBody { body, back }))
-}
-
-/// `Host` as the legacy client set it: the host, and the port unless it is 80.
-fn host_header(authority: &Authority) -> Result<HeaderValue, SendError> {
-    let s = authority.as_str();
-    let value = if s.contains('@') || s.ends_with(':') || authority.port_u16() == Some(80) {
-        match authority.port_u16() {
-            Some(p) if p != 80 => HeaderValue::from_str(&format!("{}:{p}", authority.host())),
-            _ => HeaderValue::from_str(authority.host()),
+            Err(_) => return Err(SendError::Failed),
         }
-    } else {
-        HeaderValue::from_str(s)
     };
-    value.map_err(|_| SendError::Failed)
-}
-
-/// The request target an origin server expects: path and query only.
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(pq) if pq.as_str() != "/" => Uri::from(pq.clone()),
-        _ => Uri::default(),
-    }
+    let mut body = PooledBody {
+        state,
+        conn: Some(conn),
+        back: Some(Checkin {
+            authority,
+            settings,
+        }),
+    };
+    body.check_in_if_done();
+    Ok(parts.map(|()| body))
 }
 
 /// Runs `f` on this thread's entry for `authority`, made on first use.
-fn with_host<T>(authority: &Authority, f: impl FnOnce(&mut Host) -> T) -> Result<T, SendError> {
+fn with_host<T>(authority: &str, f: impl FnOnce(&mut Host) -> T) -> Result<T, SendError> {
     // The thread-local is gone only while the thread exits.
     let found = POOL.try_with(|p| {
         let mut hosts = p.borrow_mut();
-        // Exact bytes: cheaper than `Authority`'s case-blind comparison, and the same
-        // upstream is always spelled the same (its configured `api_base`).
-        let i = match hosts
-            .iter()
-            .position(|h| h.authority.as_str() == authority.as_str())
-        {
+        // Exact bytes: the same upstream is always spelled the same (its configured
+        // `api_base`, normalised by the URL parser).
+        let i = match hosts.iter().position(|h| &*h.authority == authority) {
             Some(i) => i,
             None => {
                 // Upstreams nothing waits for go (a backend relaunched on another port).
                 hosts.retain(|h| !h.idle.is_empty());
                 hosts.push(Host {
-                    authority: authority.clone(),
-                    header: host_header(authority)?,
+                    authority: authority.into(),
+                    header: HeaderValue::from_str(authority).map_err(|_| SendError::Failed)?,
                     idle: Vec::new(),
                 });
                 hosts.len() - 1
@@ -156,29 +131,10 @@ fn with_host<T>(authority: &Authority, f: impl FnOnce(&mut Host) -> T) -> Result
     found.unwrap_or(Err(SendError::Failed))
 }
 
-/// `idle` if it can take a request now, else the next newest idle connection to
-/// `authority` that can.
-async fn checkout(
-    settings: Settings,
-    authority: &Authority,
-    mut idle: Option<Sender>,
-) -> Option<Sender> {
-    loop {
-        let mut sender = idle?;
-        if sender.is_ready() {
-            return Some(sender);
-        }
-        if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-            return Some(sender);
-        }
-        idle = with_host(authority, |h| h.take_idle(settings)).ok()?;
-    }
-}
-
 impl Host {
     /// Pops the newest idle connection that is neither expired nor closed; the expired
     /// and closed ones met on the way are dropped.
-    fn take_idle(&mut self, settings: Settings) -> Option<Sender> {
+    fn take_idle(&mut self, settings: Settings) -> Option<Conn> {
         let now = Instant::now();
         while let Some(idle) = self.idle.pop() {
             if now.saturating_duration_since(idle.since) > settings.idle_timeout {
@@ -186,16 +142,16 @@ impl Host {
                 self.idle.clear();
                 return None;
             }
-            if !idle.sender.is_closed() {
-                return Some(idle.sender);
+            if idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    /// Keeps `sender` as the newest idle connection, unless there are enough; drops
+    /// Keeps `conn` as the newest idle connection, unless there are enough; drops
     /// the expired ones.
-    fn put(&mut self, sender: Sender, settings: Settings) {
+    fn put(&mut self, conn: Conn, settings: Settings) {
         let now = Instant::now();
         let expired = self
             .idle
@@ -204,42 +160,26 @@ impl Host {
             .count();
         self.idle.drain(..expired);
         if self.idle.len() < settings.idle_per_host {
-            self.idle.push(Idle { sender, since: now });
+            self.idle.push(Idle { conn, since: now });
         }
     }
 }
 
-/// A connection to hand back to the pool once its response body has been read.
+/// Where a connection goes back once its response body has been read.
 struct Checkin {
-    authority: Authority,
-    sender: Sender,
+    authority: Arc<str>,
     settings: Settings,
 }
 
-fn checkin(c: Option<Checkin>) {
-    let Some(c) = c else { return };
-    if !c.sender.is_closed() {
-        let _ = with_host(&c.authority, |h| h.put(c.sender, c.settings));
-    }
-}
-
 /// This thread's connector, made with the first caller's settings.
-async fn connect(settings: Settings, uri: &Uri) -> Result<Sender, SendError> {
+async fn connect(settings: Settings, authority: &str) -> Result<Conn, SendError> {
     use tower_service::Service as _;
+    let uri: Uri = format!("http://{authority}")
+        .parse()
+        .map_err(|_| SendError::Failed)?;
     let mut connector = CONNECTOR.with(|c| c.get_or_init(|| connector(settings)).clone());
-    let io = connector
-        .call(uri.clone())
-        .await
-        .map_err(|_| SendError::Connect)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|_| SendError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("upstream connection: {e}");
-        }
-    });
-    Ok(sender)
+    let io = connector.call(uri).await.map_err(|_| SendError::Connect)?;
+    Ok(Conn::new(io.into_inner()))
 }
 
 fn connector(settings: Settings) -> HttpConnector {
@@ -252,37 +192,56 @@ fn connector(settings: Settings) -> HttpConnector {
     http
 }
 
-/// A response body that hands its connection back to the pool when read to the end.
+/// A response body read from its connection as it is polled; the connection goes back to
+/// the pool when the body was read to the end.
 pub(crate) struct PooledBody {
-    body: Incoming,
+    state: ResponseBody,
+    /// `None` once the body has ended (the connection went back, or was closed).
+    conn: Option<Conn>,
     back: Option<Checkin>,
+}
+
+impl PooledBody {
+    fn check_in_if_done(&mut self) {
+        if !self.state.is_end() {
+            return;
+        }
+        let Some(conn) = self.conn.take() else { return };
+        if let Some(back) = self.back.take().filter(|_| self.state.can_reuse(&conn)) {
+            let _ = with_host(&back.authority, |h| h.put(conn, back.settings));
+        }
+    }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            Some(Ok(_)) if !this.body.is_end_stream() => {}
-            Some(Err(_)) => this.back = None,
-            // The end, seen as such or as the last of a known length.
-            _ => checkin(this.back.take()),
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = std::task::ready!(this.state.poll_data(conn, cx));
+        match &next {
+            Some(Err(_)) => this.conn = None,
+            _ => this.check_in_if_done(),
         }
-        Poll::Ready(frame)
+        Poll::Ready(next.map(|r| r.map(Frame::data)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.state.is_end()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.state.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -292,7 +251,7 @@ fn idle_count(authority: &str) -> usize {
     POOL.with(|p| {
         p.borrow()
             .iter()
-            .filter(|h| h.authority.as_str() == authority)
+            .filter(|h| &*h.authority == authority)
             .map(|h| h.idle.len())
             .sum()
     })
@@ -417,15 +376,20 @@ mod tests {
         let _ = conn.write_all(answer.as_bytes());
     }
 
-    fn request(addr: std::net::SocketAddr) -> Request<reqwest::Body> {
-        Request::post(format!("http://{addr}/v1/chat/completions?x=1"))
-            .header("content-type", "application/json")
-            .body(reqwest::Body::from("{\"model\":\"m\"}"))
-            .unwrap()
+    const REQUEST_BODY: &[u8] = b"{\"model\":\"m\"}";
+
+    fn request(addr: std::net::SocketAddr) -> reqwest::Request {
+        let url = format!("http://{addr}/v1/chat/completions?x=1");
+        let mut req = reqwest::Request::new(reqwest::Method::POST, url.parse().unwrap());
+        req.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        req
     }
 
     async fn fetch(addr: std::net::SocketAddr) -> String {
-        let resp = send(SETTINGS, request(addr)).await.expect("answered");
+        let resp = send(SETTINGS, &request(addr), REQUEST_BODY)
+            .await
+            .expect("answered");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
     }
@@ -454,7 +418,8 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_half_read_does_not_go_back_to_the_pool() {
         let up = upstream(vec![Answer::HalfChunked]);
-        let resp = send(SETTINGS, request(up.addr)).await.expect("answered");
+        let req = request(up.addr);
+        let resp = send(SETTINGS, &req, REQUEST_BODY).await.expect("answered");
         let mut body = resp.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&first[..], b"first");
@@ -477,35 +442,18 @@ mod tests {
         assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
     }
 
-    /// The upstream closes the idle connection at the moment a request picks it: the
-    /// connection still looks open and ready, the request goes to it, its task then sees
-    /// the close and hands the request back unsent; it is sent again on a new connection.
+    /// The upstream closes the idle connection at the moment a request picks it, before
+    /// the runtime has seen the close: the request goes out on it, the close comes back
+    /// instead of an answer, and the request is sent again on a new connection.
     #[tokio::test]
-    async fn a_request_a_closed_idle_connection_hands_back_is_sent_again() {
-        use tokio::io::AsyncReadExt as _;
+    async fn a_request_on_a_connection_closed_while_idle_is_sent_again() {
         let up = upstream(vec![Answer::CloseOnSignal]);
         assert_eq!(fetch(up.addr).await, BODY);
-        // Let the connection's task finish its exchange and say it is ready again.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
         assert_eq!(idle_count(&up.addr.to_string()), 1);
-        // A task that sends as soon as `trigger` is readable: woken by the runtime just
-        // before the connection's task, which is woken by the close right after.
-        let (mut trigger, mut pull) = tokio::net::UnixStream::pair().unwrap();
-        let addr = up.addr;
-        let sender = tokio::spawn(async move {
-            let _ = pull.read(&mut [0u8; 1]).await;
-            fetch(addr).await
-        });
-        tokio::task::yield_now().await;
-        tokio::io::AsyncWriteExt::write_all(&mut trigger, b"x")
-            .await
-            .unwrap();
         up.close.send(()).unwrap();
-        // Block the runtime meanwhile: both events are there when it next looks.
+        // The close arrives while the runtime is blocked: the connection still looks open.
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(sender.await.unwrap(), BODY);
+        assert_eq!(fetch(up.addr).await, BODY);
         assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -518,7 +466,8 @@ mod tests {
             ..SETTINGS
         };
         let get = || async {
-            let resp = send(settings, request(up.addr)).await.expect("answered");
+            let req = request(up.addr);
+            let resp = send(settings, &req, REQUEST_BODY).await.expect("answered");
             resp.into_body().collect().await.unwrap().to_bytes()
         };
         // Two at once: two connections, one kept.
@@ -532,23 +481,5 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         get().await;
         assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
-    }
-
-    #[test]
-    fn host_header_is_host_and_port_without_the_default_port() {
-        let h = |a: &str| host_header(&a.parse().unwrap()).unwrap();
-        assert_eq!(h("127.0.0.1:8000"), "127.0.0.1:8000");
-        assert_eq!(h("example.org:80"), "example.org");
-        assert_eq!(h("example.org"), "example.org");
-        assert_eq!(h("user:pw@example.org:81"), "example.org:81");
-        assert_eq!(h("[::1]:8000"), "[::1]:8000");
-    }
-
-    #[test]
-    fn origin_form_keeps_path_and_query_only() {
-        let o = |u: &str| origin_form(&u.parse().unwrap()).to_string();
-        assert_eq!(o("http://h:1/v1/chat?x=1"), "/v1/chat?x=1");
-        assert_eq!(o("http://h:1"), "/");
-        assert_eq!(o("http://h:1/"), "/");
     }
 }

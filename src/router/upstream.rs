@@ -1,11 +1,12 @@
 //! Sending an attempt's request to its upstream.
 //!
 //! Plain `http://` upstreams (the local backends a gateway supervises: the common case on a
-//! cluster, and where a proxy hop's cost shows) go over hyper's HTTP/1 client directly,
-//! with this crate's per-thread connection pool (`pool`). reqwest's per-request machinery
+//! cluster, and where a proxy hop's cost shows) go over this crate's own HTTP/1 exchange
+//! (`h1`) and per-thread connection pool (`pool`). reqwest's per-request machinery
 //! (the request and its header map copied, a tower stack of boxed futures, the URL
 //! re-parsed from every response) and then hyper-util's pooled client under it each cost
-//! more than the rest of the upstream call (BENCHMARKS.md, issue 13).
+//! more than the rest of the upstream call, and hyper's client connection task after them
+//! (BENCHMARKS.md, issue 13).
 //! `https://` upstreams (cloud providers: TLS, rustls) and every upstream while an HTTP
 //! proxy is set in the environment (reqwest honours it) still go through reqwest.
 //! Providers build their requests with reqwest's builder either way.
@@ -65,15 +66,12 @@ impl Upstream {
         rb: reqwest::RequestBuilder,
     ) -> Result<UpstreamResponse, SendError> {
         let req = rb.build().map_err(|_| SendError::Failed)?;
-        if let (Some(settings), "http") = (self.direct, req.url().scheme()) {
-            let mut req =
-                http::Request::<reqwest::Body>::try_from(req).map_err(|_| SendError::Failed)?;
-            // reqwest's default, which upstreams have always seen.
-            req.headers_mut()
-                .entry(http::header::ACCEPT)
-                .or_insert(http::HeaderValue::from_static("*/*"));
-            let resp = pool::send(settings, req).await?;
-            return Ok(resp.map(UpstreamBody::Direct));
+        if let Some(settings) = self.direct.filter(|_| is_direct(req.url())) {
+            // Providers' bodies are whole bytes; a streamed one would go through reqwest.
+            if let Some(body) = req.body().map_or(Some(&[][..]), |b| b.as_bytes()) {
+                let resp = pool::send(settings, &req, body).await?;
+                return Ok(resp.map(UpstreamBody::Direct));
+            }
         }
         match self.reqwest.execute(req).await {
             Ok(resp) => Ok(http::Response::from(resp).map(UpstreamBody::Reqwest)),
@@ -82,6 +80,12 @@ impl Upstream {
             Err(_) => Err(SendError::Failed),
         }
     }
+}
+
+/// True for the URLs the pool sends: plain `http://`, no user info (which reqwest would
+/// turn into an `Authorization` header).
+fn is_direct(url: &reqwest::Url) -> bool {
+    url.scheme() == "http" && url.username().is_empty() && url.password().is_none()
 }
 
 /// True when reqwest would send plain-HTTP requests through a proxy.
