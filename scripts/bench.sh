@@ -3,8 +3,8 @@
 # what nginx adds as a plain reverse proxy in front of it (the yardstick of issue 13).
 #
 # Builds the release binary, starts the mock upstream (`llmgw mock-upstream`), nginx (one
-# worker, upstream keepalive, proxy_buffering off) and `llmgw serve` on free loopback
-# ports, then for non-streaming and streaming chat completions at concurrency 1, 64 and
+# worker, upstream keepalive, proxy_buffering off) and `llmgw serve` (one serving thread,
+# like for like) on free loopback ports, then for non-streaming and streaming chat completions at concurrency 1, 64 and
 # 256 runs wrk for a fixed time against the mock directly, through nginx and through the
 # gateway. Prints requests/s, p50/p99 latency, the latency each proxy adds, its CPU time
 # per request (from /proc/<pid>/stat), the gateway's memory (VmRSS/VmHWM from
@@ -15,6 +15,9 @@
 #   scripts/bench.sh --quick        # ~65 s after the build: shorter runs
 #   scripts/bench.sh --duration 20  # seconds per wrk run
 #   scripts/bench.sh --no-build     # use the existing target/release/llmgw
+#   scripts/bench.sh --workers N    # N nginx workers and N gateway serving threads
+#                                   # (LLMGW_SERVE_THREADS; default 1 each; the gateway's
+#                                   # own default is one per core)
 #   scripts/bench.sh --gateway-bin PATH   # measure another llmgw build as the gateway
 #                                         # (e.g. an older commit); the mock stays this build's
 #   scripts/bench.sh --keys         # the gateway with a master key and the requests sent with
@@ -47,8 +50,9 @@ hostile_kinds=${LLMGW_HOSTILE_KINDS:-fallbacks,huge,slow}
 build=1
 gateway_bin=""
 concurrencies=(1 64 256)
+workers=1       # nginx worker processes = gateway serving threads
 
-usage() { sed -n "2,36p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,39p" "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3; warmup=1 ;;
@@ -59,6 +63,9 @@ while [ $# -gt 0 ]; do
     --keys) keys=1 ;;
     --hostile) hostile=1 ;;
     --no-build) build=0 ;;
+    --workers)
+      [ $# -ge 2 ] || { usage >&2; exit 2; }
+      workers=$2; shift ;;
     --gateway-bin)
       [ $# -ge 2 ] || { usage >&2; exit 2; }
       gateway_bin=$2; shift ;;
@@ -68,6 +75,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 case "$duration" in ''|*[!0-9]*|0) echo "bench.sh: --duration wants whole seconds > 0" >&2; exit 2 ;; esac
+case "$workers" in ''|*[!0-9]*|0) echo "bench.sh: --workers wants a whole number > 0" >&2; exit 2 ;; esac
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
@@ -189,7 +197,7 @@ EOF
 if [ "$hostile" -eq 1 ]; then echo 'context_window = 1500000' >>"$work/llmgw.toml"; fi
 
 # Logging stays at its default (one line per request), as in production; to a file.
-"${prio[@]}" "$gwbin" serve --config "$work/llmgw.toml" --port 0 --state-dir "$work/state" \
+LLMGW_SERVE_THREADS=$workers "${prio[@]}" "$gwbin" serve --config "$work/llmgw.toml" --port 0 --state-dir "$work/state" \
   >"$work/gateway.log" 2>&1 &
 gw_pid=$!
 pids+=("$gw_pid")
@@ -363,7 +371,7 @@ for _ in 1 2 3 4 5; do
   port_free "$nginx_port" || continue
   cat >"$ngx/nginx.conf" <<EOF
 daemon off;
-worker_processes 1;
+worker_processes $workers;
 worker_rlimit_nofile 65536;
 pid $ngx/nginx.pid;
 error_log $ngx/error.log warn;
@@ -539,7 +547,8 @@ ttfb_add=$((ttfb_gw - ttfb_direct))
 echo
 echo "llmgw bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), load:$(uptime | sed 's/.*load average://')"
 echo "wrk ${duration}s per row (threads ≤ 2); chat completions with one tool; streaming = $chunks content chunks ($events SSE events), no delay."
-echo "nginx $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'): one worker, upstream keepalive, proxy_http_version 1.1, proxy_buffering off, buffered access log."
+echo "nginx $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'): $workers worker(s), upstream keepalive, proxy_http_version 1.1, proxy_buffering off, buffered access log."
+echo "gateway: $workers serving thread(s) (LLMGW_SERVE_THREADS; --workers sets both)."
 [ ${#prio[@]} -gt 0 ] && echo "wrk, the mock, nginx and the gateway ran at nice -10 (above other work on the machine)."
 [ "$keys" -eq 1 ] && echo "--keys: requests through the gateway carry a virtual key (all limits set, priced, spend rows to SQLite)."
 echo "Note: wrk, the mock and the proxy share the machine's $(nproc) cores, so proxy rows also pay for"

@@ -417,7 +417,8 @@ async fn refuse(mut tcp: TcpStream, answer: Bytes, _slot: Slot, shutdown: Cancel
 
 /// What the watchdog knows about one connection. Times are milliseconds since `epoch`.
 struct Activity {
-    epoch: Instant,
+    /// `clock::coarse_monotonic_ms` when the connection was accepted.
+    epoch_ms: u64,
     in_flight: AtomicU32,
     /// When the last request ended (or the connection was accepted).
     idle_since: AtomicU64,
@@ -430,15 +431,18 @@ const NONE: u64 = u64::MAX;
 impl Activity {
     fn new() -> Activity {
         Activity {
-            epoch: Instant::now(),
+            epoch_ms: crate::clock::coarse_monotonic_ms(),
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(NONE),
         }
     }
 
+    /// Milliseconds since the connection was accepted (coarse: a watchdog's precision).
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE - 1)
+        crate::clock::coarse_monotonic_ms()
+            .saturating_sub(self.epoch_ms)
+            .min(NONE - 1)
     }
 
     fn in_flight(&self) -> bool {
@@ -682,13 +686,14 @@ pub enum BodyStopped {
     ShuttingDown,
 }
 
-/// A request body that fails with [`BodyStopped`] once its deadline (counted from the
-/// request's arrival) has passed, or when the gateway starts shutting down: a request
-/// still waiting for its body is not in flight yet.
+/// A request body that fails with [`BodyStopped`] once its deadline has passed, or when
+/// the gateway starts shutting down: a request still waiting for its body is not in flight
+/// yet. The deadline counts from the first wait for the body, which the handler starts
+/// reading right after the head arrived; a body that came with its head (most do) costs
+/// no clock read and no timer.
 struct Deadline {
     body: Incoming,
     limit: Duration,
-    at: Option<Instant>,
     shutdown: CancellationToken,
     /// Created on the first wait only: most bodies arrive with their headers.
     stop: Option<Pin<Box<dyn Future<Output = BodyStopped> + Send>>>,
@@ -699,7 +704,6 @@ impl Deadline {
         Deadline {
             body,
             limit,
-            at: Instant::now().checked_add(limit),
             shutdown,
             stop: None,
         }
@@ -719,7 +723,8 @@ impl Body for Deadline {
             return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
         }
         let stop = this.stop.get_or_insert_with(|| {
-            let (limit, at, shutdown) = (this.limit, this.at, this.shutdown.clone());
+            let (limit, shutdown) = (this.limit, this.shutdown.clone());
+            let at = Instant::now().checked_add(limit);
             Box::pin(async move {
                 let timeout = async {
                     match at {

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod apis;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod conn;

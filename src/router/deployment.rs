@@ -7,7 +7,7 @@ use crate::providers::Provider;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// One upstream deployment of a model group.
 pub struct Deployment {
@@ -83,11 +83,9 @@ pub(crate) struct HealthState {
     remote_tokens: AtomicU64,
 }
 
+/// Wall-clock milliseconds for minute windows and cooldowns: coarse, see `crate::clock`.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::coarse_unix_ms()
 }
 
 /// What `/health` reports for one deployment.

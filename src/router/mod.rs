@@ -601,86 +601,116 @@ impl Router {
             .map_err(|e| UpstreamError::new(ErrorClass::BadRequest, e))?;
         let sent = Instant::now();
         let until = tokio::time::Instant::from_std(crate::duration::deadline(sent, timeout));
-        let resp = match tokio::time::timeout_at(until, self.client.send(rb)).await {
-            Err(_) => return Err(timeout_error(dep, timeout)),
-            Ok(Err(e)) => return Err(send_error(dep, e, timeout)),
-            Ok(Ok(r)) => r,
+        // One timer for the whole exchange: the answer's head, then its whole body or a
+        // stream's first chunk (a timer costs a registration and a removal).
+        let mut slot = Some(slot);
+        let exchange = async {
+            let resp = self
+                .client
+                .send(rb)
+                .await
+                .map_err(|e| send_error(dep, e, timeout))?;
+            if !resp.status().is_success() {
+                return Ok(Answer::Refused(resp));
+            }
+            if req.stream {
+                let translator = dep.provider.stream_translator(dep, req);
+                let mut stream = UpstreamStream::new(
+                    resp,
+                    translator,
+                    timeout,
+                    slot.take().expect("the slot is taken once"),
+                    self.secrets.clone(),
+                    req.endpoint.api(),
+                );
+                stream.first().await?;
+                return Ok(Answer::Stream(stream));
+            }
+            let limit = self.policy.max_response_bytes;
+            match read_capped(resp, limit).await {
+                Err(_) => Err(body_error(dep)),
+                Ok(Capped::Whole(b)) => Ok(Answer::Whole(b)),
+                Ok(Capped::Cut(_)) => Err(too_large_error(dep, limit)),
+            }
         };
-        let status = resp.status();
-        if !status.is_success() {
-            let headers = resp.headers().clone();
-            // Only the start of an error body matters; the rest is never read.
-            let limit = self.policy.max_error_bytes;
-            let body = match tokio::time::timeout_at(until, read_capped(resp, limit)).await {
-                Ok(Ok(Capped::Whole(b) | Capped::Cut(b))) => b,
-                _ => Bytes::new(),
-            };
-            log.upstream += sent.elapsed();
-            return Err(dep.provider.error(status, &headers, &body));
-        }
+        let answer = match tokio::time::timeout_at(until, exchange).await {
+            Err(_) => return Err(timeout_error(dep, timeout)),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(a)) => a,
+        };
+        let now = Instant::now();
         let mut builder = Response::builder().status(StatusCode::OK);
         let h = builder.headers_mut().expect("fresh builder");
-        h.insert(names::DEPLOYMENT, header_value(&dep.id));
-        h.insert(names::ATTEMPTS, HeaderValue::from(log.attempts));
-        if req.stream {
-            let translator = dep.provider.stream_translator(dep, req);
-            let mut stream = UpstreamStream::new(
-                resp,
-                translator,
-                timeout,
-                slot,
-                self.secrets.clone(),
-                req.endpoint.api(),
-            );
-            match tokio::time::timeout_at(until, stream.first()).await {
-                Err(_) => return Err(timeout_error(dep, timeout)),
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(())) => {}
+        match answer {
+            Answer::Refused(resp) => {
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                // Only the start of an error body matters; the rest is never read.
+                let limit = self.policy.max_error_bytes;
+                let body = match tokio::time::timeout_at(until, read_capped(resp, limit)).await {
+                    Ok(Ok(Capped::Whole(b) | Capped::Cut(b))) => b,
+                    _ => Bytes::new(),
+                };
+                log.upstream += sent.elapsed();
+                Err(dep.provider.error(status, &headers, &body))
             }
-            let ttft = sent.elapsed();
-            log.upstream += ttft;
-            dep.record_success(ttft);
-            log.ttfb = Some(log.start.elapsed());
-            log.status = 200;
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert(names::OVERHEAD_MS, overhead_header(log.overhead()));
-            stream.set_log(log.take());
-            Ok(builder
-                .body(Body::from_stream(stream))
-                .expect("valid response"))
-        } else {
-            let limit = self.policy.max_response_bytes;
-            let body = match tokio::time::timeout_at(until, read_capped(resp, limit)).await {
-                Err(_) => return Err(timeout_error(dep, timeout)),
-                Ok(Err(_)) => return Err(body_error(dep)),
-                Ok(Ok(Capped::Whole(b))) => b,
-                Ok(Ok(Capped::Cut(_))) => return Err(too_large_error(dep, limit)),
-            };
-            let took = sent.elapsed();
-            log.upstream += took;
-            drop(slot);
-            let body = dep
-                .provider
-                .translate_body(dep, req, body)
-                .map_err(|e| UpstreamError::new(ErrorClass::InternalServer, e))?;
-            if dep.tpm.is_some() {
-                dep.add_tokens(usage_tokens(&body));
+            Answer::Stream(mut stream) => {
+                let ttft = now.saturating_duration_since(sent);
+                log.upstream += ttft;
+                dep.record_success(ttft);
+                log.ttfb = Some(now.saturating_duration_since(log.start));
+                log.status = 200;
+                h.insert(names::DEPLOYMENT, header_value(&dep.id));
+                h.insert(names::ATTEMPTS, HeaderValue::from(log.attempts));
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert(names::OVERHEAD_MS, overhead_header(log.overhead_at(now)));
+                stream.set_log(log.take());
+                Ok(builder
+                    .body(Body::from_stream(stream))
+                    .expect("valid response"))
             }
-            dep.record_success(took);
-            log.ttfb = Some(log.start.elapsed());
-            log.status = 200;
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert(names::OVERHEAD_MS, overhead_header(log.overhead()));
-            Ok(builder.body(Body::from(body)).expect("valid response"))
+            Answer::Whole(body) => {
+                let took = now.saturating_duration_since(sent);
+                log.upstream += took;
+                drop(slot);
+                let body = dep
+                    .provider
+                    .translate_body(dep, req, body)
+                    .map_err(|e| UpstreamError::new(ErrorClass::InternalServer, e))?;
+                if dep.tpm.is_some() {
+                    dep.add_tokens(usage_tokens(&body));
+                }
+                dep.record_success(took);
+                log.ttfb = Some(now.saturating_duration_since(log.start));
+                log.status = 200;
+                h.insert(names::DEPLOYMENT, header_value(&dep.id));
+                h.insert(names::ATTEMPTS, HeaderValue::from(log.attempts));
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                h.insert(names::OVERHEAD_MS, overhead_header(log.overhead_at(now)));
+                Ok(builder.body(Body::from(body)).expect("valid response"))
+            }
         }
     }
+}
+
+/// What came back from an upstream within an attempt's time.
+// Short-lived and moved once, inside the attempt's future: boxing a variant would cost an
+// allocation per request to save a copy.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    /// A non-2xx answer; its body is still unread.
+    Refused(UpstreamResponse),
+    /// A stream whose first chunk has arrived.
+    Stream(UpstreamStream),
+    /// A whole non-streaming answer.
+    Whole(Bytes),
 }
 
 /// One line for all the fallback names a request gave that are not served here.
@@ -906,7 +936,13 @@ impl RequestLog {
 
     /// Time spent in the gateway itself so far (elapsed minus upstream waits).
     pub fn overhead(&self) -> Duration {
-        self.start.elapsed().saturating_sub(self.upstream)
+        self.overhead_at(Instant::now())
+    }
+
+    /// Time spent in the gateway itself until `now` (elapsed minus upstream waits).
+    pub fn overhead_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.start)
+            .saturating_sub(self.upstream)
     }
 }
 

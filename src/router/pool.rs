@@ -27,7 +27,7 @@ use std::cell::{OnceCell, RefCell};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The pool's settings (the same for every Router of a process).
 #[derive(Clone, Copy)]
@@ -49,7 +49,8 @@ struct Host {
 
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// `clock::coarse_monotonic_ms` when it went idle.
+    since_ms: u64,
 }
 
 thread_local! {
@@ -135,9 +136,9 @@ impl Host {
     /// Pops the newest idle connection that is neither expired nor closed; the expired
     /// and closed ones met on the way are dropped.
     fn take_idle(&mut self, settings: Settings) -> Option<Conn> {
-        let now = Instant::now();
+        let now = crate::clock::coarse_monotonic_ms();
         while let Some(idle) = self.idle.pop() {
-            if now.saturating_duration_since(idle.since) > settings.idle_timeout {
+            if expired(now, idle.since_ms, settings) {
                 // The older ones have been idle longer still.
                 self.idle.clear();
                 return None;
@@ -152,17 +153,25 @@ impl Host {
     /// Keeps `conn` as the newest idle connection, unless there are enough; drops
     /// the expired ones.
     fn put(&mut self, conn: Conn, settings: Settings) {
-        let now = Instant::now();
-        let expired = self
+        let now = crate::clock::coarse_monotonic_ms();
+        let old = self
             .idle
             .iter()
-            .take_while(|i| now.saturating_duration_since(i.since) > settings.idle_timeout)
+            .take_while(|i| expired(now, i.since_ms, settings))
             .count();
-        self.idle.drain(..expired);
+        self.idle.drain(..old);
         if self.idle.len() < settings.idle_per_host {
-            self.idle.push(Idle { conn, since: now });
+            self.idle.push(Idle {
+                conn,
+                since_ms: now,
+            });
         }
     }
+}
+
+/// True when a connection idle since `since_ms` has been idle too long at `now_ms`.
+fn expired(now_ms: u64, since_ms: u64, settings: Settings) -> bool {
+    u128::from(now_ms.saturating_sub(since_ms)) > settings.idle_timeout.as_millis()
 }
 
 /// Where a connection goes back once its response body has been read.
