@@ -239,6 +239,13 @@ fn spawn_serving_threads(
                     }
                 };
                 rt.block_on(async move {
+                    // This thread's pool of upstream connections, swept while it serves.
+                    let sweeper = tokio::spawn(async {
+                        loop {
+                            tokio::time::sleep(crate::router::POOL_SWEEP_EVERY).await;
+                            crate::router::sweep_idle_connections();
+                        }
+                    });
                     match TcpListener::from_std(std) {
                         Ok(l) => accept_loop(l, &shared).await,
                         Err(e) => tracing::warn!("cannot serve on a thread: {e}"),
@@ -247,6 +254,7 @@ fn spawn_serving_threads(
                     // This thread's connections finish here (the tracker is closed and
                     // waited for by `serve` once every loop has stopped).
                     shared.tracker.wait().await;
+                    sweeper.abort();
                 });
             });
         if started.is_ok() {

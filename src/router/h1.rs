@@ -30,6 +30,8 @@ const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4096;
 /// Longest trailer section after the last chunk.
 const MAX_TRAILERS: usize = 64 * 1024;
+/// Most informational (1xx) answers skipped before the real one.
+const MAX_INFORMATIONAL: usize = 8;
 /// Room made in the read buffer before each read.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -106,6 +108,7 @@ impl Conn {
             .await
             .map_err(|_| Error::Closed)?;
         let mut answered = false;
+        let mut informational = 0;
         loop {
             if !self.buf.is_empty() {
                 answered = true;
@@ -113,7 +116,11 @@ impl Conn {
                     self.buf.advance(len);
                     match parts.status().as_u16() {
                         101 => return Err(Error::Failed),
-                        100..=199 => continue,
+                        100..=199 if informational < MAX_INFORMATIONAL => {
+                            informational += 1;
+                            continue;
+                        }
+                        100..=199 => return Err(Error::Failed),
                         _ => {}
                     }
                     let (framing, reusable) = framing(method, &parts)?;
@@ -541,6 +548,15 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(got, (201, b"ok".to_vec(), true));
+    }
+
+    #[tokio::test]
+    async fn an_endless_run_of_informational_answers_fails() {
+        let many: &'static [u8] = "HTTP/1.1 100 Continue\r\n\r\n"
+            .repeat(MAX_INFORMATIONAL + 1)
+            .leak()
+            .as_bytes();
+        assert_eq!(fetch(vec![many]).await, Err(Error::Failed));
     }
 
     #[tokio::test]

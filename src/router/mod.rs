@@ -18,6 +18,8 @@ mod stream;
 pub mod tokens;
 mod upstream;
 
+pub(crate) use pool::{sweep as sweep_idle_connections, SWEEP_EVERY as POOL_SWEEP_EVERY};
+
 use deployment::InFlight;
 pub use deployment::{now_ms, Deployment, DeploymentState, DeploymentStats};
 use http_body::Body as _;

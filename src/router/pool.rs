@@ -44,6 +44,7 @@ pub(crate) struct Settings {
 struct Host {
     authority: Arc<str>,
     header: HeaderValue,
+    idle_timeout: Duration,
     idle: Vec<Idle>,
 }
 
@@ -68,7 +69,7 @@ pub(crate) async fn send(
     body: &[u8],
 ) -> Result<Response<PooledBody>, SendError> {
     let url = req.url();
-    let (authority, header, idle) = with_host(url.authority(), |h| {
+    let (authority, header, idle) = with_host(url.authority(), settings, |h| {
         (h.authority.clone(), h.header.clone(), h.take_idle(settings))
     })?;
     let mut head = Vec::with_capacity(512);
@@ -108,7 +109,11 @@ pub(crate) async fn send(
 }
 
 /// Runs `f` on this thread's entry for `authority`, made on first use.
-fn with_host<T>(authority: &str, f: impl FnOnce(&mut Host) -> T) -> Result<T, SendError> {
+fn with_host<T>(
+    authority: &str,
+    settings: Settings,
+    f: impl FnOnce(&mut Host) -> T,
+) -> Result<T, SendError> {
     // The thread-local is gone only while the thread exits.
     let found = POOL.try_with(|p| {
         let mut hosts = p.borrow_mut();
@@ -122,6 +127,7 @@ fn with_host<T>(authority: &str, f: impl FnOnce(&mut Host) -> T) -> Result<T, Se
                 hosts.push(Host {
                     authority: authority.into(),
                     header: HeaderValue::from_str(authority).map_err(|_| SendError::Failed)?,
+                    idle_timeout: settings.idle_timeout,
                     idle: Vec::new(),
                 });
                 hosts.len() - 1
@@ -138,7 +144,7 @@ impl Host {
     fn take_idle(&mut self, settings: Settings) -> Option<Conn> {
         let now = crate::clock::coarse_monotonic_ms();
         while let Some(idle) = self.idle.pop() {
-            if expired(now, idle.since_ms, settings) {
+            if expired(now, idle.since_ms, settings.idle_timeout) {
                 // The older ones have been idle longer still.
                 self.idle.clear();
                 return None;
@@ -157,7 +163,7 @@ impl Host {
         let old = self
             .idle
             .iter()
-            .take_while(|i| expired(now, i.since_ms, settings))
+            .take_while(|i| expired(now, i.since_ms, settings.idle_timeout))
             .count();
         self.idle.drain(..old);
         if self.idle.len() < settings.idle_per_host {
@@ -170,8 +176,27 @@ impl Host {
 }
 
 /// True when a connection idle since `since_ms` has been idle too long at `now_ms`.
-fn expired(now_ms: u64, since_ms: u64, settings: Settings) -> bool {
-    u128::from(now_ms.saturating_sub(since_ms)) > settings.idle_timeout.as_millis()
+fn expired(now_ms: u64, since_ms: u64, idle_timeout: Duration) -> bool {
+    u128::from(now_ms.saturating_sub(since_ms)) > idle_timeout.as_millis()
+}
+
+/// How often each serving thread sweeps its idle connections (`sweep`).
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Closes this thread's idle connections that expired or that their upstream closed, so
+/// that an upstream nobody sends to any more is not left with open sockets (requests only
+/// look at the connections they take). Each serving thread runs it every `SWEEP_EVERY`.
+pub(crate) fn sweep() {
+    let now = crate::clock::coarse_monotonic_ms();
+    let _ = POOL.try_with(|p| {
+        let mut hosts = p.borrow_mut();
+        for h in hosts.iter_mut() {
+            let timeout = h.idle_timeout;
+            h.idle
+                .retain(|i| !expired(now, i.since_ms, timeout) && i.conn.is_usable());
+        }
+        hosts.retain(|h| !h.idle.is_empty());
+    });
 }
 
 /// Where a connection goes back once its response body has been read.
@@ -217,7 +242,9 @@ impl PooledBody {
         }
         let Some(conn) = self.conn.take() else { return };
         if let Some(back) = self.back.take().filter(|_| self.state.can_reuse(&conn)) {
-            let _ = with_host(&back.authority, |h| h.put(conn, back.settings));
+            let _ = with_host(&back.authority, back.settings, |h| {
+                h.put(conn, back.settings)
+            });
         }
     }
 }
@@ -464,6 +491,30 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(fetch(up.addr).await, BODY);
         assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_idle_connections_that_were_closed_or_expired() {
+        let closing = upstream(vec![Answer::CloseOnSignal]);
+        let lasting = upstream(vec![]);
+        let settings = Settings {
+            idle_timeout: Duration::from_millis(300),
+            ..SETTINGS
+        };
+        for up in [&closing, &lasting] {
+            let req = request(up.addr);
+            let resp = send(settings, &req, REQUEST_BODY).await.expect("answered");
+            resp.into_body().collect().await.unwrap();
+            assert_eq!(idle_count(&up.addr.to_string()), 1);
+        }
+        closing.close.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sweep();
+        assert_eq!(idle_count(&closing.addr.to_string()), 0);
+        assert_eq!(idle_count(&lasting.addr.to_string()), 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        sweep();
+        assert_eq!(idle_count(&lasting.addr.to_string()), 0);
     }
 
     #[tokio::test]
