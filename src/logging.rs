@@ -392,12 +392,16 @@ fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
 
 /// Milliseconds with `decimals` (≤ 6) digits after the point, rounded half up.
 pub fn push_millis(out: &mut Vec<u8>, d: Duration, decimals: u32) {
-    let scale = 10u128.pow(decimals.min(6));
-    let units = (d.as_nanos() * scale + 500_000) / 1_000_000;
-    push_u64(out, u64::try_from(units / scale).unwrap_or(u64::MAX));
+    let decimals = decimals.min(6);
+    let scale = 10u64.pow(decimals);
+    // In u64 (u128 division is a library call): units of 10^-decimals ms, rounded half up.
+    let unit_ns = 1_000_000 / scale;
+    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let units = nanos.saturating_add(unit_ns / 2) / unit_ns;
+    push_u64(out, units / scale);
     if decimals > 0 {
         out.push(b'.');
-        push_padded(out, (units % scale) as u64, decimals.min(6) as usize);
+        push_padded(out, units % scale, decimals as usize);
     }
 }
 
@@ -415,10 +419,33 @@ impl std::fmt::Display for Millis {
 /// RFC 3339 UTC with microseconds, as tracing-subscriber's `SystemTime` timer writes it:
 /// `2026-11-30T15:22:20.827341Z`.
 fn push_timestamp(out: &mut Vec<u8>, now: SystemTime) {
+    thread_local! {
+        /// The second last written and its `YYYY-MM-DDTHH:MM:SS.` (one log line after
+        /// another falls in the same second).
+        static SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+    }
     let since = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let secs = since.as_secs();
+    let prefix = SECOND.with(|c| {
+        let (cached, prefix) = c.get();
+        if cached == secs {
+            return prefix;
+        }
+        let mut p = Vec::with_capacity(20);
+        push_date_time(&mut p, secs);
+        let prefix = p.try_into().unwrap_or([b'0'; 20]);
+        c.set((secs, prefix));
+        prefix
+    });
+    out.extend_from_slice(&prefix);
+    push_padded(out, since.subsec_micros().into(), 6);
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` since the epoch (years past 9999 print as 9999).
+fn push_date_time(out: &mut Vec<u8>, secs: u64) {
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let sod = secs % 86_400;
     push_padded(out, year.clamp(0, 9999) as u64, 4);
@@ -433,8 +460,6 @@ fn push_timestamp(out: &mut Vec<u8>, now: SystemTime) {
     out.push(b':');
     push_padded(out, sod % 60, 2);
     out.push(b'.');
-    push_padded(out, since.subsec_micros().into(), 6);
-    out.push(b'Z');
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's
@@ -555,6 +580,10 @@ mod tests {
         assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
         assert_eq!(at(1_798_761_599, 999_999), "2026-12-31T23:59:59.999999Z");
         assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
+        // The cached second: the same second again, the next one, and back.
+        assert_eq!(at(4_107_542_400, 42), "2100-03-01T00:00:00.000042Z");
+        assert_eq!(at(4_107_542_401, 0), "2100-03-01T00:00:01.000000Z");
+        assert_eq!(at(0, 1), "1970-01-01T00:00:00.000001Z");
         // Today's date agrees with tracing-subscriber's own timer.
         let ours = direct(
             LogFormat::Text,
@@ -592,7 +621,9 @@ mod tests {
         assert_eq!(ms(Duration::from_nanos(999_995_000), 2), "1000.00");
         assert_eq!(ms(Duration::from_nanos(1_234_567), 3), "1.235");
         assert_eq!(ms(Duration::from_secs(7), 0), "7000");
-        assert_eq!(ms(Duration::MAX, 3).len(), 24);
+        // Saturates at u64::MAX nanoseconds (584 years).
+        assert_eq!(ms(Duration::MAX, 3), "18446744073709.551");
+        assert_eq!(ms(Duration::from_nanos(1_234_567), 6), "1.234567");
     }
 
     #[test]
