@@ -481,19 +481,22 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    /// A writer that keeps what it is given, shared with the test.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// What tracing-subscriber writes for `line`, set up as `init` sets it up.
     fn via_subscriber(format: LogFormat, line: &RequestLine<'_>) -> String {
-        #[derive(Clone, Default)]
-        struct Capture(Arc<Mutex<Vec<u8>>>);
-        impl Write for Capture {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let cap = Capture::default();
         let out = cap.0.clone();
         let builder = tracing_subscriber::fmt()
@@ -640,19 +643,9 @@ mod tests {
     fn lines_reach_the_output_in_order_and_all_on_stop() {
         let shared = Arc::new(Shared::default());
         let out = Arc::new(Mutex::new(Vec::new()));
-        struct Sink(Arc<Mutex<Vec<u8>>>);
-        impl Write for Sink {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let t = {
             let (shared, out) = (shared.clone(), out.clone());
-            std::thread::spawn(move || shared.run(&mut Sink(out)))
+            std::thread::spawn(move || shared.run(&mut Capture(out)))
         };
         let mut w = BatchWriter(shared.clone());
         for i in 0..1000 {

@@ -641,8 +641,6 @@ impl Router {
             Ok(Ok(a)) => a,
         };
         let now = Instant::now();
-        let mut builder = Response::builder().status(StatusCode::OK);
-        let h = builder.headers_mut().expect("fresh builder");
         match answer {
             Answer::Refused(resp) => {
                 let status = resp.status();
@@ -660,18 +658,10 @@ impl Router {
                 let ttft = now.saturating_duration_since(sent);
                 log.upstream += ttft;
                 dep.record_success(ttft);
-                log.ttfb = Some(now.saturating_duration_since(log.start));
-                log.status = 200;
-                h.insert(names::DEPLOYMENT, header_value(&dep.id));
-                h.insert(names::ATTEMPTS, HeaderValue::from(log.attempts));
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/event-stream"),
-                );
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                h.insert(names::OVERHEAD_MS, overhead_header(log.overhead_at(now)));
+                let resp = success(dep, log, now, "text/event-stream")
+                    .header(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 stream.set_log(log.take());
-                Ok(builder
+                Ok(resp
                     .body(Body::from_stream(stream))
                     .expect("valid response"))
             }
@@ -687,19 +677,31 @@ impl Router {
                     dep.add_tokens(usage_tokens(&body));
                 }
                 dep.record_success(took);
-                log.ttfb = Some(now.saturating_duration_since(log.start));
-                log.status = 200;
-                h.insert(names::DEPLOYMENT, header_value(&dep.id));
-                h.insert(names::ATTEMPTS, HeaderValue::from(log.attempts));
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                h.insert(names::OVERHEAD_MS, overhead_header(log.overhead_at(now)));
-                Ok(builder.body(Body::from(body)).expect("valid response"))
+                let resp = success(dep, log, now, "application/json");
+                Ok(resp.body(Body::from(body)).expect("valid response"))
             }
         }
     }
+}
+
+/// The head of a 200 answer from `dep` at `now`: llmgw's headers and `content_type`; the
+/// log gets its status and time to first byte.
+fn success(
+    dep: &Deployment,
+    log: &mut RequestLog,
+    now: Instant,
+    content_type: &'static str,
+) -> axum::http::response::Builder {
+    log.ttfb = Some(now.saturating_duration_since(log.start));
+    log.status = 200;
+    let mut builder = Response::builder().status(StatusCode::OK);
+    if let Some(h) = builder.headers_mut() {
+        h.insert(names::DEPLOYMENT, header_value(&dep.id));
+        h.insert(names::ATTEMPTS, HeaderValue::from(log.attempts));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        h.insert(names::OVERHEAD_MS, overhead_header(log.overhead_at(now)));
+    }
+    builder
 }
 
 /// What came back from an upstream within an attempt's time.

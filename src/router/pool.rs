@@ -472,7 +472,7 @@ mod tests {
         let up = upstream(vec![Answer::CloseOnSignal]);
         assert_eq!(fetch(up.addr).await, BODY);
         up.close.send(()).unwrap();
-        // The connection's task sees the close.
+        // The runtime sees the close: the idle connection reads as not usable.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(fetch(up.addr).await, BODY);
         assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
