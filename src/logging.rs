@@ -523,14 +523,9 @@ mod tests {
             path: "/v1/chat/completions",
             model: "bench",
             deployment: "bench-1",
-            fallback: None,
-            status: 200,
-            attempts: 1,
-            stream: false,
-            complete: true,
-            client_gone: false,
             latency: Duration::from_micros(1_234),
             ttfb: Some(Duration::from_micros(1_005)),
+            ..req_line()
         };
         let hostile = RequestLine {
             path: "/v1/messages",
