@@ -144,6 +144,7 @@ pub async fn serve(
     hot: Option<Arc<crate::serve::AppState>>,
     limits: Limits,
     signal: impl Future<Output = ()>,
+    kill: CancellationToken,
 ) {
     let shared = Arc::new(Shared {
         app,
@@ -160,6 +161,7 @@ pub async fn serve(
         refusal: refusal_response(limits.max_connections),
         stop: CancellationToken::new(),
         shutdown: CancellationToken::new(),
+        kill,
         tracker: TaskTracker::new(),
     });
     let loops = spawn_serving_threads(&listener, &shared);
@@ -198,6 +200,9 @@ struct Shared {
     stop: CancellationToken,
     /// Tells connections to close (after their request in flight).
     shutdown: CancellationToken,
+    /// Closes connections at once, request in flight or not (the grace period is over):
+    /// their response bodies are dropped, so streams cut there still record their rows.
+    kill: CancellationToken,
     /// Every connection task, on whichever thread.
     tracker: TaskTracker,
 }
@@ -325,6 +330,7 @@ async fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
             limits,
             activity: Arc::new(Activity::new()),
             shutdown: shared.shutdown.clone(),
+            kill: shared.kill.clone(),
         };
         shared.tracker.spawn(conn.run(tcp, shared.clone(), slot));
     }
@@ -521,6 +527,7 @@ struct Conn {
     limits: Limits,
     activity: Arc<Activity>,
     shutdown: CancellationToken,
+    kill: CancellationToken,
 }
 
 impl Conn {
@@ -529,8 +536,12 @@ impl Conn {
             tcp,
             activity: self.activity.clone(),
         });
-        let (activity, limits, shutdown) =
-            (self.activity.clone(), self.limits, self.shutdown.clone());
+        let (activity, limits, shutdown, kill) = (
+            self.activity.clone(),
+            self.limits,
+            self.shutdown.clone(),
+            self.kill.clone(),
+        );
         let service = hyper::service::service_fn(move |req| self.call(req));
         let conn = shared.builder.serve_connection(io, service);
         tokio::pin!(conn);
@@ -555,6 +566,7 @@ impl Conn {
             }
             tokio::select! {
                 _ = conn.as_mut() => return,
+                _ = kill.cancelled() => return,
                 _ = tokio::time::sleep(SHUTDOWN_SETTLE) => {}
             }
         }

@@ -90,6 +90,9 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<Bound> {
     Ok(Bound { listener, addr })
 }
 
+/// How long closing the connections left at the end of the grace period may take.
+const KILL_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Runs the gateway until `shutdown` is cancelled or SIGTERM/SIGINT arrives.
 pub async fn run(
     args: ServeArgs,
@@ -182,6 +185,7 @@ pub async fn run(
     spawn_signal_listener(shutdown.clone());
     // While this job relays to a successor (renewal), every request passes the relay layer.
     let hot = relay.is_none().then(|| state.clone());
+    let kill = CancellationToken::new();
     let serve = crate::conn::serve(bound.listener, app, hot, limits, {
         let shutdown = shutdown.clone();
         let state = state.clone();
@@ -191,7 +195,7 @@ pub async fn run(
             state.ready.store(false, Ordering::SeqCst);
             tracing::info!(grace = ?grace, "shutting down: no new connections; in-flight requests may finish");
         }
-    });
+    }, kill.clone());
 
     // Serve (readiness 503) while the local backends load; ready once each is ready or failed.
     let mut server = tokio::spawn(serve);
@@ -259,6 +263,10 @@ pub async fn run(
         _ = grace_timer => {
             let left: u64 = state.router.deployments().map(|d| d.stats.in_flight.load(Ordering::Relaxed)).sum();
             tracing::warn!(in_flight = left, "grace period over; closing remaining connections");
+            // Cut what is still open, so each cut request records its spend row before
+            // the writer's last flush; bounded in case a connection does not end.
+            kill.cancel();
+            let _ = tokio::time::timeout(KILL_SETTLE, &mut server).await;
             Ok(())
         }
     };

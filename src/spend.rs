@@ -38,6 +38,8 @@ use tokio::sync::mpsc;
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// How long to wait before writing again after the store failed.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the writer waits at shutdown for requests still recording their rows.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Rows per write.
 const BATCH: usize = 2000;
 /// Rows waiting in the channel between the request path and the writer.
@@ -258,6 +260,8 @@ pub struct WriterStats {
     pub dropped: AtomicU64,
     pub write_errors: AtomicU64,
     pub store_up: AtomicBool,
+    /// Admitted requests whose rows are not recorded yet ([`OpenTicket`]).
+    pub open_tickets: AtomicU64,
 }
 
 /// Prices, per-group totals and the spend rows' way to the store.
@@ -270,6 +274,17 @@ pub struct Spend {
     pub other: GroupTotals,
     tx: mpsc::Sender<SpendRow>,
     pub stats: Arc<WriterStats>,
+}
+
+/// One admitted request whose row is not recorded yet; the writer waits for every one at
+/// shutdown, so a stream that ends (or is cut) after the last flush still has its row.
+#[derive(Debug)]
+pub struct OpenTicket(Arc<WriterStats>);
+
+impl Drop for OpenTicket {
+    fn drop(&mut self) {
+        self.0.open_tickets.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Spend {
@@ -307,6 +322,13 @@ impl Spend {
             .map_or(0, |&p| cost_nanos(usage, p))
     }
 
+    /// Marks a request admitted: the writer does not finish before its row is recorded
+    /// (the guard is dropped after the row is handed over).
+    pub fn open_ticket(&self) -> OpenTicket {
+        self.stats.open_tickets.fetch_add(1, Ordering::AcqRel);
+        OpenTicket(self.stats.clone())
+    }
+
     /// Counts the row and hands it to the writer; never waits.
     pub fn record(&self, row: SpendRow) {
         let g = self.groups.get(&row.model_group).unwrap_or(&self.other);
@@ -327,7 +349,10 @@ impl Spend {
 
 /// The writer: moves rows from the channel into a bounded buffer and writes the buffer
 /// in batches; on a store error keeps them and tries again after [`RETRY_INTERVAL`].
-/// On shutdown it writes what it has (trying for a few seconds) and ends.
+/// On shutdown it first waits (at most [`CLOSE_WAIT`]) until every admitted request has
+/// recorded its row ([`OpenTicket`]: the server closes its connections before this, so
+/// streams cut at the end of the grace period are recorded too), then writes what it has
+/// (trying for a few seconds) and ends.
 async fn write_rows(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<SpendRow>,
@@ -356,11 +381,7 @@ async fn write_rows(
             biased;
             r = rx.recv(), if closing.is_none() => match r {
                 Some(row) => {
-                    if buf.len() >= cap {
-                        stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        buf.push_back(row);
-                    }
+                    keep(&mut buf, cap, &stats, row);
                     stats.buffered.store(buf.len() as u64, Ordering::Relaxed);
                     if buf.len() < BATCH || tokio::time::Instant::now() < next {
                         continue;
@@ -369,8 +390,26 @@ async fn write_rows(
                 None => closing = Some(tokio::time::Instant::now() + Duration::from_secs(5)),
             },
             _ = shutdown.cancelled(), if closing.is_none() => {
-                while let Ok(row) = rx.try_recv() {
-                    if buf.len() < cap { buf.push_back(row) } else { stats.dropped.fetch_add(1, Ordering::Relaxed); }
+                let until = tokio::time::Instant::now() + CLOSE_WAIT;
+                loop {
+                    while let Ok(row) = rx.try_recv() {
+                        keep(&mut buf, cap, &stats, row);
+                    }
+                    if stats.open_tickets.load(Ordering::Acquire) == 0 {
+                        // A guard is dropped after its row was sent: drain once more.
+                        while let Ok(row) = rx.try_recv() {
+                            keep(&mut buf, cap, &stats, row);
+                        }
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= until {
+                        tracing::warn!(
+                            open = stats.open_tickets.load(Ordering::Acquire),
+                            "requests still open at shutdown: their spend rows are not recorded"
+                        );
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 closing = Some(tokio::time::Instant::now() + Duration::from_secs(5));
             }
@@ -410,6 +449,15 @@ async fn write_rows(
     }
 }
 
+/// Buffers `row` unless `cap` rows already wait (then it is dropped and counted).
+fn keep(buf: &mut VecDeque<SpendRow>, cap: usize, stats: &WriterStats, row: SpendRow) {
+    if buf.len() < cap {
+        buf.push_back(row);
+    } else {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Charges `ticket` for `resp` and adds `x-llmgw-request-id`. A JSON answer is charged
 /// now (it is already whole in memory); a stream when it ends, with the usage chunk the
 /// gateway asked for removed when `strip_usage` (the client did not ask for it).
@@ -439,6 +487,7 @@ pub async fn meter(ticket: Ticket, strip_usage: bool, resp: Response) -> Respons
         usage: Usage::default(),
         status,
         cache_hit,
+        abandoned: false,
     };
     if stream {
         let (parts, body) = resp.into_parts();
@@ -448,6 +497,7 @@ pub async fn meter(ticket: Ticket, strip_usage: bool, resp: Response) -> Respons
             strip: strip_usage && !cache_hit,
             ticket: Some(ticket),
             outcome,
+            delivered: 0,
         };
         return Response::from_parts(parts, Body::from_stream(metered));
     }
@@ -476,7 +526,18 @@ struct Metered {
     strip: bool,
     ticket: Option<Ticket>,
     outcome: Outcome,
+    /// Events passed on to the client: an abandoned stream whose usage never came is
+    /// charged one completion token per event (streams carry about one token an event).
+    delivered: u64,
 }
+
+/// Events in `b` (each has one `data:` line).
+fn count_events(b: &[u8]) -> u64 {
+    DATA.find_iter(b).count() as u64
+}
+
+static DATA: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"data:"));
 
 impl Metered {
     /// Complete events in `done`: notes usage, drops the usage-only event when stripping.
@@ -526,6 +587,7 @@ impl Stream for Metered {
                     }
                     // Fast path: whole events and no usage in them.
                     if this.carry.is_empty() && b.ends_with(b"\n\n") && usage_object(&b).is_none() {
+                        this.delivered += count_events(&b);
                         return Poll::Ready(Some(Ok(b)));
                     }
                     this.carry.extend_from_slice(&b);
@@ -535,6 +597,7 @@ impl Stream for Metered {
                     let done = this.carry.split_to(last + 2).freeze();
                     let out = this.events(done);
                     if !out.is_empty() {
+                        this.delivered += count_events(&out);
                         return Poll::Ready(Some(Ok(out)));
                     }
                 }
@@ -562,9 +625,13 @@ impl Stream for Metered {
 impl Drop for Metered {
     fn drop(&mut self) {
         if self.ticket.is_some() {
-            // The client went away before the end: record it, at no charge.
+            // The client went away before the end (or the gateway closed the connection
+            // at the end of its grace period): charged for what passed, since the
+            // upstream generated it. A client can always leave between the last content
+            // event and the usage event, so an abandoned stream is never free.
             self.outcome.status = 499;
-            self.outcome.usage = Usage::default();
+            self.outcome.usage.completion = self.outcome.usage.completion.max(self.delivered);
+            self.outcome.abandoned = true;
             self.end();
         }
     }

@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::keys::{admin, chat, cli_ok, gateway, new_key, write_master_key, COST_NANOS, PRICED};
+use common::keys::{
+    admin, chat, cli_ok, gateway, gateway_with_server, new_key, write_master_key, COST_NANOS,
+    PRICED,
+};
 use common::{expect_openai_error, json_body, mock, openai_model, read_sse, run_python_script};
 use llmgw::mock::Behavior;
 use reqwest::Method;
@@ -347,6 +350,9 @@ async fn keys_and_spend_survive_a_restart() {
     )
     .await;
     let (gone, _) = new_key(&base, json!({"key_alias": "gina"})).await;
+    // No budget: its spend is shown all the same, and must survive the restart too.
+    let (free, _) = new_key(&base, json!({"key_alias": "hugo"})).await;
+    assert_eq!(chat(&base, &free, "local", true, false).await.status(), 200);
     let (s, _) = admin(
         &base,
         Method::POST,
@@ -379,13 +385,125 @@ async fn keys_and_spend_survive_a_restart() {
         (info["info"]["spend"].as_f64().unwrap() - 0.0048).abs() < 1e-9,
         "{info}"
     );
+    let (_, info) = admin(&base, Method::GET, "/key/info?key=hugo", None).await;
+    assert!(
+        (info["info"]["spend"].as_f64().unwrap() - 0.0024).abs() < 1e-9,
+        "a key without a budget lost its spend in the restart: {info}"
+    );
     assert_eq!(chat(&base, &key, "local", false, false).await.status(), 200);
     expect_openai_error(chat(&base, &gone, "local", false, false).await, 401).await;
     let (_, report) = admin(&base, Method::GET, "/spend/report?group_by=key", None).await;
     assert_eq!(
         report["total_cost_nanos"],
-        json!(3 * COST_NANOS),
+        json!(4 * COST_NANOS),
         "{report}"
+    );
+}
+
+/// Sends a streamed chat request with `key` on a plain socket and reads until the first
+/// content event has arrived: the stream is then in flight, whatever the timing.
+async fn stream_until_first_event(base: &str, key: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = common::chat_body("local", true);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while memchr::memmem::find(&seen, b"\"content\":").is_none() {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("first event within 10 s")
+            .unwrap();
+        assert!(n > 0, "stream ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&seen));
+    tcp
+}
+
+/// The key's `/key/info` spend once it is above 0 (the abandoned request's row is
+/// recorded when the gateway notices the client left), or 0 after 10 s.
+async fn spend_once_charged(base: &str, alias: &str) -> f64 {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, info) = admin(base, Method::GET, &format!("/key/info?key={alias}"), None).await;
+        let spend = info["info"]["spend"].as_f64().unwrap();
+        if spend > 0.0 || Instant::now() > until {
+            return spend;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// Issue 31/21 regression: a stream the client leaves before its usage event is charged
+// for what passed (it used to be free: a 499 row with 0 tokens).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_stream_is_charged_for_what_passed() {
+    let up = mock(
+        "abandon",
+        Behavior {
+            chunks: 20,
+            chunk_delay: Duration::from_millis(50),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let gw = gateway(&openai_model("local", "m", &up.base_url(), PRICED), "")
+        .start()
+        .await;
+    let base = gw.url("");
+    let (key, _) = new_key(&base, json!({"key_alias": "ivan"})).await;
+    let tcp = stream_until_first_event(&base, &key).await;
+    drop(tcp);
+    let spend = spend_once_charged(&base, "ivan").await;
+    assert!(spend > 0.0, "an abandoned stream was free");
+    let (_, report) = admin(&base, Method::GET, "/spend/report?group_by=key", None).await;
+    assert!(report["total_cost_nanos"].as_i64().unwrap() > 0, "{report}");
+}
+
+// Issue 31 regression: a stream still open when the grace period ends is cut, and its
+// row (charged for what passed) reaches the store before the gateway exits. The stream
+// is in flight when SIGTERM comes (its first event was read) and cannot finish within
+// the 1 s grace (20 events, 500 ms apart): the ordering is forced, not timed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_at_shutdown_keeps_its_spend_row() {
+    let up = mock(
+        "cut-at-exit",
+        Behavior {
+            chunks: 20,
+            chunk_delay: Duration::from_millis(500),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!(
+        "[store]\npath = \"{}\"\n",
+        dir.path().join("keys.db").display()
+    );
+    let models = openai_model("local", "m", &up.base_url(), PRICED);
+    let mut gw = gateway_with_server(&models, "shutdown_grace = \"1s\"", &store)
+        .start()
+        .await;
+    let base = gw.url("");
+    let (key, _) = new_key(&base, json!({"key_alias": "judy"})).await;
+    let tcp = stream_until_first_event(&base, &key).await;
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(20)).await.success());
+    drop(tcp);
+    drop(gw);
+    let gw = gateway(&models, &store).start().await;
+    let base = gw.url("");
+    let (_, info) = admin(&base, Method::GET, "/key/info?key=judy", None).await;
+    assert!(
+        info["info"]["spend"].as_f64().unwrap() > 0.0,
+        "the cut stream's row was lost at shutdown: {info}"
     );
 }
 

@@ -533,6 +533,11 @@ pub struct Ticket {
     request_id: String,
     start: Instant,
     done: bool,
+    /// Prompt tokens, estimated from the body's size (about four bytes a token), for a
+    /// stream abandoned before the upstream reported its usage.
+    prompt_estimate: u64,
+    /// Keeps the writer waiting at shutdown until this request's row is recorded.
+    _open: crate::spend::OpenTicket,
 }
 
 /// How a request ended, for its spend row.
@@ -542,11 +547,19 @@ pub struct Outcome {
     pub usage: Usage,
     pub status: u16,
     pub cache_hit: bool,
+    /// A stream the client left before its end: charged for what was delivered, with the
+    /// prompt estimated when the upstream's count never came.
+    pub abandoned: bool,
 }
 
 impl Ticket {
     /// Admits `caller`'s request for `model`, or refuses it with the error to answer.
-    pub fn admit(caller: &Caller, model: &str, spend: Arc<Spend>) -> Result<Ticket, ApiError> {
+    pub fn admit(
+        caller: &Caller,
+        model: &str,
+        body_len: usize,
+        spend: Arc<Spend>,
+    ) -> Result<Ticket, ApiError> {
         let claims = match caller {
             Caller::Master => Claims {
                 key: None,
@@ -557,11 +570,13 @@ impl Ticket {
         };
         Ok(Ticket {
             claims,
+            _open: spend.open_ticket(),
             spend,
             model: model.to_string(),
             request_id: crate::spend::request_id(),
             start: Instant::now(),
             done: false,
+            prompt_estimate: (body_len / 4) as u64,
         })
     }
 
@@ -575,13 +590,18 @@ impl Ticket {
         self.record(outcome);
     }
 
-    fn record(&mut self, o: Outcome) {
+    fn record(&mut self, mut o: Outcome) {
         if self.done {
             return;
         }
         self.done = true;
         let now_ms = crate::router::now_ms();
-        let cost = if o.cache_hit || o.status != 200 {
+        if o.abandoned && o.usage.prompt == 0 && o.usage.completion > 0 {
+            o.usage.prompt = self.prompt_estimate;
+        }
+        // Whatever carried usage is charged: a whole answer, and a stream that broke off
+        // or was abandoned after some of it was generated. Errors carry none.
+        let cost = if o.cache_hit {
             0
         } else {
             self.spend.cost(&o.deployment, o.usage)

@@ -134,7 +134,7 @@ impl KeyService {
         self.shutdown.cancel();
         let task = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(t) = task {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(6), t).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(12), t).await;
         }
     }
 
@@ -178,7 +178,7 @@ impl KeyService {
 
     /// Admits `caller`'s request (limits, budget, model); the ticket charges it later.
     pub fn admit(&self, caller: &Caller, req: &ClientRequest) -> Result<Ticket, ApiError> {
-        Ticket::admit(caller, &req.model, self.spend.clone())
+        Ticket::admit(caller, &req.model, req.body.len(), self.spend.clone())
     }
 
     /// Model groups `caller` may use, out of `all`.
@@ -265,14 +265,13 @@ impl KeyService {
         now: u64,
     ) -> Result<Arc<Counters>, ApiError> {
         let (_, start, _) = l.period(now);
-        let spent = if l.max_budget.is_some() {
-            self.store
-                .spend_since(who, (start as i64).saturating_mul(1000))
-                .await
-                .map_err(store_err)?
-        } else {
-            0
-        };
+        // Every key's and team's spend, budgeted or not: `/key/info` and `keys list`
+        // show it, and a restart must not reset it to 0.
+        let spent = self
+            .store
+            .spend_since(who, (start as i64).saturating_mul(1000))
+            .await
+            .map_err(store_err)?;
         Ok(Arc::new(Counters::with_spend(start, spent)))
     }
 

@@ -53,7 +53,10 @@ pub async fn new_key(base: &str, body: Value) -> (String, Value) {
     (v["key"].as_str().expect("key in answer").to_string(), v)
 }
 
-/// A chat request with `key`; `include_usage` only for streams.
+/// A chat request with `key`; `include_usage` only for streams. A streamed answer is
+/// read to its end before this returns (its headers and bytes are handed back as a
+/// response), so the request is over, and charged in full, when the caller goes on: a
+/// stream left unread is an abandoned one, charged for what was delivered by then.
 pub async fn chat(
     base: &str,
     key: &str,
@@ -65,14 +68,31 @@ pub async fn chat(
     if stream && include_usage {
         body["stream_options"] = json!({"include_usage": true});
     }
-    client()
+    let resp = client()
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(key)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
         .await
-        .expect("chat request")
+        .expect("chat request");
+    if !stream {
+        return resp;
+    }
+    let mut whole = axum::http::Response::builder().status(resp.status());
+    for (name, value) in resp.headers() {
+        whole = whole.header(name, value);
+    }
+    let bytes = resp.bytes().await.expect("read the whole stream");
+    reqwest::Response::from(whole.body(bytes).expect("response"))
+}
+
+/// A gateway like [`gateway`] with more `[server]` settings (`server`: TOML lines).
+pub fn gateway_with_server(models: &str, server: &str, extra: &str) -> GatewayBuilder {
+    let toml = format!(
+        "[server]\nmaster_key = \"env:LLMGW_TEST_MASTER\"\n{server}\n\n{models}\n{extra}\n"
+    );
+    GatewayBuilder::new(&toml).env("LLMGW_TEST_MASTER", MASTER)
 }
 
 /// Writes the master key where `start` keeps it, so the CLI finds it like `status`.
