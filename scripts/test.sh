@@ -62,6 +62,54 @@ if [ -x scripts/local-slurm.sh ]; then
   bash scripts/local-slurm.sh up
 fi
 
+# Everything the tests create (state directories, configs, logs of the SLURM jobs they
+# submit) lives under one directory of this run, so that on any exit, failure or Ctrl-C,
+# everything the run started can be found and stopped: processes named by a path in it
+# (gateways, `llmgw connect`) and SLURM jobs whose output goes there (a renewing chain
+# included: its successors log there too).
+run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/llmgw-test-run.XXXXXX")
+export TMPDIR=$run_tmp
+long_pid=
+long_log=$run_tmp/renew_long.log
+failures=()
+
+stop_everything() {
+  local rc=$?
+  set +e
+  if [ -n "$long_pid" ]; then
+    kill -TERM -- "-$long_pid" 2>/dev/null
+  fi
+  # Jobs first (a gateway in a job may be about to submit its successor): scancel
+  # what logs under this run, again until none is left (a successor submitted meanwhile).
+  if command -v squeue >/dev/null 2>&1; then
+    local round ids
+    for round in 1 2 3 4 5 6 7 8 9 10; do
+      ids=$(squeue -h -O "JobID:20,StdOut:1000" 2>/dev/null | awk -v d="$run_tmp" 'index($2, d) == 1 {print $1}')
+      [ -n "$ids" ] || break
+      echo "test.sh: cancelling SLURM jobs this run started: $(echo $ids)" >&2
+      # shellcheck disable=SC2086
+      scancel $ids 2>/dev/null
+      sleep 2
+    done
+  fi
+  pkill -TERM -f -- "$run_tmp" 2>/dev/null && sleep 1
+  pkill -KILL -f -- "$run_tmp" 2>/dev/null
+  rm -rf -- "$run_tmp"
+  exit "$rc"
+}
+trap stop_everything EXIT
+trap 'exit 130' INT TERM
+
+# Runs one step of the suite; a failure is noted and the suite goes on.
+step() {
+  local name=$1
+  shift
+  log "$name"
+  if ! "$@"; then
+    failures+=("$name")
+  fi
+}
+
 # The five-minute handover test (tests/renew_long.rs) waits on SLURM time limits more
 # than it computes: build it, start it now in the background, collect it at the end.
 # A fresh CI clone gains nothing from incremental build state (it only costs disk).
@@ -71,29 +119,30 @@ log "building the tests"
 cargo test --no-run --lib --bins --tests --quiet
 long_bin=$(cargo test --test renew_long --no-run --message-format=json 2>/dev/null |
   grep '"name":"renew_long"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
-long_log=$(mktemp)
-long_pid=
 if [ -n "$long_bin" ]; then
   log "starting the five-minute handover test in the background"
-  "$long_bin" --nocapture --test-threads=1 >"$long_log" 2>&1 &
+  # Its own process group, so that everything it starts can be stopped with it.
+  setsid "$long_bin" --nocapture --test-threads=1 >"$long_log" 2>&1 &
   long_pid=$!
-  trap 'if [ -n "$long_pid" ]; then kill "$long_pid" 2>/dev/null || true; fi' EXIT
 fi
 
 if [ $quick -eq 0 ]; then
-  log "cargo fmt --check"
-  cargo fmt --all -- --check
-  log "cargo clippy"
-  cargo clippy --all-targets --quiet -- -D warnings
+  step "cargo fmt --check" cargo fmt --all -- --check
+  step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
 fi
 
-log "cargo test"
-cargo test --lib --bins --tests -- --test-threads=2 --skip five_minutes_under_load
-log "benchmarks, once each as smoke tests"
-cargo test --bench '*'
-
-log "release binary (scripts/release.sh --smoke): glibc floor 2.17, at most 20 MiB, --version, serve"
-bash scripts/release.sh --smoke
+# Every test file runs even after a failure (--no-fail-fast); the failures are listed at
+# the end.
+test_log=$run_tmp/cargo-test.log
+run_tests() {
+  cargo test --no-fail-fast --lib --bins --tests -- --test-threads=2 \
+    --skip five_minutes_under_load 2>&1 | tee "$test_log"
+  return "${PIPESTATUS[0]}"
+}
+step "cargo test" run_tests
+step "benchmarks, once each as smoke tests" cargo test --no-fail-fast --bench '*'
+step "release binary (scripts/release.sh --smoke): glibc floor 2.17, at most 20 MiB, --version, serve" \
+  bash scripts/release.sh --smoke
 
 if [ -n "$long_pid" ]; then
   log "the five-minute handover test (tests/renew_long.rs)"
@@ -101,6 +150,16 @@ if [ -n "$long_pid" ]; then
   wait "$long_pid" || status=$?
   long_pid=
   cat "$long_log"
-  rm -f "$long_log"
-  [ $status -eq 0 ] || exit $status
+  [ $status -eq 0 ] || failures+=("the five-minute handover test (tests/renew_long.rs)")
 fi
+
+if [ ${#failures[@]} -gt 0 ]; then
+  printf '\n== FAILED: %d step(s)\n' "${#failures[@]}"
+  printf '  - %s\n' "${failures[@]}"
+  if [ -f "$test_log" ]; then
+    echo "  failing tests:"
+    grep -E '^    [A-Za-z0-9_:]+$|^error: .*test' "$test_log" | sed 's/^ */      /' | sort -u
+  fi
+  exit 1
+fi
+log "all passed"
