@@ -8,6 +8,8 @@
 //! The end-to-end cost (HTTP in and out, the pooled upstream call, logging) is measured by
 //! `scripts/bench.sh`; see BENCHMARKS.md.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use llmgw::error::ApiError;

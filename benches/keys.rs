@@ -10,6 +10,8 @@
 //! The spend rows go to a real writer task and an in-memory SQLite store, as in the
 //! gateway (on another thread, off the measured path).
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use criterion::{criterion_group, criterion_main, Criterion};
 use llmgw::keys::enforce::{Caller, Counters, KeyEntry, Outcome, Table, TeamEntry, Ticket};
 use llmgw::keys::{hash_key, hex, KeyRecord, Limits, TeamRecord};
@@ -105,12 +107,13 @@ fn keys(c: &mut Criterion) {
     let caller = Caller::Key(entry);
     g.bench_function("admit + finish (key and team, every limit)", |b| {
         b.iter(|| {
-            let t = Ticket::admit(black_box(&caller), "local", spend.clone()).expect("admitted");
+            let t =
+                Ticket::admit(black_box(&caller), "local", 1400, spend.clone()).expect("admitted");
             t.finish(Outcome {
                 deployment: "local-1".into(),
                 usage,
                 status: 200,
-                cache_hit: false,
+                ..Outcome::default()
             });
         })
     });
@@ -118,12 +121,12 @@ fn keys(c: &mut Criterion) {
         b.iter(|| {
             let e = table.lookup(&hash_key(black_box(&key))).expect("key");
             let caller = Caller::Key(e.clone());
-            let t = Ticket::admit(&caller, "local", spend.clone()).expect("admitted");
+            let t = Ticket::admit(&caller, "local", 1400, spend.clone()).expect("admitted");
             t.finish(Outcome {
                 deployment: "local-1".into(),
                 usage,
                 status: 200,
-                cache_hit: false,
+                ..Outcome::default()
             });
         })
     });

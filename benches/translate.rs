@@ -34,11 +34,13 @@
 //!
 //! Results and their reading: BENCHMARKS.md, "Provider translation cost".
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use bytes::{Bytes, BytesMut};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion};
 use llmgw::config::{ProviderKind, Secret};
-use llmgw::providers::{anthropic::Anthropic, gemini::Gemini, openai::OpenAi, Provider};
+use llmgw::convert;
 use llmgw::request::{ClientRequest, Endpoint};
 use llmgw::router::Deployment;
 use serde_json::{json, Value};
@@ -139,7 +141,7 @@ const ANSWER: [&str; 16] = [
 
 fn deployment(kind: ProviderKind, model: &str, api_base: &str) -> Deployment {
     let mut d = Deployment::standalone(kind, model, api_base);
-    d.api_key = Some(Secret::new("sk-bench-0123456789abcdef0123456789abcdef"));
+    d.upstream.api_key = Some(Secret::new("sk-bench-0123456789abcdef0123456789abcdef"));
     d
 }
 
@@ -292,10 +294,7 @@ fn translate_stream(
     req: &ClientRequest,
     chunks: &[Bytes],
 ) -> (usize, Option<Bytes>) {
-    let mut tr = dep
-        .provider
-        .stream_translator(dep, req)
-        .expect("a translated stream");
+    let mut tr = convert::translator(dep, req).expect("a translated stream");
     let mut sent = 0;
     let mut last = None;
     for chunk in chunks {
@@ -354,9 +353,7 @@ fn setup() -> Setup {
     // Check once that every path does the real work and none takes an error shortcut.
     let req = parse(&s.body);
     for dep in [&s.openai, &s.anthropic, &s.gemini] {
-        let r = dep
-            .provider
-            .build(&s.client, dep, &req)
+        let r = convert::request(&s.client, dep, &req)
             .expect("request builds")
             .build()
             .expect("valid request");
@@ -373,7 +370,7 @@ fn setup() -> Setup {
         (&s.anthropic, anthropic_response()),
         (&s.gemini, gemini_response()),
     ] {
-        let out = dep.provider.translate_body(dep, &req, body).unwrap();
+        let out = convert::translate_body(dep, &req, body).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
     }
@@ -391,10 +388,7 @@ fn setup() -> Setup {
     // The other client APIs: an Anthropic request reaches SGLang as chat completions,
     // SGLang's answers reach Anthropic and Responses clients in their formats.
     let msg = parse_as(Endpoint::Messages, &s.messages);
-    let r = s
-        .sglang
-        .provider
-        .build(&s.client, &s.sglang, &msg)
+    let r = convert::request(&s.client, &s.sglang, &msg)
         .unwrap()
         .build()
         .unwrap();
@@ -409,11 +403,7 @@ fn setup() -> Setup {
         ),
         (&resp, &b"}}\n\n"[..]),
     ] {
-        let out = s
-            .sglang
-            .provider
-            .translate_body(&s.sglang, req, openai_response())
-            .unwrap();
+        let out = convert::translate_body(&s.sglang, req, openai_response()).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert!(v["content"].is_array() || v["output"].is_array(), "{v}");
         let (_, last) = translate_stream(&s.sglang, req, &openai_stream());
@@ -454,15 +444,15 @@ fn request(c: &mut Criterion<ThreadCpu>) {
     g.bench_function("parse_and_json_value", |b| {
         b.iter(|| parse(black_box(&s.body)).json().expect("JSON"))
     });
-    for (name, provider, dep) in [
-        ("openai_build", &OpenAi as &dyn Provider, &s.openai),
-        ("anthropic", &Anthropic, &s.anthropic),
-        ("gemini", &Gemini, &s.gemini),
+    for (name, dep) in [
+        ("openai_build", &s.openai),
+        ("anthropic", &s.anthropic),
+        ("gemini", &s.gemini),
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let req = parse(black_box(&s.body));
-                provider.build(&s.client, dep, &req).expect("builds")
+                convert::request(&s.client, dep, &req).expect("builds")
             })
         });
     }
@@ -476,7 +466,7 @@ fn request(c: &mut Criterion<ThreadCpu>) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let req = parse_as(Endpoint::Messages, black_box(&s.messages));
-                dep.provider.build(&s.client, dep, &req).expect("builds")
+                convert::request(&s.client, dep, &req).expect("builds")
             })
         });
     }
@@ -493,9 +483,7 @@ fn response(c: &mut Criterion<ThreadCpu>) {
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
-                dep.provider
-                    .translate_body(dep, &req, black_box(body.clone()))
-                    .expect("translates")
+                convert::translate_body(dep, &req, black_box(body.clone())).expect("translates")
             })
         });
     }
@@ -507,9 +495,7 @@ fn response(c: &mut Criterion<ThreadCpu>) {
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
-                s.sglang
-                    .provider
-                    .translate_body(&s.sglang, req, black_box(openai_response()))
+                convert::translate_body(&s.sglang, req, black_box(openai_response()))
                     .expect("translates")
             })
         });

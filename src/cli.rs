@@ -1,10 +1,9 @@
-//! The command line: clap definitions and dispatch. Each subcommand lives in its own
-//! module; this file only parses arguments and turns errors into one plain line.
+//! The command line: the clap definition of `llmgw` and its subcommands (each
+//! subcommand's arguments live in `args`, or with the command that owns them).
 
-use crate::config::LogFormat;
-use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
-use std::process::ExitCode;
+use crate::args::*;
+use clap::{Parser, Subcommand};
+use llmgw_core::config::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,7 +43,7 @@ pub enum Command {
     /// it with no failed request.
     Restart(RestartArgs),
     /// Run the gateway in the foreground (what the SLURM job runs; works without SLURM).
-    Serve(ServeArgs),
+    Serve(llmgw_gateway::serve::ServeArgs),
     /// Virtual keys of the running gateway: create, list, info, update, revoke.
     Keys(crate::commands::keys::KeysArgs),
     /// What was spent, per key, team or model group.
@@ -53,193 +52,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// A mock OpenAI-compatible upstream for tests, benchmarks and demos.
     #[command(hide = true)]
-    MockUpstream(crate::mock::MockArgs),
+    MockUpstream(llmgw_mock::MockArgs),
     /// The node agent a multi-node gateway runs on each other node (as a job step).
     #[command(hide = true)]
-    Agent(crate::agent::AgentArgs),
-}
-
-/// Which gateway: its name and where its state lives.
-#[derive(Args, Debug, Clone)]
-pub struct Target {
-    /// Name of the gateway; each name has its own state directory and job.
-    #[arg(long, default_value = "default", env = "LLMGW_NAME")]
-    pub name: String,
-    /// State directory [default: ~/.llmgw/<name>]; must be on a filesystem the compute
-    /// nodes see.
-    #[arg(long, env = "LLMGW_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-pub struct StartArgs {
-    /// Config file (TOML).
-    #[arg(short, long, default_value = "llmgw.toml")]
-    pub config: PathBuf,
-    #[command(flatten)]
-    pub target: Target,
-    /// Print the sbatch script and submit nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Return right after submission instead of waiting until ready.
-    #[arg(long)]
-    pub no_wait: bool,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// Give up waiting after this long (e.g. 30m); the job keeps running.
-    #[arg(long, default_value = "1h", value_parser = parse_dur)]
-    pub timeout: std::time::Duration,
-}
-
-#[derive(Args, Debug)]
-pub struct StopArgs {
-    #[command(flatten)]
-    pub target: Target,
-    /// Stop every gateway under ~/.llmgw.
-    #[arg(long, conflicts_with = "name")]
-    pub all: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    pub target: Target,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct LogsArgs {
-    #[command(flatten)]
-    pub target: Target,
-    /// Keep printing as the log grows.
-    #[arg(short, long)]
-    pub follow: bool,
-    /// Show this local backend's log instead of the gateway's.
-    #[arg(long)]
-    pub backend: Option<String>,
-    /// How many lines from the end to print first.
-    #[arg(short = 'n', long, default_value_t = 50)]
-    pub lines: usize,
-}
-
-#[derive(Args, Debug)]
-pub struct DoctorArgs {
-    /// Config file (TOML), as for `start`.
-    #[arg(short, long, default_value = "llmgw.toml")]
-    pub config: PathBuf,
-    #[command(flatten)]
-    pub target: Target,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct ConnectArgs {
-    #[command(flatten)]
-    pub target: Target,
-    /// Local port to listen on (0 = any free port).
-    #[arg(long, default_value_t = crate::commands::connect::DEFAULT_PORT)]
-    pub port: u16,
-    /// Local address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub bind: String,
-    /// Reach the cluster through ssh to this login host (USER@HOST); --state-dir is then a
-    /// path on that host [default: ~/.llmgw/<name> there].
-    #[arg(long, value_name = "USER@HOST")]
-    pub login: Option<String>,
-    /// ssh port of the login host.
-    #[arg(long, value_name = "PORT")]
-    pub ssh_port: Option<u16>,
-    /// ssh identity file (ssh -i).
-    #[arg(short = 'i', long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// Extra ssh option (ssh -o KEY=VALUE); repeatable.
-    #[arg(short = 'o', long = "ssh-option", value_name = "KEY=VALUE")]
-    pub ssh_option: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct RestartArgs {
-    #[command(flatten)]
-    pub target: Target,
-    /// Run the new job with this config (validated first) instead of the current one.
-    #[arg(short, long)]
-    pub config: Option<PathBuf>,
-    /// Return right after submission instead of waiting until the new job took over.
-    #[arg(long)]
-    pub no_wait: bool,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// Give up waiting after this long; the new job keeps going.
-    #[arg(long, default_value = "1h", value_parser = parse_dur)]
-    pub timeout: std::time::Duration,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct ServeArgs {
-    /// Config file (TOML) [default: the built-in configs/quickstart.toml].
-    #[arg(short, long, env = "LLMGW_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Override [server] host.
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Override [server] port (0 = any free port).
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// Write endpoint.json here once ready, and backend logs under it.
-    #[arg(long, env = "LLMGW_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Read the master key from this file (what `start` uses; keeps it off the command line).
-    #[arg(long)]
-    pub master_key_file: Option<PathBuf>,
-}
-
-fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
-    crate::config::parse_duration(s)
-}
-
-/// Entry point: parse, run, and print any error as one line.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("llmgw: {}", one_line(&e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Joins an error chain into one line: "outer: inner: cause".
-fn one_line(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    parts.join(": ")
-}
-
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Serve(args) => crate::serve::main(args, cli.log_format),
-        Command::MockUpstream(args) => crate::mock::main(args),
-        Command::Agent(args) => crate::agent::main(args, cli.log_format),
-        Command::Start(args) => crate::commands::start::run(args),
-        Command::Stop(args) => crate::commands::stop::run(args),
-        Command::Status(args) => crate::commands::status::run(args),
-        Command::Logs(args) => crate::commands::logs::run(args),
-        Command::Keys(args) => crate::commands::keys::run(args),
-        Command::Spend(args) => crate::commands::spend::run(args),
-        Command::Doctor(args) => crate::commands::doctor::run(args),
-        Command::Connect(args) => crate::commands::connect::run(args),
-        Command::Restart(args) => crate::commands::restart::run(args),
-    }
+    Agent(llmgw_cluster::supervise::agent::AgentArgs),
 }

@@ -64,5 +64,5 @@ fn main() -> std::process::ExitCode {
     // BENCHMARKS.md, issue 13). Children inherit the setting; the model servers get
     // the machine's back (`supervise::die_with_parent`).
     let _ = nix::sys::prctl::set_thp_disable(true);
-    llmgw::cli::main()
+    llmgw::main()
 }

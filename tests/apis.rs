@@ -5,6 +5,8 @@
 //! cache and headers. The SDK tests need `python3` with `anthropic` and `openai`
 //! (scripts/test.sh installs them); they fail, never skip, when those are missing.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::{json_body, mock, read_sse, run_python_script, Gateway, SseEvent};

@@ -3,6 +3,8 @@
 //! opt-in mode, two gateways sharing one Redis (cache, cooldowns, rpm usage), and Redis
 //! outages (killed under load, down at start) that never fail a request.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::redis::RedisServer;

@@ -1,6 +1,8 @@
 //! Bad configs make `llmgw serve` exit non-zero with one line pointing at the problem
 //! (`llmgw: <file>:<line>:<col>: what is wrong`), never a panic or a backtrace.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::{Finished, Gateway, GatewayBuilder};

@@ -2,6 +2,8 @@
 //! references (given dummy values), and pass `start`'s GPU check, so the shipped examples
 //! never rot.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use llmgw::config::Config;
 use std::path::Path;
 

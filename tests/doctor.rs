@@ -9,6 +9,8 @@
 //! Without `sbatch` on PATH the tests are skipped with a loud message — unless `CI` is
 //! set: there a missing cluster is a failure.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::redis::RedisServer;

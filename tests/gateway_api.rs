@@ -1,6 +1,8 @@
 //! The gateway's OpenAI API, driven over loopback: the real `llmgw serve` binary in
 //! front of in-process mock upstreams.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::{

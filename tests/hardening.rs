@@ -2,6 +2,8 @@
 //! (or the real config parser) with what an attacker or an unlucky operator would send,
 //! and checks the gateway answers clearly, stays responsive and leaks nothing.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::{closed_port, expect_openai_error, json_body, mock, openai_model, Gateway};

@@ -4,6 +4,8 @@
 //! with nothing in flight, cross-site requests to a keyless gateway, and master keys
 //! with stray whitespace.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::{chat_body, expect_openai_error, mock, openai_model, Gateway, GatewayBuilder};

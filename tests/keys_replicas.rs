@@ -4,6 +4,8 @@
 //! every buffered spend row written once it is back), and `/spend/report` over a million
 //! rows. Acceptance items 6–8 of issue 11.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::keys::{admin, chat, gateway, new_key, COST_NANOS, PRICED};

@@ -2,6 +2,8 @@
 //! Needs `python3` with the `openai` package (scripts/test.sh installs it); fails, never
 //! skips, when they are missing.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::{mock, openai_model, run_python_script, Gateway};

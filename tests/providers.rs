@@ -1,6 +1,8 @@
 //! Cloud providers through the real `llmgw` binary: Anthropic and Gemini mocks that speak
 //! the providers' wire formats (src/mock_cloud.rs), translated to and from OpenAI's API.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::{

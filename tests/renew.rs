@@ -6,6 +6,8 @@
 //! mock tag, and cancels its whole chain when it ends. Time limits are in minutes, so each
 //! takes one to three minutes.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::cluster::{

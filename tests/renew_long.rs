@@ -12,6 +12,8 @@
 //! It takes about six minutes; `scripts/test.sh` starts it first and in the background,
 //! and reports it at the end.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::cluster::{assert_completed_in_time, have_cluster, job_state, text, Gw};

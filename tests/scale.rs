@@ -9,6 +9,8 @@
 //! a multi-node rendezvous. Every node of the local cluster is this machine, so a test
 //! sees every node's processes in `/proc`.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // The serialising guard is held for a whole test on purpose; every test has its own
 // runtime and thread, so holding it across awaits blocks nothing but the other tests.
 #![allow(clippy::await_holding_lock)]

@@ -7,6 +7,8 @@
 //! Without `sbatch` on PATH they are skipped with a loud message — unless `CI` is set:
 //! there a missing cluster is a failure.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // The serialising guard is held for a whole test on purpose; every test has its own
 // runtime and thread, so holding it across awaits blocks nothing but the other tests.
 #![allow(clippy::await_holding_lock)]

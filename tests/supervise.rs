@@ -3,6 +3,8 @@
 //! key, which only the gateway has; it inherits none of the gateway's secrets; and it does
 //! not outlive a SIGKILLed gateway.
 
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
 use common::{chat_body, client, json_body, Gateway};

@@ -1,10 +1,10 @@
 //! The chain part of `llmgw status`: which generation is current, when it renews, what
 //! its successor is doing (with SLURM's pending reason), and the last handover.
 
-use crate::config::Config;
-use crate::slurm::chain::{self, Chain, ChainJob, Handover, RenewPolicy};
-use crate::slurm::jobs::{self, JobInfo};
-use crate::supervise::{BackendState, BackendsFile};
+use llmgw_cluster::slurm::chain::{self, Chain, ChainJob, Handover, RenewPolicy};
+use llmgw_cluster::slurm::jobs::{self, JobInfo};
+use llmgw_cluster::supervise::{BackendState, BackendsFile};
+use llmgw_core::config::Config;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;

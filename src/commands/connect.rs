@@ -15,9 +15,9 @@
 //!   connection. No key or secret passes through its command lines.
 
 use super::name_flag;
-use crate::cli::ConnectArgs;
-use crate::state::{EndpointRecord, ENDPOINT_FILE, KEY_FILE};
+use crate::args::ConnectArgs;
 use anyhow::Context as _;
+use llmgw_core::state::{EndpointRecord, ENDPOINT_FILE, KEY_FILE};
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
-/// The local port when none is given.
-pub const DEFAULT_PORT: u16 = 4000;
+pub use crate::args::DEFAULT_PORT;
 /// How long an endpoint lookup is reused.
 const CACHE_FOR: Duration = Duration::from_secs(1);
 /// Connecting to the gateway, or waiting for ssh to come back, at most this long.
@@ -251,7 +250,7 @@ impl Ssh {
             nix::unistd::getuid(),
             std::process::id()
         ));
-        crate::state::ensure_dir(&ctl_dir)
+        llmgw_core::state::ensure_dir(&ctl_dir)
             .with_context(|| format!("cannot create {}", ctl_dir.display()))?;
         let ctl = ctl_dir.join("ctl");
         let mut base: Vec<String> = vec![
@@ -395,8 +394,8 @@ impl Ssh {
 /// `~/x` stays expandable by the remote shell; everything else is quoted.
 fn remote_path(path: &str) -> String {
     match path.strip_prefix("~/") {
-        Some(rest) => format!("~/{}", crate::slurm::template::shell_quote(rest)),
-        None => crate::slurm::template::shell_quote(path),
+        Some(rest) => format!("~/{}", llmgw_cluster::slurm::template::shell_quote(rest)),
+        None => llmgw_cluster::slurm::template::shell_quote(path),
     }
 }
 
@@ -405,7 +404,7 @@ fn remote_path(path: &str) -> String {
 fn ssh() -> Command {
     let mut c = Command::new("ssh");
     c.kill_on_drop(true);
-    crate::supervise::die_with_parent(&mut c);
+    llmgw_cluster::supervise::die_with_parent(&mut c);
     c
 }
 

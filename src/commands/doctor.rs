@@ -16,8 +16,8 @@
 //!   cluster's nodes all run on this machine (a workstation or test cluster), ⚠ otherwise.
 
 use super::{login_host_from, target_dir, tilde, user_name};
-use crate::cli::DoctorArgs;
-use crate::config::{self, Config, Secret};
+use crate::args::DoctorArgs;
+use llmgw_core::config::{self, Config, Secret};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -324,7 +324,7 @@ async fn all_nodes_here() -> Option<String> {
         .collect();
     nodes.sort_unstable();
     nodes.dedup();
-    let me = crate::serve::node_hostname();
+    let me = llmgw_core::host::node_hostname();
     let short = |h: &str| h.split('.').next().unwrap_or(h).to_ascii_lowercase();
     let mine = short(&me);
     let here = |(node, host): &(&str, &str)| short(node) == mine || short(host) == mine;
@@ -371,7 +371,7 @@ fn load_config(path: &Path) -> (Check, Option<Loaded>) {
     };
     let parsed = Config::parse_str(&text, &name).and_then(|config| {
         // What `start` refuses: more GPUs or nodes than [slurm] asks for.
-        crate::placement::check_request(&config, &text, &name).map(|()| config)
+        llmgw_cluster::placement::check_request(&config, &text, &name).map(|()| config)
     });
     match parsed {
         Ok(config) => {
@@ -483,7 +483,7 @@ async fn redis_check(l: &Loaded) -> Option<Check> {
         "start Redis on {addr} where the compute nodes reach it, or change [cache] redis_url at {at} (without it each gateway keeps its own cache and cooldowns)"
     );
     Some(
-        match crate::cache::redis::RedisStore::connect(url.expose(), REDIS_TIMEOUT).await {
+        match llmgw_gateway::cache::redis::RedisStore::connect(url.expose(), REDIS_TIMEOUT).await {
             Ok(store) if store.is_up() => c.ok(format!("{addr} answers PING")),
             Ok(_) => c.fail(
                 format!(
@@ -751,7 +751,7 @@ async fn backend_checks(l: &Loaded, binary: Option<&Path>) -> Vec<Check> {
         let Some(launch) = &m.launch else { continue };
         let name = m.name.get_ref();
         let c = check(format!("backend:models[{i}]"), format!("backend {name}"));
-        let argv = match crate::supervise::command_line(name, launch, 0, &llmgw) {
+        let argv = match llmgw_cluster::supervise::command_line(name, launch, 0, &llmgw) {
             Ok(argv) => argv,
             Err(e) => {
                 checks.push(c.fail(e.to_string(), "complete the model's launch table"));

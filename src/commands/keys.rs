@@ -3,7 +3,7 @@
 //! the state directory, the master key from its `key` file (or `LLMGW_MASTER_KEY`, or
 //! `--url` for a gateway without a state directory).
 
-use crate::cli::Target;
+use crate::args::Target;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
@@ -186,7 +186,7 @@ impl KeyFields {
 /// The running gateway's admin API.
 pub struct Admin {
     base: String,
-    key: Option<crate::config::Secret>,
+    key: Option<llmgw_core::config::Secret>,
     client: reqwest::Client,
     rt: tokio::runtime::Runtime,
 }
@@ -201,8 +201,8 @@ impl Admin {
         let base = match &g.url {
             Some(u) => u.trim_end_matches('/').trim_end_matches("/v1").to_string(),
             None => {
-                let ep = crate::state::EndpointRecord::read(&dir)
-                    .with_context(|| format!("cannot read {}", dir.join(crate::state::ENDPOINT_FILE).display()))?
+                let ep = llmgw_core::state::EndpointRecord::read(&dir)
+                    .with_context(|| format!("cannot read {}", dir.join(llmgw_core::state::ENDPOINT_FILE).display()))?
                     .with_context(|| {
                         format!(
                             "gateway {name:?} is not running (no endpoint record in {}); start it with `llmgw start`, or give --url",
@@ -215,7 +215,7 @@ impl Admin {
         let key = std::env::var("LLMGW_MASTER_KEY")
             .ok()
             .filter(|k| !k.trim().is_empty())
-            .map(|k| crate::config::Secret::new(k.trim()))
+            .map(|k| llmgw_core::config::Secret::new(k.trim()))
             .or_else(|| super::api_key(&dir));
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
@@ -406,7 +406,7 @@ fn table(keys: &[Value]) -> String {
                 };
                 let expired = k["expires"]
                     .as_str()
-                    .is_some_and(|e| e < crate::state::now_rfc3339().as_str());
+                    .is_some_and(|e| e < llmgw_core::state::now_rfc3339().as_str());
                 let status = if k["blocked"].as_bool() == Some(true) {
                     "revoked"
                 } else if expired {

@@ -1,11 +1,11 @@
 //! `llmgw logs`: print (or follow) the job's output, or one local backend's log.
 
 use super::{tail_lines, target_dir};
-use crate::cli::LogsArgs;
-use crate::slurm::jobs;
-use crate::slurm::JobRecord;
-use crate::supervise::BACKENDS_DIR;
+use crate::args::LogsArgs;
 use anyhow::Context as _;
+use llmgw_cluster::slurm::jobs;
+use llmgw_cluster::slurm::JobRecord;
+use llmgw_cluster::supervise::BACKENDS_DIR;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,5 +1,5 @@
 //! The SLURM launcher's commands: `start`, `status`, `logs`, `stop`, and `doctor` (what a
-//! first `start` needs). They run on a login node, talk to SLURM through [`crate::slurm`]
+//! first `start` needs). They run on a login node, talk to SLURM through [`llmgw_cluster::slurm`]
 //! and to the running gateway over HTTP, and share what they know through the state
 //! directory (`job.json`, `endpoint.json`, `backends.json`, the key, the logs).
 //!
@@ -16,10 +16,10 @@ pub mod start;
 pub mod status;
 pub mod stop;
 
-use crate::cli::Target;
-use crate::config::{Config, Secret};
-use crate::state::{self, EndpointRecord};
+use crate::args::Target;
 use anyhow::Context as _;
+use llmgw_core::config::{Config, Secret};
+use llmgw_core::state::{self, EndpointRecord};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ pub fn api_key(dir: &Path) -> Option<Secret> {
             return Some(Secret::new(k));
         }
     }
-    let copy = dir.join(crate::slurm::CONFIG_FILE);
+    let copy = dir.join(llmgw_cluster::slurm::CONFIG_FILE);
     Config::load(&copy).ok().and_then(|c| c.master_key)
 }
 
@@ -196,7 +196,10 @@ pub fn login_host_from(configured: Option<&str>) -> (String, &'static str) {
             return (h, "`hostname -f`");
         }
     }
-    (crate::serve::node_hostname(), "this machine's host name")
+    (
+        llmgw_core::host::node_hostname(),
+        "this machine's host name",
+    )
 }
 
 /// The user name for the ssh line.

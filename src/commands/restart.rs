@@ -6,14 +6,14 @@
 
 use super::start::{ensure_key, loading_text, Plan, Progress};
 use super::{name_flag, tail_lines, target_dir};
-use crate::cli::RestartArgs;
-use crate::config::Config;
-use crate::slurm::chain::{self, Chain, Why};
-use crate::slurm::jobs::{self, JobInfo};
-use crate::slurm::JobRecord;
-use crate::state::{self, EndpointRecord};
-use crate::supervise::BackendsFile;
+use crate::args::RestartArgs;
 use anyhow::Context as _;
+use llmgw_cluster::slurm::chain::{self, Chain, Why};
+use llmgw_cluster::slurm::jobs::{self, JobInfo};
+use llmgw_cluster::slurm::JobRecord;
+use llmgw_cluster::supervise::BackendsFile;
+use llmgw_core::config::Config;
+use llmgw_core::state::{self, EndpointRecord};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -88,7 +88,7 @@ pub fn run(args: RestartArgs) -> anyhow::Result<ExitCode> {
             grace_secs: plan.grace_secs,
         };
         let (generation, id) =
-            crate::renew::submit_generation(&dir, c, record, &old, Why::Restart)?;
+            llmgw_cluster::renew::submit_generation(&dir, c, record, &old, Why::Restart)?;
         Ok((generation, id, replaced))
     })??;
     let (generation, new, replaced) = submitted;
@@ -150,7 +150,8 @@ pub fn run(args: RestartArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err((info, why)) => {
-            let log = crate::slurm::log_path(&dir.join(crate::slurm::LOG_PATTERN), &new);
+            let log =
+                llmgw_cluster::slurm::log_path(&dir.join(llmgw_cluster::slurm::LOG_PATTERN), &new);
             for l in tail_lines(&log, 20) {
                 eprintln!("  | {l}");
             }

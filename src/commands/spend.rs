@@ -2,8 +2,8 @@
 //! running gateway's `/spend/report`.
 
 use super::keys::{render_table, urlencode, Admin, GatewayArgs};
-use crate::store::GroupBy;
 use clap::Args;
+use llmgw_gateway::store::GroupBy;
 use serde_json::Value;
 use std::process::ExitCode;
 

@@ -2,15 +2,15 @@
 //! and print how to reach it.
 
 use super::{clock, login_host, name_flag, tail_lines, target_dir, tilde, user_name};
-use crate::cli::StartArgs;
-use crate::config::{Config, LoadedConfig};
-use crate::slurm::chain::{self, Chain, ChainJob, Why};
-use crate::slurm::jobs::{self, JobInfo};
-use crate::slurm::template::{self, JobSpec, SpecPaths};
-use crate::slurm::{self as slurm_mod, JobRecord};
-use crate::state::{self, EndpointRecord, KEY_FILE};
-use crate::supervise::{BackendState, BackendsFile};
+use crate::args::StartArgs;
 use anyhow::Context as _;
+use llmgw_cluster::slurm::chain::{self, Chain, ChainJob, Why};
+use llmgw_cluster::slurm::jobs::{self, JobInfo};
+use llmgw_cluster::slurm::template::{self, JobSpec, SpecPaths};
+use llmgw_cluster::slurm::{self as slurm_mod, JobRecord};
+use llmgw_cluster::supervise::{BackendState, BackendsFile};
+use llmgw_core::config::{Config, LoadedConfig};
+use llmgw_core::state::{self, EndpointRecord, KEY_FILE};
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -158,7 +158,7 @@ impl Plan {
         let slurm = &cfg.config.slurm;
         // No more GPUs or nodes than the job asks SLURM for (one line naming both).
         let text = std::fs::read_to_string(config).unwrap_or_default();
-        crate::placement::check_request(&cfg.config, &text, &cfg.source_name)?;
+        llmgw_cluster::placement::check_request(&cfg.config, &text, &cfg.source_name)?;
         let binary = match &slurm.binary {
             Some(b) => std::path::absolute(b)
                 .with_context(|| format!("[slurm] binary {} cannot be resolved", b.display()))?,
@@ -215,7 +215,7 @@ impl Plan {
         // Whatever an earlier run left must not be mistaken for this job's.
         for stale in [
             state::ENDPOINT_FILE,
-            crate::supervise::BACKENDS_FILE,
+            llmgw_cluster::supervise::BACKENDS_FILE,
             chain::SUCCESSOR_BACKENDS_FILE,
         ] {
             let _ = std::fs::remove_file(dir.join(stale));

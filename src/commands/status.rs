@@ -4,13 +4,13 @@
 use super::chain_status::ChainStatus;
 use super::name_flag;
 use super::{api_key, login_host, target_dir, user_name};
-use crate::cli::StatusArgs;
-use crate::slurm::jobs::{self, JobInfo};
-use crate::slurm::template::parse_time_limit;
-use crate::slurm::JobRecord;
-use crate::state::EndpointRecord;
-use crate::supervise::{BackendStatus, BackendsFile};
+use crate::args::StatusArgs;
 use anyhow::Context as _;
+use llmgw_cluster::slurm::jobs::{self, JobInfo};
+use llmgw_cluster::slurm::JobRecord;
+use llmgw_cluster::supervise::{BackendStatus, BackendsFile};
+use llmgw_core::duration::parse_time_limit;
+use llmgw_core::state::EndpointRecord;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::ExitCode;
@@ -134,7 +134,7 @@ impl View<'_> {
     fn urls(&self) -> Option<(String, String, String)> {
         let ep = self.endpoint?;
         let url = format!("http://{}:{}/v1", ep.host, ep.port);
-        let cfg_login = crate::config::Config::load(&self.record.config_copy)
+        let cfg_login = llmgw_core::config::Config::load(&self.record.config_copy)
             .ok()
             .and_then(|c| c.config.slurm.login_host);
         let ssh = format!(

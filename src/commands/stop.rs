@@ -8,12 +8,12 @@
 //! follow. A pending job is simply cancelled.
 
 use super::target_dir;
-use crate::cli::{StopArgs, Target};
-use crate::slurm::chain::Chain;
-use crate::slurm::jobs::{self, JobInfo};
-use crate::slurm::JobRecord;
-use crate::state;
+use crate::args::{StopArgs, Target};
 use anyhow::Context as _;
+use llmgw_cluster::slurm::chain::Chain;
+use llmgw_cluster::slurm::jobs::{self, JobInfo};
+use llmgw_cluster::slurm::JobRecord;
+use llmgw_core::state;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,7 +35,7 @@ pub fn run(args: StopArgs) -> anyhow::Result<ExitCode> {
         let mut dirs: Vec<(String, PathBuf)> = std::fs::read_dir(&root)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
-                    .filter(|e| e.path().join(crate::slurm::JOB_FILE).exists())
+                    .filter(|e| e.path().join(llmgw_cluster::slurm::JOB_FILE).exists())
                     .filter_map(|e| e.file_name().to_str().map(|n| (n.to_string(), e.path())))
                     .collect()
             })

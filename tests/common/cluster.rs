@@ -278,7 +278,7 @@ pub fn scontrol_field(id: &str, field: &str) -> Option<String> {
 
 /// Seconds in `H:MM:SS` / `MM:SS` / `D-HH:MM:SS`.
 pub fn secs(t: &str) -> u64 {
-    llmgw::slurm::template::parse_time_limit(t).unwrap_or(u64::MAX)
+    llmgw::duration::parse_time_limit(t).unwrap_or(u64::MAX)
 }
 
 /// Asserts the finished job ended COMPLETED, before its time limit.

@@ -1,0 +1,1079 @@
+//! The TOML configuration: one file with `[server]`, `[router]`, `[[models]]`, `[cache]`
+//! and `[slurm]`.
+//!
+//! Every table denies unknown keys, and every error names `file:line:col`, because a
+//! researcher editing a config on a login node should not have to guess which line is
+//! wrong. Secrets are written as `env:VAR` and resolved at load time, so the file itself
+//! can be shared and the value never has to appear on a command line.
+
+mod derived;
+pub use derived::{builtin_price, deployment_ids, prices_for, BUILTIN_PRICES};
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The config served when `llmgw serve` is given no `--config`.
+pub const QUICKSTART: &str = include_str!("../../../../configs/quickstart.toml");
+/// The name shown in errors for the built-in quickstart config.
+pub const QUICKSTART_NAME: &str = "configs/quickstart.toml (built in)";
+
+/// A config problem, rendered as one line: `file:line:col: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{col}: {message}")]
+    At {
+        file: String,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub router: RouterConfig,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub slurm: SlurmConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[server]`: where and how the gateway listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind. Anything other than loopback requires a master key.
+    pub host: String,
+    /// Port to bind; when taken, `serve` picks a free one and says so.
+    pub port: u16,
+    /// `env:VAR` or `file:PATH`; required when `host` is not loopback.
+    pub master_key: Option<Spanned<String>>,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Overall limit for one client request, across retries and fallbacks.
+    pub request_timeout: Dur,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub shutdown_grace: Dur,
+    /// Log format when `--log-format` is not given: `text` or `json`.
+    pub log_format: LogFormat,
+    /// Time a client has to send a request's headers once their first byte arrived.
+    #[serde(deserialize_with = "connection_timeout")]
+    pub header_read_timeout: Dur,
+    /// Time a client has to send a request's whole body (408 after it).
+    #[serde(deserialize_with = "connection_timeout")]
+    pub body_read_timeout: Dur,
+    /// A connection with no request in flight and nothing received is closed after this.
+    #[serde(deserialize_with = "connection_timeout")]
+    pub idle_timeout: Dur,
+    /// Open client connections; more get an immediate 503. Default: derived from the
+    /// open-file limit (see `conn::default_max_connections`).
+    #[serde(deserialize_with = "positive_count")]
+    pub max_connections: Option<usize>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 4000,
+            master_key: None,
+            max_body_bytes: 8 * 1024 * 1024,
+            request_timeout: Dur(Duration::from_secs(600)),
+            shutdown_grace: Dur(Duration::from_secs(30)),
+            log_format: LogFormat::Text,
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            body_read_timeout: Dur(Duration::from_secs(30)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            max_connections: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[router]`: how a model group picks a deployment and recovers from failures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    pub strategy: Strategy,
+    /// Retries after the first attempt, unless `retry_policy` says otherwise for a class.
+    pub num_retries: u32,
+    /// Per-attempt timeout when a deployment sets none.
+    pub timeout: Dur,
+    /// How long a failing deployment is left alone.
+    pub cooldown: Dur,
+    /// Failures (within `fail_window`) before a deployment cools down.
+    pub allowed_fails: u32,
+    pub fail_window: Dur,
+    /// Retries per error class, overriding `num_retries`.
+    pub retry_policy: BTreeMap<ErrorClass, u32>,
+    /// Allowed failures per error class, overriding `allowed_fails`.
+    pub allowed_fails_policy: BTreeMap<ErrorClass, u32>,
+    /// latency-based: deployments within this fraction of the best are picked at random.
+    pub latency_buffer: f64,
+    /// model group -> groups tried in order once the group's retries are spent.
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// model group -> groups tried when the request does not fit its context window.
+    pub context_window_fallbacks: BTreeMap<String, Vec<String>>,
+    /// Tried for any group without its own fallbacks.
+    pub default_fallbacks: Vec<String>,
+    /// Longest chain of fallbacks followed for one request.
+    pub max_fallback_depth: u32,
+    /// Longest cooldown an upstream's Retry-After can set (a configured `cooldown` is
+    /// used as written).
+    pub max_cooldown: Dur,
+    /// Largest successful non-streamed upstream answer read, in bytes (502 above).
+    pub max_response_bytes: usize,
+    /// Most bytes of an upstream error body read (the rest is ignored).
+    pub max_error_bytes: usize,
+    /// Local first: a group's own backends (launched, or SGLang) take its traffic until
+    /// their queues pass these limits; only the overflow goes to the group's other
+    /// (cloud) deployments, or to its fallbacks.
+    pub spillover: Option<SpilloverConfig>,
+}
+
+/// `[router] spillover`: when a group's local backends count as full.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpilloverConfig {
+    /// Requests waiting (not yet running) in every local backend's queue.
+    pub queue: Option<u64>,
+    /// How long a new request would wait: waiting requests × latency / running ones.
+    pub wait: Option<Dur>,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::SimpleShuffle,
+            num_retries: 2,
+            timeout: Dur(Duration::from_secs(600)),
+            cooldown: Dur(Duration::from_secs(30)),
+            allowed_fails: 3,
+            fail_window: Dur(Duration::from_secs(60)),
+            retry_policy: BTreeMap::new(),
+            allowed_fails_policy: BTreeMap::new(),
+            latency_buffer: 0.0,
+            fallbacks: BTreeMap::new(),
+            context_window_fallbacks: BTreeMap::new(),
+            default_fallbacks: Vec::new(),
+            max_fallback_depth: 3,
+            max_cooldown: Dur(Duration::from_secs(300)),
+            max_response_bytes: 64 * 1024 * 1024,
+            max_error_bytes: 64 * 1024,
+            spillover: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    SimpleShuffle,
+    LeastBusy,
+    LatencyBased,
+    UsageBased,
+    CostBased,
+    /// The backend with the shortest real queue (polled from SGLang's load endpoint).
+    LoadBased,
+}
+
+/// The classes of upstream failure that retry and cooldown policies talk about.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    Timeout,
+    RateLimit,
+    InternalServer,
+    ServiceUnavailable,
+    BadRequest,
+    Authentication,
+    NotFound,
+    ContentPolicy,
+    ContextWindow,
+    Connection,
+    Default,
+}
+
+/// The upstream API family a deployment speaks.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI, or anything that speaks its API (vLLM, llama.cpp server, …).
+    Openai,
+    /// SGLang: the OpenAI API; with `launch` the gateway starts and supervises it.
+    Sglang,
+    Azure,
+    Anthropic,
+    Gemini,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Sglang => "sglang",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+        }
+    }
+}
+
+/// `[[models]]`: one deployment of a model group (entries sharing `name`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The model group name clients ask for.
+    pub name: Spanned<String>,
+    pub provider: ProviderKind,
+    /// The upstream's own model id; defaults to `name`.
+    pub model: Option<String>,
+    /// Deployment id used in logs, headers and `/health`; derived when absent.
+    pub id: Option<String>,
+    /// Base URL including the version prefix, e.g. `https://api.openai.com/v1`.
+    pub api_base: Option<Spanned<String>>,
+    /// `env:VAR` or `file:PATH`.
+    pub api_key: Option<Spanned<String>>,
+    /// Azure OpenAI `api-version`.
+    pub api_version: Option<String>,
+    pub weight: Option<f64>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_parallel: Option<u32>,
+    pub timeout: Option<Dur>,
+    pub cooldown: Option<Dur>,
+    pub context_window: Option<u64>,
+    /// Default `max_tokens` for providers that require one (Anthropic).
+    pub max_tokens: Option<u64>,
+    /// USD per million input tokens.
+    pub input_cost_per_mtok: Option<f64>,
+    /// USD per million output tokens.
+    pub output_cost_per_mtok: Option<f64>,
+    /// Drop parameters the provider does not support instead of rejecting the request.
+    #[serde(default)]
+    pub drop_params: bool,
+    /// The upstream serves OpenAI's Responses API (`POST /responses`) itself, so
+    /// `/v1/responses` passes through; otherwise it is translated to chat completions.
+    /// Default: true for provider `openai` at api.openai.com, false elsewhere.
+    pub responses_api: Option<bool>,
+    /// Start and supervise this backend inside the job (SGLang or a custom command).
+    pub launch: Option<LaunchConfig>,
+}
+
+/// `launch = {...}`: a local backend that `serve` starts and supervises.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchConfig {
+    pub model_path: Option<String>,
+    #[serde(default = "one")]
+    pub tp: u32,
+    /// GPUs of each replica (on each of its nodes): a count, placed from the GPUs SLURM
+    /// gave the job, or device indices (`CUDA_VISIBLE_DEVICES`, shared out among the
+    /// replicas, on the gateway's node). Absent: the backend sees what the job sees.
+    pub gpus: Option<Spanned<Gpus>>,
+    /// Copies of this backend, each its own deployment of the group (`<group>-<i>`),
+    /// placed over the job's GPUs and nodes (see `placement`).
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Nodes one server spans (SGLang `--nnodes`, `--node-rank`, `--dist-init-addr`);
+    /// rank 0 answers requests.
+    #[serde(default = "one")]
+    pub nnodes: u32,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Replaces `python -m sglang.launch_server ...`; `{port}`, `{host}`, `{model_path}`
+    /// and `{llmgw}` are substituted.
+    pub command: Option<Vec<String>>,
+    #[serde(default = "default_load_timeout")]
+    pub load_timeout: Dur,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `launch.gpus`: how many GPUs each replica gets, or which ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gpus {
+    Count(u32),
+    List(Vec<u32>),
+}
+
+impl<'de> Deserialize<'de> for Gpus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u32),
+            List(Vec<u32>),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a GPU count per replica (gpus = 2) or device indices (gpus = [0, 1])",
+            )
+        })? {
+            Raw::Count(n) => Ok(Gpus::Count(n)),
+            Raw::List(l) => Ok(Gpus::List(l)),
+        }
+    }
+}
+
+/// Most replicas of one entry, nodes of one server and GPUs of one replica: beyond these
+/// a number is a typo, not a cluster.
+pub const MAX_REPLICAS: u32 = 256;
+pub const MAX_NNODES: u32 = 64;
+pub const MAX_GPUS_PER_REPLICA: u32 = 64;
+fn default_load_timeout() -> Dur {
+    Dur(Duration::from_secs(1800))
+}
+
+/// `[cache]`: the exact-match response cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// `default-on` caches every request unless it opts out; `opt-in` only those that ask.
+    pub mode: CacheMode,
+    pub backend: CacheBackend,
+    pub ttl: Dur,
+    pub namespace: String,
+    pub redis_url: Option<Spanned<String>>,
+    /// Redis connect and command timeout (a few ms: a slow Redis is treated as down).
+    pub redis_timeout: Dur,
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: CacheMode::DefaultOn,
+            backend: CacheBackend::Memory,
+            ttl: Dur(Duration::from_secs(3600)),
+            namespace: "llmgw".into(),
+            redis_url: None,
+            redis_timeout: Dur(Duration::from_millis(5)),
+            max_entries: 10_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    DefaultOn,
+    OptIn,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    Memory,
+    Redis,
+}
+
+/// `[store]`: where virtual keys, teams and spend rows are kept (see `llmgw_gateway::store`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:5432/db` (or `env:VAR`) shared by several replicas;
+    /// absent = an SQLite file in the state directory.
+    pub url: Option<Spanned<String>>,
+    /// The SQLite file [default: `<state dir>/llmgw.db`].
+    pub path: Option<PathBuf>,
+    /// Spend rows kept in memory while the database is unreachable; beyond, rows are
+    /// dropped (and counted in /metrics).
+    pub buffer_rows: usize,
+    /// How often a gateway looks for key changes made by another replica (or, with
+    /// SQLite, by the other generation during a renewal handover).
+    pub poll_interval: Dur,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            path: None,
+            buffer_rows: 100_000,
+            poll_interval: Dur(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// `[slurm]`: the sbatch job `llmgw start` submits.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    pub job_name: Option<String>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// SLURM time limit, e.g. `04:00:00` or `1-00:00:00`.
+    pub time: Option<String>,
+    pub nodes: Option<u32>,
+    pub cpus_per_task: Option<u32>,
+    pub mem: Option<String>,
+    pub gpus: Option<String>,
+    pub gres: Option<String>,
+    pub constraint: Option<String>,
+    /// Extra `#SBATCH` lines, without the prefix, e.g. `--exclusive`.
+    pub extra_directives: Vec<String>,
+    /// `module load` arguments.
+    pub modules: Vec<String>,
+    /// Shell lines run before the gateway starts (conda activate, exports, …).
+    pub setup: Vec<String>,
+    /// A user's own sbatch template instead of the built-in one.
+    #[serde(skip_serializing)]
+    pub template: Option<PathBuf>,
+    /// Host name for the `ssh -N -L` line; detected when absent.
+    #[serde(skip_serializing)]
+    pub login_host: Option<String>,
+    /// The `llmgw` binary the job runs; the running binary's path when absent.
+    #[serde(skip_serializing)]
+    pub binary: Option<PathBuf>,
+    /// Keep the gateway up past its time limit: before the limit the job submits its
+    /// successor and hands over to it once that is ready (see `slurm::chain`).
+    pub renew: bool,
+    /// How long before the time limit the successor is submitted [default: 20m, at most a
+    /// quarter of the limit].
+    #[serde(skip_serializing)]
+    pub renew_before: Option<Spanned<Dur>>,
+    /// At most this many renewals over the gateway's life [default: no limit].
+    #[serde(skip_serializing)]
+    pub renew_max: Option<u32>,
+    /// After a handover, how long the old job at most keeps forwarding requests that still
+    /// reach its address [default: 2m]; it leaves earlier once they stop coming.
+    #[serde(skip_serializing)]
+    pub handover_linger: Option<Dur>,
+}
+
+/// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or a bare number of seconds, at most
+/// a year (see [`crate::duration`]).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::duration::parse(s).map_err(|e| e.to_string())
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Float(f64),
+            Str(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a duration such as \"30s\", \"5m\" or a number of seconds",
+            )
+        })? {
+            Raw::Int(n) => crate::duration::from_secs_u64(n),
+            Raw::Float(f) => crate::duration::from_secs_f64(f),
+            Raw::Str(s) => crate::duration::parse(&s),
+        }
+        .map(Dur)
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Longest connection timeout accepted: anything longer is a typo, and defeats the point.
+const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A `[server]` connection timeout: a duration between 1 ms and 24 h.
+fn connection_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    let dur = Dur::deserialize(d)?;
+    if dur.0 < Duration::from_millis(1) || dur.0 > MAX_CONNECTION_TIMEOUT {
+        return Err(serde::de::Error::custom(format!(
+            "connection timeout {dur} is out of range: use a duration between \"1ms\" and \"24h\""
+        )));
+    }
+    Ok(dur)
+}
+
+/// A count that must be at least 1 when given.
+fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(
+            "must be at least 1 (leave it out for the default)",
+        )),
+        n => Ok(Some(n)),
+    }
+}
+
+/// A secret after `env:`/`file:` resolution. Debug and Display never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A config that parsed, validated and had its secrets resolved.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    /// Where it came from (for error messages and for `start`).
+    pub source_name: String,
+    pub path: Option<PathBuf>,
+    /// The master key, if one is configured.
+    pub master_key: Option<Secret>,
+    /// Resolved `api_key` per `models` entry (same index).
+    pub model_keys: Vec<Option<Secret>>,
+    /// Resolved Redis URL (it may carry a password).
+    pub redis_url: Option<Secret>,
+    /// Resolved `[store] url` (it may carry a password).
+    pub store_url: Option<Secret>,
+}
+
+/// Where a config error points: the file name and its text, to turn spans into lines.
+struct Source<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, col) = line_col(self.text, span.start);
+        ConfigError::At {
+            file: self.name.to_string(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Reads, parses, validates and resolves the config at `path`.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let name = path.display().to_string();
+        let mut loaded = Self::load_str(&text, &name)?;
+        loaded.path = Some(path.to_path_buf());
+        Ok(loaded)
+    }
+
+    /// The built-in quickstart config.
+    pub fn quickstart() -> Result<LoadedConfig, ConfigError> {
+        Self::load_str(QUICKSTART, QUICKSTART_NAME)
+    }
+
+    /// Parses, validates and resolves a config from text; `name` is used in errors.
+    pub fn load_str(text: &str, name: &str) -> Result<LoadedConfig, ConfigError> {
+        let config = Self::parse_str(text, name)?;
+        let src = Source { name, text };
+        let master_key = config
+            .server
+            .master_key
+            .as_ref()
+            .map(|k| resolve_secret(k, &src))
+            .transpose()?;
+        let model_keys = config
+            .models
+            .iter()
+            .map(|m| {
+                m.api_key
+                    .as_ref()
+                    .map(|k| resolve_secret(k, &src))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let redis_url = config
+            .cache
+            .redis_url
+            .as_ref()
+            .map(|k| resolve_secret(k, &src))
+            .transpose()?;
+        let store_url = config
+            .store
+            .url
+            .as_ref()
+            .map(|k| resolve_secret(k, &src))
+            .transpose()?;
+        Ok(LoadedConfig {
+            config,
+            source_name: name.to_string(),
+            path: None,
+            master_key,
+            model_keys,
+            redis_url,
+            store_url,
+        })
+    }
+
+    /// Parses and validates without resolving `env:`/`file:` secrets: `llmgw doctor`
+    /// checks those one by one ([`resolve_secret_in`]).
+    pub fn parse_str(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let src = Source { name, text };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => src.at(span, message),
+                None => ConfigError::File {
+                    file: name.to_string(),
+                    message,
+                },
+            }
+        })?;
+        config.validate(&src)?;
+        Ok(config)
+    }
+
+    fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
+        let file_err = |message: String| ConfigError::File {
+            file: src.name.to_string(),
+            message,
+        };
+        if self.server.max_body_bytes == 0 {
+            return Err(file_err(
+                "[server] max_body_bytes must be greater than 0".into(),
+            ));
+        }
+        if self.router.max_response_bytes == 0 || self.router.max_error_bytes == 0 {
+            return Err(file_err(
+                "[router] max_response_bytes and max_error_bytes must be greater than 0".into(),
+            ));
+        }
+        if !(0.0..=10.0).contains(&self.router.latency_buffer) {
+            return Err(file_err(
+                "[router] latency_buffer must be between 0.0 and 10.0 (a fraction of the best latency)".into(),
+            ));
+        }
+        let names: std::collections::BTreeSet<&str> = self
+            .models
+            .iter()
+            .map(|m| m.name.get_ref().as_str())
+            .collect();
+        for (i, m) in self.models.iter().enumerate() {
+            let here = m.name.span();
+            if m.name.get_ref().trim().is_empty() {
+                return Err(src.at(here, "model name must not be empty"));
+            }
+            if let Some(w) = m.weight {
+                if !(w.is_finite() && w >= 0.0) {
+                    return Err(src.at(
+                        here,
+                        format!("models[{i}] weight must be a number ≥ 0, got {w}"),
+                    ));
+                }
+            }
+            for (what, v) in [
+                ("input_cost_per_mtok", m.input_cost_per_mtok),
+                ("output_cost_per_mtok", m.output_cost_per_mtok),
+            ] {
+                if let Some(v) = v {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(
+                            src.at(here, format!("models[{i}] {what} must be ≥ 0, got {v}"))
+                        );
+                    }
+                }
+            }
+            if m.max_parallel == Some(0) {
+                return Err(src.at(here, format!("models[{i}] max_parallel must be at least 1")));
+            }
+            match (&m.api_base, &m.launch, m.provider) {
+                (Some(base), _, _) => {
+                    let b = base.get_ref();
+                    if !(b.starts_with("http://") || b.starts_with("https://")) {
+                        return Err(src.at(
+                            base.span(),
+                            format!(
+                                "api_base {:?} must start with http:// or https://",
+                                crate::redact::userinfo(b)
+                            ),
+                        ));
+                    }
+                }
+                (None, Some(_), _) => {}
+                (None, None, ProviderKind::Openai) => {}
+                (None, None, ProviderKind::Anthropic | ProviderKind::Gemini) => {}
+                (None, None, kind) => {
+                    return Err(src.at(
+                        here,
+                        format!(
+                        "model {:?} (provider {}) needs api_base, or a launch table to start it",
+                        m.name.get_ref(),
+                        kind.as_str()
+                    ),
+                    ))
+                }
+            }
+            if m.provider == ProviderKind::Azure && m.api_version.is_none() {
+                return Err(src.at(
+                    here,
+                    format!(
+                        "model {:?}: provider azure needs api_version, e.g. \"2024-10-21\"",
+                        m.name.get_ref()
+                    ),
+                ));
+            }
+            if m.responses_api == Some(true)
+                && !matches!(m.provider, ProviderKind::Openai | ProviderKind::Sglang)
+            {
+                return Err(src.at(
+                    here,
+                    format!(
+                        "model {:?}: responses_api is only for OpenAI-compatible upstreams \
+                         (provider openai or sglang); other providers get /v1/responses translated",
+                        m.name.get_ref()
+                    ),
+                ));
+            }
+            if m.launch.is_some()
+                && m.provider != ProviderKind::Sglang
+                && m.provider != ProviderKind::Openai
+            {
+                return Err(src.at(here, format!("model {:?}: launch is only for local OpenAI-compatible backends (provider = \"sglang\")", m.name.get_ref())));
+            }
+            if let Some(l) = &m.launch {
+                l.validate(m.name.get_ref(), here.clone(), src)?;
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if let Some(id) = &m.id {
+                if !ids.insert(id.as_str()) {
+                    return Err(src.at(
+                        m.name.span(),
+                        format!("models[{i}] id {id:?} is used twice"),
+                    ));
+                }
+            }
+        }
+        let check_targets = |table: &str, map: &BTreeMap<String, Vec<String>>| {
+            for (from, tos) in map {
+                for to in tos.iter() {
+                    if !names.contains(to.as_str()) {
+                        return Err(file_err(format!(
+                            "[router.{table}] {from:?} falls back to {to:?}, which is not a configured model name"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        };
+        check_targets("fallbacks", &self.router.fallbacks)?;
+        check_targets(
+            "context_window_fallbacks",
+            &self.router.context_window_fallbacks,
+        )?;
+        for to in &self.router.default_fallbacks {
+            if !names.contains(to.as_str()) {
+                return Err(file_err(format!(
+                    "[router] default_fallbacks names {to:?}, which is not a configured model name"
+                )));
+            }
+        }
+        if let Some(url) = &self.store.url {
+            let u = url.get_ref();
+            let ok = u.starts_with("env:")
+                || u.starts_with("file:")
+                || u.starts_with("postgres://")
+                || u.starts_with("postgresql://");
+            if !ok {
+                return Err(src.at(
+                    url.span(),
+                    "[store] url must be a PostgreSQL URL (postgres://user@host:5432/db) or env:VAR; leave it out to use an SQLite file in the state directory",
+                ));
+            }
+        }
+        if self.store.buffer_rows == 0 || self.store.buffer_rows > 10_000_000 {
+            return Err(file_err(
+                "[store] buffer_rows must be between 1 and 10000000".into(),
+            ));
+        }
+        if let Some(before) = &self.slurm.renew_before {
+            let limit = self
+                .slurm
+                .time
+                .as_deref()
+                .and_then(crate::duration::parse_time_limit);
+            let b = before.get_ref().0;
+            if b < Duration::from_secs(60) {
+                return Err(src.at(before.span(), "[slurm] renew_before must be at least 1m: the successor needs time to start and load its backends"));
+            }
+            if let Some(limit) = limit.filter(|l| b.as_secs().saturating_add(60) > *l) {
+                return Err(src.at(before.span(), format!("[slurm] renew_before ({}) must be at least 1m shorter than the time limit ({limit} s): each job must serve a while before renewing", before.get_ref())));
+            }
+        }
+        if let Some(sp) = &self.router.spillover {
+            if sp.queue.is_none() && sp.wait.is_none() {
+                return Err(file_err(
+                    "[router] spillover needs queue (waiting requests, e.g. 4) or wait (e.g. \"10s\"), or both".into(),
+                ));
+            }
+        }
+        if self.cache.backend == CacheBackend::Redis && self.cache.redis_url.is_none() {
+            return Err(file_err(
+                "[cache] backend = \"redis\" needs redis_url, e.g. \"redis://127.0.0.1:6379\""
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LaunchConfig {
+    /// Replicas, nodes and GPUs within bounds and consistent with each other.
+    fn validate(
+        &self,
+        name: &str,
+        here: Range<usize>,
+        src: &Source<'_>,
+    ) -> Result<(), ConfigError> {
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(src.at(
+                here,
+                format!(
+                    "model {name:?}: launch.replicas must be between 1 and {MAX_REPLICAS}, got {}",
+                    self.replicas
+                ),
+            ));
+        }
+        if !(1..=MAX_NNODES).contains(&self.nnodes) {
+            return Err(src.at(
+                here,
+                format!(
+                    "model {name:?}: launch.nnodes must be between 1 and {MAX_NNODES}, got {}",
+                    self.nnodes
+                ),
+            ));
+        }
+        let Some(gpus) = &self.gpus else {
+            return Ok(());
+        };
+        let at = gpus.span();
+        match gpus.get_ref() {
+            Gpus::Count(n) if !(1..=MAX_GPUS_PER_REPLICA).contains(n) => Err(src.at(at, format!("launch.gpus must be between 1 and {MAX_GPUS_PER_REPLICA} GPUs per replica, got {n} (leave it out to let the backend see the job's GPUs)"))),
+            Gpus::Count(_) => Ok(()),
+            Gpus::List(_) if self.nnodes > 1 => Err(src.at(at, "launch.gpus as device indices names one node's GPUs; with nnodes > 1 give a count per node (gpus = 8)")),
+            Gpus::List(l) if l.is_empty() => Err(src.at(at, "launch.gpus must not be empty (leave it out to let the backend see the job's GPUs)")),
+            Gpus::List(l) if l.len() % self.replicas as usize != 0 => Err(src.at(at, format!("launch.gpus lists {} GPUs, which {} replicas cannot share evenly", l.len(), self.replicas))),
+            Gpus::List(l) => {
+                let mut seen = std::collections::BTreeSet::new();
+                match l.iter().find(|g| !seen.insert(**g)) {
+                    Some(g) => Err(src.at(at, format!("launch.gpus lists GPU {g} twice"))),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// GPUs one replica holds on each of its nodes, when set.
+    pub fn gpus_per_replica(&self) -> Option<u32> {
+        match self.gpus.as_ref()?.get_ref() {
+            Gpus::Count(n) => Some(*n),
+            Gpus::List(l) => Some((l.len() / self.replicas.max(1) as usize) as u32),
+        }
+    }
+}
+
+/// Resolves one secret reference of the config `text` (called `name` in errors).
+pub fn resolve_secret_in(
+    value: &Spanned<String>,
+    text: &str,
+    name: &str,
+) -> Result<Secret, ConfigError> {
+    resolve_secret(value, &Source { name, text })
+}
+
+/// Resolves `env:VAR`, `file:PATH` or a literal value.
+fn resolve_secret(value: &Spanned<String>, src: &Source<'_>) -> Result<Secret, ConfigError> {
+    let raw = value.get_ref();
+    if let Some(var) = raw.strip_prefix("env:") {
+        // Trimmed like the file form: `export KEY="$(cat key)\n"` and friends must not
+        // turn into a key no client can present.
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Secret(v.trim().to_string())),
+            Ok(_) => Err(src.at(value.span(), format!("environment variable {var} is empty (referenced as \"env:{var}\")"))),
+            Err(_) => Err(src.at(value.span(), format!("environment variable {var} is not set (referenced as \"env:{var}\"); export it or change the reference"))),
+        }
+    } else if let Some(path) = raw.strip_prefix("file:") {
+        let path = expand_home(path);
+        match std::fs::read_to_string(&path) {
+            Ok(v) if !v.trim().is_empty() => Ok(Secret(v.trim().to_string())),
+            Ok(_) => Err(src.at(
+                value.span(),
+                format!("secret file {} is empty", path.display()),
+            )),
+            Err(e) => Err(src.at(
+                value.span(),
+                format!("cannot read secret file {}: {e}", path.display()),
+            )),
+        }
+    } else {
+        Ok(Secret(raw.clone()))
+    }
+}
+
+/// Expands a leading `~/` to `$HOME`.
+pub fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let text = "[server]\nport = 4000\nbogus = 1\n";
+        let err = Config::load_str(text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:3:1:"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let text = "[server]\nport = \"four\"\n";
+        let err = Config::load_str(text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let text = "[[models]]\nname = \"m\"\nprovider = \"openai\"\napi_key = \"env:LLMGW_TEST_SURELY_UNSET\"\n";
+        let err = Config::load_str(text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("LLMGW_TEST_SURELY_UNSET"), "{err}");
+        assert!(err.starts_with("x.toml:4:"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3 fortnights").is_err());
+    }
+
+    #[test]
+    fn renew_before_is_checked_against_the_time_limit() {
+        let cfg = |before: &str| {
+            Config::load_str(
+                &format!("[slurm]\ntime = \"3\"\nrenew = true\nrenew_before = \"{before}\"\n"),
+                "x.toml",
+            )
+        };
+        assert!(cfg("2m").is_ok());
+        let err = cfg("150s").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:4:"), "{err}");
+        assert!(err.contains("shorter than the time limit"), "{err}");
+        let err = cfg("30s").unwrap_err().to_string();
+        assert!(err.contains("at least 1m"), "{err}");
+    }
+
+    #[test]
+    fn launch_replicas_gpus_and_nodes_are_checked() {
+        let err = |launch: &str| {
+            let text =
+                format!("[[models]]\nname = \"m\"\nprovider = \"sglang\"\nlaunch = {launch}\n");
+            Config::load_str(&text, "x.toml").unwrap_err().to_string()
+        };
+        let e = err("{ model_path = \"p\", gpus = \"two\" }");
+        assert!(
+            e.starts_with("x.toml:4:") && e.contains("GPU count per replica"),
+            "{e}"
+        );
+        let e = err("{ model_path = \"p\", replicas = 0 }");
+        assert!(
+            e.contains("launch.replicas must be between 1 and 256, got 0"),
+            "{e}"
+        );
+        let e = err("{ model_path = \"p\", replicas = 2, gpus = [0, 1, 2] }");
+        assert!(
+            e.contains("3 GPUs, which 2 replicas cannot share evenly"),
+            "{e}"
+        );
+        let e = err("{ model_path = \"p\", nnodes = 2, gpus = [0] }");
+        assert!(e.contains("with nnodes > 1 give a count per node"), "{e}");
+        let e = err("{ model_path = \"p\", gpus = [1, 1] }");
+        assert!(e.contains("GPU 1 twice"), "{e}");
+        let e = err("{ model_path = \"p\", gpus = 0 }");
+        assert!(
+            e.starts_with("x.toml:4:") && e.contains("between 1 and 64"),
+            "{e}"
+        );
+        let text = "[router]\nspillover = {}\n";
+        let e = Config::load_str(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("spillover needs queue"), "{e}");
+    }
+
+    #[test]
+    fn quickstart_loads() {
+        Config::quickstart().unwrap();
+    }
+
+    #[test]
+    fn secret_debug_hides_value() {
+        assert_eq!(format!("{:?}", Secret::new("sk-123")), "Secret(***)");
+    }
+}

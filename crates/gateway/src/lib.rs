@@ -1,0 +1,26 @@
+//! llmgw-gateway: the HTTP server a client talks to. Connections and their limits
+//! ([`conn`]), who may call ([`access`]), the request path ([`serve`], [`apis`]), virtual
+//! keys, budgets and spend ([`keys`], [`spend`], [`store`]), the response cache
+//! ([`cache`]), the admin API ([`admin`]), `/metrics` ([`metrics`]) and, for a gateway that
+//! is a SLURM job, the renewal relay ([`relay`]). Routing is the router's, wire formats
+//! the wire crate's, processes and SLURM the cluster crate's.
+
+// Errors carry the message the client will read; they are built only on failure paths.
+#![allow(clippy::result_large_err)]
+
+pub mod access;
+pub mod admin;
+pub mod apis;
+pub mod body;
+pub mod cache;
+pub mod conn;
+pub mod keys;
+pub mod metrics;
+pub mod proxy;
+pub mod records;
+pub mod relay;
+pub mod routes;
+pub mod serve;
+pub mod spend;
+pub mod state;
+pub mod store;

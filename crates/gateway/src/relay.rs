@@ -1,0 +1,380 @@
+//! The renewal relay: once this job has handed over to its successor, every new request
+//! is forwarded there (the chain side, what a handover is and when, lives in
+//! `llmgw_cluster::renew`). Installed only for SLURM jobs, so a gateway outside SLURM
+//! pays nothing. It counts a request *before* looking at the target and the handover sets
+//! the target *before* waiting for the count, so no request is lost between the two.
+
+use arc_swap::ArcSwapOption;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use llmgw_cluster::renew::{counters, Forwarding};
+use llmgw_core::state;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Attempts to reach the successor for one request (only failures to connect are retried).
+const FORWARD_ATTEMPTS: u32 = 3;
+
+/// Where requests go once this job has handed over.
+struct Target {
+    base: String,
+    job_id: HeaderValue,
+}
+
+/// Counts this job's own requests and the forwarded ones, and forwards once a target is set.
+pub struct Relay {
+    target: ArcSwapOption<Target>,
+    local: AtomicU64,
+    forwarding: AtomicU64,
+    forwarded: AtomicU64,
+    /// Unix ms of the last request that reached this job after the handover.
+    last_forward_ms: AtomicU64,
+    client: reqwest::Client,
+    max_body: usize,
+}
+
+impl Relay {
+    pub fn new(max_body: usize) -> anyhow::Result<Arc<Relay>> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Arc::new(Relay {
+            target: ArcSwapOption::empty(),
+            local: AtomicU64::new(0),
+            forwarding: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            last_forward_ms: AtomicU64::new(0),
+            client,
+            max_body,
+        }))
+    }
+
+    pub fn forward_to(&self, base: String, job_id: &str) {
+        let job_id = HeaderValue::from_str(job_id).unwrap_or(HeaderValue::from_static("?"));
+        self.last_forward_ms
+            .store(state::now_unix_ms(), Ordering::SeqCst);
+        self.target.store(Some(Arc::new(Target { base, job_id })));
+    }
+
+    /// This job's own requests still running (response bodies not yet finished).
+    pub fn local_in_flight(&self) -> u64 {
+        self.local.load(Ordering::SeqCst)
+    }
+
+    /// True once requests go to a successor.
+    pub fn handed_over(&self) -> bool {
+        self.target.load().is_some()
+    }
+
+    async fn forward(self: Arc<Self>, t: Arc<Target>, req: Request) -> Response {
+        let guard = InFlight::new(self.clone(), Counter::Forwarding);
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+        counters::FORWARDED.fetch_add(1, Ordering::Relaxed);
+        self.last_forward_ms
+            .store(state::now_unix_ms(), Ordering::Relaxed);
+        let (parts, body) = req.into_parts();
+        let body = match crate::body::read_body(body, &parts.headers, self.max_body).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let url = format!("{}{path}", t.base);
+        let headers = end_to_end(&parts.headers);
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            let sent = self
+                .client
+                .request(parts.method.clone(), &url)
+                .headers(headers.clone())
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(r) => break r,
+                // Nothing reached the successor: safe to try again.
+                Err(e) if e.is_connect() && attempt < FORWARD_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                Err(e) => {
+                    counters::FORWARD_ERRORS.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, successor = %t.base, "cannot forward a request to the successor");
+                    let mut r = llmgw_core::error::ApiError::bad_gateway(
+                        "this gateway job has handed over to its successor, which cannot be reached; \
+                         retry, or use the address in `llmgw status` / `llmgw connect`",
+                    )
+                    .into_response();
+                    close_after(&mut r);
+                    return r;
+                }
+            }
+        };
+        let mut out = Response::builder().status(resp.status());
+        if let Some(h) = out.headers_mut() {
+            *h = end_to_end(resp.headers());
+            h.insert("x-llmgw-forwarded-to", t.job_id.clone());
+        }
+        let body = Body::from_stream(resp.bytes_stream());
+        let mut r = out
+            .body(Body::new(Guarded {
+                inner: body,
+                _guard: guard,
+            }))
+            .unwrap_or_else(|_| Response::new(Body::empty()));
+        close_after(&mut r);
+        r
+    }
+}
+
+impl Forwarding for Relay {
+    fn forward_to(&self, base: String, job_id: &str) {
+        Relay::forward_to(self, base, job_id)
+    }
+    fn local_in_flight(&self) -> u64 {
+        Relay::local_in_flight(self)
+    }
+    fn forwarding(&self) -> u64 {
+        self.forwarding.load(Ordering::SeqCst)
+    }
+    fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+    fn last_forward_ms(&self) -> u64 {
+        self.last_forward_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// The middleware: this job's own requests are counted until their bodies finish; after
+/// the handover every request but `/health*` and `/metrics` (which describe this job) is
+/// forwarded, and every response closes its connection, so a client's next request opens
+/// a new one (which `llmgw connect` sends to the successor).
+pub async fn relay(State(relay): State<Arc<Relay>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path.starts_with("/health") || path == "/metrics" {
+        return next.run(req).await;
+    }
+    // Count first, then look: a handover sets the target, then waits for the count to
+    // reach zero, so no request slips between the two.
+    let guard = InFlight::new(relay.clone(), Counter::Local);
+    if let Some(t) = relay.target.load_full() {
+        drop(guard);
+        return relay.forward(t, req).await;
+    }
+    let mut resp = next.run(req).await;
+    if relay.handed_over() {
+        close_after(&mut resp);
+    }
+    resp.map(|inner| {
+        Body::new(Guarded {
+            inner,
+            _guard: guard,
+        })
+    })
+}
+
+fn close_after(r: &mut Response) {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// Headers without the hop-by-hop ones (RFC 9110 §7.6.1) and `host`.
+fn end_to_end(h: &HeaderMap) -> HeaderMap {
+    const HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    let mut out = HeaderMap::with_capacity(h.len());
+    for (k, v) in h {
+        if k != header::HOST && !HOP.contains(&k.as_str()) {
+            out.append(HeaderName::clone(k), v.clone());
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Counter {
+    Local,
+    Forwarding,
+}
+
+/// One request in flight; counted down when dropped (with its response body).
+struct InFlight {
+    relay: Arc<Relay>,
+    counter: Counter,
+}
+
+impl InFlight {
+    fn new(relay: Arc<Relay>, counter: Counter) -> Self {
+        relay.counter(counter).fetch_add(1, Ordering::SeqCst);
+        InFlight { relay, counter }
+    }
+}
+
+impl Relay {
+    fn counter(&self, c: Counter) -> &AtomicU64 {
+        match c {
+            Counter::Local => &self.local,
+            Counter::Forwarding => &self.forwarding,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.relay
+            .counter(self.counter)
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until it is finished or dropped.
+struct Guarded {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Member: this job's place in the chain
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    async fn serve(app: axum::Router) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::HOST, HeaderValue::from_static("old:4000"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let out = end_to_end(&h);
+        assert_eq!(out.len(), 2);
+        assert!(out.contains_key(header::AUTHORIZATION) && out.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_then_forwarded_once_handed_over() {
+        let successor = serve(axum::Router::new().route(
+            "/v1/models",
+            get(|headers: HeaderMap| async move {
+                format!(
+                    "successor saw {}",
+                    headers
+                        .get(header::AUTHORIZATION)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                )
+            }),
+        ))
+        .await;
+        let relay = Relay::new(1024).unwrap();
+        // A slow local stream: counted until its body is finished.
+        let app = axum::Router::new()
+            .route("/v1/models", get(|| async { "local" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    let chunks = futures_util::stream::iter(0..3).then(|i| async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::io::Error>(Bytes::from(format!("{i}")))
+                    });
+                    Body::from_stream(chunks)
+                }),
+            )
+            .route("/health", get(|| async { "own health" }))
+            .layer(axum::middleware::from_fn_with_state(
+                relay.clone(),
+                relay_fn,
+            ));
+        let old = serve(app).await;
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        let get = |path: &str| c.get(format!("{old}{path}")).bearer_auth("k").send();
+
+        assert_eq!(
+            get("/v1/models").await.unwrap().text().await.unwrap(),
+            "local"
+        );
+        let slow = get("/slow").await.unwrap();
+        assert_eq!(
+            relay.local_in_flight(),
+            1,
+            "a stream is in flight until its body ends"
+        );
+        relay.forward_to(successor, "42");
+        let r = get("/v1/models").await.unwrap();
+        assert_eq!(r.headers()["x-llmgw-forwarded-to"], "42");
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        assert_eq!(r.text().await.unwrap(), "successor saw Bearer k");
+        assert_eq!(
+            get("/health").await.unwrap().text().await.unwrap(),
+            "own health"
+        );
+        assert_eq!(
+            slow.text().await.unwrap(),
+            "012",
+            "the local stream finishes here"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(relay.local_in_flight(), 0);
+        assert_eq!(relay.forwarded.load(Ordering::Relaxed), 1);
+        assert_eq!(relay.forwarding.load(Ordering::SeqCst), 0);
+    }
+
+    use futures_util::StreamExt as _;
+    use relay as relay_fn;
+}

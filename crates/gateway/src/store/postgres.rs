@@ -1,0 +1,382 @@
+//! The shared store for several replicas: a PostgreSQL database
+//! (`[store] url = "postgres://user:password@host:5432/db"`).
+//!
+//! One connection per gateway, used by one operation at a time (the spend writer, the
+//! replicas' version poll, admin calls; never a request). Every operation has a
+//! deadline; a failed or timed-out operation drops the connection and the next one
+//! reconnects, so a database that restarts is picked up again without a gateway restart.
+//! The schema is created on first use under an advisory lock, so replicas starting
+//! together do not race.
+
+use super::{GroupBy, LogQuery, Owner, ReportRow, Snapshot, StoreError};
+use crate::records::SpendRow;
+use crate::records::{KeyRecord, TeamRecord};
+use std::time::Duration;
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::{Client, NoTls};
+
+/// Connecting, and each operation, give up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = "
+SELECT pg_advisory_xact_lock(727465);
+CREATE TABLE IF NOT EXISTS llmgw_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO llmgw_meta (name, value) VALUES ('version', 0), ('schema', 1) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS llmgw_keys (
+  id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, alias TEXT, team_id TEXT, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS llmgw_teams (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS llmgw_spend (
+  request_id TEXT PRIMARY KEY, ts_ms BIGINT NOT NULL, key_id TEXT NOT NULL,
+  team_id TEXT NOT NULL, model_group TEXT NOT NULL, deployment TEXT NOT NULL,
+  prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
+  cost_nanos BIGINT NOT NULL, latency_ms BIGINT NOT NULL, status INTEGER NOT NULL,
+  cache_hit BOOLEAN NOT NULL);
+CREATE INDEX IF NOT EXISTS llmgw_spend_ts ON llmgw_spend (ts_ms);
+CREATE INDEX IF NOT EXISTS llmgw_spend_key_ts ON llmgw_spend (key_id, ts_ms) INCLUDE (cost_nanos);
+CREATE INDEX IF NOT EXISTS llmgw_spend_team_ts ON llmgw_spend (team_id, ts_ms) INCLUDE (cost_nanos);
+CREATE TABLE IF NOT EXISTS llmgw_spend_hourly (
+  hour BIGINT NOT NULL, key_id TEXT NOT NULL, team_id TEXT NOT NULL,
+  model_group TEXT NOT NULL, requests BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,
+  completion_tokens BIGINT NOT NULL, cost_nanos BIGINT NOT NULL,
+  cache_hits BIGINT NOT NULL, errors BIGINT NOT NULL,
+  PRIMARY KEY (hour, key_id, team_id, model_group));
+";
+
+pub struct PgStore {
+    cfg: tokio_postgres::Config,
+    client: Mutex<Option<Client>>,
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    // The error text never contains the connection string (nor its password).
+    StoreError::Postgres(e.to_string())
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Other(format!("a stored record is not valid: {e}"))
+}
+
+/// Runs one operation under [`OP_TIMEOUT`]; any failure drops the connection.
+macro_rules! op {
+    ($self:ident, |$c:ident| $body:expr) => {{
+        let mut guard = $self.connected().await?;
+        let $c = guard.as_mut().expect("connected");
+        let r = tokio::time::timeout(OP_TIMEOUT, async { $body }).await;
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                *guard = None;
+                Err(e)
+            }
+            Err(_) => {
+                *guard = None;
+                Err(StoreError::Timeout(OP_TIMEOUT))
+            }
+        }
+    }};
+}
+
+impl PgStore {
+    /// Parses the URL and connects once (creating the tables); a database that is down
+    /// at start is an error (the operator sees it at once).
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let mut cfg: tokio_postgres::Config = url.parse().map_err(|_| {
+            StoreError::Other(
+                "[store] url is not a valid PostgreSQL URL; expected postgres://user[:password]@host[:port]/database (the URL itself is not shown: it may carry a password)".into(),
+            )
+        })?;
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+        let s = PgStore {
+            cfg,
+            client: Mutex::new(None),
+        };
+        op!(s, |c| {
+            let tx = c.transaction().await.map_err(pg)?;
+            tx.batch_execute(SCHEMA).await.map_err(pg)?;
+            tx.commit().await.map_err(pg)
+        })?;
+        Ok(s)
+    }
+
+    /// The connection, (re)connecting when there is none.
+    async fn connected(&self) -> Result<MutexGuard<'_, Option<Client>>, StoreError> {
+        let mut g = self.client.lock().await;
+        if g.as_ref().is_none_or(|c| c.is_closed()) {
+            let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, self.cfg.connect(NoTls))
+                .await
+                .map_err(|_| StoreError::Timeout(CONNECT_TIMEOUT))?
+                .map_err(pg)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            *g = Some(client);
+        }
+        Ok(g)
+    }
+
+    pub async fn load(&self) -> Result<Snapshot, StoreError> {
+        let (version, keys, teams) = op!(self, |c| {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .await
+                .map_err(pg)?;
+            let v: i64 = tx
+                .query_one("SELECT value FROM llmgw_meta WHERE name = 'version'", &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+            let keys = tx
+                .query("SELECT record FROM llmgw_keys", &[])
+                .await
+                .map_err(pg)?;
+            let teams = tx
+                .query("SELECT record FROM llmgw_teams", &[])
+                .await
+                .map_err(pg)?;
+            tx.commit().await.map_err(pg)?;
+            Ok::<_, StoreError>((v, keys, teams))
+        })?;
+        fn parse<T: serde::de::DeserializeOwned>(
+            rows: Vec<tokio_postgres::Row>,
+        ) -> Result<Vec<T>, StoreError> {
+            rows.iter()
+                .map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(json_err))
+                .collect()
+        }
+        Ok(Snapshot {
+            version,
+            keys: parse(keys)?,
+            teams: parse(teams)?,
+        })
+    }
+
+    pub async fn version(&self) -> Result<i64, StoreError> {
+        op!(self, |c| {
+            c.query_one("SELECT value FROM llmgw_meta WHERE name = 'version'", &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .map_err(pg)
+        })
+    }
+
+    pub async fn put_key(&self, rec: &KeyRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(rec).map_err(json_err)?;
+        op!(self, |c| {
+            let tx = c.transaction().await.map_err(pg)?;
+            tx.execute(
+                "INSERT INTO llmgw_keys (id, hash, alias, team_id, record) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET alias = excluded.alias, team_id = excluded.team_id, record = excluded.record",
+                &[&rec.id, &rec.hash, &rec.alias, &rec.team_id, &json],
+            )
+            .await
+            .map_err(pg)?;
+            bump(&tx).await?;
+            tx.commit().await.map_err(pg)
+        })
+    }
+
+    pub async fn delete_keys(&self, ids: &[String]) -> Result<u64, StoreError> {
+        op!(self, |c| {
+            let tx = c.transaction().await.map_err(pg)?;
+            let n = tx
+                .execute("DELETE FROM llmgw_keys WHERE id = ANY($1)", &[&ids])
+                .await
+                .map_err(pg)?;
+            bump(&tx).await?;
+            tx.commit().await.map_err(pg)?;
+            Ok::<_, StoreError>(n)
+        })
+    }
+
+    pub async fn put_team(&self, rec: &TeamRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(rec).map_err(json_err)?;
+        op!(self, |c| {
+            let tx = c.transaction().await.map_err(pg)?;
+            tx.execute(
+                "INSERT INTO llmgw_teams (id, record) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                &[&rec.id, &json],
+            )
+            .await
+            .map_err(pg)?;
+            bump(&tx).await?;
+            tx.commit().await.map_err(pg)
+        })
+    }
+
+    pub async fn spend_since(&self, who: Owner<'_>, since_ms: i64) -> Result<i64, StoreError> {
+        let (sql, id) = match who {
+            Owner::Key(id) => ("SELECT COALESCE(SUM(cost_nanos), 0)::BIGINT FROM llmgw_spend WHERE key_id = $1 AND ts_ms >= $2", id),
+            Owner::Team(id) => ("SELECT COALESCE(SUM(cost_nanos), 0)::BIGINT FROM llmgw_spend WHERE team_id = $1 AND ts_ms >= $2", id),
+        };
+        op!(self, |c| {
+            c.query_one(sql, &[&id, &since_ms])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .map_err(pg)
+        })
+    }
+
+    pub async fn insert_spend(&self, rows: &[SpendRow]) -> Result<(), StoreError> {
+        let col = |f: fn(&SpendRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+        let num = |f: fn(&SpendRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+        let ids = col(|r| r.request_id.clone());
+        let ts = num(|r| r.ts_ms);
+        let keys = col(|r| r.key_id.clone());
+        let teams = col(|r| r.team_id.clone());
+        let models = col(|r| r.model_group.clone());
+        let deps = col(|r| r.deployment.clone());
+        let pt = num(|r| r.prompt_tokens);
+        let ct = num(|r| r.completion_tokens);
+        let cost = num(|r| r.cost_nanos);
+        let lat = num(|r| r.latency_ms);
+        let status: Vec<i32> = rows.iter().map(|r| r.status).collect();
+        let hit: Vec<bool> = rows.iter().map(|r| r.cache_hit).collect();
+        op!(self, |c| {
+            let tx = c.transaction().await.map_err(pg)?;
+            let inserted = tx
+                .query(
+                    "INSERT INTO llmgw_spend (request_id, ts_ms, key_id, team_id, model_group, deployment,
+                       prompt_tokens, completion_tokens, cost_nanos, latency_ms, status, cache_hit)
+                     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                       $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::int[], $12::bool[])
+                     ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                    &[&ids, &ts, &keys, &teams, &models, &deps, &pt, &ct, &cost, &lat, &status, &hit],
+                )
+                .await
+                .map_err(pg)?;
+            let new: std::collections::HashSet<&str> =
+                inserted.iter().map(|r| r.get::<_, &str>(0)).collect();
+            let sums = super::rollup(rows.iter().filter(|r| new.contains(r.request_id.as_str())));
+            if !sums.is_empty() {
+                let mut h = Vec::new();
+                let (mut k, mut t, mut m) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut rq, mut p, mut cp, mut cs, mut hits, mut errs) = (
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                );
+                for ((hour, key, team, model), s) in sums {
+                    h.push(hour);
+                    k.push(key);
+                    t.push(team);
+                    m.push(model);
+                    rq.push(s.requests);
+                    p.push(s.prompt_tokens);
+                    cp.push(s.completion_tokens);
+                    cs.push(s.cost_nanos);
+                    hits.push(s.cache_hits);
+                    errs.push(s.errors);
+                }
+                tx.execute(
+                    "INSERT INTO llmgw_spend_hourly AS s (hour, key_id, team_id, model_group, requests,
+                       prompt_tokens, completion_tokens, cost_nanos, cache_hits, errors)
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                       $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
+                     ON CONFLICT (hour, key_id, team_id, model_group) DO UPDATE SET
+                       requests = s.requests + excluded.requests,
+                       prompt_tokens = s.prompt_tokens + excluded.prompt_tokens,
+                       completion_tokens = s.completion_tokens + excluded.completion_tokens,
+                       cost_nanos = s.cost_nanos + excluded.cost_nanos,
+                       cache_hits = s.cache_hits + excluded.cache_hits,
+                       errors = s.errors + excluded.errors",
+                    &[&h, &k, &t, &m, &rq, &p, &cp, &cs, &hits, &errs],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            tx.commit().await.map_err(pg)
+        })
+    }
+
+    pub async fn spend_logs(&self, q: &LogQuery) -> Result<Vec<SpendRow>, StoreError> {
+        let rows = op!(self, |c| {
+            c.query(
+                "SELECT request_id, ts_ms, key_id, team_id, model_group, deployment, prompt_tokens,
+                   completion_tokens, cost_nanos, latency_ms, status, cache_hit
+                 FROM llmgw_spend
+                 WHERE ts_ms >= $1 AND ts_ms < $2 AND ($3::text IS NULL OR key_id = $3)
+                   AND ($4::text IS NULL OR team_id = $4)
+                 ORDER BY ts_ms DESC LIMIT $5",
+                &[&q.start_ms, &q.end_ms, &q.key_id, &q.team_id, &q.limit],
+            )
+            .await
+            .map_err(pg)
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| SpendRow {
+                request_id: r.get(0),
+                ts_ms: r.get(1),
+                key_id: r.get(2),
+                team_id: r.get(3),
+                model_group: r.get(4),
+                deployment: r.get(5),
+                prompt_tokens: r.get(6),
+                completion_tokens: r.get(7),
+                cost_nanos: r.get(8),
+                latency_ms: r.get(9),
+                status: r.get(10),
+                cache_hit: r.get(11),
+            })
+            .collect())
+    }
+
+    pub async fn report_parts(
+        &self,
+        by: GroupBy,
+        hours: Option<(i64, i64)>,
+        raw: Vec<(i64, i64)>,
+    ) -> Result<Vec<ReportRow>, StoreError> {
+        let col = by.column();
+        let hourly = format!(
+            "SELECT {col}, SUM(requests)::BIGINT, SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
+               SUM(cost_nanos)::BIGINT, SUM(cache_hits)::BIGINT, SUM(errors)::BIGINT
+             FROM llmgw_spend_hourly WHERE hour >= $1 AND hour < $2 GROUP BY {col}"
+        );
+        let rawq = format!(
+            "SELECT {col}, COUNT(*)::BIGINT, SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
+               SUM(cost_nanos)::BIGINT, SUM(CASE WHEN cache_hit THEN 1 ELSE 0 END)::BIGINT,
+               SUM(CASE WHEN status <> 200 THEN 1 ELSE 0 END)::BIGINT
+             FROM llmgw_spend WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY {col}"
+        );
+        let rows = op!(self, |c| {
+            let mut out = Vec::new();
+            if let Some((h0, h1)) = hours {
+                out.extend(c.query(&hourly, &[&h0, &h1]).await.map_err(pg)?);
+            }
+            for (a, b) in &raw {
+                out.extend(c.query(&rawq, &[a, b]).await.map_err(pg)?);
+            }
+            Ok::<_, StoreError>(out)
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| ReportRow {
+                group: r.get(0),
+                requests: r.get(1),
+                prompt_tokens: r.get(2),
+                completion_tokens: r.get(3),
+                cost_nanos: r.get(4),
+                cache_hits: r.get(5),
+                errors: r.get(6),
+            })
+            .collect())
+    }
+}
+
+async fn bump(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE llmgw_meta SET value = value + 1 WHERE name = 'version'",
+        &[],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}

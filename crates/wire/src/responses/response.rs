@@ -1,0 +1,281 @@
+//! OpenAI Responses `response` objects, encoded from the hub (for a Responses client of a
+//! deployment that does not serve `/responses` itself).
+
+use crate::hub::{self, StopReason};
+use crate::request::ClientRequest;
+use crate::translate as t;
+use bytes::Bytes;
+use llmgw_core::error::ApiError;
+use serde::Serialize;
+
+/// A `response` object as the API writes it. The fields that only echo the request
+/// (tools, temperature, …) are left at their defaults: nothing reads them back.
+#[derive(Serialize)]
+pub(super) struct ResponseOut<'r> {
+    pub id: &'r str,
+    pub object: &'static str,
+    pub created_at: u64,
+    pub status: &'static str,
+    pub error: Option<()>,
+    pub incomplete_details: Option<Incomplete>,
+    pub instructions: Option<()>,
+    pub max_output_tokens: Option<()>,
+    pub model: &'r str,
+    pub output: &'r [Item<'r>],
+    pub parallel_tool_calls: bool,
+    pub previous_response_id: Option<()>,
+    pub reasoning: ReasoningOut,
+    pub store: bool,
+    pub temperature: Option<()>,
+    pub text: TextOut,
+    pub tool_choice: &'static str,
+    pub tools: [(); 0],
+    pub top_p: Option<()>,
+    pub truncation: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageOut>,
+    pub user: Option<()>,
+    pub metadata: Empty,
+}
+
+#[derive(Serialize)]
+pub(super) struct Empty {}
+
+#[derive(Serialize)]
+pub(super) struct Incomplete {
+    pub reason: &'static str,
+}
+
+#[derive(Serialize, Default)]
+pub(super) struct ReasoningOut {
+    pub effort: Option<()>,
+    pub summary: Option<()>,
+}
+
+#[derive(Serialize)]
+pub(super) struct TextOut {
+    pub format: FormatOut,
+}
+
+#[derive(Serialize)]
+pub(super) struct FormatOut {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+impl TextOut {
+    pub fn text() -> Self {
+        TextOut {
+            format: FormatOut { kind: "text" },
+        }
+    }
+}
+
+/// One output item.
+#[derive(Serialize, Clone)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(super) enum Item<'r> {
+    Reasoning {
+        id: &'r str,
+        summary: [(); 0],
+        content: [ReasoningText<'r>; 1],
+        status: &'static str,
+    },
+    Message {
+        id: &'r str,
+        status: &'static str,
+        role: &'static str,
+        content: Vec<OutputText<'r>>,
+    },
+    FunctionCall {
+        id: &'r str,
+        call_id: &'r str,
+        name: &'r str,
+        arguments: &'r str,
+        status: &'static str,
+    },
+}
+
+#[derive(Serialize, Clone)]
+pub(super) struct ReasoningText<'r> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub text: &'r str,
+}
+
+#[derive(Serialize, Clone)]
+pub(super) struct OutputText<'r> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub text: &'r str,
+    pub annotations: [(); 0],
+    pub logprobs: [(); 0],
+}
+
+impl<'r> OutputText<'r> {
+    pub fn new(text: &'r str) -> Self {
+        OutputText {
+            kind: "output_text",
+            text,
+            annotations: [],
+            logprobs: [],
+        }
+    }
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub(super) struct UsageOut {
+    pub input_tokens: u64,
+    pub input_tokens_details: CachedOut,
+    pub output_tokens: u64,
+    pub output_tokens_details: ReasoningTokensOut,
+    pub total_tokens: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub(super) struct CachedOut {
+    pub cached_tokens: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub(super) struct ReasoningTokensOut {
+    pub reasoning_tokens: u64,
+}
+
+impl UsageOut {
+    pub fn of(u: &hub::Usage) -> Self {
+        UsageOut {
+            input_tokens: u.input,
+            input_tokens_details: CachedOut {
+                cached_tokens: u.cache_read.unwrap_or(0),
+            },
+            output_tokens: u.output,
+            output_tokens_details: ReasoningTokensOut {
+                reasoning_tokens: u.reasoning.unwrap_or(0),
+            },
+            total_tokens: u.total(),
+        }
+    }
+}
+
+/// `status` and `incomplete_details` for a stop reason.
+pub(super) fn status(reason: StopReason) -> (&'static str, Option<Incomplete>) {
+    match reason {
+        StopReason::MaxTokens => (
+            "incomplete",
+            Some(Incomplete {
+                reason: "max_output_tokens",
+            }),
+        ),
+        StopReason::ContentFilter => (
+            "incomplete",
+            Some(Incomplete {
+                reason: "content_filter",
+            }),
+        ),
+        _ => ("completed", None),
+    }
+}
+
+impl<'r> ResponseOut<'r> {
+    pub fn new(id: &'r str, created_at: u64, model: &'r str, output: &'r [Item<'r>]) -> Self {
+        ResponseOut {
+            id,
+            object: "response",
+            created_at,
+            status: "in_progress",
+            error: None,
+            incomplete_details: None,
+            instructions: None,
+            max_output_tokens: None,
+            model,
+            output,
+            parallel_tool_calls: true,
+            previous_response_id: None,
+            reasoning: ReasoningOut::default(),
+            store: false,
+            temperature: None,
+            text: TextOut::text(),
+            tool_choice: "auto",
+            tools: [],
+            top_p: None,
+            truncation: "disabled",
+            usage: None,
+            user: None,
+            metadata: Empty {},
+        }
+    }
+}
+
+/// The hub form → a Responses `response` body (the first choice).
+pub fn encode(
+    resp: &hub::Response,
+    _req: &ClientRequest,
+    provider: &str,
+) -> Result<Bytes, ApiError> {
+    let empty = hub::Choice::default();
+    let c = resp.choices.first().unwrap_or(&empty);
+    let ids: Vec<String> = (0..c.tool_calls.len() + 2)
+        .map(|i| match i {
+            0 => t::random_id("rs_"),
+            1 => t::random_id("msg_"),
+            _ => t::random_id("fc_"),
+        })
+        .collect();
+    let mut output = Vec::with_capacity(c.tool_calls.len() + 2);
+    if let Some(r) = c.reasoning.as_deref().filter(|r| !r.is_empty()) {
+        output.push(Item::Reasoning {
+            id: &ids[0],
+            summary: [],
+            content: [ReasoningText {
+                kind: "reasoning_text",
+                text: r,
+            }],
+            status: "completed",
+        });
+    }
+    if !c.text.is_empty() || c.tool_calls.is_empty() {
+        output.push(Item::Message {
+            id: &ids[1],
+            status: "completed",
+            role: "assistant",
+            content: vec![OutputText::new(&c.text)],
+        });
+    }
+    for (k, call) in c.tool_calls.iter().enumerate() {
+        if hub::arguments_object(&call.arguments).is_none() {
+            return Err(t::bad_body(
+                provider,
+                format_args!(
+                    "the arguments of its call of {:?} are not a JSON object",
+                    call.name
+                ),
+            ));
+        }
+        output.push(Item::FunctionCall {
+            id: &ids[2 + k],
+            call_id: &call.id,
+            name: &call.name,
+            arguments: if call.arguments.is_empty() {
+                "{}"
+            } else {
+                &call.arguments
+            },
+            status: "completed",
+        });
+    }
+    let id = t::random_id("resp_");
+    let mut out = ResponseOut::new(
+        &id,
+        resp.created.unwrap_or_else(t::now_secs),
+        &resp.model,
+        &output,
+    );
+    let (status, incomplete) = status(c.stop.reason);
+    out.status = status;
+    out.incomplete_details = incomplete;
+    out.usage = Some(UsageOut::of(&resp.usage));
+    serde_json::to_vec(&out)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(format!("serialising: {e}")))
+}
