@@ -8,41 +8,75 @@
 //! hold the prompt, retries on another one at once after a failure, and waits (with
 //! backoff or the upstream's Retry-After) only when every candidate has been tried.
 
+mod attempt;
+
 mod deployment;
+
 mod h1;
+
 pub mod load;
+
+mod log;
+
 mod policy;
+
 mod pool;
+
 mod strategy;
+
 mod stream;
+
 pub mod tokens;
+
 mod upstream;
 
 pub use pool::{sweep as sweep_idle_connections, SWEEP_EVERY as POOL_SWEEP_EVERY};
 
 use deployment::InFlight;
+
 pub use deployment::{now_ms, Deployment, DeploymentState, DeploymentStats};
+pub use log::{names, overhead_header, RequestLog};
+
 use http_body::Body as _;
+
 use llmgw_wire::upstream::Upstream;
+
 use policy::Policy;
+
 use strategy::ShuffleBasis;
+
 use stream::UpstreamStream;
+
 use upstream::{HttpClient, SendError, UpstreamResponse};
 
 use axum::body::Body;
+
 use axum::http::{header, HeaderValue, StatusCode};
+
 use axum::response::Response;
+
 use bytes::Bytes;
+
 use llmgw_core::config::{ErrorClass, LoadedConfig, ProviderKind, Secret};
+
 use llmgw_core::error::ApiError;
+
 use llmgw_core::logging::Clean;
+
 use llmgw_core::redact;
+
 use llmgw_wire::providers;
+
 use llmgw_wire::request::ClientRequest;
+
 use llmgw_wire::upstream_error::UpstreamError;
+
 use std::collections::{HashMap, HashSet, VecDeque};
+
 use std::sync::atomic::Ordering;
+
 use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 /// All model groups, the shared HTTP client and the routing policy.
@@ -570,156 +604,6 @@ impl Router {
             dep.cool_down(for_, format!("{:?}: {}", e.class, e.error.message));
         }
     }
-
-    /// One attempt against one deployment; upstream text in its error has the known
-    /// secrets masked.
-    async fn attempt(
-        &self,
-        dep: &Arc<Deployment>,
-        slot: InFlight,
-        req: &ClientRequest,
-        limit: Duration,
-        log: &mut RequestLog,
-    ) -> Result<Response, UpstreamError> {
-        self.attempt_unscrubbed(dep, slot, req, limit, log)
-            .await
-            .map_err(|mut e| {
-                e.scrub(&self.secrets);
-                e
-            })
-    }
-
-    async fn attempt_unscrubbed(
-        &self,
-        dep: &Arc<Deployment>,
-        slot: InFlight,
-        req: &ClientRequest,
-        limit: Duration,
-        log: &mut RequestLog,
-    ) -> Result<Response, UpstreamError> {
-        let timeout = dep.timeout.min(limit);
-        let rb = llmgw_wire::convert::attempt_body(dep, req)
-            .await
-            .and_then(|body| dep.provider.request(self.client.reqwest(), dep, req, body))
-            .map_err(|e| UpstreamError::new(ErrorClass::BadRequest, e))?;
-        let sent = Instant::now();
-        let until = tokio::time::Instant::from_std(llmgw_core::duration::deadline(sent, timeout));
-        // One timer for the whole exchange: the answer's head, then its whole body or a
-        // stream's first chunk (a timer costs a registration and a removal).
-        let mut slot = Some(slot);
-        let exchange = async {
-            let resp = self
-                .client
-                .send(rb)
-                .await
-                .map_err(|e| send_error(dep, e, timeout))?;
-            if !resp.status().is_success() {
-                return Ok(Answer::Refused(resp));
-            }
-            if req.stream {
-                let translator = llmgw_wire::convert::translator(dep, req);
-                // The slot is taken here and nowhere else on this path.
-                #[allow(clippy::expect_used)]
-                let mut stream = UpstreamStream::new(
-                    resp,
-                    translator,
-                    timeout,
-                    slot.take().expect("the slot is taken once"),
-                    self.secrets.clone(),
-                    req.endpoint.api(),
-                );
-                stream.first().await?;
-                return Ok(Answer::Stream(stream));
-            }
-            let limit = self.policy.max_response_bytes;
-            match read_capped(resp, limit).await {
-                Err(_) => Err(body_error(dep)),
-                Ok(Capped::Whole(b)) => Ok(Answer::Whole(b)),
-                Ok(Capped::Cut(_)) => Err(too_large_error(dep, limit)),
-            }
-        };
-        let answer = match tokio::time::timeout_at(until, exchange).await {
-            Err(_) => return Err(timeout_error(dep, timeout)),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(a)) => a,
-        };
-        let now = Instant::now();
-        match answer {
-            Answer::Refused(resp) => {
-                let status = resp.status();
-                let headers = resp.headers().clone();
-                // Only the start of an error body matters; the rest is never read.
-                let limit = self.policy.max_error_bytes;
-                let body = match tokio::time::timeout_at(until, read_capped(resp, limit)).await {
-                    Ok(Ok(Capped::Whole(b) | Capped::Cut(b))) => b,
-                    _ => Bytes::new(),
-                };
-                log.upstream += sent.elapsed();
-                Err(dep.provider.error(status, &headers, &body))
-            }
-            Answer::Stream(mut stream) => {
-                let ttft = now.saturating_duration_since(sent);
-                log.upstream += ttft;
-                dep.record_success(ttft);
-                let resp = success(dep, log, now, "text/event-stream")
-                    .header(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                stream.set_log(log.take());
-                // `success` sets only valid, static header values.
-                #[allow(clippy::expect_used)]
-                Ok(resp
-                    .body(Body::from_stream(stream))
-                    .expect("valid response"))
-            }
-            Answer::Whole(body) => {
-                let took = now.saturating_duration_since(sent);
-                log.upstream += took;
-                drop(slot);
-                let body = llmgw_wire::convert::translate_body(dep, req, body)
-                    .map_err(|e| UpstreamError::new(ErrorClass::InternalServer, e))?;
-                if dep.tpm.is_some() {
-                    dep.add_tokens(usage_tokens(&body));
-                }
-                dep.record_success(took);
-                let resp = success(dep, log, now, "application/json");
-                // `success` sets only valid, static header values.
-                #[allow(clippy::expect_used)]
-                Ok(resp.body(Body::from(body)).expect("valid response"))
-            }
-        }
-    }
-}
-
-/// The head of a 200 answer from `dep` at `now`: llmgw's headers and `content_type`; the
-/// log gets its status and time to first byte.
-fn success(
-    dep: &Deployment,
-    log: &mut RequestLog,
-    now: Instant,
-    content_type: &'static str,
-) -> axum::http::response::Builder {
-    log.ttfb = Some(now.saturating_duration_since(log.start));
-    log.status = 200;
-    let mut builder = Response::builder().status(StatusCode::OK);
-    if let Some(h) = builder.headers_mut() {
-        h.insert(names::DEPLOYMENT, header_value(&dep.id));
-        h.insert(names::ATTEMPTS, HeaderValue::from(log.attempts));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        h.insert(names::OVERHEAD_MS, overhead_header(log.overhead_at(now)));
-    }
-    builder
-}
-
-/// What came back from an upstream within an attempt's time.
-// Short-lived and moved once, inside the attempt's future: boxing a variant would cost an
-// allocation per request to save a copy.
-#[allow(clippy::large_enum_variant)]
-enum Answer {
-    /// A non-2xx answer; its body is still unread.
-    Refused(UpstreamResponse),
-    /// A stream whose first chunk has arrived.
-    Stream(UpstreamStream),
-    /// A whole non-streaming answer.
-    Whole(Bytes),
 }
 
 /// One line for all the fallback names a request gave that are not served here.
@@ -730,80 +614,6 @@ fn log_unknown(names: &[String]) {
             "fallbacks name model groups this gateway does not serve; skipped"
         );
     }
-}
-
-/// A body read up to a limit.
-enum Capped {
-    Whole(Bytes),
-    /// The body was longer than the limit: its first `limit` bytes (the rest is unread).
-    Cut(Bytes),
-}
-
-/// Reads `resp`'s body, but never more than `limit` bytes of it.
-async fn read_capped(resp: UpstreamResponse, limit: usize) -> Result<Capped, upstream::BoxError> {
-    let mut body = resp.into_body();
-    // Most answers come in one piece: no copy then.
-    let first = match body.chunk().await? {
-        None => return Ok(Capped::Whole(Bytes::new())),
-        Some(b) if b.len() > limit => return Ok(Capped::Cut(b.slice(..limit))),
-        Some(b) => b,
-    };
-    if body.is_end_stream() {
-        return Ok(Capped::Whole(first));
-    }
-    let mut buf = bytes::BytesMut::from(&first[..]);
-    while let Some(chunk) = body.chunk().await? {
-        let room = limit - buf.len();
-        if chunk.len() > room {
-            buf.extend_from_slice(&chunk[..room]);
-            return Ok(Capped::Cut(buf.freeze()));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Capped::Whole(buf.freeze()))
-}
-
-/// A successful answer too large to hold. Retrying elsewhere would only fetch it again,
-/// and the deployment did nothing wrong: the class is the one that neither retries,
-/// falls back nor cools down.
-fn too_large_error(dep: &Deployment, limit: usize) -> UpstreamError {
-    UpstreamError::new(
-        ErrorClass::BadRequest,
-        ApiError::bad_gateway(format!(
-            "deployment {} answered with more than {limit} bytes, the gateway's limit \
-             ([router] max_response_bytes); ask for less (fewer inputs, lower n or max_tokens)",
-            dep.id
-        ))
-        .with_code("upstream_response_too_large"),
-    )
-}
-
-/// The tokens in a response's `usage` (OpenAI's and Responses' `total_tokens`, or
-/// Anthropic's `input_tokens + output_tokens`), found without parsing the whole body.
-fn usage_tokens(body: &[u8]) -> u64 {
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        #[serde(default)]
-        total_tokens: Option<u64>,
-        #[serde(default)]
-        input_tokens: u64,
-        #[serde(default)]
-        output_tokens: u64,
-    }
-    let Some(at) = memchr::memmem::rfind(body, b"\"usage\"") else {
-        return 0;
-    };
-    let rest = &body[at + 7..];
-    let Some(colon) = rest.iter().position(|&c| c == b':') else {
-        return 0;
-    };
-    let mut de = serde_json::Deserializer::from_slice(&rest[colon + 1..]);
-    serde::Deserialize::deserialize(&mut de)
-        .map(|u: Usage| {
-            u.total_tokens
-                .unwrap_or(u.input_tokens.saturating_add(u.output_tokens))
-        })
-        .unwrap_or(0)
 }
 
 fn context_window_error(model: &str, tokens: u64) -> UpstreamError {
@@ -835,134 +645,6 @@ fn default_base(kind: ProviderKind) -> Option<&'static str> {
 
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-/// llmgw's response headers, made once: a `&str` name is parsed again on every insert.
-pub mod names {
-    use axum::http::HeaderName;
-    pub const DEPLOYMENT: HeaderName = HeaderName::from_static("x-llmgw-deployment");
-    pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-llmgw-attempts");
-    pub const OVERHEAD_MS: HeaderName = HeaderName::from_static("x-llmgw-overhead-ms");
-    pub const FALLBACK: HeaderName = HeaderName::from_static("x-llmgw-fallback");
-}
-
-/// `x-llmgw-overhead-ms`: the gateway's own time, in milliseconds with three decimals.
-pub fn overhead_header(d: Duration) -> HeaderValue {
-    let mut ms = Vec::with_capacity(24);
-    llmgw_core::logging::push_millis(&mut ms, d, 3);
-    HeaderValue::from_maybe_shared(Bytes::from(ms)).unwrap_or(HeaderValue::from_static("0.000"))
-}
-
-fn timeout_error(dep: &Deployment, timeout: Duration) -> UpstreamError {
-    UpstreamError::new(
-        ErrorClass::Timeout,
-        ApiError::gateway_timeout(format!(
-            "deployment {} did not answer within {:?}",
-            dep.id, timeout
-        )),
-    )
-}
-
-fn send_error(dep: &Deployment, e: SendError, timeout: Duration) -> UpstreamError {
-    let why = match e {
-        SendError::Timeout => return timeout_error(dep, timeout),
-        SendError::Connect => "connection refused or unreachable",
-        SendError::Failed => "the request failed",
-    };
-    connection_error(dep, why)
-}
-
-fn body_error(dep: &Deployment) -> UpstreamError {
-    connection_error(dep, "the response body broke off")
-}
-
-fn connection_error(dep: &Deployment, why: &str) -> UpstreamError {
-    UpstreamError::new(
-        ErrorClass::Connection,
-        ApiError::bad_gateway(format!(
-            "deployment {} ({}): {why}",
-            dep.id,
-            redact::userinfo(&dep.api_base)
-        )),
-    )
-}
-
-/// The one log line per request, written when the request is finished (for streams:
-/// when the last byte went out or the client went away).
-#[derive(Debug)]
-pub struct RequestLog {
-    pub start: Instant,
-    pub path: &'static str,
-    pub model: String,
-    pub deployment: String,
-    pub fallback: Option<String>,
-    pub status: u16,
-    pub attempts: u32,
-    pub stream: bool,
-    pub ttfb: Option<Duration>,
-    /// Time spent waiting on upstreams (to compute the gateway's own overhead).
-    pub upstream: Duration,
-    /// False when a stream ended early (client gone or upstream broke).
-    pub complete: bool,
-    pub client_gone: bool,
-}
-
-impl Default for RequestLog {
-    fn default() -> Self {
-        RequestLog {
-            start: Instant::now(),
-            path: "",
-            model: String::new(),
-            deployment: String::new(),
-            fallback: None,
-            status: 0,
-            attempts: 0,
-            stream: false,
-            ttfb: None,
-            upstream: Duration::ZERO,
-            complete: true,
-            client_gone: false,
-        }
-    }
-}
-
-impl RequestLog {
-    /// Moves the record out, leaving one that writes nothing.
-    pub fn take(&mut self) -> RequestLog {
-        std::mem::take(self)
-    }
-
-    /// Time spent in the gateway itself so far (elapsed minus upstream waits).
-    pub fn overhead(&self) -> Duration {
-        self.overhead_at(Instant::now())
-    }
-
-    /// Time spent in the gateway itself until `now` (elapsed minus upstream waits).
-    pub fn overhead_at(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.start)
-            .saturating_sub(self.upstream)
-    }
-}
-
-impl Drop for RequestLog {
-    fn drop(&mut self) {
-        if self.path.is_empty() {
-            return;
-        }
-        llmgw_core::logging::request(&llmgw_core::logging::RequestLine {
-            path: self.path,
-            model: &self.model,
-            deployment: &self.deployment,
-            fallback: self.fallback.as_deref(),
-            status: self.status,
-            attempts: self.attempts,
-            stream: self.stream,
-            complete: self.complete,
-            client_gone: self.client_gone,
-            latency: self.start.elapsed(),
-            ttfb: self.ttfb,
-        });
-    }
 }
 
 #[cfg(test)]
