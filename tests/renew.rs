@@ -469,11 +469,9 @@ impl Sshd {
             .into_iter()
             .find(|p| std::path::Path::new(p).exists());
         let Some(sshd) = sshd else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but sshd is missing: scripts/test.sh installs openssh-server"
+            common::skip(
+                "no sshd to connect over (apt-get install openssh-server; scripts/test.sh does)",
             );
-            eprintln!("!!! SKIPPED: no sshd (apt-get install openssh-server); connect over ssh did not run");
             return None;
         };
         let keygen = |path: &std::path::Path| {

@@ -91,10 +91,31 @@ pub fn run_bounded(mut c: Command, limit: Duration) -> std::process::Output {
     }
 }
 
+/// True under CI (`CI` set to anything but empty, `0` or `false`): there a missing
+/// prerequisite fails the test instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE"))
+}
+
+/// Skips the calling test for want of `what` (e.g. "no SLURM cluster (sbatch not on
+/// PATH); run scripts/local-slurm.sh up"): prints one `skipped: …` line naming the test to
+/// stderr, which `cargo test` shows, so a skip never passes for a pass in silence. Under
+/// CI ([`in_ci`]) it panics instead: there nothing may be missing.
+pub fn skip(what: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    if in_ci() {
+        panic!("CI is set, so {test} may not be skipped: {what}");
+    }
+    eprintln!("skipped: {what} [{test}]");
+}
+
 /// True when the local SLURM cluster (`scripts/local-slurm.sh up`) is there to test on.
-/// Without `sbatch` it says loudly that the tests are skipped and returns false — unless
-/// `CI` is set: there a missing cluster is a failure. Panics when the controller does not
-/// answer.
+/// Without `sbatch` the calling test is skipped ([`skip`]: it says so on stderr) and this
+/// returns false — unless under CI, where a missing cluster is a failure. Panics when the
+/// controller does not answer.
 pub fn slurm_cluster_ready() -> bool {
     let have_sbatch = Command::new("sbatch")
         .arg("--version")
@@ -103,13 +124,7 @@ pub fn slurm_cluster_ready() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !have_sbatch {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is set but sbatch is not on PATH: bring the cluster up with `bash scripts/local-slurm.sh up` (scripts/test.sh does)");
-        }
-        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-        eprintln!("!!! SKIPPED: sbatch not on PATH; these SLURM tests did not run.");
-        eprintln!("!!! Run `bash scripts/local-slurm.sh up` (as root) and test again.");
-        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+        skip("no SLURM cluster (sbatch not on PATH); run scripts/local-slurm.sh up");
         return false;
     }
     let sinfo = Command::new("sinfo").arg("-h").output();
