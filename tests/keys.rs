@@ -420,10 +420,18 @@ async fn stream_until_first_event(base: &str, key: &str) -> tokio::net::TcpStrea
             .await
             .expect("first event within 10 s")
             .unwrap();
-        assert!(n > 0, "stream ended early: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&buf[..n]);
     }
-    assert!(seen.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&seen));
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
     tcp
 }
 
