@@ -200,7 +200,7 @@ async fn hung_deployment_costs_at_most_its_timeout() {
             &hung.base_url(),
             "id = \"hung\"\ntimeout = \"500ms\""
         ),
-        openai_model("m", "x", &ok.base_url(), "id = \"ok\"\ntimeout = \"5s\""),
+        openai_model("m", "x", &ok.base_url(), "id = \"ok\"\ntimeout = \"20s\""),
     );
     let gw = Gateway::start(&config).await;
     for stream in [false, true] {
@@ -213,8 +213,10 @@ async fn hung_deployment_costs_at_most_its_timeout() {
             assert_eq!(header(r.headers(), "x-llmgw-deployment"), "ok");
             let _ = r.text().await;
             let took = t.elapsed();
-            // timeout (500 ms) + healthy latency (50 ms) + slack for a loaded test machine.
-            assert!(took < Duration::from_millis(1300), "request took {took:?}");
+            // Ended by the hung deployment's own timeout (500 ms, + 50 ms for the healthy
+            // answer), not by a longer one: the other deployment's 20 s, the client's 60 s.
+            // The bound sits far from both, so a loaded machine cannot cross it.
+            assert!(took < Duration::from_secs(5), "request took {took:?}");
         }
     }
     assert!(
@@ -773,6 +775,12 @@ async fn an_upstream_closing_idle_keep_alive_connections_fails_no_request() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (heads_tx, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // The test says when to close (once the client has its whole answer, so the gateway
+    // has put the connection back in its pool); the server says when the close has
+    // reached the gateway's socket (its end is in CLOSE_WAIT: the connection is idle in
+    // the pool and closed by the upstream, the case under test).
+    let (close_tx, mut close_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel::<()>();
     // Answers each connection's first request with keep-alive, then closes it.
     let server = tokio::spawn(async move {
         loop {
@@ -808,9 +816,18 @@ async fn an_upstream_closing_idle_keep_alive_connections_fails_no_request() {
                 body.len()
             );
             conn.write_all(answer.as_bytes()).await.unwrap();
-            // Closed once the gateway has put the connection back in its pool.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if close_rx.recv().await.is_none() {
+                return;
+            }
+            let (ours, gateways) = (conn.local_addr().unwrap(), conn.peer_addr().unwrap());
             drop(conn);
+            common::wait_for(
+                Duration::from_secs(10),
+                "the gateway's end of the upstream connection to see the close",
+                || async move { gateway_saw_close(gateways, ours).then_some(()) },
+            )
+            .await;
+            closed_tx.send(()).unwrap();
         }
     });
     let cfg = openai_model(
@@ -834,8 +851,12 @@ async fn an_upstream_closing_idle_keep_alive_connections_fails_no_request() {
             "request {i}"
         );
         assert!(resp.text().await.unwrap().contains("hello once"));
-        // The close reaches the gateway while its connection is idle.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The upstream closes the connection while it is idle in the gateway's pool.
+        close_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(15), closed.recv())
+            .await
+            .expect("the upstream closed its connection")
+            .expect("the upstream server is running");
     }
     let head = heads.recv().await.unwrap();
     assert!(
@@ -853,4 +874,24 @@ async fn an_upstream_closing_idle_keep_alive_connections_fails_no_request() {
         assert!(lower.contains(&format!("\r\n{line}")), "{line} in {head}");
     }
     server.abort();
+}
+
+/// True once the TCP socket `local` → `remote` (IPv4) has received its peer's FIN: it is
+/// in CLOSE_WAIT or a later state, or gone, in `/proc/net/tcp`.
+fn gateway_saw_close(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        std::net::SocketAddr::V6(_) => panic!("an IPv4 address: {a}"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    // 01 ESTABLISHED: the FIN has not arrived yet.
+    !table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1] == local && f[2] == remote && f[3] == "01"
+    })
 }
