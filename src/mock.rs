@@ -62,6 +62,10 @@ pub struct Behavior {
     pub max_running: Option<u64>,
     /// The `finish_reason` of a text answer instead of `stop` (e.g. `length`).
     pub finish_reason: Option<String>,
+    /// Before each streamed event after the first, take a permit from this semaphore (after
+    /// `chunk_delay`): a test lets the events out one by one, so it can tell that each
+    /// reached the client before the next was sent, by order rather than by time.
+    pub chunk_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for Behavior {
@@ -81,6 +85,7 @@ impl Default for Behavior {
             api_key: None,
             max_running: None,
             finish_reason: None,
+            chunk_gate: None,
         }
     }
 }
@@ -453,7 +458,7 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         if let Some(r) = tool_call_answer(&req, &id, completion_tokens) {
             return match r {
                 ToolAnswer::Json(body) => json(body),
-                ToolAnswer::Stream(events) => sse(s, events, b.chunk_delay, b.cut_after, slot),
+                ToolAnswer::Stream(events) => sse(s, events, &b, slot),
             };
         }
     }
@@ -505,7 +510,7 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         events.push(Bytes::from(format!("data: {v}\n\n")));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse(s, events, b.chunk_delay, b.cut_after, slot)
+    sse(s, events, &b, slot)
 }
 
 enum ToolAnswer {
@@ -595,13 +600,8 @@ fn tool_call_answer(req: &Req, id: &str, completion_tokens: u64) -> Option<ToolA
 }
 
 /// Streams `events` with `delay` between them; aborts the connection after `cut_after`.
-fn sse(
-    s: Arc<MockState>,
-    events: Vec<Bytes>,
-    delay: Duration,
-    cut_after: Option<usize>,
-    slot: Slot,
-) -> Response {
+fn sse(s: Arc<MockState>, events: Vec<Bytes>, b: &Behavior, slot: Slot) -> Response {
+    let (delay, cut_after, gate) = (b.chunk_delay, b.cut_after, b.chunk_gate.clone());
     struct Guard {
         s: Arc<MockState>,
         finished: bool,
@@ -621,34 +621,43 @@ fn sse(
     };
     let stream = futures_util::stream::unfold(
         (events.into_iter(), 0usize, guard),
-        move |(mut it, i, mut guard)| async move {
-            if cut_after == Some(i) {
-                // Pause as before any chunk, so the chunks before the cut are flushed to
-                // the client first (otherwise the abort can overtake them).
-                if i > 0 {
-                    tokio::time::sleep(delay.max(Duration::from_millis(50))).await;
-                }
-                guard.finished = true;
-                return Some((
-                    Err(std::io::Error::other("mock: stream cut")),
-                    (it, i + 1, guard),
-                ));
-            }
-            if cut_after.is_some_and(|c| i > c) {
-                return None;
-            }
-            let ev = match it.next() {
-                Some(ev) => ev,
-                None => {
+        move |(mut it, i, mut guard)| {
+            let gate = gate.clone();
+            async move {
+                if cut_after == Some(i) {
+                    // Pause as before any chunk, so the chunks before the cut are flushed to
+                    // the client first (otherwise the abort can overtake them).
+                    if i > 0 {
+                        tokio::time::sleep(delay.max(Duration::from_millis(50))).await;
+                    }
                     guard.finished = true;
-                    drop(guard);
+                    return Some((
+                        Err(std::io::Error::other("mock: stream cut")),
+                        (it, i + 1, guard),
+                    ));
+                }
+                if cut_after.is_some_and(|c| i > c) {
                     return None;
                 }
-            };
-            if i > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+                let ev = match it.next() {
+                    Some(ev) => ev,
+                    None => {
+                        guard.finished = true;
+                        drop(guard);
+                        return None;
+                    }
+                };
+                if i > 0 && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some(gate) = gate.as_ref().filter(|_| i > 0) {
+                    // A closed gate lets everything through.
+                    if let Ok(permit) = gate.acquire().await {
+                        permit.forget();
+                    }
+                }
+                Some((Ok::<Bytes, std::io::Error>(ev), (it, i + 1, guard)))
             }
-            Some((Ok::<Bytes, std::io::Error>(ev), (it, i + 1, guard)))
         },
     );
     let mut r = Response::new(Body::from_stream(stream));
@@ -772,7 +781,7 @@ async fn responses(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
         "response.completed",
         json!({"response": response("completed", json!([item]), usage)}),
     ));
-    sse(s, events, b.chunk_delay, b.cut_after, slot)
+    sse(s, events, &b, slot)
 }
 
 async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -803,7 +812,7 @@ async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: 
         "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"}]});
     events.push(Bytes::from(format!("data: {v}\n\n")));
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse(s, events, b.chunk_delay, b.cut_after, slot)
+    sse(s, events, &b, slot)
 }
 
 async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {

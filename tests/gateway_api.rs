@@ -68,11 +68,12 @@ async fn chat_completion_passes_body_through_with_model_swapped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_chunks_arrive_one_by_one_with_usage_and_done() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let up = mock(
         "mock-s",
         Behavior {
             chunks: 5,
-            chunk_delay: Duration::from_millis(150),
+            chunk_gate: Some(gate.clone()),
             ..Behavior::default()
         },
     )
@@ -86,36 +87,22 @@ async fn streaming_chunks_arrive_one_by_one_with_usage_and_done() {
         "stream_options": {"include_usage": true},
     })
     .to_string();
-    let sent_at = Instant::now();
     let resp = gw.post_json("/v1/chat/completions", &body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "x-llmgw-deployment").as_deref(), Some("m-1"));
     assert!(header(&resp, "content-type")
         .unwrap_or_default()
         .starts_with("text/event-stream"));
-    let events = read_sse(resp).await;
+    // Streamed, not buffered: the mock sends each content chunk only once the one before
+    // it has reached the client (by order of events, not by time).
+    let events = common::read_sse_released_one_by_one(resp, &gate, 5).await;
 
     let content = content_events(&events);
     assert_eq!(content.len(), 5, "five content chunks: {events:?}");
     let text: String = content.iter().map(|(_, c)| c.as_str()).collect();
     assert_eq!(text, "Hello from mock-s");
-
-    // Streamed, not buffered: the mock sleeps 4 × 150 ms between the first and the last
-    // content chunk, so the client must see the first one well before the last.
-    let first = content[0].0;
-    let last = content[4].0;
-    assert!(
-        last.duration_since(first) >= Duration::from_millis(250),
-        "first chunk at {:?}, last at {:?}: the gateway buffered the stream",
-        first.duration_since(sent_at),
-        last.duration_since(sent_at)
-    );
     let distinct: std::collections::BTreeSet<Instant> = content.iter().map(|(t, _)| *t).collect();
-    assert!(
-        distinct.len() >= 3,
-        "chunks came in {} reads",
-        distinct.len()
-    );
+    assert_eq!(distinct.len(), 5, "each chunk in a read of its own");
 
     let usage = events
         .iter()

@@ -643,16 +643,17 @@ async fn http_proxy_from_the_environment_still_carries_plain_http_upstreams() {
 }
 
 /// A burst of events an upstream sends at once reaches the client whole and in order
-/// (the gateway gathers queued events into one write, issue 13), and events spaced in time
-/// still arrive one by one as they come, not held back for a batch.
+/// (the gateway gathers queued events into one write, issue 13), and events the upstream
+/// sends one at a time still arrive one by one as they come, not held back for a batch.
 #[tokio::test(flavor = "multi_thread")]
 async fn streamed_events_are_gathered_only_when_already_there() {
     let burst = mock("burst", Behavior::default()).await;
     burst.state.set_behavior(|b| b.chunks = 50);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let spaced = mock("spaced", Behavior::default()).await;
     spaced.state.set_behavior(|b| {
         b.chunks = 4;
-        b.chunk_delay = Duration::from_millis(150);
+        b.chunk_gate = Some(gate.clone());
     });
     let cfg = openai_model("burst", "mock-model", &burst.base_url(), "")
         + &openai_model("spaced", "mock-model", &spaced.base_url(), "");
@@ -679,20 +680,18 @@ async fn streamed_events_are_gathered_only_when_already_there() {
         common::streamed_text(&direct)
     );
 
-    let events = read_sse(
+    // Spaced: the upstream sends each event only once the one before it has reached the
+    // client, which happens only if the gateway does not hold it back for a batch.
+    let events = common::read_sse_released_one_by_one(
         gw.post_json("/v1/chat/completions", &chat_body("spaced", true))
             .await,
+        &gate,
+        4,
     )
     .await;
     let content = content_events(&events);
     assert_eq!(content.len(), 4);
-    for pair in content.windows(2) {
-        let gap = pair[1].0.duration_since(pair[0].0);
-        assert!(
-            gap >= Duration::from_millis(100),
-            "events held back together: {gap:?}"
-        );
-    }
+    assert!(events.last().unwrap().is_done());
 }
 
 /// Plain-http upstream connections are pooled (issue 13): sequential requests, streamed

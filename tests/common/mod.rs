@@ -629,6 +629,50 @@ pub async fn read_sse(mut resp: reqwest::Response) -> Vec<SseEvent> {
     events
 }
 
+/// Reads an SSE body from an upstream that lets its events out one at a time through
+/// `gate` ([`Behavior::chunk_gate`]): each of the first `content` content events lets the
+/// next one out only once it has reached this client, then the rest go at once. So the
+/// stream arrives whole only if the gateway passes each event on as it comes; one that
+/// held events back for a batch would wait forever (this panics after 10 s without one).
+pub async fn read_sse_released_one_by_one(
+    mut resp: reqwest::Response,
+    gate: &tokio::sync::Semaphore,
+    content: usize,
+) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut released = 0;
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "nothing more within 10 s after {} content events: the gateway holds an \
+                     event back (the upstream sends the next only once it has arrived)",
+                    content_events(&events).len()
+                )
+            })
+            .expect("read SSE chunk");
+        let Some(chunk) = chunk else { break };
+        buf.extend_from_slice(&chunk);
+        drain_events(&mut buf, Instant::now(), &mut events);
+        let seen = content_events(&events).len();
+        if seen >= content && released < content {
+            gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+            released = content;
+        } else if seen > released {
+            gate.add_permits(seen - released);
+            released = seen;
+        }
+    }
+    assert!(
+        buf.iter().all(|b| b.is_ascii_whitespace()),
+        "stream ended inside an event: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    events
+}
+
 /// Moves every complete event (`...\n\n`) from `buf` into `out`.
 pub fn drain_events(buf: &mut Vec<u8>, at: Instant, out: &mut Vec<SseEvent>) {
     while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
