@@ -136,6 +136,35 @@ pub fn slurm_cluster_ready() -> bool {
     true
 }
 
+/// Local ports of the IPv4 TCP sockets process `pid` holds (its descriptors matched with
+/// `/proc/net/tcp` by inode): how a server sees that process's connections.
+pub fn tcp_local_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let link = std::fs::read_link(e.path()).ok()?;
+                    let l = link.to_str()?;
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let inode = f.get(9)?;
+            if !inodes.iter().any(|i| i == inode) {
+                return None;
+            }
+            u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
+}
+
 /// Starts an in-process mock upstream on 127.0.0.1 with a free port.
 pub async fn mock(name: &str, behavior: Behavior) -> MockUpstream {
     MockUpstream::start(name, behavior)
