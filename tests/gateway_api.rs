@@ -468,11 +468,14 @@ async fn stream_cut_by_upstream_ends_with_error_event() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_disconnect_cancels_upstream_stream() {
+    // The upstream sends its first event and then nothing (its gate never opens): only
+    // the gateway dropping its request can end that stream.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let up = mock(
         "mock-long",
         Behavior {
             chunks: 60,
-            chunk_delay: Duration::from_millis(100),
+            chunk_gate: Some(gate),
             ..Behavior::default()
         },
     )
@@ -487,10 +490,9 @@ async fn client_disconnect_cancels_upstream_stream() {
     assert_eq!(up.state.cancelled_streams.load(Ordering::SeqCst), 0);
     drop(resp);
 
-    // The mock would stream for 6 s; the gateway must drop its upstream request well
-    // before that.
+    // The gateway drops its upstream request (bounded poll: nothing else would end it).
     let state = up.state.clone();
-    wait_for(4 * SEC, "the upstream stream to be cancelled", || {
+    wait_for(10 * SEC, "the upstream stream to be cancelled", || {
         let n = state.cancelled_streams.load(Ordering::SeqCst);
         async move { (n >= 1).then_some(()) }
     })
