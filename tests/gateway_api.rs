@@ -575,11 +575,15 @@ async fn refuses_non_loopback_host_without_master_key() {
 async fn sigterm_lets_50_inflight_streams_finish() {
     const N: usize = 50;
     const CHUNKS: usize = 20;
+    // Every stream stops after its first event until the test opens the gate, after
+    // SIGTERM: all 50 are in flight when it comes, by construction.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let up = mock(
         "mock-drain",
         Behavior {
             chunks: CHUNKS,
-            chunk_delay: Duration::from_millis(100),
+            chunk_delay: Duration::from_millis(50),
+            chunk_gate: Some(gate.clone()),
             ..Behavior::default()
         },
     )
@@ -638,10 +642,7 @@ async fn sigterm_lets_50_inflight_streams_finish() {
     .await;
     let done_before = finished.load(Ordering::SeqCst);
     gw.sigterm();
-    assert!(
-        done_before < N,
-        "every stream was already over at SIGTERM; nothing was in flight"
-    );
+    assert_eq!(done_before, 0, "streams were over before SIGTERM");
 
     // Draining: no new work is accepted (readiness 503 or the listener gone).
     gw.wait_for_log(10 * SEC, "announcing the drain", |l| {
@@ -652,6 +653,13 @@ async fn sigterm_lets_50_inflight_streams_finish() {
         Ok(r) => assert_eq!(r.status(), 503, "readiness while draining"),
         Err(e) => assert!(e.is_connect(), "unexpected error: {e}"),
     }
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "a stream ended before the upstream sent it all"
+    );
+    // The upstream goes on: every stream runs to its end during the drain.
+    gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
 
     let mut failures = Vec::new();
     for t in tasks {
