@@ -475,11 +475,13 @@ async fn spend_once_charged(base: &str, alias: &str) -> f64 {
 // for what passed (it used to be free: a 499 row with 0 tokens).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_abandoned_stream_is_charged_for_what_passed() {
+    // After its first event the upstream waits for a gate that never opens: the client
+    // leaves before the usage event by construction.
     let up = mock(
         "abandon",
         Behavior {
             chunks: 20,
-            chunk_delay: Duration::from_millis(50),
+            chunk_gate: Some(std::sync::Arc::new(tokio::sync::Semaphore::new(0))),
             ..Behavior::default()
         },
     )
@@ -500,14 +502,15 @@ async fn an_abandoned_stream_is_charged_for_what_passed() {
 // Issue 31 regression: a stream still open when the grace period ends is cut, and its
 // row (charged for what passed) reaches the store before the gateway exits. The stream
 // is in flight when SIGTERM comes (its first event was read) and cannot finish within
-// the 1 s grace (20 events, 500 ms apart): the ordering is forced, not timed.
+// the 1 s grace (after its first event the upstream waits for a gate that never opens):
+// the ordering is forced, not timed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_cut_at_shutdown_keeps_its_spend_row() {
     let up = mock(
         "cut-at-exit",
         Behavior {
             chunks: 20,
-            chunk_delay: Duration::from_millis(500),
+            chunk_gate: Some(std::sync::Arc::new(tokio::sync::Semaphore::new(0))),
             ..Behavior::default()
         },
     )
