@@ -364,7 +364,7 @@ fn unreachable_redis_fails_and_a_live_one_passes() {
 #[test]
 fn binary_for_another_architecture_fails() {
     if std::env::consts::ARCH != "x86_64" {
-        eprintln!("skipped: this test pairs an aarch64 binary with x86_64 nodes");
+        common::say_skipped("this test pairs an aarch64 binary with x86_64 nodes");
         return;
     }
     let Some(tmp) = cluster_and_tempdir() else {

@@ -98,18 +98,30 @@ pub fn in_ci() -> bool {
 }
 
 /// Skips the calling test for want of `what` (e.g. "no SLURM cluster (sbatch not on
-/// PATH); run scripts/local-slurm.sh up"): prints one `skipped: …` line naming the test to
-/// stderr, which `cargo test` shows, so a skip never passes for a pass in silence. Under
-/// CI ([`in_ci`]) it panics instead: there nothing may be missing.
+/// PATH); run scripts/local-slurm.sh up"): writes one `skipped: …` line naming the test
+/// straight to stderr (not through `eprintln!`, which `cargo test` captures and hides for a
+/// test that passes), so a skip never passes for a pass in silence. Under CI ([`in_ci`])
+/// it panics instead: there nothing may be missing.
 pub fn skip(what: &str) {
-    let test = std::thread::current()
+    if in_ci() {
+        panic!("CI is set, so {} may not be skipped: {what}", test_name());
+    }
+    say_skipped(what);
+}
+
+/// Writes `skipped: <why> [<test>]` straight to stderr (see [`skip`]), also under CI: for
+/// a test that does not apply here at all (not a missing prerequisite).
+pub fn say_skipped(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "skipped: {why} [{}]", test_name());
+}
+
+/// The running test's name (libtest names each test's thread after it).
+fn test_name() -> String {
+    std::thread::current()
         .name()
         .unwrap_or("this test")
-        .to_string();
-    if in_ci() {
-        panic!("CI is set, so {test} may not be skipped: {what}");
-    }
-    eprintln!("skipped: {what} [{test}]");
+        .to_string()
 }
 
 /// True when the local SLURM cluster (`scripts/local-slurm.sh up`) is there to test on.
