@@ -186,16 +186,23 @@ pub async fn run(
     // While this job relays to a successor (renewal), every request passes the relay layer.
     let hot = relay.is_none().then(|| state.clone());
     let kill = CancellationToken::new();
-    let serve = crate::conn::serve(bound.listener, app, hot, limits, {
-        let shutdown = shutdown.clone();
-        let state = state.clone();
-        async move {
-            shutdown.cancelled().await;
-            state.draining.store(true, Ordering::SeqCst);
-            state.ready.store(false, Ordering::SeqCst);
-            tracing::info!(grace = ?grace, "shutting down: no new connections; in-flight requests may finish");
-        }
-    }, kill.clone());
+    let serve = crate::conn::serve(
+        bound.listener,
+        app,
+        hot,
+        limits,
+        {
+            let shutdown = shutdown.clone();
+            let state = state.clone();
+            async move {
+                shutdown.cancelled().await;
+                state.draining.store(true, Ordering::SeqCst);
+                state.ready.store(false, Ordering::SeqCst);
+                tracing::info!(grace = ?grace, "shutting down: no new connections; in-flight requests may finish");
+            }
+        },
+        kill.clone(),
+    );
 
     // Serve (readiness 503) while the local backends load; ready once each is ready or failed.
     let mut server = tokio::spawn(serve);
