@@ -549,6 +549,12 @@ async fn master_key_is_required_when_configured() {
     // Probes stay open for schedulers and load balancers.
     assert_eq!(gw.get("/health/liveness").await.status(), 200);
     assert_eq!(gw.get("/health/readiness").await.status(), 200);
+    // Deployment health and metrics need the key (README: "The API").
+    for path in ["/health", "/metrics"] {
+        expect_openai_error(gw.get(path).await, 401).await;
+        let resp = c.get(gw.url(path)).bearer_auth(key).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,6 +14,11 @@
 //! - on a network filesystem (NFS, Lustre, GPFS, BeeGFS, CephFS, SMB, AFS, PanFS, …): ✔
 //! - anything else (ext4, xfs, btrfs, tmpfs, overlay, fuse, …) is node-local: ✔ when the
 //!   cluster's nodes all run on this machine (a workstation or test cluster), ⚠ otherwise.
+//!
+//! The binary alone is also ✔ under scratch when the cluster's nodes all run on this
+//! machine and SLURM gives jobs no private /tmp (no job container plugin): the job then
+//! sees the very file (a checkout under /tmp running the demo). It is only read when a job
+//! starts; the state directory and key files hold what must outlive a cleaned /tmp.
 
 use super::{login_host_from, target_dir, tilde, user_name};
 use crate::cli::DoctorArgs;
@@ -115,9 +120,42 @@ impl Named {
     }
 }
 
+/// The config `start` reads when given no `-c`.
+const DEFAULT_CONFIG: &str = "llmgw.toml";
+
+/// The config doctor checks: `-c FILE`; else ./llmgw.toml, which `start` would read; else
+/// the built-in quickstart, which `serve` runs without `-c`.
+enum ConfigSource {
+    File(PathBuf),
+    Quickstart,
+}
+
+impl ConfigSource {
+    fn of(args: &DoctorArgs) -> ConfigSource {
+        match &args.config {
+            Some(path) => ConfigSource::File(path.clone()),
+            // Present in any form (a directory, a dangling link): that is the file the user
+            // means, and its problem is worth a ✘.
+            None if std::fs::symlink_metadata(DEFAULT_CONFIG).is_ok() => {
+                ConfigSource::File(PathBuf::from(DEFAULT_CONFIG))
+            }
+            None => ConfigSource::Quickstart,
+        }
+    }
+
+    /// As shown to people (and in `--json`).
+    fn shown(&self) -> String {
+        match self {
+            ConfigSource::File(path) => path.display().to_string(),
+            ConfigSource::Quickstart => config::QUICKSTART_NAME.to_string(),
+        }
+    }
+}
+
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
-    let (name, checks) = rt.block_on(diagnose(&args));
+    let source = ConfigSource::of(&args);
+    let (name, checks) = rt.block_on(diagnose(&args, &source));
     // A name lookup that timed out may still sit in a blocking thread: do not wait for it.
     rt.shutdown_background();
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
@@ -128,7 +166,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             serde_json::json!({
                 "ok": failed == 0,
                 "version": env!("LLMGW_LONG_VERSION"),
-                "config": args.config,
+                "config": source.shown(),
                 "name": name,
                 "failed": failed,
                 "warnings": warned,
@@ -136,7 +174,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             })
         );
     } else {
-        print_text(&args, &checks, failed, warned);
+        print_text(&args, &source, &checks, failed, warned);
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -145,11 +183,17 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_text(args: &DoctorArgs, checks: &[Check], failed: usize, warned: usize) {
+fn print_text(
+    args: &DoctorArgs,
+    source: &ConfigSource,
+    checks: &[Check],
+    failed: usize,
+    warned: usize,
+) {
     println!(
         "llmgw {} — doctor for {}",
         env!("LLMGW_LONG_VERSION"),
-        args.config.display()
+        source.shown()
     );
     for c in checks {
         println!("{} {}: {}", c.status.mark(), c.title, c.detail);
@@ -157,33 +201,41 @@ fn print_text(args: &DoctorArgs, checks: &[Check], failed: usize, warned: usize)
             println!("    fix: {fix}");
         }
     }
-    let mut start = format!("llmgw start -c {}", args.config.display());
+    let mut start = format!("llmgw start -c {}", source.shown());
     if args.target.name != "default" {
         start.push_str(&format!(" --name {}", args.target.name));
     }
     if let Some(d) = &args.target.state_dir {
         start.push_str(&format!(" --state-dir {}", d.display()));
     }
+    let next = match source {
+        ConfigSource::File(_) => format!("`{start}`"),
+        // `start` takes a file: the quickstart is only what `serve` runs without one.
+        ConfigSource::Quickstart => format!(
+            "`llmgw serve` runs the built-in quickstart on this machine; for a SLURM job, \
+             write {DEFAULT_CONFIG} (commented examples in configs/) and run `llmgw doctor` again"
+        ),
+    };
     if failed > 0 {
         println!(
             "✘ {failed} of {} checks failed: fix them, then run `llmgw doctor` again",
             checks.len()
         );
     } else if warned > 0 {
-        println!("✔ nothing failed ({warned} to look at above): `{start}` should work");
+        println!("✔ nothing failed ({warned} to look at above): {next}");
     } else {
-        println!("✔ all good: `{start}`");
+        println!("✔ all good: {next}");
     }
 }
 
 /// Every check, in the order a user would fix them. Returns the gateway's name too.
-async fn diagnose(args: &DoctorArgs) -> (String, Vec<Check>) {
+async fn diagnose(args: &DoctorArgs, source: &ConfigSource) -> (String, Vec<Check>) {
     let mut checks = Vec::new();
     let slurm = slurm_checks().await;
     checks.extend(slurm.checks);
     let here = slurm.nodes_here.as_deref();
 
-    let (config_check, loaded) = load_config(&args.config);
+    let (config_check, loaded) = load_config(source);
     checks.push(config_check);
     let config = loaded.as_ref().map(|l| &l.config);
 
@@ -198,7 +250,8 @@ async fn diagnose(args: &DoctorArgs) -> (String, Vec<Check>) {
             args.target.name.clone()
         }
     };
-    let (binary_check, binary) = binary_check(config, here);
+    let scratch_here = here.filter(|_| slurm.shared_scratch);
+    let (binary_check, binary) = binary_check(config, here, scratch_here);
     checks.push(binary_check);
     if let (true, Some(bin)) = (slurm.up, &binary) {
         let partition = config.and_then(|c| c.slurm.partition.as_deref());
@@ -230,6 +283,9 @@ struct Slurm {
     /// The cluster's nodes, when all of them run on this machine (then node-local paths
     /// are visible to the job).
     nodes_here: Option<String>,
+    /// SLURM gives jobs no private /tmp and /dev/shm (no job container plugin): the job
+    /// sees this machine's. Only asked when every node runs here.
+    shared_scratch: bool,
 }
 
 /// The SLURM client commands and the controller.
@@ -252,6 +308,7 @@ async fn slurm_checks() -> Slurm {
             ],
             up: false,
             nodes_here: None,
+            shared_scratch: false,
         };
     }
     let dir = which("sbatch")
@@ -269,10 +326,13 @@ async fn slurm_checks() -> Slurm {
             let said = ping_line(&out);
             if out.status.success() && said.contains(" UP") {
                 checks.push(controller.ok(said));
+                let nodes_here = all_nodes_here().await;
+                let shared_scratch = nodes_here.is_some() && no_private_tmp().await;
                 return Slurm {
                     checks,
                     up: true,
-                    nodes_here: all_nodes_here().await,
+                    nodes_here,
+                    shared_scratch,
                 };
             }
             checks.push(controller.fail(format!("scontrol ping: {said}"), fix));
@@ -283,6 +343,7 @@ async fn slurm_checks() -> Slurm {
         checks,
         up: false,
         nodes_here: None,
+        shared_scratch: false,
     }
 }
 
@@ -334,6 +395,27 @@ async fn all_nodes_here() -> Option<String> {
     })
 }
 
+/// SLURM runs jobs without a private /tmp: no job container (`JobContainerType`, or
+/// `NamespaceType` in newer SLURM) is configured. False when that cannot be told.
+async fn no_private_tmp() -> bool {
+    let Ok(out) = bounded("scontrol", &["show", "config"], SLURM_TIMEOUT).await else {
+        return false;
+    };
+    if !out.status.success() {
+        return false;
+    }
+    String::from_utf8_lossy(&out.stdout).lines().all(|line| {
+        let Some((key, value)) = line.split_once('=') else {
+            return true;
+        };
+        let value = value.trim();
+        !matches!(key.trim(), "JobContainerType" | "NamespaceType")
+            || value.is_empty()
+            || value == "(null)"
+            || value.ends_with("/none")
+    })
+}
+
 // --- the config and its keys -------------------------------------------------------
 
 /// A config that parsed and validated, with its text for locating secret references.
@@ -354,20 +436,29 @@ impl Loaded {
     }
 }
 
-fn load_config(path: &Path) -> (Check, Option<Loaded>) {
+fn load_config(source: &ConfigSource) -> (Check, Option<Loaded>) {
     let c = check("config", "config");
-    let name = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            return (
-                c.fail(
-                    format!("cannot read {name}: {e}"),
-                    "give your config with -c FILE (commented examples in configs/)",
-                ),
-                None,
-            )
-        }
+    let name = source.shown();
+    let (text, what) = match source {
+        ConfigSource::Quickstart => (
+            config::QUICKSTART.to_string(),
+            format!(
+                "no -c given and no ./{DEFAULT_CONFIG}: the built-in quickstart, which \
+                 `llmgw serve` runs without -c,"
+            ),
+        ),
+        ConfigSource::File(path) => match std::fs::read_to_string(path) {
+            Ok(t) => (t, name.clone()),
+            Err(e) => {
+                return (
+                    c.fail(
+                        format!("cannot read {name}: {e}"),
+                        "give your config with -c FILE (commented examples in configs/)",
+                    ),
+                    None,
+                )
+            }
+        },
     };
     let parsed = Config::parse_str(&text, &name).and_then(|config| {
         // What `start` refuses: more GPUs or nodes than [slurm] asks for.
@@ -382,9 +473,9 @@ fn load_config(path: &Path) -> (Check, Option<Loaded>) {
                 .collect();
             let launched = config.models.iter().filter(|m| m.launch.is_some()).count();
             let detail = format!(
-                "{name} is valid: {} deployments in {} model groups, {launched} launched in the job",
-                config.models.len(),
-                groups.len()
+                "{what} is valid: {} in {}, {launched} launched in the job",
+                count(config.models.len(), "deployment"),
+                count(groups.len(), "model group")
             );
             let c = c.ok(detail);
             (c, Some(Loaded { config, text, name }))
@@ -524,8 +615,13 @@ fn state_dir_check(name: &str, dir: &Path, here: Option<&str>) -> Check {
 }
 
 /// The binary the job runs: `[slurm] binary`, else this one (as `start` decides), and its
-/// path when it is a runnable file.
-fn binary_check(config: Option<&Config>, here: Option<&str>) -> (Check, Option<PathBuf>) {
+/// path when it is a runnable file. `scratch_here`: every node runs on this machine and
+/// jobs see its /tmp (see the module docs).
+fn binary_check(
+    config: Option<&Config>,
+    here: Option<&str>,
+    scratch_here: Option<&str>,
+) -> (Check, Option<PathBuf>) {
     let c = check("binary", "llmgw binary");
     let fix = "copy llmgw to a directory the compute nodes see (e.g. ~/bin) and run it from there, or set [slurm] binary to it";
     let path = match config.and_then(|c| c.slurm.binary.as_ref()) {
@@ -546,7 +642,14 @@ fn binary_check(config: Option<&Config>, here: Option<&str>) -> (Check, Option<P
             None,
         );
     }
-    (shared_check(c, &path, here, fix), Some(path))
+    let check = match (place(&path), scratch_here) {
+        (Ok(Place::Scratch(dir)), Some(nodes)) => c.ok(format!(
+            "{} (under {dir}, node-local scratch; fine: every node of the cluster ({nodes}) runs on this machine and SLURM gives jobs no private {dir})",
+            tilde(&path)
+        )),
+        _ => shared_check(c, &path, here, fix),
+    };
+    (check, Some(path))
 }
 
 /// The compute nodes' CPU architecture against the binary's: an x86_64 login node in
@@ -845,6 +948,15 @@ async fn bounded(
             "{program} did not answer within {} s",
             limit.as_secs()
         )),
+    }
+}
+
+/// `1 deployment`, `2 deployments`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

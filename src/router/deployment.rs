@@ -38,6 +38,9 @@ pub struct Deployment {
     pub drop_params: bool,
     /// The upstream serves OpenAI's `/responses` itself (`/v1/responses` passes through).
     pub responses_api: bool,
+    /// What to do when it cannot be reached, added to that error (the built-in
+    /// quickstart's: what to start on its port).
+    pub unreachable_hint: Option<&'static str>,
     pub provider: Arc<dyn Provider>,
     pub stats: DeploymentStats,
     /// False while a supervised local backend is loading, restarting or has failed:
@@ -130,6 +133,7 @@ impl Deployment {
             output_cost: 0.0,
             drop_params: false,
             responses_api: false,
+            unreachable_hint: None,
             provider: crate::providers::for_kind(kind),
             stats: DeploymentStats::default(),
             available: AtomicBool::new(true),

@@ -128,6 +128,7 @@ impl Router {
                 responses_api: m.responses_api.unwrap_or_else(|| {
                     m.provider == ProviderKind::Openai && api_base.contains("://api.openai.com")
                 }),
+                unreachable_hint: cfg.unreachable_hint,
                 provider,
                 stats: DeploymentStats::default(),
                 available: AtomicBool::new(true),
@@ -859,12 +860,16 @@ fn timeout_error(dep: &Deployment, timeout: Duration) -> UpstreamError {
 }
 
 fn send_error(dep: &Deployment, e: SendError, timeout: Duration) -> UpstreamError {
-    let why = match e {
-        SendError::Timeout => return timeout_error(dep, timeout),
-        SendError::Connect => "connection refused or unreachable",
-        SendError::Failed => "the request failed",
-    };
-    connection_error(dep, why)
+    match e {
+        SendError::Timeout => timeout_error(dep, timeout),
+        SendError::Connect => match dep.unreachable_hint {
+            Some(hint) => {
+                connection_error(dep, &format!("connection refused or unreachable; {hint}"))
+            }
+            None => connection_error(dep, "connection refused or unreachable"),
+        },
+        SendError::Failed => connection_error(dep, "the request failed"),
+    }
 }
 
 fn body_error(dep: &Deployment) -> UpstreamError {
