@@ -21,6 +21,9 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
+/// Bytes of the request body (`Ticket::admit` keeps a prompt estimate from it).
+const BODY_LEN: usize = 1400;
+
 /// Every limit set, none reached: the most work a request can cause.
 fn limits() -> Limits {
     Limits {
@@ -107,13 +110,14 @@ fn keys(c: &mut Criterion) {
     let caller = Caller::Key(entry);
     g.bench_function("admit + finish (key and team, every limit)", |b| {
         b.iter(|| {
-            let t =
-                Ticket::admit(black_box(&caller), "local", 1400, spend.clone()).expect("admitted");
+            let t = Ticket::admit(black_box(&caller), "local", BODY_LEN, spend.clone())
+                .expect("admitted");
             t.finish(Outcome {
                 deployment: "local-1".into(),
                 usage,
                 status: 200,
-                ..Outcome::default()
+                cache_hit: false,
+                abandoned: false,
             });
         })
     });
@@ -121,12 +125,13 @@ fn keys(c: &mut Criterion) {
         b.iter(|| {
             let e = table.lookup(&hash_key(black_box(&key))).expect("key");
             let caller = Caller::Key(e.clone());
-            let t = Ticket::admit(&caller, "local", 1400, spend.clone()).expect("admitted");
+            let t = Ticket::admit(&caller, "local", BODY_LEN, spend.clone()).expect("admitted");
             t.finish(Outcome {
                 deployment: "local-1".into(),
                 usage,
                 status: 200,
-                ..Outcome::default()
+                cache_hit: false,
+                abandoned: false,
             });
         })
     });

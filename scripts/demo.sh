@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole product on one machine, no GPU and no cloud account needed:
 #   1. a real single-node SLURM cluster (scripts/local-slurm.sh up; needs root),
-#   2. llmgw built from this checkout,
+#   2. llmgw built from this checkout: a debug build, target/debug/llmgw, quicker to build
+#      than the release one (`cargo install --locked --path .` puts a release build on PATH),
 #   3. `llmgw start -c configs/demo-local-slurm.toml`: a SLURM job running the gateway,
 #      which launches a mock SGLang backend and a mock "cloud" fallback,
 #   4. one chat completion through the printed URL with the generated key.
@@ -20,7 +21,7 @@ step() { printf '\n== %s\n' "$*"; }
 step "local SLURM cluster"
 bash scripts/local-slurm.sh up
 
-step "build llmgw"
+step "build llmgw (debug build: target/debug/llmgw)"
 command -v cargo >/dev/null 2>&1 || {
   echo "demo: cargo not found; install Rust (https://rustup.rs) and run again" >&2
   exit 1
@@ -68,4 +69,8 @@ else
   printf '  %s logs --name %s -f\n' "$llmgw" "$name"
   printf '  %s logs --name %s --backend local\n' "$llmgw" "$name"
   printf '  %s stop --name %s\n' "$llmgw" "$name"
+fi
+if ! command -v llmgw >/dev/null 2>&1; then
+  printf '\nThis demo ran its debug build, %s. For `llmgw` by name, as in the README:\n' "$llmgw"
+  printf '  cargo install --locked --path .    # a release build into ~/.cargo/bin\n'
 fi

@@ -75,9 +75,10 @@ pub struct LogsArgs {
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
-    /// Config file (TOML), as for `start`.
-    #[arg(short, long, default_value = "llmgw.toml")]
-    pub config: PathBuf,
+    /// Config file (TOML), as for `start` [default: ./llmgw.toml; without one, the
+    /// built-in quickstart that `serve` runs].
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub target: Target,
     /// Print one JSON object instead of text.

@@ -479,7 +479,7 @@ async fn two_gateways_share_cache_and_cooldowns() {
             (d["state"] == "cooling").then_some(d)
         }
     };
-    common::wait_for(Duration::from_secs(2), "gw1 to cool `limited`", || {
+    common::wait_for(Duration::from_secs(10), "gw1 to cool `limited`", || {
         cooling(&gw1)
     })
     .await;
@@ -523,6 +523,7 @@ async fn two_gateways_share_rpm_usage() {
         openai_model("r", "x", &up.base_url(), "id = \"rl\"\nrpm = 4")
     );
     let (gw1, gw2) = (Gateway::start(&config).await, Gateway::start(&config).await);
+    let monitor = redis.monitor();
     // Per-minute counters: do not straddle a minute boundary.
     let (_, left_ms) = minute_now();
     if left_ms < 15_000 {
@@ -546,20 +547,24 @@ async fn two_gateways_share_rpm_usage() {
         },
     )
     .await;
-    // gw2 has sent nothing itself; once it read the shared count it must refuse.
-    let mut limited = false;
-    for i in 10..13 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = chat(&gw2, &body(i)).await;
-        if r.status == 429 {
-            limited = true;
-            break;
-        }
-        assert_eq!(r.status, 200, "{r:?}");
-    }
-    assert!(
-        limited,
-        "gw2 accepted requests past the shared rpm limit of 4"
+    // gw2 has sent nothing itself; once it read the shared count it must refuse. It has
+    // read (and folded in) the count once its second MGET after that moment reaches Redis:
+    // a round's MGET is sent only after the round before was merged.
+    let seen = monitor.lines().len();
+    let gw2_ports = common::tcp_local_ports(gw2.pid());
+    common::wait_for(
+        Duration::from_secs(10),
+        "gw2 to read the shared usage from Redis twice",
+        || {
+            let n = monitor.count_from(seen, &gw2_ports, "MGET");
+            async move { (n >= 2).then_some(()) }
+        },
+    )
+    .await;
+    let r = chat(&gw2, &body(10)).await;
+    assert_eq!(
+        r.status, 429,
+        "gw2 accepted a request past the shared rpm limit of 4: {r:?}"
     );
 }
 

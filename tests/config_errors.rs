@@ -1,5 +1,6 @@
 //! Bad configs make `llmgw serve` exit non-zero with one line pointing at the problem
-//! (`llmgw: <file>:<line>:<col>: what is wrong`), never a panic or a backtrace.
+//! (`llmgw: <file>:<line>:<col>: what is wrong`), never a panic or a backtrace. Without a
+//! config, `serve` runs the built-in quickstart, and says what to start for it.
 
 // Test and benchmark code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -158,4 +159,59 @@ async fn default_config_starts() {
     assert_eq!(gw.endpoint.pid, gw.pid());
     gw.sigterm();
     assert!(gw.wait_exit(EXIT_TIMEOUT).await.success());
+}
+
+/// The quickstart with nothing on its upstream's port (a newcomer's first try): the 502
+/// and the warning at start say what to start, not only that nothing answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn quickstart_without_a_backend_says_what_to_start() {
+    if std::net::TcpStream::connect("127.0.0.1:30000").is_ok() {
+        eprintln!("skipped: something listens on 127.0.0.1:30000, the quickstart's upstream");
+        return;
+    }
+    let gw = GatewayBuilder::default_config().start().await;
+    let what_to_start = |text: &str| {
+        for needle in [
+            "127.0.0.1:30000",
+            "SGLang",
+            "--port 30000",
+            "llmgw mock-upstream --port 30000",
+            "llmgw serve -c FILE",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in: {text}");
+        }
+    };
+    let warning = gw
+        .wait_for_log(EXIT_TIMEOUT, "about the quickstart", |l| {
+            l.contains("WARN") && l.contains("mock-upstream")
+        })
+        .await;
+    what_to_start(&warning);
+
+    for stream in [false, true] {
+        let resp = gw
+            .post_json("/v1/chat/completions", &common::chat_body("local", stream))
+            .await;
+        let err = common::expect_openai_error(resp, 502).await;
+        assert_eq!(err["code"], "upstream_unreachable", "{err:?}");
+        let message = err["message"].as_str().unwrap_or_default();
+        assert!(message.contains("connection refused"), "{message}");
+        what_to_start(message);
+    }
+
+    // A config file of one's own gets the plain error: the hint belongs to the quickstart.
+    let api_base = format!("http://127.0.0.1:{}/v1", common::closed_port());
+    let gw = Gateway::start(&common::openai_model("local", "default", &api_base, "")).await;
+    let resp = gw
+        .post_json("/v1/chat/completions", &common::chat_body("local", false))
+        .await;
+    let err = common::expect_openai_error(resp, 502).await;
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(message.contains("connection refused"), "{message}");
+    assert!(!message.contains("mock-upstream"), "{message}");
+    assert!(
+        !gw.stderr_text().contains("mock-upstream"),
+        "{}",
+        gw.stderr_text()
+    );
 }

@@ -111,35 +111,88 @@ fn doctor_binary() -> &'static Path {
 
 /// Runs `llmgw doctor -c CONFIG --state-dir DIR` (+ `--json`) with extra environment.
 fn doctor(config: &Path, state_dir: &Path, env: &[(&str, &str)]) -> Report {
-    let run = |json: bool| {
-        let mut c = common::llmgw_command_at(doctor_binary());
-        c.arg("doctor")
-            .arg("-c")
-            .arg(config)
-            .arg("--state-dir")
-            .arg(state_dir)
-            .env_remove("SLURM_CONF")
-            .env_remove("LLMGW_DOCTOR_TEST_KEY");
-        if json {
-            c.arg("--json");
+    Doctor::new(state_dir).config(config).env(env).run()
+}
+
+/// One way of running doctor: which binary, from where, with or without `-c`.
+struct Doctor<'a> {
+    bin: &'a Path,
+    cwd: Option<&'a Path>,
+    config: Option<&'a Path>,
+    state_dir: &'a Path,
+    env: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> Doctor<'a> {
+    /// [`doctor_binary`] in this process's directory, with no `-c`.
+    fn new(state_dir: &'a Path) -> Self {
+        Doctor {
+            bin: doctor_binary(),
+            cwd: None,
+            config: None,
+            state_dir,
+            env: &[],
         }
-        c.envs(env.iter().copied());
-        common::run_bounded(c, LIMIT)
-    };
-    let (j, t) = (run(true), run(false));
-    let text = String::from_utf8_lossy(&t.stdout).into_owned();
-    assert_eq!(j.status.code(), t.status.code(), "text run:\n{text}");
-    let json = serde_json::from_slice(&j.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor --json printed no JSON ({e}): {}{}",
-            String::from_utf8_lossy(&j.stdout),
-            String::from_utf8_lossy(&j.stderr)
-        )
-    });
-    Report {
-        code: j.status.code(),
-        json,
-        text,
+    }
+
+    fn config(mut self, config: &'a Path) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    fn env(mut self, env: &'a [(&'a str, &'a str)]) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// Run it in `dir` (where a config without `-c` is looked for).
+    fn cwd(mut self, dir: &'a Path) -> Self {
+        self.cwd = Some(dir);
+        self
+    }
+
+    /// Run this llmgw file instead.
+    fn bin(mut self, bin: &'a Path) -> Self {
+        self.bin = bin;
+        self
+    }
+
+    /// `llmgw doctor [-c CONFIG] --state-dir DIR` and the same with `--json`.
+    fn run(&self) -> Report {
+        let run = |json: bool| {
+            let mut c = common::llmgw_command_at(self.bin);
+            c.arg("doctor");
+            if let Some(config) = self.config {
+                c.arg("-c").arg(config);
+            }
+            if let Some(cwd) = self.cwd {
+                c.current_dir(cwd);
+            }
+            c.arg("--state-dir")
+                .arg(self.state_dir)
+                .env_remove("SLURM_CONF")
+                .env_remove("LLMGW_DOCTOR_TEST_KEY");
+            if json {
+                c.arg("--json");
+            }
+            c.envs(self.env.iter().copied());
+            common::run_bounded(c, LIMIT)
+        };
+        let (j, t) = (run(true), run(false));
+        let text = String::from_utf8_lossy(&t.stdout).into_owned();
+        assert_eq!(j.status.code(), t.status.code(), "text run:\n{text}");
+        let json = serde_json::from_slice(&j.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor --json printed no JSON ({e}): {}{}",
+                String::from_utf8_lossy(&j.stdout),
+                String::from_utf8_lossy(&j.stderr)
+            )
+        });
+        Report {
+            code: j.status.code(),
+            json,
+            text,
+        }
     }
 }
 
@@ -366,7 +419,7 @@ fn unreachable_redis_fails_and_a_live_one_passes() {
 #[test]
 fn binary_for_another_architecture_fails() {
     if std::env::consts::ARCH != "x86_64" {
-        eprintln!("skipped: this test pairs an aarch64 binary with x86_64 nodes");
+        common::say_skipped("this test pairs an aarch64 binary with x86_64 nodes");
         return;
     }
     let Some(tmp) = cluster_and_tempdir() else {
@@ -493,6 +546,80 @@ fn unreadable_config_fails_and_skips_what_depends_on_it() {
     let r = doctor(&bad, &tmp.path().join("state"), &[]);
     let c = r.only_failure("config");
     says(c, "detail", "bad.toml:2:");
+}
+
+/// Without `-c` doctor checks what would run: ./llmgw.toml, which `start` reads, else the
+/// built-in quickstart, which `serve` runs — and says which.
+#[test]
+fn without_c_the_quickstart_unless_there_is_an_llmgw_toml() {
+    let Some(tmp) = cluster_and_tempdir() else {
+        return;
+    };
+    let cwd = tmp.path().join("work");
+    std::fs::create_dir(&cwd).unwrap();
+    let state = tmp.path().join("state");
+    let r = Doctor::new(&state).cwd(&cwd).run();
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    let c = r.get("config");
+    assert_eq!(c["status"], "ok", "{}", r.text);
+    says(c, "detail", "no -c given and no ./llmgw.toml");
+    says(c, "detail", "built-in quickstart");
+    says(c, "detail", "1 deployment in 1 model group");
+    assert_eq!(r.json["config"], "configs/quickstart.toml (built in)");
+    // What depends on the config was checked (there is nothing to launch or resolve).
+    assert!(
+        r.checks().iter().all(|c| c["id"] != "config-dependent"),
+        "{}",
+        r.text
+    );
+    let first = r.text.lines().next().unwrap_or_default();
+    assert!(
+        first.ends_with("doctor for configs/quickstart.toml (built in)"),
+        "{first}"
+    );
+    assert!(
+        r.text
+            .contains("`llmgw serve` runs the built-in quickstart"),
+        "{}",
+        r.text
+    );
+
+    // The file `start` would read, broken: that is what doctor checks now.
+    std::fs::write(cwd.join("llmgw.toml"), "[server]\nport = \"four\"\n").unwrap();
+    let r = Doctor::new(&state).cwd(&cwd).run();
+    let c = r.only_failure("config");
+    says(c, "detail", "llmgw.toml:2:");
+    assert_eq!(r.json["config"], "llmgw.toml");
+}
+
+/// A checkout under /tmp on a cluster whose nodes all run on this machine, as when the
+/// demo runs from a fresh clone there: the job sees the binary, so doctor passes it and
+/// says why. (A state directory there still fails: `state_dir_under_tmp_fails`.)
+#[test]
+fn binary_under_tmp_passes_when_every_node_is_this_machine() {
+    let Some(tmp) = cluster_and_tempdir() else {
+        return;
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("llmgw-doctor-")
+        .tempdir_in("/tmp")
+        .expect("temp dir in /tmp");
+    let bin = scratch.path().join("llmgw");
+    if std::fs::hard_link(common::BIN, &bin).is_err() {
+        std::fs::copy(common::BIN, &bin).expect("copy llmgw into /tmp");
+    }
+    let config = demo_config(tmp.path(), unchanged, "");
+    let r = Doctor::new(&tmp.path().join("state"))
+        .config(&config)
+        .bin(&bin)
+        .run();
+    // scripts/local-slurm.sh configures no job container: jobs see this machine's /tmp.
+    let c = r.get("binary");
+    assert_eq!(c["status"], "ok", "{}", r.text);
+    says(c, "detail", "under /tmp");
+    says(c, "detail", "runs on this machine");
+    says(c, "detail", "no private /tmp");
+    assert_eq!(r.code, Some(0), "{}", r.text);
 }
 
 #[test]

@@ -70,11 +70,12 @@ async fn chat_completion_passes_body_through_with_model_swapped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_chunks_arrive_one_by_one_with_usage_and_done() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let up = mock(
         "mock-s",
         Behavior {
             chunks: 5,
-            chunk_delay: Duration::from_millis(150),
+            chunk_gate: Some(gate.clone()),
             ..Behavior::default()
         },
     )
@@ -88,36 +89,22 @@ async fn streaming_chunks_arrive_one_by_one_with_usage_and_done() {
         "stream_options": {"include_usage": true},
     })
     .to_string();
-    let sent_at = Instant::now();
     let resp = gw.post_json("/v1/chat/completions", &body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "x-llmgw-deployment").as_deref(), Some("m-1"));
     assert!(header(&resp, "content-type")
         .unwrap_or_default()
         .starts_with("text/event-stream"));
-    let events = read_sse(resp).await;
+    // Streamed, not buffered: the mock sends each content chunk only once the one before
+    // it has reached the client (by order of events, not by time).
+    let events = common::read_sse_released_one_by_one(resp, &gate, 5).await;
 
     let content = content_events(&events);
     assert_eq!(content.len(), 5, "five content chunks: {events:?}");
     let text: String = content.iter().map(|(_, c)| c.as_str()).collect();
     assert_eq!(text, "Hello from mock-s");
-
-    // Streamed, not buffered: the mock sleeps 4 × 150 ms between the first and the last
-    // content chunk, so the client must see the first one well before the last.
-    let first = content[0].0;
-    let last = content[4].0;
-    assert!(
-        last.duration_since(first) >= Duration::from_millis(250),
-        "first chunk at {:?}, last at {:?}: the gateway buffered the stream",
-        first.duration_since(sent_at),
-        last.duration_since(sent_at)
-    );
     let distinct: std::collections::BTreeSet<Instant> = content.iter().map(|(t, _)| *t).collect();
-    assert!(
-        distinct.len() >= 3,
-        "chunks came in {} reads",
-        distinct.len()
-    );
+    assert_eq!(distinct.len(), 5, "each chunk in a read of its own");
 
     let usage = events
         .iter()
@@ -483,11 +470,14 @@ async fn stream_cut_by_upstream_ends_with_error_event() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_disconnect_cancels_upstream_stream() {
+    // The upstream sends its first event and then nothing (its gate never opens): only
+    // the gateway dropping its request can end that stream.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let up = mock(
         "mock-long",
         Behavior {
             chunks: 60,
-            chunk_delay: Duration::from_millis(100),
+            chunk_gate: Some(gate),
             ..Behavior::default()
         },
     )
@@ -502,10 +492,9 @@ async fn client_disconnect_cancels_upstream_stream() {
     assert_eq!(up.state.cancelled_streams.load(Ordering::SeqCst), 0);
     drop(resp);
 
-    // The mock would stream for 6 s; the gateway must drop its upstream request well
-    // before that.
+    // The gateway drops its upstream request (bounded poll: nothing else would end it).
     let state = up.state.clone();
-    wait_for(4 * SEC, "the upstream stream to be cancelled", || {
+    wait_for(10 * SEC, "the upstream stream to be cancelled", || {
         let n = state.cancelled_streams.load(Ordering::SeqCst);
         async move { (n >= 1).then_some(()) }
     })
@@ -562,6 +551,12 @@ async fn master_key_is_required_when_configured() {
     // Probes stay open for schedulers and load balancers.
     assert_eq!(gw.get("/health/liveness").await.status(), 200);
     assert_eq!(gw.get("/health/readiness").await.status(), 200);
+    // Deployment health and metrics need the key (README: "The API").
+    for path in ["/health", "/metrics"] {
+        expect_openai_error(gw.get(path).await, 401).await;
+        let resp = c.get(gw.url(path)).bearer_auth(key).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -588,11 +583,15 @@ async fn refuses_non_loopback_host_without_master_key() {
 async fn sigterm_lets_50_inflight_streams_finish() {
     const N: usize = 50;
     const CHUNKS: usize = 20;
+    // Every stream stops after its first event until the test opens the gate, after
+    // SIGTERM: all 50 are in flight when it comes, by construction.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let up = mock(
         "mock-drain",
         Behavior {
             chunks: CHUNKS,
-            chunk_delay: Duration::from_millis(100),
+            chunk_delay: Duration::from_millis(50),
+            chunk_gate: Some(gate.clone()),
             ..Behavior::default()
         },
     )
@@ -651,10 +650,7 @@ async fn sigterm_lets_50_inflight_streams_finish() {
     .await;
     let done_before = finished.load(Ordering::SeqCst);
     gw.sigterm();
-    assert!(
-        done_before < N,
-        "every stream was already over at SIGTERM; nothing was in flight"
-    );
+    assert_eq!(done_before, 0, "streams were over before SIGTERM");
 
     // Draining: no new work is accepted (readiness 503 or the listener gone).
     gw.wait_for_log(10 * SEC, "announcing the drain", |l| {
@@ -665,6 +661,13 @@ async fn sigterm_lets_50_inflight_streams_finish() {
         Ok(r) => assert_eq!(r.status(), 503, "readiness while draining"),
         Err(e) => assert!(e.is_connect(), "unexpected error: {e}"),
     }
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "a stream ended before the upstream sent it all"
+    );
+    // The upstream goes on: every stream runs to its end during the drain.
+    gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
 
     let mut failures = Vec::new();
     for t in tasks {

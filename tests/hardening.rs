@@ -49,32 +49,111 @@ async fn status_of(gw: &Gateway, body: String) -> u16 {
     resp.status().as_u16()
 }
 
-/// Times `GET /health/liveness` every 20 ms while `work` runs; returns the slowest.
-async fn slowest_liveness_during<F: std::future::Future>(gw: &Gateway, work: F) -> Duration {
+/// CPU time (clock ticks) the threads of the gateway's low-priority pool (`llmgw-heavy-N`,
+/// made on first use) have used so far: it grows exactly while the pool works.
+fn pool_ticks(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("llmgw-heavy"))
+        })
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // Fields after the command name (in parentheses, may hold spaces).
+            let f: Vec<u64> = stat[stat.rfind(')')? + 2..]
+                .split(' ')
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            Some(f[11] + f[12]) // utime + stime
+        })
+        .sum()
+}
+
+/// One `GET /health/liveness`, with the pool's CPU ticks when it was sent and answered.
+struct Probe {
+    took: Duration,
+    pool_at_send: u64,
+    pool_at_answer: u64,
+}
+
+/// What the liveness probe saw while some work ran.
+struct Liveness {
+    /// The slowest of 20 probes on the idle gateway just before the work.
+    idle_worst: Duration,
+    /// The probes during the work, one every 5 ms.
+    during: Vec<Probe>,
+    /// The pool's CPU ticks before and after the work.
+    pool_before: u64,
+    pool_after: u64,
+}
+
+impl Liveness {
+    fn worst(&self) -> Duration {
+        self.during.iter().map(|p| p.took).max().unwrap_or_default()
+    }
+
+    /// Probes sent after the pool had begun the work and answered before it had done
+    /// all of it: the gateway answered while the heavy work was in progress.
+    fn answered_while_the_pool_worked(&self) -> usize {
+        self.during
+            .iter()
+            .filter(|p| p.pool_at_send > self.pool_before && p.pool_at_answer < self.pool_after)
+            .count()
+    }
+}
+
+/// Probes `GET /health/liveness` 20 times on the idle gateway, then every 5 ms while
+/// `work` runs.
+async fn liveness_during<F: std::future::Future>(gw: &Gateway, work: F) -> Liveness {
     let done = std::sync::atomic::AtomicBool::new(false);
     let client = gw.client();
     let url = gw.url("/health/liveness");
-    let probe = async {
-        let mut worst = Duration::ZERO;
-        while !done.load(std::sync::atomic::Ordering::SeqCst) {
-            let t = Instant::now();
-            let r = client.get(&url).send().await.expect("liveness");
-            assert_eq!(r.status(), 200);
-            worst = worst.max(t.elapsed());
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let pid = gw.pid();
+    let probe = || async {
+        let pool_at_send = pool_ticks(pid);
+        let t = Instant::now();
+        let r = client.get(&url).send().await.expect("liveness");
+        assert_eq!(r.status(), 200);
+        r.bytes().await.expect("liveness body");
+        let took = t.elapsed();
+        Probe {
+            took,
+            pool_at_send,
+            pool_at_answer: pool_ticks(pid),
         }
-        worst
+    };
+    let mut idle_worst = Duration::ZERO;
+    for _ in 0..20 {
+        idle_worst = idle_worst.max(probe().await.took);
+    }
+    let pool_before = pool_ticks(pid);
+    let probes = async {
+        let mut during = Vec::new();
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            during.push(probe().await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        during
     };
     let work = async {
         work.await;
         done.store(true, std::sync::atomic::Ordering::SeqCst);
     };
-    let ((), worst) = tokio::time::timeout(Duration::from_secs(120), async {
-        tokio::join!(work, probe)
+    let ((), during) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(work, probes)
     })
     .await
     .expect("work finished within 120 s");
-    worst
+    Liveness {
+        idle_worst,
+        during,
+        pool_before,
+        pool_after: pool_ticks(pid),
+    }
 }
 
 // ---------------------------------------------------------------- 1. fallbacks
@@ -157,19 +236,30 @@ async fn huge_fallbacks_lists_do_not_freeze_the_gateway() {
         let sends = (0..4).map(|_| status_of(&gw, body.clone()));
         futures_util::future::join_all(sends).await
     };
-    let worst = slowest_liveness_during(&gw, async {
+    let live = liveness_during(&gw, async {
         let statuses = work.await;
         assert!(statuses.iter().all(|s| *s == 400), "{statuses:?}");
     })
     .await;
+    // A hang guard (they take well under a second), not a speed target.
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
+    // Liveness as fast as on the idle gateway, within a generous factor measured on this
+    // machine just before (a loaded machine raises both), and never below a second.
+    let worst = live.worst();
+    let limit = (20 * live.idle_worst).max(Duration::from_secs(1));
+    eprintln!(
+        "liveness: slowest {worst:?} of {} probes during the requests, {:?} when idle",
+        live.during.len(),
+        live.idle_worst
+    );
     assert!(
-        worst < Duration::from_millis(500),
-        "liveness took {worst:?}"
+        worst < limit,
+        "liveness took {worst:?} during the requests, {:?} at most when idle",
+        live.idle_worst
     );
     assert!(gw.stderr_text().lines().count() < 100);
 }
@@ -195,16 +285,36 @@ async fn huge_prompts_with_a_context_window_keep_the_gateway_responsive() {
         .map_or(2, |n| n.get())
         .max(2);
     let started = Instant::now();
-    let worst = slowest_liveness_during(&gw, async {
+    let live = liveness_during(&gw, async {
         let sends = (0..n).map(|_| status_of(&gw, body.clone()));
         let statuses = futures_util::future::join_all(sends).await;
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     })
     .await;
+    // The prompts were parsed and counted on the pool, and liveness was answered, again
+    // and again, while the pool was at it: by order of events, not by milliseconds.
     assert!(
-        worst < Duration::from_millis(500),
-        "liveness took {worst:?}"
+        live.pool_after > live.pool_before,
+        "the low-priority pool did no work for {n} 8 MB prompts"
     );
+    let answered = live.answered_while_the_pool_worked();
+    eprintln!(
+        "liveness: {answered} of {} probes answered while the pool worked ({} → {} ticks); slowest {:?}",
+        live.during.len(),
+        live.pool_before,
+        live.pool_after,
+        live.worst()
+    );
+    assert!(
+        answered >= 3,
+        "liveness answered {answered} times while the pool worked on the prompts \
+         (pool CPU ticks {} → {}, {} probes, slowest {:?})",
+        live.pool_before,
+        live.pool_after,
+        live.during.len(),
+        live.worst()
+    );
+    // A hang guard (it takes well under a second), not a speed target.
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "{:?}",
@@ -222,7 +332,9 @@ async fn huge_prompts_with_a_context_window_keep_the_gateway_responsive() {
     let t = Instant::now();
     let err = expect_openai_error(gw.post_json("/v1/chat/completions", &body).await, 400).await;
     assert_eq!(err["code"], "context_length_exceeded");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // A hang guard (it takes about 0.1 s); that such a prompt is never tokenized is
+    // router::tokens' far_too_large_bodies_are_not_tokenized.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
 
 /// Many multi-megabyte prompts at once (acceptance 4's hostile mix): they are parsed and
@@ -246,7 +358,9 @@ async fn a_flood_of_large_prompts_is_turned_away_not_queued() {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let flood = 2 * (cores / 2).max(1) * 9 + 8;
     let client = gw.client();
-    let (statuses, small_worst) = tokio::join!(
+    let pid = gw.pid();
+    let pool_before = pool_ticks(pid);
+    let (statuses, small) = tokio::join!(
         futures_util::future::join_all((0..flood).map(|_| {
             let req = client
                 .post(gw.url("/v1/chat/completions"))
@@ -263,16 +377,27 @@ async fn a_flood_of_large_prompts_is_turned_away_not_queued() {
             }
         })),
         async {
-            let mut worst = Duration::ZERO;
+            let mut probes = Vec::new();
             for _ in 0..20 {
+                let pool_at_send = pool_ticks(pid);
                 let t = Instant::now();
                 assert_eq!(status_of(&gw, small.clone()).await, 200);
-                worst = worst.max(t.elapsed());
+                probes.push(Probe {
+                    took: t.elapsed(),
+                    pool_at_send,
+                    pool_at_answer: pool_ticks(pid),
+                });
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            worst
+            probes
         }
     );
+    let small = Liveness {
+        idle_worst: Duration::ZERO,
+        during: small,
+        pool_before,
+        pool_after: pool_ticks(pid),
+    };
     let busy = statuses.iter().filter(|(s, ..)| *s == 503).count();
     for (status, retry_after, body) in &statuses {
         match status {
@@ -290,9 +415,22 @@ async fn a_flood_of_large_prompts_is_turned_away_not_queued() {
         "no large prompt was turned away: {flood} all queued"
     );
     assert!(busy < flood, "every large prompt was turned away");
+    // Small requests are answered while the pool is busy with the large ones: by order
+    // of events, not by milliseconds.
+    let answered = small.answered_while_the_pool_worked();
+    eprintln!(
+        "{answered} of 20 small requests answered while the pool worked ({} → {} ticks); slowest {:?}",
+        small.pool_before,
+        small.pool_after,
+        small.worst()
+    );
     assert!(
-        small_worst < Duration::from_secs(1),
-        "a small request took {small_worst:?} during the flood"
+        answered >= 3,
+        "only {answered} small requests were answered while the pool worked on the flood \
+         (pool CPU ticks {} → {}, slowest {:?})",
+        small.pool_before,
+        small.pool_after,
+        small.worst()
     );
 }
 

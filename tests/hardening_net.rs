@@ -100,6 +100,22 @@ fn watch_closes<R: AsyncRead + Unpin + Send + 'static>(
         .collect()
 }
 
+/// Connections to 127.0.0.1:`port` that the listening process holds open (established,
+/// or closed by the peer but not yet by it), from `/proc/net/tcp`.
+fn client_connections(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // 01 ESTABLISHED, 08 CLOSE_WAIT.
+            f.len() > 3 && f[1] == local && matches!(f[3], "01" | "08")
+        })
+        .count()
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -287,19 +303,21 @@ async fn connections_over_the_cap_get_503_and_are_closed() {
     let mut held = open_many(gw.addr, 4, b"").await;
     wait_accepted(&gw, base, 4).await;
 
-    // A real client on a fifth connection reads a clear 503 at once.
-    let started = Instant::now();
-    let resp = common::client()
-        .get(gw.url("/v1/models"))
-        .send()
+    // A real client on a fifth connection reads a clear 503 at once: while the four
+    // held connections are all still open (no place was freed for it; the idle timeout
+    // that would free one is 60 s away).
+    let resp = tokio::time::timeout(10 * SEC, common::client().get(gw.url("/v1/models")).send())
         .await
+        .expect("an answer within 10 s, not a wait for a free place")
         .expect("an answer, not a hang or a reset");
     let err = expect_openai_error(resp, 503).await;
-    assert!(
-        started.elapsed() < SEC,
-        "answered after {:?}",
-        started.elapsed()
-    );
+    for (i, (s, _)) in held.iter().enumerate() {
+        let mut buf = [0u8; 1];
+        assert!(
+            matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "held connection {i} was closed or answered"
+        );
+    }
     assert_eq!(err["code"], "too_many_connections");
     assert!(err["message"].as_str().unwrap().contains("max_connections"));
     // … and a raw one sees the connection closed after the answer.
@@ -334,15 +352,23 @@ async fn connections_over_the_cap_get_503_and_are_closed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_closes_idle_and_half_sent_connections_at_once_but_lets_in_flight_finish() {
+    // The upstream holds the in-flight request (no place to answer it) until the test
+    // lets it go: everything below happens while it is still in flight, by construction.
     let up = mock(
         "net-term",
         Behavior {
-            first_byte_delay: Duration::from_millis(1500),
+            max_running: Some(0),
             ..Behavior::default()
         },
     )
     .await;
-    let mut gw = Gateway::start(&config("shutdown_grace = \"30s\"", &up)).await;
+    // No timeout of its own would close a connection within the test's bounds: only
+    // SIGTERM does.
+    let mut gw = Gateway::start(&config(
+        "shutdown_grace = \"30s\"\nheader_read_timeout = \"60s\"\nbody_read_timeout = \"60s\"",
+        &up,
+    ))
+    .await;
 
     let in_flight = tokio::spawn({
         let (c, url) = (gw.client(), gw.url("/v1/chat/completions"));
@@ -358,8 +384,8 @@ async fn sigterm_closes_idle_and_half_sent_connections_at_once_but_lets_in_fligh
         }
     });
     let upstream = up.state.clone();
-    common::wait_for(10 * SEC, "the request to reach the upstream", || {
-        let n = upstream.request_count();
+    common::wait_for(10 * SEC, "the request to wait at the upstream", || {
+        let n = upstream.waiting.load(std::sync::atomic::Ordering::SeqCst);
         async move { (n == 1).then_some(()) }
     })
     .await;
@@ -377,32 +403,33 @@ async fn sigterm_closes_idle_and_half_sent_connections_at_once_but_lets_in_fligh
         .unwrap();
     wait_accepted(&gw, base, 11).await;
 
-    let term = Instant::now();
     gw.sigterm();
+    // Closed while the request is still in flight: shutdown does not wait for it (nor
+    // for the 30 s grace) before closing connections without one.
     for (i, (s, _)) in idle.iter_mut().chain(half.iter_mut()).enumerate() {
-        let closed = until_closed(s, 2 * SEC).await.map(|c| c.1);
-        let after = closed.map(|c| c.duration_since(term));
         assert!(
-            after.is_some_and(|a| a < SEC),
-            "connection {i} without a request in flight: closed after {after:?} of SIGTERM"
+            until_closed(s, 10 * SEC).await.is_some(),
+            "connection {i} without a request in flight is still open after SIGTERM"
         );
     }
-    let (raw, _) = until_closed(&mut half_body, 2 * SEC)
+    let (raw, _) = until_closed(&mut half_body, 10 * SEC)
         .await
         .expect("a request still waiting for its body is answered and closed");
     let (status, body) = parse_response(&raw);
     assert_eq!(status, 503, "{body}");
+    assert!(
+        !in_flight.is_finished() && up.state.waiting.load(std::sync::atomic::Ordering::SeqCst) == 1,
+        "the in-flight request ended before the upstream answered it"
+    );
 
+    // The upstream answers now: the request in flight still gets its whole answer, then
+    // the gateway exits (long before its 30 s grace).
+    up.state.set_behavior(|b| b.max_running = None);
     let (status, text) = in_flight.await.unwrap();
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("Hello from net-term"), "{text}");
     let exit = gw.wait_exit(10 * SEC).await;
     assert!(exit.success(), "{exit}");
-    assert!(
-        term.elapsed() < 5 * SEC,
-        "exited after {:?}",
-        term.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -543,6 +570,16 @@ async fn acceptance_2000_idle_and_300_slowloris_at_soft_limit_1024() {
     .nofile_limit(1024, hard.min(65536))
     .start()
     .await;
+    // The same client on the idle gateway first: the baseline on this machine, now. Its
+    // connections are gone before the descriptors are counted.
+    let idle_median = client_median_latency(&gw).await;
+    let port = gw.addr.port();
+    common::wait_for(
+        10 * SEC,
+        "the baseline's connections to close",
+        || async move { (client_connections(port) == 0).then_some(()) },
+    )
+    .await;
     let base = open_fds(gw.pid());
 
     let slow = open_accepted(&gw, SLOW, HALF_HEAD).await;
@@ -566,28 +603,18 @@ async fn acceptance_2000_idle_and_300_slowloris_at_soft_limit_1024() {
         }
     });
 
-    // A real client, on a new connection each time.
-    let mut latencies = Vec::new();
-    for _ in 0..5 {
-        let c = common::client();
-        let t = Instant::now();
-        let resp = c
-            .post(gw.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(chat_body("m", false))
-            .send()
-            .await
-            .expect("answered");
-        assert_eq!(resp.status(), 200);
-        resp.bytes().await.unwrap();
-        latencies.push(t.elapsed());
-    }
-    latencies.sort();
-    let median = latencies[latencies.len() / 2];
-    eprintln!("client latency with {IDLE} idle + {SLOW} slowloris connections: {latencies:?}");
+    // A real client is answered about as fast as on the idle gateway: within a generous
+    // factor of the baseline (a loaded machine raises both), never less than 500 ms. (A
+    // starved client would wait for the timeouts to free places: seconds.)
+    let median = client_median_latency(&gw).await;
+    eprintln!(
+        "median client latency with {IDLE} idle + {SLOW} slowloris connections: {median:?}, \
+         {idle_median:?} without"
+    );
+    let limit = (10 * idle_median).max(Duration::from_millis(500));
     assert!(
-        median < Duration::from_millis(100),
-        "median latency {median:?} ({latencies:?})"
+        median < limit,
+        "median latency {median:?} with the connections open, {idle_median:?} without"
     );
 
     // Every idle connection closes after the idle timeout, every slowloris after the
@@ -604,17 +631,55 @@ async fn acceptance_2000_idle_and_300_slowloris_at_soft_limit_1024() {
     }
     trickle.abort();
 
-    // SIGTERM with only idle and half-open connections: out in < 1 s.
+    // SIGTERM with only idle and half-open connections: out about as fast as a gateway
+    // with no connection at all (measured here, now), within a generous factor, never
+    // less than 1 s; not after the 30 s shutdown grace.
     let mut gw = gw;
     let _idle = open_accepted(&gw, 500, b"").await;
     let _half = open_accepted(&gw, 100, HALF_HEAD).await;
+    let took = time_to_exit(&mut gw).await;
+    let mut bare = Gateway::start(&config("", &up)).await;
+    let bare_took = time_to_exit(&mut bare).await;
+    eprintln!(
+        "exit {took:?} after SIGTERM with 500 idle + 100 half-open connections, \
+         {bare_took:?} with none"
+    );
+    let limit = (20 * bare_took).max(SEC);
+    assert!(
+        took < limit,
+        "exit took {took:?} after SIGTERM, {bare_took:?} without connections"
+    );
+}
+
+/// Median time of five chat completions, each on a new connection (a new client).
+async fn client_median_latency(gw: &Gateway) -> Duration {
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        let c = common::client();
+        let t = Instant::now();
+        let resp = c
+            .post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(chat_body("m", false))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    latencies[latencies.len() / 2]
+}
+
+/// SIGTERM, then the time until the gateway exited (successfully; bounded well below its
+/// 30 s shutdown grace).
+async fn time_to_exit(gw: &mut Gateway) -> Duration {
     let term = Instant::now();
     gw.sigterm();
     let exit = gw.wait_exit(10 * SEC).await;
-    let took = term.elapsed();
-    eprintln!("exit {took:?} after SIGTERM with 500 idle + 100 half-open connections");
     assert!(exit.success(), "{exit}");
-    assert!(took < SEC, "exit took {took:?} after SIGTERM");
+    term.elapsed()
 }
 
 // ---- finding 12: keyless mode answers local programs only ---------------------------------

@@ -207,6 +207,38 @@ async fn metric(url: &str, key: &str, prefix: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{text}"))
 }
 
+/// True when every local deployment of `group` has a fresh load reading and an empty
+/// queue, as `/health` at `base` (`http://host:port`) shows what the router sees.
+async fn local_queues_empty(base: &str, key: Option<&str>, group: &str) -> bool {
+    let mut req = client().get(format!("{base}/health"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let Ok(resp) = req.send().await else {
+        return false;
+    };
+    let h = common::json_body(resp).await;
+    let local: Vec<&Value> = h["deployments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["model_group"] == group && d["local"] == true)
+        .collect();
+    !local.is_empty()
+        && local.iter().all(|d| {
+            let q = &d["queue"];
+            q["polled"] == true && q["running"] == 0 && q["waiting"] == 0
+        })
+}
+
+/// Writes a mock's control file whole (a new file renamed into place), so the mock, which
+/// reads it when its modification time changes, never reads it half-written.
+fn write_control(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 fn ids(backends: &[Value], field: &str) -> Vec<String> {
     backends
         .iter()
@@ -273,7 +305,7 @@ async fn four_replicas_on_four_gpus_spread_load_and_survive_a_kill() {
 
     // Kill one under a steady load: it comes back, the others serve meanwhile.
     let load = common::load::Load::start(&url, &key, "local", 20.0, 4);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.wait_for_outcomes(10).await;
     let victim = b.iter().find(|x| x["deployment"] == "local-2").unwrap();
     let pid = victim["pid"].as_u64().unwrap() as i32;
     nix::sys::signal::kill(
@@ -298,7 +330,9 @@ async fn four_replicas_on_four_gpus_spread_load_and_survive_a_kill() {
     });
     let again = back.iter().find(|x| x["deployment"] == "local-2").unwrap();
     assert_eq!(again["gpus"], victim["gpus"], "it keeps its GPU");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The load goes on past the restart.
+    let so_far = load.snapshot().len();
+    load.wait_for_outcomes(so_far + 20).await;
     let outcomes = load.finish().await;
     let failures = common::load::failures(&outcomes);
     assert!(outcomes.len() > 40, "{} requests", outcomes.len());
@@ -415,7 +449,7 @@ async fn replicas_on_two_nodes_reachable_only_with_the_key_and_a_lost_node_is_ro
         })
         .expect("the node agent on n2");
     let load = common::load::Load::start(&url, &key, "local", 20.0, 4);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.wait_for_outcomes(10).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.0 as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -642,9 +676,25 @@ async fn load_based_routing_avoids_a_slow_replica_and_overflow_spills_to_the_clo
     let j = gw.start_json(&cfg);
     let (url, key) = (j["url"].as_str().unwrap().to_string(), gw.key());
 
-    // One replica gets slow: its queue grows, and new requests go to the other two.
-    std::fs::write(ctl.join("fast-1.json"), r#"{"first_byte_delay_ms": 1500}"#).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One replica gets slow (once its mock says it read the change): its queue grows,
+    // and new requests go to the other two.
+    let slow_ctl = r#"{"first_byte_delay_ms": 1500}"#;
+    write_control(&ctl.join("fast-1.json"), slow_ctl);
+    let fast1 = backends(&gw)
+        .into_iter()
+        .find(|b| b["deployment"] == "fast-1")
+        .expect("backend fast-1");
+    let fast1_log = fast1["log"].as_str().expect("fast-1's log").to_string();
+    let applied = format!("control file {slow_ctl}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&fast1_log).is_ok_and(|l| l.contains(&applied)) {
+        assert!(
+            Instant::now() < deadline,
+            "fast-1's mock did not apply {slow_ctl}: {}",
+            std::fs::read_to_string(&fast1_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (counts, failed) = spread(&url, &key, "fast", 600, 8).await;
     assert!(failed.is_empty(), "{failed:?}");
     let total: usize = counts.values().sum();
@@ -699,8 +749,19 @@ async fn load_based_routing_avoids_a_slow_replica_and_overflow_spills_to_the_clo
         "{status}"
     );
 
-    // Drained: one request at a time stays local; no more spillover.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Drained (as the router sees it: both local queues polled empty): one request at a
+    // time stays local; no more spillover.
+    let base = url.trim_end_matches("/v1").to_string();
+    common::wait_for(
+        Duration::from_secs(15),
+        "burst's local queues to drain",
+        || async {
+            local_queues_empty(&base, Some(&key), "burst")
+                .await
+                .then_some(())
+        },
+    )
+    .await;
     let before = cloud.state.request_count();
     let (counts, failed) = spread(&url, &key, "burst", 6, 1).await;
     assert!(failed.is_empty(), "{failed:?}");
@@ -827,8 +888,14 @@ async fn a_full_local_group_spills_to_its_fallback_and_returns() {
         )),
         "{metrics}"
     );
-    // Drained: back to local.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Drained (as the router sees it: the local queue polled empty): back to local.
+    let base = gw.url("");
+    common::wait_for(
+        Duration::from_secs(15),
+        "the local queue to drain",
+        || async { local_queues_empty(&base, None, "local").await.then_some(()) },
+    )
+    .await;
     let before = cloud.state.request_count();
     for _ in 0..3 {
         let r = gw

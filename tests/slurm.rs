@@ -583,7 +583,8 @@ async fn stop_drains_in_flight_streams_and_leaves_no_orphans() {
         assert_eq!(resp.status(), 200);
         streams.push(tokio::spawn(read_sse(resp)));
     }
-    // All 20 are mid-stream (about 3 s each); now stop.
+    // All 20 are mid-stream (about 3 s each; starting them takes milliseconds); now stop.
+    let stop_sent = Instant::now();
     let stop = {
         let args = gw.target_args();
         tokio::task::spawn_blocking(move || {
@@ -599,6 +600,11 @@ async fn stop_drains_in_flight_streams_and_leaves_no_orphans() {
             "a stream was cut: {events:?}"
         );
         assert_eq!(common::content_events(&events).len(), 20);
+        // It was in flight when stop was sent (what this test is about), not over before.
+        assert!(
+            events.last().is_some_and(|e| e.at > stop_sent),
+            "a stream ended before stop was sent"
+        );
     }
     let out = stop.await.unwrap();
     assert!(out.status.success(), "{}", text(&out));

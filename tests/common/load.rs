@@ -73,6 +73,22 @@ impl Load {
         self.outcomes.lock().unwrap().clone()
     }
 
+    /// Waits (bounded: 60 s) until at least `n` requests have finished, whatever their
+    /// outcome; returns how many have. A test that does something "under load" waits for
+    /// the load to be under way first, and for it to go on afterwards, instead of sleeping.
+    pub async fn wait_for_outcomes(&self, n: usize) -> usize {
+        let outcomes = self.outcomes.clone();
+        super::wait_for(
+            Duration::from_secs(60),
+            &format!("{n} requests of the load to finish"),
+            move || {
+                let have = outcomes.lock().unwrap().len();
+                async move { (have >= n).then_some(have) }
+            },
+        )
+        .await
+    }
+
     /// Stops and waits for the requests in flight; every outcome.
     pub async fn finish(self) -> Vec<Outcome> {
         self.stop.store(true, Ordering::SeqCst);

@@ -91,10 +91,43 @@ pub fn run_bounded(mut c: Command, limit: Duration) -> std::process::Output {
     }
 }
 
+/// True under CI (`CI` set to anything but empty, `0` or `false`): there a missing
+/// prerequisite fails the test instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE"))
+}
+
+/// Skips the calling test for want of `what` (e.g. "no SLURM cluster (sbatch not on
+/// PATH); run scripts/local-slurm.sh up"): writes one `skipped: …` line naming the test
+/// straight to stderr (not through `eprintln!`, which `cargo test` captures and hides for a
+/// test that passes), so a skip never passes for a pass in silence. Under CI ([`in_ci`])
+/// it panics instead: there nothing may be missing.
+pub fn skip(what: &str) {
+    if in_ci() {
+        panic!("CI is set, so {} may not be skipped: {what}", test_name());
+    }
+    say_skipped(what);
+}
+
+/// Writes `skipped: <why> [<test>]` straight to stderr (see [`skip`]), also under CI: for
+/// a test that does not apply here at all (not a missing prerequisite).
+pub fn say_skipped(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "skipped: {why} [{}]", test_name());
+}
+
+/// The running test's name (libtest names each test's thread after it).
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string()
+}
+
 /// True when the local SLURM cluster (`scripts/local-slurm.sh up`) is there to test on.
-/// Without `sbatch` it says loudly that the tests are skipped and returns false — unless
-/// `CI` is set: there a missing cluster is a failure. Panics when the controller does not
-/// answer.
+/// Without `sbatch` the calling test is skipped ([`skip`]: it says so on stderr) and this
+/// returns false — unless under CI, where a missing cluster is a failure. Panics when the
+/// controller does not answer.
 pub fn slurm_cluster_ready() -> bool {
     let have_sbatch = Command::new("sbatch")
         .arg("--version")
@@ -103,13 +136,7 @@ pub fn slurm_cluster_ready() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !have_sbatch {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is set but sbatch is not on PATH: bring the cluster up with `bash scripts/local-slurm.sh up` (scripts/test.sh does)");
-        }
-        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-        eprintln!("!!! SKIPPED: sbatch not on PATH; these SLURM tests did not run.");
-        eprintln!("!!! Run `bash scripts/local-slurm.sh up` (as root) and test again.");
-        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+        skip("no SLURM cluster (sbatch not on PATH); run scripts/local-slurm.sh up");
         return false;
     }
     let sinfo = Command::new("sinfo").arg("-h").output();
@@ -119,6 +146,35 @@ pub fn slurm_cluster_ready() -> bool {
         sinfo.map(|o| String::from_utf8_lossy(&o.stderr).to_string())
     );
     true
+}
+
+/// Local ports of the IPv4 TCP sockets process `pid` holds (its descriptors matched with
+/// `/proc/net/tcp` by inode): how a server sees that process's connections.
+pub fn tcp_local_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let link = std::fs::read_link(e.path()).ok()?;
+                    let l = link.to_str()?;
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let inode = f.get(9)?;
+            if !inodes.iter().any(|i| i == inode) {
+                return None;
+            }
+            u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
 }
 
 /// Starts an in-process mock upstream on 127.0.0.1 with a free port.
@@ -605,6 +661,50 @@ pub async fn read_sse(mut resp: reqwest::Response) -> Vec<SseEvent> {
         let at = Instant::now();
         buf.extend_from_slice(&chunk);
         drain_events(&mut buf, at, &mut events);
+    }
+    assert!(
+        buf.iter().all(|b| b.is_ascii_whitespace()),
+        "stream ended inside an event: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    events
+}
+
+/// Reads an SSE body from an upstream that lets its events out one at a time through
+/// `gate` ([`Behavior::chunk_gate`]): each of the first `content` content events lets the
+/// next one out only once it has reached this client, then the rest go at once. So the
+/// stream arrives whole only if the gateway passes each event on as it comes; one that
+/// held events back for a batch would wait forever (this panics after 10 s without one).
+pub async fn read_sse_released_one_by_one(
+    mut resp: reqwest::Response,
+    gate: &tokio::sync::Semaphore,
+    content: usize,
+) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut released = 0;
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "nothing more within 10 s after {} content events: the gateway holds an \
+                     event back (the upstream sends the next only once it has arrived)",
+                    content_events(&events).len()
+                )
+            })
+            .expect("read SSE chunk");
+        let Some(chunk) = chunk else { break };
+        buf.extend_from_slice(&chunk);
+        drain_events(&mut buf, Instant::now(), &mut events);
+        let seen = content_events(&events).len();
+        if seen >= content && released < content {
+            gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+            released = content;
+        } else if seen > released {
+            gate.add_permits(seen - released);
+            released = seen;
+        }
     }
     assert!(
         buf.iter().all(|b| b.is_ascii_whitespace()),

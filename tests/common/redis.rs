@@ -154,6 +154,68 @@ impl RedisServer {
     }
 }
 
+/// `MONITOR` on a server: every command it receives, one line each as Redis prints them
+/// (`+<time> [<db> <client ip:port>] "<COMMAND>" "<arg>" ...`), collected by a thread
+/// until dropped. Lets a test wait for a client to have sent a command instead of
+/// sleeping.
+pub struct Monitor {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stream: TcpStream,
+}
+
+impl Monitor {
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many lines so far are `command` (any case) sent from a connection whose local
+    /// port (its address as the server sees it) is in `ports`, after the first `skip`.
+    pub fn count_from(&self, skip: usize, ports: &[u16], command: &str) -> usize {
+        let quoted = format!("\"{}\"", command.to_ascii_lowercase());
+        self.lines()
+            .iter()
+            .skip(skip)
+            .filter(|l| {
+                let lower = l.to_ascii_lowercase();
+                lower.contains(&quoted)
+                    && ports
+                        .iter()
+                        .any(|p| lower.contains(&format!(" 127.0.0.1:{p}]")))
+            })
+            .count()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl RedisServer {
+    /// Starts a [`Monitor`] (answered `+OK` before this returns).
+    pub fn monitor(&self) -> Monitor {
+        use std::io::BufRead as _;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        s.write_all(b"MONITOR\r\n").expect("send MONITOR");
+        let mut reader = std::io::BufReader::new(s.try_clone().expect("clone stream"));
+        let mut ok = String::new();
+        reader.read_line(&mut ok).expect("MONITOR answer");
+        assert!(ok.starts_with("+OK"), "MONITOR: {ok}");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        Monitor { lines, stream: s }
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();

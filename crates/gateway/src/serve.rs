@@ -258,6 +258,9 @@ pub async fn run(
         "llmgw ready on http://{}/v1",
         bound.addr
     );
+    if let Some(hint) = cfg.unreachable_hint {
+        tracing::warn!("no config given (-c): {hint}");
+    }
 
     let grace_timer = {
         let shutdown = shutdown.clone();

@@ -41,7 +41,7 @@ pub(crate) async fn chat(
         if let Some(r) = tool_call_answer(&req, &id, completion_tokens) {
             return match r {
                 ToolAnswer::Json(body) => json(body),
-                ToolAnswer::Stream(events) => sse(s, events, b.chunk_delay, b.cut_after, slot),
+                ToolAnswer::Stream(events) => sse(s, events, &b, slot),
             };
         }
     }
@@ -93,7 +93,7 @@ pub(crate) async fn chat(
         events.push(Bytes::from(format!("data: {v}\n\n")));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse(s, events, b.chunk_delay, b.cut_after, slot)
+    sse(s, events, &b, slot)
 }
 
 pub(crate) enum ToolAnswer {
@@ -183,13 +183,8 @@ pub(crate) fn tool_call_answer(req: &Req, id: &str, completion_tokens: u64) -> O
 }
 
 /// Streams `events` with `delay` between them; aborts the connection after `cut_after`.
-pub(crate) fn sse(
-    s: Arc<MockState>,
-    events: Vec<Bytes>,
-    delay: Duration,
-    cut_after: Option<usize>,
-    slot: Slot,
-) -> Response {
+pub(crate) fn sse(s: Arc<MockState>, events: Vec<Bytes>, b: &Behavior, slot: Slot) -> Response {
+    let (delay, cut_after, gate) = (b.chunk_delay, b.cut_after, b.chunk_gate.clone());
     struct Guard {
         s: Arc<MockState>,
         finished: bool,
@@ -209,34 +204,43 @@ pub(crate) fn sse(
     };
     let stream = futures_util::stream::unfold(
         (events.into_iter(), 0usize, guard),
-        move |(mut it, i, mut guard)| async move {
-            if cut_after == Some(i) {
-                // Pause as before any chunk, so the chunks before the cut are flushed to
-                // the client first (otherwise the abort can overtake them).
-                if i > 0 {
-                    tokio::time::sleep(delay.max(Duration::from_millis(50))).await;
-                }
-                guard.finished = true;
-                return Some((
-                    Err(std::io::Error::other("mock: stream cut")),
-                    (it, i + 1, guard),
-                ));
-            }
-            if cut_after.is_some_and(|c| i > c) {
-                return None;
-            }
-            let ev = match it.next() {
-                Some(ev) => ev,
-                None => {
+        move |(mut it, i, mut guard)| {
+            let gate = gate.clone();
+            async move {
+                if cut_after == Some(i) {
+                    // Pause as before any chunk, so the chunks before the cut are flushed to
+                    // the client first (otherwise the abort can overtake them).
+                    if i > 0 {
+                        tokio::time::sleep(delay.max(Duration::from_millis(50))).await;
+                    }
                     guard.finished = true;
-                    drop(guard);
+                    return Some((
+                        Err(std::io::Error::other("mock: stream cut")),
+                        (it, i + 1, guard),
+                    ));
+                }
+                if cut_after.is_some_and(|c| i > c) {
                     return None;
                 }
-            };
-            if i > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+                let ev = match it.next() {
+                    Some(ev) => ev,
+                    None => {
+                        guard.finished = true;
+                        drop(guard);
+                        return None;
+                    }
+                };
+                if i > 0 && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some(gate) = gate.as_ref().filter(|_| i > 0) {
+                    // A closed gate lets everything through.
+                    if let Ok(permit) = gate.acquire().await {
+                        permit.forget();
+                    }
+                }
+                Some((Ok::<Bytes, std::io::Error>(ev), (it, i + 1, guard)))
             }
-            Some((Ok::<Bytes, std::io::Error>(ev), (it, i + 1, guard)))
         },
     );
     let mut r = Response::new(Body::from_stream(stream));
@@ -364,7 +368,7 @@ pub(crate) async fn responses(
         "response.completed",
         json!({"response": response("completed", json!([item]), usage)}),
     ));
-    sse(s, events, b.chunk_delay, b.cut_after, slot)
+    sse(s, events, &b, slot)
 }
 
 pub(crate) async fn completions(
@@ -399,7 +403,7 @@ pub(crate) async fn completions(
         "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"}]});
     events.push(Bytes::from(format!("data: {v}\n\n")));
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse(s, events, b.chunk_delay, b.cut_after, slot)
+    sse(s, events, &b, slot)
 }
 
 pub(crate) async fn embeddings(

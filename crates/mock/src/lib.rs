@@ -70,6 +70,10 @@ pub struct Behavior {
     pub max_running: Option<u64>,
     /// The `finish_reason` of a text answer instead of `stop` (e.g. `length`).
     pub finish_reason: Option<String>,
+    /// Before each streamed event after the first, take a permit from this semaphore (after
+    /// `chunk_delay`): a test lets the events out one by one, so it can tell that each
+    /// reached the client before the next was sent, by order rather than by time.
+    pub chunk_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for Behavior {
@@ -89,6 +93,7 @@ impl Default for Behavior {
             api_key: None,
             max_running: None,
             finish_reason: None,
+            chunk_gate: None,
         }
     }
 }

@@ -241,12 +241,16 @@ pub(crate) fn timeout_error(dep: &Deployment, timeout: Duration) -> UpstreamErro
 }
 
 pub(crate) fn send_error(dep: &Deployment, e: SendError, timeout: Duration) -> UpstreamError {
-    let why = match e {
-        SendError::Timeout => return timeout_error(dep, timeout),
-        SendError::Connect => "connection refused or unreachable",
-        SendError::Failed => "the request failed",
-    };
-    connection_error(dep, why)
+    match e {
+        SendError::Timeout => timeout_error(dep, timeout),
+        SendError::Connect => match dep.unreachable_hint {
+            Some(hint) => {
+                connection_error(dep, &format!("connection refused or unreachable; {hint}"))
+            }
+            None => connection_error(dep, "connection refused or unreachable"),
+        },
+        SendError::Failed => connection_error(dep, "the request failed"),
+    }
 }
 
 pub(crate) fn body_error(dep: &Deployment) -> UpstreamError {
@@ -262,4 +266,17 @@ pub(crate) fn connection_error(dep: &Deployment, why: &str) -> UpstreamError {
             redact::userinfo(&dep.api_base)
         )),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn usage_tokens_found_without_full_parse() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"usage"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(super::usage_tokens(body), 7);
+        assert_eq!(super::usage_tokens(b"{}"), 0);
+        let anthropic =
+            br#"{"type":"message","content":[],"usage":{"input_tokens":3,"output_tokens":5}}"#;
+        assert_eq!(super::usage_tokens(anthropic), 8);
+    }
 }

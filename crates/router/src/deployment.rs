@@ -27,6 +27,9 @@ pub struct Deployment {
     /// USD per million tokens, input and output.
     pub input_cost: f64,
     pub output_cost: f64,
+    /// What to do when it cannot be reached, added to that error (the built-in
+    /// quickstart's: what to start on its port).
+    pub unreachable_hint: Option<&'static str>,
     pub stats: DeploymentStats,
     /// False while a supervised local backend is loading, restarting or has failed:
     /// the router sends it nothing.
@@ -128,6 +131,7 @@ impl Deployment {
             context_window: None,
             input_cost: 0.0,
             output_cost: 0.0,
+            unreachable_hint: None,
             stats: DeploymentStats::default(),
             available: AtomicBool::new(true),
             health: HealthState::default(),

@@ -167,6 +167,7 @@ impl Router {
                 context_window: m.context_window,
                 input_cost,
                 output_cost,
+                unreachable_hint: cfg.unreachable_hint,
                 load: load::LoadState::new(
                     m.launch.is_some() || m.provider == ProviderKind::Sglang,
                 ),
@@ -645,17 +646,4 @@ fn default_base(kind: ProviderKind) -> Option<&'static str> {
 
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn usage_tokens_found_without_full_parse() {
-        let body = br#"{"id":"x","choices":[{"message":{"content":"usage"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
-        assert_eq!(super::usage_tokens(body), 7);
-        assert_eq!(super::usage_tokens(b"{}"), 0);
-        let anthropic =
-            br#"{"type":"message","content":[],"usage":{"input_tokens":3,"output_tokens":5}}"#;
-        assert_eq!(super::usage_tokens(anthropic), 8);
-    }
 }

@@ -36,6 +36,13 @@ fn bpe() -> Option<&'static tiktoken_rs::CoreBPE> {
     BPE.get_or_init(|| tiktoken_rs::cl100k_base().ok()).as_ref()
 }
 
+/// Tokens in `piece`: the only place text meets the tokenizer.
+fn tokens_in(bpe: &tiktoken_rs::CoreBPE, piece: &str) -> u64 {
+    #[cfg(test)]
+    tests::TOKENIZED.with(|n| n.set(n.get() + piece.len()));
+    bpe.encode_ordinary(piece).len() as u64
+}
+
 /// A cheap upper bound on the request's tokens: its byte length.
 pub fn upper_bound(req: &ClientRequest) -> u64 {
     req.body.len() as u64
@@ -99,7 +106,7 @@ fn count_blocking(body: &[u8], limit: u64) -> u64 {
     }
     let mut n = framing;
     for piece in texts.iter().flat_map(|t| pieces(t)) {
-        n += bpe.encode_ordinary(piece).len() as u64;
+        n += tokens_in(bpe, piece);
         if n > limit {
             return n;
         }
@@ -121,7 +128,7 @@ fn estimate(bpe: &tiktoken_rs::CoreBPE, texts: &[&str], total: usize) -> u64 {
                 at += 1;
             }
             if let Some(piece) = pieces(&text[at..]).next() {
-                tokens += bpe.encode_ordinary(piece).len() as u64;
+                tokens += tokens_in(bpe, piece);
                 bytes += piece.len();
             }
             next += stride;
@@ -182,7 +189,20 @@ fn collect_strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>, images:
 mod tests {
     use super::*;
     use llmgw_wire::request::Endpoint;
-    use std::time::{Duration, Instant};
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Bytes this thread has handed to the tokenizer ([`tokens_in`]): what counting
+        /// cost, measured in work rather than in time.
+        pub(super) static TOKENIZED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Runs `f` and returns its result with the bytes it tokenized on this thread.
+    fn tokenized<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let before = TOKENIZED.with(Cell::get);
+        let out = f();
+        (out, TOKENIZED.with(Cell::get) - before)
+    }
 
     fn chat(content: &str) -> ClientRequest {
         let body =
@@ -239,25 +259,19 @@ mod tests {
             "The quick brown fox, in 2024, jumped over 13 lazy dogs; héllo wörld! ".repeat(40_000);
         let long = chat(&text);
         let bpe = bpe().unwrap();
-        let whole: u64 = pieces(&text)
-            .map(|p| bpe.encode_ordinary(p).len() as u64)
-            .sum();
-        let t = Instant::now();
-        let guess = count_blocking(&long.body, u64::MAX);
-        let took = t.elapsed();
+        let (whole, all_bytes) =
+            tokenized(|| pieces(&text).map(|p| tokens_in(bpe, p)).sum::<u64>());
+        let (guess, sampled_bytes) = tokenized(|| count_blocking(&long.body, u64::MAX));
         assert!(
             guess > whole * 97 / 100 && guess < whole * 103 / 100,
             "{guess} vs {whole}"
         );
-        // Sampling tokenizes at most SAMPLES pieces: far less than the whole text.
-        let t = Instant::now();
-        let _ = pieces(&text)
-            .map(|p| bpe.encode_ordinary(p).len())
-            .sum::<usize>();
+        // Sampling tokenizes at most SAMPLES pieces: a small fraction of the whole text
+        // (counted in bytes given to the tokenizer, not in time).
+        assert_eq!(all_bytes, text.len());
         assert!(
-            took < t.elapsed(),
-            "sampling {took:?} vs counting {:?}",
-            t.elapsed()
+            sampled_bytes <= SAMPLES * PIECE && sampled_bytes * 20 < all_bytes,
+            "sampling tokenized {sampled_bytes} bytes of {all_bytes}"
         );
     }
 
@@ -284,8 +298,15 @@ mod tests {
     #[tokio::test]
     async fn far_too_large_bodies_are_not_tokenized() {
         let req = chat(&"x".repeat(1 << 20));
-        let t = Instant::now();
-        assert!(count(&req, 1000).await > 1000);
-        assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+        let lower = req.body.len() as u64 / MAX_BYTES_PER_TOKEN;
+        assert!(lower > 1000);
+        // Counted, this body would be tokenized and give another number…
+        let (counted, bytes) = tokenized(|| count_blocking(&req.body, 1000));
+        assert!(
+            bytes > 0 && counted != lower,
+            "{counted} tokens, {bytes} bytes"
+        );
+        // … but the answer is the length bound itself: nothing was parsed or tokenized.
+        assert_eq!(count(&req, 1000).await, lower);
     }
 }

@@ -45,7 +45,9 @@ impl Config {
 
     /// The built-in quickstart config.
     pub fn quickstart() -> Result<LoadedConfig, ConfigError> {
-        Self::load_str(QUICKSTART, QUICKSTART_NAME)
+        let mut loaded = Self::load_str(QUICKSTART, QUICKSTART_NAME)?;
+        loaded.unreachable_hint = Some(QUICKSTART_HINT);
+        Ok(loaded)
     }
 
     /// Parses, validates and resolves a config from text; `name` is used in errors.
@@ -88,6 +90,7 @@ impl Config {
             model_keys,
             redis_url,
             store_url,
+            unreachable_hint: None,
         })
     }
 

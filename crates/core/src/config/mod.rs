@@ -27,6 +27,13 @@ pub const QUICKSTART: &str = include_str!("../../../../configs/quickstart.toml")
 
 /// The name shown in errors for the built-in quickstart config.
 pub const QUICKSTART_NAME: &str = "configs/quickstart.toml (built in)";
+/// What to start for the built-in quickstart: added to the error when its upstream does
+/// not answer, and logged at start when `serve` runs it.
+pub const QUICKSTART_HINT: &str = "the built-in quickstart config expects an \
+    OpenAI-compatible server on 127.0.0.1:30000: start SGLang there (python -m \
+    sglang.launch_server --model-path MODEL --port 30000), or `llmgw mock-upstream --port \
+    30000` to try the gateway without a model, or serve your own config with `llmgw serve \
+    -c FILE`";
 
 /// A config problem, rendered as one line: `file:line:col: what is wrong`.
 #[derive(Debug, thiserror::Error)]
@@ -566,6 +573,9 @@ pub struct LoadedConfig {
     pub redis_url: Option<Secret>,
     /// Resolved `[store] url` (it may carry a password).
     pub store_url: Option<Secret>,
+    /// What to do when one of its deployments cannot be reached, added to that error
+    /// (the built-in quickstart's [`QUICKSTART_HINT`]; none for a config file).
+    pub unreachable_hint: Option<&'static str>,
 }
 
 #[cfg(test)]
@@ -657,7 +667,19 @@ mod tests {
 
     #[test]
     fn quickstart_loads() {
-        Config::quickstart().unwrap();
+        let q = Config::quickstart().unwrap();
+        // The hint names the upstream the quickstart really has.
+        let base = q.config.models[0].api_base.as_ref().unwrap().get_ref();
+        assert!(base.starts_with("http://127.0.0.1:30000/"), "{base}");
+        assert!(QUICKSTART_HINT.contains("127.0.0.1:30000"));
+        assert!(QUICKSTART_HINT.contains("--port 30000"));
+        assert_eq!(q.unreachable_hint, Some(QUICKSTART_HINT));
+        assert_eq!(
+            Config::load_str(QUICKSTART, "x.toml")
+                .unwrap()
+                .unreachable_hint,
+            None
+        );
     }
 
     #[test]

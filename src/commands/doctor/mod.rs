@@ -14,6 +14,16 @@
 //! - on a network filesystem (NFS, Lustre, GPFS, BeeGFS, CephFS, SMB, AFS, PanFS, …): ✔
 //! - anything else (ext4, xfs, btrfs, tmpfs, overlay, fuse, …) is node-local: ✔ when the
 //!   cluster's nodes all run on this machine (a workstation or test cluster), ⚠ otherwise.
+//!
+//! The binary alone is also ✔ under scratch when the cluster's nodes all run on this
+//! machine and SLURM gives jobs no private /tmp (no job container plugin): the job then
+//! sees the very file (a checkout under /tmp running the demo). It is only read when a job
+//! starts; the state directory and key files hold what must outlive a cleaned /tmp.
+
+mod backends;
+mod filesystem;
+use backends::*;
+use filesystem::*;
 
 use super::{login_host_from, target_dir, tilde, user_name};
 use crate::args::DoctorArgs;
@@ -26,17 +36,23 @@ use toml::Spanned;
 
 /// Limit for each SLURM command (a controller that is down can make them retry for long).
 const SLURM_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Limit for `python -c` looking for sglang (a cold shared filesystem can be slow).
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Redis command timeout; the first connect + PING gets four times this.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Limit for resolving the login host's name.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The SLURM commands `start`, `status` and `stop` run.
 const SLURM_COMMANDS: [&str; 4] = ["sbatch", "squeue", "scontrol", "scancel"];
+
 /// Node-local scratch directories: never seen by the job on another node (nor, with a
 /// per-job /tmp, on this one).
 const SCRATCH: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run"];
+
 /// Finds sglang without importing it (an import pulls in torch and takes long).
 const FIND_SGLANG: &str = "import importlib.util as u, sys\n\
     if u.find_spec('sglang') is None: sys.exit(3)\n\
@@ -79,7 +95,7 @@ pub struct Check {
 }
 
 /// A check's name, waiting for its outcome.
-struct Named {
+pub(crate) struct Named {
     id: String,
     title: String,
 }
@@ -115,9 +131,42 @@ impl Named {
     }
 }
 
+/// The config `start` reads when given no `-c`.
+const DEFAULT_CONFIG: &str = "llmgw.toml";
+
+/// The config doctor checks: `-c FILE`; else ./llmgw.toml, which `start` would read; else
+/// the built-in quickstart, which `serve` runs without `-c`.
+enum ConfigSource {
+    File(PathBuf),
+    Quickstart,
+}
+
+impl ConfigSource {
+    fn of(args: &DoctorArgs) -> ConfigSource {
+        match &args.config {
+            Some(path) => ConfigSource::File(path.clone()),
+            // Present in any form (a directory, a dangling link): that is the file the user
+            // means, and its problem is worth a ✘.
+            None if std::fs::symlink_metadata(DEFAULT_CONFIG).is_ok() => {
+                ConfigSource::File(PathBuf::from(DEFAULT_CONFIG))
+            }
+            None => ConfigSource::Quickstart,
+        }
+    }
+
+    /// As shown to people (and in `--json`).
+    fn shown(&self) -> String {
+        match self {
+            ConfigSource::File(path) => path.display().to_string(),
+            ConfigSource::Quickstart => config::QUICKSTART_NAME.to_string(),
+        }
+    }
+}
+
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
-    let (name, checks) = rt.block_on(diagnose(&args));
+    let source = ConfigSource::of(&args);
+    let (name, checks) = rt.block_on(diagnose(&args, &source));
     // A name lookup that timed out may still sit in a blocking thread: do not wait for it.
     rt.shutdown_background();
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
@@ -128,7 +177,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             serde_json::json!({
                 "ok": failed == 0,
                 "version": env!("LLMGW_LONG_VERSION"),
-                "config": args.config,
+                "config": source.shown(),
                 "name": name,
                 "failed": failed,
                 "warnings": warned,
@@ -136,7 +185,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             })
         );
     } else {
-        print_text(&args, &checks, failed, warned);
+        print_text(&args, &source, &checks, failed, warned);
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -145,11 +194,17 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_text(args: &DoctorArgs, checks: &[Check], failed: usize, warned: usize) {
+fn print_text(
+    args: &DoctorArgs,
+    source: &ConfigSource,
+    checks: &[Check],
+    failed: usize,
+    warned: usize,
+) {
     println!(
         "llmgw {} — doctor for {}",
         env!("LLMGW_LONG_VERSION"),
-        args.config.display()
+        source.shown()
     );
     for c in checks {
         println!("{} {}: {}", c.status.mark(), c.title, c.detail);
@@ -157,33 +212,41 @@ fn print_text(args: &DoctorArgs, checks: &[Check], failed: usize, warned: usize)
             println!("    fix: {fix}");
         }
     }
-    let mut start = format!("llmgw start -c {}", args.config.display());
+    let mut start = format!("llmgw start -c {}", source.shown());
     if args.target.name != "default" {
         start.push_str(&format!(" --name {}", args.target.name));
     }
     if let Some(d) = &args.target.state_dir {
         start.push_str(&format!(" --state-dir {}", d.display()));
     }
+    let next = match source {
+        ConfigSource::File(_) => format!("`{start}`"),
+        // `start` takes a file: the quickstart is only what `serve` runs without one.
+        ConfigSource::Quickstart => format!(
+            "`llmgw serve` runs the built-in quickstart on this machine; for a SLURM job, \
+             write {DEFAULT_CONFIG} (commented examples in configs/) and run `llmgw doctor` again"
+        ),
+    };
     if failed > 0 {
         println!(
             "✘ {failed} of {} checks failed: fix them, then run `llmgw doctor` again",
             checks.len()
         );
     } else if warned > 0 {
-        println!("✔ nothing failed ({warned} to look at above): `{start}` should work");
+        println!("✔ nothing failed ({warned} to look at above): {next}");
     } else {
-        println!("✔ all good: `{start}`");
+        println!("✔ all good: {next}");
     }
 }
 
 /// Every check, in the order a user would fix them. Returns the gateway's name too.
-async fn diagnose(args: &DoctorArgs) -> (String, Vec<Check>) {
+async fn diagnose(args: &DoctorArgs, source: &ConfigSource) -> (String, Vec<Check>) {
     let mut checks = Vec::new();
     let slurm = slurm_checks().await;
     checks.extend(slurm.checks);
     let here = slurm.nodes_here.as_deref();
 
-    let (config_check, loaded) = load_config(&args.config);
+    let (config_check, loaded) = load_config(source);
     checks.push(config_check);
     let config = loaded.as_ref().map(|l| &l.config);
 
@@ -198,7 +261,8 @@ async fn diagnose(args: &DoctorArgs) -> (String, Vec<Check>) {
             args.target.name.clone()
         }
     };
-    let (binary_check, binary) = binary_check(config, here);
+    let scratch_here = here.filter(|_| slurm.shared_scratch);
+    let (binary_check, binary) = binary_check(config, here, scratch_here);
     checks.push(binary_check);
     if let (true, Some(bin)) = (slurm.up, &binary) {
         let partition = config.and_then(|c| c.slurm.partition.as_deref());
@@ -230,6 +294,9 @@ struct Slurm {
     /// The cluster's nodes, when all of them run on this machine (then node-local paths
     /// are visible to the job).
     nodes_here: Option<String>,
+    /// SLURM gives jobs no private /tmp and /dev/shm (no job container plugin): the job
+    /// sees this machine's. Only asked when every node runs here.
+    shared_scratch: bool,
 }
 
 /// The SLURM client commands and the controller.
@@ -252,6 +319,7 @@ async fn slurm_checks() -> Slurm {
             ],
             up: false,
             nodes_here: None,
+            shared_scratch: false,
         };
     }
     let dir = which("sbatch")
@@ -269,10 +337,13 @@ async fn slurm_checks() -> Slurm {
             let said = ping_line(&out);
             if out.status.success() && said.contains(" UP") {
                 checks.push(controller.ok(said));
+                let nodes_here = all_nodes_here().await;
+                let shared_scratch = nodes_here.is_some() && no_private_tmp().await;
                 return Slurm {
                     checks,
                     up: true,
-                    nodes_here: all_nodes_here().await,
+                    nodes_here,
+                    shared_scratch,
                 };
             }
             checks.push(controller.fail(format!("scontrol ping: {said}"), fix));
@@ -283,6 +354,7 @@ async fn slurm_checks() -> Slurm {
         checks,
         up: false,
         nodes_here: None,
+        shared_scratch: false,
     }
 }
 
@@ -334,10 +406,31 @@ async fn all_nodes_here() -> Option<String> {
     })
 }
 
+/// SLURM runs jobs without a private /tmp: no job container (`JobContainerType`, or
+/// `NamespaceType` in newer SLURM) is configured. False when that cannot be told.
+async fn no_private_tmp() -> bool {
+    let Ok(out) = bounded("scontrol", &["show", "config"], SLURM_TIMEOUT).await else {
+        return false;
+    };
+    if !out.status.success() {
+        return false;
+    }
+    String::from_utf8_lossy(&out.stdout).lines().all(|line| {
+        let Some((key, value)) = line.split_once('=') else {
+            return true;
+        };
+        let value = value.trim();
+        !matches!(key.trim(), "JobContainerType" | "NamespaceType")
+            || value.is_empty()
+            || value == "(null)"
+            || value.ends_with("/none")
+    })
+}
+
 // --- the config and its keys -------------------------------------------------------
 
 /// A config that parsed and validated, with its text for locating secret references.
-struct Loaded {
+pub(crate) struct Loaded {
     config: Config,
     text: String,
     name: String,
@@ -354,20 +447,29 @@ impl Loaded {
     }
 }
 
-fn load_config(path: &Path) -> (Check, Option<Loaded>) {
+fn load_config(source: &ConfigSource) -> (Check, Option<Loaded>) {
     let c = check("config", "config");
-    let name = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            return (
-                c.fail(
-                    format!("cannot read {name}: {e}"),
-                    "give your config with -c FILE (commented examples in configs/)",
-                ),
-                None,
-            )
-        }
+    let name = source.shown();
+    let (text, what) = match source {
+        ConfigSource::Quickstart => (
+            config::QUICKSTART.to_string(),
+            format!(
+                "no -c given and no ./{DEFAULT_CONFIG}: the built-in quickstart, which \
+                 `llmgw serve` runs without -c,"
+            ),
+        ),
+        ConfigSource::File(path) => match std::fs::read_to_string(path) {
+            Ok(t) => (t, name.clone()),
+            Err(e) => {
+                return (
+                    c.fail(
+                        format!("cannot read {name}: {e}"),
+                        "give your config with -c FILE (commented examples in configs/)",
+                    ),
+                    None,
+                )
+            }
+        },
     };
     let parsed = Config::parse_str(&text, &name).and_then(|config| {
         // What `start` refuses: more GPUs or nodes than [slurm] asks for.
@@ -382,9 +484,9 @@ fn load_config(path: &Path) -> (Check, Option<Loaded>) {
                 .collect();
             let launched = config.models.iter().filter(|m| m.launch.is_some()).count();
             let detail = format!(
-                "{name} is valid: {} deployments in {} model groups, {launched} launched in the job",
-                config.models.len(),
-                groups.len()
+                "{what} is valid: {} in {}, {launched} launched in the job",
+                count(config.models.len(), "deployment"),
+                count(groups.len(), "model group")
             );
             let c = c.ok(detail);
             (c, Some(Loaded { config, text, name }))
@@ -463,364 +565,6 @@ fn group_or_other_bits(path: &Path) -> Option<u32> {
     (mode & 0o066 != 0).then_some(mode)
 }
 
-async fn redis_check(l: &Loaded) -> Option<Check> {
-    let value = l.config.cache.redis_url.as_ref()?;
-    let c = check("redis", "Redis");
-    let Ok(url) = l.resolve(value) else {
-        return Some(c.skip("not checked: its redis_url reference is not resolved (see above)"));
-    };
-    let at = l.at(value);
-    // Only host:port is shown: the URL may carry a password.
-    let Ok(addr) = redis::Client::open(url.expose())
-        .map(|client| client.get_connection_info().addr().to_string())
-    else {
-        return Some(c.fail(
-            format!("[cache] redis_url at {at} is not a Redis URL"),
-            "write it as redis://[:password@]host:6379[/db]",
-        ));
-    };
-    let fix = format!(
-        "start Redis on {addr} where the compute nodes reach it, or change [cache] redis_url at {at} (without it each gateway keeps its own cache and cooldowns)"
-    );
-    Some(
-        match llmgw_gateway::cache::redis::RedisStore::connect(url.expose(), REDIS_TIMEOUT).await {
-            Ok(store) if store.is_up() => c.ok(format!("{addr} answers PING")),
-            Ok(_) => c.fail(
-                format!(
-                    "{addr} did not answer (connect + PING, {} ms)",
-                    REDIS_TIMEOUT.as_millis() * 4
-                ),
-                fix,
-            ),
-            Err(e) => c.fail(e.to_string(), fix),
-        },
-    )
-}
-
-// --- where things live -------------------------------------------------------------
-
-fn state_dir_check(name: &str, dir: &Path, here: Option<&str>) -> Check {
-    let c = check("state-dir", "state directory");
-    let fix = format!(
-        "keep it on the shared filesystem: the default ~/.llmgw/{name}, or --state-dir / LLMGW_STATE_DIR under your home or project space"
-    );
-    let existing = existing_ancestor(dir);
-    let writable = nix::unistd::access(
-        existing,
-        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-    )
-    .is_ok();
-    if !writable {
-        return c.fail(
-            format!(
-                "{} cannot be created: {} is not writable by you",
-                tilde(dir),
-                tilde(existing)
-            ),
-            fix,
-        );
-    }
-    shared_check(c, dir, here, &fix)
-}
-
-/// The binary the job runs: `[slurm] binary`, else this one (as `start` decides), and its
-/// path when it is a runnable file.
-fn binary_check(config: Option<&Config>, here: Option<&str>) -> (Check, Option<PathBuf>) {
-    let c = check("binary", "llmgw binary");
-    let fix = "copy llmgw to a directory the compute nodes see (e.g. ~/bin) and run it from there, or set [slurm] binary to it";
-    let path = match config.and_then(|c| c.slurm.binary.as_ref()) {
-        Some(b) => std::path::absolute(b).unwrap_or_else(|_| b.clone()),
-        None => match std::env::current_exe() {
-            Ok(p) => p,
-            Err(e) => {
-                return (
-                    c.fail(format!("cannot tell where this binary is: {e}"), fix),
-                    None,
-                )
-            }
-        },
-    };
-    if !is_executable(&path) {
-        return (
-            c.fail(format!("{} is not an executable file", tilde(&path)), fix),
-            None,
-        );
-    }
-    (shared_check(c, &path, here, fix), Some(path))
-}
-
-/// The compute nodes' CPU architecture against the binary's: an x86_64 login node in
-/// front of Grace Hopper (aarch64) nodes needs the aarch64 build. Nothing to say when the
-/// binary is not an ELF file llmgw knows or SLURM does not report the nodes' `Arch`.
-async fn arch_check(binary: &Path, partition: Option<&str>) -> Option<Check> {
-    let ours = elf_arch(binary)?;
-    let out = bounded("scontrol", &["show", "node", "-o"], SLURM_TIMEOUT)
-        .await
-        .ok()
-        .filter(|o| o.status.success())?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let wanted: Option<Vec<&str>> = partition.map(|p| p.split(',').map(str::trim).collect());
-    // arch -> nodes
-    let mut archs: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-    for line in text.lines() {
-        let field = |key: &str| line.split_whitespace().find_map(|f| f.strip_prefix(key));
-        let (Some(node), Some(arch)) = (field("NodeName="), field("Arch=")) else {
-            continue;
-        };
-        let in_partition = wanted.as_ref().is_none_or(|w| {
-            field("Partitions=").is_some_and(|ps| ps.split(',').any(|p| w.contains(&p)))
-        });
-        if in_partition && arch != "(null)" {
-            archs.entry(arch).or_default().push(node);
-        }
-    }
-    if archs.is_empty() {
-        return None;
-    }
-    let c = check("node-arch", "compute nodes' architecture");
-    let scope = partition.map_or_else(String::new, |p| format!(" in partition {p}"));
-    let count: usize = archs.values().map(Vec::len).sum();
-    let others: Vec<String> = archs
-        .iter()
-        .filter(|(a, _)| **a != ours)
-        .map(|(a, nodes)| format!("{a} ({})", nodes.join(", ")))
-        .collect();
-    let build = "build llmgw for that architecture (README: Other architectures) and set [slurm] binary to it";
-    Some(if others.is_empty() {
-        let nodes = if count == 1 { "node" } else { "nodes" };
-        c.ok(format!("{ours}, like the binary ({count} {nodes}{scope})"))
-    } else if !archs.contains_key(ours) {
-        c.fail(
-            format!(
-                "the nodes{scope} are {}; the binary is {ours}",
-                others.join(", ")
-            ),
-            build,
-        )
-    } else {
-        c.warn(
-            format!(
-                "some nodes{scope} are {}; the binary is {ours}",
-                others.join(", ")
-            ),
-            format!(
-                "keep the job on {ours} nodes with [slurm] partition or constraint, or {build}"
-            ),
-        )
-    })
-}
-
-/// The CPU architecture of an ELF executable, named as SLURM's `Arch` and `uname -m`.
-fn elf_arch(path: &Path) -> Option<&'static str> {
-    use std::io::Read as _;
-    let mut head = [0u8; 20];
-    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
-    if &head[..4] != b"\x7fELF" || head[5] != 1 {
-        return None; // not ELF, or big-endian
-    }
-    match u16::from_le_bytes([head[18], head[19]]) {
-        0x3e => Some("x86_64"),
-        0xb7 => Some("aarch64"),
-        0x15 => Some("ppc64le"),
-        _ => None,
-    }
-}
-
-/// Where a path lives, as far as the compute nodes are concerned.
-enum Place {
-    /// Under one of [`SCRATCH`].
-    Scratch(&'static str),
-    /// On a network filesystem.
-    Shared(String),
-    /// On a node-local filesystem.
-    Local(String),
-}
-
-/// The path, or its closest parent that exists (a state directory may not exist yet).
-fn existing_ancestor(path: &Path) -> &Path {
-    path.ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"))
-}
-
-fn place(path: &Path) -> std::io::Result<Place> {
-    let real = std::fs::canonicalize(existing_ancestor(path))?;
-    for dir in SCRATCH {
-        if real.starts_with(dir) || path.starts_with(dir) {
-            return Ok(Place::Scratch(dir));
-        }
-    }
-    let st = nix::sys::statfs::statfs(&real).map_err(std::io::Error::from)?;
-    // `f_type` is a signed word; the magic numbers are 32-bit.
-    let magic = (st.filesystem_type().0 as u64) & 0xffff_ffff;
-    Ok(match FILESYSTEMS.iter().find(|(m, _, _)| *m == magic) {
-        Some((_, name, true)) => Place::Shared((*name).to_string()),
-        Some((_, name, false)) => Place::Local((*name).to_string()),
-        None => Place::Local(format!("a filesystem of type {magic:#x}")),
-    })
-}
-
-/// statfs magic numbers (linux/magic.h and the vendors'): name, network filesystem?
-const FILESYSTEMS: &[(u64, &str, bool)] = &[
-    (0x6969, "nfs", true),
-    (0x0bd0_0bd0, "lustre", true),
-    (0x4750_4653, "gpfs", true),
-    (0x1983_0326, "beegfs", true),
-    (0x00c3_6400, "cephfs", true),
-    (0xff53_4d42, "cifs", true),
-    (0xfe53_4d42, "smb2", true),
-    (0x517b, "smb", true),
-    (0x5346_414f, "afs", true),
-    (0x6b41_4653, "afs", true),
-    (0xaad7_aaea, "panfs", true),
-    (0x2003_0528, "orangefs", true),
-    (0xef53, "ext4", false),
-    (0x5846_5342, "xfs", false),
-    (0x9123_683e, "btrfs", false),
-    (0x2fc1_2fc1, "zfs", false),
-    (0x0102_1994, "tmpfs", false),
-    (0x8584_58f6, "ramfs", false),
-    (0x794c_7630, "overlay", false),
-    (0x6573_5546, "fuse", false),
-    (0x7371_7368, "squashfs", false),
-    (0x0102_1997, "9p", false),
-];
-
-/// The shared-filesystem rule (see the module doc) applied to `path`.
-fn shared_check(c: Named, path: &Path, here: Option<&str>, fix: &str) -> Check {
-    let shown = tilde(path);
-    match place(path) {
-        Err(e) => c.warn(format!("cannot tell where {shown} lives: {e}"), fix),
-        Ok(Place::Scratch(dir)) => c.fail(
-            format!("{shown} is under {dir}: node-local scratch, which the job may not see (SLURM can give each job its own {dir})"),
-            fix,
-        ),
-        Ok(Place::Shared(fs)) => c.ok(format!("{shown} (on {fs}, a network filesystem)")),
-        Ok(Place::Local(fs)) => match here {
-            Some(node) => c.ok(format!(
-                "{shown} (on {fs}, node-local; fine: every node of the cluster ({node}) runs on this machine)"
-            )),
-            None => c.warn(
-                format!("{shown} is on {fs}, node-local: compute nodes may not see it"),
-                fix,
-            ),
-        },
-    }
-}
-
-// --- the ssh line ------------------------------------------------------------------
-
-async fn login_host_check(config: Option<&Config>) -> Check {
-    let c = check("login-host", "login host");
-    let configured = config.and_then(|c| c.slurm.login_host.as_deref());
-    let (host, from) = login_host_from(configured);
-    let fix = "set [slurm] login_host = \"login.your-cluster.example\": the name you ssh to from your laptop";
-    let lookup = host.clone();
-    let resolves = tokio::time::timeout(
-        DNS_TIMEOUT,
-        tokio::task::spawn_blocking(move || {
-            use std::net::ToSocketAddrs as _;
-            (lookup.as_str(), 22)
-                .to_socket_addrs()
-                .is_ok_and(|mut a| a.next().is_some())
-        }),
-    )
-    .await;
-    if !matches!(resolves, Ok(Ok(true))) {
-        return c.warn(format!("{host} (from {from}) does not resolve here"), fix);
-    }
-    let hint = if configured.is_some() {
-        ""
-    } else {
-        "; if your laptop knows the login node by another name, set [slurm] login_host"
-    };
-    c.ok(format!(
-        "{host} (from {from}): the ssh line will be `ssh -N -L PORT:NODE:PORT {}@{host}`{hint}",
-        user_name()
-    ))
-}
-
-// --- backends the job launches -----------------------------------------------------
-
-async fn backend_checks(l: &Loaded, binary: Option<&Path>) -> Vec<Check> {
-    let slurm = &l.config.slurm;
-    let prepared = !slurm.modules.is_empty() || !slurm.setup.is_empty();
-    let llmgw = binary.map_or_else(|| "llmgw".to_string(), |b| b.display().to_string());
-    let mut checks = Vec::new();
-    for (i, m) in l.config.models.iter().enumerate() {
-        let Some(launch) = &m.launch else { continue };
-        let name = m.name.get_ref();
-        let c = check(format!("backend:models[{i}]"), format!("backend {name}"));
-        let argv = match llmgw_cluster::supervise::command_line(name, launch, 0, &llmgw) {
-            Ok(argv) => argv,
-            Err(e) => {
-                checks.push(c.fail(e.to_string(), "complete the model's launch table"));
-                continue;
-            }
-        };
-        let program = argv[0].as_str();
-        let check = if launch.command.is_some() {
-            command_check(c, program, &llmgw, prepared)
-        } else {
-            sglang_check(c, launch.model_path.as_deref(), prepared).await
-        };
-        checks.push(check);
-    }
-    checks
-}
-
-/// A `launch.command`: its program must be findable.
-fn command_check(c: Named, program: &str, llmgw: &str, prepared: bool) -> Check {
-    if program == llmgw {
-        return c.ok("runs this llmgw binary (launch.command)");
-    }
-    match which(program) {
-        Some(p) => c.ok(format!("{program} found at {}", p.display())),
-        None if prepared => c.skip(format!(
-            "{program} is not on PATH here; will be checked in the job, after [slurm] modules/setup"
-        )),
-        None => c.fail(
-            format!("{program} (launch.command) not found on PATH"),
-            "install it, give its full path in launch.command, or add the [slurm] modules/setup lines that provide it",
-        ),
-    }
-}
-
-/// SGLang launched with `python -m sglang.launch_server`: python must find sglang.
-async fn sglang_check(c: Named, model_path: Option<&str>, prepared: bool) -> Check {
-    let fix = "install SGLang for the python the job runs (pip install \"sglang[all]\"), or add [slurm] setup = [\"source ~/venvs/sglang/bin/activate\"] (or modules) that provide it";
-    if prepared {
-        return c.skip("python and sglang will be checked in the job, after [slurm] modules/setup");
-    }
-    let Some(python) = which("python") else {
-        return c.fail(
-            "python not found on PATH (the job runs `python -m sglang.launch_server`)",
-            fix,
-        );
-    };
-    let py = python.display().to_string();
-    let found = match bounded(&py, &["-c", FIND_SGLANG], PYTHON_TIMEOUT).await {
-        Ok(out) if out.status.success() => first_line(&out.stdout),
-        Ok(out) if out.status.code() == Some(3) => {
-            return c.fail(format!("{py} has no sglang"), fix)
-        }
-        Ok(out) => {
-            return c.fail(format!("{py} failed: {}", first_line(&out.stderr)), fix);
-        }
-        Err(e) => return c.fail(e, fix),
-    };
-    if let Some(p) = model_path.filter(|p| p.starts_with('/') || p.starts_with("~/")) {
-        let path = config::expand_home(p);
-        if !path.exists() {
-            return c.warn(
-                format!("{py} finds {found}, but model_path {p} does not exist here"),
-                "check launch.model_path: a directory the compute nodes see, or a Hugging Face model id",
-            );
-        }
-    }
-    c.ok(format!("{py} finds {found}"))
-}
-
 // --- small helpers -----------------------------------------------------------------
 
 /// Runs a command with no stdin, killing it after `limit`.
@@ -845,6 +589,15 @@ async fn bounded(
             "{program} did not answer within {} s",
             limit.as_secs()
         )),
+    }
+}
+
+/// `1 deployment`, `2 deployments`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
