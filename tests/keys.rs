@@ -216,7 +216,7 @@ async fn budget_resets_at_the_period_boundary() {
         .split("resets at ")
         .nth(1)
         .and_then(|r| r.split(" (in").next())
-        .and_then(|t| llmgw::keys::service::parse_time(t, 0))
+        .and_then(|t| llmgw::keys::admin_ops::parse_time(t, 0))
         .unwrap_or_else(|| panic!("no reset time in {message:?}")) as u64;
     // Refused before the boundary, accepted from the first request after it. The times
     // are read on the clock the gateway decides by (the coarse real-time clock), before

@@ -16,7 +16,7 @@
 //! [`service::KeyService`] holds the in-memory table the request path reads
 //! ([`enforce`]); the store persists it.
 
-mod admin_ops;
+pub mod admin_ops;
 pub mod enforce;
 pub mod meter;
 mod metrics;
