@@ -116,7 +116,7 @@ step() {
 [ "${CI:-}" = "true" ] && export CARGO_INCREMENTAL=0
 
 log "building the tests"
-cargo test --no-run --lib --bins --tests --quiet
+cargo test --workspace --no-run --lib --bins --tests --quiet
 long_bin=$(cargo test --test renew_long --no-run --message-format=json 2>/dev/null |
   grep '"name":"renew_long"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
 if [ -n "$long_bin" ]; then
@@ -128,14 +128,14 @@ fi
 
 if [ $quick -eq 0 ]; then
   step "cargo fmt --check" cargo fmt --all -- --check
-  step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
+  step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
 # Every test file runs even after a failure (--no-fail-fast); the failures are listed at
 # the end.
 test_log=$run_tmp/cargo-test.log
 run_tests() {
-  cargo test --no-fail-fast --lib --bins --tests -- --test-threads=2 \
+  cargo test --workspace --no-fail-fast --lib --bins --tests -- --test-threads=2 \
     --skip five_minutes_under_load 2>&1 | tee "$test_log"
   return "${PIPESTATUS[0]}"
 }
