@@ -68,6 +68,8 @@ fi
 # (gateways, `llmgw connect`) and SLURM jobs whose output goes there (a renewing chain
 # included: its successors log there too).
 run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/llmgw-test-run.XXXXXX")
+# Like /tmp: tests run servers as other users (PostgreSQL as `postgres`), who must reach it.
+chmod 1777 "$run_tmp"
 export TMPDIR=$run_tmp
 long_pid=
 long_log=$run_tmp/renew_long.log
