@@ -280,6 +280,16 @@ impl View<'_> {
                                 "    {g}: {c} requests spilled over to cloud deployments, {f} to fallbacks (local backends full)\n"
                             ));
                         }
+                        let q = &v["queue"];
+                        if let Some(waiting) = q["waiting"].as_u64() {
+                            let cap = q["capacity"]
+                                .as_u64()
+                                .map_or("not known yet".to_string(), |c| c.to_string());
+                            out.push_str(&format!(
+                                "    {g}: queue {waiting} waiting, {} running of {cap} the local backends run at once\n",
+                                q["in_flight"].as_u64().unwrap_or(0)
+                            ));
+                        }
                     }
                 }
                 for d in deps {

@@ -14,6 +14,7 @@ pub mod apis;
 pub mod body;
 pub mod cache;
 pub mod conn;
+pub mod fairness;
 pub mod keys;
 pub mod metrics;
 pub mod proxy;

@@ -2,6 +2,7 @@
 //! request path already keeps (per-deployment atomics), so collecting metrics adds
 //! nothing to a request's cost.
 
+use llmgw_router::fair::GateView;
 use llmgw_router::{DeploymentState, Router};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -106,8 +107,116 @@ pub fn render(router: &Router, ready: bool, draining: bool, extra: &str) -> Stri
             );
         }
     }
+    queue_metrics(&mut out, router);
     out.push_str(extra);
     out
+}
+
+/// The gateway's queues (`[router] fairness`): length, requests out, capacity, waits,
+/// refusals and each flow's share of the requests that waited.
+fn queue_metrics(out: &mut String, router: &Router) {
+    let gates = router.gates();
+    if gates.is_empty() {
+        return;
+    }
+    let views: Vec<GateView> = gates.iter().map(|g| g.view()).collect();
+    type Pick = fn(&GateView) -> u64;
+    let families: [(&str, &str, Pick); 3] = [
+        (
+            "llmgw_queue_waiting",
+            "Requests held in the gateway's queue for a full model group",
+            |v| v.waiting,
+        ),
+        (
+            "llmgw_queue_in_flight",
+            "Requests the gateway let through to the group's local backends and not finished",
+            |v| v.in_flight,
+        ),
+        (
+            "llmgw_queue_capacity",
+            "Requests the group's local backends run at once (their max_parallel, or learned from their load; 0 while unknown)",
+            |v| v.capacity.unwrap_or(0),
+        ),
+    ];
+    for (name, help, value) in families {
+        family(out, name, "gauge", help);
+        for v in &views {
+            let _ = writeln!(
+                out,
+                "{name}{{model_group=\"{}\"}} {}",
+                escape(&v.group),
+                value(v)
+            );
+        }
+    }
+    family(
+        out,
+        "llmgw_queue_refused_total",
+        "counter",
+        "Requests refused by a full queue (full) or after waiting too long (timeout)",
+    );
+    for g in &gates {
+        let s = g.stats();
+        for (why, n) in [("full", &s.rejected_full), ("timeout", &s.timed_out)] {
+            let _ = writeln!(
+                out,
+                "llmgw_queue_refused_total{{model_group=\"{}\",reason=\"{why}\"}} {}",
+                escape(g.group()),
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+    family(
+        out,
+        "llmgw_queue_wait_seconds",
+        "histogram",
+        "Time requests waited in the gateway's queue before being let through",
+    );
+    for g in &gates {
+        let s = g.stats();
+        let group = escape(g.group());
+        let mut cumulative = 0u64;
+        for (i, le) in llmgw_router::fair::WAIT_BUCKETS.iter().enumerate() {
+            cumulative += s.wait_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "llmgw_queue_wait_seconds_bucket{{model_group=\"{group}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative +=
+            s.wait_buckets[llmgw_router::fair::WAIT_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "llmgw_queue_wait_seconds_bucket{{model_group=\"{group}\",le=\"+Inf\"}} {cumulative}\n\
+             llmgw_queue_wait_seconds_sum{{model_group=\"{group}\"}} {:.6}\n\
+             llmgw_queue_wait_seconds_count{{model_group=\"{group}\"}} {cumulative}",
+            s.wait_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    }
+    family(
+        out,
+        "llmgw_queue_served_total",
+        "counter",
+        "Requests let through after waiting, per flow (key, team or user id; \"\" for the master key): each flow's share under contention",
+    );
+    for g in &gates {
+        let by = g
+            .stats()
+            .served_by_flow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut rows: Vec<_> = by.into_iter().collect();
+        rows.sort();
+        for (flow, n) in rows {
+            let _ = writeln!(
+                out,
+                "llmgw_queue_served_total{{model_group=\"{}\",flow=\"{}\"}} {n}",
+                escape(g.group()),
+                escape(&flow)
+            );
+        }
+    }
 }
 
 pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {

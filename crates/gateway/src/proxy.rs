@@ -72,6 +72,10 @@ pub(crate) async fn proxy(
         if let Some(keys) = &s.keys {
             ticket = Some(keys.admit(&caller, &req)?);
         }
+        // Only a group that can hold requests needs to know whose they are.
+        if s.router.holds(&req.model) {
+            req.flow = crate::fairness::flow(&caller, s.fairness, &req, &headers)?;
+        }
         if endpoint == Endpoint::CountTokens {
             // Counting costs no model: the ticket is closed at no charge.
             let resp = crate::apis::count_tokens(&s.router, &req, &mut log).await;

@@ -157,6 +157,7 @@ async fn health(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
     // answer now), degraded in between; overall the same over the groups.
     let mut groups = serde_json::Map::new();
     let mut counts = [0usize; 3];
+    let gates = s.router.gates();
     for name in s.router.model_names() {
         let states = deployments.iter().filter(|d| d["model_group"] == **name);
         let (ok, all) = states.fold((0, 0), |(ok, all), d| {
@@ -165,10 +166,15 @@ async fn health(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
         let level = usize::from(ok < all) + usize::from(ok == 0 && all > 0);
         counts[level] += 1;
         let spill = s.router.spillover().find(|(g, ..)| g == name);
+        let queue = gates.iter().find(|g| g.group() == name).map(|g| {
+            let v = g.view();
+            serde_json::json!({"waiting": v.waiting, "in_flight": v.in_flight, "capacity": v.capacity})
+        });
         groups.insert(
             name.clone(),
             serde_json::json!({"status": HEALTH[level], "healthy": ok, "deployments": all,
-                "spillover": spill.map(|(_, cloud, fallback)| serde_json::json!({"cloud": cloud, "fallback": fallback}))}),
+                "spillover": spill.map(|(_, cloud, fallback)| serde_json::json!({"cloud": cloud, "fallback": fallback})),
+                "queue": queue}),
         );
     }
     let overall = if counts[1] + counts[2] == 0 {

@@ -145,7 +145,11 @@ pub async fn run(
         })
     });
     // Local backends' queues, read every 250 ms for load-based and local-first routing.
-    llmgw_router::load::Poller::spawn(router.deployments().cloned().collect(), shutdown.clone());
+    llmgw_router::load::Poller::spawn(
+        router.deployments().cloned().collect(),
+        router.gates(),
+        shutdown.clone(),
+    );
     // Connects to Redis when configured (starting anyway if it is down) and starts the
     // replicas' shared-state sync.
     let cache = crate::cache::Cache::start(&cfg, router.deployments().cloned().collect()).await?;
@@ -167,6 +171,7 @@ pub async fn run(
         backends: monitor.clone(),
         cache,
         keys,
+        fairness: cfg.config.router.fairness,
     });
     let relay = match &member {
         Some(_) => Some(crate::relay::Relay::new(server.max_body_bytes)?),

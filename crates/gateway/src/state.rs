@@ -28,6 +28,8 @@ pub struct AppState {
     pub cache: crate::cache::Cache,
     /// Virtual keys, budgets, spend and the admin API (only with a master key).
     pub keys: Option<Arc<crate::keys::KeyService>>,
+    /// Whose requests share a full group fairly (`[router] fairness`).
+    pub fairness: llmgw_core::config::Fairness,
 }
 
 impl AppState {

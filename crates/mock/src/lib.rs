@@ -130,6 +130,13 @@ impl MockState {
     pub fn set_behavior(&self, f: impl FnOnce(&mut Behavior)) {
         f(&mut self.behavior.lock().unwrap_or_else(|e| e.into_inner()));
     }
+    /// The most recent request bodies (at most 64), oldest first.
+    pub fn bodies(&self) -> Vec<Bytes> {
+        self.bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
     pub fn last_body(&self) -> Option<Bytes> {
         self.bodies
             .lock()

@@ -139,6 +139,14 @@ pub(crate) fn success(
         h.insert(names::ATTEMPTS, HeaderValue::from(log.attempts));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         h.insert(names::OVERHEAD_MS, overhead_header(log.overhead_at(now)));
+        h.insert(
+            names::QUEUE_MS,
+            if log.queue.is_zero() {
+                HeaderValue::from_static("0")
+            } else {
+                HeaderValue::from(u64::try_from(log.queue.as_millis()).unwrap_or(u64::MAX))
+            },
+        );
     }
     builder
 }

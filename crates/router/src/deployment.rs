@@ -306,6 +306,15 @@ impl Deployment {
 
     /// True when one more request of `tokens` fits the rpm/tpm/max_parallel limits.
     pub fn has_room(&self, tokens: u64) -> bool {
+        self.has_rate_room(tokens)
+            && self
+                .max_parallel
+                .is_none_or(|l| self.stats.in_flight.load(Ordering::Relaxed) < u64::from(l))
+    }
+
+    /// Room within rpm and tpm (a gated group's local deployments: the gate keeps their
+    /// requests in flight within `max_parallel`, and holds the rest).
+    pub fn has_rate_room(&self, tokens: u64) -> bool {
         let (reqs, toks) = self.usage();
         if self.rpm.is_some_and(|l| reqs >= l) {
             return false;
@@ -313,12 +322,6 @@ impl Deployment {
         if self
             .tpm
             .is_some_and(|l| toks.saturating_add(tokens) > l && toks > 0)
-        {
-            return false;
-        }
-        if self
-            .max_parallel
-            .is_some_and(|l| self.stats.in_flight.load(Ordering::Relaxed) >= u64::from(l))
         {
             return false;
         }
@@ -356,7 +359,7 @@ impl Deployment {
             .minute_tokens
             .fetch_add(tokens, Ordering::Relaxed);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight(self.clone()))
+        Some(InFlight(self.clone(), None))
     }
 
     /// Adds tokens reported by the upstream (usage) to this minute's count.
@@ -376,8 +379,12 @@ impl Deployment {
     }
 }
 
-/// A claimed slot on a deployment; released when dropped (for streams: when the stream ends).
-pub struct InFlight(pub(crate) Arc<Deployment>);
+/// A claimed slot on a deployment, with its place at the group's gate when it went
+/// through one (`fair.rs`); both released when dropped (for streams: when the stream ends).
+pub struct InFlight(
+    pub(crate) Arc<Deployment>,
+    pub(crate) Option<super::fair::Permit>,
+);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

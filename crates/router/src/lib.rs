@@ -11,6 +11,7 @@
 mod attempt;
 
 mod deployment;
+pub mod fair;
 
 mod h1;
 
@@ -57,7 +58,7 @@ use axum::response::Response;
 
 use bytes::Bytes;
 
-use llmgw_core::config::{ErrorClass, LoadedConfig, ProviderKind, Secret};
+use llmgw_core::config::{ErrorClass, Fairness, LoadedConfig, ProviderKind, Secret};
 
 use llmgw_core::error::ApiError;
 
@@ -101,6 +102,9 @@ struct Group {
     basis: ShuffleBasis,
     /// Smallest context window among the group's deployments, if any sets one.
     min_window: Option<u64>,
+    /// Holds requests while its local deployments are full (`fair.rs`); none when the
+    /// group has no local deployment or `[router] fairness = "off"`.
+    gate: Option<Arc<fair::Gate>>,
 }
 
 /// Why a group was tried.
@@ -191,12 +195,30 @@ impl Router {
             .filter_map(|d| d.context_window)
             .max()
             .unwrap_or(0);
+        let router_cfg = &cfg.config.router;
+        let queue_limits = fair::QueueLimits {
+            max: router_cfg.queue.max,
+            max_wait: router_cfg.queue.max_wait.0,
+            aging: router_cfg.queue.aging.0,
+        };
         let groups = groups
             .into_iter()
             .map(|(name, deployments)| {
                 let basis = ShuffleBasis::for_group(&deployments);
                 let min_window = deployments.iter().filter_map(|d| d.context_window).min();
                 let local_only = deployments.iter().all(|d| d.load.is_local());
+                let local: Vec<Arc<Deployment>> = deployments
+                    .iter()
+                    .filter(|d| d.load.is_local())
+                    .cloned()
+                    .collect();
+                for d in &local {
+                    if let Some(n) = d.max_parallel {
+                        d.load.set_limit(u64::from(n));
+                    }
+                }
+                let gate = (router_cfg.fairness != Fairness::Off && !local.is_empty())
+                    .then(|| Arc::new(fair::Gate::new(&name, local, queue_limits)));
                 (
                     name,
                     Group {
@@ -205,6 +227,7 @@ impl Router {
                         local_only,
                         basis,
                         min_window,
+                        gate,
                     },
                 )
             })
@@ -262,6 +285,20 @@ impl Router {
                 s.fallback.load(Ordering::Relaxed),
             )
         })
+    }
+
+    /// True when `model`'s group may hold requests at the gateway (it has a gate).
+    pub fn holds(&self, model: &str) -> bool {
+        self.groups.get(model).is_some_and(|g| g.gate.is_some())
+    }
+
+    /// The gates of the groups that hold requests (for the load poller, `/health` and
+    /// `/metrics`), in config order.
+    pub fn gates(&self) -> Vec<Arc<fair::Gate>> {
+        self.names
+            .iter()
+            .filter_map(|n| self.groups[n].gate.clone())
+            .collect()
     }
 
     /// The deployment made from `[[models]]` entry `index`.
@@ -452,14 +489,20 @@ impl Router {
         let mut tried: Vec<usize> = Vec::with_capacity(deps.len());
         let mut retries = 0u32;
         let mut last: Option<UpstreamError> = None;
+        let mut permit: Option<fair::Permit> = None;
         loop {
             let now = now_ms();
             let eligible: Vec<usize> = (0..deps.len())
                 .filter(|&i| {
                     let d = &deps[i];
+                    let gated = group.gate.is_some() && d.load.is_local();
                     d.available.load(Ordering::Relaxed)
                         && (only_one || !d.is_cooling(now))
-                        && d.has_room(need)
+                        && if gated {
+                            d.has_rate_room(need)
+                        } else {
+                            d.has_room(need)
+                        }
                         && tokens.is_none_or(|n| d.context_window.is_none_or(|w| n <= w))
                 })
                 .collect();
@@ -477,6 +520,41 @@ impl Router {
                     group.spill.cloud.fetch_add(1, Ordering::Relaxed);
                 }
                 fresh = open;
+            }
+            // The gate: a place among the local deployments' requests in flight, at once
+            // when there is room; else the cloud (with spillover), else the queue.
+            if let Some(gate) = group.gate.as_ref().filter(|_| permit.is_none()) {
+                if fresh.iter().any(|d| d.load.is_local()) {
+                    permit = gate.try_now();
+                    if permit.is_none() {
+                        let others: Vec<&Arc<Deployment>> = fresh
+                            .iter()
+                            .filter(|d| !d.load.is_local())
+                            .copied()
+                            .collect();
+                        if self.policy.spillover.is_some() && !others.is_empty() {
+                            if tried.is_empty() {
+                                group.spill.cloud.fetch_add(1, Ordering::Relaxed);
+                            }
+                            fresh = others;
+                        } else {
+                            let cost = need.saturating_add(fair::completion_budget(&req.body));
+                            let (p, waited) = gate
+                                .acquire(&req.flow, cost, deadline)
+                                .await
+                                .map_err(|r| queue_refusal(model, r, &self.policy))?;
+                            log.queue += waited;
+                            permit = Some(p);
+                        }
+                    }
+                }
+            }
+            if permit.is_some() {
+                fresh.retain(|d| d.load.is_local());
+                // Of those, the ones with a free slot (the permit says one is free).
+                if fresh.iter().any(|d| d.has_room(need)) {
+                    fresh.retain(|d| d.has_room(need));
+                }
             }
             if fresh.is_empty() {
                 // Everyone eligible has failed this request once: wait, then go round again.
@@ -499,11 +577,15 @@ impl Router {
             );
             let dep = fresh[pick].clone();
             let pos = deps.iter().position(|d| Arc::ptr_eq(d, &dep)).unwrap_or(0);
-            let Some(slot) = dep.claim(need) else {
+            let Some(mut slot) = dep.claim(need) else {
                 // Lost a race for its last slot; it is no longer eligible this round.
                 tried.push(pos);
                 continue;
             };
+            if dep.load.is_local() {
+                // Held as long as the slot: for a stream, until it ends.
+                slot.1 = permit.take();
+            }
             log.attempts += 1;
             log.deployment.clone_from(&dep.id);
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -642,6 +724,40 @@ fn default_base(kind: ProviderKind) -> Option<&'static str> {
         ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
         _ => None,
     }
+}
+
+/// The client's error when the gate's queue refused a request (a rate limit: the
+/// group's fallbacks are tried, and nothing is cooled down).
+fn queue_refusal(model: &str, r: fair::Refusal, policy: &Policy) -> UpstreamError {
+    let (msg, code, retry) = match r {
+        fair::Refusal::Full { ahead } => (
+            format!(
+                "model group {model:?} is at capacity: {ahead} requests are already waiting in \
+                 the gateway's queue (its limit, [router] queue.max = {}); retry in a few seconds",
+                policy.queue_max
+            ),
+            "queue_full",
+            5,
+        ),
+        fair::Refusal::TimedOut { waited, ahead } => (
+            format!(
+                "model group {model:?} is at capacity: this request waited {:.1} s in the \
+                 gateway's queue ([router] queue.max_wait, or the request's time limit) with \
+                 {ahead} still ahead of or beside it; retry later",
+                waited.as_secs_f64()
+            ),
+            "queue_timeout",
+            10,
+        ),
+    };
+    let mut e = UpstreamError::new(
+        ErrorClass::RateLimit,
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", msg)
+            .with_code(code)
+            .with_retry_after(retry),
+    );
+    e.retry_after = Some(Duration::from_secs(retry));
+    e
 }
 
 fn header_value(s: &str) -> HeaderValue {

@@ -51,7 +51,21 @@ pub struct LoadState {
     /// Unix ms of the reading; 0 = none yet.
     read_ms: AtomicU64,
     source: AtomicU8,
+    /// Requests it runs at once, for the gateway's queue (`fair.rs`): its `max_parallel`,
+    /// else learned from its readings; 0 = not known yet (nothing is held for it).
+    limit: AtomicU64,
+    /// The limit was configured, not learned.
+    fixed_limit: std::sync::atomic::AtomicBool,
+    /// Readings in a row that showed no backend queue while the gateway held its limit.
+    calm: AtomicU8,
+    /// What it ran the last time it had requests waiting (its real capacity then).
+    full_at: AtomicU64,
 }
+
+/// Largest learned limit.
+const MAX_LIMIT: u64 = 4096;
+/// Readings in a row without a backend queue, at the limit, before the limit grows.
+const GROW_AFTER: u8 = 4;
 
 /// A deployment's queue as routing sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +90,55 @@ impl LoadState {
         self.local
     }
 
+    /// Requests it runs at once (0: not known yet).
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A configured limit (`max_parallel`): never learned over.
+    pub fn set_limit(&self, n: u64) {
+        self.limit.store(n.min(MAX_LIMIT), Ordering::Relaxed);
+        self.fixed_limit.store(true, Ordering::Relaxed);
+    }
+
+    /// Learns the limit from a reading: a backend with requests waiting runs all it can
+    /// (its running count is its limit); one that has none while the gateway keeps it at
+    /// its limit may run more, so the limit grows by a quarter after a few such readings.
+    fn learn_limit(&self, running: u64, waiting: u64, in_flight: u64) {
+        if self.fixed_limit.load(Ordering::Relaxed) {
+            return;
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        if waiting > 0 {
+            let n = running.clamp(1, MAX_LIMIT);
+            self.limit.store(n, Ordering::Relaxed);
+            self.full_at.store(n, Ordering::Relaxed);
+            self.calm.store(0, Ordering::Relaxed);
+        } else if limit == 0 {
+            // Not full yet: nothing to hold until it is.
+        } else if in_flight >= limit {
+            let calm = self.calm.load(Ordering::Relaxed).saturating_add(1);
+            // Past the capacity it showed last time it was full, probe rarely (each probe
+            // can queue a quarter more in the backend).
+            let after = if limit >= self.full_at.load(Ordering::Relaxed) {
+                GROW_AFTER.saturating_mul(10)
+            } else {
+                GROW_AFTER
+            };
+            if calm >= after {
+                let grown = limit.saturating_add((limit / 4).max(1)).min(MAX_LIMIT);
+                self.limit.store(grown, Ordering::Relaxed);
+                self.calm.store(0, Ordering::Relaxed);
+            } else {
+                self.calm.store(calm, Ordering::Relaxed);
+            }
+        } else {
+            self.calm.store(0, Ordering::Relaxed);
+        }
+    }
+
     fn record(&self, running: u64, waiting: u64, tokens: u64, in_flight: u64) {
+        self.learn_limit(running, waiting, in_flight);
         self.running.store(running, Ordering::Relaxed);
         self.waiting.store(waiting, Ordering::Relaxed);
         self.tokens.store(tokens, Ordering::Relaxed);
@@ -211,7 +273,12 @@ pub struct Poller;
 
 impl Poller {
     /// Starts polling `deployments` (the local ones among them) in the background.
-    pub fn spawn(deployments: Vec<Arc<Deployment>>, stop: CancellationToken) {
+    /// `gates` are let through after every round, as the learned limits may have grown.
+    pub fn spawn(
+        deployments: Vec<Arc<Deployment>>,
+        gates: Vec<Arc<super::fair::Gate>>,
+        stop: CancellationToken,
+    ) {
         let local: Vec<Arc<Deployment>> = deployments
             .into_iter()
             .filter(|d| d.load.is_local())
@@ -245,6 +312,9 @@ impl Poller {
                     .filter(|d| d.available.load(Ordering::Relaxed))
                     .map(|d| poll(&client, d));
                 futures_util::future::join_all(polls).await;
+                for g in &gates {
+                    g.pump();
+                }
             }
         });
     }

@@ -18,6 +18,8 @@ pub struct RequestLog {
     pub ttfb: Option<Duration>,
     /// Time spent waiting on upstreams (to compute the gateway's own overhead).
     pub upstream: Duration,
+    /// Time spent in the gateway's queue for a place at a full group (`fair.rs`).
+    pub queue: Duration,
     /// False when a stream ended early (client gone or upstream broke).
     pub complete: bool,
     pub client_gone: bool,
@@ -36,6 +38,7 @@ impl Default for RequestLog {
             stream: false,
             ttfb: None,
             upstream: Duration::ZERO,
+            queue: Duration::ZERO,
             complete: true,
             client_gone: false,
         }
@@ -57,6 +60,7 @@ impl RequestLog {
     pub fn overhead_at(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.start)
             .saturating_sub(self.upstream)
+            .saturating_sub(self.queue)
     }
 }
 
@@ -88,6 +92,7 @@ pub mod names {
     pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-llmgw-attempts");
     pub const OVERHEAD_MS: HeaderName = HeaderName::from_static("x-llmgw-overhead-ms");
     pub const FALLBACK: HeaderName = HeaderName::from_static("x-llmgw-fallback");
+    pub const QUEUE_MS: HeaderName = HeaderName::from_static("x-llmgw-queue-ms");
 }
 
 /// `x-llmgw-overhead-ms`: the gateway's own time, in milliseconds with three decimals.

@@ -29,6 +29,8 @@ pub(crate) struct Policy {
     pub max_error_bytes: usize,
     /// Local first: when a group's local deployments are full.
     pub spillover: Option<super::load::Spillover>,
+    /// `[router] queue.max`, for messages.
+    pub queue_max: usize,
 }
 
 impl Policy {
@@ -53,6 +55,7 @@ impl Policy {
                 .spillover
                 .as_ref()
                 .map(super::load::Spillover::from_config),
+            queue_max: r.queue.max,
         }
     }
 

@@ -125,6 +125,8 @@ pub struct ClientRequest {
     pub options: RequestOptions,
     /// Client headers for an upstream of the client's own API.
     pub forwarded: Forwarded,
+    /// Who it is for the fair queue (set by the gateway; the default otherwise).
+    pub flow: Flow,
     /// Byte range of the `model` value (quotes included) in `body`.
     model_span: Range<usize>,
 }
@@ -139,6 +141,83 @@ pub struct RequestOptions {
     pub timeout: Option<std::time::Duration>,
     /// The raw `cache` controls object, for the response cache.
     pub cache: Option<Box<RawValue>>,
+    /// The priority class the request asks for (`"priority"` in the body), before the
+    /// key's cap and default apply.
+    pub priority: Option<u8>,
+}
+
+/// Who a request belongs to for the gateway's fair queue, and how it ranks: set by the
+/// gateway after admission (the key, team or user; their weight; the priority class).
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// Requests with the same id share one fair share ("" for the master key or a gateway
+    /// without keys).
+    pub id: std::sync::Arc<str>,
+    /// Relative share against other flows (1 to [`priority::MAX_WEIGHT`]).
+    pub weight: u32,
+    /// Higher classes are served first: [`priority::BATCH`], [`priority::DEFAULT`],
+    /// [`priority::INTERACTIVE`], or any number in between.
+    pub priority: u8,
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Flow {
+            id: std::sync::Arc::from(""),
+            weight: 1,
+            priority: priority::DEFAULT,
+        }
+    }
+}
+
+/// Priority classes: a name (`interactive`, `default`, `batch`) or a number 0–255.
+pub mod priority {
+    use llmgw_core::error::ApiError;
+
+    pub const BATCH: u8 = 10;
+    pub const DEFAULT: u8 = 100;
+    pub const INTERACTIVE: u8 = 200;
+    /// Largest weight a flow may have.
+    pub const MAX_WEIGHT: u32 = 1000;
+
+    /// A class from its name or number (the `x-llmgw-priority` header, config values).
+    pub fn parse(s: &str) -> Result<u8, ApiError> {
+        match s.trim() {
+            "interactive" => Ok(INTERACTIVE),
+            "default" => Ok(DEFAULT),
+            "batch" => Ok(BATCH),
+            n => n.parse::<u8>().map_err(|_| invalid(n)),
+        }
+    }
+
+    /// A class from the body's `"priority"`: a name or an integer 0–255.
+    pub fn from_json(v: &serde_json::Value) -> Result<u8, ApiError> {
+        match v {
+            serde_json::Value::String(s) => parse(s),
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .ok_or_else(|| invalid(&n.to_string())),
+            other => Err(invalid(&other.to_string())),
+        }
+    }
+
+    fn invalid(got: &str) -> ApiError {
+        let got: String = got.chars().take(40).collect();
+        ApiError::bad_request(format!(
+            "priority must be \"interactive\", \"default\", \"batch\" or a number from 0 to 255 (higher first); got {got:?}"
+        ))
+    }
+
+    /// The class's name when it has one, else its number.
+    pub fn name(p: u8) -> String {
+        match p {
+            INTERACTIVE => "interactive".into(),
+            DEFAULT => "default".into(),
+            BATCH => "batch".into(),
+            n => n.to_string(),
+        }
+    }
 }
 
 /// Most model groups a request's own `fallbacks` may list: more is never useful (each one
@@ -146,7 +225,13 @@ pub struct RequestOptions {
 pub const MAX_FALLBACKS: usize = 32;
 
 /// Body keys that are llmgw's, not the upstream's.
-const OWN_KEYS: [&str; 4] = ["fallbacks", "disable_fallbacks", "timeout", "cache"];
+const OWN_KEYS: [&str; 5] = [
+    "fallbacks",
+    "disable_fallbacks",
+    "timeout",
+    "cache",
+    "priority",
+];
 
 #[derive(Deserialize)]
 struct Head<'a> {
@@ -164,6 +249,8 @@ struct Head<'a> {
     timeout: Option<serde_json::Value>,
     #[serde(default, borrow)]
     cache: Option<&'a RawValue>,
+    #[serde(default)]
+    priority: Option<serde_json::Value>,
 }
 
 /// The request's `fallbacks`: at most [`MAX_FALLBACKS`] distinct names are kept (in
@@ -265,6 +352,7 @@ impl ClientRequest {
             include_usage: fast.include_usage,
             options: RequestOptions::default(),
             forwarded: Forwarded::default(),
+            flow: Flow::default(),
             model_span: fast.model,
         })
     }
@@ -308,7 +396,8 @@ impl ClientRequest {
         let has_own = head.fallbacks.is_some()
             || head.disable_fallbacks.is_some()
             || head.timeout.is_some()
-            || head.cache.is_some();
+            || head.cache.is_some()
+            || head.priority.is_some();
         if let Some(f) = head.fallbacks.as_ref().filter(|f| f.total > MAX_FALLBACKS) {
             return Err(ApiError::bad_request(format!(
                 "fallbacks lists {} model groups; at most {MAX_FALLBACKS} are allowed",
@@ -337,6 +426,10 @@ impl ClientRequest {
                 None => None,
             },
             cache: head.cache.map(|c| c.to_owned()),
+            priority: match &head.priority {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => Some(priority::from_json(v).map_err(|e| e.with_param("priority"))?),
+            },
         };
         let mut req = ClientRequest {
             endpoint,
@@ -346,6 +439,7 @@ impl ClientRequest {
             include_usage,
             options,
             forwarded: Forwarded::default(),
+            flow: Flow::default(),
             model_span,
         };
         if has_own {

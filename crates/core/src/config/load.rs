@@ -290,6 +290,17 @@ impl Config {
                 return Err(src.at(before.span(), format!("[slurm] renew_before ({}) must be at least 1m shorter than the time limit ({limit} s): each job must serve a while before renewing", before.get_ref())));
             }
         }
+        let q = &self.router.queue;
+        if q.max == 0 || q.max > 1_000_000 {
+            return Err(file_err(
+                "[router] queue.max must be between 1 and 1000000 waiting requests".into(),
+            ));
+        }
+        if q.max_wait.0.is_zero() || q.aging.0.is_zero() {
+            return Err(file_err(
+                "[router] queue.max_wait and queue.aging must be longer than 0 (e.g. \"10m\", \"60s\")".into(),
+            ));
+        }
         if let Some(sp) = &self.router.spillover {
             if sp.queue.is_none() && sp.wait.is_none() {
                 return Err(file_err(

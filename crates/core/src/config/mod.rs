@@ -170,6 +170,46 @@ pub struct RouterConfig {
     /// their queues pass these limits; only the overflow goes to the group's other
     /// (cloud) deployments, or to its fallbacks.
     pub spillover: Option<SpilloverConfig>,
+    /// Who shares a group's local backends fairly when they are full: each virtual key,
+    /// each team, each user, or nobody (`off`: requests go straight to the backends, which
+    /// serve them first come, first served).
+    pub fairness: Fairness,
+    /// The queue the gateway holds while a group's local backends are full.
+    pub queue: QueueConfig,
+}
+
+/// `[router] fairness`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fairness {
+    #[default]
+    Key,
+    Team,
+    User,
+    Off,
+}
+
+/// `[router] queue`: bounds of the gateway's queue, per model group.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Requests waiting at most (beyond: 429 with Retry-After, or the cloud with spillover).
+    pub max: usize,
+    /// Longest wait in the queue (beyond: 429 with Retry-After).
+    pub max_wait: Dur,
+    /// A waiting request rises one priority class (100) per `aging` it has waited, so a
+    /// lower class is never starved for longer than that per class between.
+    pub aging: Dur,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max: 1000,
+            max_wait: Dur(Duration::from_secs(600)),
+            aging: Dur(Duration::from_secs(60)),
+        }
+    }
 }
 
 /// `[router] spillover`: when a group's local backends count as full.
@@ -202,6 +242,8 @@ impl Default for RouterConfig {
             max_response_bytes: 64 * 1024 * 1024,
             max_error_bytes: 64 * 1024,
             spillover: None,
+            fairness: Fairness::default(),
+            queue: QueueConfig::default(),
         }
     }
 }

@@ -61,7 +61,9 @@ pub(super) fn scan(body: &[u8]) -> Option<Fast> {
                 }
                 include_usage = Some(s.stream_options()?);
             }
-            b"fallbacks" | b"disable_fallbacks" | b"timeout" | b"cache" => return None,
+            b"fallbacks" | b"disable_fallbacks" | b"timeout" | b"cache" | b"priority" => {
+                return None
+            }
             _ => s.value()?,
         }
         s.ws();
