@@ -91,6 +91,8 @@ pub struct Router {
     max_window: u64,
     /// Keys masked in upstream text passed on to clients and logs.
     secrets: Arc<redact::Secrets>,
+    /// Some group has a gate (`holds` looks further only then).
+    any_gate: bool,
 }
 
 struct Group {
@@ -201,7 +203,7 @@ impl Router {
             max_wait: router_cfg.queue.max_wait.0,
             aging: router_cfg.queue.aging.0,
         };
-        let groups = groups
+        let groups: HashMap<String, Group> = groups
             .into_iter()
             .map(|(name, deployments)| {
                 let basis = ShuffleBasis::for_group(&deployments);
@@ -247,7 +249,9 @@ impl Router {
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let client = HttpClient::new(client, idle_per_host, idle_timeout, connect_timeout);
+        let any_gate = groups.values().any(|g: &Group| g.gate.is_some());
         Ok(Router {
+            any_gate,
             groups,
             names,
             client,
@@ -287,9 +291,10 @@ impl Router {
         })
     }
 
-    /// True when `model`'s group may hold requests at the gateway (it has a gate).
+    /// True when `model`'s group may hold requests at the gateway (it has a gate); one
+    /// load when no group has one.
     pub fn holds(&self, model: &str) -> bool {
-        self.groups.get(model).is_some_and(|g| g.gate.is_some())
+        self.any_gate && self.groups.get(model).is_some_and(|g| g.gate.is_some())
     }
 
     /// The gates of the groups that hold requests (for the load poller, `/health` and
