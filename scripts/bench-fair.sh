@@ -4,7 +4,9 @@
 # 200 ms), so its capacity is 20 requests a second. For each scenario a fresh gateway
 # (a `provider = "sglang"` group, virtual keys on) and scripts/fair_load.py:
 #
-#   1. fairness "key":  key A keeps 150 requests in flight, key B sends 2 a second;
+#   1. fairness "key":  key A keeps 150 requests in flight, key B sends 2 a second
+#                       (measured after a 10 s warm-up: a fresh gateway holds nothing
+#                       until it has seen the backend full once);
 #   2. fairness "off":  the same, requests straight to the backend (as before issue 23);
 #   3. priority:        A's flood in class batch, B's requests interactive;
 #   4. two floods:      A and C, equal weights, 100 in flight each: each one's share.
