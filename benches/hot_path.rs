@@ -77,5 +77,39 @@ fn error_body(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, body_for_model, error_body);
+/// `prefix-aware` routing's decision for a 32 KB prompt (issue 28: ≤ 5 µs): the prompt's
+/// prefix keys, then the longest cached prefix among four replicas (one holds it).
+fn prefix_route(c: &mut Criterion) {
+    use llmgw::config::ProviderKind;
+    use llmgw::router::{prefix, Deployment};
+    use std::sync::Arc;
+    let mut body = String::from(r#"{"model":"m","messages":[{"role":"system","content":""#);
+    while body.len() < 32 * 1024 {
+        body.push_str("You are a careful assistant; cite your sources. ");
+    }
+    body.push_str(r#""}]}"#);
+    let deps: Vec<Arc<Deployment>> = (0..4)
+        .map(|_| {
+            let d = Deployment::standalone(ProviderKind::Sglang, "m", "http://127.0.0.1:9/v1");
+            d.enable_prefix_index(prefix::DEFAULT_INDEX_CHUNKS);
+            Arc::new(d)
+        })
+        .collect();
+    deps[2]
+        .prefix_index()
+        .unwrap()
+        .insert(&prefix::keys(body.as_bytes()));
+    let cands: Vec<&Arc<Deployment>> = deps.iter().collect();
+    let mut g = c.benchmark_group("prefix");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("route_32k", |b| {
+        b.iter(|| {
+            let keys = prefix::keys(black_box(body.as_bytes()));
+            prefix::pick(&cands, &keys, |_| 3)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse, body_for_model, error_body, prefix_route);
 criterion_main!(benches);

@@ -467,7 +467,9 @@ pub(crate) async fn get_load(State(s): State<Arc<MockState>>) -> Response {
     let waiting = s.waiting.load(Ordering::SeqCst);
     json(
         serde_json::json!([{"dp_rank": 0, "num_reqs": running + waiting, "num_waiting_reqs": waiting,
-            "num_tokens": running * (PROMPT_TOKENS + 5)}])
+            "num_tokens": running * (PROMPT_TOKENS + 5),
+            "prefix_hit_chunks": s.prefix.hit_chunks.load(Ordering::Relaxed),
+            "prefix_miss_chunks": s.prefix.miss_chunks.load(Ordering::Relaxed)}])
         .to_string(),
     )
 }

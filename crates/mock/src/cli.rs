@@ -42,6 +42,13 @@ pub struct MockArgs {
     /// Answer at most this many requests at once; more wait (reported by /get_load).
     #[arg(long)]
     pub max_running: Option<u64>,
+    /// Model a prefix cache of this many prompt chunks (256 bytes each; 0: none): the
+    /// first byte waits --prefill-us-per-chunk for every chunk past the longest prefix it
+    /// holds (what prefix-aware routing saves; scripts/bench-prefix.sh).
+    #[arg(long, default_value_t = 0)]
+    pub prefix_cache_chunks: usize,
+    #[arg(long, default_value_t = 0)]
+    pub prefill_us_per_chunk: u64,
     /// A JSON file read every 100 ms while the mock runs, changing how it answers:
     /// `{"first_byte_delay_ms": 2000, "max_running": 1}` (a test makes one replica slow).
     #[arg(long, value_name = "PATH")]
@@ -89,6 +96,8 @@ pub fn main(args: MockArgs) -> anyhow::Result<ExitCode> {
             }),
             models: args.models.clone(),
             max_running: args.max_running,
+            prefix_cache_chunks: args.prefix_cache_chunks,
+            prefill_per_chunk: Duration::from_micros(args.prefill_us_per_chunk),
             ..Behavior::default()
         };
         let mock = MockUpstream::start_on(addr, &args.name, behavior).await?;

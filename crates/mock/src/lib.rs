@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub mod cloud;
+pub mod prefix_cache;
 
 /// An injected failure: answer `status` (with optional `Retry-After`) on a fraction of calls.
 #[derive(Debug, Clone)]
@@ -74,6 +75,10 @@ pub struct Behavior {
     /// `chunk_delay`): a test lets the events out one by one, so it can tell that each
     /// reached the client before the next was sent, by order rather than by time.
     pub chunk_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Prompt chunks the modelled prefix cache holds (0: no model; see `prefix_cache`).
+    pub prefix_cache_chunks: usize,
+    /// Prefill time per prompt chunk that is not cached, before the first byte.
+    pub prefill_per_chunk: Duration,
 }
 
 impl Default for Behavior {
@@ -94,6 +99,8 @@ impl Default for Behavior {
             max_running: None,
             finish_reason: None,
             chunk_gate: None,
+            prefix_cache_chunks: 0,
+            prefill_per_chunk: Duration::ZERO,
         }
     }
 }
@@ -118,6 +125,8 @@ pub struct MockState {
     slot_free: tokio::sync::Notify,
     /// TCP connections accepted (a client that pools its connections opens few).
     pub connections: AtomicU64,
+    /// The modelled prefix cache (`Behavior::prefix_cache_chunks`).
+    pub prefix: prefix_cache::PrefixCache,
 }
 
 impl MockState {
@@ -216,6 +225,7 @@ impl MockUpstream {
             waiting: AtomicU64::new(0),
             slot_free: tokio::sync::Notify::new(),
             connections: AtomicU64::new(0),
+            prefix: Default::default(),
         });
         let app = router(state.clone());
         // No Nagle: a streamed answer is many small writes; without TCP_NODELAY each one
@@ -379,6 +389,16 @@ async fn admit(
     }
     if !b.first_byte_delay.is_zero() {
         tokio::time::sleep(b.first_byte_delay).await;
+    }
+    if b.prefix_cache_chunks > 0 {
+        let keys = llmgw_wire::prefix::keys(body);
+        let prefill = s.prefix.serve(&keys, b.prefix_cache_chunks);
+        let wait = b
+            .prefill_per_chunk
+            .saturating_mul(u32::try_from(prefill).unwrap_or(u32::MAX));
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
     if let Some(f) = &b.fault {
         if f.rate >= 1.0 || fastrand::f64() < f.rate {

@@ -37,6 +37,8 @@ pub struct Deployment {
     pub health: HealthState,
     /// Its real queue, for a local backend (`router::load`).
     pub load: super::load::LoadState,
+    /// What its backend likely has in its prefix cache (`prefix-aware` groups only).
+    pub(crate) prefix: std::sync::OnceLock<super::prefix::PrefixIndex>,
 }
 
 /// The static description is part of a deployment: `dep.model`, `dep.provider`, and a
@@ -136,7 +138,20 @@ impl Deployment {
             available: AtomicBool::new(true),
             health: HealthState::default(),
             load: Default::default(),
+            prefix: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives it a prefix index of about `chunks` keys (a `prefix-aware` group's).
+    pub fn enable_prefix_index(&self, chunks: usize) {
+        let _ = self
+            .prefix
+            .get_or_init(|| super::prefix::PrefixIndex::new(chunks));
+    }
+
+    /// Its prefix index, in a `prefix-aware` group.
+    pub fn prefix_index(&self) -> Option<&super::prefix::PrefixIndex> {
+        self.prefix.get()
     }
 
     /// True while cooling down.

@@ -12,6 +12,7 @@ mod attempt;
 
 mod deployment;
 pub mod fair;
+pub mod prefix;
 
 mod h1;
 
@@ -58,7 +59,7 @@ use axum::response::Response;
 
 use bytes::Bytes;
 
-use llmgw_core::config::{ErrorClass, Fairness, LoadedConfig, ProviderKind, Secret};
+use llmgw_core::config::{ErrorClass, Fairness, LoadedConfig, ProviderKind, Secret, Strategy};
 
 use llmgw_core::error::ApiError;
 
@@ -102,6 +103,9 @@ struct Group {
     /// Every deployment is local: full means spilling to the fallbacks.
     local_only: bool,
     basis: ShuffleBasis,
+    /// Its strategy: `[router] strategy`, else `prefix-aware` for two or more local
+    /// replicas, `simple-shuffle` otherwise.
+    strategy: Strategy,
     /// Smallest context window among the group's deployments, if any sets one.
     min_window: Option<u64>,
     /// Holds requests while its local deployments are full (`fair.rs`); none when the
@@ -219,6 +223,16 @@ impl Router {
                         d.load.set_limit(u64::from(n));
                     }
                 }
+                let strategy = router_cfg.strategy.unwrap_or(if local.len() >= 2 {
+                    Strategy::PrefixAware
+                } else {
+                    Strategy::SimpleShuffle
+                });
+                if strategy == Strategy::PrefixAware {
+                    for d in &deployments {
+                        d.enable_prefix_index(router_cfg.prefix_index_chunks);
+                    }
+                }
                 let gate = (router_cfg.fairness != Fairness::Off && !local.is_empty())
                     .then(|| Arc::new(fair::Gate::new(&name, local, queue_limits)));
                 (
@@ -228,6 +242,7 @@ impl Router {
                         spill: Default::default(),
                         local_only,
                         basis,
+                        strategy,
                         min_window,
                         gate,
                     },
@@ -495,6 +510,8 @@ impl Router {
         let mut retries = 0u32;
         let mut last: Option<UpstreamError> = None;
         let mut permit: Option<fair::Permit> = None;
+        // The prompt's prefix keys, made once for a `prefix-aware` group.
+        let mut prefix_keys: Option<Vec<u64>> = None;
         loop {
             let now = now_ms();
             let eligible: Vec<usize> = (0..deps.len())
@@ -573,13 +590,21 @@ impl Router {
                 tried.clear();
                 continue;
             }
-            let pick = strategy::pick(
-                self.policy.strategy,
-                group.basis,
-                &fresh,
-                need,
-                self.policy.latency_buffer,
-            );
+            let pick = if group.strategy == Strategy::PrefixAware {
+                let keys = prefix_keys.get_or_insert_with(|| prefix::keys(&req.body));
+                prefix::pick(&fresh, keys, |d| {
+                    let q = d.queue();
+                    q.running + q.waiting
+                })
+            } else {
+                strategy::pick(
+                    group.strategy,
+                    group.basis,
+                    &fresh,
+                    need,
+                    self.policy.latency_buffer,
+                )
+            };
             let dep = fresh[pick].clone();
             let pos = deps.iter().position(|d| Arc::ptr_eq(d, &dep)).unwrap_or(0);
             let Some(mut slot) = dep.claim(need) else {
@@ -590,6 +615,10 @@ impl Router {
             if dep.load.is_local() {
                 // Held as long as the slot: for a stream, until it ends.
                 slot.1 = permit.take();
+            }
+            if let (Some(ix), Some(keys)) = (dep.prefix_index(), &prefix_keys) {
+                // Its backend will cache this prompt's prefixes.
+                ix.insert(keys);
             }
             log.attempts += 1;
             log.deployment.clone_from(&dep.id);

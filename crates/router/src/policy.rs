@@ -1,6 +1,6 @@
 //! Retry, backoff and cooldown rules, resolved once from `[router]`.
 
-use llmgw_core::config::{ErrorClass, RouterConfig, Strategy};
+use llmgw_core::config::{ErrorClass, RouterConfig};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -10,7 +10,6 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 
 pub(crate) struct Policy {
-    pub strategy: Strategy,
     num_retries: u32,
     retry_policy: BTreeMap<ErrorClass, u32>,
     allowed_fails: u32,
@@ -36,7 +35,6 @@ pub(crate) struct Policy {
 impl Policy {
     pub fn from_config(r: &RouterConfig) -> Self {
         Policy {
-            strategy: r.strategy,
             num_retries: r.num_retries,
             retry_policy: r.retry_policy.clone(),
             allowed_fails: r.allowed_fails.max(1),

@@ -66,6 +66,8 @@ pub fn pick(
         Strategy::UsageBased => lowest(candidates, |d| -d.headroom(tokens), 0.0),
         Strategy::CostBased => lowest(candidates, |d| d.price(), 0.0),
         Strategy::LoadBased => lowest(candidates, super::load::queue_len, 0.0),
+        // Needs the prompt: the router calls `prefix::pick` itself; never reaches here.
+        Strategy::PrefixAware => lowest(candidates, super::load::queue_len, 0.0),
     }
 }
 

@@ -135,7 +135,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterConfig {
-    pub strategy: Strategy,
+    /// How a group picks a deployment; unset: `prefix-aware` for a group of two or more
+    /// local replicas, `simple-shuffle` otherwise.
+    pub strategy: Option<Strategy>,
+    /// `prefix-aware`: prefix keys each deployment's index holds (256-byte chunks of prompt
+    /// text; about a backend's KV cache: 8192 ≈ half a million tokens).
+    pub prefix_index_chunks: usize,
     /// Retries after the first attempt, unless `retry_policy` says otherwise for a class.
     pub num_retries: u32,
     /// Per-attempt timeout when a deployment sets none.
@@ -225,7 +230,8 @@ pub struct SpilloverConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
-            strategy: Strategy::SimpleShuffle,
+            strategy: None,
+            prefix_index_chunks: 8192,
             num_retries: 2,
             timeout: Dur(Duration::from_secs(600)),
             cooldown: Dur(Duration::from_secs(30)),
@@ -258,6 +264,8 @@ pub enum Strategy {
     CostBased,
     /// The backend with the shortest real queue (polled from SGLang's load endpoint).
     LoadBased,
+    /// The replica most likely to hold the prompt's prefix in its KV cache.
+    PrefixAware,
 }
 
 /// The classes of upstream failure that retry and cooldown policies talk about.
