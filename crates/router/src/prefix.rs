@@ -182,7 +182,6 @@ mod tests {
 
     #[test]
     fn a_conversation_stays_on_its_replica_unless_loads_are_uneven() {
-        assert!(BALANCE_ABS < 38 && 40.0 > BALANCE_REL * 2.0);
         let deps: Vec<Arc<Deployment>> = (0..4).map(|i| dep(&format!("r{i}"))).collect();
         let cands: Vec<&Arc<Deployment>> = deps.iter().collect();
         let turn1 = keys(&conversation(&"s".repeat(4000), 1));
