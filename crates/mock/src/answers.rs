@@ -1,5 +1,5 @@
 //! The mock's answers: chat (JSON and SSE, tool calls), Responses, completions,
-//! embeddings, models, health and SGLang's `/get_load`.
+//! embeddings, models, health and SGLang's `/v1/loads` and `/get_load`.
 
 use super::*;
 
@@ -461,7 +461,22 @@ pub(crate) async fn health(State(s): State<Arc<MockState>>) -> Response {
     }
 }
 
-/// SGLang's `/get_load`: one data-parallel rank, `num_reqs` counting the waiting ones too.
+/// SGLang 0.5's `/v1/loads`: one data-parallel rank's `LoadSnapshot` core fields, with the
+/// scheduler's `max_running_requests` (`Behavior::max_running`; 0 when unlimited).
+pub(crate) async fn v1_loads(State(s): State<Arc<MockState>>) -> Response {
+    let running = s.running.load(Ordering::SeqCst);
+    let waiting = s.waiting.load(Ordering::SeqCst);
+    let max = s.behavior().max_running.unwrap_or(0);
+    json(
+        serde_json::json!({"version": "mock", "loads": [{"dp_rank": 0,
+            "num_running_reqs": running, "num_waiting_reqs": waiting,
+            "num_used_tokens": running * (PROMPT_TOKENS + 5), "max_running_requests": max}]})
+        .to_string(),
+    )
+}
+
+/// SGLang's `/get_load` (before 0.5): one data-parallel rank, `num_reqs` counting the
+/// waiting ones too.
 pub(crate) async fn get_load(State(s): State<Arc<MockState>>) -> Response {
     let running = s.running.load(Ordering::SeqCst);
     let waiting = s.waiting.load(Ordering::SeqCst);

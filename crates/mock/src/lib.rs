@@ -259,6 +259,7 @@ fn router(state: Arc<MockState>) -> axum::Router {
         .route("/health", get(health))
         .route("/get_model_info", get(model_info))
         .route("/get_load", get(get_load))
+        .route("/v1/loads", get(v1_loads))
         // Any size the gateway lets through (its own limit is what tests exercise).
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(

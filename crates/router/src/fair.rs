@@ -147,6 +147,20 @@ impl Gate {
         }
     }
 
+    /// The local deployments' mean latency (µs; 0 before any sample).
+    pub fn latency_us(&self) -> u64 {
+        let samples: Vec<u64> = self
+            .local
+            .iter()
+            .map(|d| d.latency_us())
+            .filter(|&l| l > 0)
+            .collect();
+        match samples.len() {
+            0 => 0,
+            n => samples.iter().sum::<u64>() / n as u64,
+        }
+    }
+
     /// Requests the local deployments can run at once: the sum of their limits (those
     /// available); unlimited while any available one's limit is unknown.
     fn capacity(&self) -> u64 {

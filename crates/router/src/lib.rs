@@ -382,10 +382,10 @@ impl Router {
                 && group.local_only
                 && !req.options.disable_fallbacks
                 && depth < self.policy.max_fallback_depth
-                && self
-                    .policy
-                    .spillover
-                    .is_some_and(|sp| sp.all_full(&group.deployments))
+                && self.policy.spillover.is_some_and(|sp| match &group.gate {
+                    Some(g) => sp.gate_full(g) || sp.all_full(&group.deployments),
+                    None => sp.all_full(&group.deployments),
+                })
             {
                 let next = self.next_groups(&model, via, ErrorClass::ServiceUnavailable, &req);
                 if !next.is_empty() {
@@ -536,6 +536,17 @@ impl Router {
                 .filter(|i| !tried.contains(i))
                 .map(|&i| &deps[i])
                 .collect();
+            // The cloud deployments among them, before local-first narrows the list: where
+            // the gate's overflow goes with spillover.
+            let cloud: Vec<&Arc<Deployment>> = if group.gate.is_some() {
+                fresh
+                    .iter()
+                    .filter(|d| !d.load.is_local())
+                    .copied()
+                    .collect()
+            } else {
+                Vec::new()
+            };
             if let Some(sp) = &self.policy.spillover {
                 let (open, spilled) = sp.local_first(fresh);
                 if spilled && tried.is_empty() {
@@ -549,16 +560,12 @@ impl Router {
                 if fresh.iter().any(|d| d.load.is_local()) {
                     permit = gate.try_now();
                     if permit.is_none() {
-                        let others: Vec<&Arc<Deployment>> = fresh
-                            .iter()
-                            .filter(|d| !d.load.is_local())
-                            .copied()
-                            .collect();
-                        if self.policy.spillover.is_some() && !others.is_empty() {
+                        let crowded = self.policy.spillover.is_some_and(|sp| sp.gate_full(gate));
+                        if crowded && !cloud.is_empty() {
                             if tried.is_empty() {
                                 group.spill.cloud.fetch_add(1, Ordering::Relaxed);
                             }
-                            fresh = others;
+                            fresh = cloud;
                         } else {
                             let cost = need.saturating_add(fair::completion_budget(&req.body));
                             let (p, waited) = gate

@@ -2,10 +2,13 @@
 //! it: the `load-based` strategy (shortest queue) and local-first spillover.
 //!
 //! A background [`Poller`] asks every local deployment (a launched backend, or any
-//! SGLang server) for its queue every 250 ms: SGLang's `GET /get_load` (per data-parallel
-//! rank: `num_reqs` running and waiting, `num_waiting_reqs`, `num_tokens`), or its
-//! Prometheus `/metrics` (`sglang:num_running_reqs`, `sglang:num_queue_reqs`,
-//! `sglang:num_used_tokens`) when `/get_load` is not there. The numbers land in the
+//! SGLang server) for its queue every 250 ms: SGLang's `GET /v1/loads` (0.5 and later; per
+//! data-parallel rank `num_running_reqs`, `num_waiting_reqs`, `num_used_tokens` and the
+//! scheduler's `max_running_requests`, which bounds the gateway's queue limit), else its
+//! older `GET /get_load` (`num_reqs` running and waiting, `num_waiting_reqs`,
+//! `num_tokens`), else its Prometheus `/metrics` (`sglang:num_running_reqs`,
+//! `sglang:num_queue_reqs`, `sglang:num_used_tokens`). `tests/sglang_compat.rs` checks
+//! these names against the pinned SGLang release's source. The numbers land in the
 //! deployment's atomics; the request path only reads them. Between two polls the
 //! gateway's own in-flight count says what changed (requests it sent or saw finish since),
 //! so a burst does not all land on the replica that was idle 200 ms ago.
@@ -36,6 +39,7 @@ const MAX_BODY: usize = 1024 * 1024;
 const SOURCE_UNKNOWN: u8 = 0;
 const SOURCE_GET_LOAD: u8 = 1;
 const SOURCE_METRICS: u8 = 2;
+const SOURCE_V1_LOADS: u8 = 3;
 
 /// A deployment's last load reading (atomics: written by the poller, read by routing).
 #[derive(Debug, Default)]
@@ -60,6 +64,8 @@ pub struct LoadState {
     calm: AtomicU8,
     /// What it ran the last time it had requests waiting (its real capacity then).
     full_at: AtomicU64,
+    /// The backend's own bound, when it reports one (0: none).
+    max_limit: AtomicU64,
 }
 
 /// Largest learned limit.
@@ -101,6 +107,21 @@ impl LoadState {
         self.fixed_limit.store(true, Ordering::Relaxed);
     }
 
+    /// The backend's own bound on requests it runs (SGLang's `max_running_requests`):
+    /// the limit starts there when none is known, and is never learned past it.
+    fn cap_limit(&self, max: u64) {
+        if max == 0 || self.fixed_limit.load(Ordering::Relaxed) {
+            return;
+        }
+        let max = max.min(MAX_LIMIT);
+        self.max_limit.store(max, Ordering::Relaxed);
+        let _ = self
+            .limit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+                (l == 0 || l > max).then_some(max)
+            });
+    }
+
     /// Learns the limit from a reading: a backend with requests waiting runs all it can
     /// (its running count is its limit); one that has none while the gateway keeps it at
     /// its limit may run more, so the limit grows by a quarter after a few such readings.
@@ -126,7 +147,11 @@ impl LoadState {
                 GROW_AFTER
             };
             if calm >= after {
-                let grown = limit.saturating_add((limit / 4).max(1)).min(MAX_LIMIT);
+                let bound = match self.max_limit.load(Ordering::Relaxed) {
+                    0 => MAX_LIMIT,
+                    m => m,
+                };
+                let grown = limit.saturating_add((limit / 4).max(1)).min(bound);
                 self.limit.store(grown, Ordering::Relaxed);
                 self.calm.store(0, Ordering::Relaxed);
             } else {
@@ -243,6 +268,26 @@ impl Spillover {
         (other, true)
     }
 
+    /// True when a group's gate (`fair.rs`) holds so many that a new request would wait
+    /// too long there: `queue` waiters, or about `wait` (waiters × latency / capacity).
+    /// With a gate, the backends' own queues stay short; this is where requests wait.
+    pub fn gate_full(&self, g: &super::fair::Gate) -> bool {
+        let v = g.view();
+        if v.waiting == 0 {
+            return false;
+        }
+        if self.queue.is_some_and(|max| v.waiting >= max) {
+            return true;
+        }
+        match (self.wait, v.capacity) {
+            (Some(max), Some(cap)) => {
+                let per = g.latency_us().saturating_mul(v.waiting) / cap.max(1);
+                Duration::from_micros(per) >= max
+            }
+            _ => false,
+        }
+    }
+
     /// True when every available local deployment of a group is full (and there is one).
     pub fn all_full(&self, group: &[Arc<Deployment>]) -> bool {
         let mut any = false;
@@ -320,17 +365,33 @@ impl Poller {
     }
 }
 
-/// One reading of `d`'s load, stored in its atomics.
+/// One reading of `d`'s load, stored in its atomics: SGLang's `/v1/loads` (0.5 and later),
+/// else its older `/get_load`, else its Prometheus `/metrics`; the first that answers is
+/// kept for this deployment.
 async fn poll(client: &reqwest::Client, d: &Deployment) {
     let origin = d.api_base.strip_suffix("/v1").unwrap_or(&d.api_base);
+    let in_flight = || d.stats.in_flight.load(Ordering::Relaxed);
     let source = d.load.source.load(Ordering::Relaxed);
+    if source == SOURCE_UNKNOWN || source == SOURCE_V1_LOADS {
+        match fetch(client, d, &format!("{origin}/v1/loads?include=core")).await {
+            Fetched::Body(b) => {
+                if let Some(l) = parse_v1_loads(&b) {
+                    d.load.source.store(SOURCE_V1_LOADS, Ordering::Relaxed);
+                    d.load.cap_limit(l.max_running);
+                    d.load.record(l.running, l.waiting, l.tokens, in_flight());
+                }
+                return;
+            }
+            Fetched::Missing if source == SOURCE_UNKNOWN => {}
+            _ => return,
+        }
+    }
     if source != SOURCE_METRICS {
         match fetch(client, d, &format!("{origin}/get_load")).await {
             Fetched::Body(b) => {
                 if let Some((r, w, t)) = parse_get_load(&b) {
                     d.load.source.store(SOURCE_GET_LOAD, Ordering::Relaxed);
-                    d.load
-                        .record(r, w, t, d.stats.in_flight.load(Ordering::Relaxed));
+                    d.load.record(r, w, t, in_flight());
                 }
                 return;
             }
@@ -341,9 +402,64 @@ async fn poll(client: &reqwest::Client, d: &Deployment) {
     if let Fetched::Body(b) = fetch(client, d, &format!("{origin}/metrics")).await {
         if let Some((r, w, t)) = parse_metrics(&String::from_utf8_lossy(&b)) {
             d.load.source.store(SOURCE_METRICS, Ordering::Relaxed);
-            d.load
-                .record(r, w, t, d.stats.in_flight.load(Ordering::Relaxed));
+            d.load.record(r, w, t, in_flight());
         }
+    }
+}
+
+/// A `/v1/loads` reading, summed over data-parallel ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loads {
+    pub running: u64,
+    pub waiting: u64,
+    pub tokens: u64,
+    /// The scheduler's `max_running_requests` (0 when not reported).
+    pub max_running: u64,
+}
+
+/// SGLang's `/v1/loads`: `{"loads": [{"num_running_reqs", "num_waiting_reqs",
+/// "num_used_tokens", "max_running_requests", …} per data-parallel rank]}`; summed.
+pub(crate) fn parse_v1_loads(body: &[u8]) -> Option<Loads> {
+    #[derive(serde::Deserialize)]
+    struct Rank {
+        #[serde(default)]
+        num_running_reqs: f64,
+        #[serde(default)]
+        num_waiting_reqs: f64,
+        #[serde(default)]
+        num_used_tokens: f64,
+        #[serde(default)]
+        max_running_requests: f64,
+    }
+    #[derive(serde::Deserialize)]
+    struct All {
+        loads: Vec<Rank>,
+    }
+    let all: All = serde_json::from_slice(body).ok()?;
+    let mut out = Loads {
+        running: 0,
+        waiting: 0,
+        tokens: 0,
+        max_running: 0,
+    };
+    for r in all.loads.iter().take(1024) {
+        out.running = out.running.saturating_add(count(r.num_running_reqs));
+        out.waiting = out.waiting.saturating_add(count(r.num_waiting_reqs));
+        out.tokens = out.tokens.saturating_add(count(r.num_used_tokens));
+        out.max_running = out
+            .max_running
+            .saturating_add(count(r.max_running_requests));
+    }
+    Some(out)
+}
+
+/// A count from a backend's JSON: finite, ≥ 0, at most 10^12 (hostile numbers neither
+/// wrap nor panic).
+fn count(v: f64) -> u64 {
+    if v.is_finite() && v > 0.0 {
+        v.min(1e12) as u64
+    } else {
+        0
     }
 }
 
@@ -401,18 +517,11 @@ pub(crate) fn parse_get_load(body: &[u8]) -> Option<(u64, u64, u64)> {
         Load::Ranks(r) => r,
         Load::One(r) => vec![r],
     };
-    let n = |v: f64| {
-        if v.is_finite() && v > 0.0 {
-            v.min(1e12) as u64
-        } else {
-            0
-        }
-    };
     let (mut all, mut waiting, mut tokens) = (0u64, 0u64, 0u64);
     for r in ranks.iter().take(1024) {
-        all = all.saturating_add(n(r.num_reqs));
-        waiting = waiting.saturating_add(n(r.num_waiting_reqs));
-        tokens = tokens.saturating_add(n(r.num_tokens));
+        all = all.saturating_add(count(r.num_reqs));
+        waiting = waiting.saturating_add(count(r.num_waiting_reqs));
+        tokens = tokens.saturating_add(count(r.num_tokens));
     }
     Some((all.saturating_sub(waiting), waiting, tokens))
 }
@@ -454,6 +563,33 @@ pub(crate) fn parse_metrics(text: &str) -> Option<(u64, u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_loads_are_summed_over_ranks() {
+        // The shape of SGLang 0.5's /v1/loads (LoadSnapshot.to_dict per rank).
+        let body = br#"{"timestamp":"2026-12-07T00:00:00Z","version":"0.5.23","accelerator":null,"num_accelerators":1,"loads":[{"dp_rank":0,"num_running_reqs":4,"num_waiting_reqs":2,"num_used_tokens":900,"max_running_requests":48,"token_usage":0.1},{"dp_rank":1,"num_running_reqs":1,"num_waiting_reqs":0,"num_used_tokens":100,"max_running_requests":48}]}"#;
+        assert_eq!(
+            parse_v1_loads(body),
+            Some(Loads {
+                running: 5,
+                waiting: 2,
+                tokens: 1000,
+                max_running: 96
+            })
+        );
+        assert_eq!(parse_v1_loads(b"[]"), None);
+        let s = LoadState::new(true);
+        s.cap_limit(96);
+        assert_eq!(
+            s.limit(),
+            96,
+            "the backend's bound is where the limit starts"
+        );
+        s.learn_limit(10, 3, 13);
+        assert_eq!(s.limit(), 10, "full at 10: its real capacity now");
+        s.cap_limit(8);
+        assert_eq!(s.limit(), 8, "never past the backend's own bound");
+    }
 
     #[test]
     fn get_load_is_summed_over_ranks() {
