@@ -49,6 +49,14 @@ for sdk in openai anthropic; do
   fi
 done
 
+# --- The pinned SGLang release's wheel (no dependencies, ~40 MB), whose source
+# tests/sglang_compat.rs checks llmgw's launch lines and load readings against ------------
+sglang_wheel_dir=target/sglang-wheel
+if ! ls "$sglang_wheel_dir"/sglang-0.5.23-*.whl >/dev/null 2>&1; then
+  log "fetching the SGLang 0.5.23 wheel for the compatibility test (pip download --no-deps)"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$sglang_wheel_dir" sglang==0.5.23
+fi
+
 # --- Rust components -----------------------------------------------------------------
 if [ $quick -eq 0 ]; then
   if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then

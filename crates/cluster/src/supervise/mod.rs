@@ -315,12 +315,7 @@ impl Planner {
                 None => self.private.insert(PrivateDir::create().map_err(key_err)?),
             };
             let file = dir.0.join(format!("{}.yaml", spec.name));
-            // A JSON string is a YAML scalar, whatever a configured key contains.
-            let quoted = serde_json::to_string(spec.key.expose()).map_err(|e| key_err(e.into()))?;
-            let yaml = format!(
-                "# llmgw: the API key of backend {}\napi-key: {quoted}\n",
-                spec.name
-            );
+            let yaml = sglang_config_yaml(spec).map_err(|e| key_err(e.into()))?;
             llmgw_core::state::write_atomic(&file, yaml.as_bytes(), 0o600).map_err(key_err)?;
             argv.extend(["--config".to_string(), file.display().to_string()]);
         }

@@ -56,11 +56,22 @@ pub fn command_line(
     )
 }
 
+/// SGLang's `--config` file for a backend: its API key, as YAML (a JSON string is a YAML
+/// scalar, whatever a configured key contains). SGLang reads only files named `.yaml` or
+/// `.yml`, and turns each key into the flag of the same name (`api-key` → `--api-key`).
+pub fn sglang_config_yaml(spec: &BackendSpec) -> Result<String, serde_json::Error> {
+    let quoted = serde_json::to_string(spec.key.expose())?;
+    Ok(format!(
+        "# llmgw: the API key of backend {}\napi-key: {quoted}\n",
+        spec.name
+    ))
+}
+
 /// The backend's argv: SGLang's launch line, or `command` with placeholders substituted
 /// (`{port}`, `{host}`, `{model_path}`, `{llmgw}`, `{replica}`, `{rank}`, `{node}`). A
 /// multi-node server also gets SGLang's `--nnodes N --node-rank R --dist-init-addr A`,
 /// appended to a `command` too.
-pub(crate) fn spec_command_line(
+pub fn spec_command_line(
     spec: &BackendSpec,
     host: &str,
     port: u16,
