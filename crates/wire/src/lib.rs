@@ -17,6 +17,7 @@ mod fuzz;
 pub mod gemini;
 pub mod hub;
 pub mod openai;
+pub mod prepared;
 pub mod providers;
 pub mod request;
 pub mod responses;

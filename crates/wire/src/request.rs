@@ -125,6 +125,9 @@ pub struct ClientRequest {
     pub options: RequestOptions,
     /// Client headers for an upstream of the client's own API.
     pub forwarded: Forwarded,
+    /// A Responses request's tool names and stored conversation (`apis::prepare` in the
+    /// gateway sets it before routing; `None` elsewhere).
+    pub prepared: Option<std::sync::Arc<crate::prepared::Prepared>>,
     /// Byte range of the `model` value (quotes included) in `body`.
     model_span: Range<usize>,
 }
@@ -265,6 +268,7 @@ impl ClientRequest {
             include_usage: fast.include_usage,
             options: RequestOptions::default(),
             forwarded: Forwarded::default(),
+            prepared: None,
             model_span: fast.model,
         })
     }
@@ -346,6 +350,7 @@ impl ClientRequest {
             include_usage,
             options,
             forwarded: Forwarded::default(),
+            prepared: None,
             model_span,
         };
         if has_own {
