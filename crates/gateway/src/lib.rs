@@ -24,3 +24,4 @@ pub mod serve;
 pub mod spend;
 pub mod state;
 pub mod store;
+pub mod stored;

@@ -167,6 +167,11 @@ pub async fn run(
         backends: monitor.clone(),
         cache,
         keys,
+        responses: crate::stored::Responses::new(
+            &cfg,
+            args.state_dir.as_deref(),
+            server.max_body_bytes,
+        ),
     });
     let relay = match &member {
         Some(_) => Some(crate::relay::Relay::new(server.max_body_bytes)?),

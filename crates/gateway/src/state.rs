@@ -28,6 +28,8 @@ pub struct AppState {
     pub cache: crate::cache::Cache,
     /// Virtual keys, budgets, spend and the admin API (only with a master key).
     pub keys: Option<Arc<crate::keys::KeyService>>,
+    /// Stored Responses API answers (`store`, `previous_response_id`).
+    pub responses: Arc<crate::stored::Responses>,
 }
 
 impl AppState {

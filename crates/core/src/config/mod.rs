@@ -70,6 +70,8 @@ pub struct Config {
     pub slurm: SlurmConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub responses: ResponsesConfig,
 }
 
 /// `[server]`: where and how the gateway listens.
@@ -444,6 +446,27 @@ impl Default for StoreConfig {
             path: None,
             buffer_rows: 100_000,
             poll_interval: Dur(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// `[responses]`: stored Responses API answers (`store`, `previous_response_id`,
+/// `GET /v1/responses/{id}`), kept in the `[store]` database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesConfig {
+    /// How long a stored response is kept (OpenAI keeps them 30 days).
+    pub retention: Dur,
+    /// What a request without `store` gets: `true`, OpenAI's default (the SDKs and
+    /// `previous_response_id` then just work); `false` keeps only what asks for it.
+    pub default_store: bool,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        Self {
+            retention: Dur(Duration::from_secs(30 * 86_400)),
+            default_store: true,
         }
     }
 }
