@@ -41,6 +41,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 
+/// Longest response id looked up (ids are ~30 characters; the wire crate caps
+/// `previous_response_id` alike).
+const MAX_ID: usize = 256;
+
 /// Longest chain `previous_response_id` follows.
 const MAX_DEPTH: i64 = 10_000;
 
@@ -167,6 +171,9 @@ impl Responses {
         caller: &Caller,
         id: &str,
     ) -> Result<StoredResponse, ApiError> {
+        if id.is_empty() || id.len() > MAX_ID {
+            return Err(not_found(id.get(..64).unwrap_or("(too long)")));
+        }
         let found = self
             .store()
             .await?
