@@ -614,6 +614,21 @@ mod tests {
     }
 
     #[test]
+    fn responses_retention_and_default_store() {
+        let c = Config::load_str("", "x.toml").unwrap().config.responses;
+        assert_eq!(c.retention.0, Duration::from_secs(30 * 86_400));
+        assert!(c.default_store);
+        let text = "[responses]\nretention = \"7d\"\ndefault_store = false\n";
+        let c = Config::load_str(text, "x.toml").unwrap().config.responses;
+        assert_eq!(c.retention.0, Duration::from_secs(7 * 86_400));
+        assert!(!c.default_store);
+        let err = Config::load_str("[responses]\nretention = \"10s\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention"), "{err}");
+    }
+
+    #[test]
     fn wrong_type_names_line() {
         let text = "[server]\nport = \"four\"\n";
         let err = Config::load_str(text, "x.toml").unwrap_err().to_string();

@@ -114,3 +114,59 @@ impl SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::responses::StoredResponse;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::Store;
+
+    fn row(id: &str, prev: Option<&str>, expires_ms: i64) -> StoredResponse {
+        StoredResponse {
+            id: id.into(),
+            owner: "k1".into(),
+            created_ms: 1,
+            expires_ms,
+            previous_id: prev.map(str::to_string),
+            lives_at: None,
+            model: "m".into(),
+            input: "[]".into(),
+            response: format!("{{\"id\":\"{id}\"}}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn chains_expiry_and_sweep() {
+        let s = Store::Sqlite(SqliteStore::open(None).unwrap());
+        s.responses_schema().await.unwrap();
+        s.put_response(&row("a", None, 100)).await.unwrap();
+        s.put_response(&row("b", Some("a"), 1000)).await.unwrap();
+        s.put_response(&row("c", Some("b"), 1000)).await.unwrap();
+        // The same id again changes nothing.
+        s.put_response(&row("c", None, 5)).await.unwrap();
+        let ids = |links: Vec<crate::store::responses::Link>| -> Vec<String> {
+            links.into_iter().map(|l| l.id).collect()
+        };
+        assert_eq!(
+            ids(s.response_chain("c", 50, 100).await.unwrap()),
+            ["c", "b", "a"]
+        );
+        assert_eq!(ids(s.response_chain("c", 50, 2).await.unwrap()), ["c", "b"]);
+        // "a" expired at 100: the chain stops at "b", whose previous id names it.
+        let links = s.response_chain("c", 200, 100).await.unwrap();
+        assert_eq!(links.last().unwrap().previous_id.as_deref(), Some("a"));
+        assert_eq!(links[0].size, 2 + 10);
+        assert!(s.get_response("a", 200).await.unwrap().is_none());
+        assert_eq!(s.get_response("b", 200).await.unwrap().unwrap().owner, "k1");
+        assert_eq!(
+            s.get_responses(&["b".into(), "c".into(), "x".into()], 200)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(s.sweep_responses(200).await.unwrap(), 1);
+        assert!(s.delete_response("b").await.unwrap());
+        assert!(!s.delete_response("b").await.unwrap());
+    }
+}
