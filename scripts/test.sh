@@ -23,6 +23,8 @@ command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
 command -v munged >/dev/null 2>&1 || missing+=(munge)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# npm installs the pinned Codex CLI for tests/codex.rs (scripts/codex.sh).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 # A real PostgreSQL server for the shared key/spend store tests (tests/common/postgres.rs
 # runs initdb + postgres from /usr/lib/postgresql/*/bin as the postgres user).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
@@ -56,6 +58,9 @@ if ! ls "$sglang_wheel_dir"/sglang-0.5.23-*.whl >/dev/null 2>&1; then
   log "fetching the SGLang 0.5.23 wheel for the compatibility test (pip download --no-deps)"
   python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$sglang_wheel_dir" sglang==0.5.23
 fi
+# --- the OpenAI Codex CLI used by the compatibility test (tests/codex.rs) --------------
+log "the Codex CLI (scripts/codex.sh: npm install @openai/codex, pinned)"
+bash scripts/codex.sh >/dev/null
 
 # --- Rust components -----------------------------------------------------------------
 if [ $quick -eq 0 ]; then

@@ -550,6 +550,8 @@ async fn messages_errors_auth_cache_and_headers() {
     assert_eq!(resp.headers()["x-llmgw-cache"], "miss");
     let v = json_body(resp).await;
     assert_eq!(v["type"], "message");
+    // Anthropic's id form, whatever the translated upstream's id was.
+    assert!(v["id"].as_str().unwrap().starts_with("msg_"), "{v}");
     assert_eq!(v["content"][0]["text"], "Hello from qwen");
     assert_eq!(v["usage"], json!({"input_tokens": 9, "output_tokens": 6}));
     // The same request again: a cache hit, in the same shape; streamed, stored and hit.

@@ -29,17 +29,28 @@ fn wheel() -> Option<PathBuf> {
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sglang-wheel");
     let find = || {
-        std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("sglang-{SGLANG}-")) && n.ends_with(".whl"))
-        })
+        std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("sglang-{SGLANG}-")) && n.ends_with(".whl")
+                })
+            })
     };
     if let Some(w) = find() {
         return Some(w);
     }
     let fetched = Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ])
         .arg(format!("sglang=={SGLANG}"))
         .arg("-d")
         .arg(&dir)
@@ -107,7 +118,11 @@ fn launch_lines_and_load_readings_match_the_pinned_sglang() {
     let flags = names(&r, "flags");
     assert!(flags.len() > 100, "too few options read: {flags:?}");
     let check = |what: &str, argv: &[String]| {
-        assert_eq!(&argv[..3], ["python", "-m", "sglang.launch_server"], "{what}: {argv:?}");
+        assert_eq!(
+            &argv[..3],
+            ["python", "-m", "sglang.launch_server"],
+            "{what}: {argv:?}"
+        );
         for o in options(argv) {
             assert!(
                 flags.contains(&o),
@@ -142,7 +157,10 @@ fn launch_lines_and_load_readings_match_the_pinned_sglang() {
         let argv = spec_command_line(&s, "10.0.0.3", 31000, "/bin/llmgw").unwrap();
         check(&format!("rank {rank} of two nodes"), &argv);
         for o in ["--nnodes", "--node-rank", "--dist-init-addr"] {
-            assert!(argv.iter().any(|a| a == o), "rank {rank}: {o} missing: {argv:?}");
+            assert!(
+                argv.iter().any(|a| a == o),
+                "rank {rank}: {o} missing: {argv:?}"
+            );
         }
     }
     // The `--config` file: a YAML file whose keys SGLang turns into options of the same
@@ -160,7 +178,10 @@ fn launch_lines_and_load_readings_match_the_pinned_sglang() {
         .collect();
     assert_eq!(keys, ["api-key"], "{yaml}");
     for k in keys {
-        assert!(flags.contains(&format!("--{k}")), "the config file's {k} is no option");
+        assert!(
+            flags.contains(&format!("--{k}")),
+            "the config file's {k} is no option"
+        );
     }
     // Every `launch` in the shipped example configs.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");

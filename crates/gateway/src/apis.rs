@@ -9,6 +9,8 @@
 //! (`router::stream`). This module holds the checks made before routing, and
 //! token counting, which needs no model.
 
+use crate::keys::Caller;
+use crate::state::AppState;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
@@ -21,25 +23,64 @@ use llmgw_wire::upstream_error::UpstreamError;
 use std::sync::atomic::Ordering;
 
 /// What every request of these APIs gets before routing: the client headers an upstream
-/// of the same API may see, and for Responses the refusal of what needs stored state.
-pub async fn prepare(req: &mut ClientRequest, headers: &HeaderMap) -> Result<(), ApiError> {
-    use llmgw_wire::responses::request::check_stateless;
+/// of the same API may see, and for Responses what the body says about stored state and
+/// tools (`stored::Responses::prepare`: the stored conversation it continues, the tool
+/// name table).
+pub async fn prepare(
+    s: &AppState,
+    caller: &Caller,
+    req: &mut ClientRequest,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     req.forwarded = Forwarded::from_headers(req.endpoint, headers);
     if req.endpoint != Endpoint::Responses {
         return Ok(());
     }
-    if req.body.len() <= llmgw_wire::request::PARSE_INLINE_MAX {
-        return check_stateless(&req.body);
-    }
-    // A large body is read on the low-priority pool, as its parsing was.
-    let body = req.body.clone();
-    llmgw_core::heavy::run(move || check_stateless(&body))
-        .await
-        .unwrap_or_else(|busy| {
-            Err(ApiError::unavailable(busy.to_string())
-                .with_code("server_busy")
-                .with_retry_after(1))
-        })
+    s.responses.prepare(caller, req).await
+}
+
+/// `GET /v1/responses/{id}`: a stored response.
+pub async fn get_response(
+    s: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let caller = s.caller(headers)?;
+    let r = s.responses.get(&caller, id).await?;
+    Ok(json(crate::stored::body(&r)))
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete_response(
+    s: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let caller = s.caller(headers)?;
+    s.responses.delete(&caller, id).await?;
+    let body = serde_json::json!({"id": id, "object": "response", "deleted": true});
+    Ok(json(Bytes::from(body.to_string())))
+}
+
+/// `GET /v1/responses/{id}/input_items`: a page of a stored response's input items.
+pub async fn input_items(
+    s: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    query: &llmgw_wire::responses::stored::PageQuery,
+) -> Result<Response, ApiError> {
+    let caller = s.caller(headers)?;
+    let r = s.responses.get(&caller, id).await?;
+    Ok(json(llmgw_wire::responses::stored::page(&r.input, query)?))
+}
+
+fn json(body: Bytes) -> Response {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Largest count_tokens answer read from an upstream (it is a few bytes).

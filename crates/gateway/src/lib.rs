@@ -25,3 +25,4 @@ pub mod serve;
 pub mod spend;
 pub mod state;
 pub mod store;
+pub mod stored;

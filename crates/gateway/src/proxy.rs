@@ -66,7 +66,7 @@ pub(crate) async fn proxy(
         let caller = s.caller(&headers)?;
         let bytes = read_body(body, &headers, s.max_body).await?;
         let mut req = ClientRequest::parse_bounded(endpoint, bytes).await?;
-        crate::apis::prepare(&mut req, &headers).await?;
+        crate::apis::prepare(&s, &caller, &mut req, &headers).await?;
         log.model = req.model.clone();
         log.stream = req.stream;
         if let Some(keys) = &s.keys {
@@ -99,6 +99,7 @@ pub(crate) async fn proxy(
             }
             crate::cache::Outcome::Continue(pending) => pending,
         };
+        let keep = s.responses.keep(&caller, &req);
         let client_usage = req.include_usage;
         let req = if ticket.is_some() {
             req.with_usage_requested()
@@ -115,6 +116,10 @@ pub(crate) async fn proxy(
         let until = tokio::time::Instant::from_std(deadline);
         match tokio::time::timeout_at(until, serving).await {
             Ok(Ok(resp)) => {
+                let resp = match keep {
+                    Some(k) => k.finish(&s.router, resp).await,
+                    None => resp,
+                };
                 let resp = match ticket.take() {
                     Some(t) => crate::keys::meter::meter(t, !client_usage, resp).await,
                     None => resp,

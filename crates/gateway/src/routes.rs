@@ -4,7 +4,7 @@
 use crate::proxy::proxy;
 use crate::state::{json_response, models_body, AppState};
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,6 +44,44 @@ fn apis(api: axum::Router<Arc<AppState>>) -> axum::Router<Arc<AppState>> {
         .route("/v1/messages/count_tokens", post(count_tokens_route))
         .route("/v1/responses", post(responses))
         .route("/responses", post(responses))
+        .route(
+            "/v1/responses/{id}",
+            get(get_response).delete(delete_response),
+        )
+        .route("/responses/{id}", get(get_response).delete(delete_response))
+        .route("/v1/responses/{id}/input_items", get(input_items))
+        .route("/responses/{id}/input_items", get(input_items))
+}
+
+async fn get_response(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    crate::apis::get_response(&s, &headers, &id)
+        .await
+        .unwrap_or_else(|e| e.into_response())
+}
+
+async fn delete_response(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    crate::apis::delete_response(&s, &headers, &id)
+        .await
+        .unwrap_or_else(|e| e.into_response())
+}
+
+async fn input_items(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<llmgw_wire::responses::stored::PageQuery>,
+) -> Response {
+    crate::apis::input_items(&s, &headers, &id, &q)
+        .await
+        .unwrap_or_else(|e| e.into_response())
 }
 
 async fn messages(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -235,7 +273,7 @@ fn deployment_health(d: &llmgw_router::Deployment) -> serde_json::Value {
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     ApiError::not_found(format!(
-        "no route {}; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages, /v1/messages/count_tokens, /v1/responses, /v1/models and /health",
+        "no route {}; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages, /v1/messages/count_tokens, /v1/responses (and GET/DELETE /v1/responses/{{id}}), /v1/models and /health",
         uri.path()
     ))
     .into_response()

@@ -172,6 +172,11 @@ pub async fn run(
         cache,
         keys,
         fairness: cfg.config.router.fairness,
+        responses: crate::stored::Responses::new(
+            &cfg,
+            args.state_dir.as_deref(),
+            server.max_body_bytes,
+        ),
     });
     let relay = match &member {
         Some(_) => Some(crate::relay::Relay::new(server.max_body_bytes)?),

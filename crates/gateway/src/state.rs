@@ -30,6 +30,8 @@ pub struct AppState {
     pub keys: Option<Arc<crate::keys::KeyService>>,
     /// Whose requests share a full group fairly (`[router] fairness`).
     pub fairness: llmgw_core::config::Fairness,
+    /// Stored Responses API answers (`store`, `previous_response_id`).
+    pub responses: Arc<crate::stored::Responses>,
 }
 
 impl AppState {

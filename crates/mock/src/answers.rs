@@ -38,7 +38,7 @@ pub(crate) async fn chat(
     let completion_tokens = b.chunks as u64;
     let id = format!("chatcmpl-{}-{}", s.name, s.requests.load(Ordering::Relaxed));
     if b.tool_calls {
-        if let Some(r) = tool_call_answer(&req, &id, completion_tokens) {
+        if let Some(r) = tool_call_answer(&req, &id, completion_tokens, b.tool_pick.as_ref()) {
             return match r {
                 ToolAnswer::Json(body) => json(body),
                 ToolAnswer::Stream(events) => sse(s, events, &b, slot),
@@ -123,8 +123,22 @@ pub fn tool_args_for(schema: Option<&serde_json::Value>) -> serde_json::Value {
 }
 
 /// The tool-call answer (`Behavior::tool_calls`), or `None` to answer with text.
-pub(crate) fn tool_call_answer(req: &Req, id: &str, completion_tokens: u64) -> Option<ToolAnswer> {
-    let tool = req.tools.as_ref()?.first()?;
+pub(crate) fn tool_call_answer(
+    req: &Req,
+    id: &str,
+    completion_tokens: u64,
+    pick: Option<&(String, Option<String>)>,
+) -> Option<ToolAnswer> {
+    let tools = req.tools.as_ref()?;
+    let tool = pick
+        .and_then(|(part, _)| {
+            tools.iter().find(|t| {
+                t["function"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains(part.as_str()))
+            })
+        })
+        .or_else(|| tools.first())?;
     let last_is_tool = req
         .messages
         .as_ref()
@@ -134,7 +148,10 @@ pub(crate) fn tool_call_answer(req: &Req, id: &str, completion_tokens: u64) -> O
         return None;
     }
     let name = tool["function"]["name"].as_str().unwrap_or("tool");
-    let args = tool_args_for(tool["function"].get("parameters")).to_string();
+    let args = match pick.and_then(|(_, args)| args.clone()) {
+        Some(a) => a,
+        None => tool_args_for(tool["function"].get("parameters")).to_string(),
+    };
     let call_id = format!("call_{id}");
     let usage = serde_json::json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens});
     if !req.stream {

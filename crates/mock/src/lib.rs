@@ -57,6 +57,9 @@ pub struct Behavior {
     /// When the request declares tools and its last message is not a tool result,
     /// answer with a call of the first tool (arguments made up from its schema).
     pub tool_calls: bool,
+    /// With `tool_calls`: call the first declared tool whose name contains this (else
+    /// the first tool), with these arguments (JSON text) instead of made-up ones.
+    pub tool_pick: Option<(String, Option<String>)>,
     /// An injected fault's message quotes the request's headers, as some upstreams'
     /// debug errors do (the provider key included).
     pub echo_headers: bool,
@@ -93,6 +96,7 @@ impl Default for Behavior {
             reply: "Hello from {name}".into(),
             models: vec!["mock-model".into()],
             tool_calls: false,
+            tool_pick: None,
             echo_headers: false,
             pad_bytes: 0,
             api_key: None,

@@ -49,10 +49,19 @@ pub fn translator(dep: &Upstream, req: &ClientRequest) -> Option<Box<dyn StreamT
     stream_translator(dep.provider.wire(dep, req), dep, req)
 }
 
-/// True when `req` reaches `dep` in the client's own format (bytes pass through).
+/// True when `req` reaches `dep` in the client's own format (bytes pass through). A
+/// Responses request continuing a stored response passes through only to the deployment
+/// that holds the whole chain; another Responses deployment gets the conversation
+/// rebuilt ([`responses::stored::rewrite`]).
 pub fn passthrough(dep: &Upstream, req: &ClientRequest) -> bool {
     match req.endpoint.chat_format() {
-        Some(f) => f == dep.provider.wire(dep, req),
+        Some(f) => {
+            f == dep.provider.wire(dep, req)
+                && req
+                    .prepared
+                    .as_ref()
+                    .is_none_or(|p| p.chain_lives_at(&dep.id))
+        }
         // Completions, embeddings and token counts are never translated through the hub.
         None => true,
     }
@@ -96,6 +105,9 @@ pub fn chat_body(dep: &Upstream, req: &ClientRequest, wire: Format) -> Result<By
         return Ok(req.body_for_model(&dep.model));
     };
     if from == wire {
+        if !passthrough(dep, req) {
+            return responses::stored::rewrite(req, &dep.model);
+        }
         return Ok(req.body_for_model(&dep.model));
     }
     let target = Target { dep, format: wire };

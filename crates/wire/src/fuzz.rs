@@ -22,6 +22,10 @@ const ANTHROPIC_BODY: &str = r#"{"model":"m","max_tokens":64,"stream":true,"syst
 /// A Responses body: instructions, items of every supported type, tools, text format.
 const RESPONSES_BODY: &str = r#"{"model":"m","instructions":"S","stream":true,"max_output_tokens":64,"store":false,"reasoning":{"effort":"low"},"text":{"format":{"type":"json_schema","name":"n","schema":{"type":"object"}}},"tool_choice":{"type":"function","name":"f"},"tools":[{"type":"function","name":"f","parameters":{"type":"object"}}],"input":[{"role":"developer","content":"D"},{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"},{"type":"input_image","image_url":"data:image/png;base64,AA"}]},{"type":"reasoning","id":"r","summary":[]},{"type":"function_call","call_id":"c","name":"f","arguments":"{\"a\":1}"},{"type":"function_call_output","call_id":"c","output":"out"},{"role":"assistant","content":[{"type":"output_text","text":"ok"}]}]}"#;
 
+/// A Codex-like Responses body: `additional_tools` with namespaces and a custom
+/// (freeform) tool, namespaced and custom calls and their outputs, `client_metadata`.
+const CODEX_BODY: &str = r#"{"model":"m","stream":true,"store":false,"client_metadata":{"turn_id":"t"},"tools":[{"type":"function","name":"exec_command","parameters":{"type":"object"}},{"type":"namespace","name":"multi_agent_v1","description":"d","tools":[{"type":"function","name":"close_agent","parameters":{"type":"object"}}]}],"input":[{"type":"additional_tools","role":"developer","tools":[{"type":"namespace","name":"functions","tools":[{"type":"custom","name":"exec","format":{"type":"grammar","syntax":"lark","definition":"start: /.+/"}}]}]},{"role":"user","content":"go"},{"type":"function_call","namespace":"multi_agent_v1","name":"close_agent","call_id":"c","arguments":"{}"},{"type":"function_call_output","call_id":"c","output":"ok"},{"type":"custom_tool_call","namespace":"functions","name":"exec","call_id":"d","input":"1+1"},{"type":"custom_tool_call_output","call_id":"d","output":[{"type":"input_text","text":"2"}]}]}"#;
+
 /// An OpenAI chat body with tools and a tool round trip.
 const CHAT_BODY: &str = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"S"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]},{"role":"tool","tool_call_id":"c","content":"r"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":"auto","max_tokens":5}"#;
 
@@ -56,11 +60,12 @@ fn deployments(drop_params: bool) -> [(Format, Upstream); 3] {
 }
 
 /// A valid request of each client format (streamed).
-fn clients() -> [(Endpoint, &'static str); 3] {
+fn clients() -> [(Endpoint, &'static str); 4] {
     [
         (Endpoint::ChatCompletions, CHAT_BODY),
         (Endpoint::Messages, ANTHROPIC_BODY),
         (Endpoint::Responses, RESPONSES_BODY),
+        (Endpoint::Responses, CODEX_BODY),
     ]
 }
 
@@ -90,7 +95,7 @@ fn mutated_bodies_never_panic() {
         for _ in 0..1500 {
             let b = mutate(&mut rng, body.as_bytes());
             if endpoint == Endpoint::Responses {
-                let _ = crate::responses::request::check_stateless(&b);
+                let _ = crate::responses::prepare::prepare(&b, true);
             }
             let Some(req) = parse(endpoint, &b) else {
                 continue;

@@ -609,7 +609,7 @@ mod tests {
         );
         assert_eq!(
             ev[0].1,
-            json!({"type": "message_start", "message": {"id": "c1", "type": "message",
+            json!({"type": "message_start", "message": {"id": "msg_c1", "type": "message",
                 "role": "assistant", "model": "q", "content": [], "stop_reason": null,
                 "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}}})
         );

@@ -18,6 +18,7 @@ pub mod gemini;
 pub mod hub;
 pub mod openai;
 pub mod prefix;
+pub mod prepared;
 pub mod providers;
 pub mod request;
 pub mod responses;

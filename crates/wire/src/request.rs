@@ -127,6 +127,9 @@ pub struct ClientRequest {
     pub forwarded: Forwarded,
     /// Who it is for the fair queue (set by the gateway; the default otherwise).
     pub flow: Flow,
+    /// A Responses request's tool names and stored conversation (`apis::prepare` in the
+    /// gateway sets it before routing; `None` elsewhere).
+    pub prepared: Option<std::sync::Arc<crate::prepared::Prepared>>,
     /// Byte range of the `model` value (quotes included) in `body`.
     model_span: Range<usize>,
 }
@@ -353,6 +356,7 @@ impl ClientRequest {
             options: RequestOptions::default(),
             forwarded: Forwarded::default(),
             flow: Flow::default(),
+            prepared: None,
             model_span: fast.model,
         })
     }
@@ -440,6 +444,7 @@ impl ClientRequest {
             options,
             forwarded: Forwarded::default(),
             flow: Flow::default(),
+            prepared: None,
             model_span,
         };
         if has_own {

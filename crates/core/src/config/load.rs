@@ -127,6 +127,11 @@ impl Config {
                 "[router] max_response_bytes and max_error_bytes must be greater than 0".into(),
             ));
         }
+        if self.responses.retention.0 < std::time::Duration::from_secs(60) {
+            return Err(file_err(
+                "[responses] retention must be at least \"1m\" (to keep no responses, set default_store = false; a request that asks for store still gets it)".into(),
+            ));
+        }
         if !(0.0..=10.0).contains(&self.router.latency_buffer) {
             return Err(file_err(
                 "[router] latency_buffer must be between 0.0 and 10.0 (a fraction of the best latency)".into(),

@@ -70,6 +70,8 @@ pub struct Config {
     pub slurm: SlurmConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub responses: ResponsesConfig,
 }
 
 /// `[server]`: where and how the gateway listens.
@@ -498,6 +500,27 @@ impl Default for StoreConfig {
     }
 }
 
+/// `[responses]`: stored Responses API answers (`store`, `previous_response_id`,
+/// `GET /v1/responses/{id}`), kept in the `[store]` database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesConfig {
+    /// How long a stored response is kept (OpenAI keeps them 30 days).
+    pub retention: Dur,
+    /// What a request without `store` gets: `true`, OpenAI's default (the SDKs and
+    /// `previous_response_id` then just work); `false` keeps only what asks for it.
+    pub default_store: bool,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        Self {
+            retention: Dur(Duration::from_secs(30 * 86_400)),
+            default_store: true,
+        }
+    }
+}
+
 /// `[slurm]`: the sbatch job `llmgw start` submits.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -638,6 +661,21 @@ mod tests {
         let err = Config::load_str(text, "x.toml").unwrap_err().to_string();
         assert!(err.starts_with("x.toml:3:1:"), "{err}");
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn responses_retention_and_default_store() {
+        let c = Config::load_str("", "x.toml").unwrap().config.responses;
+        assert_eq!(c.retention.0, Duration::from_secs(30 * 86_400));
+        assert!(c.default_store);
+        let text = "[responses]\nretention = \"7d\"\ndefault_store = false\n";
+        let c = Config::load_str(text, "x.toml").unwrap().config.responses;
+        assert_eq!(c.retention.0, Duration::from_secs(7 * 86_400));
+        assert!(!c.default_store);
+        let err = Config::load_str("[responses]\nretention = \"10s\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention"), "{err}");
     }
 
     #[test]

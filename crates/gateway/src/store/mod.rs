@@ -23,6 +23,7 @@
 //! commit whose answer was lost is not counted twice.
 
 pub mod postgres;
+pub mod responses;
 pub mod sqlite;
 
 use crate::records::SpendRow;

@@ -77,6 +77,8 @@ macro_rules! op {
     }};
 }
 
+mod responses;
+
 impl PgStore {
     /// Parses the URL and connects once (creating the tables); a database that is down
     /// at start is an error (the operator sees it at once).

@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS llmgw_spend_hourly (
   PRIMARY KEY (hour, key_id, team_id, model_group));
 ";
 
+mod responses;
+
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
 }

@@ -181,13 +181,24 @@ pub fn stop_reason_name(reason: StopReason) -> &'static str {
     }
 }
 
-/// An Anthropic message id for an upstream id (kept when there is one).
+/// An Anthropic message id (`msg_…`) for an upstream id: kept when it has that form,
+/// else `msg_` and the id's letters and digits (so logs still match), else random.
 pub fn message_id(upstream: &str) -> String {
-    if upstream.is_empty() {
-        t::random_id("msg_")
-    } else {
-        upstream.to_string()
+    if upstream.starts_with("msg_") && upstream.len() <= 128 {
+        return upstream.to_string();
     }
+    let mut id = String::with_capacity(4 + upstream.len().min(60));
+    id.push_str("msg_");
+    id.extend(
+        upstream
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(60),
+    );
+    if id.len() == 4 {
+        return t::random_id("msg_");
+    }
+    id
 }
 
 #[derive(Serialize)]

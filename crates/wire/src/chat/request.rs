@@ -920,30 +920,4 @@ mod tests {
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
         }
     }
-
-    #[test]
-    fn responses_stateless_checks() {
-        use crate::responses::request::check_stateless;
-        for (body, param) in [
-            (r#"{"store":true}"#, "store"),
-            (
-                r#"{"previous_response_id":"resp_1"}"#,
-                "previous_response_id",
-            ),
-            (r#"{"conversation":"conv_1"}"#, "conversation"),
-            (r#"{"background":true}"#, "background"),
-            (r#"{"prompt":{"id":"p"}}"#, "prompt"),
-        ] {
-            let e = check_stateless(body.as_bytes()).unwrap_err();
-            assert_eq!(e.param.as_deref(), Some(param));
-            assert!(e.message.contains("stateless"), "{}", e.message);
-        }
-        for ok in [
-            r#"{"store":false}"#,
-            r#"{"previous_response_id":null}"#,
-            "{}",
-        ] {
-            check_stateless(ok.as_bytes()).unwrap();
-        }
-    }
 }

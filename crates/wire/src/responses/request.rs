@@ -1,18 +1,23 @@
 //! OpenAI Responses requests decoded into the hub (a Responses client in front of a
 //! deployment that does not serve `/responses` itself).
 //!
-//! llmgw keeps no state: `store: true`, `previous_response_id`, `conversation` and item
-//! references are refused with a clear 400 ([`check_stateless`], for every deployment,
-//! passed through or not).
+//! Input items: messages, `function_call` (with its `namespace`, mapped to the tool's
+//! flattened name) and `function_call_output`, `custom_tool_call` (a call of a freeform
+//! tool: a function call with one string argument upstream) and its output,
+//! `additional_tools` (merged into the tools), earlier `reasoning` (skipped). A request
+//! that continues a stored response (`previous_response_id`) is decoded as its stored
+//! conversation followed by its own input. Tools: [`super::tools`].
 
+use super::tools::{convert_tools, tool_choice, ToolIn};
 use crate::hub::{
     self, Block, Image, ImageSource, JsonMode, Message, Param, Reasoning, ResponseFormat, Role,
-    Target, Text, Tool, ToolCall, ToolChoice, ToolResult,
+    Target, Text, ToolCall, ToolResult,
 };
+use crate::prepared::ToolNames;
 use crate::request::ClientRequest;
 use crate::translate::{
     self as t, invalid, is_null, parse_data_url, raw_arguments, raw_is_default, Body, BodyKeys,
-    LBool, LStr, Lax, LaxList, MaybeRaw, StrOrList,
+    LStr, Lax, LaxList, MaybeRaw, StrOrList,
 };
 use llmgw_core::error::ApiError;
 use serde::Deserialize;
@@ -44,9 +49,17 @@ pub struct ItemIn<'a> {
     #[serde(default, borrow)]
     name: LStr<'a>,
     #[serde(default, borrow)]
+    namespace: LStr<'a>,
+    #[serde(default, borrow)]
     arguments: MaybeRaw<'a>,
+    /// A custom tool call's input.
+    #[serde(default, borrow)]
+    input: LStr<'a>,
     #[serde(default, borrow)]
     output: StrOrList<'a, Lax<PartIn<'a>>>,
+    /// An `additional_tools` item's tools.
+    #[serde(default, borrow)]
+    tools: LaxList<Lax<ToolIn<'a>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -59,28 +72,6 @@ pub struct PartIn<'a> {
     image_url: LStr<'a>,
     #[serde(default, borrow)]
     refusal: LStr<'a>,
-}
-
-#[derive(Deserialize, Default)]
-pub struct ToolIn<'a> {
-    #[serde(rename = "type", default, borrow)]
-    kind: LStr<'a>,
-    #[serde(default, borrow)]
-    name: LStr<'a>,
-    #[serde(default, borrow)]
-    description: LStr<'a>,
-    #[serde(default, borrow)]
-    parameters: MaybeRaw<'a>,
-    #[serde(default)]
-    strict: LBool,
-}
-
-#[derive(Deserialize)]
-struct ToolChoiceIn<'a> {
-    #[serde(rename = "type", default, borrow)]
-    kind: LStr<'a>,
-    #[serde(default, borrow)]
-    name: LStr<'a>,
 }
 
 #[derive(Deserialize)]
@@ -107,9 +98,10 @@ struct ReasoningIn<'a> {
     effort: LStr<'a>,
 }
 
-/// Parameters that change nothing about the answer (or are checked by
-/// [`check_stateless`]): left out when translating.
-const IGNORED: [&str; 10] = [
+/// Parameters that change nothing about the answer (or were read by
+/// [`super::prepare::prepare`]): left out when translating. `client_metadata` is the
+/// client's own bookkeeping (Codex's turn and session ids), for OpenAI only.
+const IGNORED: [&str; 11] = [
     "metadata",
     "include",
     "truncation",
@@ -120,61 +112,8 @@ const IGNORED: [&str; 10] = [
     "store",
     "previous_response_id",
     "conversation",
+    "client_metadata",
 ];
-
-/// The stateful parts of the API, which llmgw does not offer.
-#[derive(Deserialize)]
-struct Stateful<'a> {
-    #[serde(default)]
-    store: LBool,
-    #[serde(default, borrow)]
-    previous_response_id: MaybeRaw<'a>,
-    #[serde(default, borrow)]
-    conversation: MaybeRaw<'a>,
-    #[serde(default)]
-    background: LBool,
-    #[serde(default, borrow)]
-    prompt: MaybeRaw<'a>,
-}
-
-/// Refuses what needs server-side state: llmgw's Responses API is stateless.
-pub fn check_stateless(body: &[u8]) -> Result<(), ApiError> {
-    let s: Stateful<'_> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
-    let stateless = |param: &str, what: &str| {
-        ApiError::bad_request(format!(
-            "{what}: llmgw's /v1/responses is stateless and keeps no responses; send the \
-             whole conversation in 'input' and set store to false (or leave it out)"
-        ))
-        .with_param(param)
-        .with_code("unsupported_parameter")
-    };
-    let set = |v: MaybeRaw<'_>| v.0.is_some_and(|r| !is_null(r));
-    match s.store {
-        LBool::Is(true) => return Err(stateless("store", "store: true is not supported")),
-        LBool::Bad => return Err(invalid("store", "expected true or false")),
-        _ => {}
-    }
-    if set(s.previous_response_id) {
-        return Err(stateless(
-            "previous_response_id",
-            "previous_response_id is not supported",
-        ));
-    }
-    if set(s.conversation) {
-        return Err(stateless("conversation", "conversation is not supported"));
-    }
-    if s.background == LBool::Is(true) {
-        return Err(stateless("background", "background: true is not supported"));
-    }
-    if set(s.prompt) {
-        return Err(stateless(
-            "prompt",
-            "stored prompts ('prompt') are not supported",
-        ));
-    }
-    Ok(())
-}
 
 /// Reads a Responses body into the hub form, checking it for `target`.
 pub fn decode<'a>(
@@ -186,17 +125,46 @@ pub fn decode<'a>(
         stream: req.stream,
         ..hub::Request::default()
     };
+    let built;
+    let names: &ToolNames = match &req.prepared {
+        Some(p) => &p.tools,
+        None => {
+            built = super::prepare::tool_names(&req.body);
+            &built
+        }
+    };
+    let mut calls = Calls::default();
+    if let Some(h) = req.prepared.as_ref().and_then(|p| p.history.as_ref()) {
+        let items: Vec<Lax<ItemIn<'a>>> = serde_json::from_slice(&h.items).map_err(|e| {
+            ApiError::internal(format!("the stored conversation cannot be read: {e}"))
+        })?;
+        convert_items(&items, true, target, names, &mut calls, &mut out)?;
+    }
     match body.list.take() {
         None => return Err(invalid("input", "this parameter is required")),
         Some(StrOrList::Str(s)) => out.messages.push(Message {
             role: Role::User,
             content: vec![Block::Text(Text::plain(s))],
         }),
-        Some(StrOrList::List(items)) => convert_items(&items, target, &mut out)?,
+        Some(StrOrList::List(items)) => {
+            convert_items(&items, false, target, names, &mut calls, &mut out)?;
+            for (i, item) in items.iter().enumerate() {
+                if let Lax::Ok(item) = item {
+                    if item.kind.as_str() == Some("additional_tools") {
+                        let param = format!("input[{i}].tools");
+                        convert_tools(target, &param, &item.tools, names, &mut out.tools)?;
+                    }
+                }
+            }
+        }
         Some(_) => return Err(invalid("input", "expected a string or an array of items")),
     }
     if let Some(tools) = &body.tools {
-        out.tools = convert_tools(target, tools)?;
+        let mut own = Vec::new();
+        convert_tools(target, "tools", tools, names, &mut own)?;
+        // The request's own tools first, as the client listed them.
+        own.append(&mut out.tools);
+        out.tools = own;
     }
     for (k, v) in &body.params {
         let v: &'a RawValue = v;
@@ -229,7 +197,7 @@ pub fn decode<'a>(
                 "false" => out.parallel_tool_calls = Some(false),
                 _ => return Err(invalid("parallel_tool_calls", "expected true or false")),
             },
-            "tool_choice" => out.tool_choice = Some(tool_choice(v)?),
+            "tool_choice" => out.tool_choice = Some(tool_choice(v, names)?),
             "text" => {
                 let bad = || {
                     invalid(
@@ -280,25 +248,28 @@ pub fn decode<'a>(
     Ok(out)
 }
 
-fn tool_choice(v: &RawValue) -> Result<ToolChoice<'_>, ApiError> {
-    let bad = || {
-        invalid(
-            "tool_choice",
-            "expected \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"name\": ...}",
-        )
-    };
-    if let Some(s) = t::raw_str(v) {
-        return match &*s {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            _ => Err(bad()),
-        };
+/// call_id → the called tool's upstream name, from the calls seen so far (Gemini
+/// matches results to calls by name).
+#[derive(Default)]
+struct Calls<'a> {
+    names: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+impl<'a> Calls<'a> {
+    fn name_of(&self, id: &str) -> Option<Cow<'a, str>> {
+        self.names
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == id)
+            .map(|(_, n)| n.clone())
     }
-    let c: ToolChoiceIn<'_> = serde_json::from_str(v.get()).map_err(|_| bad())?;
-    match (c.kind.as_str(), c.name.cow()) {
-        (Some("function"), Some(name)) => Ok(ToolChoice::Tool(name)),
-        _ => Err(bad()),
+}
+
+/// A tool's upstream name, borrowed from the body when it is the client's own.
+fn upstream_name<'a>(names: &ToolNames, namespace: &LStr<'a>, name: Cow<'a, str>) -> Cow<'a, str> {
+    match names.upstream(namespace.as_str(), &name) {
+        Cow::Borrowed(f) if f == name => name,
+        f => Cow::Owned(f.into_owned()),
     }
 }
 
@@ -315,14 +286,21 @@ fn push<'a>(out: &mut hub::Request<'a>, role: Role, block: Block<'a>) {
 
 fn convert_items<'a>(
     items: &[Lax<ItemIn<'a>>],
+    history: bool,
     target: &Target<'_>,
+    names: &ToolNames,
+    calls: &mut Calls<'a>,
     out: &mut hub::Request<'a>,
 ) -> Result<(), ApiError> {
     out.messages.reserve(items.len());
-    // call_id → function name, from the calls seen so far.
-    let mut names: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let param = |f: &str| format!("input[{i}]{f}");
+        let param = |f: &str| {
+            if history {
+                format!("previous_response_id (stored item {i}{f})")
+            } else {
+                format!("input[{i}]{f}")
+            }
+        };
         let item = item.object(|| param(""))?;
         match item.kind.as_str().unwrap_or("message") {
             "message" => {
@@ -347,16 +325,28 @@ fn convert_items<'a>(
                     push(out, role, b);
                 }
             }
-            "function_call" => {
+            kind @ ("function_call" | "custom_tool_call") => {
                 let (Some(id), Some(name)) = (item.call_id.cow(), item.name.cow()) else {
                     return Err(invalid(
                         param(""),
-                        "a function_call item needs call_id and name",
+                        format_args!("a {kind} item needs call_id and name"),
                     ));
                 };
-                let input =
-                    raw_arguments(item.arguments).map_err(|e| invalid(param(".arguments"), e))?;
-                names.push((id.clone(), name.clone()));
+                let name = upstream_name(names, &item.namespace, name);
+                let input = if kind == "custom_tool_call" {
+                    let Some(text) = item.input.as_str() else {
+                        return Err(invalid(param(".input"), "expected a string"));
+                    };
+                    #[derive(serde::Serialize)]
+                    struct Input<'s> {
+                        input: &'s str,
+                    }
+                    serde_json::value::to_raw_value(&Input { input: text })
+                        .map_err(|e| invalid(param(".input"), e))?
+                } else {
+                    raw_arguments(item.arguments).map_err(|e| invalid(param(".arguments"), e))?
+                };
+                calls.names.push((id.clone(), name.clone()));
                 push(
                     out,
                     Role::Assistant,
@@ -367,21 +357,17 @@ fn convert_items<'a>(
                     }),
                 );
             }
-            "function_call_output" => {
+            kind @ ("function_call_output" | "custom_tool_call_output") => {
                 let Some(id) = item.call_id.cow() else {
                     return Err(invalid(param(".call_id"), "missing"));
                 };
-                let name = names
-                    .iter()
-                    .rev()
-                    .find(|(k, _)| *k == id)
-                    .map(|(_, n)| n.clone());
+                let name = calls.name_of(&id);
                 if target.needs_tool_names() && name.is_none() {
                     return Err(invalid(
                         param(".call_id"),
                         format_args!(
-                            "does not match a function_call item before it ({} needs the \
-                             function's name)",
+                            "does not match a {} item before it ({} needs the function's name)",
+                            kind.trim_end_matches("_output"),
                             target.name()
                         ),
                     ));
@@ -402,13 +388,14 @@ fn convert_items<'a>(
                     }),
                 );
             }
-            // Earlier reasoning only means something to the model that wrote it.
-            "reasoning" => {}
+            // Earlier reasoning only means something to the model that wrote it; tools
+            // are the current request's (an earlier request's are not carried over).
+            "reasoning" | "additional_tools" => {}
             "item_reference" => {
                 return Err(invalid(
                     param(""),
-                    "item references need stored responses; llmgw's /v1/responses is \
-                     stateless: send the items themselves",
+                    "item references are not supported: send the items themselves, or \
+                     continue a stored response with previous_response_id",
                 ))
             }
             other => {
@@ -504,54 +491,6 @@ fn content_blocks<'a>(
                 ))
             }
         }
-    }
-    Ok(out)
-}
-
-fn convert_tools<'a>(
-    target: &Target<'_>,
-    tools: &LaxList<Lax<ToolIn<'a>>>,
-) -> Result<Vec<Tool<'a>>, ApiError> {
-    let tools = match tools {
-        LaxList::List(t) => t,
-        LaxList::Null => return Ok(Vec::new()),
-        LaxList::Bad => return Err(invalid("tools", "expected an array")),
-    };
-    let chat = target.format == hub::Format::OpenAiChat;
-    let mut out = Vec::with_capacity(tools.len());
-    for (i, tool) in tools.iter().enumerate() {
-        let tool = tool.object(|| format!("tools[{i}]"))?;
-        match tool.kind.as_str() {
-            Some("function") => {}
-            // Hosted tools (web search, file search, code interpreter, …) run at OpenAI.
-            _ => {
-                t::unsupported(target.dep, target.name(), &format!("tools[{i}].type"))?;
-                continue;
-            }
-        }
-        let Some(name) = tool.name.cow() else {
-            return Err(invalid(format!("tools[{i}].name"), "missing"));
-        };
-        let strict = match tool.strict {
-            LBool::Is(s) => s,
-            LBool::None => false,
-            LBool::Bad => {
-                return Err(invalid(
-                    format!("tools[{i}].strict"),
-                    "expected true or false",
-                ))
-            }
-        };
-        if strict && !chat {
-            t::unsupported(target.dep, target.name(), &format!("tools[{i}].strict"))?;
-        }
-        out.push(Tool {
-            name,
-            description: tool.description.cow(),
-            parameters: tool.parameters.0,
-            strict: strict && chat,
-            cache_control: None,
-        });
     }
     Ok(out)
 }

@@ -23,7 +23,7 @@ pub(super) struct ResponseOut<'r> {
     pub model: &'r str,
     pub output: &'r [Item<'r>],
     pub parallel_tool_calls: bool,
-    pub previous_response_id: Option<()>,
+    pub previous_response_id: Option<&'r str>,
     pub reasoning: ReasoningOut,
     pub store: bool,
     pub temperature: Option<()>,
@@ -91,9 +91,52 @@ pub(super) enum Item<'r> {
         id: &'r str,
         call_id: &'r str,
         name: &'r str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        namespace: Option<&'r str>,
         arguments: &'r str,
         status: &'static str,
     },
+    /// A call of a custom (freeform) tool.
+    CustomToolCall {
+        id: &'r str,
+        call_id: &'r str,
+        name: &'r str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        namespace: Option<&'r str>,
+        input: &'r str,
+        status: &'static str,
+    },
+}
+
+/// A custom tool's input from the arguments of the function it was offered as:
+/// `{"input": "…"}` (anything else is passed on as the text it is).
+pub(super) fn custom_input(arguments: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Input {
+        input: String,
+    }
+    match serde_json::from_str::<Input>(arguments) {
+        Ok(i) => i.input,
+        Err(_) => {
+            serde_json::from_str::<String>(arguments).unwrap_or_else(|_| arguments.to_string())
+        }
+    }
+}
+
+/// The request's tool name table (prepared by the gateway, else read from the body).
+pub(super) fn names(req: &ClientRequest) -> std::borrow::Cow<'_, crate::prepared::ToolNames> {
+    match &req.prepared {
+        Some(p) => std::borrow::Cow::Borrowed(&p.tools),
+        None => std::borrow::Cow::Owned(super::prepare::tool_names(&req.body)),
+    }
+}
+
+/// `store` and `previous_response_id` as the request set them.
+pub(super) fn stored(req: &ClientRequest) -> (bool, Option<&str>) {
+    match &req.prepared {
+        Some(p) => (p.store, p.previous_response_id.as_deref()),
+        None => (false, None),
+    }
 }
 
 #[derive(Serialize, Clone)]
@@ -210,9 +253,10 @@ impl<'r> ResponseOut<'r> {
 /// The hub form → a Responses `response` body (the first choice).
 pub fn encode(
     resp: &hub::Response,
-    _req: &ClientRequest,
+    req: &ClientRequest,
     provider: &str,
 ) -> Result<Bytes, ApiError> {
+    let names = names(req);
     let empty = hub::Choice::default();
     let c = resp.choices.first().unwrap_or(&empty);
     let ids: Vec<String> = (0..c.tool_calls.len() + 2)
@@ -220,6 +264,16 @@ pub fn encode(
             0 => t::random_id("rs_"),
             1 => t::random_id("msg_"),
             _ => t::random_id("fc_"),
+        })
+        .collect();
+    let inputs: Vec<Option<String>> = c
+        .tool_calls
+        .iter()
+        .map(|call| {
+            names
+                .client(&call.name)
+                .filter(|e| e.kind == crate::prepared::Kind::Custom)
+                .map(|_| custom_input(&call.arguments))
         })
         .collect();
     let mut output = Vec::with_capacity(c.tool_calls.len() + 2);
@@ -243,6 +297,22 @@ pub fn encode(
         });
     }
     for (k, call) in c.tool_calls.iter().enumerate() {
+        let entry = names.client(&call.name);
+        let (name, namespace) = match entry {
+            Some(e) => (e.name.as_str(), e.namespace.as_deref()),
+            None => (call.name.as_str(), None),
+        };
+        if let Some(input) = &inputs[k] {
+            output.push(Item::CustomToolCall {
+                id: &ids[2 + k],
+                call_id: &call.id,
+                name,
+                namespace,
+                input,
+                status: "completed",
+            });
+            continue;
+        }
         if hub::arguments_object(&call.arguments).is_none() {
             return Err(t::bad_body(
                 provider,
@@ -255,7 +325,8 @@ pub fn encode(
         output.push(Item::FunctionCall {
             id: &ids[2 + k],
             call_id: &call.id,
-            name: &call.name,
+            name,
+            namespace,
             arguments: if call.arguments.is_empty() {
                 "{}"
             } else {
@@ -275,6 +346,7 @@ pub fn encode(
     out.status = status;
     out.incomplete_details = incomplete;
     out.usage = Some(UsageOut::of(&resp.usage));
+    (out.store, out.previous_response_id) = stored(req);
     serde_json::to_vec(&out)
         .map(Bytes::from)
         .map_err(|e| ApiError::internal(format!("serialising: {e}")))

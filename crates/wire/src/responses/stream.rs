@@ -7,8 +7,11 @@
 //! The protocol repeats every item's full text in its `…done` events and in the final
 //! response, so the encoder keeps the text it has sent (at most [`MAX_KEPT`] bytes).
 
-use super::response::{status, Item, OutputText, ReasoningText, ResponseOut, UsageOut};
+use super::response::{
+    custom_input, names, status, stored, Item, OutputText, ReasoningText, ResponseOut, UsageOut,
+};
 use crate::hub::{self, Encoder, Event, StopReason};
+use crate::prepared::{Kind as ToolKind, ToolNames};
 use crate::request::ClientRequest;
 use crate::translate::{self as t, stream_error};
 use crate::upstream_error::UpstreamError;
@@ -21,7 +24,14 @@ pub const MAX_KEPT: usize = 16 * 1024 * 1024;
 enum Kind {
     Message,
     Reasoning,
-    Call { call_id: String, name: String },
+    /// A function call, or (`custom`) a custom tool call, whose input is sent when it is
+    /// complete (it arrives as the JSON arguments of the function offered upstream).
+    Call {
+        call_id: String,
+        name: String,
+        namespace: Option<String>,
+        custom: bool,
+    },
 }
 
 struct ItemState {
@@ -51,11 +61,19 @@ pub struct ResponsesEncoder {
     stop: StopReason,
     usage: Option<hub::Usage>,
     kept: usize,
+    /// The request's namespaced and custom tools.
+    names: ToolNames,
+    store: bool,
+    previous_response_id: Option<String>,
 }
 
 impl ResponsesEncoder {
-    pub fn new(model: String, _req: &ClientRequest) -> Self {
+    pub fn new(model: String, req: &ClientRequest) -> Self {
+        let (store, previous) = stored(req);
         ResponsesEncoder {
+            names: names(req).into_owned(),
+            store,
+            previous_response_id: previous.map(str::to_string),
             id: t::random_id("resp_"),
             created: t::now_secs(),
             model,
@@ -83,6 +101,8 @@ impl ResponsesEncoder {
             Vec::new()
         };
         let mut resp = ResponseOut::new(&self.id, self.created, &self.model, &items);
+        resp.store = self.store;
+        resp.previous_response_id = self.previous_response_id.as_deref();
         if last {
             let (st, incomplete) = status(self.stop);
             resp.status = st;
@@ -150,6 +170,39 @@ impl ResponsesEncoder {
                     logprobs: [],
                 },
             ),
+            Kind::Call { custom: true, .. } => {
+                let input = custom_input(&text);
+                self.write(
+                    out,
+                    "response.custom_tool_call_input.delta",
+                    InputDelta {
+                        item_id: &id,
+                        output_index: i,
+                        delta: &input,
+                    },
+                );
+                self.write(
+                    out,
+                    "response.custom_tool_call_input.done",
+                    InputDone {
+                        item_id: &id,
+                        output_index: i,
+                        input: &input,
+                    },
+                );
+                self.items[i].text = input;
+                write_raw(
+                    out,
+                    "response.output_item.done",
+                    self.seq,
+                    ItemEv {
+                        output_index: i,
+                        item: item(&self.items[i]),
+                    },
+                );
+                self.seq += 1;
+                return;
+            }
             Kind::Call { name, .. } => {
                 let name = name.clone();
                 self.write(
@@ -184,6 +237,7 @@ impl ResponsesEncoder {
         let id = match kind {
             Kind::Message => t::random_id("msg_"),
             Kind::Reasoning => t::random_id("rs_"),
+            Kind::Call { custom: true, .. } => t::random_id("ctc_"),
             Kind::Call { .. } => t::random_id("fc_"),
         };
         let i = self.items.len();
@@ -292,10 +346,29 @@ fn item(s: &ItemState) -> Item<'_> {
             }],
             status,
         },
-        Kind::Call { call_id, name } => Item::FunctionCall {
+        Kind::Call {
+            call_id,
+            name,
+            namespace,
+            custom: true,
+        } => Item::CustomToolCall {
             id: &s.id,
             call_id,
             name,
+            namespace: namespace.as_deref(),
+            input: if s.done { &s.text } else { "" },
+            status,
+        },
+        Kind::Call {
+            call_id,
+            name,
+            namespace,
+            ..
+        } => Item::FunctionCall {
+            id: &s.id,
+            call_id,
+            name,
+            namespace: namespace.as_deref(),
             arguments: if !s.done {
                 ""
             } else if s.text.is_empty() {
@@ -358,6 +431,20 @@ struct TextDone<'e> {
 }
 
 #[derive(Serialize)]
+struct InputDelta<'e> {
+    item_id: &'e str,
+    output_index: usize,
+    delta: &'e str,
+}
+
+#[derive(Serialize)]
+struct InputDone<'e> {
+    item_id: &'e str,
+    output_index: usize,
+    input: &'e str,
+}
+
+#[derive(Serialize)]
 struct ArgsDone<'e> {
     item_id: &'e str,
     output_index: usize,
@@ -397,13 +484,21 @@ impl Encoder for ResponsesEncoder {
                 id,
                 name,
             } => {
-                let i = self.open(
-                    Kind::Call {
+                let kind = match self.names.client(name) {
+                    Some(e) => Kind::Call {
+                        call_id: id.to_string(),
+                        name: e.name.clone(),
+                        namespace: e.namespace.clone(),
+                        custom: e.kind == ToolKind::Custom,
+                    },
+                    None => Kind::Call {
                         call_id: id.to_string(),
                         name: name.to_string(),
+                        namespace: None,
+                        custom: false,
                     },
-                    out,
-                );
+                };
+                let i = self.open(kind, out);
                 let k = index as usize;
                 if k < 4096 {
                     if k >= self.tool_items.len() {
@@ -421,6 +516,10 @@ impl Encoder for ResponsesEncoder {
                     Some(&i) if i != usize::MAX => i,
                     _ => return Ok(()),
                 };
+                if let Kind::Call { custom: true, .. } = self.items[i].kind {
+                    // Sent whole when the call is complete.
+                    return self.keep(i, json);
+                }
                 self.delta(
                     i,
                     "response.function_call_arguments.delta",
