@@ -86,7 +86,7 @@ async fn a_flood_does_not_stall_another_key() {
     let up = mock(
         "fair",
         Behavior {
-            first_byte_delay: Duration::from_millis(300),
+            first_byte_delay: Duration::from_secs(1),
             ..Behavior::default()
         },
     )
@@ -105,8 +105,15 @@ async fn a_flood_does_not_stall_another_key() {
     }
     // Two run in the backend, ten wait at the gateway.
     until_waiting(&base, 10).await;
-    let chat = send(&base, &b, "b".into(), body("b", ""), &done).await;
-    let resp = chat.unwrap();
+    let chat = send(&base, &b, "b".into(), body("b", ""), &done);
+    // B waits too, before anything finished (each takes a second): the order below is
+    // the gate's decision, not a race.
+    until_waiting(&base, 11).await;
+    assert!(
+        done.lock().unwrap().is_empty(),
+        "premise: nothing finished yet"
+    );
+    let resp = chat.await.unwrap();
     assert_eq!(resp.status(), 200);
     let queued_ms: u64 = resp.headers()["x-llmgw-queue-ms"]
         .to_str()
@@ -143,7 +150,7 @@ async fn interactive_goes_before_batch() {
     let up = mock(
         "prio",
         Behavior {
-            first_byte_delay: Duration::from_millis(300),
+            first_byte_delay: Duration::from_secs(1),
             ..Behavior::default()
         },
     )
@@ -167,15 +174,27 @@ async fn interactive_goes_before_batch() {
     }
     until_waiting(&base, 6).await;
     // The same key, asking for the interactive class in the header.
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(&a)
-        .header("content-type", "application/json")
-        .header("x-llmgw-priority", "interactive")
-        .body(body("now", ""))
-        .send()
-        .await
-        .unwrap();
+    let now = tokio::spawn({
+        let base = base.clone();
+        let a = a.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&a)
+                .header("content-type", "application/json")
+                .header("x-llmgw-priority", "interactive")
+                .body(body("now", ""))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    until_waiting(&base, 7).await;
+    assert!(
+        done.lock().unwrap().is_empty(),
+        "premise: nothing finished yet"
+    );
+    let resp = now.await.unwrap();
     assert_eq!(resp.status(), 200);
     let finished_before = done.lock().unwrap().len();
     assert!(
