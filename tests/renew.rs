@@ -358,9 +358,19 @@ async fn stop_during_a_renewal_cancels_every_job_and_leaves_no_orphans() {
         "two backends: {:?}",
         pids_with(&tag)
     );
-    let out = stop(&gw);
+    let stopped = gw.run("stop", &[], Duration::from_secs(120));
+    assert!(stopped.status.success(), "{}", text(&stopped));
+    let out = String::from_utf8_lossy(&stopped.stdout);
     assert!(out.contains(&format!("stopped job {first}")), "{out}");
     assert!(out.contains(&format!("stopped job {successor}")), "{out}");
+    // The grace it names is the real one (shutdown_grace = "5s"; it said "up to 20 s").
+    let err = String::from_utf8_lossy(&stopped.stderr);
+    assert!(
+        err.contains("in-flight requests get up to 5 s to finish"),
+        "{err}"
+    );
+    // The successor's loading status does not outlive it.
+    assert!(!gw.dir.join("successor-backends.json").exists());
     for id in [&first, &successor] {
         assert_eq!(job_state(id), None, "job {id} still queued");
         assert_ne!(scontrol_field(id, "JobState").as_deref(), Some("TIMEOUT"));
