@@ -64,8 +64,13 @@ pub fn run(args: RestartArgs) -> anyhow::Result<ExitCode> {
         // This restart replaces a successor a renewal (or another restart) submitted.
         let replaced = c.successor().map(|s| s.job.job_id.clone());
         if let Some(id) = &replaced {
-            jobs::cancel(id, None)?;
+            // Recorded first (a loading successor will not publish itself); one that runs
+            // gets SIGTERM alone and drains (COMPLETED), a pending one is cancelled.
             c.end(id, "replaced by `llmgw restart`", None);
+            let running = jobs::query(id)?.is_some_and(|i| i.is_running());
+            if !running || jobs::cancel(id, Some("TERM")).is_err() {
+                jobs::cancel(id, None)?;
+            }
         }
         let generation = c.next_generation();
         let (config_copy, script_path) = chain::generation_files(&dir, generation);
