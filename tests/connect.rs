@@ -111,10 +111,20 @@ fn connect_refuses_a_port_another_user_listens_on() {
     }
 }
 
+/// A child process killed when dropped (also when an assertion fails first).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `llmgw connect --login` over the test sshd, started by a shell that first plants
 /// `planted` (if any; `$$` is the pid connect will have, as the shell execs it) owned by
 /// `nobody`; returns once connect printed its address (its ssh master is up).
-fn connect_over_ssh(sshd: &Sshd, env: &[(&str, &Path)], plant: bool) -> (Child, u32) {
+fn connect_over_ssh(sshd: &Sshd, env: &[(&str, &Path)], plant: bool) -> (Running, u32) {
     let known = format!("UserKnownHostsFile={}", sshd.known_hosts.display());
     let script = if plant {
         format!(
@@ -162,7 +172,7 @@ fn connect_over_ssh(sshd: &Sshd, env: &[(&str, &Path)], plant: bool) -> (Child, 
         let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
         panic!("connect did not start: {first:?}\n{err}");
     }
-    (child, pid)
+    (Running(child), pid)
 }
 
 fn control_dirs(base: &Path) -> Vec<PathBuf> {
@@ -209,7 +219,7 @@ fn connect_login_never_uses_a_control_directory_it_did_not_create() {
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
-    let (mut child, pid) = connect_over_ssh(&sshd, &[("TMPDIR", &shared)], true);
+    let (child, pid) = connect_over_ssh(&sshd, &[("TMPDIR", &shared)], true);
     let planted = shared.join(format!("llmgw-connect-0-{pid}"));
     assert!(
         planted.exists(),
@@ -226,14 +236,13 @@ fn connect_login_never_uses_a_control_directory_it_did_not_create() {
         .collect();
     assert_eq!(ours.len(), 1, "{ours:?}");
     assert_private_with_socket(&ours[0]);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     // With $XDG_RUNTIME_DIR (private, ours), the directory lives there.
     let xdg = tmp.path().join("xdg");
     std::fs::create_dir(&xdg).unwrap();
     std::fs::set_permissions(&xdg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let (mut child, _) = connect_over_ssh(
+    let (child, _) = connect_over_ssh(
         &sshd,
         &[("TMPDIR", &shared), ("XDG_RUNTIME_DIR", &xdg)],
         false,
@@ -241,6 +250,5 @@ fn connect_login_never_uses_a_control_directory_it_did_not_create() {
     let in_xdg = control_dirs(&xdg);
     assert_eq!(in_xdg.len(), 1, "{in_xdg:?}");
     assert_private_with_socket(&in_xdg[0]);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 }

@@ -352,12 +352,12 @@ async fn stop_during_a_renewal_cancels_every_job_and_leaves_no_orphans() {
         },
     )
     .await;
-    assert_eq!(
-        pids_with(&tag).len(),
-        2,
-        "two backends: {:?}",
-        pids_with(&tag)
-    );
+    // The status file is written as the successor plans its backend, a moment before the
+    // process exists: wait for both backends.
+    until(Duration::from_secs(30), "two backends running", || {
+        (pids_with(&tag).len() == 2).then_some(())
+    })
+    .await;
     let stopped = gw.run("stop", &[], Duration::from_secs(120));
     assert!(stopped.status.success(), "{}", text(&stopped));
     let out = String::from_utf8_lossy(&stopped.stdout);
