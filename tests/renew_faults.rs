@@ -105,6 +105,20 @@ async fn published(gw: &Gw, g: u64, limit: Duration) -> Value {
     }
 }
 
+/// The chain record and job `id`'s log without its request lines, for a failure message.
+fn dump(gw: &Gw, id: &str) -> String {
+    let log = std::fs::read_to_string(gw.dir.join(format!("slurm-{id}.log"))).unwrap_or_default();
+    let log: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains(" INFO request "))
+        .collect();
+    format!(
+        "chain: {}\nlog of job {id}:\n{}",
+        gw.chain(),
+        log.join("\n")
+    )
+}
+
 fn sigkill(pid: u64) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -147,25 +161,32 @@ async fn chain_fault_successor_killed_after_publishing_is_taken_back_and_replace
     sigkill(ep["pid"].as_u64().unwrap());
 
     // The old job takes the endpoint back…
-    until(
-        Duration::from_secs(30),
-        "the old job to take the endpoint back",
-        || {
-            let ep = gw.endpoint()?;
-            (ep["job_id"] == first.as_str()).then_some(())
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while gw
+        .endpoint()
+        .is_none_or(|ep| ep["job_id"] != first.as_str())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {first} did not take the endpoint back: {:?}\n{}",
+            gw.endpoint(),
+            dump(&gw, &first)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let back_ms = unix_ms();
     eprintln!(
         "faults-bench taken back {} ms after the kill",
         back_ms - kill_ms
     );
+    // endpoint.json is written inside the chain's update, chain.json as it ends.
+    let how = until(Duration::from_secs(10), "the lost job's end record", || {
+        chain_job(&gw, &second)["ended"]["how"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await;
     let lost = chain_job(&gw, &second);
-    let how = lost["ended"]["how"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
     assert!(
         how.contains("after it took over")
             && how.contains(&format!("job {first} took the endpoint back")),

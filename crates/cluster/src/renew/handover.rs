@@ -219,7 +219,14 @@ impl Member {
                 if c.stopping {
                     return Err(Refused::Stopping);
                 }
-                if c.current != to_gen {
+                // A newer generation than the lost one took over meanwhile: follow it.
+                // (`current` may also still be this job's: the successor died between
+                // writing endpoint.json and chain.json as it published.)
+                if c.current > to_gen {
+                    return Err(Refused::Superseded(c.current));
+                }
+                let named = EndpointRecord::read(&dir).ok().flatten().and_then(|e| e.job_id);
+                if named.as_deref().is_some_and(|j| j != to_job && j != me) {
                     return Err(Refused::Superseded(c.current));
                 }
                 rec.write(&dir).map_err(|source| Refused::Write {
