@@ -34,6 +34,11 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
 
+/// The scenarios' jobs go to partition `multi` (two nodes, 16 job slots), so that running
+/// all at once beside the rest of the suite (on `debug`, 8 slots) none of their successors
+/// waits for a slot it would get at once on a real cluster.
+const ELSEWHERE: &str = "partition = \"multi\"";
+
 /// Failed requests and cut streams, for the report.
 fn figures(what: &str, outcomes: &[Outcome]) -> String {
     let bad = failures(outcomes);
@@ -146,7 +151,7 @@ async fn chain_fault_successor_killed_after_publishing_is_taken_back_and_replace
     }
     let gw = Gw::new("lost");
     let tag = format!("{}-m", gw.name);
-    let cfg = gw.config(&chain_config(&tag, 3, "2m", "", ""));
+    let cfg = gw.config(&chain_config(&tag, 3, "2m", "", ELSEWHERE));
     gw.start_json(&cfg);
     let key = gw.key();
     let first = gw.job_id().unwrap();
@@ -250,7 +255,7 @@ async fn chain_fault_restart_with_a_never_ready_backend_is_cancelled_and_the_old
     }
     let gw = Gw::new("never");
     let tag = format!("{}-m", gw.name);
-    let cfg = gw.config(&chain_config(&tag, 3, "2m", "", ""));
+    let cfg = gw.config(&chain_config(&tag, 3, "2m", "", ELSEWHERE));
     gw.start_json(&cfg);
     let key = gw.key();
     let old = gw.job_id().unwrap();
@@ -262,7 +267,7 @@ async fn chain_fault_restart_with_a_never_ready_backend_is_cancelled_and_the_old
     let never = gw._tmp.path().join("never.toml");
     std::fs::write(
         &never,
-        chain_config(&tag, 3, "2m", r#", "--load-ms", "600000""#, ""),
+        chain_config(&tag, 3, "2m", r#", "--load-ms", "600000""#, ELSEWHERE),
     )
     .unwrap();
     let out = gw.run(
@@ -337,7 +342,7 @@ async fn chain_fault_cancelled_successor_is_replaced_in_time_with_the_shortest_r
     let gw = Gw::new("short");
     let tag = format!("{}-m", gw.name);
     // shutdown_grace 5 s: the job drains 35 s before its limit, each try may take 40 s.
-    let too_short = gw.config(&chain_config(&tag, 3, "114s", "", ""));
+    let too_short = gw.config(&chain_config(&tag, 3, "114s", "", ELSEWHERE));
     let out = gw.run(
         "start",
         &["-c", &too_short.display().to_string(), "--dry-run"],
@@ -349,7 +354,7 @@ async fn chain_fault_cancelled_successor_is_replaced_in_time_with_the_shortest_r
         err.contains("renew_before (114s) is too short") && err.contains("at least 115s"),
         "{err}"
     );
-    let cfg = gw.config(&chain_config(&tag, 3, "115s", "", ""));
+    let cfg = gw.config(&chain_config(&tag, 3, "115s", "", ELSEWHERE));
     gw.start_json(&cfg);
     let key = gw.key();
     let first = gw.job_id().unwrap();
@@ -428,7 +433,7 @@ async fn chain_fault_old_gateway_killed_after_publishing_fails_no_new_connection
     }
     let gw = Gw::new("oldkill");
     let tag = format!("{}-m", gw.name);
-    let cfg = gw.config(&chain_config(&tag, 3, "2m", "", ""));
+    let cfg = gw.config(&chain_config(&tag, 3, "2m", "", ELSEWHERE));
     gw.start_json(&cfg);
     let key = gw.key();
     let first = gw.job_id().unwrap();
@@ -493,7 +498,7 @@ async fn chain_fault_job_that_never_gets_ready_ends_completed_before_its_limit()
     let gw = Gw::new("unready");
     let tag = format!("{}-m", gw.name);
     let cfg = gw.config(
-        &chain_config(&tag, 1, "2m", r#", "--load-ms", "600000""#, "")
+        &chain_config(&tag, 1, "2m", r#", "--load-ms", "600000""#, ELSEWHERE)
             .replace("renew = true\nrenew_before = \"2m\"\n", "")
             .replace("load_timeout = \"60s\"", "load_timeout = \"10m\""),
     );
