@@ -86,6 +86,8 @@ chmod 1777 "$run_tmp"
 export TMPDIR=$run_tmp
 long_pid=
 long_log=$run_tmp/renew_long.log
+faults_pid=
+faults_log=$run_tmp/renew_faults.log
 failures=()
 
 stop_everything() {
@@ -93,6 +95,9 @@ stop_everything() {
   set +e
   if [ -n "$long_pid" ]; then
     kill -TERM -- "-$long_pid" 2>/dev/null
+  fi
+  if [ -n "$faults_pid" ]; then
+    kill -TERM -- "-$faults_pid" 2>/dev/null
   fi
   # Jobs first (a gateway in a job may be about to submit its successor): scancel
   # what logs under this run, again until none is left (a successor submitted meanwhile).
@@ -140,6 +145,15 @@ if [ -n "$long_bin" ]; then
   setsid "$long_bin" --nocapture --test-threads=1 >"$long_log" 2>&1 &
   long_pid=$!
 fi
+# The chain's fault scenarios (tests/renew_faults.rs) wait on SLURM time limits too, a
+# minute or two each: all at once, in the background, beside the rest.
+faults_bin=$(cargo test --test renew_faults --no-run --message-format=json 2>/dev/null |
+  grep '"name":"renew_faults"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
+if [ -n "$faults_bin" ]; then
+  log "starting the chain fault scenarios in the background"
+  setsid "$faults_bin" --nocapture --test-threads=8 chain_fault_ >"$faults_log" 2>&1 &
+  faults_pid=$!
+fi
 
 if [ $quick -eq 0 ]; then
   step "cargo fmt --check" cargo fmt --all -- --check
@@ -151,13 +165,22 @@ fi
 test_log=$run_tmp/cargo-test.log
 run_tests() {
   cargo test --workspace --no-fail-fast --lib --bins --tests -- --test-threads=2 \
-    --skip five_minutes_under_load 2>&1 | tee "$test_log"
+    --skip five_minutes_under_load --skip chain_fault_ 2>&1 | tee "$test_log"
   return "${PIPESTATUS[0]}"
 }
 step "cargo test" run_tests
 step "benchmarks, once each as smoke tests" cargo test --no-fail-fast --bench '*'
 step "release binary (scripts/release.sh --smoke): glibc floor 2.17, at most 20 MiB, --version, serve" \
   bash scripts/release.sh --smoke
+
+if [ -n "$faults_pid" ]; then
+  log "the chain fault scenarios (tests/renew_faults.rs)"
+  status=0
+  wait "$faults_pid" || status=$?
+  faults_pid=
+  grep -v ' INFO request ' "$faults_log" || true
+  [ $status -eq 0 ] || failures+=("the chain fault scenarios (tests/renew_faults.rs)")
+fi
 
 if [ -n "$long_pid" ]; then
   log "the five-minute handover test (tests/renew_long.rs)"

@@ -10,6 +10,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
+use common::chain::{
+    chain_config, chain_job_ids, generation, ssh_master_of, status_text, stop, unix_ms, until, Sshd,
+};
 use common::cluster::{
     assert_completed_in_time, have_cluster, job_state, pids_with, scontrol_field, text, Gw,
 };
@@ -17,93 +20,6 @@ use common::load::{failures, Load};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A renewing gateway: a launched mock "local" (tagged `tag`, extra mock args), a time
-/// limit of `time` minutes renewed `before` ahead, and extra `[slurm]` lines.
-fn chain_config(tag: &str, time: u32, before: &str, mock_args: &str, slurm: &str) -> String {
-    format!(
-        r#"
-[server]
-host = "0.0.0.0"
-port = 0
-shutdown_grace = "5s"
-
-[[models]]
-name = "local"
-provider = "sglang"
-model = "mock-qwen"
-launch = {{ command = ["{{llmgw}}", "mock-upstream", "--port", "{{port}}", "--name", "{tag}", "--model", "mock-qwen", "--chunks", "5", "--chunk-delay-ms", "20"{mock_args}], load_timeout = "60s" }}
-
-[slurm]
-time = "{time}"
-renew = true
-renew_before = "{before}"
-renew_max = 3
-handover_linger = "30s"
-{slurm}
-"#
-    )
-}
-
-/// Polls `f` every 250 ms until it returns `Some`, or panics after `limit`.
-async fn until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The endpoint of generation `g` once `endpoint.json` names it: (job id, base URL).
-async fn generation(gw: &Gw, g: u64, limit: Duration) -> (String, String) {
-    until(limit, &format!("generation {g} in endpoint.json"), || {
-        let ep = gw.endpoint()?;
-        (ep["generation"].as_u64()? >= g).then(|| {
-            (
-                ep["job_id"].as_str().unwrap_or_default().to_string(),
-                format!(
-                    "http://{}:{}/v1",
-                    ep["host"].as_str().unwrap_or_default(),
-                    ep["port"]
-                ),
-            )
-        })
-    })
-    .await
-}
-
-fn stop(gw: &Gw) -> String {
-    let out = gw.run("stop", &[], Duration::from_secs(120));
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn status_text(gw: &Gw) -> String {
-    let out = gw.run("status", &[], Duration::from_secs(30));
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn chain_job_ids(gw: &Gw) -> Vec<String> {
-    gw.chain()["jobs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|j| j["job_id"].as_str().map(str::to_string))
-        .collect()
-}
 
 // Acceptance 2: a client that kept the old node's URL is served during the overlap (its
 // requests forwarded); the old job then leaves, COMPLETED before its limit, and its URL
@@ -114,7 +30,7 @@ async fn old_url_is_forwarded_during_the_overlap_then_the_old_job_completes() {
         return;
     }
     let gw = Gw::new("fwd");
-    let cfg = gw.config(&chain_config(&format!("{}-m", gw.name), 2, "1m", "", ""));
+    let cfg = gw.config(&chain_config(&format!("{}-m", gw.name), 3, "2m", "", ""));
     let started = gw.start_json(&cfg);
     let key = gw.key();
     let old_job = gw.job_id().expect("job.json");
@@ -223,8 +139,8 @@ async fn held_successor_waits_and_the_current_job_serves_to_its_end() {
     // releases the first itself, and the successor stays held until it does too.
     let cfg = gw.config(&chain_config(
         &format!("{}-m", gw.name),
-        2,
-        "1m",
+        3,
+        "2m",
         "",
         "extra_directives = [\"--hold\"]",
     ));
@@ -423,7 +339,7 @@ async fn stop_during_a_renewal_cancels_every_job_and_leaves_no_orphans() {
     }
     let gw = Gw::new("stopren");
     let tag = format!("{}-m", gw.name);
-    let cfg = gw.config(&chain_config(&tag, 2, "1m", r#", "--load-ms", "8000""#, ""));
+    let cfg = gw.config(&chain_config(&tag, 3, "2m", r#", "--load-ms", "8000""#, ""));
     gw.start_json(&cfg);
     let first = gw.job_id().unwrap();
     let successor = until(
@@ -436,15 +352,25 @@ async fn stop_during_a_renewal_cancels_every_job_and_leaves_no_orphans() {
         },
     )
     .await;
-    assert_eq!(
-        pids_with(&tag).len(),
-        2,
-        "two backends: {:?}",
-        pids_with(&tag)
-    );
-    let out = stop(&gw);
+    // The status file is written as the successor plans its backend, a moment before the
+    // process exists: wait for both backends.
+    until(Duration::from_secs(30), "two backends running", || {
+        (pids_with(&tag).len() == 2).then_some(())
+    })
+    .await;
+    let stopped = gw.run("stop", &[], Duration::from_secs(120));
+    assert!(stopped.status.success(), "{}", text(&stopped));
+    let out = String::from_utf8_lossy(&stopped.stdout);
     assert!(out.contains(&format!("stopped job {first}")), "{out}");
     assert!(out.contains(&format!("stopped job {successor}")), "{out}");
+    // The grace it names is the real one (shutdown_grace = "5s"; it said "up to 20 s").
+    let err = String::from_utf8_lossy(&stopped.stderr);
+    assert!(
+        err.contains("in-flight requests get up to 5 s to finish"),
+        "{err}"
+    );
+    // The successor's loading status does not outlive it.
+    assert!(!gw.dir.join("successor-backends.json").exists());
     for id in [&first, &successor] {
         assert_eq!(job_state(id), None, "job {id} still queued");
         assert_ne!(scontrol_field(id, "JobState").as_deref(), Some("TIMEOUT"));
@@ -482,99 +408,6 @@ async fn stop_during_a_renewal_cancels_every_job_and_leaves_no_orphans() {
     assert_eq!(chain_job_ids(&gw).len(), 2);
 }
 
-/// A real sshd on a loopback port for `root`, with a generated host key and one
-/// authorized test key; stopped when dropped.
-struct Sshd {
-    child: std::process::Child,
-    port: u16,
-    key: std::path::PathBuf,
-    known_hosts: std::path::PathBuf,
-}
-
-impl Sshd {
-    fn start(dir: &std::path::Path) -> Option<Sshd> {
-        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists());
-        let Some(sshd) = sshd else {
-            common::skip(
-                "no sshd to connect over (apt-get install openssh-server; scripts/test.sh does)",
-            );
-            return None;
-        };
-        let keygen = |path: &std::path::Path| {
-            let ok = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(path)
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "ssh-keygen failed");
-        };
-        let host_key = dir.join("host_key");
-        let key = dir.join("id_test");
-        keygen(&host_key);
-        keygen(&key);
-        std::fs::copy(dir.join("id_test.pub"), dir.join("authorized_keys")).unwrap();
-        let port = common::closed_port();
-        let conf = dir.join("sshd_config");
-        std::fs::write(
-            &conf,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
-                 PidFile {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n",
-                host_key.display(),
-                dir.join("authorized_keys").display(),
-                dir.join("sshd.pid").display()
-            ),
-        )
-        .unwrap();
-        // sshd's privilege separation directory.
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(&conf)
-            .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
-            .spawn()
-            .expect("start sshd");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not listen: {}",
-                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Sshd {
-            child,
-            port,
-            key,
-            known_hosts: dir.join("known_hosts"),
-        })
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `ssh -M` master a `connect` process runs.
-fn ssh_master_of(connect_pid: u32) -> Option<u32> {
-    let out = Command::new("ps")
-        .args(["-o", "pid=,args=", "--ppid", &connect_pid.to_string()])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.contains("ssh -M"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-}
-
 // Acceptance 6: `connect --login root@127.0.0.1` through a real sshd keeps one local URL
 // working across a handover, and survives its ssh connection being cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,7 +419,7 @@ async fn connect_over_ssh_keeps_one_url_across_a_handover() {
     let Some(sshd) = Sshd::start(gw._tmp.path()) else {
         return;
     };
-    let cfg = gw.config(&chain_config(&format!("{}-m", gw.name), 2, "1m", "", ""));
+    let cfg = gw.config(&chain_config(&format!("{}-m", gw.name), 3, "2m", "", ""));
     gw.start_json(&cfg);
     let key = gw.key();
     let first = gw.job_id().unwrap();
@@ -678,12 +511,12 @@ async fn an_extended_time_limit_moves_the_renewal() {
         return;
     }
     let gw = Gw::new("extend");
-    let cfg = gw.config(&chain_config(&format!("{}-m", gw.name), 2, "1m", "", ""));
+    let cfg = gw.config(&chain_config(&format!("{}-m", gw.name), 3, "2m", "", ""));
     let started = gw.start_json(&cfg);
     let id = gw.job_id().unwrap();
     let t0 = Instant::now();
     let ok = Command::new("scontrol")
-        .args(["update", &format!("JobId={id}"), "TimeLimit=5"])
+        .args(["update", &format!("JobId={id}"), "TimeLimit=6"])
         .status()
         .unwrap()
         .success();

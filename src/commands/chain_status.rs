@@ -1,7 +1,9 @@
 //! The chain part of `llmgw status`: which generation is current, when it renews, what
-//! its successor is doing (with SLURM's pending reason), and the last handover.
+//! its successor is doing (with SLURM's pending reason), a successor it lost and when it
+//! tries again, why the chain ended, and the last handover. Jobs that SLURM no longer
+//! runs but that never recorded their end (killed) are recorded here.
 
-use llmgw_cluster::slurm::chain::{self, Chain, ChainJob, Handover, RenewPolicy};
+use llmgw_cluster::slurm::chain::{self, Chain, ChainJob, Handover, RenewPolicy, RenewalNote};
 use llmgw_cluster::slurm::jobs::{self, JobInfo};
 use llmgw_cluster::supervise::{BackendState, BackendsFile};
 use llmgw_core::config::Config;
@@ -21,6 +23,12 @@ pub struct ChainStatus {
     pub last_handover: Option<Handover>,
     pub handovers: usize,
     pub stopping: bool,
+    /// The current job's renewal trouble (a lost successor, when it tries again).
+    pub note: Option<RenewalNote>,
+    /// The chain has ended: the last current job ended (how), and no successor is left.
+    pub ended: Option<(ChainJob, String)>,
+    /// Jobs just found gone without an end record (id, what SLURM says).
+    pub vanished: Vec<(String, String)>,
 }
 
 pub struct Successor {
@@ -40,18 +48,38 @@ impl ChainStatus {
         left: Option<Duration>,
         limit: Option<Duration>,
     ) -> Option<ChainStatus> {
+        let stopping = Chain::read(dir).ok().flatten()?.stopping;
+        // A job killed outright recorded nothing: say so now (`stop` records its own).
+        let vanished = if stopping {
+            Vec::new()
+        } else {
+            chain::record_vanished(dir, |_| true).unwrap_or_default()
+        };
         let c = Chain::read(dir).ok().flatten()?;
-        let renew = Config::load(current_config)
-            .ok()
-            .and_then(|cfg| RenewPolicy::from_config(&cfg.config.slurm));
+        let current = c.current_job();
+        let note = c
+            .renewal
+            .clone()
+            .filter(|n| current.is_some_and(|j| j.job.job_id == n.job));
+        // Every job ended: the chain is over, for the reason the last current job (or,
+        // if none ever became current, the newest) gave.
+        let ended = match c.unended().next() {
+            Some(_) => None,
+            None => current
+                .or(c.jobs.iter().max_by_key(|j| j.generation))
+                .and_then(|j| j.ended.as_ref().map(|e| (j.clone(), e.how.clone()))),
+        };
+        let renew = Config::load(current_config).ok().and_then(|cfg| {
+            RenewPolicy::from_config(&cfg.config.slurm, cfg.config.server.shutdown_grace.0)
+        });
         let successor = c.successor().cloned().map(|job| {
             let info = jobs::query(&job.job.job_id).ok().flatten();
             let phase = phase(dir, info.as_ref());
             Successor { job, info, phase }
         });
         let renew_before = renew.map(|p| p.renew_before(limit));
-        let next_renewal = match (renew_before, left, &successor) {
-            (Some(b), Some(l), None) if !c.stopping => Some(l.saturating_sub(b)),
+        let next_renewal = match (renew_before, left, &successor, &ended) {
+            (Some(b), Some(l), None, None) if !c.stopping => Some(l.saturating_sub(b)),
             _ => None,
         };
         Some(ChainStatus {
@@ -63,7 +91,17 @@ impl ChainStatus {
             last_handover: c.handovers.last().cloned(),
             handovers: c.handovers.len(),
             stopping: c.stopping,
+            note,
+            ended,
+            vanished,
         })
+    }
+
+    /// When the next try after a lost successor is due, if one is.
+    fn retry_in(&self) -> Option<(u64, Duration)> {
+        let at = self.note.as_ref()?.retry_unix_ms?;
+        let left = at.saturating_sub(llmgw_core::state::now_unix_ms());
+        Some((at, Duration::from_millis(left)))
     }
 
     pub fn json(&self) -> Value {
@@ -85,6 +123,20 @@ impl ChainStatus {
             })),
             "handovers": self.handovers,
             "last_handover": self.last_handover,
+            "renewal": self.note.as_ref().map(|n| json!({
+                "what": n.what,
+                "at": n.at,
+                "failures": n.failures,
+                "retry_at": n.retry_unix_ms.map(|ms| llmgw_core::state::rfc3339(ms / 1000)),
+                "retry_in_secs": self.retry_in().map(|(_, d)| d.as_secs()),
+                "retried_with": n.retried_with,
+            })),
+            "ended": self.ended.as_ref().map(|(j, how)| json!({
+                "job_id": j.job.job_id,
+                "generation": j.generation,
+                "how": how,
+            })),
+            "recorded_gone": self.vanished.iter().map(|(id, what)| json!({"job_id": id, "slurm": what})).collect::<Vec<_>>(),
         })
     }
 
@@ -96,6 +148,15 @@ impl ChainStatus {
                 "off ([slurm] renew = true keeps the gateway up past its time limit)".to_string()
             }
             (Some(_), _, _) if self.stopping => "off (stopping)".to_string(),
+            (Some(_), _, _) if self.ended.is_some() => "over (the chain ended)".to_string(),
+            (Some(_), _, _) if self.successor.is_none() && self.retry_in().is_some() => {
+                let (at, d) = self.retry_in().unwrap_or_default();
+                format!(
+                    "successor lost; retrying at {} (in {})",
+                    llmgw_core::state::rfc3339(at / 1000),
+                    super::clock(d)
+                )
+            }
             (Some(_), Some(d), Some(b)) if d.is_zero() => {
                 format!("due now ({} before the limit)", super::clock(b))
             }
@@ -111,6 +172,17 @@ impl ChainStatus {
             "  chain:    generation {}; renewal {renewal}\n",
             self.generation
         ));
+        if let Some(n) = &self.note {
+            let retried = n
+                .retried_with
+                .as_ref()
+                .map(|j| format!("; retried with job {j}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  renewal trouble ({} lost so far): {} at {}{retried}\n",
+                n.failures, n.what, n.at
+            ));
+        }
         if let Some(s) = &self.successor {
             out.push_str(&format!(
                 "  successor {}: job {} (generation {}, {})\n",
@@ -118,6 +190,17 @@ impl ChainStatus {
                 s.job.job.job_id,
                 s.job.generation,
                 why(s.job.why),
+            ));
+        }
+        if let Some((j, how)) = &self.ended {
+            out.push_str(&format!(
+                "  chain ended: job {} (generation {}): {how}\n",
+                j.job.job_id, j.generation
+            ));
+        }
+        for (id, what) in &self.vanished {
+            out.push_str(&format!(
+                "  job {id} ended without recording it ({what}); recorded now\n"
             ));
         }
         if let Some(h) = &self.last_handover {
@@ -137,6 +220,19 @@ fn why(w: chain::Why) -> &'static str {
 
 /// `job 30 → job 31 at 2026-…Z: ready → old job gone in 5.3 s, 26 requests forwarded`.
 pub fn handover_line(h: &Handover) -> String {
+    if let Some(why) = &h.taken_back {
+        return format!(
+            "job {} → job {} at {}: did not hold ({why}); job {} took the endpoint back {:.1} s later",
+            h.from_job,
+            h.to_job,
+            h.at,
+            h.from_job,
+            h.exit_ms as f64 / 1000.0
+        );
+    }
+    if let Some(note) = &h.recorded_by_successor {
+        return format!("job {} → job {} at {}: {note}", h.from_job, h.to_job, h.at);
+    }
     format!(
         "job {} → job {} at {}: old job gone {:.1} s after the new one was ready, {} requests forwarded",
         h.from_job,

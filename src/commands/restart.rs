@@ -64,8 +64,13 @@ pub fn run(args: RestartArgs) -> anyhow::Result<ExitCode> {
         // This restart replaces a successor a renewal (or another restart) submitted.
         let replaced = c.successor().map(|s| s.job.job_id.clone());
         if let Some(id) = &replaced {
-            jobs::cancel(id, None)?;
+            // Recorded first (a loading successor will not publish itself); one that runs
+            // gets SIGTERM alone and drains (COMPLETED), a pending one is cancelled.
             c.end(id, "replaced by `llmgw restart`", None);
+            let running = jobs::query(id)?.is_some_and(|i| i.is_running());
+            if !running || jobs::cancel(id, Some("TERM")).is_err() {
+                jobs::cancel(id, None)?;
+            }
         }
         let generation = c.next_generation();
         let (config_copy, script_path) = chain::generation_files(&dir, generation);
@@ -155,9 +160,9 @@ pub fn run(args: RestartArgs) -> anyhow::Result<ExitCode> {
             for l in tail_lines(&log, 20) {
                 eprintln!("  | {l}");
             }
-            let state = info.map_or_else(|| "gone".to_string(), |i| i.describe());
             anyhow::bail!(
-                "the new job {new} {why} (it is {state}); job {old} keeps serving; log: {}",
+                "{}; log: {}",
+                what_happened(&dir, &name, &new, &old, info.as_ref(), &why),
                 log.display()
             )
         }
@@ -208,4 +213,62 @@ async fn wait(
     };
     progress.finish();
     Ok(outcome)
+}
+
+/// What became of the new job and of the old one, from the chain record and SLURM (not
+/// from what was hoped): the new job's recorded end (cancelled at its handover deadline,
+/// its backends failed, lost after it took over, …), and whether the old job still serves.
+fn what_happened(
+    dir: &Path,
+    name: &str,
+    new: &str,
+    old: &str,
+    info: Option<&JobInfo>,
+    why: &str,
+) -> String {
+    let chain = Chain::read(dir).ok().flatten();
+    let recorded = chain
+        .as_ref()
+        .and_then(|c| c.job(new))
+        .and_then(|j| j.ended.as_ref())
+        .map(|e| e.how.clone());
+    let state = info.map_or_else(|| "gone".to_string(), JobInfo::describe);
+    let new_part = match (&recorded, info.is_some_and(JobInfo::is_active)) {
+        (Some(how), _) => format!("the new job {new} did not take over: {how} (SLURM: {state})"),
+        (None, true) => format!(
+            "the new job {new} {why} (it is {state}; it takes over if it gets ready, unless job {old} cancels it at its handover deadline)"
+        ),
+        (None, false) => format!("the new job {new} {why} (it is {state})"),
+    };
+    let old_info = jobs::query(old).ok().flatten();
+    let serving = EndpointRecord::read(dir)
+        .ok()
+        .flatten()
+        .and_then(|ep| ep.job_id)
+        .as_deref()
+        == Some(old);
+    let old_part = match &old_info {
+        Some(i) if i.is_running() && serving => {
+            format!("job {old} keeps serving with its own config")
+        }
+        Some(i) if i.is_running() => format!(
+            "job {old} is still {} but no longer named in endpoint.json; see `llmgw status{}`",
+            i.describe(),
+            name_flag(name)
+        ),
+        other => {
+            let how = chain
+                .as_ref()
+                .and_then(|c| c.job(old))
+                .and_then(|j| j.ended.as_ref())
+                .map(|e| format!(": {}", e.how))
+                .unwrap_or_default();
+            format!(
+                "job {old} has ended too ({}{how}): the gateway is down; start it again with `llmgw start -c CONFIG{}`",
+                other.as_ref().map_or_else(|| "gone".to_string(), JobInfo::describe),
+                name_flag(name)
+            )
+        }
+    };
+    format!("{new_part}; {old_part}")
 }

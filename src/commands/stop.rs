@@ -92,6 +92,8 @@ fn stop_one(name: &str, dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let grace_secs = record.as_ref().map_or(30, |r| r.grace_secs);
+    // After SIGTERM: the grace, then closing what is left and stopping the backends;
+    // only a job still there 15 s after its grace is cancelled outright.
     let grace = Duration::from_secs(grace_secs.max(1)) + Duration::from_secs(15);
     let mut messages = Vec::new();
     let mut stopping: Vec<(String, JobInfo)> = Vec::new();
@@ -104,9 +106,8 @@ fn stop_one(name: &str, dir: &Path) -> anyhow::Result<()> {
             Some(i) => {
                 if i.is_running() {
                     eprintln!(
-                        "stopping job {id} on {}: in-flight requests may finish (up to {} s)…",
+                        "stopping job {id} on {}: in-flight requests get up to {grace_secs} s to finish (shutdown_grace)…",
                         i.node.as_deref().unwrap_or("its node"),
-                        grace.as_secs()
                     );
                     // SIGTERM to the gateway alone: it drains, stops its backends, exits 0.
                     if jobs::cancel(id, Some("TERM")).is_err() {
@@ -176,7 +177,9 @@ fn wait_gone(ids: &[&str], limit: Duration) -> anyhow::Result<HashMap<String, Jo
     }
 }
 
-/// Removes the endpoint record (the gateway removes it itself on a clean exit).
+/// Removes the endpoint record (the gateway removes it itself on a clean exit) and a
+/// successor's loading status (a successor stopped while it loaded leaves it behind).
 fn tidy(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(state::ENDPOINT_FILE));
+    let _ = std::fs::remove_file(dir.join(llmgw_cluster::slurm::chain::SUCCESSOR_BACKENDS_FILE));
 }

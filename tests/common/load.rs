@@ -35,10 +35,33 @@ fn unix_ms() -> u64 {
 impl Load {
     /// Starts the load against `base` (`http://host:port/v1`) with the bearer `key`.
     pub fn start(base: &str, key: &str, model: &str, rate: f64, workers: usize) -> Load {
+        Load::start_with(base, key, model, rate, workers, super::client())
+    }
+
+    /// Like [`Load::start`], each request on a new connection (no keep-alive pool): every
+    /// request is a new connection through `connect`.
+    pub fn start_fresh(base: &str, key: &str, model: &str, rate: f64, workers: usize) -> Load {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("build reqwest client");
+        Load::start_with(base, key, model, rate, workers, client)
+    }
+
+    fn start_with(
+        base: &str,
+        key: &str,
+        model: &str,
+        rate: f64,
+        workers: usize,
+        client: reqwest::Client,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let interval = Duration::from_secs_f64(workers as f64 / rate);
-        let client = super::client();
         let tasks = (0..workers)
             .map(|w| {
                 let (stop, outcomes, client) = (stop.clone(), outcomes.clone(), client.clone());
@@ -143,6 +166,17 @@ async fn one(client: &reqwest::Client, url: &str, key: &str, model: &str, stream
     }
     o.latency = t0.elapsed();
     o
+}
+
+/// Failed outcomes that were not in flight at `at_ms` (Unix ms): sent after it, or ended
+/// before it (with 50 ms of slack for clocks read at slightly different points).
+pub fn failed_outside(outcomes: &[Outcome], at_ms: u64) -> Vec<&Outcome> {
+    failures(outcomes)
+        .into_iter()
+        .filter(|o| {
+            o.sent_ms > at_ms + 50 || o.sent_ms + (o.latency.as_millis() as u64) + 50 < at_ms
+        })
+        .collect()
 }
 
 /// Failed outcomes, for assertion messages.

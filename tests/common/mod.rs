@@ -18,6 +18,7 @@
 
 #![allow(dead_code)]
 
+pub mod chain;
 pub mod cluster;
 pub mod keys;
 pub mod load;

@@ -3,6 +3,8 @@
 //! `llmgw_cluster::renew`). Installed only for SLURM jobs, so a gateway outside SLURM
 //! pays nothing. It counts a request *before* looking at the target and the handover sets
 //! the target *before* waiting for the count, so no request is lost between the two.
+//! Until the handover is committed this job keeps its backends, and a request whose
+//! connection the successor refuses (nothing reached it) is served here instead.
 
 use arc_swap::ArcSwapOption;
 use axum::body::Body;
@@ -11,16 +13,19 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use llmgw_cluster::renew::{counters, Forwarding};
+use llmgw_cluster::renew::{counters, Forwarding, Probe};
 use llmgw_core::state;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Attempts to reach the successor for one request (only failures to connect are retried).
 const FORWARD_ATTEMPTS: u32 = 3;
+/// A probe of the successor's readiness waits at most this long.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where requests go once this job has handed over.
 struct Target {
@@ -31,6 +36,10 @@ struct Target {
 /// Counts this job's own requests and the forwarded ones, and forwards once a target is set.
 pub struct Relay {
     target: ArcSwapOption<Target>,
+    /// Serve here what the successor refuses (until the handover is committed).
+    fallback: AtomicBool,
+    /// Forwarded requests whose connection the successor refused.
+    refused: AtomicU64,
     local: AtomicU64,
     forwarding: AtomicU64,
     forwarded: AtomicU64,
@@ -51,6 +60,8 @@ impl Relay {
             .build()?;
         Ok(Arc::new(Relay {
             target: ArcSwapOption::empty(),
+            fallback: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
             local: AtomicU64::new(0),
             forwarding: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
@@ -77,7 +88,13 @@ impl Relay {
         self.target.load().is_some()
     }
 
-    async fn forward(self: Arc<Self>, t: Arc<Target>, req: Request) -> Response {
+    /// Forwards `req` to the successor. `Err` with the request (body read) and its count
+    /// when the successor refused the connection and this job may serve it instead.
+    async fn forward(
+        self: Arc<Self>,
+        t: Arc<Target>,
+        req: Request,
+    ) -> Result<Response, (Request, InFlight)> {
         let guard = InFlight::new(self.clone(), Counter::Forwarding);
         self.forwarded.fetch_add(1, Ordering::Relaxed);
         counters::FORWARDED.fetch_add(1, Ordering::Relaxed);
@@ -86,7 +103,7 @@ impl Relay {
         let (parts, body) = req.into_parts();
         let body = match crate::body::read_body(body, &parts.headers, self.max_body).await {
             Ok(b) => b,
-            Err(e) => return e.into_response(),
+            Err(e) => return Ok(e.into_response()),
         };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let url = format!("{}{path}", t.base);
@@ -103,21 +120,21 @@ impl Relay {
                 .await;
             match sent {
                 Ok(r) => break r,
-                // Nothing reached the successor: safe to try again.
-                Err(e) if e.is_connect() && attempt < FORWARD_ATTEMPTS => {
+                Err(e) if e.is_connect() => {
+                    self.refused.fetch_add(1, Ordering::SeqCst);
+                    // Nothing reached the successor: serve it here while this job still
+                    // has its backends, else try again.
+                    if self.fallback.load(Ordering::SeqCst) {
+                        let local = InFlight::new(self.clone(), Counter::Local);
+                        tracing::warn!(error = %e, successor = %t.base, "the successor refused a forwarded request; serving it here");
+                        return Err((Request::from_parts(parts, Body::from(body)), local));
+                    }
+                    if attempt >= FORWARD_ATTEMPTS {
+                        return Ok(self.unreachable(&t, &e));
+                    }
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 }
-                Err(e) => {
-                    counters::FORWARD_ERRORS.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, successor = %t.base, "cannot forward a request to the successor");
-                    let mut r = llmgw_core::error::ApiError::bad_gateway(
-                        "this gateway job has handed over to its successor, which cannot be reached; \
-                         retry, or use the address in `llmgw status` / `llmgw connect`",
-                    )
-                    .into_response();
-                    close_after(&mut r);
-                    return r;
-                }
+                Err(e) => return Ok(self.unreachable(&t, &e)),
             }
         };
         let mut out = Response::builder().status(resp.status());
@@ -133,13 +150,56 @@ impl Relay {
             }))
             .unwrap_or_else(|_| Response::new(Body::empty()));
         close_after(&mut r);
+        Ok(r)
+    }
+
+    fn unreachable(&self, t: &Target, e: &reqwest::Error) -> Response {
+        counters::FORWARD_ERRORS.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, successor = %t.base, "cannot forward a request to the successor");
+        let mut r = llmgw_core::error::ApiError::bad_gateway(
+            "this gateway job has handed over to its successor, which cannot be reached; \
+             retry, or use the address in `llmgw status` / `llmgw connect`",
+        )
+        .into_response();
+        close_after(&mut r);
         r
+    }
+
+    /// `GET /health/readiness` of the successor, bounded by [`PROBE_TIMEOUT`].
+    async fn probe_target(&self) -> Probe {
+        let Some(t) = self.target.load_full() else {
+            return Probe::Silent;
+        };
+        let sent = self
+            .client
+            .get(format!("{}/health/readiness", t.base))
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => Probe::Ready,
+            Ok(_) => Probe::NotReady,
+            Err(e) if e.is_connect() && !e.is_timeout() => Probe::Refused,
+            Err(_) => Probe::Silent,
+        }
     }
 }
 
 impl Forwarding for Relay {
     fn forward_to(&self, base: String, job_id: &str) {
         Relay::forward_to(self, base, job_id)
+    }
+    fn take_back(&self) {
+        self.target.store(None);
+    }
+    fn set_fallback(&self, on: bool) {
+        self.fallback.store(on, Ordering::SeqCst);
+    }
+    fn probe(&self) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
+        Box::pin(self.probe_target())
+    }
+    fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
     fn local_in_flight(&self) -> u64 {
         Relay::local_in_flight(self)
@@ -166,10 +226,15 @@ pub async fn relay(State(relay): State<Arc<Relay>>, req: Request, next: Next) ->
     }
     // Count first, then look: a handover sets the target, then waits for the count to
     // reach zero, so no request slips between the two.
-    let guard = InFlight::new(relay.clone(), Counter::Local);
+    let mut guard = InFlight::new(relay.clone(), Counter::Local);
+    let mut req = req;
     if let Some(t) = relay.target.load_full() {
         drop(guard);
-        return relay.forward(t, req).await;
+        match relay.clone().forward(t, req).await {
+            Ok(resp) => return resp,
+            // The successor refused it and this job still has its backends.
+            Err((back, local)) => (req, guard) = (back, local),
+        }
     }
     let mut resp = next.run(req).await;
     if relay.handed_over() {
@@ -373,6 +438,51 @@ mod tests {
         assert_eq!(relay.local_in_flight(), 0);
         assert_eq!(relay.forwarded.load(Ordering::Relaxed), 1);
         assert_eq!(relay.forwarding.load(Ordering::SeqCst), 0);
+    }
+
+    // Issue 30: until the handover is committed, a request the successor refuses (its
+    // gateway died) is served here instead of failing with 502; the probe tells a dead
+    // successor (refused) from one that serves.
+    #[tokio::test]
+    async fn a_refused_forward_is_served_here_until_the_handover_commits() {
+        let relay = Relay::new(1024).unwrap();
+        let app = axum::Router::new()
+            .route("/v1/models", get(|| async { "local" }))
+            .layer(axum::middleware::from_fn_with_state(
+                relay.clone(),
+                relay_fn,
+            ));
+        let old = serve(app).await;
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        relay.forward_to(dead.clone(), "43");
+        relay.set_fallback(true);
+        assert_eq!(relay.probe().await, Probe::Refused);
+        let r = c.get(format!("{old}/v1/models")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        assert_eq!(r.text().await.unwrap(), "local");
+        assert_eq!(relay.refused(), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(relay.local_in_flight(), 0);
+        assert_eq!(relay.forwarding.load(Ordering::SeqCst), 0);
+        // Committed: no backends here any more, so the client hears of it.
+        relay.set_fallback(false);
+        let r = c.get(format!("{old}/v1/models")).send().await.unwrap();
+        assert_eq!(r.status(), 502);
+        // Taken back: served here again, and the connection stays open.
+        Forwarding::take_back(&*relay);
+        let r = c.get(format!("{old}/v1/models")).send().await.unwrap();
+        assert!(r.headers().get(header::CONNECTION).is_none());
+        assert_eq!(r.text().await.unwrap(), "local");
+        assert_eq!(relay.probe().await, Probe::Silent);
+        let successor =
+            serve(axum::Router::new().route("/health/readiness", get(|| async { "ready" }))).await;
+        relay.forward_to(successor, "44");
+        assert_eq!(relay.probe().await, Probe::Ready);
     }
 
     use futures_util::StreamExt as _;

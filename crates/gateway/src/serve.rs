@@ -215,10 +215,19 @@ pub async fn run(
 
     // Serve (readiness 503) while the local backends load; ready once each is ready or failed.
     let mut server = tokio::spawn(serve);
+    // A chain member keeps its time limit from now on, not only once it is current: a job
+    // that never gets ready still drains before its limit (COMPLETED, not TIMEOUT).
+    if let Some(m) = &member {
+        tokio::spawn(m.clone().watch_until_published(shutdown.clone()));
+    }
     backends.start()?;
     tokio::select! {
         r = backends.settled() => if let Err(e) = r {
             backends.shutdown().await;
+            if let Some(m) = &member {
+                m.note_end(format!("its backends failed before it was ready: {e}"));
+                m.finish(None);
+            }
             return Err(e.into());
         },
         _ = shutdown.cancelled() => {}

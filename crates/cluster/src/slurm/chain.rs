@@ -91,6 +91,36 @@ pub struct Handover {
     pub exit_ms: u64,
     /// Requests that reached the old job after it noticed, forwarded to the successor.
     pub forwarded: u64,
+    /// Set when the handover did not hold: the successor was lost within the grace period
+    /// and the old job took the endpoint back (why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_back: Option<String>,
+    /// Set when the successor, not the old job, recorded the handover (the old job ended
+    /// without a word: it was killed); the old job's figures are then unknown (0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_by_successor: Option<String>,
+}
+
+/// What the current generation's renewal is doing when it is not simply waiting for its
+/// time: a successor it lost and when it tries again, or why it submits none. Written by
+/// the current job (and cleared when another becomes current), read by `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewalNote {
+    /// The job that wrote it; shown only while that job is current.
+    pub job: String,
+    /// "successor job 12: CANCELLED before it was ready", "no successor submitted: …"
+    pub what: String,
+    /// RFC 3339 UTC, when it happened.
+    pub at: String,
+    /// Successors this job lost so far.
+    pub failures: u32,
+    /// When the next try is due (Unix ms); `None` once it was submitted, or when none
+    /// will be.
+    #[serde(default)]
+    pub retry_unix_ms: Option<u64>,
+    /// The job submitted as the retry.
+    #[serde(default)]
+    pub retried_with: Option<String>,
 }
 
 /// The whole record.
@@ -106,6 +136,9 @@ pub struct Chain {
     pub jobs: Vec<ChainJob>,
     /// Oldest first.
     pub handovers: Vec<Handover>,
+    /// The current generation's renewal trouble, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<RenewalNote>,
 }
 
 /// A chain record that could not be read or changed.
@@ -221,9 +254,13 @@ impl Chain {
         self.jobs.iter().filter(|j| j.ended.is_none())
     }
 
-    /// How many successors renewals have submitted.
+    /// How many renewals count against `renew_max`: successors renewals submitted that
+    /// took over or may still do so (a lost one does not count: it renewed nothing).
     pub fn renewals(&self) -> u64 {
-        self.jobs.iter().filter(|j| j.why == Why::Renew).count() as u64
+        self.jobs
+            .iter()
+            .filter(|j| j.why == Why::Renew && (j.current_since.is_some() || j.ended.is_none()))
+            .count() as u64
     }
 
     /// Marks a job ended (once; the first account wins).
@@ -313,34 +350,89 @@ pub struct RenewPolicy {
     pub before: Option<Duration>,
     pub max: Option<u32>,
     pub linger: Duration,
+    /// `handover_timeout` as configured, if it was (else derived from the load time).
+    pub handover_timeout: Option<Duration>,
+    /// The shortest `renew_before` with room for one retry (from the shutdown grace).
+    pub min_before: Duration,
 }
 
 impl RenewPolicy {
-    /// `None` unless `[slurm] renew = true`.
-    pub fn from_config(slurm: &llmgw_core::config::SlurmConfig) -> Option<RenewPolicy> {
+    /// `None` unless `[slurm] renew = true`; `grace` is `[server] shutdown_grace`.
+    pub fn from_config(
+        slurm: &llmgw_core::config::SlurmConfig,
+        grace: Duration,
+    ) -> Option<RenewPolicy> {
+        let handover_timeout = slurm.handover_timeout.as_ref().map(|d| d.get_ref().0);
         slurm.renew.then(|| RenewPolicy {
             before: slurm.renew_before.as_ref().map(|d| d.get_ref().0),
             max: slurm.renew_max,
             linger: slurm.handover_linger.map_or(DEFAULT_LINGER, |d| d.0),
+            handover_timeout,
+            min_before: llmgw_core::config::renewal::min_renew_before(grace, handover_timeout),
         })
     }
 
     /// How long before the end of a job with time limit `limit` its successor is
-    /// submitted: as configured, else 20 minutes but at most a quarter of the limit.
+    /// submitted: as configured, else 20 minutes but at most a quarter of the limit — and
+    /// never less than the room one retry needs ([`RenewPolicy::min_before`]).
     pub fn renew_before(&self, limit: Option<Duration>) -> Duration {
         match (self.before, limit) {
             (Some(b), _) => b,
-            (None, Some(l)) => DEFAULT_RENEW_BEFORE.min(l / 4),
-            (None, None) => DEFAULT_RENEW_BEFORE,
+            (None, Some(l)) => DEFAULT_RENEW_BEFORE.min(l / 4).max(self.min_before),
+            (None, None) => DEFAULT_RENEW_BEFORE.max(self.min_before),
         }
+    }
+
+    /// The successor's deadline once it runs: as configured, else derived from this job's
+    /// own load time.
+    pub fn handover_timeout(&self, own_load: Duration) -> Duration {
+        self.handover_timeout
+            .unwrap_or_else(|| llmgw_core::config::renewal::default_handover_timeout(own_load))
     }
 }
 
 /// How long before its time limit a gateway starts draining when it has no successor to
 /// hand over to: its shutdown grace plus 30 s, so it has exited (and SLURM records the
 /// job COMPLETED) before the limit.
-pub fn exit_margin(grace: Duration) -> Duration {
-    grace.saturating_add(Duration::from_secs(30))
+pub use llmgw_core::config::renewal::exit_margin;
+
+/// Records an end for every job of the chain that SLURM no longer runs but the record
+/// still lists as not ended (a gateway killed with SIGKILL, a node that died: nothing of
+/// it wrote its end), among those `which` selects. SLURM is asked outside the lock; what was recorded
+/// meanwhile wins. The jobs recorded, with what SLURM said.
+pub fn record_vanished(
+    dir: &Path,
+    which: impl Fn(&ChainJob) -> bool,
+) -> Result<Vec<(String, String)>, ChainError> {
+    let Some(c) = Chain::read(dir)? else {
+        return Ok(Vec::new());
+    };
+    let mut gone = Vec::new();
+    for j in c.unended().filter(|j| which(j)) {
+        let id = j.job.job_id.clone();
+        let what = match super::jobs::query(&id) {
+            Ok(Some(i)) if i.is_active() => continue,
+            Ok(Some(i)) => format!("SLURM says {}", i.describe()),
+            Ok(None) => "SLURM no longer knows it".to_string(),
+            // SLURM did not answer: look again next time.
+            Err(_) => continue,
+        };
+        gone.push((id, what));
+    }
+    if gone.is_empty() {
+        return Ok(gone);
+    }
+    Chain::update(dir, |c| {
+        gone.retain(|(id, _)| c.job(id).is_some_and(|j| j.ended.is_none()));
+        for (id, what) in &gone {
+            c.end(
+                id,
+                format!("ended without a word of its own ({what})"),
+                None,
+            );
+        }
+    })?;
+    Ok(gone)
 }
 
 #[cfg(test)]
@@ -455,11 +547,19 @@ mod tests {
             before: None,
             max: None,
             linger: DEFAULT_LINGER,
+            handover_timeout: None,
+            min_before: Duration::from_secs(115),
         };
         let h = |s: u64| Some(Duration::from_secs(s));
         assert_eq!(p.renew_before(h(24 * 3600)), Duration::from_secs(1200));
         assert_eq!(p.renew_before(h(3600)), Duration::from_secs(900));
         assert_eq!(p.renew_before(None), Duration::from_secs(1200));
+        // A short job renews early enough for one retry.
+        assert_eq!(p.renew_before(h(240)), Duration::from_secs(115));
+        assert_eq!(
+            p.handover_timeout(Duration::from_secs(4)),
+            Duration::from_secs(34)
+        );
         let p = RenewPolicy {
             before: Some(Duration::from_secs(120)),
             ..p

@@ -281,20 +281,7 @@ impl Config {
                 "[store] buffer_rows must be between 1 and 10000000".into(),
             ));
         }
-        if let Some(before) = &self.slurm.renew_before {
-            let limit = self
-                .slurm
-                .time
-                .as_deref()
-                .and_then(crate::duration::parse_time_limit);
-            let b = before.get_ref().0;
-            if b < Duration::from_secs(60) {
-                return Err(src.at(before.span(), "[slurm] renew_before must be at least 1m: the successor needs time to start and load its backends"));
-            }
-            if let Some(limit) = limit.filter(|l| b.as_secs().saturating_add(60) > *l) {
-                return Err(src.at(before.span(), format!("[slurm] renew_before ({}) must be at least 1m shorter than the time limit ({limit} s): each job must serve a while before renewing", before.get_ref())));
-            }
-        }
+        self.validate_renewal(src, &file_err)?;
         let q = &self.router.queue;
         if q.max == 0 || q.max > 1_000_000 {
             return Err(file_err(
@@ -318,6 +305,57 @@ impl Config {
                 "[cache] backend = \"redis\" needs redis_url, e.g. \"redis://127.0.0.1:6379\""
                     .into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// `[slurm] renew_before` and `handover_timeout` against the time limit and the
+    /// shutdown grace: room for serving, for the first successor and for one retry.
+    fn validate_renewal(
+        &self,
+        src: &Source<'_>,
+        file_err: &dyn Fn(String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        use super::renewal;
+        let slurm = &self.slurm;
+        let grace = self.server.shutdown_grace.0;
+        let limit = slurm
+            .time
+            .as_deref()
+            .and_then(crate::duration::parse_time_limit);
+        let timeout = slurm.handover_timeout.as_ref().map(|t| t.get_ref().0);
+        if let Some(t) = &slurm.handover_timeout {
+            if t.get_ref().0 < Duration::from_secs(10) {
+                return Err(src.at(
+                    t.span(),
+                    "[slurm] handover_timeout must be at least 10s: a successor needs time to start and load its backends",
+                ));
+            }
+        }
+        if let Some(before) = &slurm.renew_before {
+            let b = before.get_ref().0;
+            if let Some(why) = renewal::renew_before_too_short(b, grace, timeout) {
+                return Err(src.at(
+                    before.span(),
+                    format!(
+                        "[slurm] renew_before ({}s) is too short: {why}",
+                        b.as_secs()
+                    ),
+                ));
+            }
+            if let Some(limit) = limit.filter(|l| b.as_secs().saturating_add(60) > *l) {
+                return Err(src.at(before.span(), format!("[slurm] renew_before ({}) must be at least 1m shorter than the time limit ({limit} s): each job must serve a while before renewing", before.get_ref())));
+            }
+        } else if let (true, Some(limit)) = (slurm.renew, limit) {
+            let min = renewal::min_renew_before(grace, timeout);
+            if min.as_secs().saturating_add(60) > limit {
+                return Err(file_err(format!(
+                    "[slurm] time ({limit} s) is too short for renew = true: a renewal starts at least {}s before the limit (room for the first successor and one retry) and each job must serve a minute before renewing; raise time, or lower shutdown_grace or handover_timeout",
+                    min.as_secs()
+                )));
+            }
         }
         Ok(())
     }

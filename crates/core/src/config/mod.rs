@@ -21,6 +21,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 mod derived;
+pub mod renewal;
 
 /// The config served when `llmgw serve` is given no `--config`.
 pub const QUICKSTART: &str = include_str!("../../../../configs/quickstart.toml");
@@ -566,6 +567,11 @@ pub struct SlurmConfig {
     /// reach its address [default: 2m]; it leaves earlier once they stop coming.
     #[serde(skip_serializing)]
     pub handover_linger: Option<Dur>,
+    /// How long a successor may take, once SLURM runs it, to become ready; then the
+    /// current job cancels it and submits another with its own config [default: three
+    /// times the current job's own load time, at least that plus 30s].
+    #[serde(skip_serializing)]
+    pub handover_timeout: Option<Spanned<Dur>>,
 }
 
 /// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or a number of seconds.
@@ -705,16 +711,58 @@ mod tests {
     fn renew_before_is_checked_against_the_time_limit() {
         let cfg = |before: &str| {
             Config::load_str(
-                &format!("[slurm]\ntime = \"3\"\nrenew = true\nrenew_before = \"{before}\"\n"),
+                &format!("[server]\nshutdown_grace = \"5s\"\n[slurm]\ntime = \"3\"\nrenew = true\nrenew_before = \"{before}\"\n"),
                 "x.toml",
             )
         };
         assert!(cfg("2m").is_ok());
         let err = cfg("150s").unwrap_err().to_string();
-        assert!(err.starts_with("x.toml:4:"), "{err}");
+        assert!(err.starts_with("x.toml:6:"), "{err}");
         assert!(err.contains("shorter than the time limit"), "{err}");
         let err = cfg("30s").unwrap_err().to_string();
-        assert!(err.contains("at least 1m"), "{err}");
+        assert!(err.contains("too short"), "{err}");
+    }
+
+    // Issue 30: a renew_before too short for a lost successor to be replaced in time is
+    // refused, and says why (main accepted anything from 1m).
+    #[test]
+    fn renew_before_must_leave_room_for_one_retry() {
+        let cfg = |extra: &str| {
+            Config::load_str(
+                &format!("[server]\nshutdown_grace = \"5s\"\n[slurm]\ntime = \"3\"\nrenew = true\n{extra}\n"),
+                "x.toml",
+            )
+        };
+        assert!(cfg("renew_before = \"115s\"").is_ok());
+        let err = cfg("renew_before = \"114s\"").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:6:"), "{err}");
+        assert!(
+            err.contains("renew_before (114s) is too short")
+                && err.contains("drains 35s before its limit")
+                && err.contains("at least 115s"),
+            "{err}"
+        );
+        assert!(cfg("renew_before = \"1m\"").is_err());
+        // A longer handover_timeout needs a longer renew_before.
+        let err = cfg("renew_before = \"2m\"\nhandover_timeout = \"40s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("handover_timeout 40s") && err.contains("at least 135s"),
+            "{err}"
+        );
+        let err = cfg("renew_before = \"2m\"\nhandover_timeout = \"5s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("handover_timeout must be at least 10s"),
+            "{err}"
+        );
+        // Without renew_before the time limit itself must leave room.
+        let short = Config::load_str("[slurm]\ntime = \"2\"\nrenew = true\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(short.contains("too short for renew = true"), "{short}");
     }
 
     #[test]
