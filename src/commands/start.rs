@@ -217,6 +217,7 @@ impl Plan {
             state::ENDPOINT_FILE,
             llmgw_cluster::supervise::BACKENDS_FILE,
             chain::SUCCESSOR_BACKENDS_FILE,
+            llmgw_cluster::idle::IDLE_FILE,
         ] {
             let _ = std::fs::remove_file(dir.join(stale));
         }

@@ -58,6 +58,9 @@ pub(crate) async fn proxy(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // The chain's idle clock (`[slurm] idle_stop`): a relaxed load, rarely a store; again
+    // when the answer is ready (a stream still running counts through `in_flight`).
+    llmgw_cluster::idle::touch();
     let mut log = RequestLog::default();
     log.path = path;
     // Virtual keys: admitted after parsing, charged once the answer is known.
@@ -134,6 +137,7 @@ pub(crate) async fn proxy(
         }
     }
     .await;
+    llmgw_cluster::idle::touch();
     match result {
         Ok(resp) => resp,
         Err(e) => {

@@ -572,6 +572,19 @@ pub struct SlurmConfig {
     /// times the current job's own load time, at least that plus 30s].
     #[serde(skip_serializing)]
     pub handover_timeout: Option<Spanned<Dur>>,
+    /// Stop when idle: a gateway that has had no request for this long drains and ends its
+    /// job (COMPLETED, no successor), so an unused gateway does not hold GPUs all night
+    /// [default: off].
+    #[serde(skip_serializing)]
+    pub idle_stop: Option<Spanned<Dur>>,
+    /// Start on the first request: `llmgw connect` keeps listening while no job runs, and
+    /// the first request submits the job and is held until it is ready.
+    #[serde(skip_serializing)]
+    pub on_demand: bool,
+    /// How long `connect` holds a request while the job is pending or loading; beyond, a
+    /// 503 with `Retry-After` naming the job and SLURM's reason [default: 15m].
+    #[serde(skip_serializing)]
+    pub hold_timeout: Option<Spanned<Dur>>,
 }
 
 /// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or a number of seconds.
