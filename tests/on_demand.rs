@@ -174,3 +174,119 @@ async fn a_request_held_past_hold_timeout_gets_a_503_naming_the_pending_job() {
     assert!(err.contains("refused 2"), "{}", err);
     let _ = text;
 }
+
+/// The deployment that answered, from `x-llmgw-deployment`.
+async fn answered_by(url: &str, key: &str) -> String {
+    let r = common::client()
+        .post(format!("{url}/chat/completions"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(common::chat_body("local", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let d = r
+        .headers()
+        .get("x-llmgw-deployment")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    r.bytes().await.unwrap();
+    d
+}
+
+// Acceptance 3: with the job held PENDING and a cloud deployment in the group, held
+// requests are answered by the cloud at once (connect's spill gateway); once the job is
+// released and ready they go to the local backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_spill_to_the_cloud_while_the_job_is_pending_then_go_local() {
+    if !have_cluster() {
+        return;
+    }
+    let cloud = common::mock("cloud", Default::default()).await;
+    let gw = Gw::new("demand-spill");
+    let toml = format!(
+        "{}\n{}\n[router]\nspillover = {{ queue = 8 }}\n",
+        config(
+            &format!("{}-m", gw.name),
+            "extra_directives = [\"--begin=now+1hour\"]"
+        ),
+        common::openai_model("local", "gpt-x", &cloud.base_url(), "id = \"cloud-a\"")
+    );
+    let cfg = gw.config(&toml);
+    let c = gw.connect(&["-c", &cfg.display().to_string()]);
+    let key = gw.key();
+    let url = c.url();
+
+    for _ in 0..5 {
+        assert_eq!(answered_by(&url, &key).await, "cloud-a");
+    }
+    assert_eq!(cloud.state.request_count(), 5);
+    let job = until(Duration::from_secs(10), "the submitted job", || gw.job_id()).await;
+    assert_eq!(job_state(&job).as_deref(), Some("PENDING"));
+    // What the spill adds to the cloud's own latency (measured, reported; not asserted).
+    let direct = {
+        let t = Instant::now();
+        for _ in 0..20 {
+            let r = common::client()
+                .post(format!("{}/chat/completions", cloud.base_url()))
+                .header("content-type", "application/json")
+                .body(common::chat_body("gpt-x", false))
+                .send()
+                .await
+                .unwrap();
+            r.bytes().await.unwrap();
+        }
+        t.elapsed() / 20
+    };
+    let spilled = {
+        let t = Instant::now();
+        for _ in 0..20 {
+            answered_by(&url, &key).await;
+        }
+        t.elapsed() / 20
+    };
+    eprintln!("cloud direct {direct:?} per request, through connect's spill {spilled:?}");
+
+    // Released: the job starts, and new requests go to its local backend.
+    let ok = std::process::Command::new("scontrol")
+        .args(["update", &format!("JobId={job}"), "StartTime=now"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "scontrol update StartTime=now failed");
+    until(Duration::from_secs(120), "the job's gateway ready", || {
+        gw.endpoint().map(|_| ())
+    })
+    .await;
+    let before = cloud.state.request_count();
+    let mut local = 0;
+    for _ in 0..40 {
+        if answered_by(&url, &key).await != "cloud-a" {
+            local += 1;
+        }
+        if local >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        local >= 5,
+        "requests did not go local once the job was ready"
+    );
+    // Once local serving resumed, nothing more went to the cloud.
+    let after = cloud.state.request_count();
+    let tail: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(answered_by(&url, &key).await);
+        }
+        v
+    };
+    assert!(tail.iter().all(|d| d != "cloud-a"), "{tail:?}");
+    assert_eq!(cloud.state.request_count(), after, "{before} → {after}");
+    let err = stop_connect(c);
+    assert!(err.contains("spill gateway drains"), "{err}");
+    assert!(err.contains("spilled to the cloud"), "{err}");
+}

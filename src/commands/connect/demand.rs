@@ -63,6 +63,8 @@ pub enum Phase {
 pub enum Held {
     /// The gateway is ready: forward the held bytes.
     Ready,
+    /// The job is not ready but the spill gateway is: forward there (this port).
+    Spill(u16),
     /// The client left, or was answered (a 503): nothing more to do.
     Over,
 }
@@ -78,6 +80,7 @@ struct Counts {
     hold_ms_max: AtomicU64,
     hold_ms_sum: AtomicU64,
     released: AtomicU64,
+    spilled: AtomicU64,
 }
 
 pub struct OnDemand {
@@ -91,6 +94,10 @@ pub struct OnDemand {
     starting: AtomicBool,
     counts: Counts,
     client: reqwest::Client,
+    /// The cloud part of the config, when held requests may spill to it.
+    cloud: Option<llmgw_core::config::LoadedConfig>,
+    /// The spill gateway while one runs.
+    spill: std::sync::Mutex<Option<Arc<super::spill::Spill>>>,
 }
 
 impl OnDemand {
@@ -124,6 +131,19 @@ impl OnDemand {
                 .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
             super::super::start::ensure_key(&dir.join(llmgw_core::state::KEY_FILE))?;
         }
+        let cloud = match cfg.config.slurm.spill_while_pending {
+            Some(false) => None,
+            asked => match super::spill::cloud_config(&cfg, dir) {
+                Ok(c) => Some(c),
+                Err(why) if asked == Some(true) => anyhow::bail!(
+                    "[slurm] spill_while_pending = true, but held requests cannot be served from the cloud: {why}; add a cloud deployment (or a fallback to a cloud group) to each group with local backends, or set spill_while_pending = false"
+                ),
+                Err(why) => {
+                    eprintln!("llmgw connect: held requests wait for the job (no spilling: {why})");
+                    None
+                }
+            },
+        };
         let (phase, _) = watch::channel(Phase::Zero);
         Ok(Some(Arc::new(OnDemand {
             name: name.to_string(),
@@ -134,6 +154,8 @@ impl OnDemand {
             starting: AtomicBool::new(false),
             counts: Counts::default(),
             client: super::super::http_client()?,
+            cloud,
+            spill: std::sync::Mutex::new(None),
         })))
     }
 
@@ -158,6 +180,12 @@ impl OnDemand {
         let mut buf = vec![0u8; 16 * 1024];
         let outcome = loop {
             let phase = rx.borrow_and_update().clone();
+            if let Some(port) = self.spill_port() {
+                if !matches!(phase, Phase::Ready | Phase::Failed(_)) {
+                    self.counts.spilled.fetch_add(1, Ordering::Relaxed);
+                    break Held::Spill(port);
+                }
+            }
             match phase {
                 Phase::Ready => break Held::Ready,
                 Phase::Failed(why) => {
@@ -212,18 +240,52 @@ impl OnDemand {
         outcome
     }
 
+    /// The spill gateway's port, when one is ready.
+    fn spill_port(&self) -> Option<u16> {
+        let s = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+        s.as_ref().filter(|s| s.is_ready()).map(|s| s.port)
+    }
+
+    /// Starts the spill gateway (when the config allows one and none runs); every held
+    /// connection is woken once it is ready.
+    fn start_spill(self: &Arc<Self>) {
+        let Some(cloud) = &self.cloud else { return };
+        let mut slot = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        let phase = self.phase.clone();
+        match super::spill::Spill::start(cloud.clone(), &self.dir, move || {
+            eprintln!("llmgw connect: held requests now go to the cloud deployments until the job is ready");
+            phase.send_modify(|_| {});
+        }) {
+            Ok(s) => *slot = Some(s),
+            Err(e) => eprintln!("llmgw connect: cannot start the spill gateway: {e}"),
+        }
+    }
+
+    /// Stops the spill gateway (its requests finish first).
+    fn stop_spill(&self) {
+        let s = self.spill.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = s {
+            s.stop();
+            eprintln!("llmgw connect: the job is ready; the spill gateway drains and stops");
+        }
+    }
+
     /// `held N, released N (longest hold X s, mean Y s), gave up N, refused N, job starts N`.
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let released = c.released.load(Ordering::Relaxed);
         let mean = c.hold_ms_sum.load(Ordering::Relaxed) as f64 / released.max(1) as f64;
         format!(
-            "held {} requests ({} holding now), released {} (longest hold {:.1} s, mean {:.1} s), gave up {}, refused {}, job starts {}",
+            "held {} requests ({} holding now), released {} (longest hold {:.1} s, mean {:.1} s), spilled to the cloud {}, gave up {}, refused {}, job starts {}",
             c.held.load(Ordering::Relaxed),
             c.holding.load(Ordering::Relaxed),
             released,
             c.hold_ms_max.load(Ordering::Relaxed) as f64 / 1000.0,
             mean / 1000.0,
+            c.spilled.load(Ordering::Relaxed),
             c.gave_up.load(Ordering::Relaxed),
             c.refused.load(Ordering::Relaxed),
             c.starts.load(Ordering::Relaxed),
@@ -263,9 +325,11 @@ impl OnDemand {
         }
         // A new start: what the last one ended with (ready, failed) is not this one's.
         self.phase.send_replace(Phase::Zero);
+        self.start_spill();
         let me = self.clone();
         tokio::spawn(async move {
             let end = me.start().await;
+            me.stop_spill();
             // Kept until the next start, so every waiting hold sees it.
             me.phase.send_replace(end);
             me.starting.store(false, Ordering::SeqCst);

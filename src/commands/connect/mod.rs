@@ -21,6 +21,7 @@
 
 mod demand;
 mod guard;
+mod spill;
 mod ssh;
 
 use super::name_flag;
@@ -264,6 +265,10 @@ impl Lookup {
                             pause = Duration::from_millis(50);
                             continue;
                         }
+                        demand::Held::Spill(port) => {
+                            self.spill(port, &mut client, &mut held).await;
+                            return;
+                        }
                         demand::Held::Over => return,
                     }
                 }
@@ -298,6 +303,10 @@ impl Lookup {
                         pause = Duration::from_millis(50);
                         continue;
                     }
+                    demand::Held::Spill(port) => {
+                        self.spill(port, &mut client, &mut held).await;
+                        return;
+                    }
                     demand::Held::Over => return,
                 }
             }
@@ -319,6 +328,18 @@ impl Lookup {
             ) {
                 eprintln!("llmgw connect: connection to {target}: {e}");
             }
+        }
+    }
+
+    /// Forwards a held connection to the spill gateway on loopback.
+    async fn spill(&self, port: u16, client: &mut TcpStream, held: &mut Vec<u8>) {
+        let target = format!("127.0.0.1:{port}");
+        let r = match local(&target, client, held).await {
+            Attempt::Done(r) => r.err().map(|e| e.to_string()),
+            Attempt::Retry(why) => Some(why),
+        };
+        if let Some(e) = r {
+            eprintln!("llmgw connect: connection to the spill gateway at {target}: {e}");
         }
     }
 

@@ -585,6 +585,11 @@ pub struct SlurmConfig {
     /// 503 with `Retry-After` naming the job and SLURM's reason [default: 15m].
     #[serde(skip_serializing)]
     pub hold_timeout: Option<Spanned<Dur>>,
+    /// While an on-demand start is pending, `connect` serves held requests from the
+    /// config's cloud deployments (or fallbacks to cloud groups) [default: true when every
+    /// group with local backends has one].
+    #[serde(skip_serializing)]
+    pub spill_while_pending: Option<bool>,
 }
 
 /// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or a number of seconds.
