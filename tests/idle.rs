@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 // Acceptance 1: `idle_stop = "1m"`: the job ends COMPLETED 1–2 minutes after the last
 // request, with no successor; `status` says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_gateway_ends_its_job_and_its_chain() {
+async fn scale_zero_an_idle_gateway_ends_its_job_and_its_chain() {
     if !have_cluster() {
         return;
     }

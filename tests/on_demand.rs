@@ -77,7 +77,7 @@ fn stop_connect(mut c: common::cluster::Connect) -> String {
 // Acceptance 2: no job running; 20 requests through `connect` over the first 30 s all get
 // 200 once the job is ready (0 failures); one job was submitted for all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_request_starts_the_job_and_every_request_is_held_until_ready() {
+async fn scale_zero_the_first_request_starts_the_job_and_every_request_is_held_until_ready() {
     if !have_cluster() {
         return;
     }
@@ -140,7 +140,7 @@ async fn the_first_request_starts_the_job_and_every_request_is_held_until_ready(
 // Beyond `hold_timeout` a held request gets a 503 with Retry-After and an OpenAI error
 // naming the job, its state and SLURM's pending reason; the job stays queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_held_past_hold_timeout_gets_a_503_naming_the_pending_job() {
+async fn scale_zero_a_request_held_past_hold_timeout_gets_a_503_naming_the_pending_job() {
     if !have_cluster() {
         return;
     }
@@ -200,7 +200,7 @@ async fn answered_by(url: &str, key: &str) -> String {
 // requests are answered by the cloud at once (connect's spill gateway); once the job is
 // released and ready they go to the local backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_spill_to_the_cloud_while_the_job_is_pending_then_go_local() {
+async fn scale_zero_requests_spill_to_the_cloud_while_the_job_is_pending_then_go_local() {
     if !have_cluster() {
         return;
     }
