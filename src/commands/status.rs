@@ -93,7 +93,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
 fn idle_line(i: &llmgw_cluster::idle::IdleStop) -> String {
     let hours = i.hours_saved(llmgw_core::state::now_unix_ms());
     format!(
-        "stopped: idle since {} (no request for {} s, stopped at {}); saved so far ≈ {hours:.2} job-hours ({:.2} GPU-hours); the next request through `llmgw connect` with [slurm] on_demand = true, or `llmgw start`, starts it again",
+        "stopped: idle since {} — scaled to zero (no request for {} s, stopped at {}); saved so far ≈ {hours:.2} job-hours ({:.2} GPU-hours); the next request through `llmgw connect` with [slurm] on_demand = true, or `llmgw start`, starts it again",
         i.idle_since,
         i.idle_stop_secs,
         i.stopped_at,

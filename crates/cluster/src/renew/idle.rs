@@ -46,6 +46,7 @@ impl Member {
     /// the job is no longer current (handed over), or at shutdown.
     pub async fn watch_idle(self: Arc<Self>, in_flight: InFlight, shutdown: CancellationToken) {
         let Some(limit) = self.idle_stop else { return };
+        super::counters::IDLE_STOP_SECS.store(limit.as_secs(), Ordering::Relaxed);
         let tick = (limit / 12).clamp(Duration::from_secs(1), Duration::from_secs(10));
         loop {
             tokio::select! {

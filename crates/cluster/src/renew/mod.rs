@@ -184,6 +184,7 @@ impl Member {
             None => (env_gen.unwrap_or(1), env_pred),
         };
         counters::GENERATION.store(generation, Ordering::Relaxed);
+        counters::JOB_GPUS.store(crate::idle::job_gpus(), Ordering::Relaxed);
         Some(Member {
             dir,
             job_id,
