@@ -11,8 +11,11 @@ cd "$(dirname "$0")/.."
 
 IDLE_GAP=${IDLE_GAP:-300}
 BURST=${BURST:-20}
-cargo build --quiet
-BIN=$PWD/target/debug/llmgw
+# LLMGW_BIN: a binary to use as is (one that no build replaces while the day runs).
+if [ -z "${LLMGW_BIN:-}" ]; then
+  cargo build --quiet
+fi
+BIN=${LLMGW_BIN:-$PWD/target/debug/llmgw}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/llmgw-bench-idle.XXXXXX")
 name=bursty-$$
 state=$tmp/state

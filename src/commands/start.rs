@@ -167,8 +167,7 @@ impl Plan {
         let binary = match &slurm.binary {
             Some(b) => std::path::absolute(b)
                 .with_context(|| format!("[slurm] binary {} cannot be resolved", b.display()))?,
-            None => std::env::current_exe()
-                .context("cannot tell where the llmgw binary is; set [slurm] binary")?,
+            None => current_binary()?,
         };
         let key_file = cfg.master_key.is_none().then(|| dir.join(KEY_FILE));
         let log_pattern = dir.join(slurm_mod::LOG_PATTERN);
@@ -303,6 +302,19 @@ fn active_job(c: &Chain, dir: &Path) -> Option<String> {
             .flatten()
             .is_some_and(|i| i.is_active())
     })
+}
+
+/// The running binary's path. A binary replaced while this process runs (an upgrade
+/// while `connect` waits to start jobs on demand) reads as `PATH (deleted)` on Linux: the
+/// path itself holds the new one, which is what the job should run.
+fn current_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()
+        .context("cannot tell where the llmgw binary is; set [slurm] binary")?;
+    let text = exe.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(live) if Path::new(live).exists() => Ok(PathBuf::from(live)),
+        _ => Ok(exe),
+    }
 }
 
 /// Refuses when a job of this name's chain is still queued or running.

@@ -37,6 +37,9 @@ const READY_POLL: Duration = Duration::from_millis(250);
 const SLURM_POLL: Duration = Duration::from_secs(2);
 /// What a refused client is told to wait before trying again.
 const RETRY_AFTER_SECS: u64 = 30;
+/// After a start failed, holds get that failure at once for this long instead of
+/// submitting again (a broken config must not become a job per request).
+const FAILED_FOR: Duration = Duration::from_secs(30);
 /// A held client's bytes kept at most (its request); beyond, it is refused.
 const MAX_HELD: usize = super::MAX_HELD;
 
@@ -98,6 +101,8 @@ pub struct OnDemand {
     cloud: Option<llmgw_core::config::LoadedConfig>,
     /// The spill gateway while one runs.
     spill: std::sync::Mutex<Option<Arc<super::spill::Spill>>>,
+    /// When the last start failed, and why.
+    failed: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl OnDemand {
@@ -156,6 +161,7 @@ impl OnDemand {
             client: super::super::http_client()?,
             cloud,
             spill: std::sync::Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
         })))
     }
 
@@ -323,6 +329,17 @@ impl OnDemand {
         if self.starting.swap(true, Ordering::SeqCst) {
             return;
         }
+        let recent = self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|(at, _)| at.elapsed() < FAILED_FOR);
+        if let Some((_, why)) = recent {
+            self.phase.send_replace(Phase::Failed(why));
+            self.starting.store(false, Ordering::SeqCst);
+            return;
+        }
         // A new start: what the last one ended with (ready, failed) is not this one's.
         self.phase.send_replace(Phase::Zero);
         self.start_spill();
@@ -330,6 +347,11 @@ impl OnDemand {
         tokio::spawn(async move {
             let end = me.start().await;
             me.stop_spill();
+            if let Phase::Failed(why) = &end {
+                eprintln!("llmgw connect: the on-demand start failed: {why}");
+                *me.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), why.clone()));
+            }
             // Kept until the next start, so every waiting hold sees it.
             me.phase.send_replace(end);
             me.starting.store(false, Ordering::SeqCst);
