@@ -741,6 +741,23 @@ mod tests {
         assert!(err.contains("too short"), "{err}");
     }
 
+    // Issue 24: idle_stop and hold_timeout are bounded, with the line of the value.
+    #[test]
+    fn scale_to_zero_settings_are_checked() {
+        let cfg = |extra: &str| Config::load_str(&format!("[slurm]\n{extra}\n"), "x.toml");
+        let ok = cfg("idle_stop = \"1m\"\non_demand = true\nhold_timeout = \"15m\"\nspill_while_pending = false").unwrap();
+        assert!(ok.config.slurm.on_demand);
+        assert_eq!(ok.config.slurm.spill_while_pending, Some(false));
+        let err = cfg("idle_stop = \"10s\"").unwrap_err().to_string();
+        assert!(
+            err.contains("x.toml:2") && err.contains("idle_stop must be at least 30s"),
+            "{err}"
+        );
+        let err = cfg("hold_timeout = \"0s\"").unwrap_err().to_string();
+        assert!(err.contains("hold_timeout must be at least 1s"), "{err}");
+        assert!(cfg("on_demand = \"yes\"").is_err());
+    }
+
     // Issue 30: a renew_before too short for a lost successor to be replaced in time is
     // refused, and says why (main accepted anything from 1m).
     #[test]
