@@ -8,6 +8,8 @@
 //! every second), and every wait is for an event the gateway reports (rows pruned), with
 //! a generous bound; nothing is judged by how long it took.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::keys::{admin, chat, cli_ok, gateway, new_key, write_master_key, COST_NANOS, PRICED};

@@ -64,10 +64,10 @@ pub fn text(store: &Value) -> String {
 }
 
 /// `90d`, `1m`, `45s`.
-fn human_secs(s: f64) -> String {
+pub fn human_secs(s: f64) -> String {
     let s = s.round() as u64;
     for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s >= n && s % n == 0 {
+        if s >= n && s.is_multiple_of(n) {
             return format!("{}{unit}", s / n);
         }
     }

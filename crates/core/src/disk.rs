@@ -26,6 +26,8 @@ pub struct Space {
 
 impl Space {
     /// Reads the filesystem holding `path` (which must exist).
+    // The statvfs fields are u32 on some targets, u64 on others.
+    #[allow(clippy::useless_conversion)]
     pub fn of(path: &Path) -> std::io::Result<Space> {
         let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
         let unit = u64::from(st.fragment_size()).max(1);

@@ -57,7 +57,10 @@ pub(crate) async fn space_check(dir: &Path, config: Option<&Config>) -> Check {
         .unwrap_or_default();
     let keep = match config.map(|c| c.store.retention.0) {
         Some(None) => "; spend rows kept forever".to_string(),
-        Some(Some(d)) => format!("; spend rows kept {}", humantime_secs(d.as_secs())),
+        Some(Some(d)) => format!(
+            "; spend rows kept {}",
+            crate::commands::status_store::human_secs(d.as_secs_f64())
+        ),
         None => String::new(),
     };
     let detail = format!("{} on {shown}{db}{keep}", space.describe());
@@ -69,16 +72,6 @@ pub(crate) async fn space_check(dir: &Path, config: Option<&Config>) -> Check {
     } else {
         c.ok(detail)
     }
-}
-
-/// `90d`, `12h`, `1m`, `45s`.
-fn humantime_secs(s: u64) -> String {
-    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s >= n && s % n == 0 {
-            return format!("{}{unit}", s / n);
-        }
-    }
-    format!("{s}s")
 }
 
 /// The binary the job runs: `[slurm] binary`, else this one (as `start` decides), and its

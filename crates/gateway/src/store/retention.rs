@@ -1,5 +1,5 @@
 //! Spend-row retention as the store sees it (`[store] retention`; the task that drives
-//! it is `crate::retention`).
+//! it is the gateway's `retention` module).
 //!
 //! Raw rows older than the retention are deleted in small batches ([`PRUNE_BATCH`] per
 //! transaction). The hourly rollup (`llmgw_spend_hourly`) is never pruned, so reports
