@@ -85,7 +85,7 @@ mod tests {
             "filesystem": {"available_bytes": 2_000_000u64, "total_bytes": 3_000_000u64}});
         let t = text(&store);
         assert!(
-            t.contains("sqlite 12 MB; raw spend rows kept 90d, 5 pruned; 3 rows dropped"),
+            t.contains("sqlite 12.3 MB; raw spend rows kept 90d, 5 pruned; 3 rows dropped"),
             "{t}"
         );
         assert!(t.contains("nearly full"), "{t}");
