@@ -214,15 +214,7 @@ async fn run_locked(
     if rec.status == "cancelling" || live.cancel.is_cancelled() {
         return finish(b, dir, live, "cancelled").await;
     }
-    let caller = match rec.owner.as_str() {
-        "" => Some(Caller::Master),
-        owner => state
-            .keys
-            .as_ref()
-            .and_then(|k| k.table().by_id.get(owner).cloned())
-            .map(Caller::Key),
-    };
-    let Some(caller) = caller else {
+    if caller_of(state, &rec.owner).is_none() {
         live.update(|r| {
             r.status = "failed".into();
             r.failed_at = Some(now_s());
@@ -232,7 +224,7 @@ async fn run_locked(
         });
         let _ = b.save(&live.snapshot());
         return Ok(());
-    };
+    }
     let Some(endpoint) = endpoint_of(&rec.endpoint) else {
         return Ok(());
     };
@@ -275,10 +267,10 @@ async fn run_locked(
                     }
                 };
                 let Some(item) = item else { break };
-                let (state, caller) = (state.clone(), caller.clone());
+                let (state, owner) = (state.clone(), rec.owner.clone());
                 let path = endpoint_path(endpoint);
                 inflight.spawn(async move {
-                    let r = send(&state, caller, endpoint, path, &item, allow_cloud).await;
+                    let r = send(&state, &owner, endpoint, path, &item, allow_cloud).await;
                     (item, r)
                 });
                 if paused {
@@ -537,10 +529,23 @@ fn error_line(custom_id: &str, _status: Option<u16>, code: &str, message: &str) 
     line
 }
 
-/// Sends one line through the request path as `caller`.
+/// The batch's owner as a caller, from the key table as it is now (a budget raised or a
+/// key blocked since the batch started applies to its next line); `None`: key deleted.
+fn caller_of(state: &AppState, owner: &str) -> Option<Caller> {
+    match owner {
+        "" => Some(Caller::Master),
+        id => state
+            .keys
+            .as_ref()
+            .and_then(|k| k.table().by_id.get(id).cloned())
+            .map(Caller::Key),
+    }
+}
+
+/// Sends one line through the request path as the batch's `owner`.
 async fn send(
     state: &Arc<AppState>,
-    caller: Caller,
+    owner: &str,
     endpoint: Endpoint,
     path: &'static str,
     item: &Item,
@@ -556,6 +561,17 @@ async fn send(
             line: error_line(&item.custom_id, None, "no_local_deployment", &msg),
         };
     }
+    let Some(caller) = caller_of(state, owner) else {
+        return Result_::Record {
+            ok: false,
+            line: error_line(
+                &item.custom_id,
+                None,
+                "key_deleted",
+                "the API key that created this batch no longer exists",
+            ),
+        };
+    };
     let mut headers = HeaderMap::new();
     headers.insert(
         axum::http::header::CONTENT_TYPE,
