@@ -529,6 +529,13 @@ async fn a_spent_budget_pauses_the_batch() {
         "a refused line is held, not failed"
     );
     assert_eq!(up.state.request_count(), 4);
+    // The CLI says so too.
+    common::keys::write_master_key(&gw.state_dir);
+    let status = common::keys::cli_ok(&gw.state_dir, &["batches", "status", &id]);
+    assert!(
+        status.contains("paused: 4 of 10 lines done") && status.contains("max_budget"),
+        "{status}"
+    );
     let (s, _) = admin(
         &base,
         Method::POST,
@@ -543,6 +550,25 @@ async fn a_spent_budget_pauses_the_batch() {
     .await;
     assert_eq!(done["request_counts"]["completed"], 10, "{done}");
     assert!(done["paused"].is_null(), "{done}");
+    let list = common::keys::cli_ok(&gw.state_dir, &["batches", "list"]);
+    assert!(
+        list.contains(&id) && list.contains("completed") && list.contains("10/10"),
+        "{list}"
+    );
+    let watched = common::keys::cli_ok(&gw.state_dir, &["batches", "status", &id, "--watch"]);
+    assert!(
+        watched.contains("completed: 10 of 10 lines done"),
+        "{watched}"
+    );
+    let bad = common::keys::cli(&gw.state_dir, &["batches", "cancel", "../x"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a batch id"));
+    let over = common::keys::cli(&gw.state_dir, &["batches", "cancel", &id]);
+    assert!(
+        String::from_utf8_lossy(&over.stderr)
+            .contains("409: Cannot cancel a batch with status 'completed'"),
+        "{over:?}"
+    );
     assert!(up.state.content_counts().values().all(|&n| n == 1));
 }
 

@@ -65,3 +65,33 @@ impl BatchesConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn batches_defaults_and_bad_values() {
+        let c = Config::load_str("", "x.toml").unwrap().config.batches;
+        assert_eq!(
+            (c.concurrency, c.max_lines, c.allow_cloud),
+            (8, 50_000, false)
+        );
+        assert_eq!(c.max_file_bytes, 100 << 20);
+        let c = Config::load_str("[batches]\nconcurrency = 2\nallow_cloud = true\n", "x.toml")
+            .unwrap()
+            .config
+            .batches;
+        assert_eq!((c.concurrency, c.allow_cloud), (2, true));
+        let e = Config::load_str("[batches]\nconcurrency = 0\n", "x.toml").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[batches] concurrency must be between 1"),
+            "{e}"
+        );
+        let e = Config::load_str("[batches]\nmax_file_bytes = 0\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("max_file_bytes"), "{e}");
+        let e = Config::load_str("[batches]\nparallel = 3\n", "x.toml").unwrap_err();
+        assert!(e.to_string().starts_with("x.toml:2:"), "{e}");
+    }
+}
