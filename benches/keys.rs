@@ -35,6 +35,7 @@ fn limits() -> Limits {
         tpm: Some(u64::from(u32::MAX)),
         max_parallel: Some(1_000_000),
         blocked: false,
+        ..Limits::default()
     }
 }
 
