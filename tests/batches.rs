@@ -333,6 +333,61 @@ async fn a_restart_in_the_middle_runs_no_line_twice() {
     );
 }
 
+// A crash (SIGKILL) in the middle: the next gateway cuts off a half-written result,
+// finishes the batch, and only lines that were in flight (at most `concurrency`) ran twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_in_the_middle_reruns_at_most_the_lines_in_flight() {
+    let up = mock(
+        "crash-batch",
+        Behavior {
+            first_byte_delay: Duration::from_millis(20),
+            count_contents: true,
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[store]\npath = \"{}\"\n[batches]\ndir = \"{}\"\nconcurrency = 4\n",
+        dir.path().join("keys.db").display(),
+        dir.path().join("batches").display()
+    );
+    let models = groups(&up.base_url(), 4);
+    let mut gw = gateway(&models, &extra).start().await;
+    let base = gw.url("");
+    let (owner, _) = new_key(&base, json!({"key_alias": "sweep"})).await;
+    let n = 200;
+    let b = start_batch(&base, &owner, &jsonl(n, "k")).await;
+    let id = b["id"].as_str().unwrap().to_string();
+    until(&base, &owner, &id, "a quarter done", |b| {
+        b["request_counts"]["completed"].as_u64().unwrap() >= 50
+    })
+    .await;
+    gw.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = gw.wait_exit(Duration::from_secs(10)).await;
+    drop(gw);
+    assert!(
+        up.state.request_count() < n as u64,
+        "premise: killed in the middle"
+    );
+    let gw = gateway(&models, &extra).start().await;
+    let base = gw.url("");
+    let after = until(&base, &owner, &id, "completed", |b| {
+        b["status"] == "completed"
+    })
+    .await;
+    assert_eq!(after["request_counts"]["completed"], n, "{after}");
+    let counts = up.state.content_counts();
+    assert_eq!(counts.len(), n, "every line ran");
+    let twice = counts.values().filter(|&&c| c > 1).count();
+    assert!(
+        twice <= 4,
+        "{twice} lines ran twice; at most the 4 in flight may"
+    );
+    assert!(counts.values().all(|&c| c <= 2));
+    println!("after SIGKILL: {twice} lines ran twice");
+}
+
 // Acceptance 4: cancel starts no new line; another key's content is 404; bad input is
 // refused with the line that is wrong.
 #[tokio::test(flavor = "multi_thread")]

@@ -339,3 +339,79 @@ pub fn recorded(path: &Path, into: &mut HashSet<String>) -> std::io::Result<u64>
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_read_whole_or_flagged_too_long() {
+        let text = b"abc\n0123456789\n\nxy";
+        let mut r = std::io::BufReader::with_capacity(4, &text[..]);
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(fits) = read_line_capped(&mut r, &mut buf, 5).unwrap() {
+            got.push((String::from_utf8(buf.clone()).unwrap(), fits));
+            buf.clear();
+        }
+        let want = [("abc", true), ("", false), ("", true), ("xy", true)];
+        let want: Vec<(String, bool)> = want.iter().map(|(s, f)| (s.to_string(), *f)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_half_written_last_result_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        std::fs::write(
+            &p,
+            "{\"custom_id\":\"a\"}\n{\"custom_id\":\"b\"}\n{\"custom_id\":\"c",
+        )
+        .unwrap();
+        let mut ids = HashSet::new();
+        assert_eq!(recorded(&p, &mut ids).unwrap(), 2);
+        assert!(ids.contains("a") && ids.contains("b") && !ids.contains("c"));
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"custom_id\":\"a\"}\n{\"custom_id\":\"b\"}\n"
+        );
+        assert_eq!(recorded(&dir.path().join("none"), &mut ids).unwrap(), 0);
+    }
+
+    #[test]
+    fn each_bad_line_says_what_is_wrong() {
+        let ep = "/v1/chat/completions";
+        let ok = r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m"}}"#;
+        assert_eq!(check_line(ok.as_bytes(), ep).unwrap().custom_id, "a");
+        for (line, says) in [
+            ("not json", "not a JSON object"),
+            (
+                r#"{"custom_id":"","method":"POST","url":"/v1/chat/completions","body":{"model":"m"}}"#,
+                "custom_id must be",
+            ),
+            (
+                r#"{"custom_id":"a","method":"GET","url":"/v1/chat/completions","body":{"model":"m"}}"#,
+                "method must be",
+            ),
+            (
+                r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"model":"m"}}"#,
+                "differs from",
+            ),
+            (
+                r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions"}"#,
+                "body is missing",
+            ),
+            (
+                r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}"#,
+                "body.model",
+            ),
+            (
+                r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m","stream":true}}"#,
+                "stream",
+            ),
+        ] {
+            let e = check_line(line.as_bytes(), ep).err().unwrap();
+            assert!(e.contains(says), "{line}: {e}");
+        }
+    }
+}
