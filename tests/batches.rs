@@ -509,6 +509,42 @@ async fn cancel_ownership_and_bad_input() {
     assert_eq!(s, 404, "{e}");
 }
 
+// Without a master key (loopback), programs upload and cancel like with one; a web page
+// (it sends an Origin) cannot post a form to the gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyless_gateway_takes_uploads_from_programs_only() {
+    let up = mock("keyless-batch", Behavior::default()).await;
+    let gw = common::Gateway::start(&groups(&up.base_url(), 2)).await;
+    let base = gw.url("");
+    let b = start_batch(&base, "none", &jsonl(3, "q")).await;
+    let id = b["id"].as_str().unwrap();
+    let resp = client()
+        .post(format!("{base}/v1/batches/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status() == 200 || resp.status() == 409,
+        "{}",
+        resp.status()
+    );
+    let form = "--x\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--x--\r\n";
+    for (origin, status) in [
+        ("http://localhost:8888", 415),
+        ("https://evil.example", 403),
+    ] {
+        let resp = client()
+            .post(format!("{base}/v1/files"))
+            .header("origin", origin)
+            .header("content-type", "multipart/form-data; boundary=x")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{origin}");
+    }
+}
+
 // A file over [batches] max_file_bytes is refused (413) and nothing of it is kept.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_over_the_cap_is_refused() {
