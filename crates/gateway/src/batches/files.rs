@@ -2,7 +2,7 @@
 //! file object says about them plus the owner. An upload is streamed to `<id>.part`
 //! (0600, never whole in memory), renamed when complete, and only then gets its metadata:
 //! a file without metadata does not exist for the API, so a crash mid-upload leaves
-//! nothing visible (the next upload sweeps nothing; `.part` files are removed at start).
+//! nothing visible (`.part` files an hour old are removed at start).
 
 use super::{bad_request, io_error, not_found_file, now_s, valid_id};
 use axum::body::Body;
@@ -107,11 +107,19 @@ pub fn delete(dir: &Path, id: &str, owner: Option<&str>) -> Result<(), ApiError>
     Ok(())
 }
 
-/// Removes uploads a crash left half-written.
+/// Removes uploads a crash left half-written: those untouched for an hour (a renewal's
+/// other generation may be writing a fresh one into the same directory right now).
 pub fn sweep_parts(dir: &Path) {
+    let stale = |e: &std::fs::DirEntry| {
+        e.metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+    };
     if let Ok(entries) = std::fs::read_dir(dir_of(dir)) {
         for e in entries.take(MAX_SCAN).flatten() {
-            if e.file_name().to_str().is_some_and(|n| n.ends_with(".part")) {
+            if e.file_name().to_str().is_some_and(|n| n.ends_with(".part")) && stale(&e) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
