@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod records;
 pub mod relay;
+pub mod retention;
 pub mod routes;
 pub mod serve;
 pub mod spend;
