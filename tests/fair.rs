@@ -395,8 +395,10 @@ async fn a_keys_priority_and_max_priority_decide_its_class() {
         .collect();
     let at = |t: &str| order.iter().position(|o| o == t).unwrap();
     assert!(at("high") <= 3, "the interactive key waited: {order:?}");
-    // The batch-class requests go after the whole default-class flood.
-    assert!(at("low") >= 9 && at("capped") >= 9, "{order:?}");
+    // The batch-class requests go after the default-class flood: "low" shares the last
+    // round with the flood's last request (two slots free at once, and the two may reach
+    // the backend in either order), "capped" comes after it.
+    assert!(at("low") >= 8 && at("capped") >= 9, "{order:?}");
     // Bad values are clear 400s naming the field.
     for (field, v) in [
         ("priority", json!("urgent")),

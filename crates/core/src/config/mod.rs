@@ -20,8 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod batches;
 mod derived;
 pub mod renewal;
+pub use batches::BatchesConfig;
 
 /// The config served when `llmgw serve` is given no `--config`.
 pub const QUICKSTART: &str = include_str!("../../../../configs/quickstart.toml");
@@ -73,6 +75,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub responses: ResponsesConfig,
+    #[serde(default)]
+    pub batches: BatchesConfig,
 }
 
 /// `[server]`: where and how the gateway listens.
