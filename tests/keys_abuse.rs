@@ -171,3 +171,142 @@ async fn a_failed_request_releases_its_estimate() {
     }
     assert_eq!(key_spend(&base, "oscar").await, 0.0);
 }
+
+/// A gateway with a `small` group that cannot answer (`small_fails`: every call a 500;
+/// else a context window of 5 tokens) and a `big` group that can, the response cache on,
+/// `router` in `[router]`; a key limited to `small` sends `body` (without, then with the
+/// cache), and must never get `big`'s answer, while the master key gets it (the path is
+/// live).
+async fn fallback_stays_inside_the_keys_models(router: &str, small_fails: bool, body: Value) {
+    let small = mock(
+        "small",
+        Behavior {
+            fault: small_fails.then(|| llmgw::mock::Fault {
+                status: 500,
+                rate: 1.0,
+                retry_after: None,
+                message: "small is down".into(),
+            }),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let big = mock("big", Behavior::default()).await;
+    let window = if small_fails {
+        ""
+    } else {
+        "context_window = 5"
+    };
+    let models = openai_model("small", "m", &small.base_url(), window)
+        + &openai_model("big", "m", &big.base_url(), "");
+    let extra = format!("[router]\n{router}\n\n[cache]\nenabled = true\n");
+    let gw = gateway(&models, &extra).start().await;
+    let base = gw.url("");
+    let (key, _) = new_key(&base, json!({"key_alias": "eve", "models": ["small"]})).await;
+    let send = |who: String, body: Value| {
+        let base = base.clone();
+        async move {
+            client()
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(who)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Without the cache: the router must not try `big` for this key.
+    let mut uncached = body.clone();
+    uncached["cache"] = json!({"no-cache": true, "no-store": true});
+    let resp = send(key.clone(), uncached).await;
+    let status = resp.status();
+    let fallback = resp.headers().get("x-llmgw-fallback").cloned();
+    let text = resp.text().await.unwrap();
+    assert_ne!(
+        status, 200,
+        "a small-only key was answered by {fallback:?}: {text}"
+    );
+    assert!(text.contains("\"error\""), "{text}");
+    assert_eq!(
+        big.state.request_count(),
+        0,
+        "big was called for a small-only key"
+    );
+    // The master key reaches `big` by the same path (and the cache sees that answer).
+    let resp = send(common::keys::MASTER.to_string(), body.clone()).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-llmgw-fallback"], "big");
+    let called = big.state.request_count();
+    // With the cache: the same request must not be answered from it with `big`'s answer.
+    let resp = send(key.clone(), body).await;
+    let status = resp.status();
+    let cache = resp.headers().get("x-llmgw-cache").cloned();
+    let text = resp.text().await.unwrap();
+    assert_ne!(
+        status, 200,
+        "a small-only key got big's answer (cache {cache:?}): {text}"
+    );
+    assert_eq!(big.state.request_count(), called);
+    // Asking for `big` itself stays refused.
+    let resp = send(key, json!({"model": "big", "messages": []})).await;
+    assert_eq!(
+        expect_openai_error(resp, 403).await["code"],
+        "model_not_allowed"
+    );
+}
+
+fn chat(extra: Value) -> Value {
+    let mut body = json!({
+        "model": "small",
+        "messages": [{"role": "user", "content": "Say hello to everyone in this room, slowly and twice"}],
+    });
+    if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    body
+}
+
+// Finding 3, acceptance 4: the request's own `fallbacks`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keys_request_fallbacks_stay_inside_its_models() {
+    fallback_stays_inside_the_keys_models(
+        "num_retries = 0",
+        true,
+        chat(json!({"fallbacks": ["big"]})),
+    )
+    .await;
+}
+
+// Finding 3: configured `[router] fallbacks`.
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_fallbacks_stay_inside_a_keys_models() {
+    fallback_stays_inside_the_keys_models(
+        "num_retries = 0\nfallbacks = { small = [\"big\"] }",
+        true,
+        chat(json!({})),
+    )
+    .await;
+}
+
+// Finding 3: `[router] default_fallbacks`.
+#[tokio::test(flavor = "multi_thread")]
+async fn default_fallbacks_stay_inside_a_keys_models() {
+    fallback_stays_inside_the_keys_models(
+        "num_retries = 0\ndefault_fallbacks = [\"big\"]",
+        true,
+        chat(json!({})),
+    )
+    .await;
+}
+
+// Finding 3: context-window fallbacks (the prompt does not fit `small`'s 5 tokens).
+#[tokio::test(flavor = "multi_thread")]
+async fn context_window_fallbacks_stay_inside_a_keys_models() {
+    fallback_stays_inside_the_keys_models(
+        "context_window_fallbacks = { small = [\"big\"] }",
+        false,
+        chat(json!({})),
+    )
+    .await;
+}

@@ -71,6 +71,10 @@ pub(crate) async fn proxy(
         log.stream = req.stream;
         if let Some(keys) = &s.keys {
             ticket = Some(keys.admit(&caller, &req)?);
+            // Fallbacks stay inside the key's models (an `Arc` clone, no allocation).
+            if let crate::keys::Caller::Key(k) = &caller {
+                req.access = Some(k.clone());
+            }
         }
         // Only a group that can hold requests needs to know whose they are.
         if s.router.holds(&req.model) {

@@ -461,6 +461,18 @@ pub struct Estimate {
     pub cost: i64,
 }
 
+impl llmgw_wire::request::GroupAccess for KeyEntry {
+    /// The key's and its team's allowed models: what every fallback group is checked
+    /// against (finding 3 of issue 21: fallbacks used to leave a key's models).
+    fn allows_group(&self, group: &str) -> bool {
+        self.rec.limits.allows(group)
+            && self
+                .team
+                .as_ref()
+                .is_none_or(|t| t.rec.limits.allows(group))
+    }
+}
+
 impl KeyEntry {
     /// The counters of level `i`: 0 the key, 1 its team.
     fn counters_at(&self, i: usize) -> Option<&Counters> {
