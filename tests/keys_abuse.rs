@@ -310,3 +310,64 @@ async fn context_window_fallbacks_stay_inside_a_keys_models() {
     )
     .await;
 }
+
+// Findings 5 and 6: an alias shaped like another key's id (admin calls by that name
+// would act on the other key), and aliases with invisible format characters (U+202E
+// reverses the text after it in `keys list` and /metrics), are refused with a 400 that
+// names the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn aliases_that_impersonate_or_hide_text_are_refused() {
+    let up = mock("alias", Behavior::default()).await;
+    let gw = gateway(&openai_model("local", "m", &up.base_url(), ""), "")
+        .start()
+        .await;
+    let base = gw.url("");
+    let (_, alice) = new_key(&base, json!({"key_alias": "alice"})).await;
+    let alice_id = alice["token"].as_str().unwrap().to_string();
+    assert_eq!(alice_id.len(), 16, "{alice}");
+    let refused = |body: Value, path: &'static str| {
+        let base = base.clone();
+        async move {
+            let (status, v) = admin(&base, Method::POST, path, Some(body.clone())).await;
+            assert_eq!(status, 400, "{body} -> {v}");
+            assert!(v["error"]["message"].as_str().is_some(), "{v}");
+            v["error"]["param"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    // A new key named like alice's id, or any 16 hex digits.
+    for alias in [
+        alice_id.clone(),
+        alice_id.to_uppercase(),
+        "0123456789abcdef".into(),
+    ] {
+        let p = refused(json!({"key_alias": alias}), "/key/generate").await;
+        assert_eq!(p, "key_alias");
+    }
+    let (_, bob) = new_key(&base, json!({"key_alias": "bob"})).await;
+    let p = refused(
+        json!({"key": bob["token"], "key_alias": alice_id}),
+        "/key/update",
+    )
+    .await;
+    assert_eq!(p, "key_alias");
+    // Blocking by alice's id still blocks alice, not a look-alike.
+    let (status, _) = admin(
+        &base,
+        Method::POST,
+        "/key/block",
+        Some(json!({"key": alice_id})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, info) = admin(&base, Method::GET, "/key/info?key=bob", None).await;
+    assert_eq!(info["info"]["blocked"], false, "{info}");
+    // Format characters: right-to-left override, zero-width space, a tag character.
+    for alias in ["evil\u{202E}gpj.exe", "a\u{200B}b", "x\u{E0041}"] {
+        let p = refused(json!({"key_alias": alias}), "/key/generate").await;
+        assert_eq!(p, "key_alias");
+        let p = refused(json!({"team_alias": alias}), "/team/new").await;
+        assert_eq!(p, "team_alias");
+    }
+    // Plain non-ASCII text is fine.
+    new_key(&base, json!({"key_alias": "zoë-αβ"})).await;
+}
