@@ -142,6 +142,7 @@ pub(crate) async fn proxy(
         Ok(resp) => resp,
         Err(e) => {
             log.status = e.status.as_u16();
+            let rate = ticket.as_ref().map(|t| t.rate);
             if let Some(t) = ticket.take() {
                 t.finish(crate::keys::enforce::Outcome {
                     deployment: log.deployment.clone(),
@@ -150,6 +151,9 @@ pub(crate) async fn proxy(
                 });
             }
             let mut resp = e.into_response_for(endpoint.api());
+            if let Some(rate) = rate {
+                rate.write(resp.headers_mut());
+            }
             if log.attempts > 0 {
                 let h = resp.headers_mut();
                 h.insert(

@@ -15,6 +15,7 @@
 //! Windows are calendar minutes (as LiteLLM's limiter and the deployments' own rpm/tpm),
 //! so every replica counts in the same window and Retry-After is the time to its end.
 
+use super::ratelimit::Rate;
 use super::{nanos_to_usd, KeyRecord, Limits, TeamRecord};
 use crate::spend::{Spend, SpendRow, Usage};
 use axum::http::StatusCode;
@@ -500,7 +501,7 @@ impl KeyEntry {
         model: &str,
         est: Estimate,
         now_ms: u64,
-    ) -> Result<Claims, ApiError> {
+    ) -> Result<(Claims, Rate), ApiError> {
         let now_s = now_ms / 1000;
         if let Some(e) = unusable(self, now_s) {
             return Err(e);
@@ -531,6 +532,10 @@ impl KeyEntry {
             key: Some(self.clone()),
             minute,
             ..Claims::none()
+        };
+        let mut rate = Rate {
+            reset_s: to_next_minute,
+            ..Rate::default()
         };
         for (i, (who, c)) in both.clone().enumerate() {
             let l = who.limits();
@@ -570,7 +575,7 @@ impl KeyEntry {
                 claims.held_spend[i] = est.cost;
             }
             if let Some(tpm) = l.tpm {
-                if packed_add(&c.minute_tokens, minute, est.tokens, Some(tpm)).is_none() {
+                let Some(used) = packed_add(&c.minute_tokens, minute, est.tokens, Some(tpm)) else {
                     return Err(limited(
                         Reason::Tpm,
                         format!(
@@ -580,7 +585,8 @@ impl KeyEntry {
                         ),
                         to_next_minute,
                     ));
-                }
+                };
+                rate.tokens(tpm, used);
                 claims.held_tokens[i] = est.tokens;
             }
         }
@@ -604,7 +610,7 @@ impl KeyEntry {
         let mut counted: Vec<&Counters> = Vec::with_capacity(2);
         for (who, c) in both {
             let limit = who.limits().rpm;
-            if packed_add(&c.minute_requests, minute, 1, limit).is_none() {
+            let Some(used) = packed_add(&c.minute_requests, minute, 1, limit) else {
                 for c in counted {
                     packed_undo(&c.minute_requests, minute);
                     c.unsent_requests.fetch_sub(1, Ordering::Relaxed);
@@ -620,12 +626,15 @@ impl KeyEntry {
                     ),
                     to_next_minute,
                 ));
+            };
+            if let Some(l) = limit {
+                rate.requests(l, used);
             }
             c.unsent_requests.fetch_add(1, Ordering::Relaxed);
             c.requests_total.fetch_add(1, Ordering::Relaxed);
             counted.push(c);
         }
-        Ok(claims)
+        Ok((claims, rate))
     }
 }
 
@@ -645,6 +654,8 @@ pub struct Ticket {
     prompt_estimate: u64,
     /// Keeps the writer waiting at shutdown until this request's row is recorded.
     _open: crate::spend::OpenTicket,
+    /// The rpm/tpm limits and what is left of them, for the answer's headers.
+    pub rate: Rate,
 }
 
 /// How a request ended, for its spend row.
@@ -668,8 +679,8 @@ impl Ticket {
         est: Estimate,
         spend: Arc<Spend>,
     ) -> Result<Ticket, ApiError> {
-        let claims = match caller {
-            Caller::Master => Claims::none(),
+        let (claims, rate) = match caller {
+            Caller::Master => (Claims::none(), Rate::default()),
             Caller::Key(k) => k.admit(model, est, llmgw_router::now_ms())?,
         };
         Ok(Ticket {
@@ -680,6 +691,7 @@ impl Ticket {
             request_id: crate::spend::request_id(),
             start: Instant::now(),
             done: false,
+            rate,
             prompt_estimate: (body_len / 4) as u64,
         })
     }
@@ -689,14 +701,14 @@ impl Ticket {
         &self.request_id
     }
 
-    /// Charges the request and records its spend row.
-    pub fn finish(mut self, outcome: Outcome) {
-        self.record(outcome);
+    /// Charges the request and records its spend row; returns its cost in nano-dollars.
+    pub fn finish(mut self, outcome: Outcome) -> i64 {
+        self.record(outcome)
     }
 
-    fn record(&mut self, mut o: Outcome) {
+    fn record(&mut self, mut o: Outcome) -> i64 {
         if self.done {
-            return;
+            return 0;
         }
         self.done = true;
         let now_ms = llmgw_router::now_ms();
@@ -735,6 +747,7 @@ impl Ticket {
             status: i32::from(o.status),
             cache_hit: o.cache_hit,
         });
+        cost
     }
 }
 
