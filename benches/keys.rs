@@ -43,6 +43,7 @@ fn limits() -> Limits {
         tpm: Some(u64::from(u32::MAX)),
         max_parallel: Some(1_000_000),
         blocked: false,
+        ..Limits::default()
     }
 }
 

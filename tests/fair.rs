@@ -330,3 +330,87 @@ async fn a_full_queue_answers_429_at_once() {
         assert_eq!(h.await.unwrap().status(), 200);
     }
 }
+
+// A key's own class and cap: `priority` is the class of requests that name none,
+// `max_priority` lowers any ask above it; both shown by /key/info; bad values are 400s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keys_priority_and_max_priority_decide_its_class() {
+    let up = mock(
+        "keyprio",
+        Behavior {
+            first_byte_delay: Duration::from_secs(1),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let gw = gateway_with_server(&local_group(&up.base_url()), "", "")
+        .start()
+        .await;
+    let base = gw.url("");
+    let (flood_key, _) = new_key(&base, json!({"key_alias": "flood"})).await;
+    let (high, _) = new_key(
+        &base,
+        json!({"key_alias": "high", "priority": "interactive"}),
+    )
+    .await;
+    let (low, _) = new_key(&base, json!({"key_alias": "low", "priority": "batch"})).await;
+    let (capped, info) = new_key(
+        &base,
+        json!({"key_alias": "capped", "max_priority": "batch", "weight": 3}),
+    )
+    .await;
+    assert_eq!(info["max_priority"], "batch", "{info}");
+    assert_eq!(info["weight"], 3, "{info}");
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let mut all = Vec::new();
+    for i in 0..8 {
+        let tag = format!("flood{i}");
+        all.push(send(&base, &flood_key, tag.clone(), body(&tag, ""), &done));
+    }
+    until_waiting(&base, 6).await;
+    // Sent before "high", these two would go first if their keys did not lower them.
+    all.push(send(&base, &low, "low".into(), body("low", ""), &done));
+    until_waiting(&base, 7).await;
+    all.push(send(
+        &base,
+        &capped,
+        "capped".into(),
+        body("capped", r#","priority":"interactive""#),
+        &done,
+    ));
+    until_waiting(&base, 8).await;
+    all.push(send(&base, &high, "high".into(), body("high", ""), &done));
+    until_waiting(&base, 9).await;
+    for r in all {
+        assert_eq!(r.await.unwrap().status(), 200);
+    }
+    let order: Vec<String> = up
+        .state
+        .bodies()
+        .iter()
+        .map(|b| {
+            let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+            v["messages"][0]["content"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let at = |t: &str| order.iter().position(|o| o == t).unwrap();
+    assert!(at("high") <= 3, "the interactive key waited: {order:?}");
+    // The batch-class requests go after the whole default-class flood.
+    assert!(at("low") >= 9 && at("capped") >= 9, "{order:?}");
+    // Bad values are clear 400s naming the field.
+    for (field, v) in [
+        ("priority", json!("urgent")),
+        ("max_priority", json!(300)),
+        ("weight", json!(0)),
+    ] {
+        let (status, v) = admin(
+            &base,
+            Method::POST,
+            "/key/generate",
+            Some(json!({ field: v })),
+        )
+        .await;
+        assert_eq!(status, 400, "{field}: {v}");
+        assert_eq!(v["error"]["param"], field, "{v}");
+    }
+}

@@ -102,6 +102,16 @@ pub struct KeyFields {
     /// Requests in flight at once.
     #[arg(long)]
     pub max_parallel: Option<String>,
+    /// The fair queue's class for requests that name none: interactive, default, batch
+    /// or 0-255 (`none` = the team's, else default).
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// The highest class the key's requests may ask for (`none` = no cap).
+    #[arg(long)]
+    pub max_priority: Option<String>,
+    /// The key's share of a busy group against other keys, 1-1000 (`none` = 1).
+    #[arg(long)]
+    pub weight: Option<String>,
     /// The key's team (its budget and limits apply too).
     #[arg(long)]
     pub team: Option<String>,
@@ -131,6 +141,8 @@ impl KeyFields {
         text(&mut m, "user_id", &self.user);
         text(&mut m, "budget_duration", &self.budget_duration);
         text(&mut m, "duration", &self.expires);
+        text(&mut m, "priority", &self.priority);
+        text(&mut m, "max_priority", &self.max_priority);
         if let Some(models) = &self.models {
             let v = if models == "all" || none(models) {
                 Value::Null
@@ -157,6 +169,7 @@ impl KeyFields {
         for (flag, key, v) in [
             ("--rpm", "rpm_limit", &self.rpm),
             ("--tpm", "tpm_limit", &self.tpm),
+            ("--weight", "weight", &self.weight),
             (
                 "--max-parallel",
                 "max_parallel_requests",

@@ -1,6 +1,7 @@
-//! Whose a request is for the fair queue (`[router] fairness`), and its priority class:
-//! the body's `"priority"` or the `x-llmgw-priority` header (a name or 0–255), else the
-//! default class.
+//! Whose a request is for the fair queue (`[router] fairness`), its weight and its
+//! priority class: the body's `"priority"` or the `x-llmgw-priority` header (a name or
+//! 0–255), else the key's (or its team's) `priority`, else the default class; never above
+//! the key's or the team's `max_priority`.
 
 use crate::keys::Caller;
 use axum::http::HeaderMap;
@@ -25,21 +26,41 @@ pub fn flow(
         ),
         (None, None) => None,
     };
-    let id: Arc<str> = match (caller, fairness) {
-        (Caller::Master, _) | (_, Fairness::Off) => Arc::from(""),
-        (Caller::Key(k), Fairness::Key) => Arc::from(k.rec.id.as_str()),
-        (Caller::Key(k), Fairness::Team) => match &k.rec.team_id {
-            Some(t) => Arc::from(format!("team:{t}")),
-            None => Arc::from(k.rec.id.as_str()),
-        },
-        (Caller::Key(k), Fairness::User) => match &k.rec.user_id {
-            Some(u) => Arc::from(format!("user:{u}")),
-            None => Arc::from(k.rec.id.as_str()),
-        },
+    let (id, weight, class, cap) = match caller {
+        Caller::Master => (Arc::from(""), 1, None, None),
+        Caller::Key(k) => {
+            let own = &k.rec.limits;
+            let team = k.team.as_ref().map(|t| &t.rec.limits);
+            let id: Arc<str> = match fairness {
+                Fairness::Off => Arc::from(""),
+                Fairness::Key => Arc::from(k.rec.id.as_str()),
+                Fairness::Team => match &k.rec.team_id {
+                    Some(t) => Arc::from(format!("team:{t}")),
+                    None => Arc::from(k.rec.id.as_str()),
+                },
+                Fairness::User => match &k.rec.user_id {
+                    Some(u) => Arc::from(format!("user:{u}")),
+                    None => Arc::from(k.rec.id.as_str()),
+                },
+            };
+            // A team flow's weight is the team's; otherwise the key's, then its team's.
+            let weight = match (fairness, team) {
+                (Fairness::Team, Some(t)) if k.rec.team_id.is_some() => t.weight,
+                _ => own.weight.or(team.and_then(|t| t.weight)),
+            };
+            // The key's and its team's caps both hold.
+            let cap = match (own.max_priority, team.and_then(|t| t.max_priority)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let class = own.priority.or(team.and_then(|t| t.priority));
+            (id, weight.unwrap_or(1), class, cap)
+        }
     };
+    let wanted = asked.or(class).unwrap_or(priority::DEFAULT);
     Ok(Flow {
         id,
-        weight: 1,
-        priority: asked.unwrap_or(priority::DEFAULT),
+        weight,
+        priority: cap.map_or(wanted, |c| wanted.min(c)),
     })
 }

@@ -44,6 +44,15 @@ pub struct Limits {
     pub max_parallel: Option<u64>,
     #[serde(default)]
     pub blocked: bool,
+    /// The fair queue's class for requests that name none (0–255, higher first).
+    #[serde(default)]
+    pub priority: Option<u8>,
+    /// The highest class a request may ask for; higher asks are lowered to it.
+    #[serde(default)]
+    pub max_priority: Option<u8>,
+    /// Share of a busy group relative to other flows (1 = everyone's default).
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 /// A virtual key as stored (never the key itself).

@@ -11,6 +11,7 @@ use super::{
 use crate::store::{GroupBy, LogQuery, ReportRow};
 use axum::http::StatusCode;
 use llmgw_core::error::ApiError;
+use llmgw_wire::request::priority;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -421,6 +422,13 @@ pub struct LimitsPatch {
     pub(crate) max_parallel_requests: Option<Option<u64>>,
     #[serde(default)]
     pub(crate) blocked: Option<bool>,
+    /// The fair queue's class: `"interactive"`, `"default"`, `"batch"` or 0–255.
+    #[serde(default, deserialize_with = "double_option")]
+    pub(crate) priority: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub(crate) max_priority: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub(crate) weight: Option<Option<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -519,6 +527,36 @@ fn apply_limits(l: &mut Limits, p: LimitsPatch, now: u64) -> Result<(), ApiError
     )?;
     if let Some(b) = p.blocked {
         l.blocked = b;
+    }
+    let class = |param: &str, v: Option<Option<Value>>, cur: &mut Option<u8>| {
+        if let Some(v) = v {
+            *cur = match v {
+                Some(v) => Some(priority::from_json(&v).map_err(|e| e.with_param(param))?),
+                None => None,
+            };
+        }
+        Ok::<(), ApiError>(())
+    };
+    class("priority", p.priority, &mut l.priority)?;
+    class("max_priority", p.max_priority, &mut l.max_priority)?;
+    if let Some(w) = p.weight {
+        l.weight = match w {
+            Some(w) => Some(
+                u32::try_from(w)
+                    .ok()
+                    .filter(|w| (1..=priority::MAX_WEIGHT).contains(w))
+                    .ok_or_else(|| {
+                        bad(
+                            "weight",
+                            format!(
+                                "weight must be from 1 to {} (or null for 1)",
+                                priority::MAX_WEIGHT
+                            ),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
     }
     Ok(())
 }
@@ -693,6 +731,9 @@ fn limits_json(l: &Limits, c: &Counters, now: u64) -> Value {
         "tpm_limit": l.tpm,
         "max_parallel_requests": l.max_parallel,
         "blocked": l.blocked,
+        "priority": l.priority.map(priority::name),
+        "max_priority": l.max_priority.map(priority::name),
+        "weight": l.weight,
     })
 }
 
