@@ -48,22 +48,86 @@ impl Rate {
                 HeaderName::from_static("x-ratelimit-reset-tokens"),
             ],
         ];
+        let n = 3 * (usize::from(self.requests.is_some()) + usize::from(self.tokens.is_some()));
+        if n == 0 {
+            return;
+        }
+        // One growth of the map for all of them (and the cost header) instead of several.
+        h.reserve(n + 1);
         for (which, names) in [self.requests, self.tokens].into_iter().zip(NAMES) {
             let Some((limit, left)) = which else { continue };
             let [l, r, t] = names;
             h.insert(l, HeaderValue::from(limit));
             h.insert(r, HeaderValue::from(left));
-            // OpenAI's form: a duration such as "37s".
-            if let Ok(v) = HeaderValue::try_from(format!("{}s", self.reset_s)) {
-                h.insert(t, v);
-            }
+            // OpenAI's form: a duration such as "37s" (static: no formatting per answer).
+            let i = usize::try_from(self.reset_s).unwrap_or(60).min(60);
+            h.insert(t, HeaderValue::from_static(RESET[i]));
         }
     }
 }
 
-/// `x-llmgw-response-cost`: USD, as LiteLLM's header.
+/// "0s" to "60s": the reset header's values.
+const RESET: [&str; 61] = [
+    "0s", "1s", "2s", "3s", "4s", "5s", "6s", "7s", "8s", "9s", "10s", "11s", "12s", "13s", "14s",
+    "15s", "16s", "17s", "18s", "19s", "20s", "21s", "22s", "23s", "24s", "25s", "26s", "27s",
+    "28s", "29s", "30s", "31s", "32s", "33s", "34s", "35s", "36s", "37s", "38s", "39s", "40s",
+    "41s", "42s", "43s", "44s", "45s", "46s", "47s", "48s", "49s", "50s", "51s", "52s", "53s",
+    "54s", "55s", "56s", "57s", "58s", "59s", "60s",
+];
+
+/// `x-llmgw-response-cost`: USD as a decimal number (LiteLLM's header), written from the
+/// nano-dollars with integer digits only (exact, and no float formatting per answer).
 pub fn write_cost(h: &mut HeaderMap, nanos: i64) {
-    if let Ok(v) = HeaderValue::try_from(format!("{}", super::nanos_to_usd(nanos))) {
+    let n = nanos.max(0).unsigned_abs();
+    let (whole, mut frac) = (n / 1_000_000_000, n % 1_000_000_000);
+    let mut buf = [0u8; 32];
+    let mut end = buf.len();
+    let mut digits = 9;
+    // Fraction digits without trailing zeros.
+    while digits > 0 && frac % 10 == 0 && frac > 0 {
+        frac /= 10;
+        digits -= 1;
+    }
+    if frac > 0 {
+        for _ in 0..digits {
+            end -= 1;
+            buf[end] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        end -= 1;
+        buf[end] = b'.';
+    }
+    let mut w = whole;
+    loop {
+        end -= 1;
+        buf[end] = b'0' + (w % 10) as u8;
+        w /= 10;
+        if w == 0 {
+            break;
+        }
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&buf[end..]) {
         h.insert(HeaderName::from_static("x-llmgw-response-cost"), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_is_written_exactly() {
+        for (nanos, text) in [
+            (0, "0"),
+            (6_900_000, "0.0069"),
+            (1_000_000_000, "1"),
+            (12_345_678_901, "12.345678901"),
+            (1, "0.000000001"),
+        ] {
+            let mut h = HeaderMap::new();
+            write_cost(&mut h, nanos);
+            assert_eq!(h["x-llmgw-response-cost"], text, "{nanos}");
+        }
+        assert_eq!(RESET[37], "37s");
     }
 }
