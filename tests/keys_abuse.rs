@@ -371,3 +371,93 @@ async fn aliases_that_impersonate_or_hide_text_are_refused() {
     // Plain non-ASCII text is fine.
     new_key(&base, json!({"key_alias": "zoë-αβ"})).await;
 }
+
+/// Sends a stream on a raw socket, reads until the last content event's
+/// `"finish_reason":"` (the usage event comes after it), then leaves at once. Returns
+/// the status line's code.
+async fn stream_and_leave_at_finish(base: &str, key: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = common::chat_body("local", true);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        seen.extend_from_slice(&buf[..n]);
+        let status: u16 = std::str::from_utf8(seen.get(9..12).unwrap_or_default())
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if n == 0 || (status != 0 && status != 200) {
+            return status;
+        }
+        if memchr::memmem::find(&seen, b"\"finish_reason\":\"").is_some() {
+            // SO_LINGER 0: a reset, as the issue's client did.
+            tcp.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+            return status;
+        }
+    }
+}
+
+// Finding 1, acceptance 2: a client that always leaves between the last content event
+// and the usage event, on a budget of about one request: at most two such streams are
+// served, and each is charged for what passed.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_streams_on_a_one_request_budget() {
+    let up = mock(
+        "leaver",
+        Behavior {
+            chunks: 20,
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let gw = gateway(&openai_model("local", "m", &up.base_url(), PRICED), "")
+        .start()
+        .await;
+    let base = gw.url("");
+    let (key, _) = new_key(&base, json!({"key_alias": "leaver", "max_budget": 0.007})).await;
+    let mut served = 0;
+    for _ in 0..10 {
+        match stream_and_leave_at_finish(&base, &key).await {
+            200 => served += 1,
+            429 => {}
+            other => panic!("status {other}"),
+        }
+        // The next attempt is judged once this one was charged (its ticket settles when
+        // the gateway sees the connection gone).
+        common::wait_for(
+            std::time::Duration::from_secs(10),
+            "the stream to be charged",
+            || {
+                let base = base.clone();
+                async move {
+                    let (_, info) = admin(&base, Method::GET, "/key/info?key=leaver", None).await;
+                    (info["info"]["spend"].as_f64().unwrap() >= f64::from(served) * 0.0063)
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    assert!(
+        (1..=2).contains(&served),
+        "{served} abandoned streams served"
+    );
+    // Each was charged for its 20 content events at least (not 0, not just the prompt).
+    let spend = key_spend(&base, "leaver").await;
+    assert!(
+        spend >= f64::from(served) * 0.0063,
+        "{served} served, spend ${spend}"
+    );
+}
