@@ -380,7 +380,11 @@ async fn report_is_fast(store: &Store, what: &str) {
     ] {
         for by in [GroupBy::Key, GroupBy::Team, GroupBy::Model] {
             let (took, rows) = best_of_three(|| async {
-                store.spend_report(by, start, end).await.expect("report")
+                store
+                    .spend_report(by, start, end)
+                    .await
+                    .expect("report")
+                    .rows
             })
             .await;
             // The baseline, on the same data, machine and moment: every raw row grouped.

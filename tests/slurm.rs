@@ -328,6 +328,17 @@ async fn start_serve_status_stop_round_trip() {
     assert_eq!(st["job_id"], id.as_str());
     assert_eq!(st["state"], "RUNNING", "{st}");
     assert_eq!(st["gateway"], "healthy", "{st}");
+    // The state directory's store and filesystem (issue 29), in JSON and in the text.
+    let store = &st["store"];
+    assert_eq!(store["kind"], "sqlite", "{st}");
+    assert!(store["bytes"].as_u64().is_some_and(|b| b > 0), "{st}");
+    assert_eq!(store["rows_dropped"], 0, "{st}");
+    assert!(store["filesystem"]["available_bytes"].is_u64(), "{st}");
+    let status_text = text(&gw.run("status", &[], Duration::from_secs(30)));
+    assert!(
+        status_text.contains("  store:    sqlite ") && status_text.contains("  state fs: "),
+        "{status_text}"
+    );
     assert_eq!(st["port"], port);
     let backends = st["backends"].as_array().expect("backends");
     assert_eq!(backends.len(), 2, "{st}");

@@ -14,6 +14,7 @@ pub mod restart;
 pub mod spend;
 pub mod start;
 pub mod status;
+pub mod status_store;
 pub mod stop;
 
 use crate::args::Target;

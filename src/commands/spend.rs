@@ -50,6 +50,9 @@ pub fn run(args: SpendArgs) -> anyhow::Result<ExitCode> {
         v["start"].as_str().unwrap_or("?"),
         v["end"].as_str().unwrap_or("?")
     );
+    if let Some(note) = v["note"].as_str() {
+        println!("note: {note}");
+    }
     if groups.is_empty() {
         println!("no requests in this period");
         return Ok(ExitCode::SUCCESS);

@@ -211,6 +211,7 @@ impl View<'_> {
             "chain": self.chain.map(ChainStatus::json),
             "deployments": deployments,
             "backends": self.backends,
+            "store": self.store(),
         })
     }
 
@@ -332,8 +333,19 @@ impl View<'_> {
                 ));
             }
         }
+        out.push_str(&super::status_store::text(&self.store()));
         out.push_str(&format!("  log:      {}\n", self.record.log.display()));
         out
+    }
+
+    /// The store and the state filesystem (see `status_store`).
+    fn store(&self) -> Value {
+        let from_health = self
+            .health
+            .and_then(|h| h.as_ref().ok())
+            .map(|h| &h["store"])
+            .filter(|s| s.is_object());
+        super::status_store::json(from_health, self.dir)
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod disk;
 pub mod duration;
 pub mod error;
 pub mod heavy;

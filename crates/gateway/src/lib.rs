@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod records;
 pub mod relay;
+pub mod retention;
 pub mod routes;
 pub mod serve;
 pub mod spend;

@@ -229,7 +229,7 @@ async fn health(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
     } else {
         "starting"
     };
-    let body = serde_json::json!({"status": status, "health": overall, "groups": groups, "deployments": deployments, "backends": s.backends.snapshot()});
+    let body = serde_json::json!({"status": status, "health": overall, "groups": groups, "deployments": deployments, "backends": s.backends.snapshot(), "store": s.store_watch.health_json()});
     json_response(
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),

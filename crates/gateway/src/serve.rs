@@ -159,6 +159,16 @@ pub async fn run(
         }
         None => None,
     };
+    let store_watch = crate::retention::StoreWatch::spawn(
+        keys.as_ref().map(|k| k.store().clone()),
+        keys.as_ref().map(|k| k.spend.stats.clone()),
+        cfg.config.store.retention.0,
+        args.state_dir.clone().or_else(|| {
+            let db = cfg.config.store.path.as_deref()?;
+            db.parent().map(std::path::Path::to_path_buf)
+        }),
+        shutdown.clone(),
+    );
     let bound = bind(&host, port).await?;
     let state = Arc::new(AppState {
         models_body: models_body(router.model_names()),
@@ -177,6 +187,7 @@ pub async fn run(
             args.state_dir.as_deref(),
             server.max_body_bytes,
         ),
+        store_watch,
     });
     let relay = match &member {
         Some(_) => Some(crate::relay::Relay::new(server.max_body_bytes)?),

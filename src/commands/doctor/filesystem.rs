@@ -29,6 +29,51 @@ pub(crate) fn state_dir_check(name: &str, dir: &Path, here: Option<&str>) -> Che
     shared_check(c, dir, here, &fix)
 }
 
+/// Room on the state directory's filesystem: ⚠ under 1 GB or 10 % free
+/// ([`llmgw_core::disk`]; statvfs figures, quotas are not read). Bounded: a hung network
+/// filesystem gets a few seconds.
+pub(crate) async fn space_check(dir: &Path, config: Option<&Config>) -> Check {
+    let c = check("state-space", "state directory's free space");
+    let fix = "lower [store] retention (e.g. \"30d\": older spend rows are pruned, their hourly totals stay), or move the state directory to a filesystem with room (--state-dir or LLMGW_STATE_DIR)";
+    let at = existing_ancestor(dir).to_path_buf();
+    let shown = tilde(&at);
+    let read = tokio::task::spawn_blocking(move || llmgw_core::disk::Space::of(&at));
+    let space = match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(Ok(s))) => s,
+        Ok(Ok(Err(e))) => {
+            return c.warn(format!("cannot read the free space of {shown}: {e}"), fix)
+        }
+        _ => {
+            return c.warn(
+                format!(
+                    "statvfs of {shown} did not answer within 5 s (a hung network filesystem?)"
+                ),
+                fix,
+            )
+        }
+    };
+    let db = std::fs::metadata(dir.join("llmgw.db"))
+        .map(|m| format!("; llmgw.db is {}", llmgw_core::disk::bytes(m.len())))
+        .unwrap_or_default();
+    let keep = match config.map(|c| c.store.retention.0) {
+        Some(None) => "; spend rows kept forever".to_string(),
+        Some(Some(d)) => format!(
+            "; spend rows kept {}",
+            crate::commands::status_store::human_secs(d.as_secs_f64())
+        ),
+        None => String::new(),
+    };
+    let detail = format!("{} on {shown}{db}{keep}", space.describe());
+    if space.is_low() {
+        c.warn(
+            format!("nearly full (under 1 GB or 10 % free): {detail}"),
+            fix,
+        )
+    } else {
+        c.ok(detail)
+    }
+}
+
 /// The binary the job runs: `[slurm] binary`, else this one (as `start` decides), and its
 /// path when it is a runnable file. `scratch_here`: every node runs on this machine and
 /// jobs see its /tmp (see the module docs).

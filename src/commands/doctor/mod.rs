@@ -253,6 +253,7 @@ async fn diagnose(args: &DoctorArgs, source: &ConfigSource) -> (String, Vec<Chec
     let name = match target_dir(&args.target) {
         Ok((name, dir)) => {
             checks.push(state_dir_check(&name, &dir, here));
+            checks.push(space_check(&dir, config).await);
             name
         }
         Err(e) => {

@@ -490,6 +490,9 @@ pub struct StoreConfig {
     /// How often a gateway looks for key changes made by another replica (or, with
     /// SQLite, by the other generation during a renewal handover).
     pub poll_interval: Dur,
+    /// How long raw spend rows are kept (`"90d"`, or `"forever"`); older rows are pruned
+    /// in small batches, their hourly rollups stay (see `llmgw_gateway::retention`).
+    pub retention: Retention,
 }
 
 impl Default for StoreConfig {
@@ -499,6 +502,32 @@ impl Default for StoreConfig {
             path: None,
             buffer_rows: 100_000,
             poll_interval: Dur(Duration::from_millis(250)),
+            retention: Retention(Some(Duration::from_secs(90 * 86_400))),
+        }
+    }
+}
+
+/// `[store] retention`: a duration from 1 s (seconds are for tests and benchmarks) up to
+/// a year, or `"forever"` (`None`: nothing is pruned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hint = "expected a duration such as \"90d\", \"12h\" or \"30s\" (at least 1s, at most 365d), or \"forever\"";
+        let text = String::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(format!("[store] retention: {hint}")))?;
+        if text.trim() == "forever" {
+            return Ok(Retention(None));
+        }
+        match crate::duration::parse(&text) {
+            Ok(v) if v >= Duration::from_secs(1) => Ok(Retention(Some(v))),
+            Ok(_) => Err(serde::de::Error::custom(format!(
+                "[store] retention {text:?} is too short: {hint}"
+            ))),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "[store] retention: {e}; {hint}"
+            ))),
         }
     }
 }
@@ -705,6 +734,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("retention"), "{err}");
+    }
+
+    #[test]
+    fn store_retention_parses_forever_and_refuses_with_a_line() {
+        let c = Config::load_str("", "x.toml").unwrap().config.store;
+        assert_eq!(c.retention.0, Some(Duration::from_secs(90 * 86_400)));
+        let r = |v: &str| {
+            Config::load_str(&format!("[store]\nretention = {v}\n"), "x.toml")
+                .map(|c| c.config.store.retention.0)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(r("\"forever\""), Ok(None));
+        assert_eq!(r("\"1m\""), Ok(Some(Duration::from_secs(60))));
+        assert_eq!(r("\"5s\""), Ok(Some(Duration::from_secs(5))));
+        for bad in ["\"soon\"", "\"0s\"", "\"400d\"", "7"] {
+            let err = r(bad).unwrap_err();
+            assert!(err.starts_with("x.toml:2:"), "{bad}: {err}");
+            assert!(err.contains("forever"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -282,12 +282,14 @@ impl KeyService {
             }
         };
         let (start, end) = time_range(q)?;
-        let rows = self
+        let rep = self
             .store
             .spend_report(by, start, end)
             .await
             .map_err(store_err)?;
-        Ok(self.report_json(by, start, end, rows))
+        let mut v = self.report_json(by, start, end, rep.rows);
+        crate::retention::describe_coverage(&mut v, &rep.coverage, rep.pruned_before_ms);
+        Ok(v)
     }
 
     pub(crate) fn report_json(

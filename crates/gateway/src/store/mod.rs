@@ -18,12 +18,16 @@
 //!   it and only the partial hours at either end from `llmgw_spend`, so a report over a
 //!   month of a million requests reads a few thousand rows.
 //!
+//! Raw rows older than `[store] retention` are pruned; the rollup stays, and reports
+//! over pruned time read whole hours from it ([`retention`]).
+//!
 //! Rows are inserted with their request id as primary key and `ON CONFLICT DO NOTHING`
 //! (only newly inserted rows count towards the hourly sums): a batch retried after a
 //! commit whose answer was lost is not counted twice.
 
 pub mod postgres;
 pub mod responses;
+pub mod retention;
 pub mod sqlite;
 
 use crate::records::SpendRow;
@@ -232,14 +236,6 @@ impl Store {
         }
     }
 
-    /// Nano-dollars spent by a key or team since `since_ms`.
-    pub async fn spend_since(&self, who: Owner<'_>, since_ms: i64) -> Result<i64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.spend_since(who, since_ms).await,
-            Store::Postgres(s) => s.spend_since(who, since_ms).await,
-        }
-    }
-
     /// Writes a batch of spend rows and their hourly sums in one transaction.
     pub async fn insert_spend(&self, rows: &[SpendRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
@@ -257,21 +253,6 @@ impl Store {
             Store::Sqlite(s) => s.spend_logs(q).await,
             Store::Postgres(s) => s.spend_logs(q).await,
         }
-    }
-
-    /// Totals per group over `[start_ms, end_ms)`, largest cost first.
-    pub async fn spend_report(
-        &self,
-        by: GroupBy,
-        start_ms: i64,
-        end_ms: i64,
-    ) -> Result<Vec<ReportRow>, StoreError> {
-        let (hours, raw) = report_plan(start_ms, end_ms);
-        let parts = match self {
-            Store::Sqlite(s) => s.report_parts(by, hours, raw).await?,
-            Store::Postgres(s) => s.report_parts(by, hours, raw).await?,
-        };
-        Ok(merge_report(parts))
     }
 }
 

@@ -8,7 +8,7 @@
 //! The schema is created on first use under an advisory lock, so replicas starting
 //! together do not race.
 
-use super::{GroupBy, LogQuery, Owner, ReportRow, Snapshot, StoreError};
+use super::{GroupBy, LogQuery, ReportRow, Snapshot, StoreError};
 use crate::records::SpendRow;
 use crate::records::{KeyRecord, TeamRecord};
 use std::time::Duration;
@@ -78,6 +78,7 @@ macro_rules! op {
 }
 
 mod responses;
+mod retention;
 
 impl PgStore {
     /// Parses the URL and connects once (creating the tables); a database that is down
@@ -209,19 +210,6 @@ impl PgStore {
         })
     }
 
-    pub async fn spend_since(&self, who: Owner<'_>, since_ms: i64) -> Result<i64, StoreError> {
-        let (sql, id) = match who {
-            Owner::Key(id) => ("SELECT COALESCE(SUM(cost_nanos), 0)::BIGINT FROM llmgw_spend WHERE key_id = $1 AND ts_ms >= $2", id),
-            Owner::Team(id) => ("SELECT COALESCE(SUM(cost_nanos), 0)::BIGINT FROM llmgw_spend WHERE team_id = $1 AND ts_ms >= $2", id),
-        };
-        op!(self, |c| {
-            c.query_one(sql, &[&id, &since_ms])
-                .await
-                .map(|r| r.get::<_, i64>(0))
-                .map_err(pg)
-        })
-    }
-
     pub async fn insert_spend(&self, rows: &[SpendRow]) -> Result<(), StoreError> {
         let col = |f: fn(&SpendRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
         let num = |f: fn(&SpendRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
@@ -330,47 +318,58 @@ impl PgStore {
             .collect())
     }
 
+    /// Sums whole hours and raw-row ranges per group, ignoring retention (benchmarks
+    /// compare the rollup with the raw rows through it).
     pub async fn report_parts(
         &self,
         by: GroupBy,
         hours: Option<(i64, i64)>,
         raw: Vec<(i64, i64)>,
     ) -> Result<Vec<ReportRow>, StoreError> {
-        let col = by.column();
-        let hourly = format!(
-            "SELECT {col}, SUM(requests)::BIGINT, SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
-               SUM(cost_nanos)::BIGINT, SUM(cache_hits)::BIGINT, SUM(errors)::BIGINT
-             FROM llmgw_spend_hourly WHERE hour >= $1 AND hour < $2 GROUP BY {col}"
-        );
-        let rawq = format!(
-            "SELECT {col}, COUNT(*)::BIGINT, SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
-               SUM(cost_nanos)::BIGINT, SUM(CASE WHEN cache_hit THEN 1 ELSE 0 END)::BIGINT,
-               SUM(CASE WHEN status <> 200 THEN 1 ELSE 0 END)::BIGINT
-             FROM llmgw_spend WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY {col}"
-        );
-        let rows = op!(self, |c| {
-            let mut out = Vec::new();
-            if let Some((h0, h1)) = hours {
-                out.extend(c.query(&hourly, &[&h0, &h1]).await.map_err(pg)?);
-            }
-            for (a, b) in &raw {
-                out.extend(c.query(&rawq, &[a, b]).await.map_err(pg)?);
-            }
-            Ok::<_, StoreError>(out)
-        })?;
-        Ok(rows
-            .iter()
-            .map(|r| ReportRow {
-                group: r.get(0),
-                requests: r.get(1),
-                prompt_tokens: r.get(2),
-                completion_tokens: r.get(3),
-                cost_nanos: r.get(4),
-                cache_hits: r.get(5),
-                errors: r.get(6),
-            })
-            .collect())
+        let hours: Vec<(i64, i64)> = hours.into_iter().collect();
+        op!(self, |c| report_parts_on(&*c, by, &hours, &raw).await)
     }
+}
+
+/// Sums whole hours from the rollup and raw-row ranges, per group, on `c` (a
+/// transaction that also read the watermark: see `store::retention`).
+pub(super) async fn report_parts_on(
+    c: &impl tokio_postgres::GenericClient,
+    by: GroupBy,
+    hours: &[(i64, i64)],
+    raw: &[(i64, i64)],
+) -> Result<Vec<ReportRow>, StoreError> {
+    let col = by.column();
+    let hourly = format!(
+        "SELECT {col}, SUM(requests)::BIGINT, SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
+           SUM(cost_nanos)::BIGINT, SUM(cache_hits)::BIGINT, SUM(errors)::BIGINT
+         FROM llmgw_spend_hourly WHERE hour >= $1 AND hour < $2 GROUP BY {col}"
+    );
+    let rawq = format!(
+        "SELECT {col}, COUNT(*)::BIGINT, SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
+           SUM(cost_nanos)::BIGINT, SUM(CASE WHEN cache_hit THEN 1 ELSE 0 END)::BIGINT,
+           SUM(CASE WHEN status <> 200 THEN 1 ELSE 0 END)::BIGINT
+         FROM llmgw_spend WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY {col}"
+    );
+    let mut rows = Vec::new();
+    for (h0, h1) in hours {
+        rows.extend(c.query(&hourly, &[h0, h1]).await.map_err(pg)?);
+    }
+    for (a, b) in raw {
+        rows.extend(c.query(&rawq, &[a, b]).await.map_err(pg)?);
+    }
+    Ok(rows
+        .iter()
+        .map(|r| ReportRow {
+            group: r.get(0),
+            requests: r.get(1),
+            prompt_tokens: r.get(2),
+            completion_tokens: r.get(3),
+            cost_nanos: r.get(4),
+            cache_hits: r.get(5),
+            errors: r.get(6),
+        })
+        .collect())
 }
 
 async fn bump(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {

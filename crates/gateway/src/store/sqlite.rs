@@ -8,7 +8,7 @@
 //! writes the file; replicas share PostgreSQL instead. All calls run on tokio's blocking
 //! pool, one at a time on the one connection.
 
-use super::{GroupBy, LogQuery, Owner, ReportRow, Snapshot, StoreError};
+use super::{GroupBy, LogQuery, ReportRow, Snapshot, StoreError};
 use crate::records::SpendRow;
 use crate::records::{KeyRecord, TeamRecord};
 use rusqlite::{params, Connection};
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS llmgw_spend_hourly (
 ";
 
 mod responses;
+mod retention;
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -75,6 +76,10 @@ impl SqliteStore {
         let mode: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
         tracing::debug!(journal_mode = %mode, "SQLite store opened");
         conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        // Before the first table exists, so a new file gives pruned rows' pages back to
+        // the filesystem in small steps (`store::retention`); an older file keeps
+        // `auto_vacuum = NONE` (switching needs a full VACUUM) and reuses them instead.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -173,21 +178,6 @@ impl SqliteStore {
             Ok(())
         })
         .await
-    }
-
-    pub async fn spend_since(&self, who: Owner<'_>, since_ms: i64) -> Result<i64, StoreError> {
-        let (sql, id) = match who {
-            Owner::Key(id) => (
-                "SELECT COALESCE(SUM(cost_nanos), 0) FROM llmgw_spend WHERE key_id = ?1 AND ts_ms >= ?2",
-                id.to_string(),
-            ),
-            Owner::Team(id) => (
-                "SELECT COALESCE(SUM(cost_nanos), 0) FROM llmgw_spend WHERE team_id = ?1 AND ts_ms >= ?2",
-                id.to_string(),
-            ),
-        };
-        self.run(move |c| Ok(c.query_row(sql, params![id, since_ms], |r| r.get(0))?))
-            .await
     }
 
     pub async fn insert_spend(&self, rows: &[SpendRow]) -> Result<(), StoreError> {
@@ -289,52 +279,64 @@ impl SqliteStore {
         .await
     }
 
+    /// Sums whole hours and raw-row ranges per group, ignoring retention (benchmarks
+    /// compare the rollup with the raw rows through it).
     pub async fn report_parts(
         &self,
         by: GroupBy,
         hours: Option<(i64, i64)>,
         raw: Vec<(i64, i64)>,
     ) -> Result<Vec<ReportRow>, StoreError> {
-        let col = by.column();
-        self.run(move |c| {
-            let mut out = Vec::new();
-            let map = |r: &rusqlite::Row<'_>| {
-                Ok(ReportRow {
-                    group: r.get(0)?,
-                    requests: r.get(1)?,
-                    prompt_tokens: r.get(2)?,
-                    completion_tokens: r.get(3)?,
-                    cost_nanos: r.get(4)?,
-                    cache_hits: r.get(5)?,
-                    errors: r.get(6)?,
-                })
-            };
-            if let Some((h0, h1)) = hours {
-                let sql = format!(
-                    "SELECT {col}, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens),
-                       SUM(cost_nanos), SUM(cache_hits), SUM(errors)
-                     FROM llmgw_spend_hourly WHERE hour >= ?1 AND hour < ?2 GROUP BY {col}"
-                );
-                let mut st = c.prepare_cached(&sql)?;
-                for r in st.query_map(params![h0, h1], map)? {
-                    out.push(r?);
-                }
-            }
-            let sql = format!(
-                "SELECT {col}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nanos),
-                   SUM(cache_hit), SUM(status <> 200)
-                 FROM llmgw_spend WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY {col}"
-            );
-            let mut st = c.prepare_cached(&sql)?;
-            for (a, b) in raw {
-                for r in st.query_map(params![a, b], map)? {
-                    out.push(r?);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        let hours: Vec<(i64, i64)> = hours.into_iter().collect();
+        self.run(move |c| report_parts_on(c, by, &hours, &raw))
+            .await
     }
+}
+
+/// Sums whole hours from the rollup and raw-row ranges, per group (the caller holds the
+/// connection, so the watermark it read still holds: see `store::retention`).
+pub(super) fn report_parts_on(
+    c: &Connection,
+    by: GroupBy,
+    hours: &[(i64, i64)],
+    raw: &[(i64, i64)],
+) -> Result<Vec<ReportRow>, StoreError> {
+    let col = by.column();
+    let mut out = Vec::new();
+    let map = |r: &rusqlite::Row<'_>| {
+        Ok(ReportRow {
+            group: r.get(0)?,
+            requests: r.get(1)?,
+            prompt_tokens: r.get(2)?,
+            completion_tokens: r.get(3)?,
+            cost_nanos: r.get(4)?,
+            cache_hits: r.get(5)?,
+            errors: r.get(6)?,
+        })
+    };
+    let sql = format!(
+        "SELECT {col}, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens),
+           SUM(cost_nanos), SUM(cache_hits), SUM(errors)
+         FROM llmgw_spend_hourly WHERE hour >= ?1 AND hour < ?2 GROUP BY {col}"
+    );
+    let mut st = c.prepare_cached(&sql)?;
+    for (h0, h1) in hours {
+        for r in st.query_map(params![h0, h1], map)? {
+            out.push(r?);
+        }
+    }
+    let sql = format!(
+        "SELECT {col}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nanos),
+           SUM(cache_hit), SUM(status <> 200)
+         FROM llmgw_spend WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY {col}"
+    );
+    let mut st = c.prepare_cached(&sql)?;
+    for (a, b) in raw {
+        for r in st.query_map(params![a, b], map)? {
+            out.push(r?);
+        }
+    }
+    Ok(out)
 }
 
 fn bump(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -362,7 +364,7 @@ fn records<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::HOUR_MS;
+    use crate::store::{Owner, HOUR_MS};
 
     fn row(id: &str, ts: i64, key: &str, cost: i64) -> SpendRow {
         SpendRow {
@@ -400,7 +402,7 @@ mod tests {
         s.insert_spend(&rows).await.unwrap();
         // A retried batch is not counted twice.
         s.insert_spend(&rows[..1]).await.unwrap();
-        let rep = s.spend_report(GroupBy::Key, 0, 3 * h).await.unwrap();
+        let rep = s.spend_report(GroupBy::Key, 0, 3 * h).await.unwrap().rows;
         assert_eq!(rep.len(), 2);
         assert_eq!((rep[0].group.as_str(), rep[0].cost_nanos), ("k2", 40));
         assert_eq!((rep[1].requests, rep[1].cost_nanos), (2, 30));
@@ -408,7 +410,8 @@ mod tests {
         let rep = s
             .spend_report(GroupBy::Key, h / 2 + 1, 2 * h + 8)
             .await
-            .unwrap();
+            .unwrap()
+            .rows;
         let total: i64 = rep.iter().map(|r| r.cost_nanos).sum();
         assert_eq!(total, 60);
         assert_eq!(s.spend_since(Owner::Key("k1"), h).await.unwrap(), 20);
