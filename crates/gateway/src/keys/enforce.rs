@@ -783,6 +783,33 @@ mod tests {
         assert_eq!(packed_count(a.load(Ordering::Relaxed), 101), 7);
     }
 
+    // Reserve, then settle: threads racing for a budget that one estimate fills get
+    // exactly one reservation; once it is settled (spend added, hold released) the next
+    // one is judged on what was spent.
+    #[test]
+    fn racing_reservations_admit_one_while_the_budget_is_held() {
+        let c = Arc::new(Counters::with_spend(0, 0));
+        let admitted = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        if c.reserve(0, 100, 150).is_ok() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::Relaxed), 1);
+        assert_eq!(c.reserved(), 150);
+        // Settled at 40: 60 left, so one more is admitted.
+        c.charge(0, 0, Usage::default(), 40);
+        c.reserved.fetch_sub(150, Ordering::AcqRel);
+        assert!(c.reserve(0, 100, 150).is_ok());
+        assert_eq!(c.reserve(0, 100, 150), Err(40 + 150));
+    }
+
     #[test]
     fn spend_rolls_with_the_period() {
         let c = Counters::with_spend(1000, 500);
