@@ -48,6 +48,8 @@ pub enum Command {
     Keys(crate::commands::keys::KeysArgs),
     /// What was spent, per key, team or model group.
     Spend(crate::commands::spend::SpendArgs),
+    /// Batches the running gateway runs (/v1/batches): list, status (--watch), cancel.
+    Batches(crate::commands::batches::BatchesArgs),
     /// Check what a first `start` needs on this cluster; each problem with its fix.
     Doctor(DoctorArgs),
     /// A mock OpenAI-compatible upstream for tests, benchmarks and demos.

@@ -118,7 +118,7 @@ fn check_local(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), Ap
         )
         .with_code("host_not_allowed"));
     }
-    if method == Method::POST && !is_json(headers) {
+    if method == Method::POST && !is_json(headers) && !files_post(uri, headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "invalid_request_error",
@@ -127,6 +127,23 @@ fn check_local(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), Ap
         .with_code("unsupported_media_type"));
     }
     Ok(())
+}
+
+/// The POSTs of the Files and Batches APIs that are not JSON, when a program sends them
+/// (no `Origin`: browsers send one with every POST): a multipart upload to `/v1/files`,
+/// and a batch's cancel with no body at all.
+fn files_post(uri: &Uri, headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::ORIGIN) {
+        return false;
+    }
+    let path = uri.path();
+    let ct = headers.get(header::CONTENT_TYPE);
+    let upload = matches!(path, "/v1/files" | "/files")
+        && ct.is_some_and(|v| v.as_bytes().starts_with(b"multipart/form-data"));
+    let cancel = (path.starts_with("/v1/batches/") || path.starts_with("/batches/"))
+        && path.ends_with("/cancel")
+        && ct.is_none();
+    upload || cancel
 }
 
 /// `Content-Type: application/json`, parameters (`; charset=utf-8`) allowed.

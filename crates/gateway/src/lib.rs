@@ -11,6 +11,8 @@
 pub mod access;
 pub mod admin;
 pub mod apis;
+pub mod batch_runner;
+pub mod batches;
 pub mod body;
 pub mod cache;
 pub mod conn;

@@ -58,12 +58,35 @@ pub(crate) async fn proxy(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    proxy_for(s, endpoint, path, headers, body, None).await
+}
+
+/// A batch line sent through the request path by the gateway itself: whose it is (the
+/// batch's owner, who is billed and whose limits apply) and whether only local
+/// deployments may serve it. It always queues at batch priority (or lower).
+pub(crate) struct AsLine {
+    pub caller: crate::keys::Caller,
+    pub local_only: bool,
+}
+
+/// [`proxy`], or for a batch line (`line`) the same path as its owner.
+pub(crate) async fn proxy_for(
+    s: Arc<AppState>,
+    endpoint: Endpoint,
+    path: &'static str,
+    headers: HeaderMap,
+    body: Body,
+    line: Option<AsLine>,
+) -> Response {
     let mut log = RequestLog::default();
     log.path = path;
     // Virtual keys: admitted after parsing, charged once the answer is known.
     let mut ticket: Option<crate::keys::Ticket> = None;
     let result = async {
-        let caller = s.caller(&headers)?;
+        let caller = match &line {
+            Some(l) => l.caller.clone(),
+            None => s.caller(&headers)?,
+        };
         let bytes = read_body(body, &headers, s.max_body).await?;
         let mut req = ClientRequest::parse_bounded(endpoint, bytes).await?;
         crate::apis::prepare(&s, &caller, &mut req, &headers).await?;
@@ -79,7 +102,11 @@ pub(crate) async fn proxy(
         // Only a group that can hold requests needs to know whose they are.
         if s.router.holds(&req.model) {
             req.flow = crate::fairness::flow(&caller, s.fairness, &req, &headers)?;
+            if line.is_some() {
+                req.flow.priority = req.flow.priority.min(llmgw_wire::request::priority::BATCH);
+            }
         }
+        req.options.local_only = line.as_ref().is_some_and(|l| l.local_only);
         if endpoint == Endpoint::CountTokens {
             // Counting costs no model: the ticket is closed at no charge.
             let resp = crate::apis::count_tokens(&s.router, &req, &mut log).await;

@@ -25,6 +25,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/v1/models", get(models))
         .route("/models", get(models));
     api = apis(api);
+    api = crate::batch_runner::api::routes(api);
     if state.master_key.is_none() {
         api = api.route_layer(axum::middleware::from_fn(crate::access::local_only));
     }
@@ -154,6 +155,7 @@ async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response
     if let Some(keys) = &s.keys {
         extra.push_str(&keys.metrics_text());
     }
+    extra.push_str(&s.batches.metrics_text());
     let text = crate::metrics::render(
         &s.router,
         s.ready.load(Ordering::Relaxed),
@@ -273,7 +275,7 @@ fn deployment_health(d: &llmgw_router::Deployment) -> serde_json::Value {
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     ApiError::not_found(format!(
-        "no route {}; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages, /v1/messages/count_tokens, /v1/responses (and GET/DELETE /v1/responses/{{id}}), /v1/models and /health",
+        "no route {}; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages, /v1/messages/count_tokens, /v1/responses (and GET/DELETE /v1/responses/{{id}}), /v1/files, /v1/batches, /v1/models and /health",
         uri.path()
     ))
     .into_response()

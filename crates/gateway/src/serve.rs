@@ -187,12 +187,34 @@ pub async fn run(
             args.state_dir.as_deref(),
             server.max_body_bytes,
         ),
+        batches: crate::batches::Batches::new(
+            &cfg.config.batches,
+            args.state_dir.as_deref(),
+            server.max_body_bytes,
+        ),
         store_watch,
     });
     let relay = match &member {
         Some(_) => Some(crate::relay::Relay::new(server.max_body_bytes)?),
         None => None,
     };
+    // Batches run in the background; they stop starting lines at shutdown, and while a
+    // renewal hands over to the next generation (which then resumes them).
+    let handing_over: crate::batch_runner::Stopping = match &relay {
+        Some(r) => {
+            let r = r.clone();
+            Arc::new(move || r.handed_over())
+        }
+        None => Arc::new(|| false),
+    };
+    crate::batch_runner::spawn(state.clone(), handing_over);
+    {
+        let (shutdown, batches) = (shutdown.clone(), state.batches.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            batches.stop.cancel();
+        });
+    }
     let mut app = crate::routes::app(state.clone());
     if let Some(r) = &relay {
         app = app.layer(axum::middleware::from_fn_with_state(
@@ -311,6 +333,17 @@ pub async fn run(
             Ok(())
         }
     };
+    // Batch lines in flight finish (and are recorded) before the backends stop.
+    state.batches.stop.cancel();
+    state.batches.tasks.close();
+    if tokio::time::timeout(grace, state.batches.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "grace period over with batch lines in flight; the next start runs them again"
+        );
+    }
     let left = backends.lock().await.take();
     if let Some(b) = left {
         b.shutdown().await;

@@ -32,6 +32,8 @@ pub struct AppState {
     pub fairness: llmgw_core::config::Fairness,
     /// Stored Responses API answers (`store`, `previous_response_id`).
     pub responses: Arc<crate::stored::Responses>,
+    /// Uploaded files and the batches the gateway runs (`/v1/files`, `/v1/batches`).
+    pub batches: Arc<crate::batches::Batches>,
     /// The store's size, the state filesystem's room, spend-row retention (`/health`).
     pub store_watch: Arc<crate::retention::StoreWatch>,
 }

@@ -82,6 +82,9 @@ pub struct Behavior {
     pub prefix_cache_chunks: usize,
     /// Prefill time per prompt chunk that is not cached, before the first byte.
     pub prefill_per_chunk: Duration,
+    /// Count requests by the text of their last message (or `input`): tests that must
+    /// see each of thousands of requests exactly once ([`MockState::content_counts`]).
+    pub count_contents: bool,
 }
 
 impl Default for Behavior {
@@ -105,6 +108,7 @@ impl Default for Behavior {
             chunk_gate: None,
             prefix_cache_chunks: 0,
             prefill_per_chunk: Duration::ZERO,
+            count_contents: false,
         }
     }
 }
@@ -131,6 +135,8 @@ pub struct MockState {
     pub connections: AtomicU64,
     /// The modelled prefix cache (`Behavior::prefix_cache_chunks`).
     pub prefix: prefix_cache::PrefixCache,
+    /// Requests by content (`Behavior::count_contents`; at most 1,000,000 texts).
+    contents: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl MockState {
@@ -160,6 +166,13 @@ impl MockState {
     /// Arrival times of the POST requests, oldest first.
     pub fn arrivals(&self) -> Vec<std::time::Instant> {
         self.arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// How many requests carried each text (`Behavior::count_contents`).
+    pub fn content_counts(&self) -> std::collections::HashMap<String, u64> {
+        self.contents
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -230,6 +243,7 @@ impl MockUpstream {
             slot_free: tokio::sync::Notify::new(),
             connections: AtomicU64::new(0),
             prefix: Default::default(),
+            contents: Mutex::new(std::collections::HashMap::new()),
         });
         let app = router(state.clone());
         // No Nagle: a streamed answer is many small writes; without TCP_NODELAY each one
@@ -367,6 +381,22 @@ impl Drop for Slot {
     }
 }
 
+/// Counts the request under its last message's text (or its `input`).
+fn count_content(s: &MockState, body: &Bytes) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = v["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .or_else(|| v["input"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let mut c = s.contents.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() < 1_000_000 || c.contains_key(&text) {
+        *c.entry(text).or_insert(0) += 1;
+    }
+}
+
 /// Records the request and applies delays and faults; `Err` is the response to send.
 async fn admit(
     s: &Arc<MockState>,
@@ -386,6 +416,9 @@ async fn admit(
             bodies.remove(0);
         }
         bodies.push(body.clone());
+    }
+    if s.behavior().count_contents {
+        count_content(s, body);
     }
     let slot = Slot::take(s).await;
     let b = s.behavior();

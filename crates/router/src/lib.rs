@@ -332,6 +332,13 @@ impl Router {
         self.deployments().find(|d| d.index == index)
     }
 
+    /// Whether `model`'s group has a local deployment (`None`: no such group).
+    pub fn has_local(&self, model: &str) -> Option<bool> {
+        self.groups
+            .get(model)
+            .map(|g| g.deployments.iter().any(|d| d.load.is_local()))
+    }
+
     /// The shared upstream HTTP client.
     pub fn client(&self) -> &reqwest::Client {
         self.client.reqwest()
@@ -531,6 +538,7 @@ impl Router {
                     let d = &deps[i];
                     let gated = group.gate.is_some() && d.load.is_local();
                     d.available.load(Ordering::Relaxed)
+                        && (!req.options.local_only || d.load.is_local())
                         && (only_one || !d.is_cooling(now))
                         && if gated {
                             d.has_rate_room(need)

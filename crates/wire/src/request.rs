@@ -207,6 +207,9 @@ pub struct RequestOptions {
     /// The priority class the request asks for (`"priority"` in the body), before the
     /// key's cap and default apply.
     pub priority: Option<u8>,
+    /// Only the group's local deployments may serve it (a batch line without
+    /// `[batches] allow_cloud`); set by the gateway, never read from the body.
+    pub local_only: bool,
 }
 
 /// Who a request belongs to for the gateway's fair queue, and how it ranks: set by the
@@ -496,6 +499,7 @@ impl ClientRequest {
                 None | Some(serde_json::Value::Null) => None,
                 Some(v) => Some(priority::from_json(v).map_err(|e| e.with_param("priority"))?),
             },
+            local_only: false,
         };
         let mut req = ClientRequest {
             endpoint,

@@ -132,6 +132,7 @@ impl Config {
                 "[responses] retention must be at least \"1m\" (to keep no responses, set default_store = false; a request that asks for store still gets it)".into(),
             ));
         }
+        self.batches.check().map_err(file_err)?;
         if !(0.0..=10.0).contains(&self.router.latency_buffer) {
             return Err(file_err(
                 "[router] latency_buffer must be between 0.0 and 10.0 (a fraction of the best latency)".into(),

@@ -20,8 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod batches;
 mod derived;
 pub mod renewal;
+pub use batches::BatchesConfig;
 
 /// The config served when `llmgw serve` is given no `--config`.
 pub const QUICKSTART: &str = include_str!("../../../../configs/quickstart.toml");
@@ -75,6 +77,8 @@ pub struct Config {
     pub responses: ResponsesConfig,
     #[serde(default)]
     pub keys: KeysConfig,
+    #[serde(default)]
+    pub batches: BatchesConfig,
 }
 
 /// `[server]`: where and how the gateway listens.
