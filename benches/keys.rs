@@ -13,7 +13,9 @@
 // Test and benchmark code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use criterion::{criterion_group, criterion_main, Criterion};
-use llmgw::keys::enforce::{Caller, Counters, KeyEntry, Outcome, Table, TeamEntry, Ticket};
+use llmgw::keys::enforce::{
+    Caller, Counters, Estimate, KeyEntry, Outcome, Table, TeamEntry, Ticket,
+};
 use llmgw::keys::{hash_key, hex, KeyRecord, Limits, TeamRecord};
 use llmgw::spend::{Spend, Usage};
 use llmgw::store::{sqlite::SqliteStore, Store};
@@ -23,6 +25,12 @@ use std::sync::Arc;
 
 /// Bytes of the request body (`Ticket::admit` keeps a prompt estimate from it).
 const BODY_LEN: usize = 1400;
+
+/// The estimate held at admission (prompt plus 4096 output tokens at $0.5/$1.5 per Mtok).
+const EST: Estimate = Estimate {
+    tokens: 350 + 4096,
+    cost: 350 * 500 + 4096 * 1500,
+};
 
 /// Every limit set, none reached: the most work a request can cause.
 fn limits() -> Limits {
@@ -111,7 +119,7 @@ fn keys(c: &mut Criterion) {
     let caller = Caller::Key(entry);
     g.bench_function("admit + finish (key and team, every limit)", |b| {
         b.iter(|| {
-            let t = Ticket::admit(black_box(&caller), "local", BODY_LEN, spend.clone())
+            let t = Ticket::admit(black_box(&caller), "local", BODY_LEN, EST, spend.clone())
                 .expect("admitted");
             t.finish(Outcome {
                 deployment: "local-1".into(),
@@ -126,7 +134,8 @@ fn keys(c: &mut Criterion) {
         b.iter(|| {
             let e = table.lookup(&hash_key(black_box(&key))).expect("key");
             let caller = Caller::Key(e.clone());
-            let t = Ticket::admit(&caller, "local", BODY_LEN, spend.clone()).expect("admitted");
+            let t =
+                Ticket::admit(&caller, "local", BODY_LEN, EST, spend.clone()).expect("admitted");
             t.finish(Outcome {
                 deployment: "local-1".into(),
                 usage,

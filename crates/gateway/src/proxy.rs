@@ -98,6 +98,10 @@ pub(crate) async fn proxy_for(
         log.stream = req.stream;
         if let Some(keys) = &s.keys {
             ticket = Some(keys.admit(&caller, &req)?);
+            // Fallbacks stay inside the key's models (an `Arc` clone, no allocation).
+            if let crate::keys::Caller::Key(k) = &caller {
+                req.access = Some(k.clone());
+            }
         }
         // Only a group that can hold requests needs to know whose they are.
         if s.router.holds(&req.model) {
@@ -170,6 +174,7 @@ pub(crate) async fn proxy_for(
         Ok(resp) => resp,
         Err(e) => {
             log.status = e.status.as_u16();
+            let rate = ticket.as_ref().map(|t| t.rate);
             if let Some(t) = ticket.take() {
                 t.finish(crate::keys::enforce::Outcome {
                     deployment: log.deployment.clone(),
@@ -178,6 +183,9 @@ pub(crate) async fn proxy_for(
                 });
             }
             let mut resp = e.into_response_for(endpoint.api());
+            if let Some(rate) = rate {
+                rate.write(resp.headers_mut());
+            }
             if log.attempts > 0 {
                 let h = resp.headers_mut();
                 h.insert(

@@ -388,6 +388,12 @@ impl Router {
                 unknown.push(model);
                 continue;
             };
+            // A fallback (of any kind) the caller may not use is skipped: a key limited
+            // to some groups is never answered by another one.
+            if via != Via::Requested && !refusal::reachable(&req, &model) {
+                tracing::debug!(model = %Clean(&model), "fallback skipped: the caller may not use it");
+                continue;
+            }
             // Local first: a group whose local backends are all full sends the request to
             // its fallbacks first (and is tried again when they fail).
             if via == Via::Requested
@@ -401,7 +407,7 @@ impl Router {
                 })
             {
                 let next = self.next_groups(&model, via, ErrorClass::ServiceUnavailable, &req);
-                if !next.is_empty() {
+                if next.iter().any(|m| refusal::reachable(&req, m)) {
                     spilled = true;
                     group.spill.fallback.fetch_add(1, Ordering::Relaxed);
                     seen.remove(&model);

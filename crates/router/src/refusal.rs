@@ -86,6 +86,11 @@ impl Router {
     }
 }
 
+/// Whether `req`'s caller may be answered by group `model` (no restriction without one).
+pub(crate) fn reachable(req: &llmgw_wire::request::ClientRequest, model: &str) -> bool {
+    req.access.as_ref().is_none_or(|a| a.allows_group(model))
+}
+
 /// One line for all the fallback names a request gave that are not served here.
 pub(crate) fn log_unknown(names: &[String]) {
     if !names.is_empty() {

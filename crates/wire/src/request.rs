@@ -121,6 +121,14 @@ pub struct ClientRequest {
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
+    /// The most output tokens the client allows (`max_tokens`, `max_completion_tokens`
+    /// or `max_output_tokens` at the top level, as a whole number; the largest when
+    /// several are given): what the gateway reserves against a key's budget and tpm
+    /// before the answer is known. `None` when absent (a configured default is used).
+    pub max_tokens: Option<u64>,
+    /// Which model groups this request may reach by any fallback path (set by the
+    /// gateway for a virtual key; `None`: every group).
+    pub access: Option<std::sync::Arc<dyn GroupAccess>>,
     /// llmgw's own per-request fields (removed from `body` before it goes upstream).
     pub options: RequestOptions,
     /// Client headers for an upstream of the client's own API.
@@ -132,6 +140,58 @@ pub struct ClientRequest {
     pub prepared: Option<std::sync::Arc<crate::prepared::Prepared>>,
     /// Byte range of the `model` value (quotes included) in `body`.
     model_span: Range<usize>,
+}
+
+/// Which model groups a request may be answered by: a virtual key's (and its team's and
+/// user's) allowed models. The router asks it before trying a fallback group, so no path
+/// (the request's own `fallbacks`, configured or default fallbacks, context-window
+/// fallbacks, spillover) leaves what the caller may use.
+pub trait GroupAccess: Send + Sync + std::fmt::Debug {
+    fn allows_group(&self, group: &str) -> bool;
+}
+
+/// A JSON number token that is a whole non-negative number fitting `u64`, else `None`.
+pub(crate) fn whole_number(token: &[u8]) -> Option<u64> {
+    if token.is_empty() || !token.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()?.parse().ok()
+}
+
+/// The largest top-level `max_tokens`/`max_completion_tokens`/`max_output_tokens` of a
+/// valid JSON object (the full parse's counterpart of the fast scan's).
+fn output_cap(text: &str) -> Option<u64> {
+    struct Cap;
+    impl<'de> serde::de::Visitor<'de> for Cap {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Option<u64>, A::Error> {
+            let mut cap: Option<u64> = None;
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if matches!(
+                    &*k,
+                    "max_tokens" | "max_completion_tokens" | "max_output_tokens"
+                ) {
+                    let v = map.next_value::<&'de RawValue>()?;
+                    if let Some(n) = whole_number(v.get().as_bytes()) {
+                        cap = Some(cap.map_or(n, |c| c.max(n)));
+                    }
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(cap)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::Deserializer::deserialize_map(&mut de, Cap)
+        .ok()
+        .flatten()
 }
 
 /// Per-request controls that llmgw reads and no upstream sees.
@@ -356,6 +416,8 @@ impl ClientRequest {
             model,
             stream: fast.stream,
             include_usage: fast.include_usage,
+            max_tokens: fast.max_tokens,
+            access: None,
             options: RequestOptions::default(),
             forwarded: Forwarded::default(),
             flow: Flow::default(),
@@ -445,6 +507,8 @@ impl ClientRequest {
             model,
             stream,
             include_usage,
+            max_tokens: output_cap(text),
+            access: None,
             options,
             forwarded: Forwarded::default(),
             flow: Flow::default(),
@@ -592,6 +656,26 @@ mod tests {
     }
 
     #[test]
+    fn output_cap_is_read_on_both_paths() {
+        let fast = parse(r#"{"model":"m","max_tokens":50,"messages":[]}"#).unwrap();
+        assert_eq!(fast.max_tokens, Some(50));
+        // llmgw's own keys send the body through the full parse.
+        let full = parse(
+            r#"{"model":"m","timeout":3,"max_completion_tokens":70,"max_tokens":5,"messages":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(full.max_tokens, Some(70));
+        // Not a whole number, or nested: no cap (the configured default applies).
+        for body in [
+            r#"{"model":"m","max_tokens":1.5}"#,
+            r#"{"model":"m","max_tokens":"9"}"#,
+            r#"{"model":"m","tools":[{"max_tokens":1}]}"#,
+        ] {
+            assert_eq!(parse(body).unwrap().max_tokens, None, "{body}");
+        }
+    }
+
+    #[test]
     fn usage_is_requested_for_streams_only() {
         let r = parse(r#"{"model":"m","stream":true,"messages":[]}"#)
             .unwrap()
@@ -658,11 +742,12 @@ mod tests {
     fn outcome(r: &Result<ClientRequest, ApiError>) -> String {
         match r {
             Ok(r) => format!(
-                "ok model={:?} stream={} usage={} span={:?} body={:?} fallbacks={:?} \
+                "ok model={:?} stream={} usage={} max_tokens={:?} span={:?} body={:?} fallbacks={:?} \
                  disable={} timeout={:?} cache={:?}",
                 r.model,
                 r.stream,
                 r.include_usage,
+                r.max_tokens,
                 r.model_span,
                 r.body,
                 r.options.fallbacks,

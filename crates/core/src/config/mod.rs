@@ -76,6 +76,8 @@ pub struct Config {
     #[serde(default)]
     pub responses: ResponsesConfig,
     #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
     pub batches: BatchesConfig,
 }
 
@@ -551,6 +553,27 @@ impl Default for ResponsesConfig {
         Self {
             retention: Dur(Duration::from_secs(30 * 86_400)),
             default_store: true,
+        }
+    }
+}
+
+/// `[keys]`: how virtual keys are enforced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Output tokens held against a key's budget and tpm at admission when the request
+    /// gives no `max_tokens` (its estimate is settled to the actual when it ends).
+    pub default_max_tokens: u64,
+    /// End users (the OpenAI `user` field) tracked per key with end-user limits; a new
+    /// end user beyond this is refused until the key's idle ones are forgotten.
+    pub max_end_users_per_key: usize,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            default_max_tokens: 4096,
+            max_end_users_per_key: 10_000,
         }
     }
 }

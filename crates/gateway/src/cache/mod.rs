@@ -315,7 +315,12 @@ impl Pending {
         let Some(job) = self.store else {
             return resp;
         };
-        if resp.status() != StatusCode::OK {
+        // An answer from a fallback group is not stored under the requested group's key:
+        // it would be served to callers who may use the requested group but not the one
+        // that answered (a `small`-only key getting `big`'s answer).
+        if resp.status() != StatusCode::OK
+            || resp.headers().contains_key(llmgw_router::names::FALLBACK)
+        {
             return resp;
         }
         let (parts, body) = resp.into_parts();

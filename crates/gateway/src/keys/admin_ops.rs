@@ -365,10 +365,11 @@ impl KeyService {
                     ))
                     .with_param("key_alias"));
                 }
-                if a.starts_with(KEY_PREFIX) || super::unhex32(a).is_some() {
-                    return Err(ApiError::bad_request(
-                        "key_alias must not look like a key or a hash",
-                    )
+                if a.starts_with(KEY_PREFIX) || super::unhex32(a).is_some() || looks_like_key_id(a)
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "key_alias {a:?} looks like a key, a key's hash or a key's id (16 hex digits), which admin calls would take for another key; pick a name with other characters"
+                    ))
                     .with_param("key_alias"));
                 }
             }
@@ -582,7 +583,30 @@ fn check_text<'a>(param: &str, s: &'a str) -> Result<&'a str, ApiError> {
         ))
         .with_param(param));
     }
+    if let Some(c) = s.chars().find(|&c| is_format_char(c)) {
+        return Err(ApiError::bad_request(format!(
+            "{param} must not contain invisible format characters (found U+{:04X}, which changes how the text around it is shown in `keys list` and /metrics); use plain printable characters",
+            u32::from(c)
+        ))
+        .with_param(param));
+    }
     Ok(s)
+}
+
+/// Unicode general category Cf (format characters: bidirectional overrides such as
+/// U+202E, zero-width joiners and spaces, tags, …), as of Unicode 15.1. They are
+/// invisible, so an alias holding one would not read as what it is in a list.
+fn is_format_char(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
+/// A key id's shape: 16 hex digits (admin calls look ids up before aliases).
+fn looks_like_key_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn check_metadata(v: Value) -> Result<Value, ApiError> {

@@ -15,6 +15,7 @@
 //! Windows are calendar minutes (as LiteLLM's limiter and the deployments' own rpm/tpm),
 //! so every replica counts in the same window and Retry-After is the time to its end.
 
+use super::ratelimit::Rate;
 use super::{nanos_to_usd, KeyRecord, Limits, TeamRecord};
 use crate::spend::{Spend, SpendRow, Usage};
 use axum::http::StatusCode;
@@ -40,6 +41,9 @@ pub struct Counters {
     /// Nano-dollars spent in `period` (with Redis: the larger of this replica's count and
     /// the total over replicas).
     spend: AtomicI64,
+    /// Nano-dollars held by this replica's admitted requests that have not finished:
+    /// their estimated cost, released when they are charged ([`Claims`]).
+    reserved: AtomicI64,
     /// Not yet added to Redis by the sync task.
     pub(crate) unsent_requests: AtomicU64,
     pub(crate) unsent_tokens: AtomicU64,
@@ -82,6 +86,19 @@ fn packed_undo(a: &AtomicU64, minute: u64) {
     let mut cur = a.load(Ordering::Relaxed);
     while cur >> 32 == minute & LOW && cur & LOW > 0 {
         match a.compare_exchange_weak(cur, cur - 1, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(v) => cur = v,
+        }
+    }
+}
+
+/// Takes back `n` of a reservation added in `minute` (nothing once the minute is over:
+/// a new minute started from zero).
+fn packed_sub(a: &AtomicU64, minute: u64, n: u64) {
+    let mut cur = a.load(Ordering::Relaxed);
+    while cur >> 32 == minute & LOW && cur & LOW > 0 {
+        let next = (cur & !LOW) | (cur & LOW).saturating_sub(n);
+        match a.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed) {
             Ok(_) => return,
             Err(v) => cur = v,
         }
@@ -139,6 +156,35 @@ impl Counters {
     pub fn reset_period(&self, start: u64, spend: i64) {
         self.period.store(start, Ordering::Release);
         self.spend.store(spend, Ordering::Release);
+    }
+
+    /// Holds `estimate` nano-dollars of the budget for an admitted request, while this
+    /// period's spend plus what is already held is below `budget`; else returns what is
+    /// spent and held. Lock-free: a compare-and-swap on `reserved` that reads `reserved`
+    /// before `spend`, and settling adds to `spend` before it releases `reserved`, so a
+    /// request settling meanwhile is counted twice (refusing, never admitting, wrongly).
+    fn reserve(&self, start: u64, budget: i64, estimate: i64) -> Result<(), i64> {
+        let mut held = self.reserved.load(Ordering::Acquire);
+        loop {
+            let committed = self.spend_in(start).saturating_add(held);
+            if committed >= budget {
+                return Err(committed);
+            }
+            match self.reserved.compare_exchange_weak(
+                held,
+                held.saturating_add(estimate),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(v) => held = v,
+            }
+        }
+    }
+
+    /// Nano-dollars held by requests in flight.
+    pub fn reserved(&self) -> i64 {
+        self.reserved.load(Ordering::Acquire)
     }
 
     /// The period start `spend` currently belongs to.
@@ -364,33 +410,98 @@ pub fn unusable(entry: &KeyEntry, now_s: u64) -> Option<ApiError> {
     None
 }
 
-/// Slots claimed by an admitted request; released when dropped.
+/// What an admitted request holds, per level (key, team): its parallel slots, the
+/// estimated cost held against budgets and the estimated tokens held against tpm in
+/// `minute`. All released when dropped, which [`Ticket`] does after it charged the
+/// actual cost (so spend and reservation never both miss a request).
 #[derive(Debug)]
 struct Claims {
     key: Option<Arc<KeyEntry>>,
-    parallel_key: bool,
-    parallel_team: bool,
+    parallel: [bool; 2],
+    held_spend: [i64; 2],
+    held_tokens: [u64; 2],
+    minute: u64,
+}
+
+impl Claims {
+    fn none() -> Claims {
+        Claims {
+            key: None,
+            parallel: [false; 2],
+            held_spend: [0; 2],
+            held_tokens: [0; 2],
+            minute: 0,
+        }
+    }
 }
 
 impl Drop for Claims {
     fn drop(&mut self) {
-        if let Some(k) = &self.key {
-            if self.parallel_key {
-                k.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let Some(k) = &self.key else { return };
+        for i in 0..2 {
+            let Some(c) = k.counters_at(i) else { continue };
+            if self.parallel[i] {
+                c.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
-            if self.parallel_team {
-                if let Some(t) = &k.team {
-                    t.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
-                }
+            if self.held_spend[i] != 0 {
+                c.reserved.fetch_sub(self.held_spend[i], Ordering::AcqRel);
+            }
+            if self.held_tokens[i] != 0 {
+                packed_sub(&c.minute_tokens, self.minute, self.held_tokens[i]);
             }
         }
     }
 }
 
+/// What an admitted request is expected to cost, held until it is charged: its prompt
+/// estimate plus its `max_tokens` (or the configured default) of output, priced at the
+/// requested group's dearest deployment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Estimate {
+    pub tokens: u64,
+    pub cost: i64,
+}
+
+impl llmgw_wire::request::GroupAccess for KeyEntry {
+    /// The key's and its team's allowed models: what every fallback group is checked
+    /// against (finding 3 of issue 21: fallbacks used to leave a key's models).
+    fn allows_group(&self, group: &str) -> bool {
+        self.rec.limits.allows(group)
+            && self
+                .team
+                .as_ref()
+                .is_none_or(|t| t.rec.limits.allows(group))
+    }
+}
+
 impl KeyEntry {
-    /// Checks every limit of the key and its team for a request to `model`, and claims
-    /// its parallel and rpm slots. `now_ms` is unix ms.
-    fn admit(self: &Arc<Self>, model: &str, now_ms: u64) -> Result<Claims, ApiError> {
+    /// The counters of level `i`: 0 the key, 1 its team.
+    fn counters_at(&self, i: usize) -> Option<&Counters> {
+        match i {
+            0 => Some(&self.counters),
+            1 => self.team.as_ref().map(|t| &*t.counters),
+            _ => None,
+        }
+    }
+
+    /// Whether any level has a budget (only then is a request's cost estimated).
+    pub fn has_budget(&self) -> bool {
+        self.rec.limits.max_budget.is_some()
+            || self
+                .team
+                .as_ref()
+                .is_some_and(|t| t.rec.limits.max_budget.is_some())
+    }
+
+    /// Checks every limit of the key and its team for a request to `model`, holds its
+    /// estimate against budgets and tpm, and claims its parallel and rpm slots. `now_ms`
+    /// is unix ms.
+    fn admit(
+        self: &Arc<Self>,
+        model: &str,
+        est: Estimate,
+        now_ms: u64,
+    ) -> Result<(Claims, Rate), ApiError> {
         let now_s = now_ms / 1000;
         if let Some(e) = unusable(self, now_s) {
             return Err(e);
@@ -417,12 +528,20 @@ impl KeyEntry {
         }
         let minute = now_ms / 60_000;
         let to_next_minute = 60 - now_s % 60;
-        for (who, c) in both.clone() {
+        let mut claims = Claims {
+            key: Some(self.clone()),
+            minute,
+            ..Claims::none()
+        };
+        let mut rate = Rate {
+            reset_s: to_next_minute,
+            ..Rate::default()
+        };
+        for (i, (who, c)) in both.clone().enumerate() {
             let l = who.limits();
             if let Some(budget) = l.budget_nanos() {
                 let (_, start, end) = l.period(now_s);
-                let spent = c.spend_in(start);
-                if spent >= budget {
+                if let Err(spent) = c.reserve(start, budget, est.cost) {
                     reject(Reason::Budget);
                     let (when, retry) = match end {
                         Some(end) => (
@@ -442,7 +561,7 @@ impl KeyEntry {
                         StatusCode::TOO_MANY_REQUESTS,
                         "budget_exceeded",
                         format!(
-                            "{} has spent ${:.6} of its ${:.6} budget; {when}. Wait for the reset, or ask the gateway's administrator to raise max_budget ({})",
+                            "{} has spent ${:.6} of its ${:.6} budget (counting the estimated cost of its requests in flight); {when}. Wait for the reset, or ask the gateway's administrator to raise max_budget ({})",
                             who.name(),
                             nanos_to_usd(spent),
                             nanos_to_usd(budget),
@@ -453,34 +572,28 @@ impl KeyEntry {
                     e.retry_after = retry;
                     return Err(e);
                 }
+                claims.held_spend[i] = est.cost;
             }
             if let Some(tpm) = l.tpm {
-                if c.tokens_this_minute(minute) >= tpm {
+                let Some(used) = packed_add(&c.minute_tokens, minute, est.tokens, Some(tpm)) else {
                     return Err(limited(
                         Reason::Tpm,
                         format!(
-                            "{} has used its {tpm} tokens per minute (tpm); retry in {to_next_minute} s, or ask the gateway's administrator to raise tpm ({})",
+                            "{} has used its {tpm} tokens per minute (tpm), counting the estimate of its requests in flight; retry in {to_next_minute} s, or ask the gateway's administrator to raise tpm ({})",
                             who.name(),
                             who.update_hint("--tpm N")
                         ),
                         to_next_minute,
                     ));
-                }
+                };
+                rate.tokens(tpm, used);
+                claims.held_tokens[i] = est.tokens;
             }
         }
-        let mut claims = Claims {
-            key: Some(self.clone()),
-            parallel_key: false,
-            parallel_team: false,
-        };
         for (i, (who, c)) in both.clone().enumerate() {
             if let Some(max) = who.limits().max_parallel {
                 let n = c.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-                if i == 0 {
-                    claims.parallel_key = true;
-                } else {
-                    claims.parallel_team = true;
-                }
+                claims.parallel[i] = true;
                 if n > max {
                     return Err(limited(
                         Reason::Parallel,
@@ -497,7 +610,7 @@ impl KeyEntry {
         let mut counted: Vec<&Counters> = Vec::with_capacity(2);
         for (who, c) in both {
             let limit = who.limits().rpm;
-            if packed_add(&c.minute_requests, minute, 1, limit).is_none() {
+            let Some(used) = packed_add(&c.minute_requests, minute, 1, limit) else {
                 for c in counted {
                     packed_undo(&c.minute_requests, minute);
                     c.unsent_requests.fetch_sub(1, Ordering::Relaxed);
@@ -513,12 +626,15 @@ impl KeyEntry {
                     ),
                     to_next_minute,
                 ));
+            };
+            if let Some(l) = limit {
+                rate.requests(l, used);
             }
             c.unsent_requests.fetch_add(1, Ordering::Relaxed);
             c.requests_total.fetch_add(1, Ordering::Relaxed);
             counted.push(c);
         }
-        Ok(claims)
+        Ok((claims, rate))
     }
 }
 
@@ -538,6 +654,8 @@ pub struct Ticket {
     prompt_estimate: u64,
     /// Keeps the writer waiting at shutdown until this request's row is recorded.
     _open: crate::spend::OpenTicket,
+    /// The rpm/tpm limits and what is left of them, for the answer's headers.
+    pub rate: Rate,
 }
 
 /// How a request ended, for its spend row.
@@ -558,15 +676,12 @@ impl Ticket {
         caller: &Caller,
         model: &str,
         body_len: usize,
+        est: Estimate,
         spend: Arc<Spend>,
     ) -> Result<Ticket, ApiError> {
-        let claims = match caller {
-            Caller::Master => Claims {
-                key: None,
-                parallel_key: false,
-                parallel_team: false,
-            },
-            Caller::Key(k) => k.admit(model, llmgw_router::now_ms())?,
+        let (claims, rate) = match caller {
+            Caller::Master => (Claims::none(), Rate::default()),
+            Caller::Key(k) => k.admit(model, est, llmgw_router::now_ms())?,
         };
         Ok(Ticket {
             claims,
@@ -576,6 +691,7 @@ impl Ticket {
             request_id: crate::spend::request_id(),
             start: Instant::now(),
             done: false,
+            rate,
             prompt_estimate: (body_len / 4) as u64,
         })
     }
@@ -585,14 +701,14 @@ impl Ticket {
         &self.request_id
     }
 
-    /// Charges the request and records its spend row.
-    pub fn finish(mut self, outcome: Outcome) {
-        self.record(outcome);
+    /// Charges the request and records its spend row; returns its cost in nano-dollars.
+    pub fn finish(mut self, outcome: Outcome) -> i64 {
+        self.record(outcome)
     }
 
-    fn record(&mut self, mut o: Outcome) {
+    fn record(&mut self, mut o: Outcome) -> i64 {
         if self.done {
-            return;
+            return 0;
         }
         self.done = true;
         let now_ms = llmgw_router::now_ms();
@@ -631,6 +747,7 @@ impl Ticket {
             status: i32::from(o.status),
             cache_hit: o.cache_hit,
         });
+        cost
     }
 }
 
@@ -664,6 +781,33 @@ mod tests {
         assert_eq!(packed_count(a.load(Ordering::Relaxed), 101), 7);
         packed_max(&a, 101, 3);
         assert_eq!(packed_count(a.load(Ordering::Relaxed), 101), 7);
+    }
+
+    // Reserve, then settle: threads racing for a budget that one estimate fills get
+    // exactly one reservation; once it is settled (spend added, hold released) the next
+    // one is judged on what was spent.
+    #[test]
+    fn racing_reservations_admit_one_while_the_budget_is_held() {
+        let c = Arc::new(Counters::with_spend(0, 0));
+        let admitted = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        if c.reserve(0, 100, 150).is_ok() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::Relaxed), 1);
+        assert_eq!(c.reserved(), 150);
+        // Settled at 40: 60 left, so one more is admitted.
+        c.charge(0, 0, Usage::default(), 40);
+        c.reserved.fetch_sub(150, Ordering::AcqRel);
+        assert!(c.reserve(0, 100, 150).is_ok());
+        assert_eq!(c.reserve(0, 100, 150), Err(40 + 150));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub async fn meter(ticket: Ticket, strip_usage: bool, resp: Response) -> Respons
     if let Ok(v) = HeaderValue::from_str(ticket.request_id()) {
         resp.headers_mut().insert("x-llmgw-request-id", v);
     }
+    ticket.rate.write(resp.headers_mut());
     let h = resp.headers();
     let cache_hit = h
         .get("x-llmgw-cache")
@@ -56,19 +57,23 @@ pub async fn meter(ticket: Ticket, strip_usage: bool, resp: Response) -> Respons
         };
         return Response::from_parts(parts, Body::from_stream(metered));
     }
+    // A JSON answer's cost is known before its headers leave (a stream's only at its
+    // end: it is in the spend row named by `x-llmgw-request-id`).
     if cache_hit || status != 200 {
-        ticket.finish(outcome);
+        let cost = ticket.finish(outcome);
+        super::ratelimit::write_cost(resp.headers_mut(), cost);
         return resp;
     }
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
     // The router's JSON answers are whole in memory: this does not wait on the upstream.
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
-    ticket.finish(Outcome {
+    let cost = ticket.finish(Outcome {
         usage: usage_of(&bytes).unwrap_or_default(),
         ..outcome
     });
+    super::ratelimit::write_cost(&mut parts.headers, cost);
     Response::from_parts(parts, Body::from(bytes))
 }
 

@@ -20,6 +20,7 @@ pub mod admin_ops;
 pub mod enforce;
 pub mod meter;
 mod metrics;
+pub mod ratelimit;
 pub mod service;
 pub mod sync;
 

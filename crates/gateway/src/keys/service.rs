@@ -9,7 +9,7 @@
 //! spend summed in the store.
 
 use super::admin_ops::store_err;
-use super::enforce::{Caller, Counters, KeyEntry, Table, TeamEntry, Ticket};
+use super::enforce::{Caller, Counters, Estimate, KeyEntry, Table, TeamEntry, Ticket};
 use super::{hash_key, now_s, Limits, KEY_PREFIX};
 use crate::access::presented_key;
 use crate::spend::Spend;
@@ -40,6 +40,11 @@ pub struct KeyService {
     pub(crate) version: AtomicI64,
     pub(crate) shutdown: CancellationToken,
     pub(crate) writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Group → its dearest deployment's (input, output) USD per million tokens: what an
+    /// admitted request's estimate is priced at.
+    pub(crate) group_prices: HashMap<String, (f64, f64)>,
+    /// `[keys] default_max_tokens`.
+    pub(crate) default_max_tokens: u64,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -93,6 +98,11 @@ impl KeyService {
             .deployments()
             .map(|d| (d.id.clone(), (d.input_cost, d.output_cost)))
             .collect();
+        let mut group_prices: HashMap<String, (f64, f64)> = HashMap::new();
+        for d in router.deployments() {
+            let p = group_prices.entry(d.group.clone()).or_default();
+            *p = (p.0.max(d.input_cost), p.1.max(d.output_cost));
+        }
         let shutdown = CancellationToken::new();
         let (spend, writer) = Spend::start(
             prices,
@@ -110,6 +120,8 @@ impl KeyService {
             version: AtomicI64::new(-1),
             shutdown,
             writer: Mutex::new(Some(writer)),
+            group_prices,
+            default_max_tokens: cfg.config.keys.default_max_tokens,
         });
         svc.reload()
             .await
@@ -169,7 +181,36 @@ impl KeyService {
 
     /// Admits `caller`'s request (limits, budget, model); the ticket charges it later.
     pub fn admit(&self, caller: &Caller, req: &ClientRequest) -> Result<Ticket, ApiError> {
-        Ticket::admit(caller, &req.model, req.body.len(), self.spend.clone())
+        let est = match caller {
+            Caller::Key(k) => self.estimate(k, req),
+            Caller::Master => Estimate::default(),
+        };
+        Ticket::admit(caller, &req.model, req.body.len(), est, self.spend.clone())
+    }
+
+    /// What `req` is held at until it is charged: its prompt (about four bytes a token)
+    /// plus `max_tokens` (else `[keys] default_max_tokens`) of output, priced only when a
+    /// budget needs it.
+    fn estimate(&self, k: &KeyEntry, req: &ClientRequest) -> Estimate {
+        let prompt = (req.body.len() / 4) as u64;
+        let output = req.max_tokens.unwrap_or(self.default_max_tokens);
+        let cost = if k.has_budget() {
+            self.group_prices.get(&req.model).map_or(0, |&p| {
+                crate::spend::cost_nanos(
+                    crate::spend::Usage {
+                        prompt,
+                        completion: output,
+                    },
+                    p,
+                )
+            })
+        } else {
+            0
+        };
+        Estimate {
+            tokens: prompt.saturating_add(output),
+            cost,
+        }
     }
 
     /// Model groups `caller` may use, out of `all`.

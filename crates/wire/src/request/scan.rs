@@ -24,6 +24,9 @@ pub(super) struct Fast {
     pub model_escaped: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// The largest of `max_tokens`, `max_completion_tokens`, `max_output_tokens` given
+    /// as a whole number (see `ClientRequest::max_tokens`).
+    pub max_tokens: Option<u64>,
 }
 
 /// Deepest nesting the scan follows (a fixed bit stack, no recursion and no allocation);
@@ -39,8 +42,16 @@ pub(super) fn scan(body: &[u8]) -> Option<Fast> {
     let mut model = None;
     let mut stream = None;
     let mut include_usage = None;
+    let mut max_tokens: Option<u64> = None;
     loop {
         match s.field()? {
+            b"max_tokens" | b"max_completion_tokens" | b"max_output_tokens" => {
+                let start = s.i;
+                s.value()?;
+                if let Some(n) = super::whole_number(&body[start..s.i]) {
+                    max_tokens = Some(max_tokens.map_or(n, |m| m.max(n)));
+                }
+            }
             b"model" => {
                 if model.is_some() || s.peek() != Some(b'"') {
                     return None;
@@ -87,6 +98,7 @@ pub(super) fn scan(body: &[u8]) -> Option<Fast> {
         model_escaped,
         stream: stream.unwrap_or(false),
         include_usage: include_usage.unwrap_or(false),
+        max_tokens,
     })
 }
 
