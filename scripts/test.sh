@@ -88,6 +88,8 @@ long_pid=
 long_log=$run_tmp/renew_long.log
 faults_pid=
 faults_log=$run_tmp/renew_faults.log
+zero_pid=
+zero_log=$run_tmp/scale_zero.log
 failures=()
 
 stop_everything() {
@@ -98,6 +100,9 @@ stop_everything() {
   fi
   if [ -n "$faults_pid" ]; then
     kill -TERM -- "-$faults_pid" 2>/dev/null
+  fi
+  if [ -n "$zero_pid" ]; then
+    kill -TERM -- "-$zero_pid" 2>/dev/null
   fi
   # Jobs first (a gateway in a job may be about to submit its successor): scancel
   # what logs under this run, again until none is left (a successor submitted meanwhile).
@@ -155,6 +160,22 @@ if [ -n "$faults_bin" ]; then
   faults_pid=$!
 fi
 
+# Scale to zero (tests/idle.rs, tests/on_demand.rs): an idle stop waits a minute, so both
+# files run side by side in the background (about two minutes).
+test_bin() {
+  cargo test --test "$1" --no-run --message-format=json 2>/dev/null |
+    grep "\"name\":\"$1\"" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1
+}
+idle_bin=$(test_bin idle)
+demand_bin=$(test_bin on_demand)
+if [ -n "$idle_bin" ] && [ -n "$demand_bin" ]; then
+  log "starting the scale-to-zero tests in the background"
+  setsid bash -c '"$1" --nocapture --test-threads=2 scale_zero_ & a=$!
+    "$2" --nocapture --test-threads=4 scale_zero_ & b=$!
+    wait $a; ra=$?; wait $b; rb=$?; exit $((ra | rb))' _ "$idle_bin" "$demand_bin" >"$zero_log" 2>&1 &
+  zero_pid=$!
+fi
+
 if [ $quick -eq 0 ]; then
   step "cargo fmt --check" cargo fmt --all -- --check
   step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -165,7 +186,7 @@ fi
 test_log=$run_tmp/cargo-test.log
 run_tests() {
   cargo test --workspace --no-fail-fast --lib --bins --tests -- --test-threads=2 \
-    --skip five_minutes_under_load --skip chain_fault_ 2>&1 | tee "$test_log"
+    --skip five_minutes_under_load --skip chain_fault_ --skip scale_zero_ 2>&1 | tee "$test_log"
   return "${PIPESTATUS[0]}"
 }
 step "cargo test" run_tests
@@ -180,6 +201,15 @@ if [ -n "$faults_pid" ]; then
   faults_pid=
   grep -v ' INFO request ' "$faults_log" || true
   [ $status -eq 0 ] || failures+=("the chain fault scenarios (tests/renew_faults.rs)")
+fi
+
+if [ -n "$zero_pid" ]; then
+  log "the scale-to-zero tests (tests/idle.rs, tests/on_demand.rs)"
+  status=0
+  wait "$zero_pid" || status=$?
+  zero_pid=
+  grep -v ' INFO request ' "$zero_log" || true
+  [ $status -eq 0 ] || failures+=("the scale-to-zero tests (tests/idle.rs, tests/on_demand.rs)")
 fi
 
 if [ -n "$long_pid" ]; then

@@ -109,6 +109,10 @@ pub struct ConnectArgs {
     /// Extra ssh option (ssh -o KEY=VALUE); repeatable.
     #[arg(short = 'o', long = "ssh-option", value_name = "KEY=VALUE")]
     pub ssh_option: Vec<String>,
+    /// The config whose `[slurm] on_demand = true` lets the first request start the job
+    /// (login node only) [default: the copy `llmgw start` left in the state directory].
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

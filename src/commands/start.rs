@@ -55,7 +55,12 @@ pub fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
              set host = \"0.0.0.0\" to reach it from the login node"
         );
     }
-    let record = plan.submit(&args, &name, &dir)?;
+    let record = match plan.submit(&args.config, &name, &dir, false)? {
+        Submission::New(r) => r,
+        Submission::Active(id) => {
+            anyhow::bail!("job {id} of gateway \"{name}\" is already queued or running")
+        }
+    };
 
     if args.no_wait {
         if args.json {
@@ -162,8 +167,7 @@ impl Plan {
         let binary = match &slurm.binary {
             Some(b) => std::path::absolute(b)
                 .with_context(|| format!("[slurm] binary {} cannot be resolved", b.display()))?,
-            None => std::env::current_exe()
-                .context("cannot tell where the llmgw binary is; set [slurm] binary")?,
+            None => current_binary()?,
         };
         let key_file = cfg.master_key.is_none().then(|| dir.join(KEY_FILE));
         let log_pattern = dir.join(slurm_mod::LOG_PATTERN);
@@ -199,14 +203,28 @@ impl Plan {
         })
     }
 
-    /// Prepares the state directory, submits, and records the job.
-    fn submit(&self, args: &StartArgs, name: &str, dir: &Path) -> anyhow::Result<JobRecord> {
+    /// Prepares the state directory, submits, and records the job as a new chain. With
+    /// `unless_active` (an on-demand start by `connect`) nothing is submitted when a job of
+    /// the chain is still queued or running: checked under the chain lock, so two
+    /// `connect`s never submit two jobs.
+    pub(super) fn submit(
+        &self,
+        config: &Path,
+        name: &str,
+        dir: &Path,
+        unless_active: bool,
+    ) -> anyhow::Result<Submission> {
+        if unless_active {
+            if let Some(id) = Chain::update(dir, |c| active_job(c, dir))? {
+                return Ok(Submission::Active(id));
+            }
+        }
         // A new directory is created 0700; an existing one (perhaps shared on purpose) keeps
         // its mode: what must stay private is private file by file (0600) instead.
         state::ensure_dir(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-        let text = std::fs::read(&args.config)
-            .with_context(|| format!("cannot read {}", args.config.display()))?;
+        let text =
+            std::fs::read(config).with_context(|| format!("cannot read {}", config.display()))?;
         state::write_atomic(&self.config_copy, &text, 0o600)
             .with_context(|| format!("cannot write {}", self.config_copy.display()))?;
         if let Some(key) = &self.key_file {
@@ -217,6 +235,7 @@ impl Plan {
             state::ENDPOINT_FILE,
             llmgw_cluster::supervise::BACKENDS_FILE,
             chain::SUCCESSOR_BACKENDS_FILE,
+            llmgw_cluster::idle::IDLE_FILE,
         ] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
@@ -225,13 +244,18 @@ impl Plan {
             .with_context(|| format!("cannot write {}", script_path.display()))?;
         // A new chain, generation 1. Submitted under the chain lock, so the job cannot read
         // the record before it names it.
-        Chain::update(dir, |c| -> anyhow::Result<JobRecord> {
+        Chain::update(dir, |c| -> anyhow::Result<Submission> {
+            if unless_active {
+                if let Some(id) = active_job(c, dir) {
+                    return Ok(Submission::Active(id));
+                }
+            }
             let job_id = jobs::submit(&script_path)?;
             let record = JobRecord {
                 log: slurm_mod::log_path(&self.log_pattern, &job_id),
                 job_id,
                 name: name.to_string(),
-                config: args.config.display().to_string(),
+                config: config.display().to_string(),
                 config_copy: self.config_copy.clone(),
                 submitted_at: state::now_rfc3339(),
                 script: script_path,
@@ -252,8 +276,44 @@ impl Plan {
                 }],
                 ..Chain::default()
             };
-            Ok(record)
+            Ok(Submission::New(record))
         })?
+    }
+}
+
+/// What [`Plan::submit`] did.
+pub(super) enum Submission {
+    New(JobRecord),
+    /// A job of the chain is already queued or running (an on-demand start found it).
+    Active(String),
+}
+
+/// A job of the chain (or the one `job.json` names) that SLURM still queues or runs.
+fn active_job(c: &Chain, dir: &Path) -> Option<String> {
+    let mut ids: Vec<String> = c.unended().map(|j| j.job.job_id.clone()).collect();
+    if let Some(rec) = JobRecord::read(dir).ok().flatten() {
+        if !ids.contains(&rec.job_id) {
+            ids.push(rec.job_id);
+        }
+    }
+    ids.into_iter().find(|id| {
+        jobs::query(id)
+            .ok()
+            .flatten()
+            .is_some_and(|i| i.is_active())
+    })
+}
+
+/// The running binary's path. A binary replaced while this process runs (an upgrade
+/// while `connect` waits to start jobs on demand) reads as `PATH (deleted)` on Linux: the
+/// path itself holds the new one, which is what the job should run.
+fn current_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()
+        .context("cannot tell where the llmgw binary is; set [slurm] binary")?;
+    let text = exe.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(live) if Path::new(live).exists() => Ok(PathBuf::from(live)),
+        _ => Ok(exe),
     }
 }
 

@@ -68,7 +68,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         info.as_ref().and_then(time_left),
         limit,
     );
+    // `[slurm] idle_stop`: the job ended because nobody used it.
+    let idle = llmgw_cluster::idle::IdleStop::read(&dir).filter(|i| i.job_id == record.job_id);
     let view = View {
+        idle: idle.as_ref(),
         name: &name,
         dir: &dir,
         record: &record,
@@ -86,6 +89,18 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `stopped: idle since … (no request for 60 s); saved so far ≈ 0.50 job-hours (1.00 GPU-hours)`.
+fn idle_line(i: &llmgw_cluster::idle::IdleStop) -> String {
+    let hours = i.hours_saved(llmgw_core::state::now_unix_ms());
+    format!(
+        "stopped: idle since {} — scaled to zero (no request for {} s, stopped at {}); saved so far ≈ {hours:.2} job-hours ({:.2} GPU-hours); the next request through `llmgw connect` with [slurm] on_demand = true, or `llmgw start`, starts it again",
+        i.idle_since,
+        i.idle_stop_secs,
+        i.stopped_at,
+        hours * i.gpus as f64
+    )
+}
+
 /// Time limit minus elapsed, for a running job with a limit.
 fn time_left(i: &JobInfo) -> Option<std::time::Duration> {
     if !i.is_running() {
@@ -100,6 +115,7 @@ fn time_left(i: &JobInfo) -> Option<std::time::Duration> {
 }
 
 struct View<'a> {
+    idle: Option<&'a llmgw_cluster::idle::IdleStop>,
     name: &'a str,
     dir: &'a Path,
     record: &'a JobRecord,
@@ -115,6 +131,9 @@ impl View<'_> {
     /// log, and how to start again.
     fn not_running_tail(&self, log: bool) -> String {
         let mut out = String::new();
+        if let Some(i) = self.idle {
+            out.push_str(&format!("  {}\n", idle_line(i)));
+        }
         if let Some(c) = self.chain {
             out.push_str(&c.text());
         }
@@ -185,7 +204,16 @@ impl View<'_> {
             .and_then(|h| h.as_ref().ok())
             .map(|h| h["deployments"].clone())
             .unwrap_or(Value::Null);
+        let idle = self.idle.map(|i| {
+            let hours = i.hours_saved(llmgw_core::state::now_unix_ms());
+            json!({
+                "idle_since": i.idle_since, "stopped_at": i.stopped_at,
+                "idle_stop_secs": i.idle_stop_secs, "job_hours_saved": hours,
+                "gpu_hours_saved": hours * i.gpus as f64, "gpus": i.gpus,
+            })
+        });
         json!({
+            "idle_stop": idle,
             "name": self.name,
             "state_dir": self.dir,
             "job_id": self.record.job_id,

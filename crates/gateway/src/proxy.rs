@@ -78,6 +78,10 @@ pub(crate) async fn proxy_for(
     body: Body,
     line: Option<AsLine>,
 ) -> Response {
+    // The chain's idle clock (`[slurm] idle_stop`): a relaxed load, rarely a store; again
+    // when the answer is ready (a stream still running counts through `in_flight`); batch
+    // lines count too: a running batch keeps the job busy.
+    llmgw_cluster::idle::touch();
     let mut log = RequestLog::default();
     log.path = path;
     // Virtual keys: admitted after parsing, charged once the answer is known.
@@ -165,6 +169,7 @@ pub(crate) async fn proxy_for(
         }
     }
     .await;
+    llmgw_cluster::idle::touch();
     match result {
         Ok(resp) => resp,
         Err(e) => {

@@ -303,6 +303,19 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    // `[slurm] idle_stop`: a current job that nobody uses ends its chain and frees its GPUs.
+    if let Some(m) = member.as_ref().filter(|m| m.stops_when_idle()) {
+        if !shutdown.is_cancelled() {
+            let s = state.clone();
+            let in_flight: llmgw_cluster::renew::InFlight = Arc::new(move || {
+                s.router
+                    .deployments()
+                    .map(|d| d.stats.in_flight.load(Ordering::Relaxed))
+                    .sum()
+            });
+            tokio::spawn(m.clone().watch_idle(in_flight, shutdown.clone()));
+        }
+    }
     tracing::info!(
         addr = %bound.addr,
         models = ?state.router.model_names(),

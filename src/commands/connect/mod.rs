@@ -19,7 +19,9 @@
 //!   passes through its command lines; the control socket lives in a private directory
 //!   (`guard.rs`), and `connect` does not start on a port another user listens on.
 
+mod demand;
 mod guard;
+mod spill;
 mod ssh;
 
 use super::name_flag;
@@ -46,7 +48,7 @@ const RETRY_FOR: Duration = Duration::from_secs(15);
 const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
 /// A client's bytes kept for sending again until the target answers (over ssh, where a
 /// channel that could not be opened delivered nothing); beyond this, no retry.
-const MAX_HELD: usize = 1024 * 1024;
+pub(super) const MAX_HELD: usize = 1024 * 1024;
 /// ssh reconnect delays: 1 s, 2 s, 4 s, … up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Largest endpoint record read over ssh.
@@ -90,7 +92,18 @@ async fn serve(args: ConnectArgs) -> anyhow::Result<()> {
             Source::Ssh(Ssh::start(&args, login, remote_dir).await?)
         }
     };
+    // `[slurm] on_demand`: on this machine only (the submission needs SLURM and the config).
+    let on_demand = match &source {
+        Source::Local(dir) => demand::OnDemand::from_config(&name, dir, args.config.as_deref())?,
+        Source::Ssh(_) => {
+            if args.config.is_some() {
+                anyhow::bail!("--config (for on-demand starts) works only on the login node, not with --login; run `llmgw connect` there, or start the gateway with `llmgw start`");
+            }
+            None
+        }
+    };
     let source = Arc::new(Lookup {
+        on_demand: on_demand.clone(),
         source,
         cache: Mutex::new(None),
         last: Mutex::new(String::new()),
@@ -125,6 +138,10 @@ async fn serve(args: ConnectArgs) -> anyhow::Result<()> {
             ep.job_id.as_deref().unwrap_or("?"),
             ep.connect_host(),
             ep.port
+        ),
+        Err(_) if on_demand.is_some() => format!(
+            "no job running: scaled to zero; the first request starts it and waits for it, up to {} s ([slurm] on_demand, hold_timeout)",
+            on_demand.as_ref().map_or(0, |d| d.hold_timeout().as_secs())
         ),
         Err(e) => format!("not reachable right now: {e}"),
     };
@@ -162,7 +179,10 @@ async fn serve(args: ConnectArgs) -> anyhow::Result<()> {
             }
         }
     }
-    eprintln!("llmgw connect: stopped");
+    match &on_demand {
+        Some(d) => eprintln!("llmgw connect: stopped; on demand: {}", d.summary()),
+        None => eprintln!("llmgw connect: stopped"),
+    }
     if let Source::Ssh(s) = &source.source {
         s.close().await;
     }
@@ -186,6 +206,8 @@ pub enum Attempt {
 
 struct Lookup {
     source: Source,
+    /// `[slurm] on_demand`: start the job and hold connections while no gateway runs.
+    on_demand: Option<Arc<demand::OnDemand>>,
     cache: Mutex<Option<(Instant, EndpointRecord)>>,
     /// The last target announced, to log each change once.
     last: Mutex<String>,
@@ -225,14 +247,31 @@ impl Lookup {
     /// Forwards one client connection to the current endpoint, trying again (the record
     /// read afresh) while nothing has reached a target, for at most [`RETRY_FOR`].
     async fn forward(&self, mut client: TcpStream) {
-        let deadline = Instant::now() + RETRY_FOR;
+        let mut deadline = Instant::now() + RETRY_FOR;
         let mut pause = Duration::from_millis(50);
         let mut held = Vec::new();
         let mut attempt = 0u32;
+        // When this connection was first held (on demand).
+        let mut held_since: Option<Instant> = None;
         let failure = loop {
             let fresh = attempt > 0;
             attempt += 1;
             let why = match self.endpoint(fresh).await {
+                // No gateway: on demand, start it and hold the connection until it is ready.
+                Err(_) if self.on_demand.is_some() => {
+                    match self.hold(&mut client, &mut held, &mut held_since).await {
+                        demand::Held::Ready => {
+                            deadline = Instant::now() + RETRY_FOR;
+                            pause = Duration::from_millis(50);
+                            continue;
+                        }
+                        demand::Held::Spill(port) => {
+                            self.spill(port, &mut client, &mut held).await;
+                            return;
+                        }
+                        demand::Held::Over => return,
+                    }
+                }
                 Err(e) => e,
                 Ok(ep) => {
                     let target = format!("{}:{}", ep.connect_host(), ep.port);
@@ -255,6 +294,22 @@ impl Lookup {
                     }
                 }
             };
+            if Instant::now() + pause > deadline && self.on_demand.is_some() {
+                // The recorded gateway does not answer (it is draining after an idle stop,
+                // or died): hold while the chain ends or a new job starts.
+                match self.hold(&mut client, &mut held, &mut held_since).await {
+                    demand::Held::Ready => {
+                        deadline = Instant::now() + RETRY_FOR;
+                        pause = Duration::from_millis(50);
+                        continue;
+                    }
+                    demand::Held::Spill(port) => {
+                        self.spill(port, &mut client, &mut held).await;
+                        return;
+                    }
+                    demand::Held::Over => return,
+                }
+            }
             if Instant::now() + pause > deadline {
                 break Some((
                     "the gateway".to_string(),
@@ -273,6 +328,33 @@ impl Lookup {
             ) {
                 eprintln!("llmgw connect: connection to {target}: {e}");
             }
+        }
+    }
+
+    /// Forwards a held connection to the spill gateway on loopback.
+    async fn spill(&self, port: u16, client: &mut TcpStream, held: &mut Vec<u8>) {
+        let target = format!("127.0.0.1:{port}");
+        let r = match local(&target, client, held).await {
+            Attempt::Done(r) => r.err().map(|e| e.to_string()),
+            Attempt::Retry(why) => Some(why),
+        };
+        if let Some(e) = r {
+            eprintln!("llmgw connect: connection to the spill gateway at {target}: {e}");
+        }
+    }
+
+    async fn hold(
+        &self,
+        client: &mut TcpStream,
+        held: &mut Vec<u8>,
+        since: &mut Option<Instant>,
+    ) -> demand::Held {
+        match &self.on_demand {
+            Some(d) => {
+                let began = *since.get_or_insert_with(Instant::now);
+                d.hold(client, held, began).await
+            }
+            None => demand::Held::Over,
         }
     }
 

@@ -15,6 +15,10 @@ pub mod counters {
     pub static FORWARDED: AtomicU64 = AtomicU64::new(0);
     pub static FORWARD_ERRORS: AtomicU64 = AtomicU64::new(0);
     pub static TAKEBACKS: AtomicU64 = AtomicU64::new(0);
+    /// `[slurm] idle_stop` in seconds (0: off).
+    pub static IDLE_STOP_SECS: AtomicU64 = AtomicU64::new(0);
+    /// GPUs this job holds (all nodes).
+    pub static JOB_GPUS: AtomicU64 = AtomicU64::new(0);
 }
 
 /// The chain's metrics in Prometheus text format (append to `/metrics`).
@@ -87,6 +91,29 @@ pub fn metrics_text() -> String {
         "counter",
         "Handovers that did not hold: the successor was lost and this job took the endpoint back",
         counters::TAKEBACKS.load(Relaxed).to_string(),
+    );
+    family(
+        "llmgw_idle_stop_seconds",
+        "gauge",
+        "[slurm] idle_stop: this job ends its chain after this long without a request (0 off)",
+        counters::IDLE_STOP_SECS.load(Relaxed).to_string(),
+    );
+    let last = crate::idle::last_request_ms();
+    family(
+        "llmgw_seconds_since_last_request",
+        "gauge",
+        "Seconds since the last API request reached this gateway (-1 none yet)",
+        if last == 0 {
+            "-1".to_string()
+        } else {
+            (llmgw_core::state::now_unix_ms().saturating_sub(last) / 1000).to_string()
+        },
+    );
+    family(
+        "llmgw_job_gpus",
+        "gauge",
+        "GPUs this job holds over all its nodes (GPU-hours used = elapsed x this)",
+        counters::JOB_GPUS.load(Relaxed).to_string(),
     );
     out
 }

@@ -27,11 +27,13 @@
 //! installed only for chain members); this side says when and where.
 
 mod handover;
+mod idle;
 mod metrics;
 mod submit;
 mod successor;
 mod watch;
 
+pub use idle::InFlight;
 pub use metrics::{counters, metrics_text};
 pub use submit::{submit_generation, submit_successor, Submitted};
 
@@ -41,7 +43,7 @@ use llmgw_core::state::{self, EndpointRecord};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -115,6 +117,12 @@ pub struct Member {
     /// The record this job published (written again when it takes the endpoint back).
     record: Mutex<Option<EndpointRecord>>,
     published: AtomicBool,
+    /// Unix ms when this job became current (the idle clock starts there).
+    published_ms: AtomicU64,
+    /// `[slurm] idle_stop`: drain and end after this long without a request.
+    idle_stop: Option<Duration>,
+    /// `[slurm] renew`, for what an idle stop saved.
+    renews: bool,
     /// How this job ended, for the chain record.
     how: Mutex<String>,
     handover: Mutex<Option<HandoverFacts>>,
@@ -176,6 +184,7 @@ impl Member {
             None => (env_gen.unwrap_or(1), env_pred),
         };
         counters::GENERATION.store(generation, Ordering::Relaxed);
+        counters::JOB_GPUS.store(crate::idle::job_gpus(), Ordering::Relaxed);
         Some(Member {
             dir,
             job_id,
@@ -189,6 +198,9 @@ impl Member {
             load_time: Mutex::new(None),
             record: Mutex::new(None),
             published: AtomicBool::new(false),
+            published_ms: AtomicU64::new(0),
+            idle_stop: slurm.idle_stop.as_ref().map(|d| d.get_ref().0),
+            renews: slurm.renew,
             how: Mutex::new("stopped".into()),
             handover: Mutex::new(None),
         })
@@ -271,6 +283,8 @@ impl Member {
         let load = self.since_start();
         *lock(&self.load_time) = Some(load);
         *lock(&self.record) = Some(rec);
+        self.published_ms
+            .store(state::now_unix_ms(), Ordering::SeqCst);
         self.published.store(true, Ordering::SeqCst);
         if let Some(p) = self.policy {
             tracing::info!(

@@ -124,6 +124,14 @@ impl Member {
         if left > before || r.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        if let Some(why) = self.idle_renewal_note() {
+            if r.why_not.as_deref() != Some(why.as_str()) {
+                tracing::info!("renewal: no successor submitted: {why}");
+            }
+            // Looked at again soon: a request may come.
+            r.why_not = Some(why);
+            return;
+        }
         let dir = self.dir.clone();
         let me = self.job_id.clone();
         let max = policy.max;

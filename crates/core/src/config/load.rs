@@ -327,6 +327,22 @@ impl Config {
             .as_deref()
             .and_then(crate::duration::parse_time_limit);
         let timeout = slurm.handover_timeout.as_ref().map(|t| t.get_ref().0);
+        if let Some(t) = &slurm.idle_stop {
+            if t.get_ref().0 < Duration::from_secs(30) {
+                return Err(src.at(
+                    t.span(),
+                    "[slurm] idle_stop must be at least 30s (e.g. \"30m\"): a gateway needs a while between requests before it is idle",
+                ));
+            }
+        }
+        if let Some(t) = &slurm.hold_timeout {
+            if t.get_ref().0 < Duration::from_secs(1) {
+                return Err(src.at(
+                    t.span(),
+                    "[slurm] hold_timeout must be at least 1s (e.g. \"15m\"): how long connect holds a request while the job starts",
+                ));
+            }
+        }
         if let Some(t) = &slurm.handover_timeout {
             if t.get_ref().0 < Duration::from_secs(10) {
                 return Err(src.at(

@@ -628,6 +628,24 @@ pub struct SlurmConfig {
     /// times the current job's own load time, at least that plus 30s].
     #[serde(skip_serializing)]
     pub handover_timeout: Option<Spanned<Dur>>,
+    /// Stop when idle: a gateway that has had no request for this long drains and ends its
+    /// job (COMPLETED, no successor), so an unused gateway does not hold GPUs all night
+    /// [default: off].
+    #[serde(skip_serializing)]
+    pub idle_stop: Option<Spanned<Dur>>,
+    /// Start on the first request: `llmgw connect` keeps listening while no job runs, and
+    /// the first request submits the job and is held until it is ready.
+    #[serde(skip_serializing)]
+    pub on_demand: bool,
+    /// How long `connect` holds a request while the job is pending or loading; beyond, a
+    /// 503 with `Retry-After` naming the job and SLURM's reason [default: 15m].
+    #[serde(skip_serializing)]
+    pub hold_timeout: Option<Spanned<Dur>>,
+    /// While an on-demand start is pending, `connect` serves held requests from the
+    /// config's cloud deployments (or fallbacks to cloud groups) [default: true when every
+    /// group with local backends has one].
+    #[serde(skip_serializing)]
+    pub spill_while_pending: Option<bool>,
 }
 
 /// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or a number of seconds.
@@ -796,6 +814,23 @@ mod tests {
         assert!(err.contains("shorter than the time limit"), "{err}");
         let err = cfg("30s").unwrap_err().to_string();
         assert!(err.contains("too short"), "{err}");
+    }
+
+    // Issue 24: idle_stop and hold_timeout are bounded, with the line of the value.
+    #[test]
+    fn scale_to_zero_settings_are_checked() {
+        let cfg = |extra: &str| Config::load_str(&format!("[slurm]\n{extra}\n"), "x.toml");
+        let ok = cfg("idle_stop = \"1m\"\non_demand = true\nhold_timeout = \"15m\"\nspill_while_pending = false").unwrap();
+        assert!(ok.config.slurm.on_demand);
+        assert_eq!(ok.config.slurm.spill_while_pending, Some(false));
+        let err = cfg("idle_stop = \"10s\"").unwrap_err().to_string();
+        assert!(
+            err.contains("x.toml:2") && err.contains("idle_stop must be at least 30s"),
+            "{err}"
+        );
+        let err = cfg("hold_timeout = \"0s\"").unwrap_err().to_string();
+        assert!(err.contains("hold_timeout must be at least 1s"), "{err}");
+        assert!(cfg("on_demand = \"yes\"").is_err());
     }
 
     // Issue 30: a renew_before too short for a lost successor to be replaced in time is
