@@ -19,7 +19,11 @@ GLIBC=2.17
 PROFILE=${LLMGW_RELEASE_PROFILE:-dist}
 NAME=llmgw-x86_64-linux-gnu
 OUT=dist/$NAME
-MAX_BYTES=$((20 * 1024 * 1024))
+# The size budget: 24 MiB. It was 20 MiB until batches, retention and scale to zero
+# (issues 24, 27, 29) landed together and the stripped binary went from 17.9 to 21.1 MiB;
+# `connect`'s spill gateway instantiates `serve::run` and `proxy_for` a second time, the
+# first place to look when shrinking it again.
+MAX_BYTES=$((24 * 1024 * 1024))
 
 smoke=0
 case ${1:-} in
@@ -91,7 +95,7 @@ chmod 0644 "$OUT.debug"
 # --- checks --------------------------------------------------------------------------
 size=$(stat -c %s "$OUT")
 say "$OUT: $((size / 1024 / 1024)) MiB ($size bytes)"
-[ "$size" -le "$MAX_BYTES" ] || die "$OUT is $size bytes, over the 20 MiB budget"
+[ "$size" -le "$MAX_BYTES" ] || die "$OUT is $size bytes, over the 24 MiB budget"
 
 # Every versioned glibc symbol must be at most GLIBC_$GLIBC.
 newest=$(objdump -T "$OUT" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/^GLIBC_//' | sort -uV | tail -n1)
