@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
-log() { printf '\n== %s\n' "$*"; }
+# Every heading says how long the run has taken so far, so a slow step shows in CI's log.
+log() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 # --- system packages (apt-get only when something is missing) ----------------------
 missing=()

@@ -106,7 +106,8 @@ impl Relay {
             Err(e) => return Ok(e.into_response()),
         };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let url = format!("{}{path}", t.base);
+        let mut t = t;
+        let mut url = format!("{}{path}", t.base);
         let headers = end_to_end(&parts.headers);
         let mut attempt = 0;
         let resp = loop {
@@ -123,14 +124,21 @@ impl Relay {
                 Err(e) if e.is_connect() => {
                     self.refused.fetch_add(1, Ordering::SeqCst);
                     // Nothing reached the successor: serve it here while this job still
-                    // has its backends, else try again.
-                    if self.fallback.load(Ordering::SeqCst) {
+                    // has its backends (during the grace, or because the endpoint was
+                    // taken back since this request looked at the target), else try
+                    // again, at the newest target.
+                    let now = self.target.load_full();
+                    if self.fallback.load(Ordering::SeqCst) || now.is_none() {
                         let local = InFlight::new(self.clone(), Counter::Local);
                         tracing::warn!(error = %e, successor = %t.base, "the successor refused a forwarded request; serving it here");
                         return Err((Request::from_parts(parts, Body::from(body)), local));
                     }
                     if attempt >= FORWARD_ATTEMPTS {
                         return Ok(self.unreachable(&t, &e));
+                    }
+                    if let Some(now) = now.filter(|now| !Arc::ptr_eq(now, &t)) {
+                        url = format!("{}{path}", now.base);
+                        t = now;
                     }
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 }
@@ -483,6 +491,72 @@ mod tests {
             serve(axum::Router::new().route("/health/readiness", get(|| async { "ready" }))).await;
         relay.forward_to(successor, "44");
         assert_eq!(relay.probe().await, Probe::Ready);
+    }
+
+    // Issue 30, the CI failure: a request that looked at the target just before the old
+    // job took the endpoint back (successor dead) was refused by the dead successor after
+    // the take-back had switched the fallback off, retried the dead address and got a
+    // 502. Forced ordering: the first attempt is refused while no fallback is allowed,
+    // the endpoint is taken back during the pause before the second attempt, and the
+    // request must then be served here.
+    #[tokio::test]
+    async fn a_request_refused_across_a_take_back_is_served_here() {
+        let relay = Relay::new(1024).unwrap();
+        let app = axum::Router::new()
+            .route("/v1/models", get(|| async { "local" }))
+            .layer(axum::middleware::from_fn_with_state(
+                relay.clone(),
+                relay_fn,
+            ));
+        let old = serve(app).await;
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        relay.forward_to(dead, "45");
+        relay.set_fallback(false);
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        let sent = tokio::spawn(c.get(format!("{old}/v1/models")).send());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while relay.refused() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never forwarded");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Forwarding::take_back(&*relay);
+        let r = sent.await.unwrap().unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        assert_eq!(r.text().await.unwrap(), "local");
+        assert_eq!(relay.refused(), 2, "one retry, then served here");
+    }
+
+    // A retry after a refused connection goes to the newest successor (a `restart`
+    // replaced the one that was refused).
+    #[tokio::test]
+    async fn a_retry_follows_a_newer_successor() {
+        let relay = Relay::new(1024).unwrap();
+        let app = axum::Router::new().layer(axum::middleware::from_fn_with_state(
+            relay.clone(),
+            relay_fn,
+        ));
+        let old = serve(app).await;
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let newer =
+            serve(axum::Router::new().route("/v1/models", get(|| async { "newer" }))).await;
+        relay.forward_to(dead, "46");
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        let sent = tokio::spawn(c.get(format!("{old}/v1/models")).send());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while relay.refused() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never forwarded");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        relay.forward_to(newer, "47");
+        let r = sent.await.unwrap().unwrap();
+        assert_eq!(r.headers()["x-llmgw-forwarded-to"], "47");
+        assert_eq!(r.text().await.unwrap(), "newer");
     }
 
     use futures_util::StreamExt as _;
