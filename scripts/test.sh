@@ -85,26 +85,51 @@ run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/llmgw-test-run.XXXXXX")
 # Like /tmp: tests run servers as other users (PostgreSQL as `postgres`), who must reach it.
 chmod 1777 "$run_tmp"
 export TMPDIR=$run_tmp
-long_pid=
-long_log=$run_tmp/renew_long.log
-faults_pid=
-faults_log=$run_tmp/renew_faults.log
-zero_pid=
-zero_log=$run_tmp/scale_zero.log
 failures=()
+
+# Steps that run in the background beside the rest (each in its own process group, so
+# that everything it starts can be stopped with it), collected in order at the end.
+bg_names=()
+bg_pids=()
+bg_logs=()
+bg_filters=()
+# background NAME FILTER COMMAND...: FILTER "requests" leaves out the gateways' request
+# log lines when the step's output is shown.
+background() {
+  local name=$1 filter=$2
+  shift 2
+  local out=$run_tmp/background-${#bg_pids[@]}.log
+  log "starting $name in the background"
+  setsid "$@" >"$out" 2>&1 &
+  bg_pids+=($!)
+  bg_names+=("$name")
+  bg_logs+=("$out")
+  bg_filters+=("$filter")
+}
+collect_background() {
+  local i status
+  for i in "${!bg_pids[@]}"; do
+    [ -n "${bg_pids[$i]}" ] || continue
+    log "${bg_names[$i]}"
+    status=0
+    wait "${bg_pids[$i]}" || status=$?
+    bg_pids[$i]=
+    if [ "${bg_filters[$i]}" = requests ]; then
+      grep -v ' INFO request ' "${bg_logs[$i]}" || true
+    else
+      cat "${bg_logs[$i]}"
+    fi
+    [ $status -eq 0 ] || failures+=("${bg_names[$i]}")
+  done
+}
 
 stop_everything() {
   local rc=$?
   set +e
-  if [ -n "$long_pid" ]; then
-    kill -TERM -- "-$long_pid" 2>/dev/null
-  fi
-  if [ -n "$faults_pid" ]; then
-    kill -TERM -- "-$faults_pid" 2>/dev/null
-  fi
-  if [ -n "$zero_pid" ]; then
-    kill -TERM -- "-$zero_pid" 2>/dev/null
-  fi
+  local pid
+  for pid in "${bg_pids[@]}"; do
+    [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null
+  done
   # Jobs first (a gateway in a job may be about to submit its successor): scancel
   # what logs under this run, again until none is left (a successor submitted meanwhile).
   if command -v squeue >/dev/null 2>&1; then
@@ -136,46 +161,42 @@ step() {
   fi
 }
 
-# The five-minute handover test (tests/renew_long.rs) waits on SLURM time limits more
-# than it computes: build it, start it now in the background, collect it at the end.
 # A fresh CI clone gains nothing from incremental build state (it only costs disk).
 [ "${CI:-}" = "true" ] && export CARGO_INCREMENTAL=0
 
 log "building the tests"
 cargo test --workspace --no-run --lib --bins --tests --quiet
-long_bin=$(cargo test --test renew_long --no-run --message-format=json 2>/dev/null |
-  grep '"name":"renew_long"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
-if [ -n "$long_bin" ]; then
-  log "starting the five-minute handover test in the background"
-  # Its own process group, so that everything it starts can be stopped with it.
-  setsid "$long_bin" --nocapture --test-threads=1 >"$long_log" 2>&1 &
-  long_pid=$!
-fi
-# The chain's fault scenarios (tests/renew_faults.rs) wait on SLURM time limits too, a
-# minute or two each: all at once, in the background, beside the rest.
-faults_bin=$(cargo test --test renew_faults --no-run --message-format=json 2>/dev/null |
-  grep '"name":"renew_faults"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
-if [ -n "$faults_bin" ]; then
-  log "starting the chain fault scenarios in the background"
-  setsid "$faults_bin" --nocapture --test-threads=8 chain_fault_ >"$faults_log" 2>&1 &
-  faults_pid=$!
-fi
-
-# Scale to zero (tests/idle.rs, tests/on_demand.rs): an idle stop waits a minute, so both
-# files run side by side in the background (about two minutes).
 test_bin() {
   cargo test --test "$1" --no-run --message-format=json 2>/dev/null |
     grep "\"name\":\"$1\"" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1
 }
+# The five-minute handover test (tests/renew_long.rs) waits on SLURM time limits more
+# than it computes: start it now, collect it at the end.
+long_bin=$(test_bin renew_long)
+[ -z "$long_bin" ] ||
+  background "the five-minute handover test (tests/renew_long.rs)" all \
+    "$long_bin" --nocapture --test-threads=1
+# The chain's fault scenarios (tests/renew_faults.rs) wait on SLURM time limits too, a
+# minute or two each: all at once, beside the rest.
+faults_bin=$(test_bin renew_faults)
+[ -z "$faults_bin" ] ||
+  background "the chain fault scenarios (tests/renew_faults.rs)" requests \
+    "$faults_bin" --nocapture --test-threads=8 chain_fault_
+# Scale to zero (tests/idle.rs, tests/on_demand.rs): an idle stop waits a minute, so both
+# files run side by side (about two minutes).
 idle_bin=$(test_bin idle)
 demand_bin=$(test_bin on_demand)
 if [ -n "$idle_bin" ] && [ -n "$demand_bin" ]; then
-  log "starting the scale-to-zero tests in the background"
-  setsid bash -c '"$1" --nocapture --test-threads=2 scale_zero_ & a=$!
-    "$2" --nocapture --test-threads=4 scale_zero_ & b=$!
-    wait $a; ra=$?; wait $b; rb=$?; exit $((ra | rb))' _ "$idle_bin" "$demand_bin" >"$zero_log" 2>&1 &
-  zero_pid=$!
+  background "the scale-to-zero tests (tests/idle.rs, tests/on_demand.rs)" requests \
+    bash -c '"$1" --nocapture --test-threads=2 scale_zero_ & a=$!
+      "$2" --nocapture --test-threads=4 scale_zero_ & b=$!
+      wait $a; ra=$?; wait $b; rb=$?; exit $((ra | rb))' _ "$idle_bin" "$demand_bin"
 fi
+# The release build (fat LTO, one codegen unit: the longest compile of the run) uses the
+# CPU the tests leave while they wait on SLURM, niced so that it never slows them much.
+# Its own profile (target/*/dist), so it holds no lock the test builds need.
+background "release binary (scripts/release.sh --smoke): glibc floor 2.17, at most 24 MiB, --version, serve" all \
+  nice -n 10 bash scripts/release.sh --smoke
 
 if [ $quick -eq 0 ]; then
   step "cargo fmt --check" cargo fmt --all -- --check
@@ -192,35 +213,8 @@ run_tests() {
 }
 step "cargo test" run_tests
 step "benchmarks, once each as smoke tests" cargo test --no-fail-fast --bench '*'
-step "release binary (scripts/release.sh --smoke): glibc floor 2.17, at most 24 MiB, --version, serve" \
-  bash scripts/release.sh --smoke
 
-if [ -n "$faults_pid" ]; then
-  log "the chain fault scenarios (tests/renew_faults.rs)"
-  status=0
-  wait "$faults_pid" || status=$?
-  faults_pid=
-  grep -v ' INFO request ' "$faults_log" || true
-  [ $status -eq 0 ] || failures+=("the chain fault scenarios (tests/renew_faults.rs)")
-fi
-
-if [ -n "$zero_pid" ]; then
-  log "the scale-to-zero tests (tests/idle.rs, tests/on_demand.rs)"
-  status=0
-  wait "$zero_pid" || status=$?
-  zero_pid=
-  grep -v ' INFO request ' "$zero_log" || true
-  [ $status -eq 0 ] || failures+=("the scale-to-zero tests (tests/idle.rs, tests/on_demand.rs)")
-fi
-
-if [ -n "$long_pid" ]; then
-  log "the five-minute handover test (tests/renew_long.rs)"
-  status=0
-  wait "$long_pid" || status=$?
-  long_pid=
-  cat "$long_log"
-  [ $status -eq 0 ] || failures+=("the five-minute handover test (tests/renew_long.rs)")
-fi
+collect_background
 
 if [ ${#failures[@]} -gt 0 ]; then
   printf '\n== FAILED: %d step(s)\n' "${#failures[@]}"
