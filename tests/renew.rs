@@ -480,7 +480,13 @@ async fn connect_over_ssh_keeps_one_url_across_a_handover() {
         .into_iter()
         .filter(|o| o.sent_ms + o.latency.as_millis() as u64 + 50 < cut_ms || o.sent_ms > back_ms)
         .collect();
-    assert!(bad.is_empty(), "{} failed: {:?}", bad.len(), bad.first());
+    assert!(
+        bad.is_empty(),
+        "{} failed: {:?}\nssh cut at {cut_ms}, back at {back_ms}, generation 2 at {handover_ms}, first job gone at {first_gone_ms}\nconnect said:\n{}",
+        bad.len(),
+        bad.first(),
+        connect.stderr_text()
+    );
     let after = outcomes.iter().filter(|o| o.sent_ms > handover_ms).count();
     assert!(after > 20, "too few requests after the handover: {after}");
     let err = connect.stderr_text();
