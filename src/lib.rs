@@ -59,6 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => crate::commands::logs::run(args),
         Command::Keys(args) => crate::commands::keys::run(args),
         Command::Spend(args) => crate::commands::spend::run(args),
+        Command::Users(args) => crate::commands::users::run(args),
         Command::Batches(args) => crate::commands::batches::run(args),
         Command::Doctor(args) => crate::commands::doctor::run(args),
         Command::Connect(args) => crate::commands::connect::run(args),

@@ -313,6 +313,8 @@ fn million_rows(now_ms: i64) -> impl Iterator<Item = Vec<SpendRow>> {
                     ts_ms: now_ms - span + i * (span / N),
                     key_id: format!("key{:02}", i % 50),
                     team_id: format!("team{}", i % 5),
+                    user_id: String::new(),
+                    end_user: String::new(),
                     model_group: ["local", "gpt-4o", "claude", "gemini"][(i % 4) as usize].into(),
                     deployment: "d".into(),
                     prompt_tokens: 100,
