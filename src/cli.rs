@@ -45,7 +45,7 @@ pub enum Command {
     /// Run the gateway in the foreground (what the SLURM job runs; works without SLURM).
     Serve(llmgw_gateway::serve::ServeArgs),
     /// Virtual keys of the running gateway: create, list, info, update, revoke.
-    Keys(crate::commands::keys::KeysArgs),
+    Keys(Box<crate::commands::keys::KeysArgs>),
     /// Users of the running gateway (a budget and limits over all their keys): create,
     /// list, info, update, delete.
     Users(crate::commands::users::UsersArgs),

@@ -57,7 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => crate::commands::stop::run(args),
         Command::Status(args) => crate::commands::status::run(args),
         Command::Logs(args) => crate::commands::logs::run(args),
-        Command::Keys(args) => crate::commands::keys::run(args),
+        Command::Keys(args) => crate::commands::keys::run(*args),
         Command::Spend(args) => crate::commands::spend::run(args),
         Command::Users(args) => crate::commands::users::run(args),
         Command::Batches(args) => crate::commands::batches::run(args),
