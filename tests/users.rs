@@ -442,3 +442,29 @@ async fn the_openai_sdk_with_end_users() {
     let out = run_python_script(&gw, "openai_sdk_users.py", &[], &key).await;
     assert!(out.ends_with("ok\n"), "{out}");
 }
+
+// The LiteLLM SDK as a client (`litellm.completion(model="openai/local", user=...)`):
+// end users are limited the same way. Skipped when litellm is not installed
+// (scripts/test.sh installs it).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_litellm_sdk_with_end_users() {
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import litellm"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        common::skip("the LiteLLM SDK is not installed (pip install litellm==1.81.16)");
+        return;
+    }
+    let up = mock("users-litellm", Behavior::default()).await;
+    let models = format!(
+        "{}\n{}",
+        openai_model("gpt-4o-mini", "m", &up.base_url(), PRICED),
+        openai_model("local", "m", &up.base_url(), PRICED)
+    );
+    let gw = gateway(&models, "").start().await;
+    let base = gw.url("");
+    let (key, _) = new_key(&base, json!({"end_user_max_budget": 0.002})).await;
+    let out = run_python_script(&gw, "litellm_sdk_users.py", &[], &key).await;
+    assert!(out.ends_with("ok\n"), "{out}");
+}

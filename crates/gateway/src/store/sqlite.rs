@@ -489,6 +489,61 @@ mod tests {
         }
     }
 
+    // A file made before users: the new table, columns and indexes are added on open,
+    // its rows are kept, and new rows name the user and the end user.
+    #[tokio::test]
+    async fn an_older_file_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("llmgw.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            let old = SCHEMA.replace(
+                "CREATE TABLE IF NOT EXISTS llmgw_users (id TEXT PRIMARY KEY, record TEXT NOT NULL);",
+                "",
+            );
+            c.execute_batch(&old).unwrap();
+            c.execute(
+                "INSERT INTO llmgw_spend VALUES ('old', 5, 'k1', '', 'm', 'd', 1, 2, 7, 3, 200, 0)",
+                [],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO llmgw_spend_hourly VALUES (0, 'k1', '', 'm', 1, 1, 2, 7, 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = super::super::Store::Sqlite(SqliteStore::open(Some(&path)).unwrap());
+        // Twice: idempotent.
+        drop(SqliteStore::open(Some(&path)).unwrap());
+        let mut r = row("new", 10, "k2", 20);
+        r.user_id = "alice".into();
+        r.end_user = "ann".into();
+        s.insert_spend(&[r]).await.unwrap();
+        assert_eq!(s.spend_since(Owner::User("alice"), 0).await.unwrap(), 20);
+        assert_eq!(s.spend_since(Owner::Key("k1"), 0).await.unwrap(), 7);
+        assert_eq!(
+            s.end_user_spend(Some("k2"), "ann", 0, 100).await.unwrap(),
+            20
+        );
+        assert_eq!(
+            s.end_user_spend(Some("k1"), "ann", 0, 100).await.unwrap(),
+            0
+        );
+        assert_eq!(s.end_user_spend(None, "ann", 11, 100).await.unwrap(), 0);
+        let rep = s
+            .spend_report(GroupBy::User, 0, HOUR_MS)
+            .await
+            .unwrap()
+            .rows;
+        let names: Vec<(&str, i64)> = rep
+            .iter()
+            .map(|r| (r.group.as_str(), r.cost_nanos))
+            .collect();
+        assert_eq!(names, [("alice", 20), ("", 7)]);
+        assert!(s.load().await.unwrap().users.is_empty());
+    }
+
     #[tokio::test]
     async fn rows_and_report_on_a_real_file() {
         let dir = tempfile::tempdir().unwrap();
