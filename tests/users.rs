@@ -86,6 +86,20 @@ async fn a_users_budget_spans_all_its_keys() {
         "{info}"
     );
     assert_eq!(info["keys"].as_array().unwrap().len(), 2, "{info}");
+    let metrics = common::client()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(common::keys::MASTER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains("llmgw_user_period_spend_usd{user=\"alice\",user_id=\"alice\"} 0.002400000"),
+        "{metrics}"
+    );
     // Raising the user's budget lets its keys through again.
     let (s, v) = admin(
         &base,

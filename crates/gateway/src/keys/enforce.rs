@@ -377,7 +377,8 @@ impl Who<'_> {
             Who::Team(t) => format!("POST /team/update {{\"team_id\": {:?}, ...}}", t.id),
             Who::User(u) => format!("llmgw users update {} {flag}", u.id),
             Who::EndUser(k, _, _) => {
-                format!("llmgw keys update {} --end-user-{}", k.name(), &flag[2..])
+                let flag = flag.trim_start_matches('-');
+                format!("llmgw keys update {} --end-user-{flag}", k.name())
             }
         }
     }
