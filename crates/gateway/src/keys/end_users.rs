@@ -14,7 +14,7 @@
 //! - An end user seen for the first time by this process (after a restart or being
 //!   forgotten) is admitted at once and its period's spend so far is read from the store
 //!   in the background and added: the requests in those few milliseconds are judged on
-//!   what this process counted.
+//!   what this process counted. At most four such reads run at once.
 //! - Per replica: with several replicas each counts its own (not shared through Redis).
 //! - Names longer than [`MAX_END_USER_LEN`] bytes are refused (400) by a key that limits
 //!   end users; elsewhere they are recorded cut to that length.
@@ -35,6 +35,11 @@ pub const MAX_END_USERS_PER_KEY: usize = 100_000;
 pub const MAX_END_USER_LEN: usize = 256;
 
 const SHARDS: usize = 16;
+
+/// Reads of end users' spend from the store at once (the rest wait their turn), so a
+/// flood of new end-user names cannot crowd the spend writer and admin calls out of the
+/// store's connection.
+static LOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// One end user of one key.
 #[derive(Debug)]
@@ -254,6 +259,9 @@ impl super::KeyService {
                 let (store, key, c) = (self.store.clone(), k.rec.id.clone(), e.counters.clone());
                 let id = name.to_string();
                 rt.spawn(async move {
+                    let Ok(_permit) = LOADS.acquire().await else {
+                        return;
+                    };
                     let since = (start as i64).saturating_mul(1000);
                     match store.end_user_spend(Some(&key), &id, since, now_ms as i64).await {
                         Ok(spent) => c.add_spend(start, spent),
