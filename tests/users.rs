@@ -330,6 +330,12 @@ async fn users_survive_a_restart() {
     let (k2, _) = new_key(&base, json!({"user_id": "finn"})).await;
     assert_eq!(chat(&base, &k1, "local", false, false).await.status(), 200);
     assert_eq!(chat(&base, &k2, "local", false, false).await.status(), 200);
+    // An application key whose end users may spend three requests' worth each: "ann"
+    // spends two of them before the restart.
+    let (app, _) = new_key(&base, json!({"end_user_max_budget": 0.007})).await;
+    for _ in 0..2 {
+        assert_eq!(chat_as(&base, &app, "ann").await.status(), 200);
+    }
     gw.sigterm();
     assert!(gw.wait_exit(Duration::from_secs(15)).await.success());
     drop(gw);
@@ -345,6 +351,14 @@ async fn users_survive_a_restart() {
     assert_eq!(info["user_info"]["max_budget"], 0.004);
     let e = refused(chat(&base, &k1, "local", false, false).await, 429).await;
     assert_eq!(e["error"]["type"], "budget_exceeded", "{e}");
+    // ann's spend is read back from the spend rows when she is first seen again (in the
+    // background: that first request is admitted); then her third request's worth is
+    // spent and she is refused, where counting from 0 would have allowed three more.
+    assert_eq!(chat_as(&base, &app, "ann").await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = refused(chat_as(&base, &app, "ann").await, 429).await;
+    assert_eq!(e["error"]["type"], "budget_exceeded", "{e}");
+    assert_eq!(chat_as(&base, &app, "bo").await.status(), 200);
 }
 
 // End users of one application key: end user A is refused once its budget is spent
