@@ -72,12 +72,15 @@ fn table(n: usize) -> (Table, Vec<String>) {
                 user_id: None,
                 team_id: Some("lab".into()),
                 limits: limits(),
+                end_user: None,
                 expires_at: Some(u64::MAX / 2),
                 metadata: serde_json::Value::Null,
                 created_at: 0,
             },
             counters: Arc::new(Counters::default()),
             team: Some(team.clone()),
+            user: None,
+            end_users: Default::default(),
         });
         t.by_id.insert(e.rec.id.clone(), e.clone());
         t.by_hash.insert(h, e);
@@ -119,8 +122,16 @@ fn keys(c: &mut Criterion) {
     let caller = Caller::Key(entry);
     g.bench_function("admit + finish (key and team, every limit)", |b| {
         b.iter(|| {
-            let t = Ticket::admit(black_box(&caller), "local", BODY_LEN, EST, spend.clone())
-                .expect("admitted");
+            let t = Ticket::admit(
+                black_box(&caller),
+                "local",
+                BODY_LEN,
+                EST,
+                None,
+                None,
+                spend.clone(),
+            )
+            .expect("admitted");
             t.finish(Outcome {
                 deployment: "local-1".into(),
                 usage,
@@ -134,8 +145,8 @@ fn keys(c: &mut Criterion) {
         b.iter(|| {
             let e = table.lookup(&hash_key(black_box(&key))).expect("key");
             let caller = Caller::Key(e.clone());
-            let t =
-                Ticket::admit(&caller, "local", BODY_LEN, EST, spend.clone()).expect("admitted");
+            let t = Ticket::admit(&caller, "local", BODY_LEN, EST, None, None, spend.clone())
+                .expect("admitted");
             t.finish(Outcome {
                 deployment: "local-1".into(),
                 usage,

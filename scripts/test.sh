@@ -51,6 +51,11 @@ for sdk in openai anthropic; do
     python3 -m pip install --quiet --disable-pip-version-check "$sdk"
   fi
 done
+# The LiteLLM SDK as a client of llmgw (tests/users.rs), pinned.
+if ! python3 -c "import litellm" >/dev/null 2>&1; then
+  log "installing the LiteLLM Python SDK (pip install litellm==1.81.16)"
+  python3 -m pip install --quiet --disable-pip-version-check litellm==1.81.16
+fi
 
 # --- The pinned SGLang release's wheel (no dependencies, ~40 MB), whose source
 # tests/sglang_compat.rs checks llmgw's launch lines and load readings against ------------

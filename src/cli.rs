@@ -45,8 +45,11 @@ pub enum Command {
     /// Run the gateway in the foreground (what the SLURM job runs; works without SLURM).
     Serve(llmgw_gateway::serve::ServeArgs),
     /// Virtual keys of the running gateway: create, list, info, update, revoke.
-    Keys(crate::commands::keys::KeysArgs),
-    /// What was spent, per key, team or model group.
+    Keys(Box<crate::commands::keys::KeysArgs>),
+    /// Users of the running gateway (a budget and limits over all their keys): create,
+    /// list, info, update, delete.
+    Users(crate::commands::users::UsersArgs),
+    /// What was spent, per key, team, user or model group.
     Spend(crate::commands::spend::SpendArgs),
     /// Batches the running gateway runs (/v1/batches): list, status (--watch), cancel.
     Batches(crate::commands::batches::BatchesArgs),

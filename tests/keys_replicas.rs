@@ -313,6 +313,8 @@ fn million_rows(now_ms: i64) -> impl Iterator<Item = Vec<SpendRow>> {
                     ts_ms: now_ms - span + i * (span / N),
                     key_id: format!("key{:02}", i % 50),
                     team_id: format!("team{}", i % 5),
+                    user_id: String::new(),
+                    end_user: String::new(),
                     model_group: ["local", "gpt-4o", "claude", "gemini"][(i % 4) as usize].into(),
                     deployment: "d".into(),
                     prompt_tokens: 100,
@@ -459,4 +461,62 @@ async fn postgres_store_survives_gateway_restarts() {
         chat(&gw.url(""), &key, "local", true, false).await.status(),
         200
     );
+}
+
+// Issue 21: users live in PostgreSQL like teams. A user made on replica 1 (and a key
+// of it) is used by replica 2; the user's budget, spent through replica 1, refuses the
+// user's key on replica 2 (Redis shares the spend); both report the same spend by user.
+#[tokio::test(flavor = "multi_thread")]
+async fn users_are_shared_by_replicas() {
+    let pg = PgServer::start();
+    let redis = RedisServer::start();
+    let up = mock("replica-users", Behavior::default()).await;
+    let models = openai_model("local", "m", &up.base_url(), PRICED);
+    let gw1 = gateway(&models, &shared(&pg, Some(&redis))).start().await;
+    let gw2 = gateway(&models, &shared(&pg, Some(&redis))).start().await;
+    let (b1, b2) = (gw1.url(""), gw2.url(""));
+    // One request's worth of budget (less than two).
+    let budget = 1.5 * COST_NANOS as f64 / 1e9;
+    let (s, v) = admin(
+        &b1,
+        Method::POST,
+        "/user/new",
+        Some(json!({"user_id": "ida", "max_budget": budget})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (k1, _) = new_key(&b1, json!({"user_id": "ida"})).await;
+    let (k2, _) = new_key(&b1, json!({"user_id": "ida"})).await;
+    let info = common::wait_for(Duration::from_secs(10), "the user on replica 2", || async {
+        let (s, v) = admin(&b2, Method::GET, "/user/info?user_id=ida", None).await;
+        (s == 200 && v["keys"].as_array().map(Vec::len) == Some(2)).then_some(v)
+    })
+    .await;
+    assert_eq!(info["user_info"]["max_budget"], json!(budget));
+    assert_eq!(chat(&b1, &k1, "local", false, false).await.status(), 200);
+    assert_eq!(chat(&b1, &k1, "local", false, false).await.status(), 200);
+    // Replica 2 learns the user's spend from Redis within a few sync rounds.
+    let served = Arc::new(AtomicUsize::new(0));
+    common::wait_for(
+        Duration::from_secs(10),
+        "the user's spend on replica 2",
+        || async {
+            let r = chat(&b2, &k2, "local", false, false).await;
+            if r.status() == 200 {
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+            (r.status() == 429).then_some(())
+        },
+    )
+    .await;
+    let want = json!(2 + served.load(Ordering::Relaxed));
+    let q = "/spend/report?group_by=user&start=2020-01-01&end=2100-01-01";
+    let r1 = common::wait_for(Duration::from_secs(5), "the spend rows", || async {
+        let (_, v) = admin(&b1, Method::GET, q, None).await;
+        (v["groups"][0]["group"] == "ida" && v["groups"][0]["requests"] == want).then_some(v)
+    })
+    .await;
+    let (_, r2) = admin(&b2, Method::GET, q, None).await;
+    assert_eq!(r1, r2);
+    drop((gw1, gw2));
 }

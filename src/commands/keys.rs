@@ -115,9 +115,22 @@ pub struct KeyFields {
     /// The key's team (its budget and limits apply too).
     #[arg(long)]
     pub team: Option<String>,
-    /// Who the key is for.
+    /// The key's user (created with `llmgw users create`): its budget and limits apply
+    /// too, counted over all its keys.
     #[arg(long)]
     pub user: Option<String>,
+    /// Budget in USD per period for each end user of the key (the request's `user`).
+    #[arg(long)]
+    pub end_user_max_budget: Option<String>,
+    /// The end users' budget period: 30s, 1h, 1d, 30d.
+    #[arg(long)]
+    pub end_user_budget_duration: Option<String>,
+    /// Requests per minute for each end user.
+    #[arg(long)]
+    pub end_user_rpm: Option<String>,
+    /// Tokens per minute for each end user.
+    #[arg(long)]
+    pub end_user_tpm: Option<String>,
     /// Lifetime from now, e.g. 30d (`none` = never expires).
     #[arg(long)]
     pub expires: Option<String>,
@@ -128,7 +141,7 @@ pub struct KeyFields {
 
 impl KeyFields {
     /// The admin API body for these flags.
-    fn body(&self) -> anyhow::Result<Map<String, Value>> {
+    pub fn body(&self) -> anyhow::Result<Map<String, Value>> {
         let mut m = Map::new();
         let none = |s: &str| s.eq_ignore_ascii_case("none");
         let text = |m: &mut Map<String, Value>, k: &str, v: &Option<String>| {
@@ -140,6 +153,11 @@ impl KeyFields {
         text(&mut m, "team_id", &self.team);
         text(&mut m, "user_id", &self.user);
         text(&mut m, "budget_duration", &self.budget_duration);
+        text(
+            &mut m,
+            "end_user_budget_duration",
+            &self.end_user_budget_duration,
+        );
         text(&mut m, "duration", &self.expires);
         text(&mut m, "priority", &self.priority);
         text(&mut m, "max_priority", &self.max_priority);
@@ -155,20 +173,31 @@ impl KeyFields {
             };
             m.insert("models".into(), v);
         }
-        if let Some(b) = &self.max_budget {
+        for (flag, key, b) in [
+            ("--max-budget", "max_budget", &self.max_budget),
+            (
+                "--end-user-max-budget",
+                "end_user_max_budget",
+                &self.end_user_max_budget,
+            ),
+        ] {
+            let Some(b) = b else { continue };
             let v = if none(b) {
                 Value::Null
             } else {
-                let usd: f64 = b.trim_start_matches('$').parse().with_context(|| {
-                    format!("--max-budget {b:?} is not a number of USD (e.g. 0.50)")
-                })?;
+                let usd: f64 = b
+                    .trim_start_matches('$')
+                    .parse()
+                    .with_context(|| format!("{flag} {b:?} is not a number of USD (e.g. 0.50)"))?;
                 json!(usd)
             };
-            m.insert("max_budget".into(), v);
+            m.insert(key.into(), v);
         }
         for (flag, key, v) in [
             ("--rpm", "rpm_limit", &self.rpm),
             ("--tpm", "tpm_limit", &self.tpm),
+            ("--end-user-rpm", "end_user_rpm_limit", &self.end_user_rpm),
+            ("--end-user-tpm", "end_user_tpm_limit", &self.end_user_tpm),
             ("--weight", "weight", &self.weight),
             (
                 "--max-parallel",
@@ -385,7 +414,7 @@ pub fn urlencode(s: &str) -> String {
         .collect()
 }
 
-fn opt(v: &Value) -> String {
+pub fn opt(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),

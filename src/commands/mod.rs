@@ -17,6 +17,7 @@ pub mod start;
 pub mod status;
 pub mod status_store;
 pub mod stop;
+pub mod users;
 
 use crate::args::Target;
 use anyhow::Context as _;

@@ -1,4 +1,4 @@
-//! `llmgw spend [--by key|team|model] [--since 7d] [--json]`: what was spent, from the
+//! `llmgw spend [--by key|team|user|model] [--since 7d] [--json]`: what was spent, from the
 //! running gateway's `/spend/report`.
 
 use super::keys::{render_table, urlencode, Admin, GatewayArgs};
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 pub struct SpendArgs {
     #[command(flatten)]
     pub gateway: GatewayArgs,
-    /// Group by key, team or model group.
+    /// Group by key, team, user or model group.
     #[arg(long, value_enum, default_value = "key")]
     pub by: GroupBy,
     /// From this long ago (7d, 12h) or this date/time (2026-05-01, 2026-05-01T10:00:00Z).
@@ -30,6 +30,7 @@ pub fn run(args: SpendArgs) -> anyhow::Result<ExitCode> {
     let by = match args.by {
         GroupBy::Key => "key",
         GroupBy::Team => "team",
+        GroupBy::User => "user",
         GroupBy::Model => "model",
     };
     let mut path = format!(

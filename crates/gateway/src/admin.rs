@@ -4,14 +4,18 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /key/generate` | new key (shown once): `key_alias`, `models`, `max_budget`, `budget_duration`, `rpm_limit`, `tpm_limit`, `max_parallel_requests`, `duration`, `team_id`, `user_id`, `metadata`, `blocked` |
+//! | `POST /key/generate` | new key (shown once): `key_alias`, `models`, `max_budget`, `budget_duration`, `rpm_limit`, `tpm_limit`, `max_parallel_requests`, `duration`, `team_id`, `user_id` (an existing user, else 400), `metadata`, `blocked`, and per end user `end_user_max_budget`, `end_user_budget_duration`, `end_user_rpm_limit`, `end_user_tpm_limit` |
 //! | `POST /key/update` | `{"key": KEY|id|alias, ...same fields}`; `null` clears a field |
 //! | `POST /key/delete` | `{"keys": [...]}` / `{"key_aliases": [...]}` |
 //! | `POST /key/block`, `/key/unblock` | `{"key": ...}` |
 //! | `GET /key/info?key=`, `GET /key/list` | records with current-period spend |
 //! | `POST /team/new`, `/team/update`, `GET /team/info?team_id=` | teams |
-//! | `GET /spend/logs?api_key=&team_id=&start=&end=&limit=` | newest spend rows |
-//! | `GET /spend/report?group_by=key|team|model&start=&end=` | totals per group |
+//! | `POST /user/new`, `/user/update` | users: `user_id`, `user_alias`, `models`, `max_budget`, `budget_duration`, `rpm_limit`, `tpm_limit`, `max_parallel_requests`, `metadata`, `blocked` |
+//! | `POST /user/delete` | `{"user_ids": [...]}`; refused while keys name them unless `"delete_keys": true` |
+//! | `GET /user/info?user_id=`, `GET /user/list` | users with current-period spend (and their keys) |
+//! | `GET /customer/info?end_user_id=&key=` (also `/end_user/info`) | an end user's spend (store, `start`/`end`) and, per key that limits end users, this period's |
+//! | `GET /spend/logs?api_key=&team_id=&user_id=&end_user_id=&start=&end=&limit=` | newest spend rows |
+//! | `GET /spend/report?group_by=key|team|user|model&start=&end=` | totals per group |
 
 use crate::keys::KeyService;
 use crate::state::AppState;
@@ -49,6 +53,12 @@ handlers! {
     unblock => handle_write(Op::Unblock),
     team_new => handle_write(Op::TeamNew),
     team_update => handle_write(Op::TeamUpdate),
+    user_new => handle_write(Op::UserNew),
+    user_update => handle_write(Op::UserUpdate),
+    user_delete => handle_write(Op::UserDelete),
+    user_info => handle_read(Read::UserInfo),
+    user_list => handle_read(Read::UserList),
+    end_user_info => handle_read(Read::EndUserInfo),
     key_info => handle_read(Read::KeyInfo),
     key_list => handle_read(Read::KeyList),
     team_info => handle_read(Read::TeamInfo),
@@ -69,6 +79,13 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/key/info", get(key_info))
         .route("/key/list", get(key_list))
         .route("/team/info", get(team_info))
+        .route("/user/new", post(user_new))
+        .route("/user/update", post(user_update))
+        .route("/user/delete", post(user_delete))
+        .route("/user/info", get(user_info))
+        .route("/user/list", get(user_list))
+        .route("/customer/info", get(end_user_info))
+        .route("/end_user/info", get(end_user_info))
         .route("/spend/logs", get(spend_logs))
         .route("/spend/report", get(spend_report))
 }
@@ -82,6 +99,9 @@ enum Op {
     Unblock,
     TeamNew,
     TeamUpdate,
+    UserNew,
+    UserUpdate,
+    UserDelete,
 }
 
 #[derive(Clone, Copy)]
@@ -89,6 +109,9 @@ enum Read {
     KeyInfo,
     KeyList,
     TeamInfo,
+    UserInfo,
+    UserList,
+    EndUserInfo,
     Logs,
     Report,
 }
@@ -160,6 +183,9 @@ async fn handle_write(
         Op::Unblock => keys.block(&body, false).await,
         Op::TeamNew => keys.team_new(&body).await,
         Op::TeamUpdate => keys.team_update(&body).await,
+        Op::UserNew => keys.user_new(&body).await,
+        Op::UserUpdate => keys.user_update(&body).await,
+        Op::UserDelete => keys.user_delete(&body).await,
     })
 }
 
@@ -188,6 +214,9 @@ async fn handle_read(
         Read::KeyInfo => need("key").and_then(|k| keys.info(k)),
         Read::KeyList => Ok(keys.list()),
         Read::TeamInfo => need("team_id").and_then(|t| keys.team_info(t)),
+        Read::UserInfo => need("user_id").and_then(|u| keys.user_info(u)),
+        Read::UserList => Ok(keys.user_list()),
+        Read::EndUserInfo => keys.end_user_info(&q).await,
         Read::Logs => keys.spend_logs(&q).await,
         Read::Report => keys.spend_report(&q).await,
     })

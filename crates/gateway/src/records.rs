@@ -69,6 +69,10 @@ pub struct KeyRecord {
     pub team_id: Option<String>,
     #[serde(flatten)]
     pub limits: Limits,
+    /// Limits for each end user of the key (the request's OpenAI `user`, Anthropic's
+    /// `metadata.user_id`): budget per period, rpm, tpm. `None`: end users are not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<Limits>,
     /// Unix seconds after which the key is refused.
     pub expires_at: Option<u64>,
     #[serde(default)]
@@ -86,6 +90,25 @@ pub struct TeamRecord {
     #[serde(default)]
     pub metadata: serde_json::Value,
     pub created_at: u64,
+}
+
+/// A user (LiteLLM's level between key and team): keys with `user_id` share its budget
+/// and limits on top of their own and their team's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserRecord {
+    pub id: String,
+    pub alias: Option<String>,
+    #[serde(flatten)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub metadata: serde_json::Value,
+    pub created_at: u64,
+}
+
+impl UserRecord {
+    pub fn name(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.id)
+    }
 }
 
 impl KeyRecord {
@@ -288,6 +311,13 @@ pub struct SpendRow {
     pub key_id: String,
     /// The key's team; empty for none.
     pub team_id: String,
+    /// The key's user; empty for none.
+    #[serde(default)]
+    pub user_id: String,
+    /// The end user the request named (OpenAI `user`, Anthropic `metadata.user_id`);
+    /// empty for none.
+    #[serde(default)]
+    pub end_user: String,
     pub model_group: String,
     /// The deployment that answered (`cache` for a cache hit).
     pub deployment: String,

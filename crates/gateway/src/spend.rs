@@ -407,6 +407,8 @@ mod tests {
                 ts_ms: 1,
                 key_id: String::new(),
                 team_id: String::new(),
+                user_id: String::new(),
+                end_user: String::new(),
                 model_group: "g".into(),
                 deployment: "d".into(),
                 prompt_tokens: 1,

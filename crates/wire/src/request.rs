@@ -126,6 +126,11 @@ pub struct ClientRequest {
     /// several are given): what the gateway reserves against a key's budget and tpm
     /// before the answer is known. `None` when absent (a configured default is used).
     pub max_tokens: Option<u64>,
+    /// The end user the request is for: the top-level `user` string (OpenAI's chat
+    /// completions, completions, embeddings, responses), else `metadata.user_id`
+    /// (Anthropic's Messages); the last one when repeated. Read by the same pass that
+    /// finds `model`.
+    pub end_user: Option<String>,
     /// Which model groups this request may reach by any fallback path (set by the
     /// gateway for a virtual key; `None`: every group).
     pub access: Option<std::sync::Arc<dyn GroupAccess>>,
@@ -156,6 +161,46 @@ pub(crate) fn whole_number(token: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(token).ok()?.parse().ok()
+}
+
+/// The raw value of the last field `name` of a JSON object (`None` for anything else).
+fn last_field<'a>(text: &'a str, name: &str) -> Option<&'a RawValue> {
+    struct Last<'n>(&'n str);
+    impl<'de> serde::de::Visitor<'de> for Last<'_> {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Option<&'de RawValue>, A::Error> {
+            let mut found = None;
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if k == self.0 {
+                    found = Some(map.next_value::<&'de RawValue>()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::Deserializer::deserialize_map(&mut de, Last(name))
+        .ok()
+        .flatten()
+}
+
+/// The end user of a valid JSON object (the full parse's counterpart of the fast scan's):
+/// `user` when it is a string, else `metadata.user_id` when that is one.
+fn end_user_of(text: &str) -> Option<String> {
+    let string = |v: &RawValue| serde_json::from_str::<String>(v.get()).ok();
+    last_field(text, "user").and_then(string).or_else(|| {
+        last_field(text, "metadata")
+            .and_then(|m| last_field(m.get(), "user_id"))
+            .and_then(string)
+    })
 }
 
 /// The largest top-level `max_tokens`/`max_completion_tokens`/`max_output_tokens` of a
@@ -410,6 +455,11 @@ impl ClientRequest {
         } else {
             raw[1..raw.len() - 1].to_owned()
         };
+        let end_user = match &fast.end_user {
+            None => None,
+            Some((span, true)) => Some(serde_json::from_str(&text[span.clone()]).ok()?),
+            Some((span, false)) => Some(text[span.start + 1..span.end - 1].to_owned()),
+        };
         Some(ClientRequest {
             endpoint,
             body: body.clone(),
@@ -417,6 +467,7 @@ impl ClientRequest {
             stream: fast.stream,
             include_usage: fast.include_usage,
             max_tokens: fast.max_tokens,
+            end_user,
             access: None,
             options: RequestOptions::default(),
             forwarded: Forwarded::default(),
@@ -508,6 +559,7 @@ impl ClientRequest {
             stream,
             include_usage,
             max_tokens: output_cap(text),
+            end_user: end_user_of(text),
             access: None,
             options,
             forwarded: Forwarded::default(),
@@ -743,7 +795,7 @@ mod tests {
         match r {
             Ok(r) => format!(
                 "ok model={:?} stream={} usage={} max_tokens={:?} span={:?} body={:?} fallbacks={:?} \
-                 disable={} timeout={:?} cache={:?}",
+                 disable={} timeout={:?} cache={:?} end_user={:?}",
                 r.model,
                 r.stream,
                 r.include_usage,
@@ -754,6 +806,7 @@ mod tests {
                 r.options.disable_fallbacks,
                 r.options.timeout,
                 r.options.cache.as_ref().map(|c| c.get()),
+                r.end_user,
             ),
             Err(e) => format!("err {:?} param={:?}", e.message, e.param),
         }
@@ -931,6 +984,21 @@ mod tests {
             ];
             fields.push(("stream_options".into(), v[rng.usize(0..v.len())].into()));
         }
+        if rng.u32(0..3) == 0 {
+            let (k, v) = [
+                ("user", r#""alice""#),
+                ("user", r#""\u00e9\"x""#),
+                ("user", "3"),
+                ("user", "null"),
+                ("user", r#""\ud800""#),
+                ("metadata", r#"{"user_id":"bob"}"#),
+                ("metadata", r#"{"x":[1],"user_id":"a","user_id":"b"}"#),
+                ("metadata", r#"{"user_id":7}"#),
+                ("metadata", r#"{"user_\u0069d":"c"}"#),
+                ("metadata", "[]"),
+            ][rng.usize(0..10)];
+            fields.push((k.into(), v.into()));
+        }
         if rng.u32(0..8) == 0 {
             let (k, v) = [
                 ("fallbacks", r#"["a","b","a"]"#),
@@ -1005,6 +1073,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn end_users_are_read_on_both_paths() {
+        for (body, want) in [
+            (
+                r#"{"model":"m","user":"alice","messages":[]}"#,
+                Some("alice"),
+            ),
+            (
+                r#"{"model":"m","metadata":{"user_id":"u-42"}}"#,
+                Some("u-42"),
+            ),
+            (
+                r#"{"model":"m","metadata":{"user_id":"b"},"user":"a"}"#,
+                Some("a"),
+            ),
+            (r#"{"model":"m","user":"\u00e9","timeout":3}"#, Some("é")),
+            (r#"{"model":"m","user":3}"#, None),
+            (r#"{"model":"m"}"#, None),
+        ] {
+            assert_eq!(parse(body).unwrap().end_user.as_deref(), want, "{body}");
+            check_same(body.as_bytes());
+        }
+    }
+
     /// Hand-picked edge cases of the JSON grammar and of serde_json's struct rules.
     #[test]
     fn fast_path_edge_cases_agree() {
@@ -1058,6 +1150,13 @@ mod tests {
             r#"{"model":"m","x":"unterminated}"#,
             r#"{"model":"m","x":"ends in backslash\"#,
             r#"{"model":"m","x":"\u00"#,
+            r#"{"model":"m","user":"a","user":"b"}"#,
+            r#"{"model":"m","user":"a","user":1}"#,
+            r#"{"model":"m","metadata":{"user_id":"b"},"user":"a"}"#,
+            r#"{"model":"m","metadata":{"user_id":"b"},"user":null}"#,
+            r#"{"model":"m","metadata":{"user_id":"b",}}"#,
+            r#"{"model":"m","metadata":{}}"#,
+            r#"{"model":"m","user":"\u00e9"}"#,
         ] {
             check_same(body.as_bytes());
         }

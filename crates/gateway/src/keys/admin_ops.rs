@@ -8,13 +8,11 @@ use super::{
     check_usd, double_option, format_period, generate_key, hash_key, hex, hint, nanos_to_usd,
     now_s, parse_period, KeyRecord, Limits, TeamRecord, KEY_PREFIX,
 };
-use crate::store::{GroupBy, LogQuery, ReportRow};
 use axum::http::StatusCode;
 use llmgw_core::error::ApiError;
 use llmgw_wire::request::priority;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Limits on what admin calls may send.
@@ -42,6 +40,7 @@ impl KeyService {
                 budget_anchor: now,
                 ..Limits::default()
             },
+            end_user: None,
             expires_at: None,
             metadata: Value::Null,
             created_at: now,
@@ -211,140 +210,6 @@ impl KeyService {
         Ok(json!({"team_id": t.rec.id, "team_info": team_info(&t, now), "keys": keys}))
     }
 
-    /// `GET /spend/logs`.
-    pub async fn spend_logs(&self, q: &HashMap<String, String>) -> Result<Value, ApiError> {
-        let key_id = match q.get("api_key").or_else(|| q.get("key")) {
-            Some(k) => Some(self.find_key(k)?.rec.id.clone()),
-            None => None,
-        };
-        let (start, end) = time_range(q)?;
-        let limit = match q.get("limit") {
-            Some(l) => l
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=10_000).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad_request("limit must be a number from 1 to 10000")
-                        .with_param("limit")
-                })?,
-            None => 100,
-        };
-        let rows = self
-            .store
-            .spend_logs(&LogQuery {
-                key_id,
-                team_id: q.get("team_id").cloned(),
-                start_ms: start,
-                end_ms: end,
-                limit,
-            })
-            .await
-            .map_err(store_err)?;
-        let t = self.table.load();
-        let out: Vec<Value> = rows
-            .into_iter()
-            .map(|r| {
-                let alias = t.by_id.get(&r.key_id).and_then(|e| e.rec.alias.clone());
-                json!({
-                    "request_id": r.request_id,
-                    "startTime": llmgw_core::state::rfc3339((r.ts_ms.max(0) as u64) / 1000),
-                    "ts_ms": r.ts_ms,
-                    "api_key": r.key_id,
-                    "key_alias": alias,
-                    "team_id": r.team_id,
-                    "model_group": r.model_group,
-                    "model": r.deployment,
-                    "prompt_tokens": r.prompt_tokens,
-                    "completion_tokens": r.completion_tokens,
-                    "total_tokens": r.prompt_tokens + r.completion_tokens,
-                    "spend": nanos_to_usd(r.cost_nanos),
-                    "cost_nanos": r.cost_nanos,
-                    "latency_ms": r.latency_ms,
-                    "status": r.status,
-                    "cache_hit": r.cache_hit,
-                })
-            })
-            .collect();
-        Ok(Value::Array(out))
-    }
-
-    /// `GET /spend/report?group_by=key|team|model&start=&end=`.
-    pub async fn spend_report(&self, q: &HashMap<String, String>) -> Result<Value, ApiError> {
-        let by = match q.get("group_by").map(String::as_str) {
-            None | Some("key") => GroupBy::Key,
-            Some("team") => GroupBy::Team,
-            Some("model") => GroupBy::Model,
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "group_by {other:?}: use key, team or model"
-                ))
-                .with_param("group_by"))
-            }
-        };
-        let (start, end) = time_range(q)?;
-        let rep = self
-            .store
-            .spend_report(by, start, end)
-            .await
-            .map_err(store_err)?;
-        let mut v = self.report_json(by, start, end, rep.rows);
-        crate::retention::describe_coverage(&mut v, &rep.coverage, rep.pruned_before_ms);
-        Ok(v)
-    }
-
-    pub(crate) fn report_json(
-        &self,
-        by: GroupBy,
-        start: i64,
-        end: i64,
-        rows: Vec<ReportRow>,
-    ) -> Value {
-        let t = self.table.load();
-        let name = |g: &str| -> Value {
-            match by {
-                GroupBy::Key if g.is_empty() => json!("(master key)"),
-                GroupBy::Key => t
-                    .by_id
-                    .get(g)
-                    .and_then(|e| e.rec.alias.clone())
-                    .map_or(Value::Null, Value::String),
-                GroupBy::Team if g.is_empty() => json!("(no team)"),
-                GroupBy::Team => t
-                    .teams
-                    .get(g)
-                    .and_then(|e| e.rec.alias.clone())
-                    .map_or(Value::Null, Value::String),
-                GroupBy::Model => Value::Null,
-            }
-        };
-        let total: i64 = rows.iter().map(|r| r.cost_nanos).sum();
-        let groups: Vec<Value> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "group": r.group,
-                    "name": name(&r.group),
-                    "requests": r.requests,
-                    "prompt_tokens": r.prompt_tokens,
-                    "completion_tokens": r.completion_tokens,
-                    "total_tokens": r.prompt_tokens + r.completion_tokens,
-                    "spend": nanos_to_usd(r.cost_nanos),
-                    "cost_nanos": r.cost_nanos,
-                    "cache_hits": r.cache_hits,
-                    "errors": r.errors,
-                })
-            })
-            .collect();
-        json!({
-            "group_by": match by { GroupBy::Key => "key", GroupBy::Team => "team", GroupBy::Model => "model" },
-            "start": llmgw_core::state::rfc3339((start.max(0) as u64) / 1000),
-            "end": llmgw_core::state::rfc3339((end.clamp(0, 253_402_300_799_000) as u64) / 1000),
-            "total_spend": nanos_to_usd(total),
-            "total_cost_nanos": total,
-            "groups": groups,
-        })
-    }
-
     /// Applies a patch to a key record, validating everything.
     pub(crate) fn apply_key(
         &self,
@@ -378,6 +243,12 @@ impl KeyService {
         if let Some(u) = p.user_id {
             if let Some(u) = &u {
                 check_text("user_id", u)?;
+                if !self.table.load().users.contains_key(u) {
+                    return Err(ApiError::bad_request(format!(
+                        "user {u:?} does not exist; create it first with POST /user/new (llmgw users create {u})"
+                    ))
+                    .with_param("user_id"));
+                }
             }
             rec.user_id = u;
         }
@@ -401,6 +272,13 @@ impl KeyService {
         if let Some(m) = p.metadata {
             rec.metadata = check_metadata(m.unwrap_or(Value::Null))?;
         }
+        super::end_users::EndUserPatch {
+            max_budget: p.end_user_max_budget,
+            budget_duration: p.end_user_budget_duration,
+            rpm: p.end_user_rpm_limit,
+            tpm: p.end_user_tpm_limit,
+        }
+        .apply(rec, now)?;
         apply_limits(&mut rec.limits, p.limits, now)
     }
 }
@@ -447,6 +325,15 @@ pub(crate) struct KeyPatch {
     pub(crate) duration: Option<Option<Value>>,
     #[serde(default, deserialize_with = "double_option")]
     pub(crate) metadata: Option<Option<Value>>,
+    /// Limits for each end user (the request's `user`): see `end_users`.
+    #[serde(default, deserialize_with = "double_option")]
+    pub(crate) end_user_max_budget: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub(crate) end_user_budget_duration: Option<Option<Value>>,
+    #[serde(default, alias = "end_user_rpm", deserialize_with = "double_option")]
+    pub(crate) end_user_rpm_limit: Option<Option<u64>>,
+    #[serde(default, alias = "end_user_tpm", deserialize_with = "double_option")]
+    pub(crate) end_user_tpm_limit: Option<Option<u64>>,
     #[serde(flatten)]
     pub(crate) limits: LimitsPatch,
 }
@@ -476,7 +363,7 @@ fn apply_team(rec: &mut TeamRecord, p: TeamPatch, now: u64) -> Result<(), ApiErr
     apply_limits(&mut rec.limits, p.limits, now)
 }
 
-fn apply_limits(l: &mut Limits, p: LimitsPatch, now: u64) -> Result<(), ApiError> {
+pub(crate) fn apply_limits(l: &mut Limits, p: LimitsPatch, now: u64) -> Result<(), ApiError> {
     let bad = |param: &str, m: String| ApiError::bad_request(m).with_param(param);
     if let Some(m) = p.models {
         let m = m.unwrap_or_default();
@@ -563,6 +450,8 @@ fn apply_limits(l: &mut Limits, p: LimitsPatch, now: u64) -> Result<(), ApiError
     Ok(())
 }
 
+pub use super::reports::parse_time;
+
 /// A period given as `"30s"`/`"1d"` or a number of seconds.
 fn period_field(param: &str, v: &Value) -> Result<u64, ApiError> {
     let r = match v {
@@ -576,7 +465,7 @@ fn period_field(param: &str, v: &Value) -> Result<u64, ApiError> {
     r.map_err(|m| ApiError::bad_request(format!("{param}: {m}")).with_param(param))
 }
 
-fn check_text<'a>(param: &str, s: &'a str) -> Result<&'a str, ApiError> {
+pub(crate) fn check_text<'a>(param: &str, s: &'a str) -> Result<&'a str, ApiError> {
     if s.trim().is_empty() || s.len() > MAX_TEXT || s.chars().any(char::is_control) {
         return Err(ApiError::bad_request(format!(
             "{param} must be 1-{MAX_TEXT} printable characters"
@@ -609,7 +498,7 @@ fn looks_like_key_id(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn check_metadata(v: Value) -> Result<Value, ApiError> {
+pub(crate) fn check_metadata(v: Value) -> Result<Value, ApiError> {
     if !(v.is_object() || v.is_null()) {
         return Err(ApiError::bad_request("metadata must be a JSON object").with_param("metadata"));
     }
@@ -623,7 +512,7 @@ fn check_metadata(v: Value) -> Result<Value, ApiError> {
 }
 
 /// Parses an admin body; unknown fields are errors (a typo must not pass silently).
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -654,74 +543,7 @@ fn split_ident<T: serde::de::DeserializeOwned>(
     Ok((ident, p))
 }
 
-/// `start`/`end` query parameters: RFC 3339 dates/times (`2026-05-01`,
-/// `2026-05-01T10:00:00Z`), unix seconds, or relative (`7d` = 7 days ago). Defaults: the
-/// last 30 days up to now.
-fn time_range(q: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
-    let now = llmgw_router::now_ms() as i64;
-    let parse = |param: &str, default: i64| -> Result<i64, ApiError> {
-        match q.get(param).map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            None => Ok(default),
-            Some(s) => parse_time(s, now).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "{param} {s:?}: use a date (2026-05-01), a UTC time (2026-05-01T10:00:00Z), unix seconds, or an age such as 7d"
-                ))
-                .with_param(param)
-            }),
-        }
-    };
-    let start = parse("start", now - 30 * 86_400_000)?;
-    let end = parse("end", now + 1)?;
-    Ok((start, end))
-}
-
-/// A point in time as unix ms.
-pub fn parse_time(s: &str, now_ms: i64) -> Option<i64> {
-    if let Ok(secs) = parse_period(s) {
-        if !s.chars().all(|c| c.is_ascii_digit()) {
-            return Some(now_ms - (secs as i64) * 1000);
-        }
-    }
-    if s.len() <= 12 && s.chars().all(|c| c.is_ascii_digit()) {
-        return s.parse::<i64>().ok().map(|v| v * 1000);
-    }
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let (mut hh, mut mm, mut ss) = (0, 0, 0);
-    if b.len() > 10 {
-        if !(b[10] == b'T' || b[10] == b' ') || b.len() < 19 {
-            return None;
-        }
-        hh = num(11..13)?;
-        mm = num(14..16)?;
-        ss = num(17..19)?;
-        let rest = &s[19..];
-        if !(rest.is_empty() || rest == "Z" || rest == "+00:00") {
-            return None;
-        }
-        if hh > 23 || mm > 59 || ss > 60 {
-            return None;
-        }
-    }
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400) + hh * 3600 + mm * 60 + ss) * 1000)
-}
-
-fn limits_json(l: &Limits, c: &Counters, now: u64) -> Value {
+pub(crate) fn limits_json(l: &Limits, c: &Counters, now: u64) -> Value {
     let (_, start, end) = l.period(now);
     json!({
         "models": l.models,
@@ -739,7 +561,7 @@ fn limits_json(l: &Limits, c: &Counters, now: u64) -> Value {
     })
 }
 
-fn merge(mut a: Value, b: Value) -> Value {
+pub(crate) fn merge(mut a: Value, b: Value) -> Value {
     if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
         a.extend(b);
     }
@@ -760,7 +582,10 @@ pub fn key_info(e: &KeyEntry, now: u64) -> Value {
             "metadata": r.metadata,
             "created_at": llmgw_core::state::rfc3339(r.created_at),
         }),
-        limits_json(&r.limits, &e.counters, now),
+        merge(
+            limits_json(&r.limits, &e.counters, now),
+            super::end_users::limits_json(r),
+        ),
     )
 }
 

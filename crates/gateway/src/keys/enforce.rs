@@ -15,16 +15,18 @@
 //! Windows are calendar minutes (as LiteLLM's limiter and the deployments' own rpm/tpm),
 //! so every replica counts in the same window and Retry-After is the time to its end.
 
+pub use super::end_users::EndUserEntry;
 use super::ratelimit::Rate;
-use super::{nanos_to_usd, KeyRecord, Limits, TeamRecord};
-use crate::spend::{Spend, SpendRow, Usage};
+pub use super::ticket::{Outcome, Ticket};
+pub use super::users::UserEntry;
+use super::{nanos_to_usd, KeyRecord, Limits, TeamRecord, UserRecord};
+use crate::spend::Usage;
 use axum::http::StatusCode;
 use llmgw_core::error::ApiError;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 const LOW: u64 = 0xffff_ffff;
 
@@ -200,8 +202,17 @@ impl Counters {
         packed_count(self.minute_tokens.load(Ordering::Relaxed), minute)
     }
 
+    /// Adds `n` nano-dollars spent in the period starting at `start` (read back from the
+    /// store for an end user seen again).
+    pub(crate) fn add_spend(&self, start: u64, n: i64) {
+        self.roll(start);
+        if n != 0 && self.period.load(Ordering::Acquire) == start {
+            self.spend.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
     /// Adds a finished request's cost and tokens.
-    fn charge(&self, period: u64, minute: u64, usage: Usage, cost: i64) {
+    pub(crate) fn charge(&self, period: u64, minute: u64, usage: Usage, cost: i64) {
         let tokens = usage.total();
         if tokens > 0 {
             packed_add(&self.minute_tokens, minute, tokens, None);
@@ -260,6 +271,10 @@ pub struct KeyEntry {
     pub rec: KeyRecord,
     pub counters: Arc<Counters>,
     pub team: Option<Arc<TeamEntry>>,
+    /// The key's user, when `user_id` names one that exists.
+    pub user: Option<Arc<UserEntry>>,
+    /// The end users this key's requests named (only tracked with `end_user` limits).
+    pub end_users: Arc<super::end_users::EndUsers>,
 }
 
 /// Everything the request path knows about keys; replaced whole on every change.
@@ -268,6 +283,7 @@ pub struct Table {
     pub by_hash: HashMap32,
     pub by_id: HashMap<String, Arc<KeyEntry>>,
     pub teams: HashMap<String, Arc<TeamEntry>>,
+    pub users: HashMap<String, Arc<UserEntry>>,
 }
 
 impl Table {
@@ -336,11 +352,14 @@ pub fn rejections() -> impl Iterator<Item = (Reason, u64)> {
         .map(|r| (r, REJECTIONS[r as usize].load(Ordering::Relaxed)))
 }
 
-/// Whose limit refused a request, for messages.
+/// A level whose limits a request must pass, for messages.
 #[derive(Clone, Copy)]
-enum Who<'a> {
+pub(crate) enum Who<'a> {
     Key(&'a KeyRecord),
     Team(&'a TeamRecord),
+    User(&'a UserRecord),
+    /// An end user of the key, with the key's per-end-user limits.
+    EndUser(&'a KeyRecord, &'a str, &'a Limits),
 }
 
 impl Who<'_> {
@@ -348,18 +367,27 @@ impl Who<'_> {
         match self {
             Who::Key(k) => format!("API key {:?}", k.name()),
             Who::Team(t) => format!("team {:?}", t.name()),
+            Who::User(u) => format!("user {:?}", u.name()),
+            Who::EndUser(k, id, _) => format!("end user {id:?} of API key {:?}", k.name()),
         }
     }
     fn update_hint(&self, flag: &str) -> String {
         match self {
             Who::Key(k) => format!("llmgw keys update {} {flag}", k.name()),
             Who::Team(t) => format!("POST /team/update {{\"team_id\": {:?}, ...}}", t.id),
+            Who::User(u) => format!("llmgw users update {} {flag}", u.id),
+            Who::EndUser(k, _, _) => {
+                let flag = flag.trim_start_matches('-');
+                format!("llmgw keys update {} --end-user-{flag}", k.name())
+            }
         }
     }
-    fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         match self {
             Who::Key(k) => &k.limits,
             Who::Team(t) => &t.limits,
+            Who::User(u) => &u.limits,
+            Who::EndUser(_, _, l) => l,
         }
     }
 }
@@ -396,6 +424,17 @@ pub fn unusable(entry: &KeyEntry, now_s: u64) -> Option<ApiError> {
             .with_code("key_expired"),
         );
     }
+    if let Some(user) = entry.user.as_ref().filter(|u| u.rec.limits.blocked) {
+        reject(Reason::Blocked);
+        return Some(
+            ApiError::unauthorized(format!(
+                "API key {:?} belongs to user {:?}, who has been blocked; ask the gateway's administrator",
+                rec.name(),
+                user.rec.name()
+            ))
+            .with_code("user_blocked"),
+        );
+    }
     if let Some(team) = entry.team.as_ref().filter(|t| t.rec.limits.blocked) {
         reject(Reason::Blocked);
         return Some(
@@ -410,26 +449,31 @@ pub fn unusable(entry: &KeyEntry, now_s: u64) -> Option<ApiError> {
     None
 }
 
-/// What an admitted request holds, per level (key, team): its parallel slots, the
-/// estimated cost held against budgets and the estimated tokens held against tpm in
-/// `minute`. All released when dropped, which [`Ticket`] does after it charged the
-/// actual cost (so spend and reservation never both miss a request).
+/// Levels a request passes: key, team, user, end user.
+const LEVELS: usize = 4;
+
+/// What an admitted request holds, per level ([`KeyEntry::levels`]: key, team, user, end
+/// user): its parallel slots, the estimated cost held against budgets and the estimated
+/// tokens held against tpm in `minute`. All released when dropped, which [`Ticket`] does
+/// after it charged the actual cost (so spend and reservation never both miss a request).
 #[derive(Debug)]
-struct Claims {
-    key: Option<Arc<KeyEntry>>,
-    parallel: [bool; 2],
-    held_spend: [i64; 2],
-    held_tokens: [u64; 2],
+pub(crate) struct Claims {
+    pub(crate) key: Option<Arc<KeyEntry>>,
+    pub(crate) end_user: Option<Arc<EndUserEntry>>,
+    parallel: [bool; LEVELS],
+    held_spend: [i64; LEVELS],
+    held_tokens: [u64; LEVELS],
     minute: u64,
 }
 
 impl Claims {
-    fn none() -> Claims {
+    pub(crate) fn none() -> Claims {
         Claims {
             key: None,
-            parallel: [false; 2],
-            held_spend: [0; 2],
-            held_tokens: [0; 2],
+            end_user: None,
+            parallel: [false; LEVELS],
+            held_spend: [0; LEVELS],
+            held_tokens: [0; LEVELS],
             minute: 0,
         }
     }
@@ -438,8 +482,7 @@ impl Claims {
 impl Drop for Claims {
     fn drop(&mut self) {
         let Some(k) = &self.key else { return };
-        for i in 0..2 {
-            let Some(c) = k.counters_at(i) else { continue };
+        for (i, (_, c)) in k.levels(self.end_user.as_deref()).enumerate() {
             if self.parallel[i] {
                 c.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
@@ -463,52 +506,63 @@ pub struct Estimate {
 }
 
 impl llmgw_wire::request::GroupAccess for KeyEntry {
-    /// The key's and its team's allowed models: what every fallback group is checked
-    /// against (finding 3 of issue 21: fallbacks used to leave a key's models).
+    /// The key's, its team's and its user's allowed models: what every fallback group is
+    /// checked against (finding 3 of issue 21: fallbacks used to leave a key's models).
     fn allows_group(&self, group: &str) -> bool {
-        self.rec.limits.allows(group)
-            && self
-                .team
-                .as_ref()
-                .is_none_or(|t| t.rec.limits.allows(group))
+        self.levels(None).all(|(w, _)| w.limits().allows(group))
     }
 }
 
 impl KeyEntry {
-    /// The counters of level `i`: 0 the key, 1 its team.
-    fn counters_at(&self, i: usize) -> Option<&Counters> {
-        match i {
-            0 => Some(&self.counters),
-            1 => self.team.as_ref().map(|t| &*t.counters),
-            _ => None,
-        }
+    /// The levels a request of this key passes, always in this order: the key, its team,
+    /// its user, and the end user `eu` when the key limits end users.
+    pub(crate) fn levels<'a>(
+        &'a self,
+        eu: Option<&'a EndUserEntry>,
+    ) -> impl Iterator<Item = (Who<'a>, &'a Counters)> + Clone {
+        let team = self
+            .team
+            .as_deref()
+            .map(|t| (Who::Team(&t.rec), &*t.counters));
+        let user = self
+            .user
+            .as_deref()
+            .map(|u| (Who::User(&u.rec), &*u.counters));
+        let end = eu
+            .zip(self.rec.end_user.as_ref())
+            .map(|(e, l)| (Who::EndUser(&self.rec, &e.id, l), &*e.counters));
+        std::iter::once((Who::Key(&self.rec), &*self.counters))
+            .chain(team)
+            .chain(user)
+            .chain(end)
     }
 
     /// Whether any level has a budget (only then is a request's cost estimated).
     pub fn has_budget(&self) -> bool {
-        self.rec.limits.max_budget.is_some()
+        self.levels(None)
+            .any(|(w, _)| w.limits().max_budget.is_some())
             || self
-                .team
+                .rec
+                .end_user
                 .as_ref()
-                .is_some_and(|t| t.rec.limits.max_budget.is_some())
+                .is_some_and(|l| l.max_budget.is_some())
     }
 
-    /// Checks every limit of the key and its team for a request to `model`, holds its
-    /// estimate against budgets and tpm, and claims its parallel and rpm slots. `now_ms`
-    /// is unix ms.
-    fn admit(
+    /// Checks every limit of the key, its team, its user and the end user `eu` for a
+    /// request to `model`, holds its estimate against budgets and tpm, and claims its
+    /// parallel and rpm slots. `now_ms` is unix ms.
+    pub(crate) fn admit(
         self: &Arc<Self>,
         model: &str,
         est: Estimate,
+        eu: Option<Arc<EndUserEntry>>,
         now_ms: u64,
     ) -> Result<(Claims, Rate), ApiError> {
         let now_s = now_ms / 1000;
         if let Some(e) = unusable(self, now_s) {
             return Err(e);
         }
-        let key = Who::Key(&self.rec);
-        let team = self.team.as_ref().map(|t| (Who::Team(&t.rec), &t.counters));
-        let both = std::iter::once((key, &self.counters)).chain(team);
+        let both = self.levels(eu.as_deref());
         for (who, _) in both.clone() {
             if !who.limits().allows(model) {
                 reject(Reason::Model);
@@ -530,6 +584,7 @@ impl KeyEntry {
         let to_next_minute = 60 - now_s % 60;
         let mut claims = Claims {
             key: Some(self.clone()),
+            end_user: eu.clone(),
             minute,
             ..Claims::none()
         };
@@ -607,7 +662,7 @@ impl KeyEntry {
                 }
             }
         }
-        let mut counted: Vec<&Counters> = Vec::with_capacity(2);
+        let mut counted: Vec<&Counters> = Vec::with_capacity(LEVELS);
         for (who, c) in both {
             let limit = who.limits().rpm;
             let Some(used) = packed_add(&c.minute_requests, minute, 1, limit) else {
@@ -635,130 +690,6 @@ impl KeyEntry {
             counted.push(c);
         }
         Ok((claims, rate))
-    }
-}
-
-/// An admitted request: holds its parallel slots and, once the response is known,
-/// charges its cost and records its spend row ([`Ticket::finish`]). Dropped unfinished
-/// (the client went away before an answer), it records a row with status 499.
-#[derive(Debug)]
-pub struct Ticket {
-    claims: Claims,
-    spend: Arc<Spend>,
-    model: String,
-    request_id: String,
-    start: Instant,
-    done: bool,
-    /// Prompt tokens, estimated from the body's size (about four bytes a token), for a
-    /// stream abandoned before the upstream reported its usage.
-    prompt_estimate: u64,
-    /// Keeps the writer waiting at shutdown until this request's row is recorded.
-    _open: crate::spend::OpenTicket,
-    /// The rpm/tpm limits and what is left of them, for the answer's headers.
-    pub rate: Rate,
-}
-
-/// How a request ended, for its spend row.
-#[derive(Debug, Default, Clone)]
-pub struct Outcome {
-    pub deployment: String,
-    pub usage: Usage,
-    pub status: u16,
-    pub cache_hit: bool,
-    /// A stream the client left before its end: charged for what was delivered, with the
-    /// prompt estimated when the upstream's count never came.
-    pub abandoned: bool,
-}
-
-impl Ticket {
-    /// Admits `caller`'s request for `model`, or refuses it with the error to answer.
-    pub fn admit(
-        caller: &Caller,
-        model: &str,
-        body_len: usize,
-        est: Estimate,
-        spend: Arc<Spend>,
-    ) -> Result<Ticket, ApiError> {
-        let (claims, rate) = match caller {
-            Caller::Master => (Claims::none(), Rate::default()),
-            Caller::Key(k) => k.admit(model, est, llmgw_router::now_ms())?,
-        };
-        Ok(Ticket {
-            claims,
-            _open: spend.open_ticket(),
-            spend,
-            model: model.to_string(),
-            request_id: crate::spend::request_id(),
-            start: Instant::now(),
-            done: false,
-            rate,
-            prompt_estimate: (body_len / 4) as u64,
-        })
-    }
-
-    /// The id of the request's spend row (also sent as `x-llmgw-request-id`).
-    pub fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    /// Charges the request and records its spend row; returns its cost in nano-dollars.
-    pub fn finish(mut self, outcome: Outcome) -> i64 {
-        self.record(outcome)
-    }
-
-    fn record(&mut self, mut o: Outcome) -> i64 {
-        if self.done {
-            return 0;
-        }
-        self.done = true;
-        let now_ms = llmgw_router::now_ms();
-        if o.abandoned && o.usage.prompt == 0 && o.usage.completion > 0 {
-            o.usage.prompt = self.prompt_estimate;
-        }
-        // Whatever carried usage is charged: a whole answer, and a stream that broke off
-        // or was abandoned after some of it was generated. Errors carry none.
-        let cost = if o.cache_hit {
-            0
-        } else {
-            self.spend.cost(&o.deployment, o.usage)
-        };
-        let minute = now_ms / 60_000;
-        let now_s = now_ms / 1000;
-        let key = self.claims.key.as_ref();
-        if let Some(k) = key {
-            let (_, start, _) = k.rec.limits.period(now_s);
-            k.counters.charge(start, minute, o.usage, cost);
-            if let Some(t) = &k.team {
-                let (_, start, _) = t.rec.limits.period(now_s);
-                t.counters.charge(start, minute, o.usage, cost);
-            }
-        }
-        self.spend.record(SpendRow {
-            request_id: std::mem::take(&mut self.request_id),
-            ts_ms: now_ms as i64,
-            key_id: key.map(|k| k.rec.id.clone()).unwrap_or_default(),
-            team_id: key.and_then(|k| k.rec.team_id.clone()).unwrap_or_default(),
-            model_group: std::mem::take(&mut self.model),
-            deployment: o.deployment,
-            prompt_tokens: o.usage.prompt as i64,
-            completion_tokens: o.usage.completion as i64,
-            cost_nanos: cost,
-            latency_ms: self.start.elapsed().as_millis() as i64,
-            status: i32::from(o.status),
-            cache_hit: o.cache_hit,
-        });
-        cost
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if !self.done {
-            self.record(Outcome {
-                status: 499,
-                ..Outcome::default()
-            });
-        }
     }
 }
 

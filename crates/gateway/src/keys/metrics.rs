@@ -1,7 +1,7 @@
-//! Keys, teams and groups in `/metrics`: requests, tokens, spend and limits, rendered
+//! Keys, teams, users and groups in `/metrics`: requests, tokens, spend and limits, rendered
 //! from the counters the request path keeps anyway.
 
-use super::enforce::{Counters, KeyEntry, TeamEntry};
+use super::enforce::{Counters, KeyEntry, TeamEntry, UserEntry};
 use super::service::*;
 use super::{nanos_to_usd, now_s, Limits};
 use std::sync::atomic::Ordering;
@@ -21,6 +21,15 @@ impl KeyService {
         keys.sort_by(|a, b| a.rec.id.cmp(&b.rec.id));
         let mut teams: Vec<&Arc<TeamEntry>> = t.teams.values().collect();
         teams.sort_by(|a, b| a.rec.id.cmp(&b.rec.id));
+        let mut users: Vec<&Arc<UserEntry>> = t.users.values().collect();
+        users.sort_by(|a, b| a.rec.id.cmp(&b.rec.id));
+        let user_label = |e: &UserEntry| {
+            format!(
+                "user=\"{}\",user_id=\"{}\"",
+                escape(e.rec.name()),
+                escape(&e.rec.id)
+            )
+        };
         let key_label = |e: &KeyEntry| {
             format!(
                 "key=\"{}\",key_id=\"{}\",team=\"{}\"",
@@ -44,6 +53,11 @@ impl KeyService {
                 teams
                     .iter()
                     .map(|e| ("team", team_label(e), &*e.counters, &e.rec.limits)),
+            )
+            .chain(
+                users
+                    .iter()
+                    .map(|e| ("user", user_label(e), &*e.counters, &e.rec.limits)),
             )
             .collect();
         type Metric = (
@@ -88,7 +102,13 @@ impl KeyService {
                 |c, l, now| format!("{:.9}", nanos_to_usd(c.spend_in(l.period(now).1))),
             ),
         ];
-        for who in ["key", "team"] {
+        // Users' families only once there are users (older dashboards see no change).
+        let levels: &[&str] = if users.is_empty() {
+            &["key", "team"]
+        } else {
+            &["key", "team", "user"]
+        };
+        for &who in levels {
             for (suffix, kind, help, value) in &metrics {
                 let name = format!("llmgw_{who}_{suffix}");
                 family(&mut out, &name, kind, &format!("{help}, per {who}"));

@@ -9,7 +9,7 @@
 //! spend summed in the store.
 
 use super::admin_ops::store_err;
-use super::enforce::{Caller, Counters, Estimate, KeyEntry, Table, TeamEntry, Ticket};
+use super::enforce::{Caller, Counters, Estimate, KeyEntry, Table, TeamEntry, Ticket, UserEntry};
 use super::{hash_key, now_s, Limits, KEY_PREFIX};
 use crate::access::presented_key;
 use crate::spend::Spend;
@@ -32,7 +32,7 @@ pub struct KeyService {
     pub(crate) table: ArcSwap<Table>,
     pub(crate) store: Arc<Store>,
     pub spend: Arc<Spend>,
-    /// `k:<id>` / `t:<id>` → live counters, kept across table rebuilds (admin path only).
+    /// `k:<id>` / `t:<id>` / `u:<id>` → live counters, kept across table rebuilds (admin path only).
     pub(crate) counters: Mutex<HashMap<String, Arc<Counters>>>,
     /// One admin change at a time per gateway.
     pub(crate) admin: tokio::sync::Mutex<()>,
@@ -181,11 +181,25 @@ impl KeyService {
 
     /// Admits `caller`'s request (limits, budget, model); the ticket charges it later.
     pub fn admit(&self, caller: &Caller, req: &ClientRequest) -> Result<Ticket, ApiError> {
-        let est = match caller {
-            Caller::Key(k) => self.estimate(k, req),
-            Caller::Master => Estimate::default(),
+        let (est, tracked) = match caller {
+            Caller::Key(k) => (
+                self.estimate(k, req),
+                self.end_user(k, req.end_user.as_deref())?,
+            ),
+            Caller::Master => (Estimate::default(), None),
         };
-        Ticket::admit(caller, &req.model, req.body.len(), est, self.spend.clone())
+        Ticket::admit(
+            caller,
+            &req.model,
+            req.body.len(),
+            est,
+            req.end_user
+                .as_deref()
+                .map(super::end_users::clip)
+                .filter(|u| !u.is_empty()),
+            tracked,
+            self.spend.clone(),
+        )
     }
 
     /// What `req` is held at until it is charged: its prompt (about four bytes a token)
@@ -219,9 +233,7 @@ impl KeyService {
             Caller::Master => all.iter().collect(),
             Caller::Key(k) => all
                 .iter()
-                .filter(|m| {
-                    k.rec.limits.allows(m) && k.team.as_ref().is_none_or(|t| t.rec.limits.allows(m))
-                })
+                .filter(|m| llmgw_wire::request::GroupAccess::allows_group(&**k, m))
                 .collect(),
         }
     }
@@ -250,11 +262,28 @@ impl KeyService {
                 fresh.push((id, self.initial(Owner::Team(&t.id), &t.limits, now).await?));
             }
         }
+        for u in &snap.users {
+            let id = format!("u:{}", u.id);
+            if !known(&id) {
+                fresh.push((id, self.initial(Owner::User(&u.id), &u.limits, now).await?));
+            }
+        }
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         for (id, c) in fresh {
             counters.entry(id).or_insert(c);
         }
+        let old = self.table.load_full();
         let mut table = Table::default();
+        for u in snap.users {
+            let c = counters[&format!("u:{}", u.id)].clone();
+            table.users.insert(
+                u.id.clone(),
+                Arc::new(UserEntry {
+                    rec: u,
+                    counters: c,
+                }),
+            );
+        }
         for t in snap.teams {
             let c = counters[&format!("t:{}", t.id)].clone();
             table.teams.insert(
@@ -273,6 +302,13 @@ impl KeyService {
             let entry = Arc::new(KeyEntry {
                 counters: counters[&format!("k:{}", k.id)].clone(),
                 team: k.team_id.as_ref().and_then(|t| table.teams.get(t).cloned()),
+                user: k.user_id.as_ref().and_then(|u| table.users.get(u).cloned()),
+                // End users tracked so far are kept across rebuilds.
+                end_users: old
+                    .by_id
+                    .get(&k.id)
+                    .map(|e| e.end_users.clone())
+                    .unwrap_or_default(),
                 rec: k,
             });
             table.by_id.insert(entry.rec.id.clone(), entry.clone());
@@ -282,6 +318,7 @@ impl KeyService {
         counters.retain(|id, _| match id.split_once(':') {
             Some(("k", k)) => table.by_id.contains_key(k),
             Some(("t", t)) => table.teams.contains_key(t),
+            Some(("u", u)) => table.users.contains_key(u),
             _ => false,
         });
         drop(counters);

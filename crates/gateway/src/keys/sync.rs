@@ -104,7 +104,11 @@ async fn round(svc: &KeyService, redis: &Arc<RedisStore>, ns: &str) {
         .teams
         .values()
         .map(|t| ("t", &t.rec.id, &t.rec.limits, &t.counters));
-    for (kind, id, l, c) in keys.chain(teams) {
+    let users = table
+        .users
+        .values()
+        .map(|u| ("u", &u.rec.id, &u.rec.limits, &u.counters));
+    for (kind, id, l, c) in keys.chain(teams).chain(users) {
         if l.rpm.is_none() && l.tpm.is_none() && l.max_budget.is_none() {
             continue;
         }

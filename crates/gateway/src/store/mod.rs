@@ -8,13 +8,17 @@
 //!
 //! - `llmgw_meta(name, value)`: `version`, bumped by every key/team change, which
 //!   replicas poll to reload.
-//! - `llmgw_keys(id, hash, alias, team_id, record)`, `llmgw_teams(id, record)`: the
-//!   records as JSON (the key's hash, never the key).
+//! - `llmgw_keys(id, hash, alias, team_id, record)`, `llmgw_teams(id, record)`,
+//!   `llmgw_users(id, record)`: the records as JSON (the key's hash, never the key).
 //! - `llmgw_spend`: one row per request, indexed by time and by (key, time) and
-//!   (team, time) with the cost included, so a key's current-period spend is an
-//!   index-only sum.
-//! - `llmgw_spend_hourly`: the same rows summed per hour, key, team and model group,
-//!   updated in the same transaction as the rows. `/spend/report` reads whole hours from
+//!   (team, time) and (user, time) with the cost included, so a key's current-period
+//!   spend is an index-only sum; `end_user` (the request's OpenAI `user`) has a partial
+//!   index over the rows that name one.
+//! - `llmgw_spend_hourly`: the same rows summed per hour, key, team and model group
+//!   (with the key's user), updated in the same transaction as the rows.
+//!
+//! A database made by an older llmgw gains `llmgw_users` and the `user_id`/`end_user`
+//! columns (default `''`) when it is opened. `/spend/report` reads whole hours from
 //!   it and only the partial hours at either end from `llmgw_spend`, so a report over a
 //!   month of a million requests reads a few thousand rows.
 //!
@@ -31,7 +35,7 @@ pub mod retention;
 pub mod sqlite;
 
 use crate::records::SpendRow;
-use crate::records::{KeyRecord, TeamRecord};
+use crate::records::{KeyRecord, TeamRecord, UserRecord};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -56,6 +60,7 @@ pub enum StoreError {
 pub enum GroupBy {
     Key,
     Team,
+    User,
     Model,
 }
 
@@ -65,6 +70,7 @@ impl GroupBy {
         match self {
             GroupBy::Key => "key_id",
             GroupBy::Team => "team_id",
+            GroupBy::User => "user_id",
             GroupBy::Model => "model_group",
         }
     }
@@ -98,6 +104,8 @@ impl ReportRow {
 pub struct LogQuery {
     pub key_id: Option<String>,
     pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub end_user: Option<String>,
     pub start_ms: i64,
     pub end_ms: i64,
     pub limit: i64,
@@ -108,6 +116,7 @@ pub struct LogQuery {
 pub enum Owner<'a> {
     Key(&'a str),
     Team(&'a str),
+    User(&'a str),
 }
 
 /// Everything the keys service loads at start and on every change.
@@ -116,12 +125,14 @@ pub struct Snapshot {
     pub version: i64,
     pub keys: Vec<KeyRecord>,
     pub teams: Vec<TeamRecord>,
+    pub users: Vec<UserRecord>,
 }
 
 /// A spend row's contribution to the hourly rollup.
 type RollupKey = (i64, String, String, String);
 
-/// Sums rows into `(hour, key, team, model)` buckets.
+/// Sums rows into `(hour, key, team, model)` buckets; a bucket's `group` is the key's
+/// user (its last row's: a key moved to another user within the hour counts there).
 fn rollup<'a>(rows: impl Iterator<Item = &'a SpendRow>) -> BTreeMap<RollupKey, ReportRow> {
     let mut out: BTreeMap<RollupKey, ReportRow> = BTreeMap::new();
     for r in rows {
@@ -131,7 +142,9 @@ fn rollup<'a>(rows: impl Iterator<Item = &'a SpendRow>) -> BTreeMap<RollupKey, R
             r.team_id.clone(),
             r.model_group.clone(),
         );
-        out.entry(k).or_default().add(&ReportRow {
+        let e = out.entry(k).or_default();
+        e.group.clone_from(&r.user_id);
+        e.add(&ReportRow {
             group: String::new(),
             requests: 1,
             prompt_tokens: r.prompt_tokens,
@@ -233,6 +246,39 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.put_team(rec).await,
             Store::Postgres(s) => s.put_team(rec).await,
+        }
+    }
+
+    pub async fn put_user(&self, rec: &UserRecord) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.put_user(rec).await,
+            Store::Postgres(s) => s.put_user(rec).await,
+        }
+    }
+
+    /// Deletes users, and keys (`keys`: the users' keys when the caller asked), in one
+    /// transaction; returns how many users existed. Bumps the version.
+    pub async fn delete_users(&self, users: &[String], keys: &[String]) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delete_users(users, keys).await,
+            Store::Postgres(s) => s.delete_users(users, keys).await,
+        }
+    }
+
+    /// Nano-dollars an end user spent in `[since_ms, until_ms)`, through `key` or every key. Raw
+    /// rows only (the hourly rollup does not keep end users): rows pruned by
+    /// `[store] retention` no longer count.
+    pub async fn end_user_spend(
+        &self,
+        key: Option<&str>,
+        end_user: &str,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let (key, end_user) = (key.map(str::to_string), end_user.to_string());
+        match self {
+            Store::Sqlite(s) => s.end_user_spend(key, end_user, since_ms, until_ms).await,
+            Store::Postgres(s) => s.end_user_spend(key, end_user, since_ms, until_ms).await,
         }
     }
 

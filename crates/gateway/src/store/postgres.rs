@@ -10,7 +10,7 @@
 
 use super::{GroupBy, LogQuery, ReportRow, Snapshot, StoreError};
 use crate::records::SpendRow;
-use crate::records::{KeyRecord, TeamRecord};
+use crate::records::{KeyRecord, TeamRecord, UserRecord};
 use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::{Client, NoTls};
@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS llmgw_spend_hourly (
   completion_tokens BIGINT NOT NULL, cost_nanos BIGINT NOT NULL,
   cache_hits BIGINT NOT NULL, errors BIGINT NOT NULL,
   PRIMARY KEY (hour, key_id, team_id, model_group));
+CREATE TABLE IF NOT EXISTS llmgw_users (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+ALTER TABLE llmgw_spend ADD COLUMN IF NOT EXISTS user_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE llmgw_spend ADD COLUMN IF NOT EXISTS end_user TEXT NOT NULL DEFAULT '';
+ALTER TABLE llmgw_spend_hourly ADD COLUMN IF NOT EXISTS user_id TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS llmgw_spend_user_ts ON llmgw_spend (user_id, ts_ms) INCLUDE (cost_nanos);
+CREATE INDEX IF NOT EXISTS llmgw_spend_end_user ON llmgw_spend (end_user, key_id, ts_ms)
+  INCLUDE (cost_nanos) WHERE end_user <> '';
+UPDATE llmgw_meta SET value = 2 WHERE name = 'schema' AND value < 2;
 ";
 
 pub struct PgStore {
@@ -119,7 +127,7 @@ impl PgStore {
     }
 
     pub async fn load(&self) -> Result<Snapshot, StoreError> {
-        let (version, keys, teams) = op!(self, |c| {
+        let (version, keys, teams, users) = op!(self, |c| {
             let tx = c
                 .build_transaction()
                 .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -139,8 +147,12 @@ impl PgStore {
                 .query("SELECT record FROM llmgw_teams", &[])
                 .await
                 .map_err(pg)?;
+            let users = tx
+                .query("SELECT record FROM llmgw_users", &[])
+                .await
+                .map_err(pg)?;
             tx.commit().await.map_err(pg)?;
-            Ok::<_, StoreError>((v, keys, teams))
+            Ok::<_, StoreError>((v, keys, teams, users))
         })?;
         fn parse<T: serde::de::DeserializeOwned>(
             rows: Vec<tokio_postgres::Row>,
@@ -153,6 +165,7 @@ impl PgStore {
             version,
             keys: parse(keys)?,
             teams: parse(teams)?,
+            users: parse(users)?,
         })
     }
 
@@ -210,6 +223,58 @@ impl PgStore {
         })
     }
 
+    pub async fn put_user(&self, rec: &UserRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(rec).map_err(json_err)?;
+        op!(self, |c| {
+            let tx = c.transaction().await.map_err(pg)?;
+            tx.execute(
+                "INSERT INTO llmgw_users (id, record) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                &[&rec.id, &json],
+            )
+            .await
+            .map_err(pg)?;
+            bump(&tx).await?;
+            tx.commit().await.map_err(pg)
+        })
+    }
+
+    pub async fn delete_users(&self, users: &[String], keys: &[String]) -> Result<u64, StoreError> {
+        op!(self, |c| {
+            let tx = c.transaction().await.map_err(pg)?;
+            tx.execute("DELETE FROM llmgw_keys WHERE id = ANY($1)", &[&keys])
+                .await
+                .map_err(pg)?;
+            let n = tx
+                .execute("DELETE FROM llmgw_users WHERE id = ANY($1)", &[&users])
+                .await
+                .map_err(pg)?;
+            bump(&tx).await?;
+            tx.commit().await.map_err(pg)?;
+            Ok::<_, StoreError>(n)
+        })
+    }
+
+    pub async fn end_user_spend(
+        &self,
+        key: Option<String>,
+        end_user: String,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<i64, StoreError> {
+        op!(self, |c| {
+            c.query_one(
+                "SELECT COALESCE(SUM(cost_nanos), 0)::BIGINT FROM llmgw_spend
+                 WHERE end_user = $1 AND end_user <> '' AND ($2::text IS NULL OR key_id = $2)
+                   AND ts_ms >= $3 AND ts_ms < $4",
+                &[&end_user, &key, &since_ms, &until_ms],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .map_err(pg)
+        })
+    }
+
     pub async fn insert_spend(&self, rows: &[SpendRow]) -> Result<(), StoreError> {
         let col = |f: fn(&SpendRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
         let num = |f: fn(&SpendRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
@@ -217,6 +282,8 @@ impl PgStore {
         let ts = num(|r| r.ts_ms);
         let keys = col(|r| r.key_id.clone());
         let teams = col(|r| r.team_id.clone());
+        let users = col(|r| r.user_id.clone());
+        let end_users = col(|r| r.end_user.clone());
         let models = col(|r| r.model_group.clone());
         let deps = col(|r| r.deployment.clone());
         let pt = num(|r| r.prompt_tokens);
@@ -230,11 +297,13 @@ impl PgStore {
             let inserted = tx
                 .query(
                     "INSERT INTO llmgw_spend (request_id, ts_ms, key_id, team_id, model_group, deployment,
-                       prompt_tokens, completion_tokens, cost_nanos, latency_ms, status, cache_hit)
+                       prompt_tokens, completion_tokens, cost_nanos, latency_ms, status, cache_hit,
+                       user_id, end_user)
                      SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                       $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::int[], $12::bool[])
+                       $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::int[], $12::bool[],
+                       $13::text[], $14::text[])
                      ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-                    &[&ids, &ts, &keys, &teams, &models, &deps, &pt, &ct, &cost, &lat, &status, &hit],
+                    &[&ids, &ts, &keys, &teams, &models, &deps, &pt, &ct, &cost, &lat, &status, &hit, &users, &end_users],
                 )
                 .await
                 .map_err(pg)?;
@@ -243,7 +312,7 @@ impl PgStore {
             let sums = super::rollup(rows.iter().filter(|r| new.contains(r.request_id.as_str())));
             if !sums.is_empty() {
                 let mut h = Vec::new();
-                let (mut k, mut t, mut m) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut k, mut t, mut m, mut u) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 let (mut rq, mut p, mut cp, mut cs, mut hits, mut errs) = (
                     Vec::new(),
                     Vec::new(),
@@ -257,6 +326,7 @@ impl PgStore {
                     k.push(key);
                     t.push(team);
                     m.push(model);
+                    u.push(s.group);
                     rq.push(s.requests);
                     p.push(s.prompt_tokens);
                     cp.push(s.completion_tokens);
@@ -266,17 +336,18 @@ impl PgStore {
                 }
                 tx.execute(
                     "INSERT INTO llmgw_spend_hourly AS s (hour, key_id, team_id, model_group, requests,
-                       prompt_tokens, completion_tokens, cost_nanos, cache_hits, errors)
+                       prompt_tokens, completion_tokens, cost_nanos, cache_hits, errors, user_id)
                      SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                       $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
+                       $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
                      ON CONFLICT (hour, key_id, team_id, model_group) DO UPDATE SET
+                       user_id = excluded.user_id,
                        requests = s.requests + excluded.requests,
                        prompt_tokens = s.prompt_tokens + excluded.prompt_tokens,
                        completion_tokens = s.completion_tokens + excluded.completion_tokens,
                        cost_nanos = s.cost_nanos + excluded.cost_nanos,
                        cache_hits = s.cache_hits + excluded.cache_hits,
                        errors = s.errors + excluded.errors",
-                    &[&h, &k, &t, &m, &rq, &p, &cp, &cs, &hits, &errs],
+                    &[&h, &k, &t, &m, &rq, &p, &cp, &cs, &hits, &errs, &u],
                 )
                 .await
                 .map_err(pg)?;
@@ -286,19 +357,21 @@ impl PgStore {
     }
 
     pub async fn spend_logs(&self, q: &LogQuery) -> Result<Vec<SpendRow>, StoreError> {
-        let rows = op!(self, |c| {
-            c.query(
+        let rows =
+            op!(self, |c| {
+                c.query(
                 "SELECT request_id, ts_ms, key_id, team_id, model_group, deployment, prompt_tokens,
-                   completion_tokens, cost_nanos, latency_ms, status, cache_hit
+                   completion_tokens, cost_nanos, latency_ms, status, cache_hit, user_id, end_user
                  FROM llmgw_spend
                  WHERE ts_ms >= $1 AND ts_ms < $2 AND ($3::text IS NULL OR key_id = $3)
-                   AND ($4::text IS NULL OR team_id = $4)
+                   AND ($4::text IS NULL OR team_id = $4) AND ($6::text IS NULL OR user_id = $6)
+                   AND ($7::text IS NULL OR end_user = $7)
                  ORDER BY ts_ms DESC LIMIT $5",
-                &[&q.start_ms, &q.end_ms, &q.key_id, &q.team_id, &q.limit],
+                &[&q.start_ms, &q.end_ms, &q.key_id, &q.team_id, &q.limit, &q.user_id, &q.end_user],
             )
             .await
             .map_err(pg)
-        })?;
+            })?;
         Ok(rows
             .iter()
             .map(|r| SpendRow {
@@ -314,6 +387,8 @@ impl PgStore {
                 latency_ms: r.get(9),
                 status: r.get(10),
                 cache_hit: r.get(11),
+                user_id: r.get(12),
+                end_user: r.get(13),
             })
             .collect())
     }

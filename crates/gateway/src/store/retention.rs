@@ -107,6 +107,7 @@ pub(crate) fn owner_filter(who: Owner<'_>) -> (&'static str, String) {
     match who {
         Owner::Key(id) => ("key_id", id.to_string()),
         Owner::Team(id) => ("team_id", id.to_string()),
+        Owner::User(id) => ("user_id", id.to_string()),
     }
 }
 

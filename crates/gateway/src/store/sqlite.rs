@@ -10,7 +10,7 @@
 
 use super::{GroupBy, LogQuery, ReportRow, Snapshot, StoreError};
 use crate::records::SpendRow;
-use crate::records::{KeyRecord, TeamRecord};
+use crate::records::{KeyRecord, TeamRecord, UserRecord};
 use rusqlite::{params, Connection};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,43 @@ CREATE TABLE IF NOT EXISTS llmgw_spend_hourly (
   completion_tokens INTEGER NOT NULL, cost_nanos INTEGER NOT NULL,
   cache_hits INTEGER NOT NULL, errors INTEGER NOT NULL,
   PRIMARY KEY (hour, key_id, team_id, model_group));
+CREATE TABLE IF NOT EXISTS llmgw_users (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 ";
+
+/// Columns added after the first schema: `(table, column)`, each `TEXT NOT NULL DEFAULT ''`
+/// (SQLite has no `ADD COLUMN IF NOT EXISTS`: [`migrate`] checks `pragma_table_info`).
+const ADDED_COLUMNS: [(&str, &str); 3] = [
+    ("llmgw_spend", "user_id"),
+    ("llmgw_spend", "end_user"),
+    ("llmgw_spend_hourly", "user_id"),
+];
+
+/// Indexes on the added columns (after [`migrate`] added them).
+const INDEXES_V2: &str = "
+CREATE INDEX IF NOT EXISTS llmgw_spend_user_ts ON llmgw_spend (user_id, ts_ms, cost_nanos);
+CREATE INDEX IF NOT EXISTS llmgw_spend_end_user ON llmgw_spend (end_user, key_id, ts_ms, cost_nanos)
+  WHERE end_user <> '';
+UPDATE llmgw_meta SET value = 2 WHERE name = 'schema' AND value < 2;
+";
+
+/// Brings a database made by an older llmgw up to this schema (users, spend rows that
+/// name the key's user and the end user); idempotent.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    for (table, col) in ADDED_COLUMNS {
+        let has: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [col],
+            |r| r.get(0),
+        )?;
+        if has == 0 {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {col} TEXT NOT NULL DEFAULT ''"
+            ))?;
+        }
+    }
+    conn.execute_batch(INDEXES_V2)?;
+    Ok(())
+}
 
 mod responses;
 mod retention;
@@ -81,6 +117,7 @@ impl SqliteStore {
         // `auto_vacuum = NONE` (switching needs a full VACUUM) and reuses them instead.
         conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -111,10 +148,12 @@ impl SqliteStore {
             )?;
             let keys = records::<KeyRecord>(&tx, "SELECT record FROM llmgw_keys")?;
             let teams = records::<TeamRecord>(&tx, "SELECT record FROM llmgw_teams")?;
+            let users = records::<UserRecord>(&tx, "SELECT record FROM llmgw_users")?;
             Ok(Snapshot {
                 version,
                 keys,
                 teams,
+                users,
             })
         })
         .await
@@ -180,6 +219,63 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn put_user(&self, rec: &UserRecord) -> Result<(), StoreError> {
+        let id = rec.id.clone();
+        let json = serde_json::to_string(rec).map_err(json_err)?;
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO llmgw_users (id, record) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                params![id, json],
+            )?;
+            bump(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes users and keys (their keys, when the caller asked) in one transaction;
+    /// returns how many users existed.
+    pub async fn delete_users(&self, users: &[String], keys: &[String]) -> Result<u64, StoreError> {
+        let (users, keys) = (users.to_vec(), keys.to_vec());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            for id in &keys {
+                tx.execute("DELETE FROM llmgw_keys WHERE id = ?1", [id])?;
+            }
+            let mut n = 0;
+            for id in &users {
+                n += tx.execute("DELETE FROM llmgw_users WHERE id = ?1", [id])? as u64;
+            }
+            bump(&tx)?;
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Nano-dollars an end user spent in `[since_ms, until_ms)` (through `key`, or every key).
+    pub async fn end_user_spend(
+        &self,
+        key: Option<String>,
+        end_user: String,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<i64, StoreError> {
+        self.run(move |c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(cost_nanos), 0) FROM llmgw_spend
+                 WHERE end_user = ?1 AND end_user <> '' AND (?2 IS NULL OR key_id = ?2)
+                   AND ts_ms >= ?3 AND ts_ms < ?4",
+                params![end_user, key, since_ms, until_ms],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
     pub async fn insert_spend(&self, rows: &[SpendRow]) -> Result<(), StoreError> {
         let rows = rows.to_vec();
         self.run(move |c| {
@@ -188,8 +284,9 @@ impl SqliteStore {
             {
                 let mut ins = tx.prepare_cached(
                     "INSERT INTO llmgw_spend (request_id, ts_ms, key_id, team_id, model_group, deployment,
-                       prompt_tokens, completion_tokens, cost_nanos, latency_ms, status, cache_hit)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                       prompt_tokens, completion_tokens, cost_nanos, latency_ms, status, cache_hit,
+                       user_id, end_user)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT (request_id) DO NOTHING",
                 )?;
                 for r in &rows {
@@ -205,7 +302,9 @@ impl SqliteStore {
                         r.cost_nanos,
                         r.latency_ms,
                         r.status,
-                        r.cache_hit
+                        r.cache_hit,
+                        r.user_id,
+                        r.end_user
                     ])?;
                     if n == 1 {
                         inserted.push(r);
@@ -213,9 +312,10 @@ impl SqliteStore {
                 }
                 let mut up = tx.prepare_cached(
                     "INSERT INTO llmgw_spend_hourly (hour, key_id, team_id, model_group, requests,
-                       prompt_tokens, completion_tokens, cost_nanos, cache_hits, errors)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                       prompt_tokens, completion_tokens, cost_nanos, cache_hits, errors, user_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (hour, key_id, team_id, model_group) DO UPDATE SET
+                       user_id = excluded.user_id,
                        requests = requests + excluded.requests,
                        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                        completion_tokens = completion_tokens + excluded.completion_tokens,
@@ -234,7 +334,8 @@ impl SqliteStore {
                         s.completion_tokens,
                         s.cost_nanos,
                         s.cache_hits,
-                        s.errors
+                        s.errors,
+                        s.group
                     ])?;
                 }
             }
@@ -249,14 +350,15 @@ impl SqliteStore {
         self.run(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT request_id, ts_ms, key_id, team_id, model_group, deployment, prompt_tokens,
-                   completion_tokens, cost_nanos, latency_ms, status, cache_hit
+                   completion_tokens, cost_nanos, latency_ms, status, cache_hit, user_id, end_user
                  FROM llmgw_spend
                  WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR key_id = ?3)
-                   AND (?4 IS NULL OR team_id = ?4)
+                   AND (?4 IS NULL OR team_id = ?4) AND (?6 IS NULL OR user_id = ?6)
+                   AND (?7 IS NULL OR end_user = ?7)
                  ORDER BY ts_ms DESC LIMIT ?5",
             )?;
             let rows = st.query_map(
-                params![q.start_ms, q.end_ms, q.key_id, q.team_id, q.limit],
+                params![q.start_ms, q.end_ms, q.key_id, q.team_id, q.limit, q.user_id, q.end_user],
                 |r| {
                     Ok(SpendRow {
                         request_id: r.get(0)?,
@@ -271,6 +373,8 @@ impl SqliteStore {
                         latency_ms: r.get(9)?,
                         status: r.get(10)?,
                         cache_hit: r.get(11)?,
+                        user_id: r.get(12)?,
+                        end_user: r.get(13)?,
                     })
                 },
             )?;
@@ -372,6 +476,8 @@ mod tests {
             ts_ms: ts,
             key_id: key.into(),
             team_id: String::new(),
+            user_id: String::new(),
+            end_user: String::new(),
             model_group: "m".into(),
             deployment: "d".into(),
             prompt_tokens: 1,
@@ -381,6 +487,61 @@ mod tests {
             status: 200,
             cache_hit: false,
         }
+    }
+
+    // A file made before users: the new table, columns and indexes are added on open,
+    // its rows are kept, and new rows name the user and the end user.
+    #[tokio::test]
+    async fn an_older_file_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("llmgw.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            let old = SCHEMA.replace(
+                "CREATE TABLE IF NOT EXISTS llmgw_users (id TEXT PRIMARY KEY, record TEXT NOT NULL);",
+                "",
+            );
+            c.execute_batch(&old).unwrap();
+            c.execute(
+                "INSERT INTO llmgw_spend VALUES ('old', 5, 'k1', '', 'm', 'd', 1, 2, 7, 3, 200, 0)",
+                [],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO llmgw_spend_hourly VALUES (0, 'k1', '', 'm', 1, 1, 2, 7, 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = super::super::Store::Sqlite(SqliteStore::open(Some(&path)).unwrap());
+        // Twice: idempotent.
+        drop(SqliteStore::open(Some(&path)).unwrap());
+        let mut r = row("new", 10, "k2", 20);
+        r.user_id = "alice".into();
+        r.end_user = "ann".into();
+        s.insert_spend(&[r]).await.unwrap();
+        assert_eq!(s.spend_since(Owner::User("alice"), 0).await.unwrap(), 20);
+        assert_eq!(s.spend_since(Owner::Key("k1"), 0).await.unwrap(), 7);
+        assert_eq!(
+            s.end_user_spend(Some("k2"), "ann", 0, 100).await.unwrap(),
+            20
+        );
+        assert_eq!(
+            s.end_user_spend(Some("k1"), "ann", 0, 100).await.unwrap(),
+            0
+        );
+        assert_eq!(s.end_user_spend(None, "ann", 11, 100).await.unwrap(), 0);
+        let rep = s
+            .spend_report(GroupBy::User, 0, HOUR_MS)
+            .await
+            .unwrap()
+            .rows;
+        let names: Vec<(&str, i64)> = rep
+            .iter()
+            .map(|r| (r.group.as_str(), r.cost_nanos))
+            .collect();
+        assert_eq!(names, [("alice", 20), ("", 7)]);
+        assert!(s.load().await.unwrap().users.is_empty());
     }
 
     #[tokio::test]

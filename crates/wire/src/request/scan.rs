@@ -27,6 +27,9 @@ pub(super) struct Fast {
     /// The largest of `max_tokens`, `max_completion_tokens`, `max_output_tokens` given
     /// as a whole number (see `ClientRequest::max_tokens`).
     pub max_tokens: Option<u64>,
+    /// The end user: the byte range of the last top-level `user` string token (quotes
+    /// included), else of `metadata.user_id`'s; and whether it contains escapes.
+    pub end_user: Option<(Range<usize>, bool)>,
 }
 
 /// Deepest nesting the scan follows (a fixed bit stack, no recursion and no allocation);
@@ -43,6 +46,8 @@ pub(super) fn scan(body: &[u8]) -> Option<Fast> {
     let mut stream = None;
     let mut include_usage = None;
     let mut max_tokens: Option<u64> = None;
+    let mut user = None;
+    let mut meta_user = None;
     loop {
         match s.field()? {
             b"max_tokens" | b"max_completion_tokens" | b"max_output_tokens" => {
@@ -72,6 +77,12 @@ pub(super) fn scan(body: &[u8]) -> Option<Fast> {
                 }
                 include_usage = Some(s.stream_options()?);
             }
+            b"user" => {
+                user = s.string_or_skip()?;
+            }
+            b"metadata" => {
+                meta_user = s.metadata_user()?;
+            }
             b"fallbacks" | b"disable_fallbacks" | b"timeout" | b"cache" | b"priority" => {
                 return None
             }
@@ -99,6 +110,7 @@ pub(super) fn scan(body: &[u8]) -> Option<Fast> {
         stream: stream.unwrap_or(false),
         include_usage: include_usage.unwrap_or(false),
         max_tokens,
+        end_user: user.or(meta_user),
     })
 }
 
@@ -276,6 +288,46 @@ impl Scanner<'_> {
             match self.next()? {
                 b',' => self.ws(),
                 b'}' => return Some(include_usage.unwrap_or(false)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A string's range and escape flag, or `None` (skipped) for any other value.
+    fn string_or_skip(&mut self) -> Option<Option<(Range<usize>, bool)>> {
+        if self.peek()? == b'"' {
+            let start = self.i;
+            let escaped = self.string()?;
+            Some(Some((start..self.i, escaped)))
+        } else {
+            self.value()?;
+            Some(None)
+        }
+    }
+
+    /// `metadata`: when an object, its last `user_id` string (as [`Self::string_or_skip`]).
+    fn metadata_user(&mut self) -> Option<Option<(Range<usize>, bool)>> {
+        if self.peek()? != b'{' {
+            self.value()?;
+            return Some(None);
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(None);
+        }
+        let mut found = None;
+        loop {
+            if self.field()? == b"user_id" {
+                found = self.string_or_skip()?;
+            } else {
+                self.value()?;
+            }
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b'}' => return Some(found),
                 _ => return None,
             }
         }

@@ -137,6 +137,8 @@ mod tests {
             ts_ms: ts,
             key_id: "k1".into(),
             team_id: String::new(),
+            user_id: String::new(),
+            end_user: String::new(),
             model_group: "m".into(),
             deployment: "d".into(),
             prompt_tokens: 1,
