@@ -13,6 +13,7 @@ pub mod disk;
 pub mod duration;
 pub mod error;
 pub mod heavy;
+pub mod histogram;
 pub mod host;
 pub mod logging;
 pub mod redact;
