@@ -127,6 +127,7 @@ fn keys(c: &mut Criterion) {
                 status: 200,
                 cache_hit: false,
                 abandoned: false,
+                ttft: None,
             });
         })
     });
@@ -142,6 +143,7 @@ fn keys(c: &mut Criterion) {
                 status: 200,
                 cache_hit: false,
                 abandoned: false,
+                ttft: None,
             });
         })
     });

@@ -7,6 +7,7 @@
 // and the success types are no smaller, so boxing buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod alert;
 pub mod clock;
 pub mod config;
 pub mod disk;

@@ -543,8 +543,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", l.local_addr().unwrap())
         };
-        let newer =
-            serve(axum::Router::new().route("/v1/models", get(|| async { "newer" }))).await;
+        let newer = serve(axum::Router::new().route("/v1/models", get(|| async { "newer" }))).await;
         relay.forward_to(dead, "46");
         let c = reqwest::Client::builder().no_proxy().build().unwrap();
         let sent = tokio::spawn(c.get(format!("{old}/v1/models")).send());
