@@ -90,6 +90,10 @@ pub struct KeyFields {
     /// Budget in USD per period (`none` = no budget).
     #[arg(long)]
     pub max_budget: Option<String>,
+    /// USD per period past which a `soft_budget` alert is sent ([[alerts]]); nothing is
+    /// refused (`none` = no soft budget).
+    #[arg(long)]
+    pub soft_budget: Option<String>,
     /// Budget period: 30s, 1h, 1d, 30d (`none` = the budget never resets).
     #[arg(long)]
     pub budget_duration: Option<String>,
@@ -155,16 +159,21 @@ impl KeyFields {
             };
             m.insert("models".into(), v);
         }
-        if let Some(b) = &self.max_budget {
+        for (flag, key, b) in [
+            ("--max-budget", "max_budget", &self.max_budget),
+            ("--soft-budget", "soft_budget", &self.soft_budget),
+        ] {
+            let Some(b) = b else { continue };
             let v = if none(b) {
                 Value::Null
             } else {
-                let usd: f64 = b.trim_start_matches('$').parse().with_context(|| {
-                    format!("--max-budget {b:?} is not a number of USD (e.g. 0.50)")
-                })?;
+                let usd: f64 = b
+                    .trim_start_matches('$')
+                    .parse()
+                    .with_context(|| format!("{flag} {b:?} is not a number of USD (e.g. 0.50)"))?;
                 json!(usd)
             };
-            m.insert("max_budget".into(), v);
+            m.insert(key.into(), v);
         }
         for (flag, key, v) in [
             ("--rpm", "rpm_limit", &self.rpm),
@@ -495,13 +504,14 @@ mod tests {
             alias: Some("alice".into()),
             models: Some("local, gpt-*".into()),
             max_budget: Some("$0.01".into()),
+            soft_budget: Some("0.005".into()),
             rpm: Some("none".into()),
             ..KeyFields::default()
         };
         let b = Value::Object(f.body().unwrap());
         assert_eq!(
             b,
-            json!({"key_alias": "alice", "models": ["local", "gpt-*"], "max_budget": 0.01, "rpm_limit": null})
+            json!({"key_alias": "alice", "models": ["local", "gpt-*"], "max_budget": 0.01, "soft_budget": 0.005, "rpm_limit": null})
         );
         let bad = KeyFields {
             tpm: Some("lots".into()),

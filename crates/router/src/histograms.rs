@@ -7,7 +7,10 @@
 //! requests naming a group the gateway does not serve. The status is its class (`2xx`,
 //! `4xx`, `5xx`, `other`: no answer, a timeout, a broken connection). Recording is a few
 //! relaxed atomic adds on the series the request already holds (an `Arc` taken when its
-//! deployment is picked), never a lock or a lookup by name.
+//! deployment is picked), never a lock; only the tokens, counted where the spend row is
+//! made, find their series by the deployment's id in a read-only map
+//! ([`Histograms::answered_by`]), beside the per-group totals the spend path already
+//! looks up there.
 
 use llmgw_core::histogram::{Histogram, SECONDS_US, TOKENS, TOKEN_TIME_US};
 use std::collections::HashMap;
