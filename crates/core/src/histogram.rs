@@ -8,8 +8,11 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Bucket bounds for durations, in microseconds (5 ms … 10 min).
+/// Bucket bounds for durations, in microseconds (1 ms … 10 min: a cache hit and a
+/// long generation on one scale).
 pub const SECONDS_US: &[u64] = &[
+    1_000,
+    2_500,
     5_000,
     10_000,
     25_000,
