@@ -388,3 +388,59 @@ async fn alerts_test_command_delivers_one_of_each_event_and_slack_gets_text() {
     assert!(!out.status.success());
     assert!(err.contains(":7:") || err.contains(":2:"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_deployment_under_requests_alerts_once_per_deployment_and_group() {
+    let (hook, got) = receiver().await;
+    let dead = format!("http://127.0.0.1:{}/v1", common::closed_port());
+    let cfg = format!(
+        "[router]\nnum_retries = 0\n\n{}\n{}",
+        openai_model("local", "m", &dead, ""),
+        "[[alerts]]\nurl = \"env:LLMGW_TEST_ALERT_URL\"\nkind = \"slack\"\nevents = [\"deployment_down\", \"group_unavailable\"]\n"
+    );
+    let gw = Gateway::builder(&cfg)
+        .env("LLMGW_TEST_ALERT_URL", format!("{hook}/slack"))
+        .start()
+        .await;
+    // Requests keep failing for a while: still one message per alert.
+    for i in 0..20 {
+        let body =
+            json!({"model": "local", "messages": [{"role": "user", "content": format!("q{i}")}]});
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_server_error(), "{}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(Duration::from_secs(10), "two alerts", || async {
+        (got.all().len() >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let texts: Vec<String> = got
+        .all()
+        .iter()
+        .map(|(_, v)| v["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains("deployment down — local-1"))
+            .count(),
+        1,
+        "{texts:?}"
+    );
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains("model group unavailable — local"))
+            .count(),
+        1,
+        "{texts:?}"
+    );
+}
