@@ -160,7 +160,14 @@ pub(super) async fn run(
             _ = stop.cancelled() => return,
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
-        match post(&client, &url, kind, &m, TRIES, &stop).await {
+        let outcome = post(&client, &url, kind, &m, TRIES, &stop).await;
+        let counter = if outcome.is_ok() {
+            &super::SENT
+        } else {
+            &super::FAILED
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match outcome {
             Ok(()) => tracing::info!(
                 alert = m.event.as_str(),
                 subject = %llmgw_core::logging::Clean(&m.subject),

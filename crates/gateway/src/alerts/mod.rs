@@ -32,17 +32,35 @@ const MAX_KEYS: usize = 10_000;
 /// How often the dispatcher looks for a counted repeat whose `repeat_after` has passed.
 const TICK: Duration = Duration::from_secs(1);
 
-/// The installed sink: the dispatcher's queue and what it could not take.
+/// Messages delivered, given up on after every try, and alerts dropped on a full queue
+/// (`/metrics`).
+pub static SENT: AtomicU64 = AtomicU64::new(0);
+pub static FAILED: AtomicU64 = AtomicU64::new(0);
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// `llmgw_alerts_total{outcome="sent|failed|dropped"}` in Prometheus text.
+pub fn metrics_text() -> String {
+    let mut out = String::from(
+        "# HELP llmgw_alerts_total Alert messages sent to [[alerts]] URLs, given up on after every retry (failed), or dropped on a full queue\n# TYPE llmgw_alerts_total counter\n",
+    );
+    for (outcome, n) in [("sent", &SENT), ("failed", &FAILED), ("dropped", &DROPPED)] {
+        out.push_str(&format!(
+            "llmgw_alerts_total{{outcome=\"{outcome}\"}} {}\n",
+            n.load(Ordering::Relaxed)
+        ));
+    }
+    out
+}
+
+/// The installed sink: the dispatcher's queue.
 pub struct Alerts {
     tx: mpsc::Sender<Alert>,
-    /// Alerts dropped because the queue was full.
-    pub dropped: AtomicU64,
 }
 
 impl AlertSink for Alerts {
     fn send(&self, alert: Alert) {
         if self.tx.try_send(alert).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -71,10 +89,7 @@ impl Alerts {
             .collect();
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(dispatch(rx, targets, shutdown));
-        let alerts = Arc::new(Alerts {
-            tx,
-            dropped: AtomicU64::new(0),
-        });
+        let alerts = Arc::new(Alerts { tx });
         llmgw_core::alert::install(alerts.clone());
         Some(alerts)
     }
@@ -122,6 +137,7 @@ impl Target {
             repeats,
         };
         if self.tx.try_send(m).is_err() {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 target = self.index,
                 event = alert.event.as_str(),
