@@ -1,4 +1,5 @@
-//! Issue 25: a real Prometheus (Debian's `prometheus` package) scrapes a real gateway every
+//! Issue 25: a real Prometheus (Debian's `prometheus` package), run with the shipped
+//! `configs/prometheus/llmgw.yml` (checked by promtool), scrapes a real gateway every
 //! second; a `histogram_quantile(0.99, …)` over the time to first token comes back as a
 //! number; the Grafana dashboard in `configs/grafana/llmgw.json` is valid JSON, every
 //! metric its queries name exists in the gateway's `/metrics`, and Prometheus accepts
@@ -32,24 +33,45 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    /// Starts `bin` on a loopback port, scraping `target` (`host:port`) every second with
-    /// the master key as the bearer token (read from a file, as configs/prometheus does).
+    /// Starts `bin` on a loopback port with the shipped example
+    /// (`configs/prometheus/llmgw.yml`), pointed at `target` (`host:port`) every second and
+    /// at a file holding the master key: the example itself is what is tested.
     fn start(bin: &str, target: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key");
         std::fs::write(&key, MASTER).unwrap();
+        let example = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/prometheus/llmgw.yml"),
+        )
+        .unwrap();
+        for needle in ["/home/alice/.llmgw/prometheus-key", "localhost:4000", "15s"] {
+            assert!(example.contains(needle), "the example has no {needle}");
+        }
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: llmgw\n    scrape_interval: 1s\n    \
-                 authorization:\n      type: Bearer\n      credentials_file: {}\n    \
-                 static_configs:\n      - targets: [\"{target}\"]\n",
-                key.display()
-            ),
+            example
+                .replace(
+                    "/home/alice/.llmgw/prometheus-key",
+                    &key.display().to_string(),
+                )
+                .replace("localhost:4000", target)
+                .replace("15s", "1s"),
         )
         .unwrap();
+        // promtool comes with Prometheus: the config is valid as Prometheus reads it.
+        if let Ok(out) = Command::new("promtool")
+            .args(["check", "config"])
+            .arg(&config)
+            .output()
+        {
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let port = closed_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(bin)
