@@ -111,5 +111,33 @@ fn prefix_route(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, body_for_model, error_body, prefix_route);
+/// What `/metrics`' histograms add to one streamed request with virtual keys on (issue
+/// 25): its duration and time to first token, one attempt, its tokens and time per
+/// output token — on a series shared with other threads, as in the gateway.
+fn histograms(c: &mut Criterion) {
+    use llmgw::router::histograms::Series;
+    use std::time::Duration;
+    let s = std::sync::Arc::new(Series::new("local", "local-1"));
+    c.bench_function("histograms: one streamed request recorded", |b| {
+        b.iter(|| {
+            let s = black_box(&s);
+            s.attempt(200, black_box(Duration::from_millis(40)));
+            s.request(
+                200,
+                black_box(Duration::from_millis(900)),
+                Some(Duration::from_millis(40)),
+            );
+            s.tokens(200, 350, 120, Some(Duration::from_millis(7)));
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    parse,
+    body_for_model,
+    error_body,
+    prefix_route,
+    histograms
+);
 criterion_main!(benches);

@@ -138,6 +138,7 @@ fn keys(c: &mut Criterion) {
                 status: 200,
                 cache_hit: false,
                 abandoned: false,
+                ttft: None,
             });
         })
     });
@@ -153,6 +154,7 @@ fn keys(c: &mut Criterion) {
                 status: 200,
                 cache_hit: false,
                 abandoned: false,
+                ttft: None,
             });
         })
     });

@@ -24,6 +24,8 @@ command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
 command -v munged >/dev/null 2>&1 || missing+=(munge)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# Issue 25: the dashboard test scrapes a real gateway with Prometheus.
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 # npm installs the pinned Codex CLI for tests/codex.rs (scripts/codex.sh).
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 # A real PostgreSQL server for the shared key/spend store tests (tests/common/postgres.rs

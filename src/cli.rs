@@ -55,6 +55,8 @@ pub enum Command {
     Batches(crate::commands::batches::BatchesArgs),
     /// Check what a first `start` needs on this cluster; each problem with its fix.
     Doctor(DoctorArgs),
+    /// Alerts of a config's [[alerts]] entries: `test` sends one of each event.
+    Alerts(crate::commands::alerts::AlertsArgs),
     /// A mock OpenAI-compatible upstream for tests, benchmarks and demos.
     #[command(hide = true)]
     MockUpstream(llmgw_mock::MockArgs),

@@ -62,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Users(args) => crate::commands::users::run(args),
         Command::Batches(args) => crate::commands::batches::run(args),
         Command::Doctor(args) => crate::commands::doctor::run(args),
+        Command::Alerts(args) => crate::commands::alerts::run(args),
         Command::Connect(args) => crate::commands::connect::run(args),
         Command::Restart(args) => crate::commands::restart::run(args),
     }

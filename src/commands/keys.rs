@@ -90,6 +90,10 @@ pub struct KeyFields {
     /// Budget in USD per period (`none` = no budget).
     #[arg(long)]
     pub max_budget: Option<String>,
+    /// USD per period past which a `soft_budget` alert is sent ([[alerts]]); nothing is
+    /// refused (`none` = no soft budget).
+    #[arg(long)]
+    pub soft_budget: Option<String>,
     /// Budget period: 30s, 1h, 1d, 30d (`none` = the budget never resets).
     #[arg(long)]
     pub budget_duration: Option<String>,
@@ -180,6 +184,7 @@ impl KeyFields {
                 "end_user_max_budget",
                 &self.end_user_max_budget,
             ),
+            ("--soft-budget", "soft_budget", &self.soft_budget),
         ] {
             let Some(b) = b else { continue };
             let v = if none(b) {
@@ -524,13 +529,14 @@ mod tests {
             alias: Some("alice".into()),
             models: Some("local, gpt-*".into()),
             max_budget: Some("$0.01".into()),
+            soft_budget: Some("0.005".into()),
             rpm: Some("none".into()),
             ..KeyFields::default()
         };
         let b = Value::Object(f.body().unwrap());
         assert_eq!(
             b,
-            json!({"key_alias": "alice", "models": ["local", "gpt-*"], "max_budget": 0.01, "rpm_limit": null})
+            json!({"key_alias": "alice", "models": ["local", "gpt-*"], "max_budget": 0.01, "soft_budget": 0.005, "rpm_limit": null})
         );
         let bad = KeyFields {
             tpm: Some("lots".into()),

@@ -5,6 +5,7 @@
 //!
 //! This is the CLI edge: errors are `anyhow`, each one line saying what to do.
 
+pub mod alerts;
 pub mod batches;
 pub mod chain_status;
 pub mod connect;

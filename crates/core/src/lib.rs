@@ -7,12 +7,14 @@
 // and the success types are no smaller, so boxing buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod alert;
 pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod duration;
 pub mod error;
 pub mod heavy;
+pub mod histogram;
 pub mod host;
 pub mod logging;
 pub mod redact;

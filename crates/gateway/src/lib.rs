@@ -1,7 +1,7 @@
 //! llmgw-gateway: the HTTP server a client talks to. Connections and their limits
 //! ([`conn`]), who may call ([`access`]), the request path ([`serve`], [`apis`]), virtual
 //! keys, budgets and spend ([`keys`], [`spend`], [`store`]), the response cache
-//! ([`cache`]), the admin API ([`admin`]), `/metrics` ([`metrics`]) and, for a gateway that
+//! ([`cache`]), the admin API ([`admin`]), `/metrics` ([`metrics`]), alerts ([`alerts`]) and, for a gateway that
 //! is a SLURM job, the renewal relay ([`relay`]). Routing is the router's, wire formats
 //! the wire crate's, processes and SLURM the cluster crate's.
 
@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod alerts;
 pub mod apis;
 pub mod batch_runner;
 pub mod batches;

@@ -50,6 +50,12 @@ pub fn render(router: &Router, ready: bool, draining: bool, extra: &str) -> Stri
         &|d| d.stats.failures.load(Ordering::Relaxed).to_string(),
     );
     per(
+        "llmgw_deployment_cooldowns_total",
+        "counter",
+        "Cooldowns the deployment started (after failures or a 429)",
+        &|d| d.stats.cooldowns.load(Ordering::Relaxed).to_string(),
+    );
+    per(
         "llmgw_deployment_in_flight",
         "gauge",
         "Requests in flight",
@@ -108,6 +114,7 @@ pub fn render(router: &Router, ready: bool, draining: bool, extra: &str) -> Stri
         }
     }
     queue_metrics(&mut out, router);
+    router.histograms().render(&mut out);
     out.push_str(extra);
     out
 }

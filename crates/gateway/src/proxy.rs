@@ -127,10 +127,11 @@ pub(crate) async fn proxy_for(
         }
         let pending = match s.cache.lookup(&req, &mut log).await? {
             crate::cache::Outcome::Hit(resp) => {
+                log.hist = Some(s.router.histograms().cache(&log.model).clone());
                 return Ok(match ticket.take() {
                     Some(t) => crate::keys::meter::meter(t, false, resp).await,
                     None => resp,
-                })
+                });
             }
             crate::cache::Outcome::Continue(pending) => pending,
         };
@@ -174,6 +175,9 @@ pub(crate) async fn proxy_for(
         Ok(resp) => resp,
         Err(e) => {
             log.status = e.status.as_u16();
+            if log.hist.is_none() {
+                log.hist = Some(s.router.histograms().unrouted(&log.model).clone());
+            }
             let rate = ticket.as_ref().map(|t| t.rate);
             if let Some(t) = ticket.take() {
                 t.finish(crate::keys::enforce::Outcome {

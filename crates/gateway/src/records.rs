@@ -34,6 +34,10 @@ pub struct Limits {
     pub models: Vec<String>,
     /// USD per budget period (or in total without `budget_duration`).
     pub max_budget: Option<f64>,
+    /// USD per budget period past which an alert is sent (`soft_budget`; nothing is
+    /// refused).
+    #[serde(default)]
+    pub soft_budget: Option<f64>,
     /// Budget period in seconds.
     pub budget_duration: Option<u64>,
     /// Unix seconds the budget periods count from.

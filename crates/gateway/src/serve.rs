@@ -208,6 +208,11 @@ pub async fn run(
         None => Arc::new(|| false),
     };
     crate::batch_runner::spawn(state.clone(), handing_over);
+    // `[[alerts]]`: the sink (before the backends start: a crash loop raises through it)
+    // and the watcher of the conditions the gateway keeps.
+    if crate::alerts::Alerts::start(&cfg, shutdown.clone()).is_some() {
+        crate::alerts::watch::spawn(state.clone(), shutdown.clone());
+    }
     {
         let (shutdown, batches) = (shutdown.clone(), state.batches.clone());
         tokio::spawn(async move {

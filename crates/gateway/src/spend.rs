@@ -177,6 +177,8 @@ pub struct Spend {
     pub other: GroupTotals,
     tx: mpsc::Sender<SpendRow>,
     pub stats: Arc<WriterStats>,
+    /// The router's histograms, where each request's tokens are counted.
+    hist: std::sync::OnceLock<Arc<llmgw_router::histograms::Histograms>>,
 }
 
 /// One admitted request whose row is not recorded yet; the writer waits for every one at
@@ -214,8 +216,19 @@ impl Spend {
             other: GroupTotals::default(),
             tx,
             stats,
+            hist: std::sync::OnceLock::new(),
         };
         (Arc::new(spend), task)
+    }
+
+    /// Counts each request's tokens in `hist` from now on.
+    pub fn set_histograms(&self, hist: Arc<llmgw_router::histograms::Histograms>) {
+        let _ = self.hist.set(hist);
+    }
+
+    /// The histograms tokens are counted in, once set.
+    pub fn histograms(&self) -> Option<&llmgw_router::histograms::Histograms> {
+        self.hist.get().map(|h| &**h)
     }
 
     /// Cost of `usage` on deployment `id` in nano-dollars.

@@ -15,12 +15,17 @@ impl Router {
         limit: Duration,
         log: &mut RequestLog,
     ) -> Result<Response, UpstreamError> {
-        self.attempt_unscrubbed(dep, slot, req, limit, log)
-            .await
-            .map_err(|mut e| {
-                e.scrub(&self.secrets);
-                e
-            })
+        let started = Instant::now();
+        let r = self.attempt_unscrubbed(dep, slot, req, limit, log).await;
+        let status = match &r {
+            Ok(resp) => resp.status().as_u16(),
+            Err(e) => e.error.status.as_u16(),
+        };
+        dep.hist.attempt(status, started.elapsed());
+        r.map_err(|mut e| {
+            e.scrub(&self.secrets);
+            e
+        })
     }
 
     async fn attempt_unscrubbed(

@@ -31,6 +31,8 @@ pub struct Deployment {
     /// quickstart's: what to start on its port).
     pub unreachable_hint: Option<&'static str>,
     pub stats: DeploymentStats,
+    /// Its latency and token histograms (`/metrics`).
+    pub hist: Arc<crate::histograms::Series>,
     /// False while a supervised local backend is loading, restarting or has failed:
     /// the router sends it nothing.
     pub available: AtomicBool,
@@ -56,6 +58,8 @@ pub struct DeploymentStats {
     pub in_flight: AtomicU64,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// Cooldowns started (not counting one extended while it lasted).
+    pub cooldowns: AtomicU64,
 }
 
 /// Cooldown, failures, usage and latency of one deployment.
@@ -121,6 +125,10 @@ impl Deployment {
 
     /// A deployment of `upstream` with no limits, a 60 s timeout and fresh live state.
     pub fn new(upstream: Upstream) -> Self {
+        let hist = Arc::new(crate::histograms::Series::new(
+            &upstream.group,
+            &upstream.id,
+        ));
         Deployment {
             upstream,
             index: 0,
@@ -135,6 +143,7 @@ impl Deployment {
             output_cost: 0.0,
             unreachable_hint: None,
             stats: DeploymentStats::default(),
+            hist,
             available: AtomicBool::new(true),
             health: HealthState::default(),
             load: Default::default(),
@@ -192,6 +201,9 @@ impl Deployment {
             .cooling_until_ms
             .fetch_max(until, Ordering::SeqCst);
         if prev < until {
+            if prev <= now_ms() {
+                self.stats.cooldowns.fetch_add(1, Ordering::Relaxed);
+            }
             if let Ok(mut r) = self.health.cooling_reason.lock() {
                 *r = reason;
             }

@@ -20,6 +20,7 @@ mod refusal;
 
 mod h1;
 
+pub mod histograms;
 pub mod load;
 
 mod log;
@@ -100,6 +101,8 @@ pub struct Router {
     secrets: Arc<redact::Secrets>,
     /// Some group has a gate (`holds` looks further only then).
     any_gate: bool,
+    /// Latency and token histograms of every deployment and group (`/metrics`).
+    hist: Arc<histograms::Histograms>,
 }
 
 struct Group {
@@ -271,7 +274,15 @@ impl Router {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let client = HttpClient::new(client, idle_per_host, idle_timeout, connect_timeout);
         let any_gate = groups.values().any(|g: &Group| g.gate.is_some());
+        let hist = Arc::new(histograms::Histograms::new(
+            &names,
+            names
+                .iter()
+                .flat_map(|n| groups[n].deployments.iter())
+                .map(|d| (d.id.as_str(), &d.hist)),
+        ));
         Ok(Router {
+            hist,
             any_gate,
             groups,
             names,
@@ -285,6 +296,11 @@ impl Router {
     /// Also masks `secret` in upstream text (the master key when it comes from a file).
     pub fn redact_also(&mut self, secret: &Secret) {
         Arc::make_mut(&mut self.secrets).add(secret.expose());
+    }
+
+    /// The latency and token histograms (`/metrics`, spend rows).
+    pub fn histograms(&self) -> &Arc<histograms::Histograms> {
+        &self.hist
     }
 
     /// Model group names in config order.
@@ -649,6 +665,7 @@ impl Router {
             }
             log.attempts += 1;
             log.deployment.clone_from(&dep.id);
+            log.hist = Some(dep.hist.clone());
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(last.unwrap_or_else(request_timeout));

@@ -23,6 +23,9 @@ pub struct RequestLog {
     /// False when a stream ended early (client gone or upstream broke).
     pub complete: bool,
     pub client_gone: bool,
+    /// Where its duration and time to first token are counted (`histograms`): the
+    /// deployment's series once one is picked, else set by the gateway.
+    pub hist: Option<Arc<crate::histograms::Series>>,
 }
 
 impl Default for RequestLog {
@@ -41,6 +44,7 @@ impl Default for RequestLog {
             queue: Duration::ZERO,
             complete: true,
             client_gone: false,
+            hist: None,
         }
     }
 }
@@ -69,6 +73,10 @@ impl Drop for RequestLog {
         if self.path.is_empty() {
             return;
         }
+        let latency = self.start.elapsed();
+        if let Some(h) = &self.hist {
+            h.request(self.status, latency, self.ttfb.filter(|_| self.stream));
+        }
         llmgw_core::logging::request(&llmgw_core::logging::RequestLine {
             path: self.path,
             model: &self.model,
@@ -79,7 +87,7 @@ impl Drop for RequestLog {
             stream: self.stream,
             complete: self.complete,
             client_gone: self.client_gone,
-            latency: self.start.elapsed(),
+            latency,
             ttfb: self.ttfb,
         });
     }

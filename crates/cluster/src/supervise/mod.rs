@@ -27,6 +27,7 @@
 //! through the [`Availability`] switch the gateway hands to [`Backends::attach`]; it
 //! never depends on the gateway.
 
+mod crash;
 mod process;
 mod status;
 pub use process::*;

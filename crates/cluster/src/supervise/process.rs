@@ -286,6 +286,7 @@ impl Supervisor {
         let mut failures_before_ready: u32 = 0;
         let mut ever_ready = false;
         let mut backoff = Duration::from_secs(1);
+        let mut crash = super::crash::CrashLoop::default();
         loop {
             let mut c = match child.take() {
                 Some(c) => c,
@@ -315,7 +316,7 @@ impl Supervisor {
                 }
             });
             let started = Instant::now();
-            let ended = self.one_run(&mut c).await;
+            let ended = self.one_run(&mut c, &mut crash).await;
             self.set_available(false);
             if let Some(pid) = pid {
                 stop_group(pid, &mut c, KILL_GRACE).await;
@@ -348,6 +349,7 @@ impl Supervisor {
                 backoff = Duration::from_secs(1);
             }
             let failed = timed_out || (!was_ready && failures_before_ready >= FAILED_AFTER);
+            crash.exited(&self.plan.name, &why, Instant::now());
             tracing::warn!(backend = %self.plan.name, reason = %why, restart_in = ?backoff, "backend stopped; restarting it");
             self.shared.update(self.i, |b| {
                 b.pid = None;
@@ -370,7 +372,11 @@ impl Supervisor {
     }
 
     /// Loads (polls until ready), then runs until the process exits or we are stopped.
-    pub(crate) async fn one_run(&self, c: &mut tokio::process::Child) -> Ended {
+    pub(crate) async fn one_run(
+        &self,
+        c: &mut tokio::process::Child,
+        crash: &mut super::crash::CrashLoop,
+    ) -> Ended {
         let deadline = tokio::time::Instant::now() + self.plan.load_timeout;
         let ready = async {
             loop {
@@ -391,6 +397,7 @@ impl Supervisor {
             b.state = BackendState::Ready;
         });
         self.set_available(true);
+        crash.ready(&self.plan.name);
         tokio::select! {
             _ = self.stop.cancelled() => Ended::Stopped,
             status = c.wait() => Ended::Exited(exit_text(status)),

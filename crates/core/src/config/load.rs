@@ -82,7 +82,19 @@ impl Config {
             .as_ref()
             .map(|k| resolve_secret(k, &src))
             .transpose()?;
+        let mut alert_urls = Vec::with_capacity(config.alerts.len());
+        for a in &config.alerts {
+            let url = resolve_secret(&a.url, &src)?;
+            if !alert_url_ok(url.expose()) {
+                return Err(src.at(
+                    a.url.span(),
+                    "[[alerts]] url must be an http:// or https:// URL (its value is not shown: it may hold a token)",
+                ));
+            }
+            alert_urls.push(url);
+        }
         Ok(LoadedConfig {
+            alert_urls,
             config,
             source_name: name.to_string(),
             path: None,
@@ -133,6 +145,10 @@ impl Config {
             ));
         }
         self.batches.check().map_err(file_err)?;
+        for a in &self.alerts {
+            a.check()
+                .map_err(|m| src.at(a.url.span(), format!("[[alerts]]: {m}")))?;
+        }
         if !(0.0..=10.0).contains(&self.router.latency_buffer) {
             return Err(file_err(
                 "[router] latency_buffer must be between 0.0 and 10.0 (a fraction of the best latency)".into(),

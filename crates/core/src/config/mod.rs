@@ -20,9 +20,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod alerts;
 mod batches;
 mod derived;
 pub mod renewal;
+pub use alerts::{url_ok as alert_url_ok, AlertConfig, AlertKind};
 pub use batches::BatchesConfig;
 
 /// The config served when `llmgw serve` is given no `--config`.
@@ -79,6 +81,9 @@ pub struct Config {
     pub keys: KeysConfig,
     #[serde(default)]
     pub batches: BatchesConfig,
+    /// `[[alerts]]`: webhooks for alerts (`llmgw_core::alert`).
+    #[serde(default)]
+    pub alerts: Vec<AlertConfig>,
 }
 
 /// `[server]`: where and how the gateway listens.
@@ -726,6 +731,8 @@ pub struct LoadedConfig {
     pub redis_url: Option<Secret>,
     /// Resolved `[store] url` (it may carry a password).
     pub store_url: Option<Secret>,
+    /// Resolved `[[alerts]] url` per entry (same index; a webhook URL holds a token).
+    pub alert_urls: Vec<Secret>,
     /// What to do when one of its deployments cannot be reached, added to that error
     /// (the built-in quickstart's [`QUICKSTART_HINT`]; none for a config file).
     pub unreachable_hint: Option<&'static str>,

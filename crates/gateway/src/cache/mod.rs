@@ -405,6 +405,12 @@ pub mod counters {
     pub(crate) fn set_redis_configured() {
         REDIS.store(true, Ordering::Relaxed);
     }
+    pub(crate) fn redis_configured() -> bool {
+        REDIS.load(Ordering::Relaxed)
+    }
+    pub(crate) fn breaker_open() -> bool {
+        BREAKER_OPEN.load(Ordering::Relaxed)
+    }
 }
 
 /// The cache's metrics in Prometheus text format (append to `/metrics`).

@@ -293,6 +293,8 @@ pub struct LimitsPatch {
     #[serde(default, deserialize_with = "double_option")]
     pub(crate) max_budget: Option<Option<f64>>,
     #[serde(default, deserialize_with = "double_option")]
+    pub(crate) soft_budget: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "double_option")]
     pub(crate) budget_duration: Option<Option<Value>>,
     #[serde(default, alias = "rpm", deserialize_with = "double_option")]
     pub(crate) rpm_limit: Option<Option<u64>>,
@@ -378,11 +380,17 @@ pub(crate) fn apply_limits(l: &mut Limits, p: LimitsPatch, now: u64) -> Result<(
         }
         l.models = m;
     }
-    if let Some(b) = p.max_budget {
-        l.max_budget = match b {
-            Some(v) => Some(check_usd("max_budget", v).map_err(|m| bad("max_budget", m))?),
-            None => None,
-        };
+    let budgets = [("max_budget", p.max_budget, &mut l.max_budget)];
+    for (name, patch, slot) in
+        budgets
+            .into_iter()
+            .chain([("soft_budget", p.soft_budget, &mut l.soft_budget)])
+    {
+        if let Some(b) = patch {
+            *slot = b
+                .map(|v| check_usd(name, v).map_err(|m| bad(name, m)))
+                .transpose()?;
+        }
     }
     if let Some(d) = p.budget_duration {
         let d = match d {
@@ -548,6 +556,7 @@ pub(crate) fn limits_json(l: &Limits, c: &Counters, now: u64) -> Value {
     json!({
         "models": l.models,
         "max_budget": l.max_budget,
+        "soft_budget": l.soft_budget,
         "budget_duration": l.budget_duration.map(format_period),
         "budget_reset_at": end.map(llmgw_core::state::rfc3339),
         "spend": nanos_to_usd(c.spend_in(start)),

@@ -44,6 +44,8 @@ pub async fn meter(ticket: Ticket, strip_usage: bool, resp: Response) -> Respons
         status,
         cache_hit,
         abandoned: false,
+        // The head of a stream leaves with its first chunk.
+        ttft: (stream && !cache_hit).then(|| ticket.elapsed()),
     };
     if stream {
         let (parts, body) = resp.into_parts();

@@ -111,6 +111,7 @@ impl KeyService {
             sc.buffer_rows,
             shutdown.clone(),
         );
+        spend.set_histograms(router.histograms().clone());
         let svc = Arc::new(KeyService {
             table: ArcSwap::from_pointee(Table::default()),
             store,

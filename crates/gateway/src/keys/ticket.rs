@@ -8,7 +8,7 @@ use super::ratelimit::Rate;
 use crate::spend::{Spend, SpendRow, Usage};
 use llmgw_core::error::ApiError;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// An admitted request: holds its parallel slots and, once the response is known,
 /// charges its cost and records its spend row ([`Ticket::finish`]). Dropped unfinished
@@ -42,6 +42,8 @@ pub struct Outcome {
     /// A stream the client left before its end: charged for what was delivered, with the
     /// prompt estimated when the upstream's count never came.
     pub abandoned: bool,
+    /// A stream's time to its first chunk (for the time per output token).
+    pub ttft: Option<Duration>,
 }
 
 impl Ticket {
@@ -75,6 +77,11 @@ impl Ticket {
         })
     }
 
+    /// Time since admission.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
     /// The id of the request's spend row (also sent as `x-llmgw-request-id`).
     pub fn request_id(&self) -> &str {
         &self.request_id
@@ -101,6 +108,20 @@ impl Ticket {
         } else {
             self.spend.cost(&o.deployment, o.usage)
         };
+        let took = self.start.elapsed();
+        if let Some(h) = self.spend.histograms().filter(|_| o.usage.total() > 0) {
+            // After the first token, the rest took (duration − ttft) over n − 1 tokens.
+            let per_token = o.ttft.and_then(|t| {
+                let n = u32::try_from(o.usage.completion.checked_sub(1)?).ok()?;
+                took.checked_sub(t)?.checked_div(n)
+            });
+            h.answered_by(&self.model, &o.deployment).tokens(
+                o.status,
+                o.usage.prompt,
+                o.usage.completion,
+                per_token,
+            );
+        }
         let minute = now_ms / 60_000;
         let now_s = now_ms / 1000;
         let key = self.claims.key.as_ref();
@@ -122,7 +143,7 @@ impl Ticket {
             prompt_tokens: o.usage.prompt as i64,
             completion_tokens: o.usage.completion as i64,
             cost_nanos: cost,
-            latency_ms: self.start.elapsed().as_millis() as i64,
+            latency_ms: took.as_millis() as i64,
             status: i32::from(o.status),
             cache_hit: o.cache_hit,
         });
