@@ -188,6 +188,10 @@ fn launch_lines_and_load_readings_match_the_pinned_sglang() {
     let mut launched = 0;
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
         let path = entry.path();
+        // configs/ also holds the Grafana dashboard and the Prometheus example.
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         let Ok(cfg) = Config::parse_str(&text, &path.display().to_string()) else {
             continue;
