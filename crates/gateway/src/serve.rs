@@ -170,6 +170,7 @@ pub async fn run(
         shutdown.clone(),
     );
     let bound = bind(&host, port).await?;
+    let telemetry = crate::telemetry::Telemetry::start(&cfg, &router);
     let state = Arc::new(AppState {
         models_body: models_body(router.model_names()),
         router,
@@ -193,6 +194,7 @@ pub async fn run(
             server.max_body_bytes,
         ),
         store_watch,
+        telemetry,
     });
     let relay = match &member {
         Some(_) => Some(crate::relay::Relay::new(server.max_body_bytes)?),

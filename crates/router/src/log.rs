@@ -23,6 +23,9 @@ pub struct RequestLog {
     /// False when a stream ended early (client gone or upstream broke).
     pub complete: bool,
     pub client_gone: bool,
+    /// Set by the gateway for a traced request: the router adds a span per attempt and
+    /// sends each upstream a `traceparent` (`None`: not traced, nothing recorded).
+    pub trace: Option<Arc<crate::trace::TraceLink>>,
 }
 
 impl Default for RequestLog {
@@ -41,6 +44,7 @@ impl Default for RequestLog {
             queue: Duration::ZERO,
             complete: true,
             client_gone: false,
+            trace: None,
         }
     }
 }

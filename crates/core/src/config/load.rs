@@ -82,6 +82,7 @@ impl Config {
             .as_ref()
             .map(|k| resolve_secret(k, &src))
             .transpose()?;
+        let telemetry_headers = config.telemetry.resolve_headers(&src)?;
         Ok(LoadedConfig {
             config,
             source_name: name.to_string(),
@@ -90,6 +91,7 @@ impl Config {
             model_keys,
             redis_url,
             store_url,
+            telemetry_headers,
             unreachable_hint: None,
         })
     }
@@ -133,6 +135,7 @@ impl Config {
             ));
         }
         self.batches.check().map_err(file_err)?;
+        self.telemetry.validate(src)?;
         if !(0.0..=10.0).contains(&self.router.latency_buffer) {
             return Err(file_err(
                 "[router] latency_buffer must be between 0.0 and 10.0 (a fraction of the best latency)".into(),

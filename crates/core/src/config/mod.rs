@@ -23,7 +23,9 @@ use toml::Spanned;
 mod batches;
 mod derived;
 pub mod renewal;
+mod telemetry;
 pub use batches::BatchesConfig;
+pub use telemetry::TelemetryConfig;
 
 /// The config served when `llmgw serve` is given no `--config`.
 pub const QUICKSTART: &str = include_str!("../../../../configs/quickstart.toml");
@@ -79,6 +81,8 @@ pub struct Config {
     pub keys: KeysConfig,
     #[serde(default)]
     pub batches: BatchesConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[server]`: where and how the gateway listens.
@@ -726,6 +730,8 @@ pub struct LoadedConfig {
     pub redis_url: Option<Secret>,
     /// Resolved `[store] url` (it may carry a password).
     pub store_url: Option<Secret>,
+    /// Resolved `[telemetry] headers` (values may be `env:`/`file:`; never logged).
+    pub telemetry_headers: Vec<(String, Secret)>,
     /// What to do when one of its deployments cannot be reached, added to that error
     /// (the built-in quickstart's [`QUICKSTART_HINT`]; none for a config file).
     pub unreachable_hint: Option<&'static str>,

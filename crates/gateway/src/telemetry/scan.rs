@@ -1,0 +1,214 @@
+//! Reading the few values a span needs out of request and answer bodies without parsing
+//! them whole: `"key": value` pairs found by searching for the quoted key. Inside a JSON
+//! string every `"` is escaped, so `"key":` only ever matches a real key (possibly a
+//! nested one: callers pick the first or every match as suits the field).
+
+use super::span::MAX_CONTENT;
+use llmgw_wire::request::Endpoint;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Longest string value returned by [`strings`] (a model id, a finish reason).
+const MAX_VALUE: usize = 256;
+
+/// Where the value of each `"key":` in `b` starts (whitespace skipped).
+fn values<'a>(b: &'a [u8], key: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut needle = Vec::with_capacity(key.len() + 2);
+    needle.push(b'"');
+    needle.extend_from_slice(key.as_bytes());
+    needle.push(b'"');
+    let finder = memchr::memmem::Finder::new(&needle).into_owned();
+    let len = needle.len();
+    let mut from = 0;
+    std::iter::from_fn(move || loop {
+        let at = from + finder.find(&b[from..])?;
+        from = at + len;
+        let rest = b[from..].trim_ascii_start();
+        if let Some(rest) = rest.strip_prefix(b":") {
+            return Some(rest.trim_ascii_start());
+        }
+    })
+}
+
+/// Every string value of `"key"` in `b`, unescaped (values over 256 bytes skipped).
+pub(crate) fn strings<'a>(b: &'a [u8], key: &str) -> impl Iterator<Item = String> + 'a {
+    values(b, key).filter_map(|v| {
+        let quoted = string_literal(v)?;
+        if quoted.len() > MAX_VALUE + 2 {
+            return None;
+        }
+        serde_json::from_slice::<String>(quoted).ok()
+    })
+}
+
+/// The JSON string literal at the start of `v`, quotes included.
+fn string_literal(v: &[u8]) -> Option<&[u8]> {
+    if v.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    while i < v.len() {
+        match v[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(&v[..=i]),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The first numeric value of `"key"` in `b`.
+pub(crate) fn number(b: &[u8], key: &str) -> Option<f64> {
+    values(b, key).find_map(|v| {
+        let end = v
+            .iter()
+            .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            .unwrap_or(v.len());
+        std::str::from_utf8(&v[..end.min(32)])
+            .ok()?
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+    })
+}
+
+/// Prompt tokens read from a cache: OpenAI's and Responses' `cached_tokens`, Anthropic's
+/// `cache_read_input_tokens`.
+pub(crate) fn cache_read(b: &[u8]) -> Option<u64> {
+    ["cached_tokens", "cache_read_input_tokens"]
+        .iter()
+        .filter_map(|k| number(b, k))
+        .map(|n| n.max(0.0) as u64)
+        .max()
+}
+
+/// `n` bytes of `s` at most, cut at a character boundary.
+pub(crate) fn cap(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn capped(raw: &RawValue) -> String {
+    cap(raw.get(), MAX_CONTENT).to_string()
+}
+
+/// The prompt as the client sent it (`messages`, `input` or `prompt`, raw JSON) and the
+/// system instructions (`system`, `instructions`), each capped.
+pub(crate) fn prompt(body: &[u8]) -> (Option<String>, Option<String>) {
+    #[derive(Deserialize)]
+    struct Prompt<'a> {
+        #[serde(borrow, default)]
+        messages: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        input: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        prompt: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        system: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        instructions: Option<&'a RawValue>,
+    }
+    let Ok(p) = serde_json::from_slice::<Prompt<'_>>(body) else {
+        return (None, None);
+    };
+    let input = p.messages.or(p.input).or(p.prompt).map(capped);
+    let system = p.system.or(p.instructions).map(capped);
+    (input, system)
+}
+
+/// The answer of a JSON body (`choices`, Anthropic's `content`, Responses' `output`),
+/// raw JSON, capped.
+pub(crate) fn output(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Out<'a> {
+        #[serde(borrow, default)]
+        choices: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        content: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        output: Option<&'a RawValue>,
+    }
+    let o = serde_json::from_slice::<Out<'_>>(body).ok()?;
+    o.choices.or(o.content).or(o.output).map(capped)
+}
+
+/// Appends the text deltas of complete stream events to `out` (up to the cap): OpenAI
+/// chat's `content`, completions' `text`, Anthropic's `text_delta`, Responses'
+/// `output_text.delta`.
+pub(crate) fn deltas(b: &[u8], endpoint: Endpoint, out: &mut String) {
+    let mut push = |s: String| {
+        if out.len() < MAX_CONTENT {
+            out.push_str(cap(&s, MAX_CONTENT - out.len()));
+        }
+    };
+    let mut rest = b;
+    while !rest.is_empty() {
+        let end = memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2);
+        let ev = &rest[..end];
+        rest = &rest[end..];
+        let key = match endpoint {
+            Endpoint::Messages if memchr::memmem::find(ev, b"\"text_delta\"").is_some() => "text",
+            Endpoint::Responses
+                if memchr::memmem::find(ev, b"response.output_text.delta").is_some() =>
+            {
+                "delta"
+            }
+            Endpoint::ChatCompletions => "content",
+            Endpoint::Completions => "text",
+            _ => continue,
+        };
+        for v in values(ev, key) {
+            if let Some(s) = string_literal(v).and_then(|q| serde_json::from_slice(q).ok()) {
+                push(s);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_keys_not_text() {
+        let b = br#"{"model": "m-1","choices":[{"message":{"content":"say \"model\":\"x\""},"finish_reason":"stop"}],"temperature":0.5}"#;
+        assert_eq!(strings(b, "model").collect::<Vec<_>>(), ["m-1"]);
+        assert_eq!(strings(b, "finish_reason").collect::<Vec<_>>(), ["stop"]);
+        assert_eq!(number(b, "temperature"), Some(0.5));
+        let tools =
+            br#"{"tools":[{"parameters":{"temperature":{"type":"number"}}}],"temperature":1}"#;
+        assert_eq!(number(tools, "temperature"), Some(1.0));
+        assert_eq!(number(b"{\"temperature\":", "temperature"), None);
+        assert_eq!(strings(b"{\"model\":\"unterminated", "model").count(), 0);
+        assert_eq!(
+            cache_read(br#"{"usage":{"prompt_tokens_details":{"cached_tokens":7}}}"#),
+            Some(7)
+        );
+        assert_eq!(cap("héllo", 2), "h");
+    }
+
+    #[test]
+    fn prompt_output_and_deltas() {
+        let (input, system) = prompt(
+            br#"{"model":"m","system":"be brief","messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        assert_eq!(
+            input.as_deref(),
+            Some(r#"[{"role":"user","content":"hi"}]"#)
+        );
+        assert_eq!(system.as_deref(), Some(r#""be brief""#));
+        let mut out = String::new();
+        deltas(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"He\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"llo\"}}]}\n\ndata: [DONE]\n\n",
+            Endpoint::ChatCompletions,
+            &mut out,
+        );
+        assert_eq!(out, "Hello");
+    }
+}
