@@ -31,12 +31,13 @@ pub(crate) struct Exporter {
 
 impl Exporter {
     /// Runs until every sender is gone, then sends what is left.
-    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Box<Finished>>) {
-        let mut batch: Vec<Box<Finished>> = Vec::with_capacity(self.max_batch);
+    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Finished>) {
+        let mut batch: Vec<Finished> = Vec::with_capacity(self.max_batch);
         loop {
             let Some(first) = rx.recv().await else {
                 return;
             };
+            self.stats.busy.store(true, Ordering::Release);
             batch.push(first);
             let until = tokio::time::Instant::now() + BATCH_DELAY;
             let mut closed = false;
@@ -51,6 +52,7 @@ impl Exporter {
                 }
             }
             self.send(&mut batch).await;
+            self.stats.busy.store(false, Ordering::Release);
             if closed {
                 return;
             }
@@ -58,7 +60,7 @@ impl Exporter {
     }
 
     /// Sends one batch (and empties it); the spans are counted as exported or failed.
-    async fn send(&self, batch: &mut Vec<Box<Finished>>) {
+    async fn send(&self, batch: &mut Vec<Finished>) {
         let spans: Vec<SpanData> = batch.drain(..).flat_map(|f| f.into_spans()).collect();
         let n = spans.len() as u64;
         let body = encode_request(&self.resource, &spans);

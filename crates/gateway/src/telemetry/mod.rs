@@ -33,9 +33,9 @@ use llmgw_wire::request::Endpoint;
 use span::{Attr, Finished, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 /// The exporter's counters (`/metrics`).
@@ -48,6 +48,8 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// Failed exports, for a warning now and then rather than one per batch.
     failures: AtomicU64,
+    /// True while the exporter holds a batch (gathering or sending it).
+    busy: AtomicBool,
 }
 
 impl Stats {
@@ -64,7 +66,7 @@ impl Stats {
 
 /// Traces for the request path: sampling, recordings and the channel to the exporter.
 pub struct Telemetry {
-    tx: mpsc::Sender<Box<Finished>>,
+    tx: mpsc::Sender<Finished>,
     ratio: f64,
     pub(crate) capture: bool,
     secrets: Arc<Secrets>,
@@ -148,7 +150,7 @@ impl Telemetry {
 
     /// Hands a finished span to the exporter, or drops (and counts) it when the queue is
     /// full.
-    fn send(&self, f: Box<Finished>) {
+    fn send(&self, f: Finished) {
         let spans = 1 + f.attempts.len() as u64;
         if self.tx.try_send(f).is_err() {
             self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
@@ -171,6 +173,18 @@ impl Telemetry {
             return None;
         }
         Some(crate::spend::cost_nanos(usage, price) as f64 / 1e9)
+    }
+
+    /// Waits, at most `within`, until every queued span has been exported or given up
+    /// (at shutdown, after the last requests).
+    pub async fn flush(&self, within: Duration) {
+        let until = Instant::now() + within;
+        while (self.tx.capacity() < self.tx.max_capacity()
+            || self.stats.busy.load(Ordering::Acquire))
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `/metrics` lines.

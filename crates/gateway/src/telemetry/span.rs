@@ -76,12 +76,12 @@ pub(crate) struct Finished {
 
 impl Finished {
     /// The request span, then one span per attempt.
-    pub(crate) fn into_spans(self: Box<Self>) -> Vec<SpanData> {
+    pub(crate) fn into_spans(self) -> Vec<SpanData> {
         let Finished {
             request,
             attempts,
             operation,
-        } = *self;
+        } = self;
         let mut out = Vec::with_capacity(1 + attempts.len());
         for a in attempts {
             let start = unix_nanos(a.start);
@@ -233,7 +233,7 @@ impl Recording {
             .unwrap_or_default();
         let mut answer = Answer::default();
         answer.whole(&bytes, self.endpoint, self.tel.capture);
-        self.finish(answer);
+        (*self).finish(answer);
         Response::from_parts(parts, Body::from(bytes))
     }
 
@@ -266,7 +266,7 @@ impl Recording {
     }
 
     /// Builds the span and hands it to the exporter (never waits).
-    fn finish(mut self: Box<Self>, answer: Answer) {
+    fn finish(mut self, answer: Answer) {
         let end = self.start + self.began.elapsed();
         let attempts = self.link.take_attempts();
         let last = attempts.last();
@@ -343,7 +343,7 @@ impl Recording {
             attrs,
             model,
             ..
-        } = *self;
+        } = self;
         let operation = operation(endpoint);
         let request = SpanData {
             trace_id: link.trace_id,
@@ -361,11 +361,11 @@ impl Recording {
             attrs,
             error,
         };
-        tel.send(Box::new(Finished {
+        tel.send(Finished {
             request,
             attempts,
             operation,
-        }));
+        });
     }
 }
 
@@ -506,7 +506,7 @@ impl Traced {
             }
             let mut answer = std::mem::take(&mut self.answer);
             answer.client_gone = client_gone;
-            rec.finish(answer);
+            (*rec).finish(answer);
         }
     }
 }
