@@ -18,6 +18,8 @@
 //!   for. One task batches and POSTs them (`export.rs`), each export bounded by
 //!   `export_timeout`; `/metrics` counts exported, dropped and failed spans.
 
+#[doc(hidden)]
+pub mod bench;
 mod export;
 mod scan;
 mod span;
