@@ -97,7 +97,9 @@ impl Exporter {
     }
 }
 
-// Protobuf wire format: the few field types OTLP needs.
+// Protobuf wire format: the few field types OTLP needs, written into one buffer. A
+// `KeyValue`'s length is computed before it is written; a larger message is written first
+// and its length put in front of it (one move of its bytes).
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -105,6 +107,11 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
         v >>= 7;
     }
     out.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn tag(out: &mut Vec<u8>, field: u32, wire: u8) {
@@ -115,6 +122,11 @@ fn bytes_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     tag(out, field, 2);
     varint(out, b.len() as u64);
     out.extend_from_slice(b);
+}
+
+/// Length of a `bytes_field` with a one-byte tag.
+fn bytes_field_len(n: usize) -> usize {
+    1 + varint_len(n as u64) + n
 }
 
 fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
@@ -132,11 +144,38 @@ fn uint(out: &mut Vec<u8>, field: u32, v: u64) {
     varint(out, v);
 }
 
-/// A nested message: written by `f` into a scratch buffer, then length-prefixed.
+/// A nested message: written by `f` after its tag, then its length put in front.
 fn message(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
-    let mut inner = Vec::new();
-    f(&mut inner);
-    bytes_field(out, field, &inner);
+    tag(out, field, 2);
+    let start = out.len();
+    f(out);
+    let len = (out.len() - start) as u64;
+    let mut prefix = [0u8; 10];
+    let mut n = 0;
+    let mut v = len;
+    while v >= 0x80 {
+        prefix[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    prefix[n] = v as u8;
+    out.splice(start..start, prefix[..=n].iter().copied());
+}
+
+/// The encoded length of an `AnyValue`.
+fn any_value_len(v: &Value) -> usize {
+    match v {
+        Value::Str(s) => bytes_field_len(s.len()),
+        Value::Static(s) => bytes_field_len(s.len()),
+        Value::Bool(_) => 2,
+        Value::Int(i) => 1 + varint_len(*i as u64),
+        Value::Double(_) => 9,
+        Value::Strs(list) => bytes_field_len(
+            list.iter()
+                .map(|s| bytes_field_len(bytes_field_len(s.len())))
+                .sum(),
+        ),
+    }
 }
 
 /// `AnyValue`.
@@ -147,20 +186,32 @@ fn any_value(out: &mut Vec<u8>, v: &Value) {
         Value::Bool(b) => uint(out, 2, u64::from(*b)),
         Value::Int(i) => uint(out, 3, *i as u64),
         Value::Double(d) => fixed64(out, 4, d.to_bits()),
-        Value::Strs(list) => message(out, 5, |arr| {
+        Value::Strs(list) => {
+            tag(out, 5, 2);
+            let inner: usize = list
+                .iter()
+                .map(|s| bytes_field_len(bytes_field_len(s.len())))
+                .sum();
+            varint(out, inner as u64);
             for s in list {
-                message(arr, 1, |av| bytes_field(av, 1, s.as_bytes()));
+                tag(out, 1, 2);
+                varint(out, bytes_field_len(s.len()) as u64);
+                bytes_field(out, 1, s.as_bytes());
             }
-        }),
+        }
     }
 }
 
-/// `KeyValue` as field `field` of its parent.
+/// `KeyValue` as field `field` of its parent (a one-byte tag).
 fn key_value(out: &mut Vec<u8>, field: u32, a: &Attr) {
-    message(out, field, |kv| {
-        bytes_field(kv, 1, a.0.as_bytes());
-        message(kv, 2, |av| any_value(av, &a.1));
-    });
+    let value = any_value_len(&a.1);
+    let len = bytes_field_len(a.0.len()) + bytes_field_len(value);
+    tag(out, field, 2);
+    varint(out, len as u64);
+    bytes_field(out, 1, a.0.as_bytes());
+    tag(out, 2, 2);
+    varint(out, value as u64);
+    any_value(out, &a.1);
 }
 
 /// `Resource` with these attributes, encoded once at start.
@@ -209,7 +260,8 @@ fn span(out: &mut Vec<u8>, s: &SpanData) {
 
 /// `ExportTraceServiceRequest` with one resource and one scope.
 pub(crate) fn encode_request(resource: &[u8], spans: &[SpanData]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512 * spans.len() + 128);
+    let attrs: usize = spans.iter().map(|s| s.attrs.len()).sum();
+    let mut out = Vec::with_capacity(160 * spans.len() + 48 * attrs + resource.len() + 64);
     message(&mut out, 1, |rs| {
         bytes_field(rs, 1, resource);
         message(rs, 2, |ss| {
@@ -228,6 +280,32 @@ pub(crate) fn encode_request(resource: &[u8], spans: &[SpanData]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lengths_computed_match_lengths_written() {
+        for v in [
+            Value::Str("x".repeat(200)),
+            Value::Static("chat"),
+            Value::Bool(true),
+            Value::Int(-5),
+            Value::Int(300),
+            Value::Double(0.5),
+            Value::Strs(vec!["stop".into(), "y".repeat(130)]),
+        ] {
+            let mut out = Vec::new();
+            any_value(&mut out, &v);
+            assert_eq!(out.len(), any_value_len(&v), "{v:?}");
+        }
+        for n in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut out = Vec::new();
+            varint(&mut out, n);
+            assert_eq!(out.len(), varint_len(n), "{n}");
+        }
+        let mut out = Vec::new();
+        message(&mut out, 2, |m| m.extend_from_slice(&[7; 200]));
+        assert_eq!(&out[..3], &[0x12, 0xc8, 0x01]);
+        assert_eq!(out.len(), 203);
+    }
 
     #[test]
     fn varints_and_fields() {

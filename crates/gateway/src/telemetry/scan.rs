@@ -5,24 +5,48 @@
 
 use super::span::MAX_CONTENT;
 use llmgw_wire::request::Endpoint;
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::sync::LazyLock;
 
 /// Longest string value returned by [`strings`] (a model id, a finish reason).
 const MAX_VALUE: usize = 256;
 
+/// A key searched for: `"name"`, its searcher built once.
+pub(crate) struct Key {
+    len: usize,
+    finder: LazyLock<Finder<'static>>,
+}
+
+macro_rules! keys {
+    ($($name:ident = $key:literal;)*) => {$(
+        pub(crate) static $name: Key = Key {
+            len: $key.len() + 2,
+            finder: LazyLock::new(|| Finder::new(concat!("\"", $key, "\"").as_bytes())),
+        };
+    )*};
+}
+
+keys! {
+    MODEL = "model";
+    FINISH_REASON = "finish_reason";
+    STOP_REASON = "stop_reason";
+    STATUS = "status";
+    TEMPERATURE = "temperature";
+    CACHED_TOKENS = "cached_tokens";
+    CACHE_READ_INPUT_TOKENS = "cache_read_input_tokens";
+    CONTENT = "content";
+    TEXT = "text";
+    DELTA = "delta";
+}
+
 /// Where the value of each `"key":` in `b` starts (whitespace skipped).
-fn values<'a>(b: &'a [u8], key: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
-    let mut needle = Vec::with_capacity(key.len() + 2);
-    needle.push(b'"');
-    needle.extend_from_slice(key.as_bytes());
-    needle.push(b'"');
-    let finder = memchr::memmem::Finder::new(&needle).into_owned();
-    let len = needle.len();
+fn values<'a>(b: &'a [u8], key: &'static Key) -> impl Iterator<Item = &'a [u8]> + 'a {
     let mut from = 0;
     std::iter::from_fn(move || loop {
-        let at = from + finder.find(&b[from..])?;
-        from = at + len;
+        let at = from + key.finder.find(&b[from..])?;
+        from = at + key.len;
         let rest = b[from..].trim_ascii_start();
         if let Some(rest) = rest.strip_prefix(b":") {
             return Some(rest.trim_ascii_start());
@@ -31,7 +55,7 @@ fn values<'a>(b: &'a [u8], key: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
 }
 
 /// Every string value of `"key"` in `b`, unescaped (values over 256 bytes skipped).
-pub(crate) fn strings<'a>(b: &'a [u8], key: &str) -> impl Iterator<Item = String> + 'a {
+pub(crate) fn strings<'a>(b: &'a [u8], key: &'static Key) -> impl Iterator<Item = String> + 'a {
     values(b, key).filter_map(|v| {
         let quoted = string_literal(v)?;
         if quoted.len() > MAX_VALUE + 2 {
@@ -58,7 +82,7 @@ fn string_literal(v: &[u8]) -> Option<&[u8]> {
 }
 
 /// The first numeric value of `"key"` in `b`.
-pub(crate) fn number(b: &[u8], key: &str) -> Option<f64> {
+pub(crate) fn number(b: &[u8], key: &'static Key) -> Option<f64> {
     values(b, key).find_map(|v| {
         let end = v
             .iter()
@@ -73,10 +97,12 @@ pub(crate) fn number(b: &[u8], key: &str) -> Option<f64> {
 }
 
 /// Prompt tokens read from a cache: OpenAI's and Responses' `cached_tokens`, Anthropic's
-/// `cache_read_input_tokens`.
-pub(crate) fn cache_read(b: &[u8]) -> Option<u64> {
-    ["cached_tokens", "cache_read_input_tokens"]
-        .iter()
+/// `cache_read_input_tokens`, looked for only after `"usage"` (`usage` is where that
+/// object starts in `b`).
+pub(crate) fn cache_read(b: &[u8], usage: usize) -> Option<u64> {
+    let b = b.get(usage..)?;
+    [&CACHED_TOKENS, &CACHE_READ_INPUT_TOKENS]
+        .into_iter()
         .filter_map(|k| number(b, k))
         .map(|n| n.max(0.0) as u64)
         .max()
@@ -153,14 +179,14 @@ pub(crate) fn deltas(b: &[u8], endpoint: Endpoint, out: &mut String) {
         let ev = &rest[..end];
         rest = &rest[end..];
         let key = match endpoint {
-            Endpoint::Messages if memchr::memmem::find(ev, b"\"text_delta\"").is_some() => "text",
+            Endpoint::Messages if memchr::memmem::find(ev, b"\"text_delta\"").is_some() => &TEXT,
             Endpoint::Responses
                 if memchr::memmem::find(ev, b"response.output_text.delta").is_some() =>
             {
-                "delta"
+                &DELTA
             }
-            Endpoint::ChatCompletions => "content",
-            Endpoint::Completions => "text",
+            Endpoint::ChatCompletions => &CONTENT,
+            Endpoint::Completions => &TEXT,
             _ => continue,
         };
         for v in values(ev, key) {
@@ -178,16 +204,19 @@ mod tests {
     #[test]
     fn finds_keys_not_text() {
         let b = br#"{"model": "m-1","choices":[{"message":{"content":"say \"model\":\"x\""},"finish_reason":"stop"}],"temperature":0.5}"#;
-        assert_eq!(strings(b, "model").collect::<Vec<_>>(), ["m-1"]);
-        assert_eq!(strings(b, "finish_reason").collect::<Vec<_>>(), ["stop"]);
-        assert_eq!(number(b, "temperature"), Some(0.5));
+        assert_eq!(strings(b, &MODEL).collect::<Vec<_>>(), ["m-1"]);
+        assert_eq!(strings(b, &FINISH_REASON).collect::<Vec<_>>(), ["stop"]);
+        assert_eq!(number(b, &TEMPERATURE), Some(0.5));
         let tools =
             br#"{"tools":[{"parameters":{"temperature":{"type":"number"}}}],"temperature":1}"#;
-        assert_eq!(number(tools, "temperature"), Some(1.0));
-        assert_eq!(number(b"{\"temperature\":", "temperature"), None);
-        assert_eq!(strings(b"{\"model\":\"unterminated", "model").count(), 0);
+        assert_eq!(number(tools, &TEMPERATURE), Some(1.0));
+        assert_eq!(number(b"{\"temperature\":", &TEMPERATURE), None);
+        assert_eq!(strings(b"{\"model\":\"unterminated", &MODEL).count(), 0);
         assert_eq!(
-            cache_read(br#"{"usage":{"prompt_tokens_details":{"cached_tokens":7}}}"#),
+            cache_read(
+                br#"{"usage":{"prompt_tokens_details":{"cached_tokens":7}}}"#,
+                0
+            ),
             Some(7)
         );
         assert_eq!(cap("héllo", 2), "h");

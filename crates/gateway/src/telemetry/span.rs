@@ -180,7 +180,7 @@ impl Recording {
                 Value::Int(i64::try_from(n).unwrap_or(i64::MAX)),
             ));
         }
-        if let Some(t) = scan::number(&req.body, "temperature") {
+        if let Some(t) = scan::number(&req.body, &scan::TEMPERATURE) {
             a.push(Attr("gen_ai.request.temperature", Value::Double(t)));
         }
         if let crate::keys::Caller::Key(k) = caller {
@@ -393,15 +393,31 @@ impl Answer {
         }
     }
 
+    /// The `usage` object in `b`, if any: token counts (merged with earlier ones, as a
+    /// stream may report them in pieces) and cached prompt tokens.
+    fn usage_and_cache(&mut self, b: &[u8]) {
+        let Some(at) = crate::spend::usage_object(b) else {
+            return;
+        };
+        let mut de = serde_json::Deserializer::from_slice(&b[at..]);
+        if let Ok(u) = <Usage as serde::Deserialize>::deserialize(&mut de) {
+            let mut all = self.usage.unwrap_or_default();
+            all.merge(u);
+            self.usage = Some(all);
+        }
+        if let Some(n) = scan::cache_read(b, at) {
+            self.cache_read = Some(self.cache_read.unwrap_or(0).max(n));
+        }
+    }
+
     /// A whole JSON answer.
     pub(crate) fn whole(&mut self, b: &[u8], endpoint: Endpoint, capture: bool) {
-        self.model = scan::strings(b, "model").next();
-        self.usage = crate::spend::usage_of(b);
-        self.cache_read = scan::cache_read(b);
+        self.model = scan::strings(b, &scan::MODEL).next();
+        self.usage_and_cache(b);
         let key = match endpoint {
-            Endpoint::Messages => "stop_reason",
-            Endpoint::Responses => "status",
-            _ => "finish_reason",
+            Endpoint::Messages => &scan::STOP_REASON,
+            Endpoint::Responses => &scan::STATUS,
+            _ => &scan::FINISH_REASON,
         };
         let reasons: Vec<String> = if endpoint == Endpoint::Responses {
             scan::strings(b, key).take(1).collect()
@@ -419,16 +435,9 @@ impl Answer {
     /// Complete events of a stream.
     pub(crate) fn events(&mut self, b: &[u8], endpoint: Endpoint, capture: bool) {
         if self.model.is_none() {
-            self.model = scan::strings(b, "model").next();
+            self.model = scan::strings(b, &scan::MODEL).next();
         }
-        if let Some(u) = crate::spend::usage_of(b) {
-            let mut all = self.usage.unwrap_or_default();
-            all.merge(u);
-            self.usage = Some(all);
-        }
-        if let Some(n) = scan::cache_read(b) {
-            self.cache_read = Some(self.cache_read.unwrap_or(0).max(n));
-        }
+        self.usage_and_cache(b);
         if memchr::memmem::find(b, b"data: {\"error\"").is_some()
             || memchr::memmem::find(b, b"event: error").is_some()
         {
@@ -447,12 +456,12 @@ impl Answer {
                 }
             }
             Endpoint::Messages => {
-                for r in scan::strings(b, "stop_reason").collect::<Vec<_>>() {
+                for r in scan::strings(b, &scan::STOP_REASON).collect::<Vec<_>>() {
                     self.reason(r);
                 }
             }
             _ => {
-                for r in scan::strings(b, "finish_reason").collect::<Vec<_>>() {
+                for r in scan::strings(b, &scan::FINISH_REASON).collect::<Vec<_>>() {
                     self.reason(r);
                 }
             }
