@@ -16,8 +16,9 @@ use llmgw_core::config::ProviderKind;
 use llmgw_router::trace::{AttemptSpan, TraceLink};
 use llmgw_router::RequestLog;
 use llmgw_wire::request::{ClientRequest, Endpoint};
+use memchr::memmem::Finder;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -239,24 +240,26 @@ impl Recording {
 
     /// What the answer's head says (llmgw's headers, else the request log).
     fn head(&mut self, h: &HeaderMap, log: &RequestLog, status: u16) {
-        let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        use llmgw_router::names;
+        const CACHE: axum::http::HeaderName = axum::http::HeaderName::from_static("x-llmgw-cache");
+        let text = |name: &axum::http::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
         let a = &mut self.attrs;
         a.push(Attr("http.response.status_code", Value::Int(status.into())));
-        let deployment = text("x-llmgw-deployment").unwrap_or(&log.deployment);
+        let deployment = text(&names::DEPLOYMENT).unwrap_or(&log.deployment);
         if !deployment.is_empty() {
             a.push(Attr("llmgw.deployment", Value::Str(deployment.to_string())));
         }
-        let attempts = text("x-llmgw-attempts")
+        let attempts = text(&names::ATTEMPTS)
             .and_then(|v| v.parse().ok())
             .unwrap_or(log.attempts);
         a.push(Attr("llmgw.attempts", Value::Int(attempts.into())));
-        if let Some(f) = text("x-llmgw-fallback").or(log.fallback.as_deref()) {
+        if let Some(f) = text(&names::FALLBACK).or(log.fallback.as_deref()) {
             a.push(Attr("llmgw.fallback", Value::Str(f.to_string())));
         }
-        if let Some(c) = text("x-llmgw-cache") {
+        if let Some(c) = text(&CACHE) {
             a.push(Attr("llmgw.cache", Value::Str(c.to_string())));
         }
-        let queue_ms = text("x-llmgw-queue-ms")
+        let queue_ms = text(&names::QUEUE_MS)
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or_else(|| i64::try_from(log.queue.as_millis()).unwrap_or(i64::MAX));
         a.push(Attr("llmgw.queue_ms", Value::Int(queue_ms)));
@@ -373,6 +376,19 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A stream's error events (OpenAI's; Anthropic's and Responses'), then the Responses
+/// API's final events; searchers built once.
+static MARKERS: LazyLock<[Finder<'static>; 5]> = LazyLock::new(|| {
+    [
+        &b"data: {\"error\""[..],
+        b"event: error",
+        b"event: response.completed",
+        b"event: response.incomplete",
+        b"event: response.failed",
+    ]
+    .map(Finder::new)
+});
+
 /// What the answer's body said.
 #[derive(Debug, Default)]
 pub(crate) struct Answer {
@@ -438,19 +454,17 @@ impl Answer {
             self.model = scan::strings(b, &scan::MODEL).next();
         }
         self.usage_and_cache(b);
-        if memchr::memmem::find(b, b"data: {\"error\"").is_some()
-            || memchr::memmem::find(b, b"event: error").is_some()
-        {
+        if MARKERS[0].find(b).is_some() || MARKERS[1].find(b).is_some() {
             self.error = Some("stream_error".into());
         }
         match endpoint {
             Endpoint::Responses => {
-                for (marker, reason) in [
-                    (&b"event: response.completed"[..], "completed"),
-                    (b"event: response.incomplete", "incomplete"),
-                    (b"event: response.failed", "failed"),
-                ] {
-                    if memchr::memmem::find(b, marker).is_some() {
+                for (marker, reason) in
+                    MARKERS[2..]
+                        .iter()
+                        .zip(["completed", "incomplete", "failed"])
+                {
+                    if marker.find(b).is_some() {
                         self.reason(reason.into());
                     }
                 }
