@@ -37,6 +37,7 @@ keys! {
     CACHED_TOKENS = "cached_tokens";
     CACHE_READ_INPUT_TOKENS = "cache_read_input_tokens";
     CONTENT = "content";
+    USAGE = "usage";
     TEXT = "text";
     DELTA = "delta";
 }
@@ -52,6 +53,14 @@ fn values<'a>(b: &'a [u8], key: &'static Key) -> impl Iterator<Item = &'a [u8]> 
             return Some(rest.trim_ascii_start());
         }
     })
+}
+
+/// Where the first `"usage": {` object in `b` starts (a forward search: faster than
+/// `spend::usage_object`'s reverse one, and a stream event or an answer has one).
+pub(crate) fn usage_object(b: &[u8]) -> Option<usize> {
+    values(b, &USAGE)
+        .find(|v| v.first() == Some(&b'{'))
+        .map(|v| b.len() - v.len())
 }
 
 /// Every string value of `"key"` in `b`, unescaped (values over 256 bytes skipped).
@@ -220,6 +229,9 @@ mod tests {
             Some(7)
         );
         assert_eq!(cap("héllo", 2), "h");
+        let u = br#"{"x":"usage","usage" : {"prompt_tokens":1}}"#;
+        assert_eq!(&u[usage_object(u).unwrap()..][..1], b"{");
+        assert_eq!(usage_object(b"{\"usage\":null}"), None);
     }
 
     #[test]

@@ -412,7 +412,7 @@ impl Answer {
     /// The `usage` object in `b`, if any: token counts (merged with earlier ones, as a
     /// stream may report them in pieces) and cached prompt tokens.
     fn usage_and_cache(&mut self, b: &[u8]) {
-        let Some(at) = crate::spend::usage_object(b) else {
+        let Some(at) = scan::usage_object(b) else {
             return;
         };
         let mut de = serde_json::Deserializer::from_slice(&b[at..]);
@@ -470,12 +470,12 @@ impl Answer {
                 }
             }
             Endpoint::Messages => {
-                for r in scan::strings(b, &scan::STOP_REASON).collect::<Vec<_>>() {
+                for r in scan::strings(b, &scan::STOP_REASON) {
                     self.reason(r);
                 }
             }
             _ => {
-                for r in scan::strings(b, &scan::FINISH_REASON).collect::<Vec<_>>() {
+                for r in scan::strings(b, &scan::FINISH_REASON) {
                     self.reason(r);
                 }
             }
