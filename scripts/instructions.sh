@@ -3,8 +3,11 @@
 # and user space only, so unaffected by a busy machine (wall-clock figures are bench.sh's).
 # Every change to the hot path in BENCHMARKS.md (issue 13) was measured with this.
 #
-#   scripts/instructions.sh [BINARY] [--stream] [--keys] [-n REQUESTS]
+#   scripts/instructions.sh [BINARY] [--stream] [--keys] [--traces] [-n REQUESTS]
 #
+# --traces: OpenTelemetry traces on (`[telemetry]`, every request sampled), exported to the
+# mock upstream's address (it answers 404 to `/v1/traces`: the spans are built, encoded and
+# POSTed, then counted as failed), so the count includes the exporter's work too.
 # --keys: the production shape: a master key, priced deployments, and every request sent
 # with a virtual key that has every limit set (none reached), so admission, the spend row
 # (SQLite) and the request log are all in the count.
@@ -16,13 +19,14 @@
 # directory for `callgrind_annotate --inclusive=yes`.
 set -euo pipefail
 
-bin=target/release/llmgw stream=false keys=false n=1000
+bin=target/release/llmgw stream=false keys=false traces=false n=1000
 while [ $# -gt 0 ]; do
   case "$1" in
     --stream) stream=true ;;
     --keys) keys=true ;;
+    --traces) traces=true ;;
     -n) n=$2; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) bin=$1 ;;
   esac
   shift
@@ -53,6 +57,9 @@ if [ "$keys" = true ]; then
 fi
 printf '[server]\nhost = "127.0.0.1"\nport = 0\n%s\n\n[[models]]\nname = "bench"\nprovider = "openai"\nmodel = "mock-model"\napi_base = "%s/v1"\n%s\n' \
   "$master_line" "$mock" "$price_lines" >llmgw.toml
+if [ "$traces" = true ]; then
+  printf '\n[telemetry]\notlp_endpoint = "%s"\n' "$mock" >>llmgw.toml
+fi
 cat >body.json <<EOB
 {"model":"bench","stream":$stream,"messages":[{"role":"system","content":"You are a careful research assistant. Answer briefly and call a tool when you need data you do not have."},{"role":"user","content":"What is the mean of column 'energy' in runs/2024-06-01/results.csv?"}],"tools":[{"type":"function","function":{"name":"read_csv","description":"Read selected columns of a CSV file under the project directory.","parameters":{"type":"object","properties":{"path":{"type":"string"},"columns":{"type":"array","items":{"type":"string"}}},"required":["path"]}}}],"temperature":0.2,"max_tokens":256}
 EOB
@@ -91,4 +98,4 @@ sleep 1
 total=$(callgrind_annotate "$work/callgrind.out.1" 2>/dev/null \
   | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 [ -n "$total" ] || die "no callgrind dump in $work"
-echo "$(basename "$bin"): $((total / n)) instructions per $( [ "$stream" = true ] && echo streamed || echo non-streaming) request$( [ "$keys" = true ] && echo ' with a virtual key') ($n requests; $work/callgrind.out.1)"
+echo "$(basename "$bin"): $((total / n)) instructions per $( [ "$stream" = true ] && echo streamed || echo non-streaming) request$( [ "$keys" = true ] && echo ' with a virtual key')$( [ "$traces" = true ] && echo ', traced') ($n requests; $work/callgrind.out.1)"

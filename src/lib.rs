@@ -13,7 +13,7 @@ pub mod commands;
 pub use llmgw_cluster::{placement, renew, slurm, supervise};
 pub use llmgw_core::{clock, config, duration, error, heavy, logging, redact, state};
 pub use llmgw_gateway::{
-    access, admin, apis, cache, conn, keys, metrics, relay, serve, spend, store,
+    access, admin, apis, cache, conn, keys, metrics, relay, serve, spend, store, telemetry,
 };
 pub use llmgw_mock as mock;
 pub use llmgw_mock::cloud as mock_cloud;

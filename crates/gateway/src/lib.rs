@@ -1,7 +1,7 @@
 //! llmgw-gateway: the HTTP server a client talks to. Connections and their limits
 //! ([`conn`]), who may call ([`access`]), the request path ([`serve`], [`apis`]), virtual
 //! keys, budgets and spend ([`keys`], [`spend`], [`store`]), the response cache
-//! ([`cache`]), the admin API ([`admin`]), `/metrics` ([`metrics`]), alerts ([`alerts`]) and, for a gateway that
+//! ([`cache`]), the admin API ([`admin`]), `/metrics` ([`metrics`]), alerts ([`alerts`]), OpenTelemetry traces ([`telemetry`]) and, for a gateway that
 //! is a SLURM job, the renewal relay ([`relay`]). Routing is the router's, wire formats
 //! the wire crate's, processes and SLURM the cluster crate's.
 
@@ -30,3 +30,4 @@ pub mod spend;
 pub mod state;
 pub mod store;
 pub mod stored;
+pub mod telemetry;

@@ -84,6 +84,14 @@ pub(crate) async fn proxy_for(
     llmgw_cluster::idle::touch();
     let mut log = RequestLog::default();
     log.path = path;
+    // A traced request (`[telemetry]`, sampled): the router records its attempts.
+    let mut trace = s
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.begin(endpoint, path, &headers));
+    if let Some(t) = &trace {
+        log.trace = Some(t.link.clone());
+    }
     // Virtual keys: admitted after parsing, charged once the answer is known.
     let mut ticket: Option<crate::keys::Ticket> = None;
     let result = async {
@@ -96,6 +104,9 @@ pub(crate) async fn proxy_for(
         crate::apis::prepare(&s, &caller, &mut req, &headers).await?;
         log.model = req.model.clone();
         log.stream = req.stream;
+        if let Some(t) = trace.as_mut() {
+            t.request(&req, &caller);
+        }
         if let Some(keys) = &s.keys {
             ticket = Some(keys.admit(&caller, &req)?);
             // Fallbacks stay inside the key's models (an `Arc` clone, no allocation).
@@ -156,6 +167,11 @@ pub(crate) async fn proxy_for(
                     Some(k) => k.finish(&s.router, resp).await,
                     None => resp,
                 };
+                // Traced before metering, which may take out the usage chunk it asked for.
+                let resp = match trace.take() {
+                    Some(t) => t.respond(resp, &log).await,
+                    None => resp,
+                };
                 let resp = match ticket.take() {
                     Some(t) => crate::keys::meter::meter(t, !client_usage, resp).await,
                     None => resp,
@@ -171,12 +187,15 @@ pub(crate) async fn proxy_for(
     }
     .await;
     llmgw_cluster::idle::touch();
-    match result {
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             log.status = e.status.as_u16();
             if log.hist.is_none() {
                 log.hist = Some(s.router.histograms().unrouted(&log.model).clone());
+            }
+            if let Some(t) = trace.as_mut() {
+                t.failed(&e);
             }
             let rate = ticket.as_ref().map(|t| t.rate);
             if let Some(t) = ticket.take() {
@@ -202,5 +221,10 @@ pub(crate) async fn proxy_for(
             }
             resp
         }
+    };
+    // Answers the router did not give (errors, cache hits, token counts).
+    match trace {
+        Some(t) => t.respond(resp, &log).await,
+        None => resp,
     }
 }

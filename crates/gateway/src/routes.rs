@@ -157,6 +157,9 @@ async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response
     }
     extra.push_str(&s.batches.metrics_text());
     extra.push_str(&crate::alerts::metrics_text());
+    if let Some(t) = &s.telemetry {
+        extra.push_str(&t.metrics_text());
+    }
     let text = crate::metrics::render(
         &s.router,
         s.ready.load(Ordering::Relaxed),

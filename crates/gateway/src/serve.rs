@@ -86,6 +86,8 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<Bound> {
 
 /// How long closing the connections left at the end of the grace period may take.
 const KILL_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+/// Longest the exit waits for the last spans to be exported (`[telemetry]`).
+const TRACES_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the gateway until `shutdown` is cancelled or SIGTERM/SIGINT arrives.
 pub async fn run(
@@ -170,6 +172,7 @@ pub async fn run(
         shutdown.clone(),
     );
     let bound = bind(&host, port).await?;
+    let telemetry = crate::telemetry::Telemetry::start(&cfg, &router);
     let state = Arc::new(AppState {
         models_body: models_body(router.model_names()),
         router,
@@ -193,6 +196,7 @@ pub async fn run(
             server.max_body_bytes,
         ),
         store_watch,
+        telemetry,
     });
     let relay = match &member {
         Some(_) => Some(crate::relay::Relay::new(server.max_body_bytes)?),
@@ -368,6 +372,10 @@ pub async fn run(
     }
     if let Some(keys) = &state.keys {
         keys.shutdown().await; // writes the spend rows it still holds
+    }
+    if let Some(t) = &state.telemetry {
+        // The last requests' spans, bounded: an endpoint that is down delays exit little.
+        t.flush(TRACES_FLUSH).await;
     }
     match (&member, record) {
         (Some(m), _) => m.finish(

@@ -36,6 +36,8 @@ pub struct AppState {
     pub batches: Arc<crate::batches::Batches>,
     /// The store's size, the state filesystem's room, spend-row retention (`/health`).
     pub store_watch: Arc<crate::retention::StoreWatch>,
+    /// OpenTelemetry traces (`[telemetry]`; `None`: off, and nothing is recorded).
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl AppState {

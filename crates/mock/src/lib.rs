@@ -121,6 +121,8 @@ pub struct MockState {
     pub requests: AtomicU64,
     /// Bodies of the most recent requests (newest last, at most 64).
     bodies: Mutex<Vec<Bytes>>,
+    /// Headers of the most recent requests (newest last, at most 64).
+    headers: Mutex<Vec<HeaderMap>>,
     /// False until the simulated model load is over: `/health` answers 503.
     pub loaded: AtomicBool,
     /// Client disconnects seen in the middle of a streamed answer.
@@ -152,6 +154,14 @@ impl MockState {
     /// The most recent request bodies (at most 64), oldest first.
     pub fn bodies(&self) -> Vec<Bytes> {
         self.bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// The headers of the most recent requests (at most 64), oldest first: what a test
+    /// checks the gateway sent upstream (e.g. `traceparent`).
+    pub fn received_headers(&self) -> Vec<HeaderMap> {
+        self.headers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -235,6 +245,7 @@ impl MockUpstream {
             behavior: Mutex::new(behavior),
             requests: AtomicU64::new(0),
             bodies: Mutex::new(Vec::new()),
+            headers: Mutex::new(Vec::new()),
             loaded: AtomicBool::new(true),
             cancelled_streams: AtomicU64::new(0),
             arrivals: Mutex::new(Vec::new()),
@@ -416,6 +427,13 @@ async fn admit(
             bodies.remove(0);
         }
         bodies.push(body.clone());
+    }
+    {
+        let mut h = s.headers.lock().unwrap_or_else(|e| e.into_inner());
+        if h.len() >= 64 {
+            h.remove(0);
+        }
+        h.push(headers.clone());
     }
     if s.behavior().count_contents {
         count_content(s, body);

@@ -41,6 +41,15 @@ impl Router {
             .await
             .and_then(|body| dep.provider.request(self.client.reqwest(), dep, req, body))
             .map_err(|e| UpstreamError::new(ErrorClass::BadRequest, e))?;
+        // A traced request: the upstream continues the trace under this attempt's span.
+        let rb = match log
+            .trace
+            .as_deref()
+            .and_then(trace::TraceLink::current_traceparent)
+        {
+            Some(tp) => rb.header(trace::TRACEPARENT, tp),
+            None => rb,
+        };
         let sent = Instant::now();
         let until = tokio::time::Instant::from_std(llmgw_core::duration::deadline(sent, timeout));
         // One timer for the whole exchange: the answer's head, then its whole body or a

@@ -31,6 +31,8 @@ mod pool;
 
 mod strategy;
 
+pub mod trace;
+
 mod stream;
 
 pub mod tokens;
@@ -360,6 +362,12 @@ impl Router {
         self.client.reqwest()
     }
 
+    /// The secrets the gateway knows (provider keys, the master key, `api_base`
+    /// passwords): what is masked in any text that leaves it.
+    pub fn secrets(&self) -> &Arc<redact::Secrets> {
+        &self.secrets
+    }
+
     /// Masks the known secrets in an upstream error's text.
     pub fn scrub(&self, e: &mut UpstreamError) {
         e.scrub(&self.secrets);
@@ -670,9 +678,27 @@ impl Router {
             if remaining.is_zero() {
                 return Err(last.unwrap_or_else(request_timeout));
             }
+            // A traced request: one span per attempt (a stream's moves with the log into
+            // the stream, so the link is kept here too).
+            let traced = log
+                .trace
+                .clone()
+                .and_then(|t| t.begin(&dep).map(|id| (t, id)));
             match self.attempt(&dep, slot, req, remaining, log).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => {
+                    if let Some((t, id)) = traced {
+                        let streamed = resp
+                            .headers()
+                            .get(header::CONTENT_TYPE)
+                            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                        t.finish(id, resp.status().as_u16(), None, !streamed);
+                    }
+                    return Ok(resp);
+                }
                 Err(e) => {
+                    if let Some((t, id)) = traced {
+                        t.finish(id, e.error.status.as_u16(), Some(e.class), true);
+                    }
                     self.on_failure(&dep, &e, only_one);
                     tracing::debug!(deployment = %dep.id, class = ?e.class, error = %Clean(&e.error.message), "attempt failed");
                     let allowed = self.policy.retries_for(e.class);

@@ -26,6 +26,9 @@ pub struct RequestLog {
     /// Where its duration and time to first token are counted (`histograms`): the
     /// deployment's series once one is picked, else set by the gateway.
     pub hist: Option<Arc<crate::histograms::Series>>,
+    /// Set by the gateway for a traced request: the router adds a span per attempt and
+    /// sends each upstream a `traceparent` (`None`: not traced, nothing recorded).
+    pub trace: Option<Arc<crate::trace::TraceLink>>,
 }
 
 impl Default for RequestLog {
@@ -45,6 +48,7 @@ impl Default for RequestLog {
             complete: true,
             client_gone: false,
             hist: None,
+            trace: None,
         }
     }
 }

@@ -93,6 +93,7 @@ impl Config {
             }
             alert_urls.push(url);
         }
+        let telemetry_headers = config.telemetry.resolve_headers(&src)?;
         Ok(LoadedConfig {
             alert_urls,
             config,
@@ -102,6 +103,7 @@ impl Config {
             model_keys,
             redis_url,
             store_url,
+            telemetry_headers,
             unreachable_hint: None,
         })
     }
@@ -149,6 +151,7 @@ impl Config {
             a.check()
                 .map_err(|m| src.at(a.url.span(), format!("[[alerts]]: {m}")))?;
         }
+        self.telemetry.validate(src)?;
         if !(0.0..=10.0).contains(&self.router.latency_buffer) {
             return Err(file_err(
                 "[router] latency_buffer must be between 0.0 and 10.0 (a fraction of the best latency)".into(),

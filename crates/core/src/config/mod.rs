@@ -25,7 +25,9 @@ mod batches;
 mod derived;
 pub mod renewal;
 pub use alerts::{url_ok as alert_url_ok, AlertConfig, AlertKind};
+mod telemetry;
 pub use batches::BatchesConfig;
+pub use telemetry::TelemetryConfig;
 
 /// The config served when `llmgw serve` is given no `--config`.
 pub const QUICKSTART: &str = include_str!("../../../../configs/quickstart.toml");
@@ -84,6 +86,8 @@ pub struct Config {
     /// `[[alerts]]`: webhooks for alerts (`llmgw_core::alert`).
     #[serde(default)]
     pub alerts: Vec<AlertConfig>,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[server]`: where and how the gateway listens.
@@ -733,6 +737,8 @@ pub struct LoadedConfig {
     pub store_url: Option<Secret>,
     /// Resolved `[[alerts]] url` per entry (same index; a webhook URL holds a token).
     pub alert_urls: Vec<Secret>,
+    /// Resolved `[telemetry] headers` (values may be `env:`/`file:`; never logged).
+    pub telemetry_headers: Vec<(String, Secret)>,
     /// What to do when one of its deployments cannot be reached, added to that error
     /// (the built-in quickstart's [`QUICKSTART_HINT`]; none for a config file).
     pub unreachable_hint: Option<&'static str>,
