@@ -72,21 +72,31 @@ pub fn random_key(prefix: &str) -> std::io::Result<String> {
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename) with the given mode.
+/// Each call has its own temp file (process id and a per-process sequence number): two
+/// tasks of one process writing the same record at once (a batch's runner and its cancel)
+/// must not remove or rename each other's half-written file.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{seq}", std::process::id()));
     // A fresh file (O_EXCL: never through a link someone left in a shared directory).
     let _ = std::fs::remove_file(&tmp);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(contents)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)
+    written
 }
 
 impl EndpointRecord {
@@ -167,6 +177,45 @@ pub fn rfc3339(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    // The CI failure of tests/batches.rs (a 500 on a batch's cancel): one temp name per
+    // process, so a second writer of the same record removed or renamed the first one's
+    // file. Writers of one path from many threads at once must all succeed and leave one
+    // whole record.
+    #[test]
+    fn concurrent_atomic_writes_of_one_path_all_succeed() {
+        let dir = tempfile_dir("write-atomic");
+        let path = dir.join("batch_x.json");
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let (path, barrier) = (&path, &barrier);
+                s.spawn(move || {
+                    let body = vec![b'a' + t; 64 * 1024];
+                    barrier.wait();
+                    for _ in 0..50 {
+                        super::write_atomic(path, &body, 0o600).expect("every write succeeds");
+                    }
+                });
+            }
+        });
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(text.len(), 64 * 1024);
+        assert!(
+            text.iter().all(|&b| b == text[0]),
+            "one writer's whole record"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "no temp file left: {left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("llmgw-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
     #[test]
     fn rfc3339_known_dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
