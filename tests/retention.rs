@@ -110,10 +110,16 @@ async fn old_rows_are_pruned_and_reports_and_spend_stay_complete() {
     let (key, _) = new_key(&base, json!({"key_alias": "ret"})).await;
 
     // /health: the store's size and the filesystem's room, nothing dropped or pruned.
-    let st = common::wait_for(Duration::from_secs(30), "store size in /health", || async {
-        let st = store_health(&base).await;
-        st["bytes"].is_u64().then_some(st)
-    })
+    // Both are measured by the watch's first round, one after the other: wait for both
+    // (a /health between the two shows the size and `"filesystem": null`).
+    let st = common::wait_for(
+        Duration::from_secs(30),
+        "store and filesystem in /health",
+        || async {
+            let st = store_health(&base).await;
+            (st["bytes"].is_u64() && st["filesystem"]["available_bytes"].is_u64()).then_some(st)
+        },
+    )
     .await;
     assert_eq!(st["kind"], "sqlite");
     assert!(st["bytes"].as_u64().unwrap() > 0, "{st}");

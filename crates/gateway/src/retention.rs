@@ -99,6 +99,18 @@ impl StoreWatch {
                     next_prune = tokio::time::Instant::now() + every;
                 }
             }
+            // The filesystem first: a `/health` that shows the store's size shows the
+            // filesystem's room too (both are unknown until the first round).
+            if let Some(space) = self.measure_fs().await {
+                let low = space.is_low();
+                if low && !was_low {
+                    tracing::warn!(
+                        free = %space.describe(),
+                        "the state directory's filesystem is nearly full: lower [store] retention or move the state directory (--state-dir) to a filesystem with room"
+                    );
+                }
+                was_low = low;
+            }
             if let Some(store) = &store {
                 self.measure_store(store).await;
                 if !told_no_shrink
@@ -109,16 +121,6 @@ impl StoreWatch {
                     told_no_shrink = true;
                     tracing::info!("the spend database predates incremental vacuum: pruned rows' space is reused, but the file does not shrink (to shrink it once: stop the gateway, run `sqlite3 llmgw.db 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM;'`)");
                 }
-            }
-            if let Some(space) = self.measure_fs().await {
-                let low = space.is_low();
-                if low && !was_low {
-                    tracing::warn!(
-                        free = %space.describe(),
-                        "the state directory's filesystem is nearly full: lower [store] retention or move the state directory (--state-dir) to a filesystem with room"
-                    );
-                }
-                was_low = low;
             }
             if let Some(w) = &self.writer {
                 let dropped = w.dropped.load(Ordering::Relaxed);
